@@ -1,0 +1,45 @@
+# Ladder: `make demo` installs and runs the tiny pipeline; `make test` installs and runs the tests.
+# Everything goes into .venv/ in the repo root; nothing is installed system-wide.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# No run may reach a hub: tiny models are built from config, tokenizers and data ship in the repo.
+export HF_HUB_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export WANDB_SILENT := true
+
+.PHONY: all install demo test lock clean bench
+
+all: install
+
+install: $(STAMP)
+
+# torch first and pinned, so pip takes the CPU wheel on disk and pulls no CUDA packages;
+# then the project with every dependency constrained to the lock file.
+$(STAMP): pyproject.toml requirements.lock
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -c requirements.lock -e '.[dev]'
+	touch $(STAMP)
+
+demo: install
+	$(BIN)/python -m launch.demo
+
+test: install
+	$(BIN)/python -m pytest -q
+
+bench: install
+	$(BIN)/python bench/sft_step.py
+
+# Re-resolve the lock file from pyproject.toml (needs the package registries).
+lock:
+	rm -rf /tmp/ladder-lock && $(PY) -m venv /tmp/ladder-lock
+	/tmp/ladder-lock/bin/pip install --quiet torch==2.13.0 && /tmp/ladder-lock/bin/pip install --quiet -e '.[dev]'
+	/tmp/ladder-lock/bin/pip freeze --exclude-editable | grep -v '^torch==' > requirements.lock.new
+	mv requirements.lock.new requirements.lock
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,78 @@
+"""Padding-free packing: documents are concatenated into one row per micro-batch.
+
+    stream = PackedStream(docs, micro_batch_tokens=1024, seed=0)
+    batch = stream.micro_batch(7)   # input_ids, labels, position_ids [1, T]; doc_lens
+
+Position ids restart at 0 at each document. Given position ids and no attention mask,
+transformers builds a block-diagonal causal mask (SDPA, eager) or varlen cu_seqlens
+(FlashAttention 2), so no token attends across documents.
+
+The order of micro-batches is a function of (seed, global micro-batch index) only, never
+of the rank or the world size: step s of any run uses micro-batches
+[s * M, (s + 1) * M) where M = micro-batches per step across all ranks.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+
+import torch
+
+
+class PackedStream:
+    def __init__(self, docs: list[tuple[list[int], list[int]]], micro_batch_tokens: int,
+                 seed: int, shuffle: bool = True):
+        if not docs:
+            raise ValueError("no documents to pack")
+        self.docs = docs
+        self.micro_batch_tokens = micro_batch_tokens
+        self.seed = seed
+        self.shuffle = shuffle
+        self._epochs: list[list[list[int]]] = []  # per epoch: doc indices of each micro-batch
+        self._starts: list[int] = []  # global index of each epoch's first micro-batch
+
+    def _plan_epoch(self, epoch: int) -> list[list[int]]:
+        n = len(self.docs)
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+            order = torch.randperm(n, generator=g).tolist()
+        else:
+            order = list(range(n))
+        plan, cur, used = [], [], 0
+        for i in order:  # greedy, in order: keeps the data order a pure function of the seed
+            length = len(self.docs[i][0])
+            if cur and used + length > self.micro_batch_tokens:
+                plan.append(cur)
+                cur, used = [], 0
+            cur.append(i)
+            used += length
+        if cur:
+            plan.append(cur)
+        return plan
+
+    def _locate(self, index: int) -> list[int]:
+        while not self._starts or index >= self._starts[-1] + len(self._epochs[-1]):
+            start = self._starts[-1] + len(self._epochs[-1]) if self._starts else 0
+            self._epochs.append(self._plan_epoch(len(self._epochs)))
+            self._starts.append(start)
+        e = bisect_right(self._starts, index) - 1
+        return self._epochs[e][index - self._starts[e]]
+
+    def epoch_of(self, index: int) -> int:
+        self._locate(index)
+        return bisect_right(self._starts, index) - 1
+
+    def micro_batch(self, index: int) -> dict:
+        return collate([self.docs[i] for i in self._locate(index)])
+
+
+def collate(docs: list[tuple[list[int], list[int]]]) -> dict:
+    ids = [t for d in docs for t in d[0]]
+    labels = [t for d in docs for t in d[1]]
+    pos = [p for d in docs for p in range(len(d[0]))]
+    return {
+        "input_ids": torch.tensor([ids], dtype=torch.long),
+        "labels": torch.tensor([labels], dtype=torch.long),
+        "position_ids": torch.tensor([pos], dtype=torch.long),
+        "doc_lens": [len(d[0]) for d in docs],
+    }

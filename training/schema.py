@@ -1,0 +1,201 @@
+"""Typed schemas for every config node, registered with Hydra as structured configs.
+
+Composing goes through `training.compose.compose(overrides)`; these dataclasses make an
+unknown key or a wrong type fail at compose time with the full key in the message
+(e.g. `Key 'lrr' not in 'OptimConfig' ... full_key: optim.lrr`). Cross-field rules
+live in `training.validate`, which runs before any model is built.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Optional
+
+from omegaconf import MISSING
+
+
+class Engine(str, Enum):
+    single = "single"  # one process, no wrapper
+    ddp = "ddp"
+    fsdp2 = "fsdp2"
+    deepspeed_zero2 = "deepspeed_zero2"
+    deepspeed_zero3 = "deepspeed_zero3"
+
+
+class TrackerMode(str, Enum):
+    offline = "offline"
+    online = "online"
+    disabled = "disabled"
+
+
+class Schedule(str, Enum):
+    cosine = "cosine"  # linear warmup, cosine decay to min_lr_ratio x lr
+    constant = "constant"  # linear warmup, then constant
+
+
+@dataclass
+class ModelConfig:
+    """A model shape. With `name_or_path` unset it is built from these fields (no hub access);
+    with it set, weights and tokenizer load from that hub name or local directory."""
+    name: str = MISSING
+    name_or_path: Optional[str] = None
+    tokenizer: Optional[str] = None  # default: name_or_path, else the checked-in tiny tokenizer
+    vocab_size: Optional[int] = None  # default: the tokenizer's size
+    hidden_size: int = 192
+    intermediate_size: int = 512
+    num_layers: int = 4
+    num_heads: int = 4
+    num_kv_heads: int = 4
+    max_position_embeddings: int = 512
+    rope_theta: float = 10000.0
+    tie_word_embeddings: bool = False
+    # auto: flash_attention_2 when flash-attn imports and a GPU is present, else sdpa.
+    attn_implementation: str = "auto"
+    # Published parameter count of this shape, checked by the tests (null for ad-hoc shapes).
+    published_params: Optional[int] = None
+
+
+@dataclass
+class RungConfig:
+    """Hardware and parallelism for one scale of the ladder."""
+    name: str = MISSING
+    nodes: int = 1
+    gpus_per_node: int = 1
+    device: str = "cpu"  # cpu | cuda
+    engine: Engine = Engine.single
+    micro_batch_tokens: int = 1024  # tokens in one packed micro-batch on one device
+    # Learning rate used when optim.lr is null: larger models take a gentler rate (see README).
+    lr: float = 1e-3
+    bf16: bool = False
+    activation_checkpointing: bool = False
+    # Defaults for trainer.save_initial / trainer.eval_on_save when those are null: the tiny
+    # rung keeps its untrained checkpoint and scores every checkpoint in-process.
+    save_initial: bool = False
+    eval_on_save: bool = False
+    # Peak dense FLOP/s of one device, for MFU; null when unknown (a CPU), and MFU is null.
+    peak_flops_per_device: Optional[float] = None
+
+
+@dataclass
+class RecipeConfig:
+    """A recipe is a loss and a batch format; the training loop is shared."""
+    name: str = MISSING
+    loss: str = "sft"
+
+
+@dataclass
+class DataConfig:
+    """Chat data in the `messages` format: local jsonl files or a hub dataset by name."""
+    name: str = MISSING
+    format: str = "messages"
+    train_files: list[str] = field(default_factory=list)  # local .jsonl files
+    hub_name: Optional[str] = None  # e.g. allenai/tulu-3-sft-mixture, loaded with datasets
+    hub_split: str = "train"
+    max_seq_len: int = 256  # longer documents are truncated (and counted in the log)
+    max_samples: Optional[int] = None
+    shuffle: bool = True
+
+
+@dataclass
+class EvalConfig:
+    """An eval suite: the tasks to score each checkpoint on."""
+    name: str = MISSING
+    tasks: list[str] = field(default_factory=list)
+    heldout_file: Optional[str] = None
+    max_examples: Optional[int] = None
+    max_new_tokens: int = 24
+    batch_size: int = 64
+
+
+@dataclass
+class TrackerConfig:
+    name: str = "wandb"
+    mode: TrackerMode = TrackerMode.offline
+    project: str = "ladder"
+    entity: Optional[str] = None
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class LauncherConfig:
+    name: str = MISSING
+    partition: Optional[str] = None
+    account: Optional[str] = None
+    qos: Optional[str] = None
+    time: Optional[str] = None
+
+
+@dataclass
+class BudgetConfig:
+    name: str = MISSING
+    team: str = "default"
+    period: str = "month"
+    gpu_hours: float = 0.0
+    price_per_gpu_hour: float = 2.0
+
+
+@dataclass
+class SweepConfig:
+    name: Optional[str] = None
+
+
+@dataclass
+class OptimConfig:
+    lr: Optional[float] = None  # null: the rung's lr
+    weight_decay: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    schedule: Schedule = Schedule.cosine
+    warmup_steps: int = 15
+    min_lr_ratio: float = 0.1
+    max_grad_norm: float = 1.0
+
+
+@dataclass
+class TrainerConfig:
+    run_name: Optional[str] = None  # default: <rung>-<recipe>-<data>
+    run_root: str = "runs"
+    seed: int = 0
+    max_steps: int = 150
+    # Tokens per optimizer step across all devices. grad_accum is derived from it:
+    # global_batch_tokens = micro_batch_tokens x grad_accum x data-parallel size.
+    global_batch_tokens: int = 2048
+    grad_accum: Optional[int] = None  # null: derived; set, it must agree with the rule above
+    save_every: int = 50
+    keep_last: int = 3
+    save_initial: Optional[bool] = None  # also checkpoint the untrained model as step 0; null: the rung's
+    resume: str = "auto"  # auto | none | a checkpoint directory
+    eval_on_save: Optional[bool] = None  # evaluate each checkpoint as it is saved; null: the rung's
+    log_every: int = 1
+    # Stop a run whose loss is NaN or inf instead of training on.
+    stop_on_nonfinite: bool = True
+
+
+@dataclass
+class LadderConfig:
+    model: ModelConfig = MISSING
+    rung: RungConfig = MISSING
+    recipe: RecipeConfig = MISSING
+    data: DataConfig = MISSING
+    eval: EvalConfig = MISSING
+    tracker: TrackerConfig = MISSING
+    launcher: LauncherConfig = MISSING
+    budget: BudgetConfig = MISSING
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+
+GROUP_SCHEMAS: dict[str, Any] = {
+    "model": ModelConfig,
+    "rung": RungConfig,
+    "recipe": RecipeConfig,
+    "data": DataConfig,
+    "eval": EvalConfig,
+    "tracker": TrackerConfig,
+    "launcher": LauncherConfig,
+    "budget": BudgetConfig,
+    "sweep": SweepConfig,
+}

@@ -1,0 +1,69 @@
+"""The synthetic chat task that the tiny rung learns on a CPU in about a minute.
+
+Regenerate the shipped files (deterministic, byte-identical):
+    python -m training.synthetic
+
+Each example asks the assistant to reverse a short sequence of letters, e.g.
+user "Reverse: k q z m" -> assistant "m z q k". It has exactly one right answer, so it
+is scored by exact match, and an untrained model scores 0. The train and held-out
+splits are disjoint by prompt: a held-out prompt never appears in train.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+ASSETS = Path(__file__).resolve().parent / "assets" / "synthetic"
+LETTERS = "abcdefghijklmnopqrstuvwxyz"
+TASK = "reverse"
+VERSION = 1  # bump when the task's generation or scoring changes: it keys eval caches
+
+
+def make_prompt(letters: list[str]) -> str:
+    return "Reverse: " + " ".join(letters)
+
+
+def make_answer(letters: list[str]) -> str:
+    return " ".join(reversed(letters))
+
+
+def generate(n_train: int = 20000, n_heldout: int = 500, seed: int = 1234,
+             min_len: int = 3, max_len: int = 6) -> tuple[list[dict], list[dict]]:
+    """Draw unique prompts; the first n_heldout go to the held-out split, the rest to train."""
+    rng = random.Random(seed)
+    seen: set[str] = set()
+    rows: list[dict] = []
+    while len(rows) < n_train + n_heldout:
+        letters = [rng.choice(LETTERS) for _ in range(rng.randint(min_len, max_len))]
+        prompt = make_prompt(letters)
+        if prompt in seen:
+            continue
+        seen.add(prompt)
+        rows.append({
+            "id": f"{TASK}-{len(rows):06d}",
+            "messages": [
+                {"role": "user", "content": prompt},
+                {"role": "assistant", "content": make_answer(letters)},
+            ],
+        })
+    return rows[n_heldout:], rows[:n_heldout]
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        for row in rows:
+            f.write(json.dumps(row, separators=(",", ":")) + "\n")
+
+
+def main() -> None:
+    train, heldout = generate()
+    write_jsonl(ASSETS / f"{TASK}_train.jsonl", train)
+    write_jsonl(ASSETS / f"{TASK}_heldout.jsonl", heldout)
+    print(f"wrote {len(train)} train and {len(heldout)} held-out rows to {ASSETS}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,130 @@
+"""Cross-field rules, checked once before anything is built. They raise; they never fix a value.
+
+    from training.validate import validate
+    layout = validate(cfg, world_size=1)   # raises ConfigError listing every problem
+
+The batch rule: global_batch_tokens = micro_batch_tokens x grad_accum x data-parallel size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from training.errors import ConfigError
+
+SUPPORTED_LOSSES = {"sft"}
+RUNNABLE_ENGINES = {"single"}
+
+
+@dataclass(frozen=True)
+class BatchLayout:
+    dp: int
+    micro_batch_tokens: int
+    grad_accum: int
+    global_batch_tokens: int
+
+    @property
+    def micro_batches_per_step(self) -> int:
+        """Micro-batches per optimizer step across all ranks; fixed whatever the world size."""
+        return self.grad_accum * self.dp
+
+
+def batch_layout(cfg: DictConfig, dp: int | None = None) -> BatchLayout:
+    dp = dp if dp is not None else cfg.rung.nodes * cfg.rung.gpus_per_node
+    micro = cfg.rung.micro_batch_tokens
+    glob = cfg.trainer.global_batch_tokens
+    per_accum = micro * dp
+    if micro <= 0 or glob <= 0:
+        raise ConfigError("rung.micro_batch_tokens and trainer.global_batch_tokens must be positive")
+    if glob % per_accum:
+        raise ConfigError(
+            f"inconsistent batch: trainer.global_batch_tokens={glob} is not a multiple of "
+            f"rung.micro_batch_tokens={micro} x data-parallel size {dp} = {per_accum}; "
+            f"choose a global batch that is, e.g. {max(1, glob // per_accum) * per_accum}")
+    accum = glob // per_accum
+    if cfg.trainer.grad_accum is not None and cfg.trainer.grad_accum != accum:
+        raise ConfigError(
+            f"inconsistent batch: trainer.grad_accum={cfg.trainer.grad_accum}, but "
+            f"global_batch_tokens={glob} / (micro_batch_tokens={micro} x dp={dp}) = {accum}; "
+            "set trainer.grad_accum=null to derive it, or change the global batch")
+    return BatchLayout(dp=dp, micro_batch_tokens=micro, grad_accum=accum, global_batch_tokens=glob)
+
+
+def effective_lr(cfg: DictConfig) -> float:
+    """optim.lr when set, else the rung's learning rate (the ladder's transfer rule)."""
+    return cfg.optim.lr if cfg.optim.lr is not None else cfg.rung.lr
+
+
+def validate(cfg: DictConfig, world_size: int | None = None, for_training: bool = True) -> BatchLayout:
+    problems: list[str] = []
+    m, r, d, t, o = cfg.model, cfg.rung, cfg.data, cfg.trainer, cfg.optim
+
+    layout = None
+    try:
+        layout = batch_layout(cfg, world_size)
+    except ConfigError as e:
+        problems.append(str(e))
+    if world_size is not None and world_size != r.nodes * r.gpus_per_node:
+        problems.append(
+            f"the job has {world_size} process(es) but rung.nodes x rung.gpus_per_node = "
+            f"{r.nodes} x {r.gpus_per_node}; make them agree")
+
+    if m.hidden_size % m.num_heads:
+        problems.append(f"model.hidden_size={m.hidden_size} is not divisible by model.num_heads={m.num_heads}")
+    if m.num_heads % m.num_kv_heads:
+        problems.append(f"model.num_heads={m.num_heads} is not divisible by model.num_kv_heads={m.num_kv_heads}")
+    if m.attn_implementation not in {"auto", "sdpa", "eager", "flash_attention_2"}:
+        problems.append(f"model.attn_implementation={m.attn_implementation!r}: use auto, sdpa, eager or flash_attention_2")
+
+    if r.device not in {"cpu", "cuda"}:
+        problems.append(f"rung.device={r.device!r}: use cpu or cuda")
+    if for_training and r.engine.value not in RUNNABLE_ENGINES:
+        problems.append(f"rung.engine={r.engine.value} is not available yet; use rung.engine=single")
+
+    if cfg.recipe.loss not in SUPPORTED_LOSSES:
+        problems.append(f"recipe.loss={cfg.recipe.loss!r}: supported losses are {sorted(SUPPORTED_LOSSES)}")
+    if d.format != "messages":
+        problems.append(f"data.format={d.format!r}: the sft recipe needs chat data in the 'messages' format")
+    if bool(d.train_files) == bool(d.hub_name):
+        problems.append("set exactly one of data.train_files (local jsonl) and data.hub_name")
+    for f in d.train_files:
+        if not Path(f).is_file():
+            problems.append(f"data.train_files: no such file: {f}")
+    if d.max_seq_len > r.micro_batch_tokens:
+        problems.append(
+            f"data.max_seq_len={d.max_seq_len} exceeds rung.micro_batch_tokens={r.micro_batch_tokens}: "
+            "a packed micro-batch must hold at least one whole document")
+    if d.max_seq_len > m.max_position_embeddings:
+        problems.append(f"data.max_seq_len={d.max_seq_len} exceeds model.max_position_embeddings={m.max_position_embeddings}")
+    if d.max_samples is not None and d.max_samples <= 0:
+        problems.append("data.max_samples must be positive or null")
+
+    if t.max_steps <= 0:
+        problems.append(f"trainer.max_steps={t.max_steps} must be positive")
+    if t.save_every <= 0:
+        problems.append(f"trainer.save_every={t.save_every} must be positive")
+    if t.keep_last < 1:
+        problems.append(f"trainer.keep_last={t.keep_last} must be at least 1")
+    if t.log_every <= 0:
+        problems.append(f"trainer.log_every={t.log_every} must be positive")
+    if effective_lr(cfg) <= 0:
+        problems.append(f"the learning rate must be positive (optim.lr={o.lr}, rung.lr={r.lr})")
+    if not 0 <= o.warmup_steps <= t.max_steps:
+        problems.append(f"optim.warmup_steps={o.warmup_steps} must be between 0 and trainer.max_steps={t.max_steps}")
+    if not 0.0 <= o.min_lr_ratio <= 1.0:
+        problems.append(f"optim.min_lr_ratio={o.min_lr_ratio} must be in [0, 1]")
+    if o.max_grad_norm <= 0:
+        problems.append(f"optim.max_grad_norm={o.max_grad_norm} must be positive")
+
+    if cfg.eval.heldout_file is not None and not Path(cfg.eval.heldout_file).is_file():
+        problems.append(f"eval.heldout_file: no such file: {cfg.eval.heldout_file}")
+    if cfg.eval.batch_size <= 0 or cfg.eval.max_new_tokens <= 0:
+        problems.append("eval.batch_size and eval.max_new_tokens must be positive")
+
+    if problems:
+        raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))
+    assert layout is not None
+    return layout
