@@ -148,7 +148,7 @@ class OptimConfig:
     beta2: float = 0.95
     eps: float = 1e-8
     schedule: Schedule = Schedule.cosine
-    warmup_steps: int = 15
+    warmup_ratio: float = 0.1  # warmup steps = ceil(warmup_ratio x trainer.max_steps)
     min_lr_ratio: float = 0.1
     max_grad_norm: float = 1.0
 

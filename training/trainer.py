@@ -37,7 +37,7 @@ from training.modeling import build_model, load_tokenizer
 from training.packing import PackedStream
 from training.recipes import RECIPES
 from training.tracking import Tracker
-from training.validate import BatchLayout, effective_lr, validate
+from training.validate import BatchLayout, effective_lr, validate, warmup_steps
 
 log = logging.getLogger("ladder.train")
 
@@ -106,10 +106,10 @@ def peak_memory_gb(device: str) -> float:
 def make_scheduler(cfg: DictConfig, optimizer):
     o = cfg.optim
     if o.schedule.value == "cosine":
-        return get_scheduler("cosine_with_min_lr", optimizer, num_warmup_steps=o.warmup_steps,
+        return get_scheduler("cosine_with_min_lr", optimizer, num_warmup_steps=warmup_steps(cfg),
                              num_training_steps=cfg.trainer.max_steps,
                              scheduler_specific_kwargs={"min_lr_rate": o.min_lr_ratio})
-    return get_scheduler("constant_with_warmup", optimizer, num_warmup_steps=o.warmup_steps)
+    return get_scheduler("constant_with_warmup", optimizer, num_warmup_steps=warmup_steps(cfg))
 
 
 class Trainer:

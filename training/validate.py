@@ -8,6 +8,7 @@ The batch rule: global_batch_tokens = micro_batch_tokens x grad_accum x data-par
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,6 +57,10 @@ def batch_layout(cfg: DictConfig, dp: int | None = None) -> BatchLayout:
 def effective_lr(cfg: DictConfig) -> float:
     """optim.lr when set, else the rung's learning rate (the ladder's transfer rule)."""
     return cfg.optim.lr if cfg.optim.lr is not None else cfg.rung.lr
+
+
+def warmup_steps(cfg: DictConfig) -> int:
+    return math.ceil(cfg.optim.warmup_ratio * cfg.trainer.max_steps)
 
 
 def validate(cfg: DictConfig, world_size: int | None = None, for_training: bool = True) -> BatchLayout:
@@ -112,8 +117,8 @@ def validate(cfg: DictConfig, world_size: int | None = None, for_training: bool 
         problems.append(f"trainer.log_every={t.log_every} must be positive")
     if effective_lr(cfg) <= 0:
         problems.append(f"the learning rate must be positive (optim.lr={o.lr}, rung.lr={r.lr})")
-    if not 0 <= o.warmup_steps <= t.max_steps:
-        problems.append(f"optim.warmup_steps={o.warmup_steps} must be between 0 and trainer.max_steps={t.max_steps}")
+    if not 0.0 <= o.warmup_ratio <= 1.0:
+        problems.append(f"optim.warmup_ratio={o.warmup_ratio} must be in [0, 1]")
     if not 0.0 <= o.min_lr_ratio <= 1.0:
         problems.append(f"optim.min_lr_ratio={o.min_lr_ratio} must be in [0, 1]")
     if o.max_grad_norm <= 0:

@@ -1,0 +1,118 @@
+"""Training: golden losses, exact resume after SIGKILL, HF-format checkpoints, real-model path."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from conftest import FAST, losses, train_in_process
+from training.checkpoint import COMPLETE, complete_checkpoints
+from training.metrics import read_metrics
+
+GOLDEN = Path(__file__).parent / "golden" / "tiny_sft_losses.json"
+GOLDEN_STEPS = 20
+
+
+def test_golden_losses(tmp_path):
+    """A fixed seed reproduces the checked-in per-step losses to 1e-5.
+    After a change that is meant to change the math, regenerate with LADDER_UPDATE_GOLDEN=1."""
+    result = train_in_process([*FAST, f"trainer.run_root={tmp_path}", "trainer.run_name=golden",
+                               f"trainer.max_steps={GOLDEN_STEPS}", "trainer.save_every=100"])
+    got = losses(result.run_dir)
+    assert len(got) == GOLDEN_STEPS
+    if os.environ.get("LADDER_UPDATE_GOLDEN") == "1":
+        GOLDEN.write_text(json.dumps({"overrides": FAST, "steps": GOLDEN_STEPS, "losses": got}, indent=1) + "\n")
+    want = json.loads(GOLDEN.read_text())["losses"]
+    assert got == pytest.approx(want, abs=1e-5, rel=0)
+    assert got[-1] < got[0] - 0.5, "the loss must fall over the golden run"
+
+
+def test_metrics_file_has_the_documented_fields(tmp_path):
+    result = train_in_process([*FAST, f"trainer.run_root={tmp_path}", "trainer.run_name=m", "trainer.max_steps=2"])
+    rows = read_metrics(result.run_dir / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2]
+    for key in ("step", "loss", "lr", "grad_norm", "tokens", "tokens_per_s", "mfu"):
+        assert key in rows[0]
+    assert rows[0]["mfu"] is None  # no peak FLOP/s is known for a CPU
+    assert rows[1]["tokens"] > rows[0]["tokens"] > 0
+    assert 0 < rows[0]["goodput"] <= 1
+    assert rows[0]["lr"] < rows[1]["lr"]  # warmup
+
+
+def test_resume_after_sigkill_reproduces_the_uninterrupted_losses(tmp_path):
+    steps = 30
+    common = [*FAST, f"trainer.run_root={tmp_path}", f"trainer.max_steps={steps}", "trainer.save_every=5"]
+    reference = losses(train_in_process([*common, "trainer.run_name=whole"]).run_dir)
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "training.trainer", *common, "trainer.run_name=killed"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (killed / "checkpoints" / "step_000010" / COMPLETE).exists():
+        assert proc.poll() is None, "the run ended before it could be killed"
+        assert time.time() < deadline
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    last = complete_checkpoints(killed)[-1]
+    assert 10 <= int(last.name.split("_")[1]) < steps, "the kill must land mid-run"
+    assert len(losses(killed)) < steps
+
+    resumed = train_in_process([*common, "trainer.run_name=killed", "trainer.resume=auto"])
+    got = losses(resumed.run_dir)
+    assert [r["step"] for r in read_metrics(killed / "metrics.jsonl")] == list(range(1, steps + 1))
+    assert got == pytest.approx(reference, abs=1e-6, rel=0)
+
+
+def test_checkpoint_loads_with_plain_transformers_and_generates(trained_run):
+    ckpt = trained_run.checkpoints[-1]
+    for name in ("model.safetensors", "config.json", "tokenizer.json", "trainer_state.pt",
+                 "ladder_config.yaml", "ladder_meta.json", COMPLETE):
+        assert (ckpt / name).is_file(), name
+    meta = json.loads((ckpt / "ladder_meta.json").read_text())
+    assert meta["step"] == 150 and meta["git_commit"]
+    tok = AutoTokenizer.from_pretrained(ckpt)
+    model = AutoModelForCausalLM.from_pretrained(ckpt)
+    prompt = tok.apply_chat_template([{"role": "user", "content": "Reverse: q w e r"}],
+                                     tokenize=False, add_generation_prompt=True)
+    enc = tok(prompt, return_tensors="pt", add_special_tokens=False)
+    out = model.generate(**enc, max_new_tokens=12, do_sample=False, eos_token_id=tok.eos_token_id,
+                         pad_token_id=tok.pad_token_id)
+    text = tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    assert text.strip() == "r e w q"
+
+
+def test_only_complete_checkpoints_count(tmp_path, trained_run):
+    import shutil
+    run = tmp_path / "run"
+    shutil.copytree(trained_run.run_dir / "checkpoints", run / "checkpoints")
+    newest = complete_checkpoints(run)[-1]
+    (newest / COMPLETE).unlink()  # as if the process died before the marker
+    assert complete_checkpoints(run)[-1] != newest
+    (run / "checkpoints" / ".tmp-step_000999-1").mkdir()
+    assert all(p.name.startswith("step_") for p in complete_checkpoints(run))
+
+
+def test_a_real_model_loads_from_a_local_directory(tmp_path, trained_run):
+    """model.name_or_path takes a hub name or a local directory in the same format; the test
+    uses a directory (no hub), with the tokenizer read from it too."""
+    src = trained_run.checkpoints[-1]
+    local = tmp_path / "my-model"
+    AutoModelForCausalLM.from_pretrained(src).save_pretrained(local)
+    AutoTokenizer.from_pretrained(src).save_pretrained(local)
+    result = train_in_process([*FAST, f"model.name_or_path={local}", f"trainer.run_root={tmp_path}",
+                               "trainer.run_name=real", "trainer.max_steps=3", "optim.lr=1e-4",
+                               "optim.warmup_ratio=0"])
+    got = losses(result.run_dir)
+    assert len(got) == 3 and got[0] < 0.5  # it starts from the trained weights, not from scratch
+    loaded = AutoModelForCausalLM.from_pretrained(result.checkpoints[-1])
+    assert loaded.config.hidden_size == 192
