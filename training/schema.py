@@ -64,6 +64,7 @@ class RungConfig:
     gpus_per_node: int = 1
     device: str = "cpu"  # cpu | cuda
     engine: Engine = Engine.single
+    offload: bool = False  # ZeRO-3 only: keep parameters and optimizer states in CPU memory
     micro_batch_tokens: int = 1024  # tokens in one packed micro-batch on one device
     # Learning rate used when optim.lr is null: larger models take a gentler rate (see README).
     lr: float = 1e-3
@@ -168,7 +169,7 @@ class TrainerConfig:
     save_initial: Optional[bool] = None  # also checkpoint the untrained model as step 0; null: the rung's
     resume: str = "auto"  # auto | none | a checkpoint directory
     eval_on_save: Optional[bool] = None  # evaluate each checkpoint as it is saved; null: the rung's
-    log_every: int = 1
+    log_every: int = 10  # print a progress line every N steps (metrics.jsonl gets every step)
     # Stop a run whose loss is NaN or inf instead of training on.
     stop_on_nonfinite: bool = True
 

@@ -31,6 +31,7 @@ from training.chat_data import load_documents
 from training.checkpoint import (check_checkpoint, git_commit, latest_checkpoint, load_trainer_state,
                                  save_checkpoint)
 from training.errors import CheckpointError, TrainingError
+from training.heartbeat import Heartbeat
 from training.flops import model_matmul_params, mfu, train_flops
 from training.metrics import MetricsFile
 from training.modeling import build_model, load_tokenizer
@@ -157,6 +158,8 @@ class Trainer:
         self.metrics = MetricsFile(self.run_dir / "metrics.jsonl")
         self.metrics.truncate_after(self.start_step)  # steps after the checkpoint are redone
         self.tracker = Tracker(cfg, self.run_dir)
+        self.heartbeat = Heartbeat(self.run_dir, self.world_size, t.max_steps, enabled=self.rank == 0)
+        self.heartbeat.update(step=self.start_step)
 
     def model_shape(self):
         """Shape for FLOPs: the config for built models, the loaded model's own config otherwise."""
@@ -222,6 +225,7 @@ class Trainer:
         ckpt = save_checkpoint(self.run_dir, step, self.model, self.tokenizer, state, self.cfg,
                                keep_last=self.cfg.trainer.keep_last)
         result.checkpoints.append(ckpt)
+        self.heartbeat.update(last_checkpoint_step=step, last_checkpoint_at=time.time())
         self.tracker.log_checkpoint(ckpt, step)
         log.info("saved checkpoint %s", ckpt)
         if self.eval_on_save:
@@ -247,6 +251,7 @@ class Trainer:
                 m = self.train_step(step)
                 self.metrics.append(m)
                 self.tracker.log_step(step, m)
+                self.heartbeat.update(step=step, loss=m["loss"], mfu=m["mfu"])
                 result.final_loss = m["loss"]
                 if step % t.log_every == 0 or step == t.max_steps:
                     log.info("step %d/%d loss %.4f lr %.2e grad_norm %.3f tok/s %.0f", step, t.max_steps,
@@ -254,6 +259,10 @@ class Trainer:
                 if step % t.save_every == 0 or step == t.max_steps:
                     self.save(step, result)
             exit_code = 0
+            self.heartbeat.update(state="completed")
+        except BaseException as e:
+            self.heartbeat.update(state="failed", reason=f"{type(e).__name__}: {e}"[:500])
+            raise
         finally:
             self.tracker.finish(exit_code)
         return result
