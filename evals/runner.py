@@ -1,64 +1,185 @@
-"""Evaluate a checkpoint on an eval suite and write the result beside it.
+"""Evaluate a checkpoint on an eval suite, from the cache where it can, and register the result.
 
-    ladder eval runs/tiny-sft-reverse/checkpoints/step_000200 [eval=synthetic]
+    ladder eval runs/tiny-sft-reverse/checkpoints/step_000150 [eval=cpu]      # the CLI verb
+    python -m evals.runner CKPT --eval-config suite.yaml --out result.json    # a background job
 
-The result goes to <checkpoint>/eval/<suite>.json: per-task scores, the generation
-settings, and every example's output.
+Each task's result is looked up in the eval cache by the checkpoint's content hash, the task
+and its version, its settings and the eval code version (evals/cache.py). Only the tasks that
+miss are computed, and the model is loaded only if a built-in task misses (lm-eval loads its
+own from the checkpoint directory): a fully cached suite never touches the weights, and the
+log says so ("answered from the cache; no model loaded"). Every result lands in the registry
+(evals/registry.py) and, for the suite, in <checkpoint>/eval/<suite>.json: per-task scores, the
+generation settings and prompt formats, and every example's output.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import logging
 import os
+import sys
 import time
 from pathlib import Path
 
-import torch
-from omegaconf import DictConfig
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from omegaconf import DictConfig, OmegaConf
 
-from evals.synthetic import score_heldout
+from evals.cache import EVAL_CODE_VERSION, EvalCache, TaskSpec, lm_limit, task_specs
+from evals.content_hash import checkpoint_hash
+from evals.registry import Registry, registry_path
 from training.checkpoint import check_checkpoint
-from training.errors import ConfigError
 
-EVAL_CODE_VERSION = 1
-BUILTIN_TASKS = {"reverse"}
+log = logging.getLogger("ladder.eval")
 
 
 def result_path(ckpt: Path, suite: str) -> Path:
     return Path(ckpt) / "eval" / f"{suite}.json"
 
 
-def evaluate_model(model, tokenizer, eval_cfg: DictConfig) -> dict:
-    tasks = {}
-    for task in eval_cfg.tasks:
-        if task not in BUILTIN_TASKS:
-            raise ConfigError(f"eval.tasks: unknown task {task!r}; built-in tasks are {sorted(BUILTIN_TASKS)}")
-        tasks[task] = score_heldout(model, tokenizer, eval_cfg.heldout_file, eval_cfg.max_examples,
-                                    eval_cfg.max_new_tokens, eval_cfg.batch_size)
-    return tasks
+def resolve_device(eval_cfg: DictConfig) -> str:
+    if eval_cfg.device != "auto":
+        return eval_cfg.device
+    import torch
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def evaluate_checkpoint(ckpt: str | Path, eval_cfg: DictConfig) -> dict:
-    ckpt = check_checkpoint(ckpt)
+def load_model(ckpt: Path, device: str):
+    """The one place a checkpoint's weights are loaded for the built-in tasks."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    log.info("loading model from %s on %s", ckpt, device)
     tokenizer = AutoTokenizer.from_pretrained(ckpt)
-    model = AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.float32)
+    dtype = torch.float32 if device == "cpu" else torch.bfloat16
+    model = AutoModelForCausalLM.from_pretrained(ckpt, dtype=dtype).to(device)
+    return model, tokenizer
+
+
+def run_builtin(spec: TaskSpec, model, tokenizer, eval_cfg: DictConfig) -> dict:
+    if spec.name == "reverse":
+        from evals.synthetic import score_heldout
+        return score_heldout(model, tokenizer, eval_cfg.heldout_file, eval_cfg.max_examples,
+                             eval_cfg.max_new_tokens, eval_cfg.batch_size)
+    from evals.instructions import score_instructions
+    return score_instructions(model, tokenizer, eval_cfg.instructions_file, eval_cfg.max_examples,
+                              eval_cfg.max_new_tokens, eval_cfg.batch_size)
+
+
+def default_registry(ckpt: Path) -> Registry:
+    """The registry a checkpoint's own run config names, else registry.db in its run root."""
+    cfg_file = Path(ckpt) / "ladder_config.yaml"
+    saved = OmegaConf.load(cfg_file) if cfg_file.exists() else OmegaConf.create()
+    url = OmegaConf.select(saved, "registry.url")
+    timeout = OmegaConf.select(saved, "registry.busy_timeout_s") or 60.0
+    return Registry(registry_path(url, ckpt, OmegaConf.select(saved, "trainer.run_root") or "runs"), timeout)
+
+
+def evaluate_checkpoint(ckpt: str | Path, eval_cfg: DictConfig, registry: Registry | None = None) -> dict:
+    """Score `ckpt` on the suite; returns scores, per-task results and whether the model was loaded."""
+    ckpt = check_checkpoint(ckpt)
+    specs = task_specs(eval_cfg)
     t0 = time.time()
-    tasks = evaluate_model(model, tokenizer, eval_cfg)
-    meta = json.loads((ckpt / "ladder_meta.json").read_text()) if (ckpt / "ladder_meta.json").exists() else {}
+    content_hash = checkpoint_hash(ckpt)
+    registry = registry or default_registry(ckpt)
+    row = registry.register_checkpoint(ckpt, content_hash)
+    cache = EvalCache(registry.cache_dir)
+    keys = {s.name: s.key(content_hash) for s in specs}
+    tasks: dict[str, dict] = {}
+    for s in specs:
+        hit = cache.get(keys[s.name])
+        if hit is not None:
+            tasks[s.name] = {**hit, "cached": True, "examples_path": str(cache.path(keys[s.name]))}
+    missing = [s for s in specs if s.name not in tasks]
+    device = resolve_device(eval_cfg)
+    model_loaded = False
+    builtin = [s for s in missing if s.kind == "builtin"]
+    if builtin:
+        model, tokenizer = load_model(ckpt, device)
+        model_loaded = True
+        for s in builtin:
+            t = time.time()
+            tasks[s.name] = {**run_builtin(s, model, tokenizer, eval_cfg), "seconds": round(time.time() - t, 2)}
+        del model
+    harness = [s for s in missing if s.kind == "lm_eval"]
+    if harness:
+        from evals.lm_harness import run_lm_eval
+        t = time.time()
+        out = run_lm_eval(ckpt, eval_cfg.lm_eval, [s.name for s in harness], lm_limit(eval_cfg), device)
+        model_loaded = True
+        for s in harness:
+            tasks[s.name] = {**out[s.name], "seconds": round((time.time() - t) / len(harness), 2)}
+    for s in specs:
+        res = tasks[s.name]
+        res.update(cache_key=keys[s.name], settings=s.settings)
+        if not res.get("cached"):
+            res["cached"] = False
+            res["examples_path"] = str(cache.put(keys[s.name], {k: v for k, v in res.items() if k != "cached"}))
+        registry.record_result(keys[s.name], content_hash, s, res, Path(res["examples_path"]), eval_cfg.name,
+                               replace=not res["cached"])
+    cached = [s.name for s in specs if tasks[s.name]["cached"]]
+    if len(cached) == len(specs):
+        log.info("eval of %s: all %d task(s) answered from the cache; no model loaded", ckpt, len(specs))
+    elif cached:
+        log.info("eval of %s: %s answered from the cache", ckpt, ", ".join(cached))
     result = {
         "checkpoint": str(ckpt.resolve()),
-        "step": meta.get("step"),
+        "content_hash": content_hash,
+        "step": row["step"],
+        "run_name": row["run_name"],
         "suite": eval_cfg.name,
         "eval_code_version": EVAL_CODE_VERSION,
+        "device": device,
         "seconds": round(time.time() - t0, 2),
-        "scores": {f"{t}/exact_match": r["exact_match"] for t, r in tasks.items()},
+        "model_loaded": model_loaded,
+        "cached_tasks": cached,
+        "registry": str(registry.path),
+        "scores": {f"{name}/{r['metric']}": r["score"] for name, r in tasks.items()},
         "tasks": tasks,
     }
     out = result_path(ckpt, eval_cfg.name)
-    out.parent.mkdir(exist_ok=True)
-    tmp = out.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(result, indent=1) + "\n")
-    os.replace(tmp, out)
-    result["path"] = str(out)
+    try:
+        out.parent.mkdir(exist_ok=True)
+        tmp = out.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(result, indent=1) + "\n")
+        os.replace(tmp, out)
+        result["path"] = str(out)
+    except OSError:  # a read-only checkpoint: the cache and the registry still hold everything
+        result["path"] = tasks[specs[0].name]["examples_path"]
     return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    """A background evaluation (evals/async_eval.py): one checkpoint, one suite, a JSON result."""
+    from training.errors import EXIT_USER_ERROR, LadderError
+    from training.schema import EvalConfig
+    p = argparse.ArgumentParser(prog="python -m evals.runner", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoint")
+    p.add_argument("--eval-config", required=True, help="a YAML file holding the eval node (an EvalConfig)")
+    p.add_argument("--registry", default=None, help="registry path or sqlite:/// URL (default: beside the runs)")
+    p.add_argument("--out", default=None, help="write the result (without per-example rows) here as JSON")
+    p.add_argument("--nice", type=int, default=0, help="lower this process's CPU priority (beside a training run)")
+    args = p.parse_args(argv)
+    if args.nice:
+        os.nice(args.nice)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    try:
+        eval_cfg = OmegaConf.merge(OmegaConf.structured(EvalConfig), OmegaConf.load(args.eval_config))
+        registry = Registry(registry_path(args.registry)) if args.registry else None
+        result = evaluate_checkpoint(args.checkpoint, eval_cfg, registry)
+    except LadderError as e:
+        print(f"evals.runner: error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    slim = {**result, "tasks": {k: {f: v for f, v in t.items() if f != "examples"} for k, t in result["tasks"].items()}}
+    if args.out:
+        tmp = Path(args.out).with_suffix(".tmp")
+        tmp.write_text(json.dumps(slim, indent=1) + "\n")
+        os.replace(tmp, args.out)
+    print(json.dumps(slim["scores"]))
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    sys.exit(main())

@@ -5,12 +5,11 @@
 
 from __future__ import annotations
 
-from training.chat_data import check_jsonl
-from training.synthetic import VERSION
-
 import json
 
 from evals.generate import greedy_complete
+from training.chat_data import check_jsonl
+from training.synthetic import VERSION
 
 
 def load_heldout(path: str, max_examples: int | None = None) -> list[dict]:
@@ -28,11 +27,16 @@ def score_heldout(model, tokenizer, path: str, max_examples: int | None = None,
     outputs = greedy_complete(model, tokenizer, prompts, max_new_tokens, batch_size)
     examples = [{"id": r.get("id", str(i)), "target": a, "output": o, "correct": o.strip() == a.strip()}
                 for i, (r, a, o) in enumerate(zip(rows, answers, outputs))]
+    for e in examples:
+        e["score"] = float(e["correct"])  # per example, for paired bootstraps in `ladder compare`
     correct = sum(e["correct"] for e in examples)
     return {
+        "metric": "exact_match",
+        "score": 100.0 * correct / len(examples),
         "exact_match": 100.0 * correct / len(examples),
         "n": len(examples),
         "task_version": VERSION,
-        "generation": {"do_sample": False, "max_new_tokens": max_new_tokens, "prompt_format": "chat_template"},
+        "generation": {"do_sample": False, "max_new_tokens": max_new_tokens},
+        "prompt_format": "chat_template: the row's messages up to the answer, then the assistant header",
         "examples": examples,
     }

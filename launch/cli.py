@@ -22,9 +22,7 @@ for _var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from training.errors import LadderError  # noqa: E402
-
-EXIT_USER_ERROR = 2
+from training.errors import EXIT_REQUEUE, EXIT_USER_ERROR, LadderError, Preempted  # noqa: E402
 
 OVERRIDES_HELP = """\
 overrides are Hydra overrides: group=option picks a config file, key.path=value sets a value.
@@ -51,8 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=textwrap.dedent("""\
             verbs:
               train   train a model (SFT) from the composed config
-              eval    evaluate a checkpoint on an eval suite
+              eval    evaluate a checkpoint on an eval suite (cached by checkpoint content)
+              compare compare checkpoints, runs or sweeps task by task, with bootstrap CIs; --html report
+              leaderboard  rank registered checkpoints across runs, with metadata filters
               config  print the composed, validated config and exit
+              plan    print the compute plan: parameters, FLOPs, memory per GPU, fit, GPU-hours, cost
+              launch  plan, check the team's budget, record the job in the ledger and run it
+              budget  `ladder budget report`: GPU-hours by team and period, from the ledger
 
             Run `ladder VERB --help` for a verb's options and the config groups.
             Quick start: `ladder train rung=tiny` trains the tiny model on a CPU in about a minute."""))
@@ -71,9 +74,66 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("checkpoint", help="a checkpoint directory (runs/<name>/checkpoints/step_NNNNNN)")
     ev.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. eval=synthetic eval.max_examples=100")
 
+    co = sub.add_parser("compare", formatter_class=fmt, help="compare checkpoints with confidence intervals",
+                        description="Score each target on the eval suite (from the eval cache where it can) and "
+                                    "print per task the score, the delta vs the baseline and its 95%% CI from a "
+                                    "paired bootstrap over examples; significant deltas are marked. A target is a "
+                                    "checkpoint, a run directory (its latest checkpoint) or sweep:NAME (the latest "
+                                    "registered checkpoint of each of the sweep's runs).",
+                        epilog=OVERRIDES_HELP + "\n" + _lazy_groups())
+    co.add_argument("items", nargs="+", metavar="TARGET_OR_OVERRIDE",
+                    help="checkpoints, runs or sweep:NAME, then Hydra overrides (eval=cpu registry.url=...)")
+    co.add_argument("--baseline", default=None, help="the target the deltas are taken against (default: the first)")
+    co.add_argument("--html", metavar="FILE", default=None,
+                    help="also write an offline HTML report: plots vs step, GPU-hours and time, config diffs")
+    co.add_argument("--json", metavar="FILE", default=None, help="also write the comparison as JSON")
+
+    lb = sub.add_parser("leaderboard", formatter_class=fmt, help="rank registered checkpoints by eval score",
+                        description="Rank the checkpoints in the registry by their scores on the eval suite "
+                                    "(results with the suite's current settings only), optionally filtered.",
+                        epilog=OVERRIDES_HELP + "\n" + _lazy_groups())
+    lb.add_argument("overrides", nargs="*", help="Hydra overrides: eval=SUITE, trainer.run_root=..., registry.url=...")
+    lb.add_argument("--sweep", default=None, help="only checkpoints of runs with this sweep.name")
+    lb.add_argument("--rung", default=None, help="only this rung, e.g. tiny or 8b")
+    lb.add_argument("--recipe", default=None, help="only this recipe, e.g. sft or dpo")
+    lb.add_argument("--data", default=None, help="only this data mix (data.name)")
+    lb.add_argument("--lr", type=float, default=None, help="only this learning rate (the effective one)")
+    lb.add_argument("--run", default=None, help="only this run name")
+    lb.add_argument("--task", default=None, help="rank by this task instead of the average over tasks")
+    lb.add_argument("--top", type=int, default=None, help="show the best N")
+    lb.add_argument("--json", metavar="FILE", default=None, help="also write the ranking as JSON")
+
     cf = sub.add_parser("config", formatter_class=fmt, help="print the composed config",
                         epilog=OVERRIDES_HELP + "\n" + _lazy_groups())
     cf.add_argument("overrides", nargs="*", help="Hydra overrides")
+
+    pl = sub.add_parser("plan", formatter_class=fmt, help="print the compute plan of a job",
+                        description="Plan a job without running it: parameters (meta-device build), training "
+                                    "FLOPs, memory per GPU by engine, whether it fits and what to change if not, "
+                                    "GPU-hours, wall-clock and cost. Exit status 1 when it does not fit.",
+                        epilog=OVERRIDES_HELP + "\n" + _lazy_groups())
+    pl.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. rung=405b rung.nodes=16")
+    pl.add_argument("--json", action="store_true", help="print the plan as one JSON object")
+
+    la = sub.add_parser("launch", formatter_class=fmt, help="plan, check the budget, record and run a job",
+                        description="Validate and plan the job, check its planned GPU-hours against the team's "
+                                    "budget (budget=<team>), record it in the ledger, run it with the launcher "
+                                    "(launcher=local) and record the hours it used, its final state and waste.",
+                        epilog=OVERRIDES_HELP + "\n" + _lazy_groups())
+    la.add_argument("overrides", nargs="*", help="Hydra overrides, passed unchanged to the trainer")
+    la.add_argument("--override-budget", metavar="REASON", default=None,
+                    help="launch even if the job exceeds the team's budget; the reason is recorded in the ledger")
+
+    bu = sub.add_parser("budget", formatter_class=fmt, help="GPU-hour budgets by team and period",
+                        description="Budgets: configs/budget/<team>.yaml gives a team gpu_hours per period.")
+    bsub = bu.add_subparsers(dest="budget_verb", metavar="SUBVERB", required=True)
+    br = bsub.add_parser("report", formatter_class=fmt, help="allocated, used, running, wasted and useful hours",
+                         description="Per team and period: allocated, used, planned-and-running, wasted and "
+                                     "MFU-weighted (useful) GPU-hours, what is left, and the cost.",
+                         epilog=OVERRIDES_HELP + "\n" + _lazy_groups())
+    br.add_argument("overrides", nargs="*", help="Hydra overrides that locate the ledger, e.g. trainer.run_root=/data/runs")
+    br.add_argument("--plot", metavar="FILE", default=None, help="also write a PNG chart to FILE")
+    br.add_argument("--team", default=None, help="only this team")
     return p
 
 
@@ -113,6 +173,16 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    from launch.compare_cmd import cmd_compare as run
+    return run(args)
+
+
+def cmd_leaderboard(args) -> int:
+    from launch.compare_cmd import cmd_leaderboard as run
+    return run(args)
+
+
 def cmd_config(args) -> int:
     from omegaconf import OmegaConf
     from training.compose import compose
@@ -123,6 +193,21 @@ def cmd_config(args) -> int:
     return 0
 
 
+def cmd_plan(args) -> int:
+    from launch.plan import cmd_plan as run
+    return run(args)
+
+
+def cmd_launch(args) -> int:
+    from launch.launch_cmd import cmd_launch as run
+    return run(args)
+
+
+def cmd_budget(args) -> int:
+    from launch.budget import cmd_budget_report
+    return cmd_budget_report(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -131,10 +216,15 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USER_ERROR
     setup_logging()
     try:
-        return {"train": cmd_train, "eval": cmd_eval, "config": cmd_config}[args.verb](args)
+        return {"train": cmd_train, "eval": cmd_eval, "config": cmd_config, "plan": cmd_plan,
+                "launch": cmd_launch, "budget": cmd_budget, "compare": cmd_compare,
+                "leaderboard": cmd_leaderboard}[args.verb](args)
     except LadderError as e:
         print(f"ladder {args.verb}: error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except Preempted as e:
+        print(f"ladder {args.verb}: {e}", file=sys.stderr)
+        return EXIT_REQUEUE
     except KeyboardInterrupt:
         print(f"ladder {args.verb}: interrupted", file=sys.stderr)
         return 130

@@ -1,7 +1,13 @@
 """`ladder eval CHECKPOINT [overrides]`: score a checkpoint and log it where the run logs.
 
-The scores go to <checkpoint>/eval/<suite>.json, to the terminal as a table, and to the
-checkpoint's own W&B run (same run id) against the checkpoint's step.
+    ladder eval runs/tiny-sft-reverse/checkpoints/step_000150             # eval=synthetic
+    ladder eval runs/tiny-sft-reverse/checkpoints/step_000150 eval=cpu     # + ifeval_lite, lm-eval
+
+Tasks already scored for this checkpoint's content are answered from the eval cache without
+loading the model. The scores go to <checkpoint>/eval/<suite>.json, to the registry beside
+the runs (registry.url), to the terminal as a table, and to the checkpoint's own W&B run
+(same run id) against the checkpoint's step, with an `eval` artifact naming the checkpoint's
+artifact. A result that this W&B run already holds is not logged twice.
 """
 
 from __future__ import annotations
@@ -12,32 +18,63 @@ from omegaconf import OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from evals.runner import evaluate_checkpoint
+from evals.registry import Registry, run_dir_of
+from evals.runner import default_registry, evaluate_checkpoint
 from training.checkpoint import check_checkpoint, step_of
 from training.compose import compose
 from training.tracking import Tracker
 
 
+def registry_for(ckpt: Path, cfg, overrides: list[str]) -> Registry:
+    """registry.url or trainer.run_root when given on the command line, else the checkpoint's own."""
+    if any(o.lstrip("+").startswith(("registry.url=", "trainer.run_root=")) for o in overrides):
+        return Registry.from_config(cfg)  # ckpt not passed: the run root named here wins
+    return default_registry(ckpt)
+
+
 def run_eval(checkpoint: str, overrides: list[str]) -> dict:
     ckpt = check_checkpoint(checkpoint)
     cfg = compose(overrides)
-    result = evaluate_checkpoint(ckpt, cfg.eval)
+    registry = registry_for(ckpt, cfg, overrides)
+    result = evaluate_checkpoint(ckpt, cfg.eval, registry)
+    step = step_of(ckpt)
+    console = Console()
+    run_dir = run_dir_of(ckpt)
     run_cfg_file = ckpt / "ladder_config.yaml"
-    run_dir = ckpt.parent.parent
-    if run_cfg_file.exists() and cfg.tracker.mode.value != "disabled":
-        run_cfg = compose_from_file(run_cfg_file, cfg)
-        tracker = Tracker(run_cfg, run_dir, job_type="eval")
-        tracker.log_eval(step_of(ckpt), result["scores"])
-        tracker.finish()
-    table = Table(title=f"eval suite {cfg.eval.name!r}, checkpoint step {step_of(ckpt)}")
+    if run_dir is not None and run_cfg_file.exists() and cfg.tracker.mode.value != "disabled":
+        log_to_wandb(ckpt, run_dir, step, result, compose_from_file(run_cfg_file, cfg), registry, console)
+    table = Table(title=f"eval suite {cfg.eval.name!r}, checkpoint step {step}")
     table.add_column("task")
     table.add_column("score", justify="right")
-    for k, v in result["scores"].items():
-        table.add_row(k, f"{v:.1f}")
-    console = Console()
+    table.add_column("n", justify="right")
+    table.add_column("source")
+    for name, task in result["tasks"].items():
+        table.add_row(f"{name}/{task['metric']}", f"{task['score']:.1f}", str(task["n"]),
+                      "cache" if task["cached"] else f"computed in {task.get('seconds', 0):.1f}s")
     console.print(table)
-    console.print(f"results: {result['path']}")
+    if not result["model_loaded"]:
+        console.print("every task was answered from the eval cache; the model was not loaded")
+    console.print(f"results: {result['path']}\nregistry: {result['registry']}")
     return result
+
+
+def log_to_wandb(ckpt: Path, run_dir: Path, step: int, result: dict, run_cfg, registry: Registry,
+                 console: Console) -> None:
+    id_file = run_dir / "wandb_id"
+    run_id = id_file.read_text().strip() if id_file.exists() else None
+    keys = [t["cache_key"] for t in result["tasks"].values()]
+    if run_id and registry.was_logged(run_id, keys):
+        console.print(f"W&B run {run_id} already holds these scores at step {step}; not logged again")
+        return
+    tracker = Tracker(run_cfg, run_dir, job_type="eval")
+    try:
+        tracker.log_eval(step, result["scores"])
+        tracker.link_eval(ckpt, step, result)
+        run_id = tracker.run.id if tracker.run is not None else run_id
+    finally:
+        tracker.finish()
+    if run_id:
+        registry.mark_logged(run_id, keys, step)
 
 
 def compose_from_file(path: Path, current):

@@ -68,5 +68,22 @@ def test_ladder_eval_cli_scores_a_checkpoint_and_logs_it_at_its_step(trained_run
     assert result["tasks"]["reverse"]["n"] == 20 and result["step"] == 75
     runs = sorted(Path(trained_run.run_dir).glob("wandb/offline-run-*/run-*.wandb"))
     assert len(runs) == 2  # the eval appended to the same W&B run id, in a second offline segment
-    rows = history(read_records(runs[-1]))
-    assert any(r.get("eval/checkpoint_step") == 75 for r in rows)
+    records = read_records(runs[-1])
+    rows = history(records)
+    assert any(r.get("eval/checkpoint_step") == 75 and r.get("eval/reverse/exact_match") == result["scores"][
+        "reverse/exact_match"] for r in rows)
+    # The eval is linked to the checkpoint's artifact: an `eval` artifact names it and its content.
+    evals = [r.artifact for r in records if r.WhichOneof("record_type") == "artifact" and r.artifact.type == "eval"]
+    assert len(evals) == 1
+    meta = json.loads(evals[0].metadata)
+    from evals.content_hash import checkpoint_hash
+    assert meta["checkpoint_artifact"] == "shared-checkpoint:step_75" and meta["checkpoint_step"] == 75
+    assert meta["content_hash"] == checkpoint_hash(ckpt) and meta["scores"] == result["scores"]
+    assert meta["tasks"]["reverse"]["generation"]["do_sample"] is False
+    assert [m.ref for m in evals[0].manifest.contents] == [(ckpt / "eval" / "synthetic.json").resolve().as_uri()]
+
+    # The same eval again comes from the cache and is not logged to the run a second time.
+    again = ladder_cli("eval", str(ckpt), "eval.max_examples=20")
+    assert again.returncode == 0, again.stderr
+    assert "not logged again" in again.stdout and "loading model" not in again.stderr
+    assert len(sorted(Path(trained_run.run_dir).glob("wandb/offline-run-*/run-*.wandb"))) == 2

@@ -97,9 +97,13 @@ def assistant_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[in
     return text, spans
 
 
-def encode_chat(tokenizer, messages: list[dict], max_len: int) -> tuple[list[int], list[int]]:
-    """Token ids and next-token labels; labels are IGNORE except where the target is an assistant token."""
+def encode_chat(tokenizer, messages: list[dict], max_len: int, last_turn_only: bool = False
+                ) -> tuple[list[int], list[int]]:
+    """Token ids and next-token labels; labels are IGNORE except where the target is an assistant
+    token (of the last assistant turn only, with last_turn_only: preference pairs)."""
     text, spans = assistant_spans(tokenizer, messages)
+    if last_turn_only:
+        spans = spans[-1:]
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids = enc["input_ids"][:max_len]
     trained = [any(a <= start < b for a, b in spans) for start, _ in enc["offset_mapping"][:max_len]]

@@ -6,7 +6,8 @@
 Layout of one checkpoint directory:
   model.safetensors, config.json, generation_config.json  (model.save_pretrained)
   tokenizer.json, tokenizer_config.json, chat_template.jinja (tokenizer.save_pretrained)
-  trainer_state.pt     optimizer, scheduler, RNG states, data position, step
+  trainer_state.pt     optimizer (full, by parameter name), scheduler, RNG, data position, step
+  deepspeed/           DeepSpeed engines only: their own sharded optimizer and model state
   ladder_config.yaml   the resolved run config
   ladder_meta.json     step, run name, git commit, time
   COMPLETE             written last
@@ -28,6 +29,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from training import faults
 from training.errors import CheckpointError
 
 COMPLETE = "COMPLETE"
@@ -60,27 +62,40 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def save_checkpoint(run_dir: Path, step: int, model, tokenizer, state: dict, cfg: DictConfig,
-                    keep_last: int | None = None, protect: tuple[int, ...] = (0,)) -> Path:
-    root = checkpoints_dir(run_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step_{step:06d}"
-    tmp = root / f".tmp-step_{step:06d}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    model.save_pretrained(tmp, safe_serialization=True)
+def staging_dir(run_dir: Path, step: int) -> Path:
+    """Where a checkpoint is written before it is committed. The same name on every rank, so
+    engines that write per-rank shards (DeepSpeed) write into one directory."""
+    return checkpoints_dir(run_dir) / f".tmp-step_{step:06d}"
+
+
+def write_checkpoint(tmp: Path, step: int, model, tokenizer, state: dict, cfg: DictConfig,
+                     model_state: dict | None = None) -> None:
+    """Write the Hugging Face weights, the tokenizer and the trainer state into `tmp` (rank 0)."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(tmp, state_dict=model_state, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
+    faults.maybe("kill_in_save", step)  # tests: die with the weights half-way to a checkpoint
     torch.save(state, tmp / STATE_FILE)
     (tmp / "ladder_config.yaml").write_text(OmegaConf.to_yaml(cfg))
     meta = {"step": step, "run_name": cfg.trainer.run_name, "git_commit": git_commit(),
+            "engine": state.get("engine"), "world_size": state.get("world_size"),
             "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     (tmp / "ladder_meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-    for f in tmp.iterdir():  # the data must be on disk before COMPLETE claims it is
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
-    (tmp / COMPLETE).write_text(meta["saved_at"] + "\n")
-    if final.exists():  # a re-save of the same step after a resume: replace it atomically
-        old = root / f".old-step_{step:06d}-{os.getpid()}"
+
+
+def commit_checkpoint(tmp: Path, run_dir: Path, step: int, keep_last: int | None = None,
+                      protect: tuple[int, ...] = (0,)) -> Path:
+    """fsync everything, write COMPLETE, and rename the directory into place (rank 0)."""
+    root = checkpoints_dir(run_dir)
+    final = root / f"step_{step:06d}"
+    for f in tmp.rglob("*"):  # the data must be on disk before COMPLETE claims it is
+        if f.is_file():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+    (tmp / COMPLETE).write_text(time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()) + "\n")
+    if final.exists():  # a re-save of the same step after a resume: swap it atomically
+        old = root / f".old-step_{step:06d}"
+        shutil.rmtree(old, ignore_errors=True)
         os.rename(final, old)
         os.rename(tmp, final)
         shutil.rmtree(old)
@@ -90,6 +105,16 @@ def save_checkpoint(run_dir: Path, step: int, model, tokenizer, state: dict, cfg
     if keep_last:
         prune(run_dir, keep_last, protect)
     return final
+
+
+def save_checkpoint(run_dir: Path, step: int, model, tokenizer, state: dict, cfg: DictConfig,
+                    keep_last: int | None = None, protect: tuple[int, ...] = (0,),
+                    model_state: dict | None = None) -> Path:
+    """Single-process save: stage, write, commit."""
+    tmp = staging_dir(run_dir, step)
+    shutil.rmtree(tmp, ignore_errors=True)
+    write_checkpoint(tmp, step, model, tokenizer, state, cfg, model_state)
+    return commit_checkpoint(tmp, run_dir, step, keep_last, protect)
 
 
 def step_of(path: Path) -> int:
@@ -117,9 +142,8 @@ def prune(run_dir: Path, keep_last: int, protect: tuple[int, ...] = (0,)) -> Non
     found = [p for p in complete_checkpoints(run_dir) if step_of(p) not in protect]
     for p in found[:-keep_last]:
         shutil.rmtree(p, ignore_errors=True)
-    for p in checkpoints_dir(run_dir).glob(".tmp-*"):
-        if not p.name.endswith(f"-{os.getpid()}"):
-            shutil.rmtree(p, ignore_errors=True)
+    for p in checkpoints_dir(run_dir).glob(".tmp-*"):  # left by a save that was killed
+        shutil.rmtree(p, ignore_errors=True)
 
 
 def check_checkpoint(path: str | Path) -> Path:

@@ -19,3 +19,20 @@ class CheckpointError(LadderError):
 
 class TrainingError(LadderError):
     """The run cannot go on (e.g. a non-finite loss); the last good checkpoint is intact."""
+
+
+class BudgetError(LadderError):
+    """A launch would exceed its team's GPU-hour allocation (ladder launch --override-budget to go on)."""
+
+
+class EvalError(LadderError):
+    """Nothing to evaluate or compare: a sweep with no checkpoints, results that cannot be paired."""
+
+
+class Preempted(Exception):
+    """SIGTERM or SIGUSR1 arrived; the run checkpointed and should be requeued (exit status 75)."""
+
+
+EXIT_USER_ERROR = 2
+EXIT_REQUEUE = 75  # EX_TEMPFAIL: the launcher requeues the job; it resumes from its checkpoint
+EXIT_HUNG = 124  # a step exceeded trainer.step_timeout_s

@@ -20,11 +20,15 @@ import torch
 
 
 class PackedStream:
-    def __init__(self, docs: list[tuple[list[int], list[int]]], micro_batch_tokens: int,
-                 seed: int, shuffle: bool = True):
+    def __init__(self, docs: list, micro_batch_tokens: int, seed: int, shuffle: bool = True,
+                 length=lambda item: len(item[0]), collate_fn=None):
+        """`docs` are SFT documents (input_ids, labels) by default; a recipe with another batch
+        format (DPO pairs) passes its own item `length` and `collate_fn(items, indices)`."""
         if not docs:
             raise ValueError("no documents to pack")
         self.docs = docs
+        self.length = length
+        self.collate_fn = collate_fn or (lambda items, _indices: collate(items))
         self.micro_batch_tokens = micro_batch_tokens
         self.seed = seed
         self.shuffle = shuffle
@@ -40,7 +44,7 @@ class PackedStream:
             order = list(range(n))
         plan, cur, used = [], [], 0
         for i in order:  # greedy, in order: keeps the data order a pure function of the seed
-            length = len(self.docs[i][0])
+            length = self.length(self.docs[i])
             if cur and used + length > self.micro_batch_tokens:
                 plan.append(cur)
                 cur, used = [], 0
@@ -63,7 +67,8 @@ class PackedStream:
         return bisect_right(self._starts, index) - 1
 
     def micro_batch(self, index: int) -> dict:
-        return collate([self.docs[i] for i in self._locate(index)])
+        indices = self._locate(index)
+        return self.collate_fn([self.docs[i] for i in indices], indices)
 
 
 def collate(docs: list[tuple[list[int], list[int]]]) -> dict:

@@ -1,8 +1,13 @@
-"""Recipes: a loss over one packed micro-batch, plus the count that normalises it.
+"""Recipes: a batch format and a loss over one packed micro-batch; the loop is shared.
 
-The loop divides every micro-batch's summed loss by one number: the trained tokens of the
-whole optimizer step, across micro-batches and ranks. So the gradient is that of the mean
-loss over the step's tokens, whatever the accumulation or the packing (torchtune #2307).
+    recipe = make_recipe(cfg)          # SFT or DPO, from recipe.loss
+    stream = recipe.build_stream(cfg, tokenizer, micro_batch_tokens, seed)
+    loss_sum, stats = recipe.loss_sum(model, batch)
+
+One normalisation rule for every recipe: the loop divides each micro-batch's summed loss by
+the number of loss units of the whole optimizer step, across micro-batches and ranks (`count`:
+trained tokens for SFT, preference pairs for DPO). So the gradient is that of the mean loss
+over the step, whatever the accumulation, the packing or the world size (torchtune #2307).
 """
 
 from __future__ import annotations
@@ -10,25 +15,116 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from training.chat_data import IGNORE
+from training.chat_data import IGNORE, load_documents
+from training.packing import PackedStream
+
+
+def token_logps(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token log-probabilities of the labels (0 where ignored) and the trained-token mask."""
+    out = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False)
+    logits = out.logits.float()
+    labels = batch["labels"].view(-1)
+    logp = -F.cross_entropy(logits.view(-1, logits.size(-1)), labels, ignore_index=IGNORE, reduction="none")
+    return logp, (labels != IGNORE)
 
 
 class SFT:
+    """Cross-entropy on assistant tokens, packed padding-free. Labels are pre-shifted per
+    document (training.chat_data.encode_chat), so no target crosses a document boundary."""
     name = "sft"
+    unit = "tokens"
+    data_format = "messages"
+
+    def build_stream(self, cfg, tokenizer, micro_batch_tokens: int, seed: int):
+        docs, truncated = load_documents(cfg.data, tokenizer)
+        return PackedStream(docs, micro_batch_tokens, seed, cfg.data.shuffle), truncated
+
+    def prepare(self, trainer) -> None:
+        pass
 
     @staticmethod
     def count(batch: dict) -> int:
-        """Trained tokens: those with a label (assistant tokens)."""
         return int((batch["labels"] != IGNORE).sum())
 
     @staticmethod
-    def loss_sum(model, batch: dict) -> torch.Tensor:
-        """Summed next-token cross-entropy over assistant tokens. Labels are pre-shifted per
-        document (training.chat_data.encode_chat), so no target crosses a document boundary."""
+    def loss_sum(model, batch: dict) -> tuple[torch.Tensor, dict]:
         out = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False)
         logits = out.logits.float()
         return F.cross_entropy(logits.view(-1, logits.size(-1)), batch["labels"].view(-1),
-                               ignore_index=IGNORE, reduction="sum")
+                               ignore_index=IGNORE, reduction="sum"), {}
 
 
-RECIPES = {"sft": SFT}
+class DPO:
+    """Direct preference optimisation on chosen/rejected pairs.
+
+    With policy and reference log-probabilities of the final assistant turn, summed over its
+    tokens (pi_c, pi_r, ref_c, ref_r) and its lengths (n_c, n_r):
+      dpo_sigmoid  z = (pi_c - ref_c) - (pi_r - ref_r)                       (Rafailov et al.)
+      dpo_norm     z = (pi_c - ref_c) / n_c - (pi_r - ref_r) / n_r            (length-normalised, Tulu 3)
+      simpo        z = pi_c / n_c - pi_r / n_r - gamma / beta                 (reference-free, Meng et al.)
+      loss = -(1 - eps) log sigmoid(beta z) - eps log sigmoid(-beta z)       (eps = label smoothing)
+    Rewards are beta times each side's term of z; accuracy is the share of pairs with z > 0.
+    """
+    unit = "pairs"
+    data_format = "preference"
+
+    def __init__(self, loss: str, beta: float, label_smoothing: float, gamma: float):
+        self.name, self.beta, self.eps, self.gamma = loss, beta, label_smoothing, gamma
+        self.needs_reference = loss != "simpo"
+        self.ref_logps: torch.Tensor | None = None  # [n_pairs, 2]: summed log-probs of chosen, rejected
+
+    def build_stream(self, cfg, tokenizer, micro_batch_tokens: int, seed: int):
+        from training.preference import collate_pairs, load_pairs, pair_length
+        pairs = load_pairs(cfg.data, tokenizer)
+        truncated = sum(1 for p in pairs if max(len(p[0]), len(p[2])) == cfg.data.max_seq_len)
+        self.pairs = pairs
+        return PackedStream(pairs, micro_batch_tokens, seed, cfg.data.shuffle, length=pair_length,
+                            collate_fn=collate_pairs), truncated
+
+    def prepare(self, trainer) -> None:
+        if self.needs_reference:
+            from training.reference import reference_logps
+            self.ref_logps = reference_logps(trainer, self.pairs)
+
+    @staticmethod
+    def count(batch: dict) -> int:
+        return len(batch["pair_ids"])
+
+    @staticmethod
+    def sequence_logps(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed log-probs and trained lengths per document, in packing order (chosen, rejected, ...)."""
+        logp, mask = token_logps(model, batch)
+        lens = torch.tensor(batch["doc_lens"], device=logp.device)
+        doc = torch.repeat_interleave(torch.arange(len(lens), device=logp.device), lens)
+        sums = torch.zeros(len(lens), device=logp.device, dtype=logp.dtype).index_add_(0, doc, logp)
+        counts = torch.zeros(len(lens), device=logp.device, dtype=logp.dtype).index_add_(0, doc, mask.to(logp.dtype))
+        return sums, counts
+
+    def loss_sum(self, model, batch: dict) -> tuple[torch.Tensor, dict]:
+        sums, counts = self.sequence_logps(model, batch)
+        pc, pr, nc, nr = sums[0::2], sums[1::2], counts[0::2], counts[1::2]
+        if self.needs_reference:
+            ref = self.ref_logps[batch["pair_ids"].cpu()].to(pc.device)
+            rc, rr = ref[:, 0], ref[:, 1]
+        if self.name == "dpo_sigmoid":
+            chosen, rejected = pc - rc, pr - rr
+        elif self.name == "dpo_norm":
+            chosen, rejected = (pc - rc) / nc, (pr - rr) / nr
+        else:  # simpo
+            chosen, rejected = pc / nc, pr / nr
+        z = chosen - rejected - (self.gamma / self.beta if self.name == "simpo" else 0.0)
+        losses = -(1 - self.eps) * F.logsigmoid(self.beta * z) - self.eps * F.logsigmoid(-self.beta * z)
+        rc_, rr_ = (self.beta * chosen).detach(), (self.beta * rejected).detach()
+        stats = {"rewards/chosen": float(rc_.sum()), "rewards/rejected": float(rr_.sum()),
+                 "rewards/margin": float((rc_ - rr_).sum()), "rewards/accuracy": float((z > 0).float().sum())}
+        return losses.sum(), stats
+
+
+LOSSES = {"sft", "dpo_sigmoid", "dpo_norm", "simpo"}
+
+
+def make_recipe(cfg):
+    r = cfg.recipe
+    if r.loss == "sft":
+        return SFT()
+    return DPO(r.loss, r.beta, r.label_smoothing, r.simpo_gamma)

@@ -76,13 +76,28 @@ class RungConfig:
     eval_on_save: bool = False
     # Peak dense FLOP/s of one device, for MFU; null when unknown (a CPU), and MFU is null.
     peak_flops_per_device: Optional[float] = None
+    # Tokens per optimizer step across all devices when trainer.global_batch_tokens is null.
+    global_batch_tokens: int = 2048
+    # -- for `ladder plan` (launch/plan.py); the trainer does not read these --
+    gpu_type: str = "cpu"  # the accelerator, as shown in plans and the ledger (e.g. H100-80GB)
+    gpu_memory_gb: float = 8.0  # memory of one device in GiB (2**30 bytes)
+    cpu_memory_gb: float = 16.0  # host memory of one node in GiB, checked when rung.offload is on
+    assumed_mfu: float = 0.35  # MFU for plans when the ledger has no measured run of this rung
+    # Tokens per second per device for plans where peak_flops_per_device is null (a CPU).
+    assumed_tokens_per_s: Optional[float] = None
 
 
 @dataclass
 class RecipeConfig:
     """A recipe is a loss and a batch format; the training loop is shared."""
     name: str = MISSING
-    loss: str = "sft"
+    loss: str = "sft"  # sft | dpo_sigmoid | dpo_norm (length-normalised, Tulu 3) | simpo (reference-free)
+    beta: float = 0.1  # DPO / SimPO inverse temperature
+    label_smoothing: float = 0.0  # conservative DPO: the share of preference labels assumed flipped
+    simpo_gamma: float = 0.5  # SimPO target reward margin
+    # The DPO reference model: a hub name or checkpoint directory; null = the model training starts from.
+    reference: Optional[str] = None
+    lr_scale: float = 1.0  # the learning rate is rung.lr x lr_scale when optim.lr is null
 
 
 @dataclass
@@ -99,14 +114,38 @@ class DataConfig:
 
 
 @dataclass
+class LmEvalConfig:
+    """Tasks run through lm-evaluation-harness with its Hugging Face model on the checkpoint."""
+    tasks: list[str] = field(default_factory=list)  # lm-eval task names, e.g. [gsm8k_cot, ifeval]
+    include_path: Optional[str] = None  # a directory of local task YAMLs, searched before lm-eval's own
+    num_fewshot: Optional[int] = None  # null: each task's own default
+    apply_chat_template: bool = True  # prompts go through the checkpoint's chat template
+    limit: Optional[int] = None  # examples per task; null: eval.max_examples
+    batch_size: int = 16
+    confirm_run_unsafe_code: bool = False  # tasks that execute model-written code (HumanEval)
+
+
+@dataclass
 class EvalConfig:
-    """An eval suite: the tasks to score each checkpoint on."""
+    """An eval suite: the tasks to score each checkpoint on (evals/runner.py)."""
     name: str = MISSING
-    tasks: list[str] = field(default_factory=list)
-    heldout_file: Optional[str] = None
-    max_examples: Optional[int] = None
-    max_new_tokens: int = 24
+    tasks: list[str] = field(default_factory=list)  # built-in tasks: reverse, ifeval_lite
+    heldout_file: Optional[str] = None  # the reverse task's held-out split
+    instructions_file: Optional[str] = None  # the ifeval_lite prompts and their checks
+    max_examples: Optional[int] = None  # per task; null: all
+    max_new_tokens: int = 24  # greedy generation budget of the built-in tasks
     batch_size: int = 64
+    device: str = "auto"  # auto: cuda when available, else cpu
+    lm_eval: LmEvalConfig = field(default_factory=LmEvalConfig)
+
+
+@dataclass
+class RegistryConfig:
+    """The local registry of checkpoints and eval scores (evals/registry.py)."""
+    # sqlite:///<path> or a plain path; null: registry.db in the run root, the one a checkpoint
+    # lives in (runs/ for runs/<name>/checkpoints/step_N), else trainer.run_root.
+    url: Optional[str] = None
+    busy_timeout_s: float = 60.0
 
 
 @dataclass
@@ -127,18 +166,34 @@ class LauncherConfig:
     time: Optional[str] = None
 
 
+class BudgetPeriod(str, Enum):
+    week = "week"  # ISO weeks, e.g. 2026-W48 (periods are in UTC)
+    month = "month"  # e.g. 2026-11
+    quarter = "quarter"  # e.g. 2026-Q4
+    year = "year"
+
+
 @dataclass
 class BudgetConfig:
+    """A team's GPU-hour allocation: `gpu_hours` per `period`, checked by `ladder launch`."""
     name: str = MISSING
     team: str = "default"
-    period: str = "month"
-    gpu_hours: float = 0.0
-    price_per_gpu_hour: float = 2.0
+    period: BudgetPeriod = BudgetPeriod.month
+    gpu_hours: float = 0.0  # allocated GPU-hours per period
+    price_per_gpu_hour: float = 2.0  # for the cost in plans and reports
 
 
 @dataclass
 class SweepConfig:
     name: Optional[str] = None
+
+
+@dataclass
+class LedgerConfig:
+    """Where launches, GPU-hours and waste are recorded (launch/ledger.py)."""
+    # sqlite:///<path> (relative or, with a fourth slash, absolute) or a plain file path.
+    url: str = "sqlite:///${trainer.run_root}/ladder.db"
+    busy_timeout_s: float = 60.0  # how long a writer waits for another process's lock
 
 
 @dataclass
@@ -160,9 +215,9 @@ class TrainerConfig:
     run_root: str = "runs"
     seed: int = 0
     max_steps: int = 150
-    # Tokens per optimizer step across all devices. grad_accum is derived from it:
+    # Tokens per optimizer step across all devices; null: the rung's. grad_accum is derived from it:
     # global_batch_tokens = micro_batch_tokens x grad_accum x data-parallel size.
-    global_batch_tokens: int = 2048
+    global_batch_tokens: Optional[int] = None
     grad_accum: Optional[int] = None  # null: derived; set, it must agree with the rule above
     save_every: int = 50
     keep_last: int = 3
@@ -172,6 +227,9 @@ class TrainerConfig:
     log_every: int = 10  # print a progress line every N steps (metrics.jsonl gets every step)
     # Stop a run whose loss is NaN or inf instead of training on.
     stop_on_nonfinite: bool = True
+    # A step (or a collective) that takes longer is reported with every thread's stack and the
+    # run exits, instead of waiting forever; 0 disables the watchdog.
+    step_timeout_s: float = 1800.0
 
 
 @dataclass
@@ -187,6 +245,8 @@ class LadderConfig:
     sweep: SweepConfig = field(default_factory=SweepConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    ledger: LedgerConfig = field(default_factory=LedgerConfig)
+    registry: RegistryConfig = field(default_factory=RegistryConfig)
 
 
 GROUP_SCHEMAS: dict[str, Any] = {

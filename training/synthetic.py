@@ -3,6 +3,9 @@
 Regenerate the shipped files (deterministic, byte-identical):
     python -m training.synthetic
 
+It also writes reverse_pref_train.jsonl, preference pairs for DPO: the same prompts with the
+right answer chosen and a plausible wrong one (not reversed, or two letters swapped) rejected.
+
 Each example asks the assistant to reverse a short sequence of letters, e.g.
 user "Reverse: k q z m" -> assistant "m z q k". It has exactly one right answer, so it
 is scored by exact match, and an untrained model scores 0. The train and held-out
@@ -63,6 +66,41 @@ def main() -> None:
     write_jsonl(ASSETS / f"{TASK}_train.jsonl", train)
     write_jsonl(ASSETS / f"{TASK}_heldout.jsonl", heldout)
     print(f"wrote {len(train)} train and {len(heldout)} held-out rows to {ASSETS}")
+    main_preference()
+
+
+
+
+def wrong_answer(letters: list[str], rng: random.Random) -> str:
+    """A plausible mistake: the letters not reversed, or reversed with two neighbours swapped."""
+    out = list(reversed(letters))
+    if rng.random() < 0.5 or len(set(letters)) == 1:
+        out = list(letters)
+    else:
+        i = rng.randrange(len(out) - 1)
+        out[i], out[i + 1] = out[i + 1], out[i]
+    if out == list(reversed(letters)):  # a palindrome: change one letter instead
+        out[0] = LETTERS[(LETTERS.index(out[0]) + 1) % len(LETTERS)]
+    return " ".join(out)
+
+
+def preference_pairs(rows: list[dict], seed: int = 99) -> list[dict]:
+    """Preference rows in the common chosen/rejected format: the right answer is chosen."""
+    rng = random.Random(seed)
+    pairs = []
+    for r in rows:
+        prompt = r["messages"][:-1]
+        letters = prompt[-1]["content"].split(": ", 1)[1].split()
+        pairs.append({"id": r["id"].replace(TASK, f"{TASK}-pref"),
+                      "chosen": prompt + [{"role": "assistant", "content": make_answer(letters)}],
+                      "rejected": prompt + [{"role": "assistant", "content": wrong_answer(letters, rng)}]})
+    return pairs
+
+
+def main_preference() -> None:
+    train, _ = generate()
+    write_jsonl(ASSETS / f"{TASK}_pref_train.jsonl", preference_pairs(train[:4000]))
+    print(f"wrote 4000 preference pairs to {ASSETS}")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@
     tracker.log_step(step, metrics)
     tracker.log_checkpoint(ckpt_dir, step)        # an artifact *reference*, never an upload
     tracker.log_eval(step, {"reverse/exact_match": 61.2})
+    tracker.link_eval(ckpt_dir, step, result)     # an `eval` artifact naming the checkpoint artifact
     tracker.finish()
 
 Offline runs land in <run_dir>/wandb/offline-run-*/ and upload later with `wandb sync`.
@@ -54,6 +55,13 @@ class Tracker:
         self.run.define_metric("eval/checkpoint_step")
         self.run.define_metric("eval/*", step_metric="eval/checkpoint_step")
 
+    @classmethod
+    def disabled(cls) -> "Tracker":
+        """A tracker that logs nothing: ranks other than 0 hold one."""
+        t = cls.__new__(cls)
+        t.run = None
+        return t
+
     @property
     def url(self) -> str | None:
         return self.run.get_url() if self.run is not None else None
@@ -80,6 +88,33 @@ class Tracker:
     def log_eval(self, step: int, scores: dict) -> None:
         if self.run is not None:
             self.run.log({"eval/checkpoint_step": step, **{f"eval/{k}": v for k, v in scores.items()}})
+
+    def link_eval(self, ckpt_dir: Path, step: int, result: dict) -> None:
+        """Tie an eval to its checkpoint's artifact: an `eval` artifact whose metadata names the
+        checkpoint artifact (<run>-checkpoint:step_N), its content hash, the suite, the scores and
+        the settings, and which references the result file (no upload). Online, the run also
+        uses the checkpoint artifact, so W&B's lineage graph draws the edge; offline W&B has no
+        use_artifact, and the metadata carries the link."""
+        if self.run is None:
+            return
+        import wandb
+
+        ckpt_art = f"{self.run.name}-checkpoint:step_{step}"
+        tasks = result.get("tasks", {})
+        art = wandb.Artifact(f"{self.run.name}-eval-{result['suite']}", type="eval", metadata={
+            "checkpoint_artifact": ckpt_art, "checkpoint_step": step, "checkpoint": str(Path(ckpt_dir).resolve()),
+            "content_hash": result.get("content_hash"), "suite": result["suite"], "scores": result["scores"],
+            "eval_code_version": result.get("eval_code_version"),
+            "tasks": {k: {f: t.get(f) for f in ("task_version", "n", "generation", "prompt_format", "cache_key")}
+                      for k, t in tasks.items()}})
+        if result.get("path"):
+            art.add_reference(Path(result["path"]).resolve().as_uri(), name="result.json", checksum=False)
+        if not self.run.settings._offline:
+            try:
+                self.run.use_artifact(ckpt_art)
+            except Exception:  # the checkpoint was logged by a run that W&B has not synced yet
+                pass
+        self.run.log_artifact(art, aliases=[f"step_{step}", "latest"])
 
     def finish(self, exit_code: int = 0) -> None:
         if self.run is not None:

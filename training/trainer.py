@@ -1,23 +1,28 @@
-"""The one training entry point, shared by every rung, recipe and launcher.
+"""The one training entry point, shared by every rung, recipe, engine and launcher.
 
     ladder train rung=tiny recipe=sft trainer.max_steps=200
-    python -m training.trainer rung=tiny          # the same, without the CLI
+    python -m training.trainer rung=tiny                       # the same, without the CLI
+    torchrun --nproc-per-node 2 -m training.trainer rung.engine=fsdp2 rung.gpus_per_node=2
 
-It validates the config, builds the tokenizer, model and packed data, resumes from the last
-complete checkpoint when there is one (trainer.resume=auto), trains, writes metrics.jsonl,
-checkpoints atomically, evaluates each checkpoint when trainer.eval_on_save is on, and logs
-to W&B. It knows nothing of clusters or schedulers.
+It validates the config, builds the tokenizer, model and packed data, wraps the model in the
+engine the rung names, resumes from the last complete checkpoint (trainer.resume=auto), trains,
+writes metrics.jsonl and a heartbeat, checkpoints atomically, evaluates each checkpoint when
+asked, and logs to W&B. On SIGTERM or SIGUSR1 it finishes the step, checkpoints and exits with
+status 75 (requeue). It knows nothing of clusters or schedulers.
 """
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import logging
 import math
-import os
 import random
 import resource
+import shutil
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,16 +32,17 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from transformers import get_scheduler
 
-from training.chat_data import load_documents
-from training.checkpoint import (check_checkpoint, git_commit, latest_checkpoint, load_trainer_state,
-                                 save_checkpoint)
-from training.errors import CheckpointError, TrainingError
-from training.heartbeat import Heartbeat
+from training import distributed, faults
+from training.chat_data import IGNORE
+from training.checkpoint import (check_checkpoint, commit_checkpoint, git_commit, latest_checkpoint,
+                                 load_trainer_state, staging_dir, write_checkpoint)
+from training.engines import make_engine
+from training.errors import EXIT_HUNG, CheckpointError, Preempted, TrainingError
 from training.flops import model_matmul_params, mfu, train_flops
+from training.heartbeat import Heartbeat
 from training.metrics import MetricsFile
 from training.modeling import build_model, load_tokenizer
-from training.packing import PackedStream
-from training.recipes import RECIPES
+from training.recipes import make_recipe
 from training.tracking import Tracker
 from training.validate import BatchLayout, effective_lr, validate, warmup_steps
 
@@ -60,9 +66,8 @@ def with_run_name(cfg: DictConfig) -> DictConfig:
     """The config with trainer.run_name filled in when it was null (a derived default)."""
     if cfg.trainer.run_name:
         return cfg
-    cfg = OmegaConf.create(OmegaConf.to_container(cfg))  # a writable copy; the schema is kept below
     from training.schema import LadderConfig
-    cfg = OmegaConf.merge(OmegaConf.structured(LadderConfig), cfg)
+    cfg = OmegaConf.merge(OmegaConf.structured(LadderConfig), OmegaConf.to_container(cfg))
     cfg.trainer.run_name = default_run_name(cfg)
     OmegaConf.set_readonly(cfg, True)
     return cfg
@@ -105,111 +110,188 @@ def peak_memory_gb(device: str) -> float:
 
 
 def make_scheduler(cfg: DictConfig, optimizer):
-    o = cfg.optim
-    if o.schedule.value == "cosine":
+    if cfg.optim.schedule.value == "cosine":
         return get_scheduler("cosine_with_min_lr", optimizer, num_warmup_steps=warmup_steps(cfg),
                              num_training_steps=cfg.trainer.max_steps,
-                             scheduler_specific_kwargs={"min_lr_rate": o.min_lr_ratio})
+                             scheduler_specific_kwargs={"min_lr_rate": cfg.optim.min_lr_ratio})
     return get_scheduler("constant_with_warmup", optimizer, num_warmup_steps=warmup_steps(cfg))
 
 
+class Watchdog:
+    """Reports a step that runs past trainer.step_timeout_s and ends the process."""
+
+    def __init__(self, timeout_s: float, on_hang):
+        self.timeout_s, self.on_hang = timeout_s, on_hang
+        self.mark = time.monotonic()
+        self.what = "start-up"
+        if timeout_s > 0:
+            threading.Thread(target=self._watch, daemon=True, name="ladder-watchdog").start()
+
+    def touch(self, what: str) -> None:
+        self.mark, self.what = time.monotonic(), what
+
+    def _watch(self) -> None:
+        while True:
+            time.sleep(min(5.0, self.timeout_s / 4))
+            if time.monotonic() - self.mark > self.timeout_s:
+                self.on_hang(self.what)
+
+
 class Trainer:
-    def __init__(self, cfg: DictConfig, world_size: int = 1, rank: int = 0):
-        self.layout: BatchLayout = validate(cfg, world_size=world_size)
+    def __init__(self, cfg: DictConfig, world: distributed.World | None = None):
+        self.world = world or distributed.env_world()
+        self.layout: BatchLayout = validate(cfg, world_size=self.world.size)
         self.cfg = with_run_name(cfg)
-        self.rank, self.world_size = rank, world_size
         self.run_dir = Path(self.cfg.trainer.run_root) / self.cfg.trainer.run_name
         self.device = self.cfg.rung.device
-        self.recipe = RECIPES[self.cfg.recipe.loss]
+        self.recipe = make_recipe(self.cfg)
+        self.reference_pass: dict | None = None  # set by recipes with a reference pass (DPO)
         t, r = self.cfg.trainer, self.cfg.rung
         self.save_initial = r.save_initial if t.save_initial is None else t.save_initial
         self.eval_on_save = r.eval_on_save if t.eval_on_save is None else t.eval_on_save
+        self.stop_signal: str | None = None
 
     # ---- setup -------------------------------------------------------------------------
     def setup(self) -> None:
-        cfg, t = self.cfg, self.cfg.trainer
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
-        (self.run_dir / "run_meta.json").write_text(json.dumps(
-            {"git_commit": git_commit(), "argv": sys.argv, "world_size": self.world_size}, indent=2) + "\n")
+        cfg, t, main = self.cfg, self.cfg.trainer, self.world.main
+        self.watchdog = Watchdog(t.step_timeout_s, self.on_hang)
+        distributed.init(self.world, self.device, t.step_timeout_s or 1800.0)
+        if main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+            (self.run_dir / "run_meta.json").write_text(json.dumps(
+                {"git_commit": git_commit(), "argv": sys.argv, "world_size": self.world.size,
+                 "engine": cfg.rung.engine.value}, indent=2) + "\n")
         seed_everything(t.seed)
         self.tokenizer = load_tokenizer(cfg.model)
         self.resume_from = resolve_resume(cfg, self.run_dir)
-        self.model = build_model(cfg.model, self.tokenizer, self.device, t.seed, source=self.resume_from)
-        docs, truncated = load_documents(cfg.data, self.tokenizer)
-        if truncated:
-            log.warning("%d of %d documents were longer than data.max_seq_len=%d and were truncated",
-                        truncated, len(docs), cfg.data.max_seq_len)
-        self.stream = PackedStream(docs, self.layout.micro_batch_tokens, t.seed, cfg.data.shuffle)
+        state = load_trainer_state(self.resume_from) if self.resume_from else None
+        if state is not None:
+            self.check_resumable(state)
+        model = build_model(cfg.model, self.tokenizer, self.device, t.seed, source=self.resume_from)
+        if cfg.rung.activation_checkpointing:  # recompute each layer's activations in backward
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.stream, truncated = self.recipe.build_stream(cfg, self.tokenizer, self.layout.micro_batch_tokens, t.seed)
+        if truncated and main:
+            log.warning("%d of %d examples were longer than data.max_seq_len=%d and were truncated",
+                        truncated, len(self.stream.docs), cfg.data.max_seq_len)
         o = cfg.optim
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=effective_lr(cfg), betas=(o.beta1, o.beta2),
-                                           eps=o.eps, weight_decay=o.weight_decay)
-        self.scheduler = make_scheduler(cfg, self.optimizer)
-        vocab = self.model.get_input_embeddings().num_embeddings
-        self.n_matmul = model_matmul_params(self.model_shape(), vocab)
+
+        def make_optimizer(params):
+            return torch.optim.AdamW(params, lr=effective_lr(cfg), betas=(o.beta1, o.beta2), eps=o.eps,
+                                     weight_decay=o.weight_decay)
+
+        self.engine = make_engine(cfg, model, make_optimizer, self.world, self.layout)
+        self.scheduler = make_scheduler(cfg, self.engine.torch_optimizer)
+        self.model = model  # the Hugging Face model (FSDP2 shards it in place)
+        self.n_matmul = model_matmul_params(self.model_shape(), model.get_input_embeddings().num_embeddings)
         self.start_step, self.tokens_seen = 0, 0
-        if self.resume_from is not None:
-            state = load_trainer_state(self.resume_from)
-            self.optimizer.load_state_dict(state["optimizer"])
+        if state is not None:
+            self.engine.load(state, self.resume_from)
             self.scheduler.load_state_dict(state["scheduler"])
             set_rng_state(state["rng"])
             self.start_step, self.tokens_seen = state["step"], state["tokens_seen"]
-            log.info("resumed from %s (step %d)", self.resume_from, self.start_step)
+            if main:
+                log.info("resumed from %s (step %d, saved by %s on %d process(es))", self.resume_from,
+                         self.start_step, state.get("engine"), state.get("world_size", 1))
+        self.recipe.prepare(self)  # e.g. DPO's reference log-probs, before the first step
         self.metrics = MetricsFile(self.run_dir / "metrics.jsonl")
-        self.metrics.truncate_after(self.start_step)  # steps after the checkpoint are redone
-        self.tracker = Tracker(cfg, self.run_dir)
-        self.heartbeat = Heartbeat(self.run_dir, self.world_size, t.max_steps, enabled=self.rank == 0)
-        self.heartbeat.update(step=self.start_step)
+        self.tracker = Tracker(cfg, self.run_dir) if main else Tracker.disabled()
+        self.heartbeat = Heartbeat(self.run_dir, self.world.size, t.max_steps, enabled=main)
+        if main:
+            self.metrics.truncate_after(self.start_step)  # steps after the checkpoint are redone
+            self.heartbeat.update(step=self.start_step)
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(sig, self.on_signal)
+
+    def check_resumable(self, state: dict) -> None:
+        saved = state.get("data", {}).get("micro_batches_per_step")
+        if saved is not None and saved != self.layout.micro_batches_per_step:
+            raise CheckpointError(
+                f"{self.resume_from} was trained with {saved} micro-batches per step, this run has "
+                f"{self.layout.micro_batches_per_step}: the global batch or the micro-batch changed, so the "
+                "data order would not continue. Keep them, or start a new run (trainer.resume=none)")
 
     def model_shape(self):
-        """Shape for FLOPs: the config for built models, the loaded model's own config otherwise."""
         c = self.model.config
         return OmegaConf.create({"hidden_size": c.hidden_size, "intermediate_size": c.intermediate_size,
                                  "num_layers": c.num_hidden_layers, "num_heads": c.num_attention_heads,
                                  "num_kv_heads": c.num_key_value_heads})
 
+    def on_signal(self, signum, _frame) -> None:
+        self.stop_signal = signal.Signals(signum).name  # acted on after the current step
+
+    def on_hang(self, what: str) -> None:
+        msg = (f"{what} has run for more than trainer.step_timeout_s={self.cfg.trainer.step_timeout_s:g} s; "
+               "every thread's stack follows. Exiting instead of waiting forever.")
+        log.error(msg)
+        faulthandler.dump_traceback(all_threads=True)
+        if self.world.main and hasattr(self, "heartbeat"):
+            self.heartbeat.update(state="failed", reason=msg)
+        sys.stderr.flush()
+        import os
+        os._exit(EXIT_HUNG)
+
     # ---- one optimizer step ------------------------------------------------------------
     def micro_batches(self, step: int) -> list[dict]:
         """This rank's micro-batches for `step` (1-based): a slice of a global, rank-free order."""
         per_step, accum = self.layout.micro_batches_per_step, self.layout.grad_accum
-        first = (step - 1) * per_step + self.rank * accum
+        first = (step - 1) * per_step + self.world.rank * accum
         return [self.stream.micro_batch(first + j) for j in range(accum)]
 
     def train_step(self, step: int) -> dict:
         t0 = time.perf_counter()
+        faults.maybe("hang_at", step)
         batches = [{k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in b.items()}
                    for b in self.micro_batches(step)]
-        n_trained = sum(self.recipe.count(b) for b in batches)
-        n_processed = sum(b["input_ids"].numel() for b in batches)
-        if n_trained == 0:
+        n_units = distributed.all_sum(sum(self.recipe.count(b) for b in batches), self.device)
+        n_trained = distributed.all_sum(sum(int((b["labels"] != IGNORE).sum()) for b in batches), self.device)
+        n_processed = distributed.all_sum(sum(b["input_ids"].numel() for b in batches), self.device)
+        if n_units == 0 or n_trained == 0:
             raise TrainingError(f"step {step} has no trained tokens: check the data's assistant turns")
         t1 = time.perf_counter()
-        self.model.train()
-        loss_sum = 0.0
-        for b in batches:
-            loss = self.recipe.loss_sum(self.model, b)
-            (loss / n_trained).backward()
+        self.engine.module.train()
+        # Every engine averages gradients over ranks; scaling by world / units makes the result the
+        # mean over all loss units (tokens for SFT, pairs for DPO) of the step.
+        scale = self.world.size / n_units
+        loss_sum, stat_sums = 0.0, {}
+        for i, b in enumerate(batches):
+            with self.engine.accumulate(last=i == len(batches) - 1):
+                with self.engine.autocast():
+                    loss, stats = self.recipe.loss_sum(self.engine.module, b)
+                if faults.maybe("nan_at", step):
+                    loss = loss * float("nan")
+                self.engine.backward(loss * scale)
             loss_sum += loss.item()
+            for k, v in stats.items():
+                stat_sums[k] = stat_sums.get(k, 0.0) + v
         t2 = time.perf_counter()
-        loss_value = loss_sum / n_trained
+        loss_value = distributed.all_sum(loss_sum, self.device) / n_units
+        extra = {k: distributed.all_sum(v, self.device) / n_units for k, v in sorted(stat_sums.items())}
         if self.cfg.trainer.stop_on_nonfinite and not math.isfinite(loss_value):
             last = latest_checkpoint(self.run_dir)
-            raise TrainingError(f"the loss is {loss_value} at step {step}; stopping. The last good "
-                                f"checkpoint is {last or 'none (no checkpoint yet)'}")
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.max_grad_norm)
+            raise TrainingError(f"the loss is {loss_value} at step {step}; stopping before the update. The "
+                                f"last good checkpoint is {last or 'none (no checkpoint yet)'}")
         lr = self.scheduler.get_last_lr()[0]
-        self.optimizer.step()
+        grad_norm = self.engine.step(self.cfg.optim.max_grad_norm)
         self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
         t3 = time.perf_counter()
-        self.tokens_seen += n_trained
-        flops = sum(train_flops(self.n_matmul, self.model.config.num_hidden_layers,
-                                self.model.config.hidden_size, b["doc_lens"]) for b in batches)
+        self.tokens_seen += int(n_trained)
+        c = self.model.config
+        flops = distributed.all_sum(sum(train_flops(self.n_matmul, c.num_hidden_layers, c.hidden_size,
+                                                    b["doc_lens"]) for b in batches), self.device)
         dt = t3 - t0
-        return {
-            "step": step, "loss": loss_value, "lr": lr, "grad_norm": float(grad_norm),
-            "tokens": self.tokens_seen, "tokens_per_s": n_processed / dt,
-            "mfu": mfu(flops, dt, self.cfg.rung.peak_flops_per_device, 1),
+        if self.reference_pass is not None:
+            # The reference pass, spread over the run's steps: throughput counting it honestly.
+            ref_s = self.reference_pass["seconds"] / self.cfg.trainer.max_steps
+            extra.update(ref_cached=self.reference_pass["cached"],
+                         tokens_per_s_with_ref=n_processed / (dt + ref_s) / self.world.size,
+                         mfu_with_ref=mfu(flops + self.reference_pass["flops"] / self.cfg.trainer.max_steps,
+                                          dt + ref_s, self.cfg.rung.peak_flops_per_device, self.world.size))
+        return {**extra,
+            "step": step, "loss": loss_value, "lr": lr, "grad_norm": grad_norm,
+            "tokens": self.tokens_seen, "tokens_per_s": n_processed / dt / self.world.size,
+            "mfu": mfu(flops, dt, self.cfg.rung.peak_flops_per_device, self.world.size),
             "step_time_s": dt, "data_time_s": t1 - t0, "fwd_bwd_time_s": t2 - t1, "optim_time_s": t3 - t2,
             "goodput": n_trained / n_processed, "peak_mem_gb": peak_memory_gb(self.device),
             "epoch": self.stream.epoch_of((step - 1) * self.layout.micro_batches_per_step),
@@ -217,61 +299,89 @@ class Trainer:
 
     # ---- checkpoints and evals ---------------------------------------------------------
     def save(self, step: int, result: RunResult) -> None:
-        state = {"step": step, "tokens_seen": self.tokens_seen, "optimizer": self.optimizer.state_dict(),
-                 "scheduler": self.scheduler.state_dict(), "rng": rng_state(),
-                 "data": {"next_micro_batch": step * self.layout.micro_batches_per_step,
-                          "micro_batches_per_step": self.layout.micro_batches_per_step},
-                 "world_size": self.world_size}
-        ckpt = save_checkpoint(self.run_dir, step, self.model, self.tokenizer, state, self.cfg,
-                               keep_last=self.cfg.trainer.keep_last)
-        result.checkpoints.append(ckpt)
-        self.heartbeat.update(last_checkpoint_step=step, last_checkpoint_at=time.time())
-        self.tracker.log_checkpoint(ckpt, step)
-        log.info("saved checkpoint %s", ckpt)
-        if self.eval_on_save:
-            from evals.runner import evaluate_checkpoint  # evals depend on training, not the reverse
-            scores = evaluate_checkpoint(ckpt, self.cfg.eval)["scores"]
-            result.evals[step] = scores
-            self.tracker.log_eval(step, scores)
-            log.info("eval at step %d: %s", step, ", ".join(f"{k}={v:.1f}" for k, v in scores.items()))
+        """Every rank calls this: gathering the state and sharded saves are collectives."""
+        self.watchdog.touch(f"saving step {step}")
+        model_state = self.engine.model_state()
+        optimizer_state = self.engine.optimizer_state()
+        tmp = staging_dir(self.run_dir, step)
+        if self.world.main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        distributed.barrier()
+        self.engine.save_sharded(tmp)
+        distributed.barrier()
+        if self.world.main:
+            state = {"step": step, "tokens_seen": self.tokens_seen, "optimizer": optimizer_state,
+                     "scheduler": self.scheduler.state_dict(), "rng": rng_state(),
+                     "data": {"next_micro_batch": step * self.layout.micro_batches_per_step,
+                              "micro_batches_per_step": self.layout.micro_batches_per_step},
+                     "engine": self.engine.name, "world_size": self.world.size}
+            write_checkpoint(tmp, step, self.model, self.tokenizer, state, self.cfg, model_state)
+            ckpt = commit_checkpoint(tmp, self.run_dir, step, self.cfg.trainer.keep_last)
+            result.checkpoints.append(ckpt)
+            self.heartbeat.update(last_checkpoint_step=step, last_checkpoint_at=time.time())
+            self.tracker.log_checkpoint(ckpt, step)
+            log.info("saved checkpoint %s", ckpt)
+            if self.eval_on_save:
+                from evals.runner import evaluate_checkpoint  # evals depend on training, not the reverse
+                self.watchdog.touch(f"evaluating step {step}")
+                scores = evaluate_checkpoint(ckpt, self.cfg.eval)["scores"]
+                result.evals[step] = scores
+                self.tracker.log_eval(step, scores)
+                log.info("eval at step %d: %s", step, ", ".join(f"{k}={v:.1f}" for k, v in scores.items()))
+        distributed.barrier()
 
     # ---- the loop ----------------------------------------------------------------------
     def run(self) -> RunResult:
         self.setup()
-        t = self.cfg.trainer
+        t, main = self.cfg.trainer, self.world.main
         result = RunResult(run_dir=self.run_dir, wandb_dir=self.tracker.run_path)
-        log.info("run %s: %d steps of %d tokens (%d micro-batches of %d tokens x accum %d x dp %d), lr %.2e",
-                 t.run_name, t.max_steps, self.layout.global_batch_tokens, self.layout.micro_batches_per_step,
-                 self.layout.micro_batch_tokens, self.layout.grad_accum, self.layout.dp, effective_lr(self.cfg))
+        if main:
+            log.info("run %s: engine %s on %d process(es), %d steps of %d tokens (%d micro-batches of %d tokens "
+                     "= accum %d x dp %d), lr %.2e", t.run_name, self.engine.name, self.world.size, t.max_steps,
+                     self.layout.global_batch_tokens, self.layout.micro_batches_per_step,
+                     self.layout.micro_batch_tokens, self.layout.grad_accum, self.layout.dp, effective_lr(self.cfg))
         exit_code = 1
         try:
             if self.start_step == 0 and self.save_initial:
                 self.save(0, result)
             for step in range(self.start_step + 1, t.max_steps + 1):
+                self.watchdog.touch(f"step {step}")
                 m = self.train_step(step)
-                self.metrics.append(m)
-                self.tracker.log_step(step, m)
-                self.heartbeat.update(step=step, loss=m["loss"], mfu=m["mfu"])
+                if main:
+                    self.metrics.append(m)
+                    self.tracker.log_step(step, m)
+                    self.heartbeat.update(step=step, loss=m["loss"], mfu=m["mfu"])
+                    if step % t.log_every == 0 or step == t.max_steps:
+                        log.info("step %d/%d loss %.4f lr %.2e grad_norm %.3f tok/s/device %.0f", step,
+                                 t.max_steps, m["loss"], m["lr"], m["grad_norm"], m["tokens_per_s"])
                 result.final_loss = m["loss"]
-                if step % t.log_every == 0 or step == t.max_steps:
-                    log.info("step %d/%d loss %.4f lr %.2e grad_norm %.3f tok/s %.0f", step, t.max_steps,
-                             m["loss"], m["lr"], m["grad_norm"], m["tokens_per_s"])
-                if step % t.save_every == 0 or step == t.max_steps:
+                stop = distributed.any_rank(self.stop_signal is not None, self.device)
+                if step % t.save_every == 0 or step == t.max_steps or stop:
                     self.save(step, result)
+                if stop and step < t.max_steps:
+                    if main:
+                        self.heartbeat.update(state="preempted", reason=f"{self.stop_signal or 'signal'} at step {step}")
+                    raise Preempted(f"stopped by {self.stop_signal or 'a signal on another rank'} after step "
+                                    f"{step}; checkpointed, resume with the same command")
             exit_code = 0
-            self.heartbeat.update(state="completed")
+            if main:
+                self.heartbeat.update(state="completed")
+        except Preempted:
+            exit_code = 0
+            raise
         except BaseException as e:
-            self.heartbeat.update(state="failed", reason=f"{type(e).__name__}: {e}"[:500])
+            if main:
+                self.heartbeat.update(state="failed", reason=f"{type(e).__name__}: {e}"[:500])
             raise
         finally:
             self.tracker.finish(exit_code)
+            distributed.shutdown()
         return result
 
 
 def train(cfg: DictConfig) -> RunResult:
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    return Trainer(cfg, world_size=world_size, rank=rank).run()
+    return Trainer(cfg).run()
 
 
 if __name__ == "__main__":

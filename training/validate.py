@@ -16,8 +16,8 @@ from omegaconf import DictConfig
 
 from training.errors import ConfigError
 
-SUPPORTED_LOSSES = {"sft"}
-RUNNABLE_ENGINES = {"single"}
+SUPPORTED_LOSSES = {"sft", "dpo_sigmoid", "dpo_norm", "simpo"}
+SINGLE_PROCESS_ENGINES = {"single"}
 
 
 @dataclass(frozen=True)
@@ -33,18 +33,27 @@ class BatchLayout:
         return self.grad_accum * self.dp
 
 
+def global_batch_tokens(cfg: DictConfig) -> tuple[int, str]:
+    """The global batch in tokens and the key it came from: trainer.global_batch_tokens when set,
+    otherwise the rung's (each rung carries the batch its recipe practice asks for)."""
+    if cfg.trainer.global_batch_tokens is not None:
+        return cfg.trainer.global_batch_tokens, "trainer.global_batch_tokens"
+    return cfg.rung.global_batch_tokens, "rung.global_batch_tokens"
+
+
 def batch_layout(cfg: DictConfig, dp: int | None = None) -> BatchLayout:
     dp = dp if dp is not None else cfg.rung.nodes * cfg.rung.gpus_per_node
     micro = cfg.rung.micro_batch_tokens
-    glob = cfg.trainer.global_batch_tokens
+    glob, key = global_batch_tokens(cfg)
     per_accum = micro * dp
     if micro <= 0 or glob <= 0:
-        raise ConfigError("rung.micro_batch_tokens and trainer.global_batch_tokens must be positive")
+        raise ConfigError(f"rung.micro_batch_tokens and {key} must be positive")
     if glob % per_accum:
         raise ConfigError(
-            f"inconsistent batch: trainer.global_batch_tokens={glob} is not a multiple of "
+            f"inconsistent batch: {key}={glob} is not a multiple of "
             f"rung.micro_batch_tokens={micro} x data-parallel size {dp} = {per_accum}; "
-            f"choose a global batch that is, e.g. {max(1, glob // per_accum) * per_accum}")
+            f"set trainer.global_batch_tokens to one that is, e.g. {max(1, glob // per_accum) * per_accum}, "
+            "or change rung.micro_batch_tokens")
     accum = glob // per_accum
     if cfg.trainer.grad_accum is not None and cfg.trainer.grad_accum != accum:
         raise ConfigError(
@@ -55,8 +64,9 @@ def batch_layout(cfg: DictConfig, dp: int | None = None) -> BatchLayout:
 
 
 def effective_lr(cfg: DictConfig) -> float:
-    """optim.lr when set, else the rung's learning rate (the ladder's transfer rule)."""
-    return cfg.optim.lr if cfg.optim.lr is not None else cfg.rung.lr
+    """optim.lr when set, else the rung's learning rate times the recipe's scale (the ladder's
+    transfer rule: larger models and preference tuning take gentler rates)."""
+    return cfg.optim.lr if cfg.optim.lr is not None else cfg.rung.lr * cfg.recipe.lr_scale
 
 
 def warmup_steps(cfg: DictConfig) -> int:
@@ -86,13 +96,23 @@ def validate(cfg: DictConfig, world_size: int | None = None, for_training: bool 
 
     if r.device not in {"cpu", "cuda"}:
         problems.append(f"rung.device={r.device!r}: use cpu or cuda")
-    if for_training and r.engine.value not in RUNNABLE_ENGINES:
-        problems.append(f"rung.engine={r.engine.value} is not available yet; use rung.engine=single")
+    if r.engine.value in SINGLE_PROCESS_ENGINES and r.nodes * r.gpus_per_node > 1:
+        problems.append(f"rung.engine=single runs one process, but the rung asks for {r.nodes} x "
+                        f"{r.gpus_per_node} devices; pick ddp, fsdp2, deepspeed_zero2 or deepspeed_zero3")
+    if r.offload and r.engine.value != "deepspeed_zero3":
+        problems.append(f"rung.offload=true needs rung.engine=deepspeed_zero3 (it is {r.engine.value})")
 
-    if cfg.recipe.loss not in SUPPORTED_LOSSES:
-        problems.append(f"recipe.loss={cfg.recipe.loss!r}: supported losses are {sorted(SUPPORTED_LOSSES)}")
-    if d.format != "messages":
-        problems.append(f"data.format={d.format!r}: the sft recipe needs chat data in the 'messages' format")
+    rc = cfg.recipe
+    if rc.loss not in SUPPORTED_LOSSES:
+        problems.append(f"recipe.loss={rc.loss!r}: supported losses are {sorted(SUPPORTED_LOSSES)}")
+    else:
+        want = "messages" if rc.loss == "sft" else "preference"
+        if d.format != want:
+            problems.append(f"data.format={d.format!r}: recipe.loss={rc.loss} needs data in the {want!r} format")
+    if rc.beta <= 0:
+        problems.append(f"recipe.beta={rc.beta} must be positive")
+    if not 0.0 <= rc.label_smoothing < 0.5:
+        problems.append(f"recipe.label_smoothing={rc.label_smoothing} must be in [0, 0.5)")
     if bool(d.train_files) == bool(d.hub_name):
         problems.append("set exactly one of data.train_files (local jsonl) and data.hub_name")
     for f in d.train_files:

@@ -1,0 +1,74 @@
+"""Rank registered checkpoints across runs by their scores on an eval suite.
+
+    ladder leaderboard                                   # every checkpoint, suite eval=synthetic
+    ladder leaderboard --sweep lr-sweep --rung tiny --recipe sft --lr 3e-3 eval=cpu
+    rows = leaderboard(registry, cfg.eval, sweep="lr-sweep")
+
+Only results scored with the suite's current settings count (the same task versions, examples
+and generation budget: evals/cache.py's settings key), so every number in a column is
+comparable. Checkpoints are ranked by the average over the suite's tasks, or by one task with
+--task; a checkpoint missing a task ranks after those that have all of them. Nothing is
+evaluated here: run `ladder eval` (or train with evals on save) first.
+"""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig
+from rich.console import Console
+from rich.table import Table
+
+from evals.cache import task_specs
+from evals.registry import Registry
+from training.errors import ConfigError, EvalError
+
+
+def leaderboard(registry: Registry, eval_cfg: DictConfig, task: str | None = None, top: int | None = None,
+                **filters) -> tuple[list[str], list[dict]]:
+    """Returns (task names, ranked rows); filters: sweep, rung, recipe, data, lr, run_name."""
+    keys = {s.name: s.settings_key for s in task_specs(eval_cfg)}
+    if task is not None and task not in keys:
+        raise ConfigError(f"--task {task}: not a task of suite {eval_cfg.name!r} ({sorted(keys)})")
+    checkpoints = registry.checkpoints(**filters)
+    if not checkpoints:
+        active = {k: v for k, v in filters.items() if v is not None}
+        raise EvalError(f"no checkpoints in the registry {registry.path}"
+                        + (f" match {active}" if active else "") + "; evaluate some with `ladder eval`")
+    by_hash: dict[str, dict] = {}
+    rows = []
+    for ck in checkpoints:
+        if ck["content_hash"] not in by_hash:
+            by_hash[ck["content_hash"]] = {r["settings_key"]: r for r in registry.results(ck["content_hash"])}
+        res = by_hash[ck["content_hash"]]
+        scores = {t: res[k]["score"] for t, k in keys.items() if k in res}
+        if not scores:
+            continue
+        complete = len(scores) == len(keys)
+        rows.append({**{k: ck[k] for k in ("run_name", "step", "rung", "recipe", "data", "lr", "sweep", "path")},
+                     "scores": scores, "complete": complete,
+                     "average": sum(scores.values()) / len(scores) if complete else None})
+    if not rows:
+        raise EvalError(f"none of the {len(checkpoints)} matching checkpoint(s) has results for suite "
+                        f"{eval_cfg.name!r} with its current settings; run `ladder eval CKPT eval={eval_cfg.name}`")
+
+    def rank_key(r):
+        value = r["scores"].get(task) if task else r["average"]
+        return (value is None, -(value or 0.0), r["run_name"] or "", r["step"] or 0)
+
+    rows.sort(key=rank_key)
+    return list(keys), rows[:top] if top else rows
+
+
+def print_leaderboard(tasks: list[str], rows: list[dict], suite: str, by: str | None,
+                      console: Console | None = None) -> None:
+    t = Table(title=f"leaderboard: suite {suite!r}, ranked by {by or 'the average over tasks'}")
+    for col in ("#", "run", "step", "rung", "recipe", "data", "lr", "sweep"):
+        t.add_column(col, justify="right" if col in ("#", "step", "lr") else "left")
+    for task in tasks:
+        t.add_column(task, justify="right")
+    t.add_column("average", justify="right")
+    for i, r in enumerate(rows, 1):
+        t.add_row(str(i), r["run_name"] or "", str(r["step"]), r["rung"] or "", r["recipe"] or "", r["data"] or "",
+                  f"{r['lr']:.2g}" if r["lr"] is not None else "", r["sweep"] or "",
+                  *[f"{r['scores'][k]:.1f}" if k in r["scores"] else "—" for k in tasks],
+                  f"{r['average']:.1f}" if r["average"] is not None else "—")
+    (console or Console()).print(t)

@@ -1,0 +1,34 @@
+"""Terminal output shared by `ladder plan` and `ladder budget report`: rich, never truncated.
+
+    from launch.console import make_console, num
+"""
+
+from __future__ import annotations
+
+import sys
+
+
+def make_console():
+    """A rich console; when stdout is not a terminal (a pipe, a log, a test) it is wide enough
+    that no table column is cut, and it writes no colour codes."""
+    from rich.console import Console
+    if sys.stdout.isatty():
+        return Console()
+    return Console(width=140, no_color=True, highlight=False)
+
+
+def num(x: float | None, digits: int = 1) -> str:
+    """1234.56 -> '1,234.6', 0.0244 -> '0.024' (a tiny run's hours still show), None -> '-'."""
+    if x is None:
+        return "-"
+    if 0 < abs(x) < 1:
+        digits = max(digits, 3)
+    return f"{x:,.{digits}f}"
+
+
+def si(x: float) -> str:
+    """405_853_388_800 -> '405.85 B', 1_917_888 -> '1.92 M': counts of parameters and tokens."""
+    for value, unit in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if abs(x) >= value:
+            return f"{x / value:,.2f} {unit}"
+    return f"{x:,.0f}"

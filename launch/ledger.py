@@ -1,0 +1,252 @@
+"""The GPU-hour ledger: every launch, its planned and used GPU-hours, its final state and its waste.
+
+    ladder launch rung=tiny                  # records a job here, then updates it from the heartbeat
+    ladder budget report                     # reads it
+    from launch.ledger import Ledger
+    ledger = Ledger.from_config(cfg)         # ledger.url, default sqlite:///<trainer.run_root>/ladder.db
+
+One SQLite file, written by many processes at once (the jobs of a sweep, launches from several
+shells): WAL mode lets readers run beside the one writer, every write is one short
+`BEGIN IMMEDIATE` transaction (it takes the write lock up front, so two writers never deadlock
+upgrading a read lock), and `busy_timeout` makes a writer wait for the lock instead of failing.
+WAL needs a local file system (not NFS); a shared PostgreSQL behind the same interface is the
+next step for a cluster-wide ledger.
+
+Used hours and the final state come from the trainer's heartbeat (<run_dir>/heartbeat.json).
+Waste is the hours a failed or preempted run lost since its last checkpoint, and all the hours
+of a run cancelled by hand.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import statistics
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from training.errors import ConfigError
+from training.heartbeat import read_heartbeat
+
+ACTIVE = ("pending", "running")  # planned hours still count against the budget
+FINAL = ("completed", "failed", "preempted", "cancelled")
+STATES = ACTIVE + FINAL
+SCHEMA_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    team TEXT NOT NULL,
+    project TEXT,
+    sweep TEXT,
+    rung TEXT NOT NULL,
+    period TEXT NOT NULL,              -- the budget period it is charged to, e.g. 2026-11
+    run_name TEXT,
+    run_dir TEXT,
+    config_hash TEXT,
+    launcher TEXT,
+    external_id TEXT,                  -- the local pid or the SLURM job id
+    gpus INTEGER NOT NULL,
+    planned_gpu_hours REAL NOT NULL,
+    used_gpu_hours REAL NOT NULL DEFAULT 0,
+    waste_gpu_hours REAL NOT NULL DEFAULT 0,
+    hours_before REAL NOT NULL DEFAULT 0,  -- the heartbeat's device_hours when a resumed run started
+    mfu REAL,                          -- median measured MFU of the run's steps
+    tokens_per_s REAL,                 -- median measured tokens/s per device
+    state TEXT NOT NULL,
+    reason TEXT,                       -- why it failed or stopped
+    override_reason TEXT,              -- --override-budget "reason"
+    created_at REAL NOT NULL,
+    started_at REAL,
+    updated_at REAL NOT NULL,
+    finished_at REAL
+);
+CREATE INDEX IF NOT EXISTS jobs_team_period ON jobs (team, period);
+CREATE INDEX IF NOT EXISTS jobs_rung ON jobs (rung);
+"""
+
+
+def path_from_url(url: str) -> Path:
+    """sqlite:///relative/path, sqlite:////absolute/path (as in SQLAlchemy) or a plain path."""
+    if "://" not in url:
+        return Path(url)
+    scheme, _, rest = url.partition("://")
+    if scheme != "sqlite" or not rest.startswith("/"):
+        raise ConfigError(f"ledger.url={url!r}: this version supports SQLite only "
+                          "(sqlite:///path/to/ladder.db or a plain file path)")
+    return Path(rest[1:])
+
+
+class Ledger:
+    def __init__(self, path: str | Path, busy_timeout_s: float = 60.0):
+        self.path = Path(path)
+        self.timeout = busy_timeout_s
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self._query("PRAGMA user_version")[0]["user_version"] < SCHEMA_VERSION:
+            with self.transaction() as db:  # re-checked under the lock: another process may have won
+                if db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+                    for stmt in SCHEMA.split(";"):
+                        if stmt.strip():
+                            db.execute(stmt)
+                    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    @classmethod
+    def from_config(cls, cfg) -> "Ledger":
+        return cls(path_from_url(cfg.ledger.url), cfg.ledger.busy_timeout_s)
+
+    @classmethod
+    def existing(cls, cfg) -> "Ledger | None":
+        """The configured ledger if its file exists; None otherwise (read-only callers create nothing)."""
+        path = path_from_url(cfg.ledger.url)
+        return cls(path, cfg.ledger.busy_timeout_s) if path.is_file() else None
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
+        db.row_factory = sqlite3.Row
+        db.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
+        # Switching to WAL needs a moment of exclusive access; busy_timeout covers a race
+        # between first writers, and once the file is in WAL mode this is a no-op.
+        db.execute("PRAGMA journal_mode = WAL")
+        return db
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction that holds the write lock from its first statement."""
+        db = self._connect()
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+        finally:
+            db.close()
+
+    # ---- writes ------------------------------------------------------------------------
+    @staticmethod
+    def insert_job(db: sqlite3.Connection, **fields) -> int:
+        now = time.time()
+        fields.setdefault("state", "pending")
+        fields.setdefault("created_at", now)
+        fields.setdefault("updated_at", now)
+        if fields["state"] not in STATES:
+            raise ValueError(f"unknown job state {fields['state']!r}")
+        cols = ", ".join(fields)
+        marks = ", ".join("?" for _ in fields)
+        cur = db.execute(f"INSERT INTO jobs ({cols}) VALUES ({marks})", tuple(fields.values()))
+        return int(cur.lastrowid)
+
+    def add_job(self, **fields) -> int:
+        with self.transaction() as db:
+            return self.insert_job(db, **fields)
+
+    def update_job(self, job_id: int, **fields) -> None:
+        if "state" in fields and fields["state"] not in STATES:
+            raise ValueError(f"unknown job state {fields['state']!r}")
+        fields["updated_at"] = time.time()
+        sets = ", ".join(f"{k} = ?" for k in fields)
+        with self.transaction() as db:
+            cur = db.execute(f"UPDATE jobs SET {sets} WHERE id = ?", (*fields.values(), job_id))
+            if cur.rowcount != 1:
+                raise KeyError(f"no job {job_id} in the ledger {self.path}")
+
+    def mark_started(self, job_id: int, external_id: str | None = None) -> None:
+        """The job's process started; remember the run's hours so far (a resumed run has some)."""
+        job = self.job(job_id)
+        hb = read_heartbeat(Path(job["run_dir"])) if job["run_dir"] else None
+        self.update_job(job_id, state="running", started_at=time.time(), external_id=external_id,
+                        hours_before=float((hb or {}).get("device_hours", 0.0)))
+
+    def finish_from_heartbeat(self, job_id: int, exit_code: int | None = None, cancelled: bool = False) -> dict:
+        """Record used hours, the final state, waste and measured MFU from the run's heartbeat."""
+        job = self.job(job_id)
+        now = time.time()
+        hb = read_heartbeat(Path(job["run_dir"])) if job["run_dir"] else None
+        started = job["started_at"] or job["created_at"]
+        if hb is not None and hb.get("updated_at", 0) >= started:
+            used = max(0.0, float(hb.get("device_hours", 0.0)) - job["hours_before"])
+            state, reason = hb.get("state", "failed"), hb.get("reason")
+        else:  # the process died before its first heartbeat: it still held its GPUs
+            used = job["gpus"] * (now - started) / 3600
+            hb, state, reason = None, "failed", "no heartbeat from this run"
+        if state == "running":  # killed hard, or exited without a final state
+            state, reason = "failed", f"exited (status {exit_code}) without a final heartbeat"
+        if cancelled:
+            state, reason = "cancelled", reason or "cancelled by hand"
+        waste = self.waste_hours(state, used, hb, started, job["gpus"])
+        mfu, tok_s = measured_rates(Path(job["run_dir"])) if job["run_dir"] else (None, None)
+        self.update_job(job_id, state=state, reason=reason, used_gpu_hours=used, waste_gpu_hours=waste,
+                        mfu=mfu, tokens_per_s=tok_s, finished_at=now)
+        return self.job(job_id)
+
+    @staticmethod
+    def waste_hours(state: str, used: float, hb: dict | None, started: float, gpus: int) -> float:
+        if state == "cancelled":
+            return used
+        if state not in ("failed", "preempted"):
+            return 0.0
+        ckpt_at = (hb or {}).get("last_checkpoint_at")
+        if hb is None or ckpt_at is None or ckpt_at < started:
+            return used  # no checkpoint from this job: everything it did is lost
+        devices = hb.get("devices") or gpus
+        return min(used, devices * max(0.0, hb["updated_at"] - ckpt_at) / 3600)
+
+    # ---- reads -------------------------------------------------------------------------
+    def _query(self, sql: str, args: tuple = ()) -> list[dict]:
+        db = self._connect()
+        try:
+            return [dict(r) for r in db.execute(sql, args).fetchall()]
+        finally:
+            db.close()
+
+    def job(self, job_id: int) -> dict:
+        rows = self._query("SELECT * FROM jobs WHERE id = ?", (job_id,))
+        if not rows:
+            raise KeyError(f"no job {job_id} in the ledger {self.path}")
+        return rows[0]
+
+    def jobs(self, team: str | None = None, period: str | None = None) -> list[dict]:
+        where, args = [], []
+        for col, val in (("team", team), ("period", period)):
+            if val is not None:
+                where.append(f"{col} = ?")
+                args.append(val)
+        sql = "SELECT * FROM jobs" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id"
+        return self._query(sql, tuple(args))
+
+    @staticmethod
+    def committed_hours(db: sqlite3.Connection, team: str, period: str) -> dict[str, float]:
+        """Hours charged to a team's period: used by finished jobs, max(planned, used) by active ones."""
+        marks = ", ".join("?" for _ in ACTIVE)
+        row = db.execute(
+            f"""SELECT
+                  COALESCE(SUM(CASE WHEN state IN ({marks}) THEN 0 ELSE used_gpu_hours END), 0) AS used,
+                  COALESCE(SUM(CASE WHEN state IN ({marks})
+                                    THEN MAX(planned_gpu_hours, used_gpu_hours) ELSE 0 END), 0) AS running
+                FROM jobs WHERE team = ? AND period = ?""", (*ACTIVE, *ACTIVE, team, period)).fetchone()
+        return {"used": row["used"], "running": row["running"], "committed": row["used"] + row["running"]}
+
+    def median_rate(self, rung: str, column: str) -> tuple[float | None, int]:
+        """Median of a measured rate (mfu or tokens_per_s) over finished runs of a rung, and how many."""
+        if column not in ("mfu", "tokens_per_s"):
+            raise ValueError(column)
+        rows = self._query(f"SELECT {column} AS v FROM jobs WHERE rung = ? AND {column} IS NOT NULL", (rung,))
+        values = [r["v"] for r in rows]
+        return (statistics.median(values) if values else None), len(values)
+
+
+def measured_rates(run_dir: Path) -> tuple[float | None, float | None]:
+    """Median MFU and tokens/s per device over the steps in the run's metrics.jsonl."""
+    from training.metrics import read_metrics
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return None, None
+    rows = read_metrics(path)
+
+    def median(key):
+        vals = [r[key] for r in rows if r.get(key) is not None]
+        return statistics.median(vals) if vals else None
+    return median("mfu"), median("tokens_per_s")

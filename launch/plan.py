@@ -1,0 +1,297 @@
+"""The compute plan of a job, before anything is launched: `ladder plan [overrides] [--json]`.
+
+    ladder plan rung=405b                     # parameters, FLOPs, memory per GPU, fit, GPU-hours, cost
+    ladder plan rung=405b rung.nodes=1        # does not fit: says what to change
+    ladder plan rung=8b trainer.max_steps=2000 --json
+
+Parameters come from the model built on the meta device; FLOPs from training/flops.py (the
+one definition MFU also uses) for trainer.max_steps x the global batch, with attention counted
+as if every document were data.max_seq_len tokens long (an upper bound for packed data); memory
+from launch/memory.py. Time is FLOPs / (GPUs x peak x MFU), where MFU is the median measured
+on earlier runs of the same rung in the ledger, else rung.assumed_mfu; on a device with no known
+peak (a CPU) it is tokens / (devices x tokens/s), measured or rung.assumed_tokens_per_s.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+from omegaconf import DictConfig
+
+from launch.console import make_console, num, si
+from launch.memory import ENGINES, GiB, Memory, ModelShape, estimate
+from training.errors import ConfigError
+from training.flops import model_matmul_params, train_flops
+from training.validate import global_batch_tokens, validate
+
+# Of a GPU's memory, the CUDA context, NCCL buffers and allocator fragmentation take about a tenth.
+USABLE_FRACTION = 0.9
+MAX_NODES = 1024  # how far the planner looks for a node count that fits
+
+
+@dataclass
+class Plan:
+    rung: str
+    model: str
+    gpu_type: str
+    engine: str
+    nodes: int
+    gpus_per_node: int
+    gpus: int
+    offload: bool
+    activation_checkpointing: bool
+    micro_batch_tokens: int
+    grad_accum: int
+    global_batch_tokens: int
+    steps: int
+    tokens: int
+    doc_tokens: int
+    params: int
+    matmul_params: int
+    flops: float
+    memory: Memory
+    gpu_memory_gb: float
+    cpu_memory_gb: float
+    fits: bool
+    problem: str | None
+    fixes: list[tuple[str, float]]  # (overrides, memory per GPU in GiB with them)
+    by_engine: dict[str, Memory | None]
+    rate: float  # MFU, or tokens/s per device where the peak is unknown
+    rate_kind: str  # "mfu" | "tokens_per_s"
+    rate_source: str
+    wall_clock_h: float
+    gpu_hours: float
+    price_per_gpu_hour: float
+    cost: float = field(init=False)
+
+    def __post_init__(self):
+        self.cost = self.gpu_hours * self.price_per_gpu_hour
+
+    @property
+    def usable_gb(self) -> float:
+        return self.gpu_memory_gb * USABLE_FRACTION
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["memory_breakdown_gb"] = self.memory.gib()
+        d["memory_per_gpu_gb"] = self.memory.total / GiB
+        d["cpu_memory_per_node_gb"] = self.memory.cpu_per_node / GiB
+        d["usable_gpu_memory_gb"] = self.usable_gb
+        d["by_engine_gb"] = {k: (None if m is None else m.total / GiB) for k, m in self.by_engine.items()}
+        d["fixes"] = [{"overrides": o, "memory_per_gpu_gb": g} for o, g in self.fixes]
+        del d["memory"], d["by_engine"]
+        return d
+
+
+def model_shape(cfg: DictConfig) -> ModelShape:
+    """Parameter counts from the model built on the meta device (no memory, no weights)."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    from training.modeling import llama_config, load_tokenizer
+    vocab = cfg.model.vocab_size or len(load_tokenizer(cfg.model))
+    with torch.device("meta"):
+        model = LlamaForCausalLM(llama_config(cfg.model, vocab))
+    m = cfg.model
+    return ModelShape(
+        params=sum(p.numel() for p in model.parameters()),
+        largest_module_params=max(sum(p.numel() for p in mod.parameters(recurse=False)) for mod in model.modules()),
+        layers=m.num_layers, hidden=m.hidden_size, kv_hidden=m.num_kv_heads * (m.hidden_size // m.num_heads),
+        intermediate=m.intermediate_size, vocab=vocab)
+
+
+def memory_for(shape: ModelShape, r, **changes) -> Memory:
+    """Memory per GPU for the rung `r` with some of its fields changed."""
+    v = {"engine": r.engine.value, "nodes": r.nodes, "micro_batch_tokens": r.micro_batch_tokens,
+         "activation_checkpointing": r.activation_checkpointing, "offload": r.offload, **changes}
+    return estimate(shape, v["engine"], v["nodes"] * r.gpus_per_node, v["nodes"], v["micro_batch_tokens"],
+                    r.bf16, v["activation_checkpointing"], v["offload"])
+
+
+def fits(m: Memory, r) -> bool:
+    return m.total <= r.gpu_memory_gb * USABLE_FRACTION * GiB and m.cpu_per_node <= r.cpu_memory_gb * GiB
+
+
+def find_fixes(cfg: DictConfig, shape: ModelShape) -> list[tuple[str, float]]:
+    """Single changes (with the node count they need) that make the job fit: more nodes, offload,
+    activation checkpointing, a smaller micro-batch, a sharded engine, in that order."""
+    r, fixes = cfg.rung, []
+
+    def batch_ok(nodes: int, micro: int | None = None) -> bool:
+        glob, _ = global_batch_tokens(cfg)
+        return glob % ((micro or r.micro_batch_tokens) * nodes * r.gpus_per_node) == 0
+
+    def more_nodes(**changes) -> tuple[str, float] | None:
+        for n in range(r.nodes + (0 if changes else 1), MAX_NODES + 1):
+            if not fits(memory_for(shape, r, nodes=n, **changes), r):
+                continue
+            # The smallest count from n up that also keeps the global batch whole, if one is near.
+            n = next((k for k in range(n, 2 * n + 1) if batch_ok(k)), n)
+            parts = [f"rung.{k}={str(v).lower()}" for k, v in changes.items()]
+            parts += [f"rung.nodes={n}"] if n != r.nodes else []
+            if not batch_ok(n):
+                glob, _ = global_batch_tokens(cfg)
+                dp_tokens = r.micro_batch_tokens * n * r.gpus_per_node
+                parts.append(f"trainer.global_batch_tokens={-(-glob // dp_tokens) * dp_tokens}")
+            return " ".join(parts), memory_for(shape, r, nodes=n, **changes).total / GiB
+        return None
+
+    if r.engine.value in ("fsdp2", "deepspeed_zero3"):  # sharded state shrinks with more GPUs
+        fixes.append(more_nodes())
+    if r.engine.value == "deepspeed_zero3" and not r.offload:
+        fixes.append(more_nodes(offload=True))
+    if not r.activation_checkpointing:
+        m = memory_for(shape, r, activation_checkpointing=True)
+        fixes.append(("rung.activation_checkpointing=true", m.total / GiB) if fits(m, r) else None)
+    micro = r.micro_batch_tokens // 2
+    while micro >= cfg.data.max_seq_len and micro > 0:
+        m = memory_for(shape, r, micro_batch_tokens=micro)
+        if fits(m, r) and batch_ok(r.nodes, micro):
+            fixes.append((f"rung.micro_batch_tokens={micro}", m.total / GiB))
+            break
+        micro //= 2
+    if r.engine.value in ("single", "ddp", "deepspeed_zero2") and r.nodes * r.gpus_per_node > 1:
+        for engine in ("deepspeed_zero3", "fsdp2"):
+            m = memory_for(shape, r, engine=engine)
+            if fits(m, r):
+                fixes.append((f"rung.engine={engine}", m.total / GiB))
+    return [f for f in fixes if f is not None]
+
+
+def planning_rate(cfg: DictConfig, ledger) -> tuple[float, str, str]:
+    """(rate, kind, where it came from): the ledger's median for this rung, else the rung's assumption."""
+    r = cfg.rung
+    kind = "mfu" if r.peak_flops_per_device else "tokens_per_s"
+    if ledger is not None:
+        value, n = ledger.median_rate(r.name, kind)
+        if value:
+            return value, kind, f"median of {n} measured run(s) of rung {r.name} in the ledger"
+    assumed = r.assumed_mfu if kind == "mfu" else r.assumed_tokens_per_s
+    if not assumed:
+        raise ConfigError(f"rung {r.name} has no peak_flops_per_device and no assumed_tokens_per_s, and the "
+                          "ledger has no measured run of it: set rung.assumed_tokens_per_s to plan its time")
+    return assumed, kind, f"assumed (rung.assumed_{'mfu' if kind == 'mfu' else 'tokens_per_s'})"
+
+
+def make_plan(cfg: DictConfig, ledger=None) -> Plan:
+    layout = validate(cfg, for_training=False)  # the batch rule and every other cross-field rule
+    r = cfg.rung
+    shape = model_shape(cfg)
+    tokens = cfg.trainer.max_steps * layout.global_batch_tokens
+    doc = cfg.data.max_seq_len
+    n_matmul = model_matmul_params(cfg.model, shape.vocab)
+    flops = train_flops(n_matmul, shape.layers, shape.hidden, [doc]) * tokens / doc
+    memory = memory_for(shape, r)
+    ok = fits(memory, r)
+    problem = None
+    if not ok:
+        over = []
+        if memory.total > r.gpu_memory_gb * USABLE_FRACTION * GiB:
+            over.append(f"{memory.total / GiB:,.1f} GiB per GPU, but each {r.gpu_type} has "
+                        f"{r.gpu_memory_gb * USABLE_FRACTION:,.1f} usable ({USABLE_FRACTION:.0%} of {r.gpu_memory_gb:g})")
+        if memory.cpu_per_node > r.cpu_memory_gb * GiB:
+            over.append(f"{memory.cpu_per_node / GiB:,.1f} GiB of host memory per node for offload, "
+                        f"but a node has {r.cpu_memory_gb:g} (rung.cpu_memory_gb)")
+        problem = "needs " + "; and ".join(over)
+    by_engine = {}
+    for engine in ENGINES:
+        if engine == "single" and r.nodes * r.gpus_per_node > 1:
+            by_engine[engine] = None  # one process cannot use several GPUs
+        else:
+            by_engine[engine] = memory_for(shape, r, engine=engine, offload=False)
+    if r.engine.value == "deepspeed_zero3":
+        by_engine["deepspeed_zero3 + offload"] = memory_for(shape, r, offload=True)
+    rate, kind, source = planning_rate(cfg, ledger)
+    gpus = r.nodes * r.gpus_per_node
+    if kind == "mfu":
+        seconds = flops / (gpus * r.peak_flops_per_device * rate)
+    else:
+        seconds = tokens / (gpus * rate)
+    return Plan(
+        rung=r.name, model=cfg.model.name, gpu_type=r.gpu_type, engine=r.engine.value, nodes=r.nodes,
+        gpus_per_node=r.gpus_per_node, gpus=gpus, offload=r.offload,
+        activation_checkpointing=r.activation_checkpointing, micro_batch_tokens=layout.micro_batch_tokens,
+        grad_accum=layout.grad_accum, global_batch_tokens=layout.global_batch_tokens,
+        steps=cfg.trainer.max_steps, tokens=tokens, doc_tokens=doc, params=shape.params,
+        matmul_params=n_matmul, flops=flops, memory=memory, gpu_memory_gb=r.gpu_memory_gb,
+        cpu_memory_gb=r.cpu_memory_gb, fits=ok, problem=problem, fixes=[] if ok else find_fixes(cfg, shape),
+        by_engine=by_engine, rate=rate, rate_kind=kind, rate_source=source, wall_clock_h=seconds / 3600,
+        gpu_hours=gpus * seconds / 3600, price_per_gpu_hour=cfg.budget.price_per_gpu_hour)
+
+
+def fix_message(plan: Plan) -> str:
+    if plan.fits:
+        return "fits"
+    if not plan.fixes:
+        return (f"does not fit: {plan.problem}. No single change found makes it fit; try a larger "
+                "rung.nodes with rung.offload=true, or a smaller model")
+    options = "\n".join(f"  {o}   ({g:,.1f} GiB per GPU)" for o, g in plan.fixes)
+    return f"does not fit: {plan.problem}. Any one of these fixes it:\n{options}"
+
+
+def render(plan: Plan, console=None) -> None:
+    from rich.table import Table
+    console = console or make_console()
+    p = plan
+    unit = "device" if p.gpu_type == "cpu" else "GPU"
+    console.print(f"[bold]Plan[/bold]: rung {p.rung} · model {p.model} · {p.nodes} node(s) x {p.gpus_per_node} "
+                  f"{p.gpu_type} = {p.gpus} {unit}(s) · {p.engine}{' + offload' if p.offload else ''}"
+                  f"{' · activation checkpointing' if p.activation_checkpointing else ''}")
+
+    work = Table(title="Model and work", title_justify="left", show_header=False)
+    work.add_column(no_wrap=True)
+    work.add_column(justify="right", no_wrap=True)
+    work.add_column(style="dim")
+    work.add_row("parameters", si(p.params), f"{p.params:,} (meta-device build)")
+    work.add_row("global batch", f"{p.global_batch_tokens:,} tokens",
+                 f"micro-batch {p.micro_batch_tokens:,} x accum {p.grad_accum} x dp {p.gpus}")
+    work.add_row("planned tokens", si(p.tokens), f"{p.steps:,} steps (trainer.max_steps) x global batch")
+    work.add_row("training FLOPs", f"{p.flops:.3e}",
+                 f"6 x {si(p.matmul_params)} matmul params x tokens + attention at {p.doc_tokens:,}-token documents")
+    console.print(work)
+
+    mem = Table(title=f"Memory per {unit}, GiB (usable: {p.usable_gb:,.1f} of {p.gpu_memory_gb:g} per {p.gpu_type})",
+                title_justify="left")
+    for col in ("engine", "params", "grads", "optimizer", "activations", "total", "host/node", "fits"):
+        mem.add_column(col, justify="left" if col == "engine" else "right", no_wrap=True)
+    for name, m in p.by_engine.items():
+        chosen = name == p.engine + (" + offload" if p.offload else "")
+        if m is None:
+            mem.add_row(name, *["-"] * 6, "n/a (one process)")
+            continue
+        g = m.gib()
+        ok = g["total"] <= p.usable_gb and g["cpu_per_node"] <= p.cpu_memory_gb
+        label = f"[bold]{name}[/bold] <- this job" if chosen else name
+        mem.add_row(label, *(num(g[k]) for k in ("params", "grads", "optimizer", "activations", "total")),
+                    f"{g['cpu_per_node']:,.0f}" if g["cpu_per_node"] else "-",
+                    "[green]yes[/green]" if ok else "[red]no[/red]")
+    console.print(mem)
+
+    if p.fits:
+        console.print(f"[green bold]FITS[/green bold]: {num(p.memory.total / GiB)} of {p.usable_gb:,.1f} GiB per {unit}")
+    else:
+        console.print(f"[red bold]DOES NOT FIT[/red bold]: {fix_message(p)[len('does not fit: '):]}")
+
+    cost = Table(title="Time and cost", title_justify="left", show_header=False)
+    cost.add_column(no_wrap=True)
+    cost.add_column(justify="right", no_wrap=True)
+    cost.add_column(style="dim")
+    rate = f"{p.rate:.1%}" if p.rate_kind == "mfu" else f"{p.rate:,.0f} tokens/s per device"
+    cost.add_row("MFU" if p.rate_kind == "mfu" else "throughput", rate, p.rate_source)
+    cost.add_row("wall-clock", f"{p.wall_clock_h:,.2f} h", f"{p.wall_clock_h / 24:,.2f} days")
+    cost.add_row(f"{unit}-hours", num(p.gpu_hours), f"{p.gpus} {unit}(s) x wall-clock")
+    cost.add_row("cost", f"${num(p.cost, 0)}", f"at ${p.price_per_gpu_hour:g} per GPU-hour (budget.price_per_gpu_hour)")
+    console.print(cost)
+
+
+def cmd_plan(args) -> int:
+    from launch.ledger import Ledger
+    from training.compose import compose
+    cfg = compose(args.overrides)
+    plan = make_plan(cfg, Ledger.existing(cfg))
+    if args.json:
+        print(json.dumps(plan.to_json(), indent=2))
+    else:
+        render(plan)
+    return 0 if plan.fits else 1

@@ -1,0 +1,89 @@
+"""Team budgets: a launch over budget is refused with what is left and by how much; an override is
+recorded with its reason; `ladder budget report` shows the right numbers."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+
+from conftest import FAST, ladder_cli
+from launch.budget import check_and_record, load_budgets, period_key, report_rows
+from launch.ledger import Ledger
+from training.compose import compose
+from training.errors import BudgetError
+
+JOB = dict(rung="8b", gpus=8, project="p", sweep=None)
+
+
+def test_check_refuses_over_budget_and_records_an_override(tmp_path):
+    cfg = compose(["budget.gpu_hours=100", f"trainer.run_root={tmp_path}"])
+    ledger = Ledger.from_config(cfg)
+    check_and_record(ledger, cfg.budget, 60.0, JOB)
+    with pytest.raises(BudgetError) as e:
+        check_and_record(ledger, cfg.budget, 50.0, JOB)
+    msg = str(e.value)
+    assert "plans 50.0 GPU-hours" in msg and "40.0 of its 100.0 GPU-hours left" in msg
+    assert "over by 10.0" in msg and "--override-budget" in msg
+    assert len(ledger.jobs()) == 1  # nothing recorded for the refused job
+    with pytest.raises(BudgetError, match="needs a reason"):
+        check_and_record(ledger, cfg.budget, 50.0, JOB, override_reason="  ")
+    job = check_and_record(ledger, cfg.budget, 50.0, JOB, override_reason="paper deadline, approved by J.")
+    assert ledger.job(job)["override_reason"] == "paper deadline, approved by J."
+    assert ledger.job(job)["period"] == period_key("month")
+
+
+def test_launch_over_budget_is_refused_then_runs_with_an_override(tmp_path):
+    args = ["launch", *FAST, "trainer.max_steps=2", "trainer.save_every=2", "budget.gpu_hours=0.00001"]
+    proc = ladder_cli(*args, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert "over budget" in proc.stderr and "it is over by" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "runs" / "tiny-sft-reverse").exists()  # nothing ran
+
+    proc = ladder_cli(*args, "--override-budget", "CI smoke test", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    [job] = Ledger(tmp_path / "runs" / "ladder.db").jobs()
+    assert job["override_reason"] == "CI smoke test"
+    assert job["state"] == "completed" and job["waste_gpu_hours"] == 0.0
+    assert job["used_gpu_hours"] > 0 and job["planned_gpu_hours"] > 0 and job["gpus"] == 1
+    assert job["team"] == "default" and job["rung"] == "tiny" and len(job["config_hash"]) == 16
+    assert job["run_dir"] == str(tmp_path / "runs" / "tiny-sft-reverse")
+    assert job["tokens_per_s"] > 0  # measured, for the next plan of this rung
+    assert f"job {job['id']} completed" in proc.stdout
+
+
+def fill(ledger: Ledger, now: float) -> None:
+    this = period_key("month", now)
+    rows = [  # team, period, state, planned, used, waste, mfu
+        ("default", this, "completed", 10.0, 8.0, 0.0, 0.4),
+        ("default", this, "failed", 20.0, 6.0, 1.5, 0.2),
+        ("default", this, "cancelled", 5.0, 2.0, 2.0, None),
+        ("default", this, "running", 30.0, 4.0, 0.0, None),
+        ("default", "2020-01", "completed", 7.0, 7.0, 0.0, None),
+        ("other", this, "completed", 3.0, 3.0, 0.0, 0.5),
+    ]
+    for team, period, state, planned, used, waste, mfu in rows:
+        ledger.add_job(team=team, period=period, rung="8b", gpus=8, planned_gpu_hours=planned, state=state,
+                       used_gpu_hours=used, waste_gpu_hours=waste, mfu=mfu)
+
+
+def test_budget_report_numbers(tmp_path):
+    now = time.time()
+    ledger = Ledger(tmp_path / "runs" / "ladder.db")
+    fill(ledger, now)
+    rows = {(r.team, r.period): r for r in report_rows(ledger, load_budgets(compose(["budget.gpu_hours=100"]).budget))}
+    r = rows[("default", period_key("month", now))]
+    assert (r.allocated, r.jobs, r.used, r.running, r.wasted) == (100.0, 4, 20.0, 30.0, 3.5)
+    assert r.useful == pytest.approx(8 * 0.4 + 6 * 0.2)
+    assert r.left == pytest.approx(100 - (8 + 6 + 2) - 30)  # the running job holds its whole plan
+    assert rows[("other", period_key("month", now))].allocated is None  # a team without a budget file
+
+    plot = tmp_path / "budget.png"
+    proc = ladder_cli("budget", "report", "budget.gpu_hours=100", "--plot", str(plot), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    line = next(l for l in proc.stdout.splitlines() if re.search(rf"default\s.*{period_key('month', now)}", l))
+    cells = [c.strip() for c in line.strip("│ ").split("│")]
+    assert cells == ["default", period_key("month", now), "4", "100.0", "20.0", "30.0", "3.5", "4.4", "54.0",
+                     "46%", "$40.0"]
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,0 +1,152 @@
+"""`ladder compare` and `ladder leaderboard` on the shared tiny run's real checkpoints.
+
+The synthetic suite with 100 examples is what the run scored on each save, so these tests
+read the eval cache and never load a model; they exercise the CLI, the paired bootstrap,
+the registry queries and the HTML report.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import ladder_cli
+from evals.bootstrap import paired_delta
+from evals.content_hash import hashed_files
+from evals.runner import evaluate_checkpoint
+from training.compose import compose
+
+SUITE = "eval.max_examples=100"  # the settings the run evaluated with on save: all cache hits
+
+
+def run_compare(*args, cwd=None):
+    proc = ladder_cli("compare", *args, cwd=cwd)
+    assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def test_compare_marks_the_late_checkpoint_significantly_better(trained_run, tmp_path):
+    early, late = trained_run.checkpoints[0], trained_run.checkpoints[-1]
+    out = tmp_path / "c.json"
+    proc = run_compare("--json", str(out), str(early), str(late), SUITE)
+    c = json.loads(out.read_text())
+    assert c["baseline"] == "shared@0"
+    d = c["entries"][1]["deltas"]["reverse"]
+    assert d["significant"] and d["lo"] > 0 and d["delta"] >= 50 and d["n"] == 100
+    assert c["entries"][1]["average_delta"]["significant"]
+    late_row = next(line for line in proc.stdout.splitlines() if "shared@150" in line)
+    assert "▲" in late_row, proc.stdout
+    assert "2 of 2 task results came from the eval cache" in proc.stdout
+    assert "loading model" not in proc.stderr
+
+
+def test_a_checkpoint_compared_with_itself_is_no_different(trained_run, tmp_path):
+    late = trained_run.checkpoints[-1]
+    out = tmp_path / "self.json"
+    proc = run_compare("--json", str(out), str(late), str(late), SUITE)
+    d = json.loads(out.read_text())["entries"][1]["deltas"]["reverse"]
+    assert d["delta"] == 0 and d["lo"] == 0 and d["hi"] == 0 and not d["significant"]
+    assert "▲" not in proc.stdout and "▼" not in proc.stdout
+    assert "shared@150 (2)" in proc.stdout
+
+
+def test_paired_bootstrap_detects_a_small_consistent_gain_and_is_reproducible():
+    base = [{"id": str(i), "score": float(i % 2)} for i in range(400)]
+    cand = [dict(e, score=1.0) if i % 10 == 0 else e for i, e in enumerate(base)]  # +20 flips of 0 -> 1
+    d = paired_delta(base, cand)
+    assert d.delta == pytest.approx(5.0) and d.significant
+    again = paired_delta(base, cand)
+    assert (again.lo, again.hi) == (d.lo, d.hi)
+
+
+def copy_as_run(src: Path, root: Path, run_name: str, **changes) -> Path:
+    """Another run's checkpoint with the same weights (so its scores come from the cache) and a
+    different config: the cheapest real way to get a sweep of runs to compare."""
+    dst = root / run_name / "checkpoints" / src.name
+    dst.mkdir(parents=True)
+    for f in hashed_files(src):
+        shutil.copy(f, dst / f.name)
+    cfg = yaml.safe_load((src / "ladder_config.yaml").read_text())
+    cfg["trainer"]["run_name"] = run_name
+    for key, value in changes.items():
+        node, leaf = cfg, key.split(".")
+        for part in leaf[:-1]:
+            node = node[part]
+        node[leaf[-1]] = value
+    (dst / "ladder_config.yaml").write_text(yaml.safe_dump(cfg))
+    meta = json.loads((src / "ladder_meta.json").read_text())
+    (dst / "ladder_meta.json").write_text(json.dumps({**meta, "run_name": run_name}))
+    (dst / "COMPLETE").write_text("done\n")
+    return dst
+
+
+@pytest.fixture(scope="module")
+def sweep(trained_run):
+    """Two more runs beside the shared one (same run root, so the same registry and cache)."""
+    root = Path(trained_run.run_dir).parent
+    cfg = compose([SUITE])
+    a = copy_as_run(trained_run.checkpoints[0], root, "lrs-a", **{"sweep.name": "lrs", "optim.lr": 0.003})
+    b = copy_as_run(trained_run.checkpoints[-1], root, "lrs-b", **{"sweep.name": "lrs", "optim.lr": 0.001})
+    for ckpt in (a, b):  # runs register their checkpoints as they evaluate them
+        evaluate_checkpoint(ckpt, cfg.eval)
+    return root
+
+
+def test_compare_a_sweep_writes_an_offline_html_report(sweep, tmp_path):
+    html_file = tmp_path / "report.html"
+    proc = run_compare("--html", str(html_file), "sweep:lrs", SUITE, f"trainer.run_root={sweep}")
+    assert "lrs-a@0" in proc.stdout and "lrs-b@150" in proc.stdout
+    html = html_file.read_text()
+    pngs = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)
+    assert len(pngs) == 1 and base64.b64decode(pngs[0])[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not re.search(r'(src|href)="https?://', html)  # one file, nothing fetched
+    for title in ("reverse/exact_match", "Config differences", "optim.lr", "trainer.run_name"):
+        assert title in html, title
+
+
+def test_leaderboard_ranks_and_filters(sweep, tmp_path):
+    out = tmp_path / "lb.json"
+    args = [SUITE, f"trainer.run_root={sweep}", "--json", str(out)]
+    proc = ladder_cli("leaderboard", "--sweep", "lrs", *args)
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["run_name"], r["step"]) for r in rows] == [("lrs-b", 150), ("lrs-a", 0)]
+    assert rows[0]["scores"]["reverse"] > rows[1]["scores"]["reverse"]
+    proc = ladder_cli("leaderboard", "--sweep", "lrs", "--lr", "0.001", "--rung", "tiny", *args)
+    assert proc.returncode == 0, proc.stderr
+    assert [r["run_name"] for r in json.loads(out.read_text())["rows"]] == ["lrs-b"]
+
+
+def test_compare_and_leaderboard_errors_are_clear(sweep, trained_run):
+    proc = ladder_cli("compare", "sweep:nope", f"trainer.run_root={sweep}")
+    assert proc.returncode == 2 and "sweep 'nope' has no checkpoints" in proc.stderr and "'lrs'" in proc.stderr
+    proc = ladder_cli("leaderboard", "--recipe", "dpo", f"trainer.run_root={sweep}")
+    assert proc.returncode == 2 and "no checkpoints in the registry" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium package (apt install chromium)")
+def test_html_report_renders_in_headless_chromium(trained_run, tmp_path):
+    html_file = tmp_path / "report.html"
+    run_compare("--html", str(html_file), str(trained_run.checkpoints[0]), str(trained_run.checkpoints[-1]), SUITE)
+    shot = tmp_path / "shot.png"
+    chrome = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+              f"--user-data-dir={tmp_path / 'profile'}"]
+    subprocess.run([*chrome, f"--screenshot={shot}", "--window-size=1300,1400", html_file.as_uri()],
+                   capture_output=True, timeout=120, check=True)
+    dom = subprocess.run([*chrome, "--dump-dom", html_file.as_uri()], capture_output=True, text=True,
+                         timeout=120, check=True).stdout
+    assert "Ladder comparison: eval suite synthetic" in dom and "reverse/exact_match" in dom
+    from PIL import Image
+    img = Image.open(shot).convert("RGB")
+    assert img.size == (1300, 1400)
+    # The plot region must hold many colours (lines, text, markers), not a blank page.
+    colours = img.crop((0, 300, 1300, 1400)).getcolors(maxcolors=1 << 20)
+    assert colours is not None and len(colours) > 50

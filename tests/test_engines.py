@@ -1,0 +1,165 @@
+"""Distributed engines on 2 CPU processes (gloo): same losses as one process, exact resume,
+resume on a different world size, preemption, half-written checkpoints, two rendezvous nodes.
+
+Tolerance for engine-vs-single losses: 1e-4 absolute over 8 steps. Every engine computes the
+same global batch and the same mean loss; only the order of fp32 additions differs (gloo
+all-reduce, FSDP2 reduce-scatter, ZeRO's flat partitions), which moves results by ~1e-7
+relative per step (measured: at most 4e-7 after 6 steps). Adam can amplify such noise early
+on, so we allow 250x the measured drift. A real bug (a missing or doubled normalisation, a
+rank seeing the wrong data) changes the loss by more than 1e-2 within two steps.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import losses
+from distributed_helpers import env, free_port, run, run_overrides, torchrun_cmd
+from training.checkpoint import COMPLETE, complete_checkpoints, latest_checkpoint
+from training.heartbeat import read_heartbeat
+
+TOL = 1e-4
+STEPS = 8
+ENGINES = ["ddp", "fsdp2", "deepspeed_zero2", "deepspeed_zero3"]
+
+
+def single_cmd(overrides):
+    return [sys.executable, "-m", "training.trainer", *overrides]
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    return tmp_path_factory.mktemp("engines")
+
+
+@pytest.fixture(scope="module")
+def reference(root):
+    """The single-process run every engine is compared with."""
+    proc = run(single_cmd(run_overrides(root, "single", STEPS)))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return losses(root / "single")
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_two_processes_match_one(root, reference, engine):
+    proc = run(torchrun_cmd(2, run_overrides(root, engine, STEPS, engine=engine, procs=2)))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = losses(root / engine)
+    assert len(got) == STEPS
+    assert got == pytest.approx(reference, abs=TOL, rel=0)
+    # the consolidated Hugging Face weights load with plain transformers
+    from transformers import AutoModelForCausalLM
+    model = AutoModelForCausalLM.from_pretrained(latest_checkpoint(root / engine))
+    assert sum(p.numel() for p in model.parameters()) > 1e6
+
+
+def test_sigkill_two_processes_then_resume_reproduces_losses(root, reference):
+    steps = 16
+    over = run_overrides(root, "killed2", steps, engine="ddp", procs=2)
+    proc = subprocess.Popen(torchrun_cmd(2, over), env=env(), start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 180
+    while not (root / "killed2" / "checkpoints" / "step_000008" / COMPLETE).exists():
+        assert proc.poll() is None and time.time() < deadline, "the run ended before it could be killed"
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)  # torchrun and both ranks at once, like a lost node
+    proc.wait()
+    assert len(losses(root / "killed2")) < steps
+
+    whole = run(torchrun_cmd(2, run_overrides(root, "whole2", steps, engine="ddp", procs=2)))
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    resumed = run(torchrun_cmd(2, over + ["trainer.resume=auto"]))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stderr
+    assert losses(root / "killed2") == pytest.approx(losses(root / "whole2"), abs=1e-6, rel=0)
+
+
+def test_two_process_checkpoint_resumes_on_one_process(root, reference):
+    """An fsdp2 run on 2 processes saved at step 4; a 1-process run picks it up and finishes."""
+    src = root / "fsdp2"
+    dst = root / "fsdp2-to-1"
+    shutil.copytree(src, dst)
+    for ckpt in complete_checkpoints(dst):
+        if int(ckpt.name.split("_")[1]) > 4:
+            shutil.rmtree(ckpt)
+    proc = run(single_cmd(run_overrides(root, "fsdp2-to-1", STEPS, engine="single", procs=1)))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "saved by fsdp2 on 2 process(es)" in proc.stderr
+    assert losses(dst) == pytest.approx(reference, abs=TOL, rel=0)
+
+
+def test_sigterm_checkpoints_exits_for_requeue_and_resumes(root, reference):
+    over = run_overrides(root, "term", STEPS, save_every=100)
+    proc = subprocess.Popen(single_cmd(over), env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    metrics = root / "term" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 75, err[-2000:]
+    assert "stopped by SIGTERM" in err
+    hb = read_heartbeat(root / "term")
+    assert hb["state"] == "preempted"
+    stopped_at = hb["last_checkpoint_step"]
+    assert 3 <= stopped_at < STEPS
+    assert latest_checkpoint(root / "term").name == f"step_{stopped_at:06d}"
+    again = run(single_cmd(over))
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert losses(root / "term") == pytest.approx(reference, abs=1e-6, rel=0)
+    assert read_heartbeat(root / "term")["state"] == "completed"
+
+
+def test_half_written_checkpoint_is_never_resumed(root, reference):
+    over = run_overrides(root, "halfsave", STEPS, save_every=2)
+    died = run(single_cmd(over), env=env(LADDER_FAULT="kill_in_save:6"))
+    assert died.returncode == -signal.SIGKILL
+    ckpts = root / "halfsave" / "checkpoints"
+    assert (ckpts / ".tmp-step_000006" / "model.safetensors").exists()  # the weights were half-way there
+    assert not (ckpts / "step_000006").exists()
+    assert latest_checkpoint(root / "halfsave").name == "step_000004"
+    again = run(single_cmd(over))
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "step_000004" in again.stderr
+    assert losses(root / "halfsave") == pytest.approx(reference, abs=1e-6, rel=0)
+    assert not list(ckpts.glob(".tmp-*"))
+
+
+def test_two_rendezvous_nodes_train_together(root, reference):
+    port = free_port()
+    over = run_overrides(root, "twonodes", STEPS, engine="ddp", procs=1, nodes=2)
+    cmd = torchrun_cmd(1, over, port=port, nnodes=2)
+    nodes = [subprocess.Popen(cmd, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    errs = [n.communicate(timeout=300)[1] for n in nodes]
+    assert [n.returncode for n in nodes] == [0, 0], errs[0][-2000:] + errs[1][-2000:]
+    assert losses(root / "twonodes") == pytest.approx(reference, abs=TOL, rel=0)
+    assert json.loads((root / "twonodes" / "run_meta.json").read_text())["world_size"] == 2
+
+
+def test_nonfinite_loss_stops_with_a_clear_message(root):
+    over = run_overrides(root, "nan", STEPS, save_every=2)
+    proc = run(single_cmd(over), env=env(LADDER_FAULT="nan_at:5"))
+    assert proc.returncode == 2
+    assert "the loss is nan at step 5" in proc.stderr and "Traceback" not in proc.stderr
+    assert latest_checkpoint(root / "nan").name == "step_000004"
+    assert read_heartbeat(root / "nan")["state"] == "failed"
+
+
+def test_hung_step_is_reported_not_waited_on(root):
+    over = run_overrides(root, "hang", STEPS) + ["trainer.step_timeout_s=4"]
+    proc = run(single_cmd(over), env=env(LADDER_FAULT="hang_at:3"), timeout=120)
+    assert proc.returncode == 124
+    assert "step 3 has run for more than trainer.step_timeout_s=4 s" in proc.stderr
+    assert "ladder-watchdog" in proc.stderr or "Thread" in proc.stderr  # the stacks were dumped
+    assert read_heartbeat(root / "hang")["state"] == "failed"

@@ -1,0 +1,64 @@
+"""Process-group setup and the few collectives the loop needs.
+
+torchrun (or srun, or the deepspeed launcher) sets RANK, WORLD_SIZE, LOCAL_RANK and
+MASTER_ADDR/PORT; one process with none of them set is a world of one and needs no group.
+CPU runs use gloo, GPU runs use NCCL.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def env_world() -> World:
+    return World(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
+                 int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def init(world: World, device: str, timeout_s: float) -> None:
+    """Join the process group (once). The timeout bounds every collective: a rank that hangs
+    makes the others fail with an error instead of waiting forever."""
+    if world.size == 1 or dist.is_initialized():
+        return
+    backend = "nccl" if device == "cuda" else "gloo"
+    if device == "cuda":
+        torch.cuda.set_device(world.local_rank)
+    dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
+
+
+def shutdown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_sum(value: float, device: str) -> float:
+    if not dist.is_initialized():
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return float(t.item())
+
+
+def any_rank(flag: bool, device: str) -> bool:
+    return all_sum(1.0 if flag else 0.0, device) > 0
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()

@@ -1,0 +1,209 @@
+"""Training engines: how the model is wrapped, how gradients are synchronised, how state is saved.
+
+    engine = make_engine(cfg, model, make_optimizer, world, layout)
+    for i, batch in enumerate(micro_batches):
+        with engine.accumulate(last=i == len(micro_batches) - 1):
+            engine.backward(recipe.loss_sum(engine.module, batch) * scale)
+    grad_norm = engine.step(max_grad_norm)
+
+rung.engine picks one: single (one process), ddp (torch DDP), fsdp2 (torch `fully_shard`
+per decoder layer), deepspeed_zero2 / deepspeed_zero3 (`deepspeed.initialize`, optional CPU
+offload for ZeRO-3). Sharding is theirs, not ours. Every engine averages gradients over the
+data-parallel ranks, so the loop scales each rank's summed loss by world_size / tokens.
+
+Checkpoints: single, ddp and fsdp2 save a full (unsharded) model and optimizer state keyed by
+parameter name (torch.distributed.checkpoint.state_dict), so any of them resumes on any world
+size. DeepSpeed saves its own sharded state (engine.save_checkpoint) beside the Hugging Face
+weights; it resumes on the same world size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                     get_optimizer_state_dict, set_optimizer_state_dict)
+
+from training.distributed import World
+from training.errors import CheckpointError
+
+log = logging.getLogger("ladder.engine")
+DS_DIR = "deepspeed"
+
+
+class Engine:
+    """One process, no wrapper. The others override what differs."""
+    name = "single"
+    sharded_state = False  # True when the engine writes its own per-rank state into the checkpoint
+
+    def __init__(self, model, make_optimizer: Callable, world: World, cfg, layout):
+        self.model, self.world, self.cfg = model, world, cfg
+        self.module = self.wrap(model)
+        self.optimizer = make_optimizer(self.module.parameters())
+        self.torch_optimizer = self.optimizer  # what the LR scheduler drives
+
+    def wrap(self, model):
+        return model
+
+    def accumulate(self, last: bool):
+        return contextlib.nullcontext()
+
+    def autocast(self):
+        """bf16 compute for engines whose wrapper does not own precision (single, ddp)."""
+        return torch.autocast(self.cfg.rung.device, dtype=torch.bfloat16, enabled=bool(self.cfg.rung.bf16))
+
+    def backward(self, loss: torch.Tensor) -> None:
+        loss.backward()
+
+    def step(self, max_norm: float) -> float:
+        norm = torch.nn.utils.clip_grad_norm_(self.module.parameters(), max_norm)
+        if hasattr(norm, "full_tensor"):  # a DTensor under FSDP2
+            norm = norm.full_tensor()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(norm)
+
+    # ---- state ----------------------------------------------------------------------
+    def _opts(self, loading: bool = False) -> StateDictOptions:
+        distributed = self.world.size > 1
+        return StateDictOptions(full_state_dict=True, cpu_offload=distributed,
+                                broadcast_from_rank0=loading and distributed)
+
+    def model_state(self) -> dict | None:
+        """The full model state dict on rank 0 (None elsewhere). A collective: every rank calls it."""
+        sd = get_model_state_dict(self.module, options=self._opts())
+        return sd if self.world.main else None
+
+    def optimizer_state(self) -> dict | None:
+        sd = get_optimizer_state_dict(self.module, self.optimizer, options=self._opts())
+        return sd if self.world.main else None
+
+    def save_sharded(self, tmp: Path) -> None:
+        pass
+
+    def load(self, state: dict, ckpt: Path) -> None:
+        opt = state.get("optimizer")
+        if opt is None:
+            raise CheckpointError(f"{ckpt} holds no full optimizer state (it was saved by "
+                                  f"{state.get('engine')}); resume it with rung.engine={state.get('engine')}")
+        set_optimizer_state_dict(self.module, self.optimizer, optim_state_dict=opt if self.world.main or
+                                 self.world.size == 1 else {}, options=self._opts(loading=True))
+
+
+class DDPEngine(Engine):
+    name = "ddp"
+
+    def wrap(self, model):
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        ids = [self.world.local_rank] if self.cfg.rung.device == "cuda" else None
+        return DDP(model, device_ids=ids)
+
+    def accumulate(self, last: bool):
+        # Skip the all-reduce on all but the last micro-batch of a step.
+        return contextlib.nullcontext() if last else self.module.no_sync()
+
+
+class FSDP2Engine(Engine):
+    name = "fsdp2"
+
+    def wrap(self, model):
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+        mesh = init_device_mesh(self.cfg.rung.device, (self.world.size,))
+        mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
+            if self.cfg.rung.bf16 else MixedPrecisionPolicy()
+        for layer in model.model.layers:  # one all-gather unit per decoder layer
+            fully_shard(layer, mesh=mesh, mp_policy=mp)
+        fully_shard(model, mesh=mesh, mp_policy=mp)
+        return model
+
+    def accumulate(self, last: bool):
+        self.module.set_requires_gradient_sync(last)
+        return contextlib.nullcontext()
+
+    def autocast(self):
+        return contextlib.nullcontext()  # MixedPrecisionPolicy casts parameters
+
+
+class DeepSpeedEngine(Engine):
+    sharded_state = True
+
+    def __init__(self, model, make_optimizer, world, cfg, layout, stage: int):
+        import deepspeed
+        self.model, self.world, self.cfg, self.stage = model, world, cfg, stage
+        self.name = f"deepspeed_zero{stage}"
+        zero = {"stage": stage, "stage3_gather_16bit_weights_on_model_save": True}
+        if cfg.rung.offload:
+            zero["offload_optimizer"] = {"device": "cpu"}
+            zero["offload_param"] = {"device": "cpu"}
+        ds_config = {
+            "train_micro_batch_size_per_gpu": 1,  # one packed row of micro_batch_tokens
+            "gradient_accumulation_steps": layout.grad_accum,
+            "train_batch_size": layout.grad_accum * world.size,
+            "gradient_clipping": cfg.optim.max_grad_norm,
+            "zero_optimization": zero,
+            "bf16": {"enabled": bool(cfg.rung.bf16)},
+            # A torch AdamW, not DeepSpeed's: its CPU Adam compiles for ~50 s.
+            "zero_allow_untested_optimizer": True,
+            "zero_force_ds_cpu_optimizer": False,
+            "steps_per_print": 2**31 - 1,
+            "wall_clock_breakdown": False,
+        }
+        # The scheduler drives the torch optimizer; ZeRO's wrapper shares its param_groups.
+        self.torch_optimizer = make_optimizer(model.parameters())
+        self.module, self.optimizer, _, _ = deepspeed.initialize(model=model, optimizer=self.torch_optimizer,
+                                                                 config=ds_config)
+
+    def autocast(self):
+        return contextlib.nullcontext()  # DeepSpeed's bf16 section owns precision
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.module.backward(loss, scale_wrt_gas=False)  # the loop already normalised the loss
+        self.module.step()  # DeepSpeed steps the optimizer only at the accumulation boundary
+
+    def step(self, max_norm: float) -> float:
+        norm = self.module.get_global_grad_norm()  # clipping is DeepSpeed's (gradient_clipping)
+        return float(norm) if norm is not None else float("nan")
+
+    def model_state(self) -> dict | None:
+        if self.stage == 3:
+            import deepspeed
+            sd = {}
+            # Gather one parameter at a time so no rank holds more than one full tensor besides
+            # the state dict it is building (rank 0 only).
+            for name, p in self.module.module.named_parameters():
+                with deepspeed.zero.GatheredParameters([p], modifier_rank=None):
+                    if self.world.main:
+                        sd[name] = p.detach().to("cpu", copy=True)
+            return sd if self.world.main else None
+        return {k: v.detach().cpu() for k, v in self.module.module.state_dict().items()} if self.world.main else None
+
+    def optimizer_state(self) -> dict | None:
+        return None  # saved sharded by save_sharded
+
+    def save_sharded(self, tmp: Path) -> None:
+        self.module.save_checkpoint(str(tmp / DS_DIR), tag="state", save_latest=False)
+
+    def load(self, state: dict, ckpt: Path) -> None:
+        if state.get("engine") != self.name or state.get("world_size") != self.world.size:
+            raise CheckpointError(
+                f"{ckpt} was saved by {state.get('engine')} on {state.get('world_size')} process(es); "
+                f"{self.name} resumes its sharded state only with the same engine and world size "
+                f"({self.world.size} now)")
+        self.module.load_checkpoint(str(ckpt / DS_DIR), tag="state", load_optimizer_states=True,
+                                    load_lr_scheduler_states=False, load_module_strict=True)
+
+
+def make_engine(cfg, model, make_optimizer, world: World, layout) -> Engine:
+    name = cfg.rung.engine.value
+    if name == "single":
+        return Engine(model, make_optimizer, world, cfg, layout)
+    if name == "ddp":
+        return DDPEngine(model, make_optimizer, world, cfg, layout)
+    if name == "fsdp2":
+        return FSDP2Engine(model, make_optimizer, world, cfg, layout)
+    return DeepSpeedEngine(model, make_optimizer, world, cfg, layout, stage=int(name[-1]))

@@ -1,0 +1,95 @@
+"""Preference data in the common chosen/rejected format: load, validate, encode, pack.
+
+    pairs = load_pairs(cfg.data, tokenizer)     # list of (ids_c, labels_c, ids_r, labels_r)
+
+A row is {"chosen": [messages], "rejected": [messages]}: the same conversation up to a final
+assistant turn, which differs. Only that final turn is scored. A malformed row is reported as
+`file:line: what is wrong`. A pair is packed whole into one micro-batch (chosen, then
+rejected), padding-free like SFT documents.
+"""
+
+from __future__ import annotations
+
+import json
+
+import datasets
+import torch
+from omegaconf import DictConfig
+
+from training.chat_data import check_messages, encode_chat
+from training.errors import DataError
+
+
+def check_pair(row: object, where: str) -> None:
+    if not isinstance(row, dict) or "chosen" not in row or "rejected" not in row:
+        raise DataError(f"{where}: expected an object with 'chosen' and 'rejected' message lists")
+    for side in ("chosen", "rejected"):
+        check_messages({"messages": row[side]}, f"{where}: {side}")
+        if row[side][-1]["role"] != "assistant":
+            raise DataError(f"{where}: {side} must end with an assistant turn")
+    if row["chosen"][:-1] != row["rejected"][:-1]:
+        raise DataError(f"{where}: chosen and rejected must share the conversation before the last turn")
+
+
+def check_pairs_jsonl(path: str) -> int:
+    n = 0
+    try:
+        f = open(path, encoding="utf-8")
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror})") from None
+    with f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+            check_pair(row, f"{path}:{lineno}")
+            n += 1
+    if n == 0:
+        raise DataError(f"{path}: no rows")
+    return n
+
+
+def load_pair_rows(data_cfg: DictConfig) -> datasets.Dataset:
+    if data_cfg.train_files:
+        for path in data_cfg.train_files:
+            check_pairs_jsonl(path)
+        ds = datasets.load_dataset("json", data_files=list(data_cfg.train_files), split="train")
+    else:
+        ds = datasets.load_dataset(data_cfg.hub_name, split=data_cfg.hub_split)
+        for i, row in enumerate(ds):
+            check_pair(row, f"{data_cfg.hub_name}[{data_cfg.hub_split}] row {i}")
+    if data_cfg.max_samples is not None:
+        ds = ds.select(range(min(data_cfg.max_samples, len(ds))))
+    return ds
+
+
+def load_pairs(data_cfg: DictConfig, tokenizer) -> list[tuple]:
+    pairs = []
+    for row in load_pair_rows(data_cfg):
+        c = encode_chat(tokenizer, row["chosen"], data_cfg.max_seq_len, last_turn_only=True)
+        r = encode_chat(tokenizer, row["rejected"], data_cfg.max_seq_len, last_turn_only=True)
+        pairs.append((*c, *r))
+    return pairs
+
+
+def pair_length(pair: tuple) -> int:
+    return len(pair[0]) + len(pair[2])
+
+
+def collate_pairs(pairs: list[tuple], indices: list[int]) -> dict:
+    """One packed row: chosen_0, rejected_0, chosen_1, ... with position ids restarting per document."""
+    docs = [d for p in pairs for d in ((p[0], p[1]), (p[2], p[3]))]
+    ids = [t for d in docs for t in d[0]]
+    labels = [t for d in docs for t in d[1]]
+    pos = [i for d in docs for i in range(len(d[0]))]
+    lens = [len(d[0]) for d in docs]
+    return {
+        "input_ids": torch.tensor([ids], dtype=torch.long),
+        "labels": torch.tensor([labels], dtype=torch.long),
+        "position_ids": torch.tensor([pos], dtype=torch.long),
+        "doc_lens": lens,
+        "pair_ids": torch.tensor(indices, dtype=torch.long),
+    }

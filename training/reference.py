@@ -1,0 +1,121 @@
+"""The DPO reference pass: summed log-probs of every pair's chosen and rejected answer, once.
+
+    logps = reference_logps(trainer, pairs)    # [n_pairs, 2], from the cache when it can
+
+Called by the DPO recipe before the first step. On a cache hit nothing runs. On a miss, each
+rank scores its share of the pairs (rank r takes pairs r, r + W, ...) and the results are
+summed across ranks; rank 0 writes the cache entry. When the reference is the model training
+starts from and this is step 0, the policy itself (already wrapped by the engine) is the
+reference, so no second copy of the model is loaded; otherwise the reference loads from
+recipe.reference (or model.name_or_path). The pass is timed and its FLOPs counted (forward
+only: a third of a training step's) and written to <run_dir>/reference_pass.json, so
+throughput and MFU can be reported with and without it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+from training import distributed, ref_cache
+from training.flops import mfu, train_flops
+from training.preference import collate_pairs, pair_length
+
+log = logging.getLogger("ladder.reference")
+
+
+def reference_source(cfg) -> str | None:
+    return cfg.recipe.reference or cfg.model.name_or_path
+
+
+def reference_hash(cfg) -> str:
+    src = reference_source(cfg)
+    if src:
+        return ref_cache.model_hash(src)
+    # A model built from config: its initial weights are a function of the shape and the seed.
+    shape = OmegaConf.to_container(cfg.model)
+    return "init:" + hashlib.sha256(json.dumps([shape, cfg.trainer.seed], sort_keys=True).encode()).hexdigest()
+
+
+@torch.no_grad()
+def score(model, pairs: list[tuple], indices: list[int], max_tokens: int, device: str) -> tuple[dict, int, float]:
+    from training.recipes import DPO
+    out, tokens, flops = {}, 0, 0.0
+    c = model.config if hasattr(model, "config") else model.module.config
+    batch_idx, used = [], 0
+    groups = []
+    for i in indices:
+        if batch_idx and used + pair_length(pairs[i]) > max_tokens:
+            groups.append(batch_idx)
+            batch_idx, used = [], 0
+        batch_idx.append(i)
+        used += pair_length(pairs[i])
+    if batch_idx:
+        groups.append(batch_idx)
+    for g in groups:
+        b = collate_pairs([pairs[i] for i in g], g)
+        b = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in b.items()}
+        sums, _ = DPO.sequence_logps(model, b)
+        for j, i in enumerate(g):
+            out[i] = (float(sums[2 * j]), float(sums[2 * j + 1]))
+        tokens += sum(b["doc_lens"])
+        flops += _forward_flops(c, b["doc_lens"])
+    return out, tokens, flops
+
+
+def _forward_flops(c, doc_lens) -> float:
+    from training.flops import matmul_params
+    n = matmul_params(c.hidden_size, c.intermediate_size, c.num_hidden_layers, c.num_attention_heads,
+                      c.num_key_value_heads, c.vocab_size)
+    return train_flops(n, c.num_hidden_layers, c.hidden_size, doc_lens) / 3  # forward only
+
+
+def reference_logps(trainer, pairs: list[tuple]) -> torch.Tensor:
+    cfg, world, device = trainer.cfg, trainer.world, trainer.device
+    cache_dir = Path(cfg.trainer.run_root) / "cache" / "ref_logps"
+    key = ref_cache.cache_key(reference_hash(cfg), trainer.tokenizer, cfg.data)
+    t0 = time.perf_counter()
+    cached = ref_cache.load(cache_dir, key, len(pairs))
+    # Every rank must agree on hit or miss, or the ranks would wait on different collectives.
+    hit = not distributed.any_rank(cached is None, device)
+    record = {"cache_key": key, "cached": hit, "pairs": len(pairs)}
+    if hit:
+        logps = cached
+        record.update(seconds=time.perf_counter() - t0, tokens=0, flops=0.0)
+        log.info("reference log-probs for %d pairs from the cache (%s)", len(pairs), key)
+    else:
+        if trainer.start_step == 0 and not cfg.recipe.reference:
+            model = trainer.engine.module  # step 0: the policy is the reference
+        else:
+            from training.modeling import build_model
+            model = build_model(cfg.model, trainer.tokenizer, device, cfg.trainer.seed,
+                                source=reference_source(cfg))
+        model.eval()
+        mine = list(range(world.rank, len(pairs), world.size))
+        scored, tokens, flops = score(model, pairs, mine, trainer.layout.micro_batch_tokens, device)
+        model.train()
+        logps = torch.zeros(len(pairs), 2, dtype=torch.float64, device=device)
+        for i, (c, r) in scored.items():
+            logps[i, 0], logps[i, 1] = c, r
+        if world.size > 1:
+            torch.distributed.all_reduce(logps)
+        logps = logps.cpu()
+        seconds = time.perf_counter() - t0
+        tokens = distributed.all_sum(tokens, device)
+        flops = distributed.all_sum(flops, device)
+        record.update(seconds=seconds, tokens=tokens, flops=flops, tokens_per_s=tokens / seconds / world.size,
+                      mfu=mfu(flops, seconds, cfg.rung.peak_flops_per_device, world.size))
+        if world.main:
+            ref_cache.store(cache_dir, key, logps, {"pairs": len(pairs), "reference": reference_hash(cfg)})
+        distributed.barrier()
+        log.info("reference pass: %d pairs, %d tokens in %.1f s", len(pairs), tokens, seconds)
+    if world.main:
+        (trainer.run_dir / "reference_pass.json").write_text(json.dumps(record, indent=2) + "\n")
+    trainer.reference_pass = record
+    return logps.to(torch.float32)
