@@ -10,7 +10,7 @@ export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export WANDB_SILENT := true
 
-.PHONY: all install demo test lock clean bench
+.PHONY: all install demo pipeline test lock clean bench
 
 all: install
 
@@ -28,16 +28,22 @@ $(STAMP): pyproject.toml requirements.lock
 demo: install
 	$(BIN)/python -m launch.demo
 
+# The whole tiny pipeline in one command: SFT, then DPO from the SFT model, then evaluation and comparison.
+pipeline: install
+	$(BIN)/python -m launch.demo --pipeline
+
 test: install
 	$(BIN)/python -m pytest -q
 
 bench: install
-	$(BIN)/python bench/sft_step.py
+	$(BIN)/pip install --quiet -c requirements.lock -e '.[bench]'
+	$(BIN)/python bench/throughput.py
+	$(BIN)/python bench/dpo_cache.py
 
 # Re-resolve the lock file from pyproject.toml (needs the package registries).
 lock:
 	rm -rf /tmp/ladder-lock && $(PY) -m venv /tmp/ladder-lock
-	/tmp/ladder-lock/bin/pip install --quiet torch==2.13.0 && /tmp/ladder-lock/bin/pip install --quiet -e '.[dev]'
+	/tmp/ladder-lock/bin/pip install --quiet torch==2.13.0 && /tmp/ladder-lock/bin/pip install --quiet -e '.[dev,bench]'
 	/tmp/ladder-lock/bin/pip freeze --exclude-editable | grep -v '^torch==' > requirements.lock.new
 	mv requirements.lock.new requirements.lock
 

@@ -152,3 +152,13 @@ def test_dpo_zero3_two_processes_match_one(tmp_path, trained_run):
     proc = run(torchrun_cmd(2, over))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert losses(tmp_path / "zero3") == pytest.approx(losses(single.run_dir), abs=1e-4, rel=0)
+
+
+def test_reference_beside_the_policy_matches_the_cache(tmp_path, trained_run):
+    """precompute_reference=false (no cache, a reference forward per batch) gives the same losses."""
+    start = trained_run.checkpoints[-1]
+    cached = train_in_process(dpo_overrides(tmp_path, "cached", start, steps=3))
+    online = train_in_process(dpo_overrides(tmp_path, "online", start, steps=3,
+                                            extra=["recipe.precompute_reference=false"]))
+    assert not (online.run_dir / "reference_pass.json").exists()
+    assert losses(online.run_dir) == pytest.approx(losses(cached.run_dir), abs=1e-5, rel=0)

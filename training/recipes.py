@@ -68,10 +68,12 @@ class DPO:
     unit = "pairs"
     data_format = "preference"
 
-    def __init__(self, loss: str, beta: float, label_smoothing: float, gamma: float):
+    def __init__(self, loss: str, beta: float, label_smoothing: float, gamma: float, precompute: bool = True):
         self.name, self.beta, self.eps, self.gamma = loss, beta, label_smoothing, gamma
         self.needs_reference = loss != "simpo"
+        self.precompute = precompute
         self.ref_logps: torch.Tensor | None = None  # [n_pairs, 2]: summed log-probs of chosen, rejected
+        self.ref_model = None  # precompute=false: the reference runs beside the policy
 
     def build_stream(self, cfg, tokenizer, micro_batch_tokens: int, seed: int):
         from training.preference import collate_pairs, load_pairs, pair_length
@@ -82,9 +84,14 @@ class DPO:
                             collate_fn=collate_pairs), truncated
 
     def prepare(self, trainer) -> None:
-        if self.needs_reference:
+        if not self.needs_reference:
+            return
+        if self.precompute:
             from training.reference import reference_logps
             self.ref_logps = reference_logps(trainer, self.pairs)
+        else:
+            from training.reference import load_reference_model
+            self.ref_model = load_reference_model(trainer)
 
     @staticmethod
     def count(batch: dict) -> int:
@@ -103,7 +110,11 @@ class DPO:
     def loss_sum(self, model, batch: dict) -> tuple[torch.Tensor, dict]:
         sums, counts = self.sequence_logps(model, batch)
         pc, pr, nc, nr = sums[0::2], sums[1::2], counts[0::2], counts[1::2]
-        if self.needs_reference:
+        if self.needs_reference and self.ref_model is not None:
+            with torch.no_grad():
+                ref_sums, _ = self.sequence_logps(self.ref_model, batch)
+            rc, rr = ref_sums[0::2], ref_sums[1::2]
+        elif self.needs_reference:
             ref = self.ref_logps[batch["pair_ids"].cpu()].to(pc.device)
             rc, rr = ref[:, 0], ref[:, 1]
         if self.name == "dpo_sigmoid":
@@ -127,4 +138,4 @@ def make_recipe(cfg):
     r = cfg.recipe
     if r.loss == "sft":
         return SFT()
-    return DPO(r.loss, r.beta, r.label_smoothing, r.simpo_gamma)
+    return DPO(r.loss, r.beta, r.label_smoothing, r.simpo_gamma, precompute=r.precompute_reference)

@@ -76,6 +76,16 @@ def _forward_flops(c, doc_lens) -> float:
     return train_flops(n, c.num_hidden_layers, c.hidden_size, doc_lens) / 3  # forward only
 
 
+def load_reference_model(trainer):
+    """A frozen copy of the reference: from recipe.reference or model.name_or_path, or, for a
+    model built from config, the same initial weights (the same shape and seed)."""
+    from training.modeling import build_model
+    cfg = trainer.cfg
+    model = build_model(cfg.model, trainer.tokenizer, trainer.device, cfg.trainer.seed, source=reference_source(cfg))
+    model.eval().requires_grad_(False)
+    return model
+
+
 def reference_logps(trainer, pairs: list[tuple]) -> torch.Tensor:
     cfg, world, device = trainer.cfg, trainer.world, trainer.device
     cache_dir = Path(cfg.trainer.run_root) / "cache" / "ref_logps"
@@ -93,9 +103,7 @@ def reference_logps(trainer, pairs: list[tuple]) -> torch.Tensor:
         if trainer.start_step == 0 and not cfg.recipe.reference:
             model = trainer.engine.module  # step 0: the policy is the reference
         else:
-            from training.modeling import build_model
-            model = build_model(cfg.model, trainer.tokenizer, device, cfg.trainer.seed,
-                                source=reference_source(cfg))
+            model = load_reference_model(trainer)
         model.eval()
         mine = list(range(world.rank, len(pairs), world.size))
         scored, tokens, flops = score(model, pairs, mine, trainer.layout.micro_batch_tokens, device)

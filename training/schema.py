@@ -98,6 +98,9 @@ class RecipeConfig:
     # The DPO reference model: a hub name or checkpoint directory; null = the model training starts from.
     reference: Optional[str] = None
     lr_scale: float = 1.0  # the learning rate is rung.lr x lr_scale when optim.lr is null
+    # DPO: score the reference once, before training, into a shared cache (true), or run the
+    # reference model beside the policy on every batch (false: no cache, one more forward per step).
+    precompute_reference: bool = True
 
 
 @dataclass

@@ -280,6 +280,8 @@ class Trainer:
         c = self.model.config
         flops = distributed.all_sum(sum(train_flops(self.n_matmul, c.num_hidden_layers, c.hidden_size,
                                                     b["doc_lens"]) for b in batches), self.device)
+        if getattr(self.recipe, "ref_model", None) is not None:
+            flops *= 4 / 3  # the reference's forward pass on the same tokens: a third of a training step
         dt = t3 - t0
         if self.reference_pass is not None:
             # The reference pass, spread over the run's steps: throughput counting it honestly.
