@@ -70,6 +70,11 @@ class AsyncEvaluator:
         self._running: list[_Job] = []
 
     @property
+    def pending_steps(self) -> tuple[int, ...]:
+        """Steps whose checkpoints are still to be evaluated: keep_last must not delete them."""
+        return tuple(j.step for j in (*self._queue, *self._running))
+
+    @property
     def pending(self) -> int:
         """Jobs queued or running."""
         return len(self._queue) + len(self._running)

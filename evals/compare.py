@@ -131,22 +131,19 @@ def table(c: Comparison) -> Table:
     """One row per task and checkpoint: narrow enough for a terminal however many are compared."""
     base = c.entries[c.baseline]
     t = Table(title=f"eval suite {c.suite!r}: deltas vs {base.label}, 95% CI from a paired bootstrap")
-    for col, justify in (("task", "left"), ("checkpoint", "left"), ("score", "right"), ("Δ", "right"),
-                         ("95% CI", "right"), ("", "center")):
-        t.add_column(col, justify=justify, overflow="fold")
+    t.add_column("task", overflow="fold")
+    t.add_column("checkpoint", overflow="fold")
+    t.add_column("score", justify="right")
+    t.add_column("Δ vs baseline [95% CI]", justify="right")
     groups = [(f"{task}/{c.metrics[task]}", [(e.scores[task], e.deltas[task]) for e in c.entries]) for task in c.tasks]
     groups.append(("average", [(e.average, e.average_delta) for e in c.entries]))
     for name, cells in groups:
         for j, (e, (score, d)) in enumerate(zip(c.entries, cells)):
             if j == c.baseline:
-                row = [f"{score:.1f}", "baseline", "", ""]
-            elif d is None:
-                row = [f"{score:.1f}", "n/a", "", ""]
+                row = [f"{score:.1f}", "baseline"]
             else:
                 style = {"▲": "green", "▼": "red"}.get(mark(d))
-                sign = mark(d) or "·"
-                row = [f"{score:.1f}", f"{d.delta:+.1f}", f"[{d.lo:+.1f}, {d.hi:+.1f}]",
-                       f"[{style}]{sign}[/]" if style else sign]
+                row = [f"{score:.1f}", f"[{style}]{delta_text(d)}[/]" if style else delta_text(d)]
             t.add_row(name if j == 0 else "", e.label, *row, end_section=j == len(cells) - 1)
     return t
 

@@ -61,14 +61,19 @@ def leaderboard(registry: Registry, eval_cfg: DictConfig, task: str | None = Non
 def print_leaderboard(tasks: list[str], rows: list[dict], suite: str, by: str | None,
                       console: Console | None = None) -> None:
     t = Table(title=f"leaderboard: suite {suite!r}, ranked by {by or 'the average over tasks'}")
-    for col in ("#", "run", "step", "rung", "recipe", "data", "lr", "sweep"):
-        t.add_column(col, justify="right" if col in ("#", "step", "lr") else "left")
-    for task in tasks:
-        t.add_column(task, justify="right")
-    t.add_column("average", justify="right")
+    t.add_column("#", justify="right", no_wrap=True)
+    t.add_column("checkpoint", overflow="fold")
+    t.add_column("rung recipe data lr", no_wrap=True)
+    show_sweep = any(r["sweep"] for r in rows)
+    if show_sweep:
+        t.add_column("sweep", overflow="fold")
+    for task in tasks:  # long task names fold in the header; a score (<= 5 characters) never does
+        t.add_column(task, justify="right", min_width=5, overflow="fold")
+    t.add_column("average", justify="right", no_wrap=True)
     for i, r in enumerate(rows, 1):
-        t.add_row(str(i), r["run_name"] or "", str(r["step"]), r["rung"] or "", r["recipe"] or "", r["data"] or "",
-                  f"{r['lr']:.2g}" if r["lr"] is not None else "", r["sweep"] or "",
+        lr = f"{r['lr']:.0e}" if r["lr"] is not None else "?"
+        meta = " ".join(str(r[k] or "?") for k in ("rung", "recipe", "data")) + f" {lr}"
+        t.add_row(str(i), f"{r['run_name']}@{r['step']}", meta, *([r["sweep"] or ""] if show_sweep else []),
                   *[f"{r['scores'][k]:.1f}" if k in r["scores"] else "—" for k in tasks],
                   f"{r['average']:.1f}" if r["average"] is not None else "—")
     (console or Console()).print(t)

@@ -77,7 +77,7 @@ def task_figure(task: str, metric: str, settings_key: str, c: Comparison, regist
         best = [max(scores[:i + 1]) for i in range(len(scores))]
         ax_time.scatter(times, scores, s=18, alpha=0.6, label="checkpoints")
         ax_time.step(times, best, where="post", color="black", label="best so far")
-        fig.autofmt_xdate()
+        ax_time.tick_params(axis="x", labelrotation=20)  # dates are long; the other axes keep theirs
     titles = [f"{task}/{metric} vs training step", f"{task}/{metric} vs GPU-hours",
               f"project: {task}/{metric} over time"]
     xlabels = ["step", "GPU-hours (device-hours)", "checkpoint saved at (UTC)"]

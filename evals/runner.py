@@ -98,7 +98,10 @@ def evaluate_checkpoint(ckpt: str | Path, eval_cfg: DictConfig, registry: Regist
         for s in builtin:
             t = time.time()
             tasks[s.name] = {**run_builtin(s, model, tokenizer, eval_cfg), "seconds": round(time.time() - t, 2)}
-        del model
+        del model  # lm-eval loads its own copy next: free this one first
+        if device.startswith("cuda"):
+            import torch
+            torch.cuda.empty_cache()
     harness = [s for s in missing if s.kind == "lm_eval"]
     if harness:
         from evals.lm_harness import run_lm_eval
@@ -115,6 +118,7 @@ def evaluate_checkpoint(ckpt: str | Path, eval_cfg: DictConfig, registry: Regist
             res["examples_path"] = str(cache.put(keys[s.name], {k: v for k, v in res.items() if k != "cached"}))
         registry.record_result(keys[s.name], content_hash, s, res, Path(res["examples_path"]), eval_cfg.name,
                                replace=not res["cached"])
+    tasks = {s.name: tasks[s.name] for s in specs}  # suite order, whichever came from the cache
     cached = [s.name for s in specs if tasks[s.name]["cached"]]
     if len(cached) == len(specs):
         log.info("eval of %s: all %d task(s) answered from the cache; no model loaded", ckpt, len(specs))

@@ -75,11 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. eval=synthetic eval.max_examples=100")
 
     co = sub.add_parser("compare", formatter_class=fmt, help="compare checkpoints with confidence intervals",
-                        description="Score each target on the eval suite (from the eval cache where it can) and "
-                                    "print per task the score, the delta vs the baseline and its 95%% CI from a "
-                                    "paired bootstrap over examples; significant deltas are marked. A target is a "
-                                    "checkpoint, a run directory (its latest checkpoint) or sweep:NAME (the latest "
-                                    "registered checkpoint of each of the sweep's runs).",
+                        description="Score each target on the eval suite (from the eval cache where it can) and\n"
+                                    "print per task the score, the delta vs the baseline and its 95% CI from a\n"
+                                    "paired bootstrap over examples; significant deltas are marked. A target is a\n"
+                                    "checkpoint, a run directory (its latest checkpoint) or sweep:NAME (the latest\n"
+                                    "registered checkpoint of each of the sweep's runs). Options go before or after the\n"
+                                    "targets and overrides, not between them.",
                         epilog=OVERRIDES_HELP + "\n" + _lazy_groups())
     co.add_argument("items", nargs="+", metavar="TARGET_OR_OVERRIDE",
                     help="checkpoints, runs or sweep:NAME, then Hydra overrides (eval=cpu registry.url=...)")
@@ -188,7 +189,7 @@ def cmd_config(args) -> int:
     from training.compose import compose
     from training.validate import validate
     cfg = compose(args.overrides)
-    validate(cfg, for_training=False)
+    validate(cfg)
     print(OmegaConf.to_yaml(cfg), end="")
     return 0
 

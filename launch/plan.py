@@ -175,7 +175,7 @@ def planning_rate(cfg: DictConfig, ledger) -> tuple[float, str, str]:
 
 
 def make_plan(cfg: DictConfig, ledger=None) -> Plan:
-    layout = validate(cfg, for_training=False)  # the batch rule and every other cross-field rule
+    layout = validate(cfg)  # the batch rule and every other cross-field rule
     r = cfg.rung
     shape = model_shape(cfg)
     tokens = cfg.trainer.max_steps * layout.global_batch_tokens

@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from conftest import ladder_cli
+from launch.cli import main as ladder_main
 from evals.bootstrap import paired_delta
 from evals.content_hash import hashed_files
 from evals.runner import evaluate_checkpoint
@@ -47,19 +48,20 @@ def test_compare_marks_the_late_checkpoint_significantly_better(trained_run, tmp
     assert "loading model" not in proc.stderr
 
 
-def test_a_checkpoint_compared_with_itself_is_no_different(trained_run, tmp_path):
+def test_a_checkpoint_compared_with_itself_is_no_different(trained_run, tmp_path, capsys):
     late = trained_run.checkpoints[-1]
     out = tmp_path / "self.json"
-    proc = run_compare("--json", str(out), str(late), str(late), SUITE)
+    assert ladder_main(["compare", "--json", str(out), str(late), str(late), SUITE]) == 0
     d = json.loads(out.read_text())["entries"][1]["deltas"]["reverse"]
     assert d["delta"] == 0 and d["lo"] == 0 and d["hi"] == 0 and not d["significant"]
-    assert "▲" not in proc.stdout and "▼" not in proc.stdout
-    assert "shared@150 (2)" in proc.stdout
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("│")]
+    assert len(rows) == 4 and "shared@150 (2)" in rows[1] and "·" in rows[1]  # reverse, then the average
+    assert not any("▲" in r or "▼" in r for r in rows)
 
 
 def test_paired_bootstrap_detects_a_small_consistent_gain_and_is_reproducible():
     base = [{"id": str(i), "score": float(i % 2)} for i in range(400)]
-    cand = [dict(e, score=1.0) if i % 10 == 0 else e for i, e in enumerate(base)]  # +20 flips of 0 -> 1
+    cand = [dict(e, score=1.0) if i % 20 == 0 else e for i, e in enumerate(base)]  # 20 of 400 flip 0 -> 1
     d = paired_delta(base, cand)
     assert d.delta == pytest.approx(5.0) and d.significant
     again = paired_delta(base, cand)
@@ -99,11 +101,17 @@ def sweep(trained_run):
     return root
 
 
-def test_compare_a_sweep_writes_an_offline_html_report(sweep, tmp_path):
-    html_file = tmp_path / "report.html"
-    proc = run_compare("--html", str(html_file), "sweep:lrs", SUITE, f"trainer.run_root={sweep}")
-    assert "lrs-a@0" in proc.stdout and "lrs-b@150" in proc.stdout
-    html = html_file.read_text()
+@pytest.fixture(scope="module")
+def report(sweep, tmp_path_factory):
+    """`ladder compare sweep:lrs --html`: the sweep's two runs, their plots and config differences."""
+    html_file = tmp_path_factory.mktemp("report") / "report.html"
+    assert ladder_main(["compare", "--html", str(html_file), "sweep:lrs", SUITE, f"trainer.run_root={sweep}"]) == 0
+    return html_file
+
+
+def test_compare_a_sweep_writes_an_offline_html_report(report):
+    html = report.read_text()
+    assert "lrs-a@0" in html and "lrs-b@150" in html
     pngs = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)
     assert len(pngs) == 1 and base64.b64decode(pngs[0])[:8] == b"\x89PNG\r\n\x1a\n"
     assert not re.search(r'(src|href)="https?://', html)  # one file, nothing fetched
@@ -111,31 +119,31 @@ def test_compare_a_sweep_writes_an_offline_html_report(sweep, tmp_path):
         assert title in html, title
 
 
-def test_leaderboard_ranks_and_filters(sweep, tmp_path):
+def test_leaderboard_ranks_and_filters(sweep, tmp_path, capsys):
     out = tmp_path / "lb.json"
     args = [SUITE, f"trainer.run_root={sweep}", "--json", str(out)]
-    proc = ladder_cli("leaderboard", "--sweep", "lrs", *args)
-    assert proc.returncode == 0, proc.stderr
+    assert ladder_main(["leaderboard", "--sweep", "lrs", *args]) == 0
     rows = json.loads(out.read_text())["rows"]
     assert [(r["run_name"], r["step"]) for r in rows] == [("lrs-b", 150), ("lrs-a", 0)]
     assert rows[0]["scores"]["reverse"] > rows[1]["scores"]["reverse"]
-    proc = ladder_cli("leaderboard", "--sweep", "lrs", "--lr", "0.001", "--rung", "tiny", *args)
-    assert proc.returncode == 0, proc.stderr
+    assert "lrs-b" in capsys.readouterr().out
+    assert ladder_main(["leaderboard", "--sweep", "lrs", "--lr", "0.001", "--rung", "tiny", *args]) == 0
     assert [r["run_name"] for r in json.loads(out.read_text())["rows"]] == ["lrs-b"]
 
 
-def test_compare_and_leaderboard_errors_are_clear(sweep, trained_run):
-    proc = ladder_cli("compare", "sweep:nope", f"trainer.run_root={sweep}")
-    assert proc.returncode == 2 and "sweep 'nope' has no checkpoints" in proc.stderr and "'lrs'" in proc.stderr
-    proc = ladder_cli("leaderboard", "--recipe", "dpo", f"trainer.run_root={sweep}")
-    assert proc.returncode == 2 and "no checkpoints in the registry" in proc.stderr
-    assert "Traceback" not in proc.stderr
+def test_compare_and_leaderboard_errors_are_clear(sweep, capsys):
+    assert ladder_main(["compare", "sweep:nope", f"trainer.run_root={sweep}"]) == 2
+    err = capsys.readouterr().err
+    assert "sweep 'nope' has no checkpoints" in err and "'lrs'" in err
+    assert ladder_main(["leaderboard", "--recipe", "dpo", f"trainer.run_root={sweep}"]) == 2
+    assert "no checkpoints in the registry" in capsys.readouterr().err
+    assert ladder_main(["compare", str(sweep / "lrs-a" / "checkpoints" / "step_000123")]) == 2
+    assert "no checkpoint at" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium package (apt install chromium)")
-def test_html_report_renders_in_headless_chromium(trained_run, tmp_path):
-    html_file = tmp_path / "report.html"
-    run_compare("--html", str(html_file), str(trained_run.checkpoints[0]), str(trained_run.checkpoints[-1]), SUITE)
+def test_html_report_renders_in_headless_chromium(report, tmp_path):
+    html_file = report
     shot = tmp_path / "shot.png"
     chrome = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
               f"--user-data-dir={tmp_path / 'profile'}"]
@@ -143,7 +151,9 @@ def test_html_report_renders_in_headless_chromium(trained_run, tmp_path):
                    capture_output=True, timeout=120, check=True)
     dom = subprocess.run([*chrome, "--dump-dom", html_file.as_uri()], capture_output=True, text=True,
                          timeout=120, check=True).stdout
-    assert "Ladder comparison: eval suite synthetic" in dom and "reverse/exact_match" in dom
+    for title in ("Ladder comparison: eval suite synthetic", "reverse/exact_match vs training step, GPU-hours",
+                  "Config differences"):
+        assert title in dom, title
     from PIL import Image
     img = Image.open(shot).convert("RGB")
     assert img.size == (1300, 1400)

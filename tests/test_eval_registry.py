@@ -26,7 +26,7 @@ from launch.cli import main as ladder_main
 from training.compose import compose
 from training.errors import ConfigError
 
-CPU_SUITE = ["eval=cpu", "eval.max_examples=20"]
+CPU_SUITE = ["eval=cpu", "eval.max_examples=10"]
 TASKS = {"reverse/exact_match", "ifeval_lite/prompt_strict", "ladder_reverse_mc/acc"}
 
 
@@ -47,14 +47,14 @@ def test_early_and_late_checkpoints_on_the_builtin_suite_and_lm_eval(cpu_results
     for r in (early, late):
         assert set(r["scores"]) == TASKS and r["model_loaded"] and not r["cached_tasks"]
         for name, task in r["tasks"].items():
-            assert task["n"] == 20 and len(task["examples"]) == 20, name
+            assert task["n"] == 10 and len(task["examples"]) == 10, name
             assert task["generation"]["do_sample"] is False and task["prompt_format"], name
     assert late["scores"]["reverse/exact_match"] >= early["scores"]["reverse/exact_match"] + 50
     assert late["scores"]["ladder_reverse_mc/acc"] > early["scores"]["ladder_reverse_mc/acc"]
     mc = late["tasks"]["ladder_reverse_mc"]
     assert mc["prompt_format"]["harness"] == "lm-evaluation-harness" and mc["prompt_format"]["apply_chat_template"]
     assert mc["prompt_format"]["num_fewshot"] == 0 and mc["generation"]["output_type"] == "multiple_choice"
-    assert mc["score"] == pytest.approx(100 * sum(e["score"] for e in mc["examples"]) / 20)
+    assert mc["score"] == pytest.approx(100 * sum(e["score"] for e in mc["examples"]) / 10)
     ife = late["tasks"]["ifeval_lite"]
     assert all("checks" in e and "output" in e for e in ife["examples"])
 
@@ -73,7 +73,7 @@ def test_registry_holds_checkpoints_scores_and_per_example_results(trained_run, 
     assert {f"{r['task']}/{r['metric']}": r["score"] for r in rows} == pytest.approx(late["scores"])
     for r in rows:
         stored = json.loads(Path(r["examples_path"]).read_text())
-        assert len(stored["examples"]) == r["n"] == 20
+        assert len(stored["examples"]) == r["n"] == 10
         assert json.loads(r["generation_json"])["do_sample"] is False
 
 
@@ -95,22 +95,22 @@ def test_content_hash_covers_weights_and_tokenizer_only(trained_run, tmp_path):
 
 def test_second_ladder_eval_is_answered_from_the_cache_without_loading_the_model(trained_run):
     ckpt = trained_run.checkpoints[1]
-    cfg = compose(["eval.max_examples=12"])
-    first = evaluate_checkpoint(ckpt, cfg.eval)  # computes: these settings were never used
+    settings = ["eval.max_examples=12", "eval.name=quick"]  # eval/quick.json: leaves eval/synthetic.json be
+    first = evaluate_checkpoint(ckpt, compose(settings).eval)  # computes: these settings were never used
     assert first["model_loaded"] and first["cached_tasks"] == []
-    proc = ladder_cli("eval", str(ckpt), "eval.max_examples=12", "tracker.mode=disabled")
+    proc = ladder_cli("eval", str(ckpt), *settings, "tracker.mode=disabled")
     assert proc.returncode == 0, proc.stderr
     assert "loading model" not in proc.stderr
     assert "all 1 task(s) answered from the cache; no model loaded" in proc.stderr
     assert "the model was not loaded" in proc.stdout and "cache" in proc.stdout
-    again = json.loads((ckpt / "eval" / "synthetic.json").read_text())
+    again = json.loads((ckpt / "eval" / "quick.json").read_text())
     assert again["model_loaded"] is False and again["cached_tasks"] == ["reverse"]
     assert again["scores"] == first["scores"]
     assert again["tasks"]["reverse"]["examples"] == first["tasks"]["reverse"]["examples"]
 
 
 def test_async_evaluator_returns_at_once_and_hands_back_results(trained_run, tmp_path):
-    cfg = compose(["eval.max_examples=8"])
+    cfg = compose(["eval.max_examples=8", "eval.name=quick8"])
     with AsyncEvaluator(cfg.eval, log_dir=tmp_path) as evaluator:
         t0 = time.monotonic()
         evaluator.submit(trained_run.checkpoints[-1], 150)

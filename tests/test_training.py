@@ -116,3 +116,12 @@ def test_a_real_model_loads_from_a_local_directory(tmp_path, trained_run):
     assert len(got) == 3 and got[0] < 0.5  # it starts from the trained weights, not from scratch
     loaded = AutoModelForCausalLM.from_pretrained(result.checkpoints[-1])
     assert loaded.config.hidden_size == 192
+
+
+def test_saving_the_untrained_model_does_not_change_training(tmp_path):
+    """The step-0 checkpoint must not touch the optimizer (e.g. by creating its state)."""
+    common = [*FAST, f"trainer.run_root={tmp_path}", "trainer.max_steps=4", "trainer.save_every=100"]
+    plain = losses(train_in_process([*common, "trainer.run_name=plain"]).run_dir)
+    saved = train_in_process([*common, "trainer.run_name=saved", "trainer.save_initial=true"])
+    assert saved.checkpoints[0].name == "step_000000"
+    assert losses(saved.run_dir) == plain

@@ -79,6 +79,11 @@ class Engine:
         return sd if self.world.main else None
 
     def optimizer_state(self) -> dict | None:
+        if not self.torch_optimizer.state:
+            # Before the first step there is no state to save, and get_optimizer_state_dict would
+            # create it by running a zero-lr step, which advances Adam's step count and so changes
+            # every later update (the untrained step-0 checkpoint must not alter the run).
+            return {"empty": True} if self.world.main else None
         sd = get_optimizer_state_dict(self.module, self.optimizer, options=self._opts())
         return sd if self.world.main else None
 
@@ -87,6 +92,8 @@ class Engine:
 
     def load(self, state: dict, ckpt: Path) -> None:
         opt = state.get("optimizer")
+        if opt == {"empty": True}:  # saved before the first step: a fresh optimizer is the same
+            return
         if opt is None:
             raise CheckpointError(f"{ckpt} holds no full optimizer state (it was saved by "
                                   f"{state.get('engine')}); resume it with rung.engine={state.get('engine')}")

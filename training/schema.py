@@ -227,6 +227,9 @@ class TrainerConfig:
     save_initial: Optional[bool] = None  # also checkpoint the untrained model as step 0; null: the rung's
     resume: str = "auto"  # auto | none | a checkpoint directory
     eval_on_save: Optional[bool] = None  # evaluate each checkpoint as it is saved; null: the rung's
+    # Evaluate saved checkpoints in a background process (evals.async_eval) so training never
+    # waits for them; false evaluates in the training process, between steps.
+    eval_async: bool = True
     log_every: int = 10  # print a progress line every N steps (metrics.jsonl gets every step)
     # Stop a run whose loss is NaN or inf instead of training on.
     stop_on_nonfinite: bool = True

@@ -197,6 +197,11 @@ class Trainer:
         self.recipe.prepare(self)  # e.g. DPO's reference log-probs, before the first step
         self.metrics = MetricsFile(self.run_dir / "metrics.jsonl")
         self.tracker = Tracker(cfg, self.run_dir) if main else Tracker.disabled()
+        self.evaluator = None
+        if main and self.eval_on_save and t.eval_async:
+            from evals.async_eval import AsyncEvaluator  # evals depend on training, not the reverse
+            self.evaluator = AsyncEvaluator(cfg.eval, registry_url=cfg.registry.url,
+                                            log_dir=self.run_dir / "eval_logs")
         self.heartbeat = Heartbeat(self.run_dir, self.world.size, t.max_steps, enabled=main)
         if main:
             self.metrics.truncate_after(self.start_step)  # steps after the checkpoint are redone
@@ -319,19 +324,35 @@ class Trainer:
                               "micro_batches_per_step": self.layout.micro_batches_per_step},
                      "engine": self.engine.name, "world_size": self.world.size}
             write_checkpoint(tmp, step, self.model, self.tokenizer, state, self.cfg, model_state)
-            ckpt = commit_checkpoint(tmp, self.run_dir, step, self.cfg.trainer.keep_last)
+            pending = self.evaluator.pending_steps if self.evaluator else ()
+            ckpt = commit_checkpoint(tmp, self.run_dir, step, self.cfg.trainer.keep_last, protect=(0, *pending))
             result.checkpoints.append(ckpt)
             self.heartbeat.update(last_checkpoint_step=step, last_checkpoint_at=time.time())
             self.tracker.log_checkpoint(ckpt, step)
             log.info("saved checkpoint %s", ckpt)
-            if self.eval_on_save:
+            if self.evaluator is not None:
+                self.evaluator.submit(ckpt, step)
+            elif self.eval_on_save:
                 from evals.runner import evaluate_checkpoint  # evals depend on training, not the reverse
                 self.watchdog.touch(f"evaluating step {step}")
-                scores = evaluate_checkpoint(ckpt, self.cfg.eval)["scores"]
-                result.evals[step] = scores
-                self.tracker.log_eval(step, scores)
-                log.info("eval at step %d: %s", step, ", ".join(f"{k}={v:.1f}" for k, v in scores.items()))
+                self.record_eval(step, ckpt, evaluate_checkpoint(ckpt, self.cfg.eval), result)
         distributed.barrier()
+
+    def record_eval(self, step: int, ckpt: Path, res: dict, result: RunResult) -> None:
+        result.evals[step] = res["scores"]
+        self.tracker.log_eval(step, res["scores"])
+        self.tracker.link_eval(ckpt, step, res)
+        log.info("eval at step %d: %s", step, ", ".join(f"{k}={v:.1f}" for k, v in res["scores"].items()))
+
+    def collect_evals(self, result: RunResult, wait: bool = False) -> None:
+        """Record the background evaluations that have finished (all of them, with wait)."""
+        if self.evaluator is None:
+            return
+        for done in (self.evaluator.drain() if wait else self.evaluator.poll()):
+            if done.ok:
+                self.record_eval(done.step, done.checkpoint, done.result, result)
+            else:
+                log.warning("eval of step %d failed: %s (log: %s)", done.step, done.error, done.log_path)
 
     # ---- the loop ----------------------------------------------------------------------
     def run(self) -> RunResult:
@@ -357,6 +378,7 @@ class Trainer:
                     if step % t.log_every == 0 or step == t.max_steps:
                         log.info("step %d/%d loss %.4f lr %.2e grad_norm %.3f tok/s/device %.0f", step,
                                  t.max_steps, m["loss"], m["lr"], m["grad_norm"], m["tokens_per_s"])
+                    self.collect_evals(result)
                 result.final_loss = m["loss"]
                 stop = distributed.any_rank(self.stop_signal is not None, self.device)
                 if step % t.save_every == 0 or step == t.max_steps or stop:
@@ -366,6 +388,9 @@ class Trainer:
                         self.heartbeat.update(state="preempted", reason=f"{self.stop_signal or 'signal'} at step {step}")
                     raise Preempted(f"stopped by {self.stop_signal or 'a signal on another rank'} after step "
                                     f"{step}; checkpointed, resume with the same command")
+            if main:
+                self.watchdog.touch("waiting for the last evaluations")
+                self.collect_evals(result, wait=True)
             exit_code = 0
             if main:
                 self.heartbeat.update(state="completed")
@@ -377,6 +402,8 @@ class Trainer:
                 self.heartbeat.update(state="failed", reason=f"{type(e).__name__}: {e}"[:500])
             raise
         finally:
+            if self.evaluator is not None:
+                self.evaluator.close()
             self.tracker.finish(exit_code)
             distributed.shutdown()
         return result

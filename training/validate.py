@@ -73,7 +73,7 @@ def warmup_steps(cfg: DictConfig) -> int:
     return math.ceil(cfg.optim.warmup_ratio * cfg.trainer.max_steps)
 
 
-def validate(cfg: DictConfig, world_size: int | None = None, for_training: bool = True) -> BatchLayout:
+def validate(cfg: DictConfig, world_size: int | None = None) -> BatchLayout:
     problems: list[str] = []
     m, r, d, t, o = cfg.model, cfg.rung, cfg.data, cfg.trainer, cfg.optim
 
