@@ -11,10 +11,10 @@ all of them (IFEval's prompt-level strict accuracy, the task's score), and
 
 from __future__ import annotations
 
-import json
 import re
 
 from evals.generate import greedy_complete
+from training.chat_data import iter_jsonl
 from training.errors import DataError
 
 VERSION = 1  # bump when the prompts or a checker change: it keys the eval cache
@@ -49,20 +49,13 @@ def check(answer: str, constraint: dict) -> bool:
 
 def load_prompts(path: str, max_examples: int | None = None) -> list[dict]:
     rows = []
-    with open(path) as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{i}: not JSON ({e.msg})") from None
-            if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or not row.get("checks"):
-                raise DataError(f"{path}:{i}: expected an object with 'prompt' and a non-empty 'checks' list")
-            unknown = [c.get("type") for c in row["checks"] if c.get("type") not in CHECKS]
-            if unknown:
-                raise DataError(f"{path}:{i}: unknown check type(s) {unknown}; known: {sorted(CHECKS)}")
-            rows.append(row)
+    for i, row in iter_jsonl(path):
+        if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or not row.get("checks"):
+            raise DataError(f"{path}:{i}: expected an object with 'prompt' and a non-empty 'checks' list")
+        unknown = [c.get("type") for c in row["checks"] if c.get("type") not in CHECKS]
+        if unknown:
+            raise DataError(f"{path}:{i}: unknown check type(s) {unknown}; known: {sorted(CHECKS)}")
+        rows.append(row)
     return rows[:max_examples] if max_examples else rows
 
 

@@ -17,6 +17,7 @@ import random
 from pathlib import Path
 
 from training.synthetic import ASSETS as SYNTHETIC_ASSETS
+from training.synthetic import write_jsonl
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 IFEVAL_FILE = ASSETS / "ifeval_lite.jsonl"
@@ -95,13 +96,6 @@ def reverse_mc_rows(n: int = 200, seed: int = 7) -> list[dict]:
         rows.append({"id": row["id"], "prompt": prompt, "choices": [choices[k] for k in order],
                      "label": order.index(0)})
     return rows
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        for row in rows:
-            f.write(json.dumps(row, separators=(",", ":")) + "\n")
 
 
 def main() -> None:

@@ -16,15 +16,13 @@ transactions, as in the ledger (launch/ledger.py).
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from omegaconf import OmegaConf
 
-from training.errors import ConfigError
+from training import sqlite_store
+from training.sqlite_store import SqliteStore
 
 SCHEMA_VERSION = 1
 SCHEMA = """
@@ -58,13 +56,7 @@ CREATE TABLE IF NOT EXISTS wandb_logged (
 
 
 def path_from_url(url: str) -> Path:
-    """sqlite:///relative/path, sqlite:////absolute/path or a plain path."""
-    if "://" not in url:
-        return Path(url)
-    scheme, _, rest = url.partition("://")
-    if scheme != "sqlite" or not rest.startswith("/"):
-        raise ConfigError(f"registry.url={url!r}: SQLite only (sqlite:///path/to/registry.db or a plain path)")
-    return Path(rest[1:])
+    return sqlite_store.path_from_url(url, "registry.url")
 
 
 def run_dir_of(ckpt: Path) -> Path | None:
@@ -80,18 +72,9 @@ def registry_path(url: str | None, ckpt: Path | None = None, run_root: str | Pat
     return (run_dir.parent if run_dir is not None else Path(run_root)) / "registry.db"
 
 
-class Registry:
-    def __init__(self, path: str | Path, busy_timeout_s: float = 60.0):
-        self.path = Path(path)
-        self.timeout = busy_timeout_s
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if self.query("PRAGMA user_version")[0]["user_version"] < SCHEMA_VERSION:
-            with self.transaction() as db:  # re-checked under the lock: another process may have won
-                if db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
-                    for stmt in SCHEMA.split(";"):
-                        if stmt.strip():
-                            db.execute(stmt)
-                    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+class Registry(SqliteStore):
+    SCHEMA = SCHEMA
+    SCHEMA_VERSION = SCHEMA_VERSION
 
     @classmethod
     def from_config(cls, cfg, ckpt: Path | None = None) -> "Registry":
@@ -100,34 +83,6 @@ class Registry:
     @property
     def cache_dir(self) -> Path:
         return self.path.parent / "eval_cache"
-
-    def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
-        db.row_factory = sqlite3.Row
-        db.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
-        db.execute("PRAGMA journal_mode = WAL")  # readers never block the one writer
-        return db
-
-    @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        db = self._connect()
-        try:
-            db.execute("BEGIN IMMEDIATE")  # take the write lock up front: no deadlock upgrading a read lock
-            try:
-                yield db
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
-        finally:
-            db.close()
-
-    def query(self, sql: str, args: tuple = ()) -> list[dict]:
-        db = self._connect()
-        try:
-            return [dict(r) for r in db.execute(sql, args).fetchall()]
-        finally:
-            db.close()
 
     # ---- writes ------------------------------------------------------------------------
     def register_checkpoint(self, ckpt: Path, content_hash: str) -> dict:

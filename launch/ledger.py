@@ -22,11 +22,10 @@ from __future__ import annotations
 import sqlite3
 import statistics
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
-from training.errors import ConfigError
+from training import sqlite_store
+from training.sqlite_store import SqliteStore
 from training.heartbeat import read_heartbeat
 
 ACTIVE = ("pending", "running")  # planned hours still count against the budget
@@ -68,28 +67,12 @@ CREATE INDEX IF NOT EXISTS jobs_rung ON jobs (rung);
 
 
 def path_from_url(url: str) -> Path:
-    """sqlite:///relative/path, sqlite:////absolute/path (as in SQLAlchemy) or a plain path."""
-    if "://" not in url:
-        return Path(url)
-    scheme, _, rest = url.partition("://")
-    if scheme != "sqlite" or not rest.startswith("/"):
-        raise ConfigError(f"ledger.url={url!r}: this version supports SQLite only "
-                          "(sqlite:///path/to/ladder.db or a plain file path)")
-    return Path(rest[1:])
+    return sqlite_store.path_from_url(url, "ledger.url")
 
 
-class Ledger:
-    def __init__(self, path: str | Path, busy_timeout_s: float = 60.0):
-        self.path = Path(path)
-        self.timeout = busy_timeout_s
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if self._query("PRAGMA user_version")[0]["user_version"] < SCHEMA_VERSION:
-            with self.transaction() as db:  # re-checked under the lock: another process may have won
-                if db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
-                    for stmt in SCHEMA.split(";"):
-                        if stmt.strip():
-                            db.execute(stmt)
-                    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+class Ledger(SqliteStore):
+    SCHEMA = SCHEMA
+    SCHEMA_VERSION = SCHEMA_VERSION
 
     @classmethod
     def from_config(cls, cfg) -> "Ledger":
@@ -100,30 +83,6 @@ class Ledger:
         """The configured ledger if its file exists; None otherwise (read-only callers create nothing)."""
         path = path_from_url(cfg.ledger.url)
         return cls(path, cfg.ledger.busy_timeout_s) if path.is_file() else None
-
-    def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
-        db.row_factory = sqlite3.Row
-        db.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
-        # Switching to WAL needs a moment of exclusive access; busy_timeout covers a race
-        # between first writers, and once the file is in WAL mode this is a no-op.
-        db.execute("PRAGMA journal_mode = WAL")
-        return db
-
-    @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction that holds the write lock from its first statement."""
-        db = self._connect()
-        try:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                yield db
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
-        finally:
-            db.close()
 
     # ---- writes ------------------------------------------------------------------------
     @staticmethod
@@ -195,15 +154,9 @@ class Ledger:
         return min(used, devices * max(0.0, hb["updated_at"] - ckpt_at) / 3600)
 
     # ---- reads -------------------------------------------------------------------------
-    def _query(self, sql: str, args: tuple = ()) -> list[dict]:
-        db = self._connect()
-        try:
-            return [dict(r) for r in db.execute(sql, args).fetchall()]
-        finally:
-            db.close()
 
     def job(self, job_id: int) -> dict:
-        rows = self._query("SELECT * FROM jobs WHERE id = ?", (job_id,))
+        rows = self.query("SELECT * FROM jobs WHERE id = ?", (job_id,))
         if not rows:
             raise KeyError(f"no job {job_id} in the ledger {self.path}")
         return rows[0]
@@ -215,7 +168,7 @@ class Ledger:
                 where.append(f"{col} = ?")
                 args.append(val)
         sql = "SELECT * FROM jobs" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id"
-        return self._query(sql, tuple(args))
+        return self.query(sql, tuple(args))
 
     @staticmethod
     def committed_hours(db: sqlite3.Connection, team: str, period: str) -> dict[str, float]:
@@ -233,7 +186,7 @@ class Ledger:
         """Median of a measured rate (mfu or tokens_per_s) over finished runs of a rung, and how many."""
         if column not in ("mfu", "tokens_per_s"):
             raise ValueError(column)
-        rows = self._query(f"SELECT {column} AS v FROM jobs WHERE rung = ? AND {column} IS NOT NULL", (rung,))
+        rows = self.query(f"SELECT {column} AS v FROM jobs WHERE rung = ? AND {column} IS NOT NULL", (rung,))
         values = [r["v"] for r in rows]
         return (statistics.median(values) if values else None), len(values)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import FAST, losses, train_in_process
-from distributed_helpers import run, run_overrides, torchrun_cmd
+from distributed_helpers import run, torchrun_cmd
 from training import ref_cache
 from training.compose import compose
 from training.modeling import build_model, load_tokenizer
@@ -30,7 +29,7 @@ def dpo_overrides(root: Path, name: str, start: Path, steps: int = 6, extra=()) 
 
 @pytest.fixture(scope="module")
 def setup():
-    cfg = compose(["recipe=dpo", f"data.max_samples=8"])
+    cfg = compose(["recipe=dpo", "data.max_samples=8"])
     tok = load_tokenizer(cfg.model)
     model = build_model(cfg.model, tok, seed=0)
     pairs = load_pairs(cfg.data, tok)
@@ -162,3 +161,15 @@ def test_reference_beside_the_policy_matches_the_cache(tmp_path, trained_run):
                                             extra=["recipe.precompute_reference=false"]))
     assert not (online.run_dir / "reference_pass.json").exists()
     assert losses(online.run_dir) == pytest.approx(losses(cached.run_dir), abs=1e-5, rel=0)
+
+
+def test_malformed_pair_is_named_by_file_and_line(tmp_path):
+    from training.errors import DataError
+    from training.preference import check_pairs_jsonl
+    user = {"role": "user", "content": "q"}
+    good = {"chosen": [user, {"role": "assistant", "content": "a"}], "rejected": [user, {"role": "assistant", "content": "b"}]}
+    other_prompt = {**good, "rejected": [{"role": "user", "content": "other"}, {"role": "assistant", "content": "b"}]}
+    path = tmp_path / "pairs.jsonl"
+    path.write_text(json.dumps(good) + "\n" + json.dumps(other_prompt) + "\n")
+    with pytest.raises(DataError, match=rf"{path}:2: chosen and rejected must share"):
+        check_pairs_jsonl(str(path))

@@ -45,7 +45,7 @@ def test_concurrent_writer_processes_lose_no_record(tmp_path):
     assert all(j["state"] == "completed" and j["used_gpu_hours"] == 0.5 for j in jobs)  # no update lost either
     order = [j["team"] for j in sorted(jobs, key=lambda j: j["id"])]
     assert sum(a != b for a, b in zip(order, order[1:])) > writers  # the writers really interleaved
-    mode = Ledger(db)._query("PRAGMA journal_mode")[0]["journal_mode"]
+    mode = Ledger(db).query("PRAGMA journal_mode")[0]["journal_mode"]
     assert mode == "wal"
 
 

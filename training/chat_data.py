@@ -39,9 +39,9 @@ def check_messages(row: object, where: str) -> None:
         raise DataError(f"{where}: no assistant message, so nothing to train on")
 
 
-def check_jsonl(path: str) -> int:
-    """Validate every line of a local jsonl file; return the number of rows."""
-    n = 0
+def iter_jsonl(path: str):
+    """Yield (line number, row) for each non-blank line; a line that is not JSON is named by
+    file and line. Every jsonl reader of the project goes through here."""
     try:
         f = open(path, encoding="utf-8")
     except OSError as e:
@@ -51,26 +51,37 @@ def check_jsonl(path: str) -> int:
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
+                yield lineno, json.loads(line)
             except json.JSONDecodeError as e:
                 raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
-            check_messages(row, f"{path}:{lineno}")
-            n += 1
+
+
+def check_jsonl(path: str, check=None) -> int:
+    """Validate every line of a local jsonl file with `check(row, where)` (chat messages by
+    default); return the number of rows."""
+    check = check or check_messages
+    n = 0
+    for lineno, row in iter_jsonl(path):
+        check(row, f"{path}:{lineno}")
+        n += 1
     if n == 0:
         raise DataError(f"{path}: no rows")
     return n
 
 
-def load_rows(data_cfg: DictConfig) -> datasets.Dataset:
+def load_rows(data_cfg: DictConfig, check=None) -> datasets.Dataset:
+    """Local jsonl files (checked line by line first) or a hub dataset (checked row by row),
+    with `check(row, where)`: chat messages by default, preference pairs for DPO."""
+    check = check or check_messages
     if data_cfg.train_files:
         files = list(data_cfg.train_files)
         for path in files:
-            check_jsonl(path)
+            check_jsonl(path, check)
         ds = datasets.load_dataset("json", data_files=files, split="train")
     else:
         ds = datasets.load_dataset(data_cfg.hub_name, split=data_cfg.hub_split)
         for i, row in enumerate(ds):
-            check_messages(row, f"{data_cfg.hub_name}[{data_cfg.hub_split}] row {i}")
+            check(row, f"{data_cfg.hub_name}[{data_cfg.hub_split}] row {i}")
     if data_cfg.max_samples is not None:
         ds = ds.select(range(min(data_cfg.max_samples, len(ds))))
     return ds

@@ -10,13 +10,12 @@ rejected), padding-free like SFT documents.
 
 from __future__ import annotations
 
-import json
 
 import datasets
 import torch
 from omegaconf import DictConfig
 
-from training.chat_data import check_messages, encode_chat
+from training.chat_data import check_jsonl, check_messages, encode_chat, load_rows
 from training.errors import DataError
 
 
@@ -32,38 +31,11 @@ def check_pair(row: object, where: str) -> None:
 
 
 def check_pairs_jsonl(path: str) -> int:
-    n = 0
-    try:
-        f = open(path, encoding="utf-8")
-    except OSError as e:
-        raise DataError(f"{path}: cannot read ({e.strerror})") from None
-    with f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
-            check_pair(row, f"{path}:{lineno}")
-            n += 1
-    if n == 0:
-        raise DataError(f"{path}: no rows")
-    return n
+    return check_jsonl(path, check_pair)
 
 
 def load_pair_rows(data_cfg: DictConfig) -> datasets.Dataset:
-    if data_cfg.train_files:
-        for path in data_cfg.train_files:
-            check_pairs_jsonl(path)
-        ds = datasets.load_dataset("json", data_files=list(data_cfg.train_files), split="train")
-    else:
-        ds = datasets.load_dataset(data_cfg.hub_name, split=data_cfg.hub_split)
-        for i, row in enumerate(ds):
-            check_pair(row, f"{data_cfg.hub_name}[{data_cfg.hub_split}] row {i}")
-    if data_cfg.max_samples is not None:
-        ds = ds.select(range(min(data_cfg.max_samples, len(ds))))
-    return ds
+    return load_rows(data_cfg, check_pair)
 
 
 def load_pairs(data_cfg: DictConfig, tokenizer) -> list[tuple]:
