@@ -47,8 +47,11 @@ def test_wandb_offline_run_holds_config_losses_artifacts_and_evals(trained_run):
     expected = {r["step"]: r["loss"] for r in read_metrics(trained_run.run_dir / "metrics.jsonl")}
     assert logged == pytest.approx(expected)
 
-    arts = [r.artifact for r in records if r.WhichOneof("record_type") == "artifact"]
-    steps = sorted(int(a.metadata and json.loads(a.metadata)["step"]) for a in arts)
+    all_arts = [r.artifact for r in records if r.WhichOneof("record_type") == "artifact"]
+    arts = [a for a in all_arts if a.type == "model"]
+    steps = sorted(int(json.loads(a.metadata)["step"]) for a in arts)
+    evals_linked = sorted(json.loads(a.metadata)["checkpoint_step"] for a in all_arts if a.type == "eval")
+    assert evals_linked == [0, 75, 150]  # each eval names its checkpoint's artifact
     assert steps == [0, 75, 150]
     for a in arts:
         assert a.type == "model"

@@ -13,6 +13,7 @@ timeout makes a writer wait its turn instead of failing with "database is locked
 from __future__ import annotations
 
 import sqlite3
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -51,10 +52,24 @@ class SqliteStore:
         db = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
         db.row_factory = sqlite3.Row
         db.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
-        # Switching to WAL needs a moment of exclusive access; busy_timeout covers a race
-        # between first writers, and once the file is in WAL mode this is a no-op.
-        db.execute("PRAGMA journal_mode = WAL")
+        if db.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+            self._switch_to_wal(db)
         return db
+
+    def _switch_to_wal(self, db: sqlite3.Connection) -> None:
+        """Switching to WAL needs a moment of exclusive access, and SQLite answers "database is
+        locked" at once (without the busy handler) when another process holds the file: retry."""
+        deadline = time.monotonic() + self.timeout
+        delay = 0.01
+        while True:
+            try:
+                db.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) or time.monotonic() > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 0.5)
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
