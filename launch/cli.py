@@ -43,6 +43,7 @@ def groups_help() -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.RawDescriptionHelpFormatter
+    overrides_help = OVERRIDES_HELP + "\n" + _lazy_groups()  # scans configs/ once, not per verb
     p = argparse.ArgumentParser(
         prog="ladder", formatter_class=fmt,
         description="Ladder: a compute-efficient experiment harness for LLM post-training.",
@@ -64,13 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
     tr = sub.add_parser("train", formatter_class=fmt, help="train a model from the composed config",
                         description="Train a model. Validates the whole config first; resumes from the last "
                                     "complete checkpoint of the run (trainer.resume=auto).",
-                        epilog=OVERRIDES_HELP + "\n" + _lazy_groups())
+                        epilog=overrides_help)
     tr.add_argument("overrides", nargs="*", help="Hydra overrides")
 
     ev = sub.add_parser("eval", formatter_class=fmt, help="evaluate a checkpoint",
                         description="Evaluate a checkpoint on an eval suite; writes <checkpoint>/eval/<suite>.json "
                                     "and logs the scores to the checkpoint's W&B run at its step.",
-                        epilog=OVERRIDES_HELP + "\n" + _lazy_groups())
+                        epilog=overrides_help)
     ev.add_argument("checkpoint", help="a checkpoint directory (runs/<name>/checkpoints/step_NNNNNN)")
     ev.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. eval=synthetic eval.max_examples=100")
 
@@ -81,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "checkpoint, a run directory (its latest checkpoint) or sweep:NAME (the latest\n"
                                     "registered checkpoint of each of the sweep's runs). Options go before or after the\n"
                                     "targets and overrides, not between them.",
-                        epilog=OVERRIDES_HELP + "\n" + _lazy_groups())
+                        epilog=overrides_help)
     co.add_argument("items", nargs="+", metavar="TARGET_OR_OVERRIDE",
                     help="checkpoints, runs or sweep:NAME, then Hydra overrides (eval=cpu registry.url=...)")
     co.add_argument("--baseline", default=None, help="the target the deltas are taken against (default: the first)")
@@ -92,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     lb = sub.add_parser("leaderboard", formatter_class=fmt, help="rank registered checkpoints by eval score",
                         description="Rank the checkpoints in the registry by their scores on the eval suite "
                                     "(results with the suite's current settings only), optionally filtered.",
-                        epilog=OVERRIDES_HELP + "\n" + _lazy_groups())
+                        epilog=overrides_help)
     lb.add_argument("overrides", nargs="*", help="Hydra overrides: eval=SUITE, trainer.run_root=..., registry.url=...")
     lb.add_argument("--sweep", default=None, help="only checkpoints of runs with this sweep.name")
     lb.add_argument("--rung", default=None, help="only this rung, e.g. tiny or 8b")
@@ -105,14 +106,14 @@ def build_parser() -> argparse.ArgumentParser:
     lb.add_argument("--json", metavar="FILE", default=None, help="also write the ranking as JSON")
 
     cf = sub.add_parser("config", formatter_class=fmt, help="print the composed config",
-                        epilog=OVERRIDES_HELP + "\n" + _lazy_groups())
+                        epilog=overrides_help)
     cf.add_argument("overrides", nargs="*", help="Hydra overrides")
 
     pl = sub.add_parser("plan", formatter_class=fmt, help="print the compute plan of a job",
                         description="Plan a job without running it: parameters (meta-device build), training "
                                     "FLOPs, memory per GPU by engine, whether it fits and what to change if not, "
                                     "GPU-hours, wall-clock and cost. Exit status 1 when it does not fit.",
-                        epilog=OVERRIDES_HELP + "\n" + _lazy_groups())
+                        epilog=overrides_help)
     pl.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. rung=405b rung.nodes=16")
     pl.add_argument("--json", action="store_true", help="print the plan as one JSON object")
 
@@ -120,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Validate and plan the job, check its planned GPU-hours against the team's "
                                     "budget (budget=<team>), record it in the ledger, run it with the launcher "
                                     "(launcher=local) and record the hours it used, its final state and waste.",
-                        epilog=OVERRIDES_HELP + "\n" + _lazy_groups())
+                        epilog=overrides_help)
     la.add_argument("overrides", nargs="*", help="Hydra overrides, passed unchanged to the trainer")
     la.add_argument("--override-budget", metavar="REASON", default=None,
                     help="launch even if the job exceeds the team's budget; the reason is recorded in the ledger")
@@ -131,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     br = bsub.add_parser("report", formatter_class=fmt, help="allocated, used, running, wasted and useful hours",
                          description="Per team and period: allocated, used, planned-and-running, wasted and "
                                      "MFU-weighted (useful) GPU-hours, what is left, and the cost.",
-                         epilog=OVERRIDES_HELP + "\n" + _lazy_groups())
+                         epilog=overrides_help)
     br.add_argument("overrides", nargs="*", help="Hydra overrides that locate the ledger, e.g. trainer.run_root=/data/runs")
     br.add_argument("--plot", metavar="FILE", default=None, help="also write a PNG chart to FILE")
     br.add_argument("--team", default=None, help="only this team")

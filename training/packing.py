@@ -42,17 +42,7 @@ class PackedStream:
             order = torch.randperm(n, generator=g).tolist()
         else:
             order = list(range(n))
-        plan, cur, used = [], [], 0
-        for i in order:  # greedy, in order: keeps the data order a pure function of the seed
-            length = self.length(self.docs[i])
-            if cur and used + length > self.micro_batch_tokens:
-                plan.append(cur)
-                cur, used = [], 0
-            cur.append(i)
-            used += length
-        if cur:
-            plan.append(cur)
-        return plan
+        return pack_greedy(order, lambda i: self.length(self.docs[i]), self.micro_batch_tokens)
 
     def _locate(self, index: int) -> list[int]:
         while not self._starts or index >= self._starts[-1] + len(self._epochs[-1]):
@@ -69,6 +59,22 @@ class PackedStream:
     def micro_batch(self, index: int) -> dict:
         indices = self._locate(index)
         return self.collate_fn([self.docs[i] for i in indices], indices)
+
+
+def pack_greedy(order: list[int], length, max_tokens: int) -> list[list[int]]:
+    """Group item indices, in the given order, into micro-batches of at most max_tokens
+    (greedy and in order, so the grouping is a pure function of the order)."""
+    plan, cur, used = [], [], 0
+    for i in order:
+        n = length(i)
+        if cur and used + n > max_tokens:
+            plan.append(cur)
+            cur, used = [], 0
+        cur.append(i)
+        used += n
+    if cur:
+        plan.append(cur)
+    return plan
 
 
 def collate(docs: list[tuple[list[int], list[int]]]) -> dict:

@@ -24,7 +24,8 @@ import torch
 from omegaconf import OmegaConf
 
 from training import distributed, ref_cache
-from training.flops import mfu, train_flops
+from training.flops import matmul_params, mfu, train_flops
+from training.packing import pack_greedy
 from training.preference import collate_pairs, pair_length
 
 log = logging.getLogger("ladder.reference")
@@ -48,32 +49,18 @@ def score(model, pairs: list[tuple], indices: list[int], max_tokens: int, device
     from training.recipes import DPO
     out, tokens, flops = {}, 0, 0.0
     c = model.config if hasattr(model, "config") else model.module.config
-    batch_idx, used = [], 0
-    groups = []
-    for i in indices:
-        if batch_idx and used + pair_length(pairs[i]) > max_tokens:
-            groups.append(batch_idx)
-            batch_idx, used = [], 0
-        batch_idx.append(i)
-        used += pair_length(pairs[i])
-    if batch_idx:
-        groups.append(batch_idx)
-    for g in groups:
+    n_matmul = matmul_params(c.hidden_size, c.intermediate_size, c.num_hidden_layers, c.num_attention_heads,
+                             c.num_key_value_heads, c.vocab_size)
+    for g in pack_greedy(indices, lambda i: pair_length(pairs[i]), max_tokens):
         b = collate_pairs([pairs[i] for i in g], g)
         b = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in b.items()}
         sums, _ = DPO.sequence_logps(model, b)
         for j, i in enumerate(g):
             out[i] = (float(sums[2 * j]), float(sums[2 * j + 1]))
         tokens += sum(b["doc_lens"])
-        flops += _forward_flops(c, b["doc_lens"])
+        # forward only: a third of a training step's FLOPs
+        flops += train_flops(n_matmul, c.num_hidden_layers, c.hidden_size, b["doc_lens"]) / 3
     return out, tokens, flops
-
-
-def _forward_flops(c, doc_lens) -> float:
-    from training.flops import matmul_params
-    n = matmul_params(c.hidden_size, c.intermediate_size, c.num_hidden_layers, c.num_attention_heads,
-                      c.num_key_value_heads, c.vocab_size)
-    return train_flops(n, c.num_hidden_layers, c.hidden_size, doc_lens) / 3  # forward only
 
 
 def load_reference_model(trainer):
