@@ -13,7 +13,8 @@ Layout of one checkpoint directory:
   COMPLETE             written last
 Everything is written under a temporary name, COMPLETE is written, and only then is the
 directory renamed into place, so a crash at any moment leaves the last good checkpoint
-intact and never leaves a half-written directory under a checkpoint's name.
+intact and never leaves a half-written directory under a checkpoint's name. With
+trainer.checkpoint_url set, the committed directory is also uploaded there (remote.py).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import re
 import shutil
 import subprocess
 import time
+import uuid
 from pathlib import Path
 
 import torch
@@ -68,11 +70,10 @@ def staging_dir(run_dir: Path, step: int) -> Path:
     return checkpoints_dir(run_dir) / f".tmp-step_{step:06d}"
 
 
-def write_checkpoint(tmp: Path, step: int, model, tokenizer, state: dict, cfg: DictConfig,
-                     model_state: dict | None = None) -> None:
-    """Write the Hugging Face weights, the tokenizer and the trainer state into `tmp` (rank 0)."""
+def write_checkpoint(tmp: Path, step: int, tokenizer, state: dict, cfg: DictConfig) -> None:
+    """Write the tokenizer and the trainer state into `tmp` (rank 0), after the weights (which
+    the engine writes: Engine.save_model, a collective for sharded engines)."""
     tmp.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(tmp, state_dict=model_state, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
     faults.maybe("kill_in_save", step)  # tests: die with the weights half-way to a checkpoint
     torch.save(state, tmp / STATE_FILE)
@@ -92,7 +93,8 @@ def commit_checkpoint(tmp: Path, run_dir: Path, step: int, keep_last: int | None
         if f.is_file():
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
-    (tmp / COMPLETE).write_text(time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()) + "\n")
+    # A unique token, so a copy elsewhere (remote.py) can tell this save from another of the same step.
+    (tmp / COMPLETE).write_text(f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {uuid.uuid4().hex}\n")
     if final.exists():  # a re-save of the same step after a resume: swap it atomically
         old = root / f".old-step_{step:06d}"
         shutil.rmtree(old, ignore_errors=True)
@@ -113,7 +115,9 @@ def save_checkpoint(run_dir: Path, step: int, model, tokenizer, state: dict, cfg
     """Single-process save: stage, write, commit."""
     tmp = staging_dir(run_dir, step)
     shutil.rmtree(tmp, ignore_errors=True)
-    write_checkpoint(tmp, step, model, tokenizer, state, cfg, model_state)
+    tmp.mkdir(parents=True)
+    model.save_pretrained(tmp, state_dict=model_state, safe_serialization=True)
+    write_checkpoint(tmp, step, tokenizer, state, cfg)
     return commit_checkpoint(tmp, run_dir, step, keep_last, protect)
 
 
@@ -142,8 +146,8 @@ def prune(run_dir: Path, keep_last: int, protect: tuple[int, ...] = (0,)) -> Non
     found = [p for p in complete_checkpoints(run_dir) if step_of(p) not in protect]
     for p in found[:-keep_last]:
         shutil.rmtree(p, ignore_errors=True)
-    for p in checkpoints_dir(run_dir).glob(".tmp-*"):  # left by a save that was killed
-        shutil.rmtree(p, ignore_errors=True)
+    for p in [*checkpoints_dir(run_dir).glob(".tmp-*"), *checkpoints_dir(run_dir).glob(".old-*")]:
+        shutil.rmtree(p, ignore_errors=True)  # left by a save (or a download) that was killed
 
 
 def check_checkpoint(path: str | Path) -> Path:

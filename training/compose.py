@@ -50,7 +50,7 @@ def _describe(e: BaseException) -> str:
     cause = e.__cause__ or e.__context__
     while cause is not None and len(parts) < 4:
         text = str(cause).strip()
-        if text and text not in parts[-1] and "$VALUE" not in text:
+        if text and text != "None" and text not in parts[-1] and "$VALUE" not in text:
             parts.append(text)
         cause = cause.__cause__ or cause.__context__
     return "\n".join(parts)

@@ -14,7 +14,9 @@ data-parallel ranks, so the loop scales each rank's summed loss by world_size / 
 Checkpoints: single, ddp and fsdp2 save a full (unsharded) model and optimizer state keyed by
 parameter name (torch.distributed.checkpoint.state_dict), so any of them resumes on any world
 size. DeepSpeed saves its own sharded state (engine.save_checkpoint) beside the Hugging Face
-weights; it resumes on the same world size.
+weights; it resumes on the same world size. The Hugging Face weights of the sharded engines
+(fsdp2, deepspeed_zero3) are gathered one tensor at a time and streamed into the safetensors
+files (training/consolidate.py), so no rank ever holds the whole model to write them.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import torch
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
                                                      get_optimizer_state_dict, set_optimizer_state_dict)
 
+from training.consolidate import write_streamed
 from training.distributed import World
 from training.errors import CheckpointError
 
@@ -77,6 +80,13 @@ class Engine:
         """The full model state dict on rank 0 (None elsewhere). A collective: every rank calls it."""
         sd = get_model_state_dict(self.module, options=self._opts())
         return sd if self.world.main else None
+
+    def save_model(self, tmp: Path, model) -> None:
+        """Write the Hugging Face weights and config into tmp. A collective: every rank calls it,
+        rank 0 writes. Unsharded engines hold the whole model anyway: save_pretrained it."""
+        sd = self.model_state()
+        if self.world.main:
+            model.save_pretrained(tmp, state_dict=sd, safe_serialization=True)
 
     def optimizer_state(self) -> dict | None:
         if not self.torch_optimizer.state:
@@ -135,6 +145,21 @@ class FSDP2Engine(Engine):
     def autocast(self):
         return contextlib.nullcontext()  # MixedPrecisionPolicy casts parameters
 
+    def save_model(self, tmp: Path, model) -> None:
+        # The local shards, by their unsharded names (no communication); each is gathered in
+        # turn, in the same order on every rank, only when its bytes are written.
+        from torch.distributed.tensor import DTensor
+        sd = self.module.state_dict()
+        main = self.world.main
+
+        def fetch(name: str):
+            t = sd[name]
+            full = t.full_tensor() if isinstance(t, DTensor) else t  # an all-gather of one tensor
+            return full.detach().cpu() if main else None
+
+        write_streamed(tmp, model, {n: (tuple(t.shape), t.dtype) for n, t in sd.items()}, fetch, main,
+                       total_parameters=sum(p.numel() for p in model.parameters()))  # DTensor numel is global
+
 
 class DeepSpeedEngine(Engine):
     sharded_state = True
@@ -178,16 +203,26 @@ class DeepSpeedEngine(Engine):
 
     def model_state(self) -> dict | None:
         if self.stage == 3:
-            import deepspeed
-            sd = {}
-            # Gather one parameter at a time so no rank holds more than one full tensor besides
-            # the state dict it is building (rank 0 only).
-            for name, p in self.module.module.named_parameters():
-                with deepspeed.zero.GatheredParameters([p], modifier_rank=None):
-                    if self.world.main:
-                        sd[name] = p.detach().to("cpu", copy=True)
-            return sd if self.world.main else None
+            raise NotImplementedError("ZeRO-3 weights are streamed by save_model, never gathered whole")
         return {k: v.detach().cpu() for k, v in self.module.module.state_dict().items()} if self.world.main else None
+
+    def save_model(self, tmp: Path, model) -> None:
+        if self.stage != 3:
+            return super().save_model(tmp, model)
+        import deepspeed
+        # ZeRO-3 partitions every parameter (p.ds_shape is its full shape). Each is gathered in
+        # turn (on every rank, as GatheredParameters requires), written by rank 0 and released,
+        # instead of building the whole state dict on rank 0 first.
+        params = dict(self.module.module.named_parameters())
+        main = self.world.main
+
+        def fetch(name: str):
+            p = params[name]
+            with deepspeed.zero.GatheredParameters([p], modifier_rank=None):
+                return p.detach().to("cpu", copy=True) if main else None
+
+        write_streamed(tmp, model, {n: (tuple(p.ds_shape), p.dtype) for n, p in params.items()}, fetch, main,
+                       total_parameters=sum(p.ds_numel for p in params.values()))
 
     def optimizer_state(self) -> dict | None:
         return None  # saved sharded by save_sharded

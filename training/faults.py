@@ -1,6 +1,7 @@
 """Fault injection for the tests of checkpointing and fault handling; inert unless asked for.
 
     LADDER_FAULT=kill_in_save:10   SIGKILL this process mid-way through saving step 10
+    LADDER_FAULT=kill_in_upload:10 SIGKILL it once step 10's files are at trainer.checkpoint_url, before COMPLETE
     LADDER_FAULT=hang_at:3         hang forever in step 3 (the step watchdog must report it)
     LADDER_FAULT=nan_at:4          make the loss of step 4 NaN
 
@@ -27,7 +28,7 @@ def maybe(kind: str, step: int) -> bool:
     f = _fault()
     if f is None or f != (kind, step):
         return False
-    if kind == "kill_in_save":
+    if kind in ("kill_in_save", "kill_in_upload"):
         os.kill(os.getpid(), signal.SIGKILL)
     if kind == "hang_at":
         while True:

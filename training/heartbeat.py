@@ -52,3 +52,9 @@ def read_heartbeat(run_dir: Path) -> dict | None:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return None
+
+
+if __name__ == "__main__":  # `python -m training.heartbeat RUN_DIR FIELD`: for launcher scripts
+    import sys
+    hb = read_heartbeat(Path(sys.argv[1])) or {}
+    print(hb.get(sys.argv[2], "") if len(sys.argv) > 2 else json.dumps(hb))

@@ -162,11 +162,25 @@ class TrackerConfig:
 
 @dataclass
 class LauncherConfig:
+    """Where a job runs: `local` (this machine) or `slurm` (launch/slurm.py). The trainer never reads it."""
     name: str = MISSING
+    # SLURM only: the #SBATCH resources; null leaves the cluster's default.
     partition: Optional[str] = None
     account: Optional[str] = None
     qos: Optional[str] = None
-    time: Optional[str] = None
+    time: Optional[str] = None  # wall-clock limit per allocation, e.g. "24:00:00" or "2-00:00:00"
+    cpus_per_task: Optional[int] = None  # per node (one launcher task per node)
+    mem: Optional[str] = None  # per node, e.g. "0" for all of it
+    constraint: Optional[str] = None
+    exclusive: bool = False
+    # USR1 this many seconds before the time limit: the trainer checkpoints and the job requeues.
+    signal_before_s: int = 120
+    requeue: bool = True
+    max_parallel: Optional[int] = None  # at most this many jobs of a sweep's array at once
+    rdzv_port: int = 29500  # torchrun rendezvous port on the first node (+ job id mod 1000)
+    profile: str = "generic"  # the cluster network profile whose environment `env` holds
+    env: dict[str, str] = field(default_factory=dict)  # NCCL and network settings; never secrets
+    python: Optional[str] = None  # the interpreter on the nodes; null: the one that launches
 
 
 class BudgetPeriod(str, Enum):
@@ -225,7 +239,11 @@ class TrainerConfig:
     save_every: int = 50
     keep_last: int = 3
     save_initial: Optional[bool] = None  # also checkpoint the untrained model as step 0; null: the rung's
-    resume: str = "auto"  # auto | none | a checkpoint directory
+    resume: str = "auto"  # auto | none | a checkpoint directory (or its URL)
+    # Also keep checkpoints at this fsspec URL (s3://bucket/ladder, gs://..., file:///mnt/ckpts):
+    # run NAME's go to <url>/NAME/checkpoints/step_N, uploaded after the local save with COMPLETE
+    # last, and resume=auto trusts only those (training/remote.py). null: local checkpoints only.
+    checkpoint_url: Optional[str] = None
     eval_on_save: Optional[bool] = None  # evaluate each checkpoint as it is saved; null: the rung's
     # Evaluate saved checkpoints in a background process (evals.async_eval) so training never
     # waits for them; false evaluates in the training process, between steps.

@@ -2,7 +2,7 @@
 
     tracker = Tracker(cfg, run_dir)
     tracker.log_step(step, metrics)
-    tracker.log_checkpoint(ckpt_dir, step)        # an artifact *reference*, never an upload
+    tracker.log_checkpoint(ckpt_dir, step, url)   # an artifact *reference* (to url when set), never an upload
     tracker.log_eval(step, {"reverse/exact_match": 61.2})
     tracker.link_eval(ckpt_dir, step, result)     # an `eval` artifact naming the checkpoint artifact
     tracker.finish()
@@ -64,7 +64,7 @@ class Tracker:
 
     @property
     def url(self) -> str | None:
-        return self.run.get_url() if self.run is not None else None
+        return self.run.url if self.run is not None else None  # None offline (wandb 0.31 has no get_url)
 
     @property
     def run_path(self) -> str | None:
@@ -74,15 +74,17 @@ class Tracker:
         if self.run is not None:
             self.run.log({f"train/{k}": v for k, v in metrics.items() if v is not None and k != "step"}, step=step)
 
-    def log_checkpoint(self, ckpt_dir: Path, step: int) -> None:
+    def log_checkpoint(self, ckpt_dir: Path, step: int, url: str | None = None) -> None:
+        """url: the durable copy at trainer.checkpoint_url (s3://...), which the artifact then
+        references instead of the local directory."""
         if self.run is None:
             return
         import wandb
 
-        art = wandb.Artifact(f"{self.run.name}-checkpoint", type="model",
-                             metadata={"step": step, "path": str(Path(ckpt_dir).resolve())})
+        metadata = {"step": step, "path": str(Path(ckpt_dir).resolve()), **({"url": url} if url else {})}
+        art = wandb.Artifact(f"{self.run.name}-checkpoint", type="model", metadata=metadata)
         # A reference records where the weights are; checksum=False avoids reading them.
-        art.add_reference(Path(ckpt_dir).resolve().as_uri(), name=Path(ckpt_dir).name, checksum=False)
+        art.add_reference(url or Path(ckpt_dir).resolve().as_uri(), name=Path(ckpt_dir).name, checksum=False)
         self.run.log_artifact(art, aliases=[f"step_{step}", "latest"])
 
     def log_eval(self, step: int, scores: dict) -> None:

@@ -34,8 +34,8 @@ from transformers import get_scheduler
 
 from training import distributed, faults
 from training.chat_data import IGNORE
-from training.checkpoint import (check_checkpoint, commit_checkpoint, git_commit, latest_checkpoint,
-                                 load_trainer_state, staging_dir, write_checkpoint)
+from training.checkpoint import (commit_checkpoint, git_commit, latest_checkpoint, load_trainer_state, staging_dir,
+                                 write_checkpoint)
 from training.engines import make_engine
 from training.errors import EXIT_HUNG, CheckpointError, Preempted, TrainingError
 from training.flops import model_matmul_params, mfu, train_flops
@@ -43,6 +43,7 @@ from training.heartbeat import Heartbeat
 from training.metrics import MetricsFile
 from training.modeling import build_model, load_tokenizer
 from training.recipes import make_recipe
+from training.remote import RemoteCheckpoints, resolve_resume
 from training.tracking import Tracker
 from training.validate import BatchLayout, effective_lr, validate, warmup_steps
 
@@ -94,15 +95,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def resolve_resume(cfg: DictConfig, run_dir: Path) -> Path | None:
-    mode = cfg.trainer.resume
-    if mode == "none":
-        return None
-    if mode == "auto":
-        return latest_checkpoint(run_dir)
-    return check_checkpoint(mode)
-
-
 def peak_memory_gb(device: str) -> float:
     if device == "cuda":
         return torch.cuda.max_memory_allocated() / 2**30
@@ -143,6 +135,7 @@ class Trainer:
         self.layout: BatchLayout = validate(cfg, world_size=self.world.size)
         self.cfg = with_run_name(cfg)
         self.run_dir = Path(self.cfg.trainer.run_root) / self.cfg.trainer.run_name
+        self.store = RemoteCheckpoints.for_run(self.cfg)  # None without trainer.checkpoint_url
         self.device = self.cfg.rung.device
         self.recipe = make_recipe(self.cfg)
         self.reference_pass: dict | None = None  # set by recipes with a reference pass (DPO)
@@ -164,7 +157,8 @@ class Trainer:
                  "engine": cfg.rung.engine.value}, indent=2) + "\n")
         seed_everything(t.seed)
         self.tokenizer = load_tokenizer(cfg.model)
-        self.resume_from = resolve_resume(cfg, self.run_dir)
+        self.watchdog.touch("finding (and downloading) the checkpoint to resume from")
+        self.resume_from = resolve_resume(cfg, self.run_dir, self.store, self.world)
         state = load_trainer_state(self.resume_from) if self.resume_from else None
         if state is not None:
             self.check_resumable(state)
@@ -205,7 +199,9 @@ class Trainer:
         self.heartbeat = Heartbeat(self.run_dir, self.world.size, t.max_steps, enabled=main)
         if main:
             self.metrics.truncate_after(self.start_step)  # steps after the checkpoint are redone
-            self.heartbeat.update(step=self.start_step)
+            # where to look at the run: its W&B page, or the offline run's folder until `wandb sync`
+            link = self.tracker.url or (str(Path(self.tracker.run_path).parent) if self.tracker.run_path else None)
+            self.heartbeat.update(step=self.start_step, tracker_url=link)
         for sig in (signal.SIGTERM, signal.SIGUSR1):
             signal.signal(sig, self.on_signal)
 
@@ -275,6 +271,9 @@ class Trainer:
         extra = {k: distributed.all_sum(v, self.device) / n_units for k, v in sorted(stat_sums.items())}
         if self.cfg.trainer.stop_on_nonfinite and not math.isfinite(loss_value):
             last = latest_checkpoint(self.run_dir)
+            if self.store is not None:  # what resume would use
+                last_step = self.store.latest_step()
+                last = self.store.step_url(last_step) if last_step is not None else None
             raise TrainingError(f"the loss is {loss_value} at step {step}; stopping before the update. The "
                                 f"last good checkpoint is {last or 'none (no checkpoint yet)'}")
         lr = self.scheduler.get_last_lr()[0]
@@ -308,13 +307,13 @@ class Trainer:
     def save(self, step: int, result: RunResult) -> None:
         """Every rank calls this: gathering the state and sharded saves are collectives."""
         self.watchdog.touch(f"saving step {step}")
-        model_state = self.engine.model_state()
-        optimizer_state = self.engine.optimizer_state()
         tmp = staging_dir(self.run_dir, step)
         if self.world.main:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         distributed.barrier()
+        self.engine.save_model(tmp, self.model)  # sharded engines gather one tensor at a time
+        optimizer_state = self.engine.optimizer_state()
         self.engine.save_sharded(tmp)
         distributed.barrier()
         if self.world.main:
@@ -323,12 +322,18 @@ class Trainer:
                      "data": {"next_micro_batch": step * self.layout.micro_batches_per_step,
                               "micro_batches_per_step": self.layout.micro_batches_per_step},
                      "engine": self.engine.name, "world_size": self.world.size}
-            write_checkpoint(tmp, step, self.model, self.tokenizer, state, self.cfg, model_state)
+            write_checkpoint(tmp, step, self.tokenizer, state, self.cfg)
             pending = self.evaluator.pending_steps if self.evaluator else ()
             ckpt = commit_checkpoint(tmp, self.run_dir, step, self.cfg.trainer.keep_last, protect=(0, *pending))
+            url = None
+            if self.store is not None:  # the local copy stays: evaluation and W&B read it
+                self.watchdog.touch(f"uploading step {step}")
+                url = self.store.upload(ckpt, step)
+                self.store.prune(self.cfg.trainer.keep_last, protect=(0, *pending))
+                log.info("uploaded checkpoint %s", url)
             result.checkpoints.append(ckpt)
             self.heartbeat.update(last_checkpoint_step=step, last_checkpoint_at=time.time())
-            self.tracker.log_checkpoint(ckpt, step)
+            self.tracker.log_checkpoint(ckpt, step, url=url)
             log.info("saved checkpoint %s", ckpt)
             if self.evaluator is not None:
                 self.evaluator.submit(ckpt, step)
@@ -342,6 +347,11 @@ class Trainer:
         result.evals[step] = res["scores"]
         self.tracker.log_eval(step, res["scores"])
         self.tracker.link_eval(ckpt, step, res)
+        if self.store is not None:  # the scores written into the local copy go to the URL too
+            try:
+                self.store.upload_dir(ckpt, step, "eval")
+            except Exception as e:  # losing a copy of the scores must not stop training
+                log.warning("could not upload the eval results of step %d: %s", step, e)
         log.info("eval at step %d: %s", step, ", ".join(f"{k}={v:.1f}" for k, v in res["scores"].items()))
 
     def collect_evals(self, result: RunResult, wait: bool = False) -> None:

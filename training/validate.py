@@ -135,6 +135,10 @@ def validate(cfg: DictConfig, world_size: int | None = None) -> BatchLayout:
         problems.append(f"trainer.keep_last={t.keep_last} must be at least 1")
     if t.log_every <= 0:
         problems.append(f"trainer.log_every={t.log_every} must be positive")
+    urls = {"trainer.checkpoint_url": t.checkpoint_url, "trainer.resume": t.resume if "://" in t.resume else None}
+    if any(urls.values()):
+        from training.remote import url_problem  # imports fsspec and torch: only when a URL is given
+        problems += [p for key, url in urls.items() if url and (p := url_problem(url, key))]
     if effective_lr(cfg) <= 0:
         problems.append(f"the learning rate must be positive (optim.lr={o.lr}, rung.lr={r.lr})")
     if not 0.0 <= o.warmup_ratio <= 1.0:

@@ -1,0 +1,227 @@
+"""Checkpoints at an fsspec URL (trainer.checkpoint_url): s3://, gs://, az://, file://, ...
+
+    store = RemoteCheckpoints.for_run(cfg)         # None when trainer.checkpoint_url is null
+    ckpt = resolve_resume(cfg, run_dir, store, world)   # trainer.resume -> a local directory, or None
+    store.upload(local_ckpt, step)                  # every file, then COMPLETE: the commit point
+    store.complete_steps()                          # steps whose COMPLETE exists, oldest first
+    local = store.fetch(step, checkpoints_dir(run_dir))   # a local copy to load from
+    store.prune(keep_last, protect)
+
+Checkpoints of run NAME go to <checkpoint_url>/NAME/checkpoints/step_N/, the same layout as
+<run_root>/NAME/checkpoints/ on the local disk. Object stores cannot rename a directory
+atomically, so the remote protocol is different from the local one (checkpoint.py): a
+checkpoint is written and committed on the local disk exactly as without a URL (fast, and what
+evaluation reads), then its files are uploaded and COMPLETE goes last. Only directories whose
+COMPLETE exists are ever listed, so an upload cut short at any moment is never resumed from.
+Deleting runs the other way round, COMPLETE first, so a half-deleted directory is not complete
+either. Nothing is loaded from the URL directly: resume downloads into the run's local
+checkpoints directory first (torch and transformers read local files), and a local copy whose
+COMPLETE token matches the remote one is used as it is.
+
+Rank 0 is the only writer: it uploads the staging directory every rank wrote into, so DeepSpeed
+on several nodes needs trainer.run_root on storage all nodes see, as it does without a URL. The
+upload is synchronous (the other ranks wait at the save's barrier); it is bounded by
+trainer.step_timeout_s like any save.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import fsspec
+from omegaconf import DictConfig
+
+from training import distributed, faults
+from training.checkpoint import COMPLETE, check_checkpoint, checkpoints_dir, latest_checkpoint, step_of
+from training.errors import CheckpointError
+
+log = logging.getLogger("ladder.checkpoint")
+# Protocols fsspec knows that cannot hold checkpoints, and why.
+REFUSED = {"memory": "memory:// lives inside one process, so a resumed run would find nothing",
+           "http": "http:// is read-only in fsspec", "https": "https:// is read-only in fsspec"}
+
+
+def url_problem(url: str, key: str = "trainer.checkpoint_url") -> str | None:
+    """Why `url` cannot hold checkpoints, or None. Checked by validate() before anything runs."""
+    protocol, _ = fsspec.core.split_protocol(url)
+    if protocol is None:
+        return (f"{key}={url!r} is not a URL: give a protocol, e.g. s3://bucket/ladder or file:///mnt/ckpts "
+                "(checkpoints on a local path go under trainer.run_root)")
+    if protocol in REFUSED:
+        return f"{key}={url!r}: {REFUSED[protocol]}"
+    try:
+        fsspec.get_filesystem_class(protocol)
+    except ValueError:
+        return (f"{key}={url!r}: unknown protocol {protocol!r}; fsspec knows e.g. s3, gs, gcs, az, abfs, "
+                "hdfs, sftp, file")
+    except ImportError as e:
+        return f"{key}={url!r}: the {protocol!r} protocol needs a package that is not installed ({e})"
+    return None
+
+
+class RemoteCheckpoints:
+    def __init__(self, url: str):
+        self.url = url.rstrip("/")
+        self.fs, self.root = fsspec.core.url_to_fs(self.url)
+
+    @classmethod
+    def for_run(cls, cfg: DictConfig) -> "RemoteCheckpoints | None":
+        url = cfg.trainer.checkpoint_url
+        return cls(f"{url.rstrip('/')}/{cfg.trainer.run_name}/checkpoints") if url else None
+
+    def step_url(self, step: int) -> str:
+        return f"{self.url}/step_{step:06d}"
+
+    def _path(self, step: int) -> str:
+        return f"{self.root}/step_{step:06d}"
+
+    # ---- listing -----------------------------------------------------------------------
+    def complete_steps(self) -> list[int]:
+        """Steps whose COMPLETE marker exists: the only ones that count."""
+        self.fs.invalidate_cache()  # listings of object stores are cached per process
+        markers = self.fs.glob(f"{self.root}/step_*/{COMPLETE}")
+        return sorted(step_of(Path(m).parent) for m in markers)
+
+    def all_steps(self) -> list[int]:
+        """Every step directory, complete or not (an upload or a prune that was cut short)."""
+        self.fs.invalidate_cache()
+        if not self.fs.exists(self.root):
+            return []
+        found = []
+        for p in self.fs.ls(self.root, detail=False):
+            try:
+                found.append(step_of(Path(p.rstrip("/"))))
+            except CheckpointError:
+                continue
+        return sorted(found)
+
+    def latest_step(self) -> int | None:
+        steps = self.complete_steps()
+        return steps[-1] if steps else None
+
+    # ---- writing -----------------------------------------------------------------------
+    def upload(self, local: Path, step: int) -> str:
+        """Upload a committed local checkpoint; COMPLETE goes last. Returns its URL."""
+        dest, local = self._path(step), Path(local)
+        if self.fs.exists(dest):  # a re-save of the step after a resume: uncommit, then replace
+            self.delete(step)
+        files = sorted(p for p in local.rglob("*") if p.is_file() and p != local / COMPLETE)
+        for f in files:
+            target = f"{dest}/{f.relative_to(local).as_posix()}"
+            self.fs.makedirs(self.fs._parent(target), exist_ok=True)  # a no-op on object stores
+            self.fs.put_file(str(f), target)
+        faults.maybe("kill_in_upload", step)  # tests: die with every file uploaded but COMPLETE
+        self.fs.put_file(str(local / COMPLETE), f"{dest}/{COMPLETE}")
+        return self.step_url(step)
+
+    def upload_dir(self, local: Path, step: int, sub: str) -> None:
+        """Add a sub-directory (e.g. eval/ results written after the upload) to a complete checkpoint."""
+        dest = self._path(step)
+        if not self.fs.exists(f"{dest}/{COMPLETE}"):
+            return
+        for f in sorted(p for p in (Path(local) / sub).rglob("*") if p.is_file()):
+            target = f"{dest}/{f.relative_to(local).as_posix()}"
+            self.fs.makedirs(self.fs._parent(target), exist_ok=True)
+            self.fs.put_file(str(f), target)
+
+    def delete(self, step: int) -> None:
+        path = self._path(step)
+        if self.fs.exists(f"{path}/{COMPLETE}"):
+            self.fs.rm_file(f"{path}/{COMPLETE}")  # first: from here on it is not a checkpoint
+        if self.fs.exists(path):
+            self.fs.rm(path, recursive=True)
+
+    def prune(self, keep_last: int, protect: tuple[int, ...] = (0,)) -> None:
+        """The local rule (checkpoint.prune): keep protected steps and the newest keep_last others;
+        delete the rest and any incomplete directory (rank 0 is the only writer, so none is being
+        written)."""
+        unprotected = [s for s in self.complete_steps() if s not in protect]
+        keep = set(protect) | set(unprotected[-keep_last:])
+        for step in self.all_steps():
+            if step not in keep:
+                self.delete(step)
+
+    # ---- reading -----------------------------------------------------------------------
+    def fetch(self, step: int, dest_root: Path) -> Path:
+        """A local copy of a complete remote checkpoint at dest_root/step_N, downloaded unless the
+        one there is the same save (same COMPLETE token). Safe against another process fetching
+        into the same place (ranks of other nodes on a shared file system)."""
+        src = self._path(step)
+        try:
+            token = self.fs.cat_file(f"{src}/{COMPLETE}")
+        except FileNotFoundError:
+            raise CheckpointError(f"{self.step_url(step)} is not a complete checkpoint (no {COMPLETE} marker): "
+                                  "its upload never finished") from None
+        final = Path(dest_root) / f"step_{step:06d}"
+        if _same(final, token):
+            return final
+        tmp = Path(dest_root) / f".tmp-fetch-step_{step:06d}-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        log.info("downloading %s to %s", self.step_url(step), final)
+        for f in self.fs.find(src):
+            rel = f[len(src):].lstrip("/")
+            if rel != COMPLETE:
+                (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+                self.fs.get_file(f, str(tmp / rel))
+        (tmp / COMPLETE).write_bytes(token)  # last, as everywhere
+        old = Path(dest_root) / f".old-step_{step:06d}-{os.getpid()}"
+        if final.exists():  # a different save of the same step (e.g. one whose upload failed)
+            os.rename(final, old)
+        try:
+            os.rename(tmp, final)
+        except OSError:  # another process put the same checkpoint there first
+            if not _same(final, token):
+                raise
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+        return final
+
+
+def _same(local: Path, token: bytes) -> bool:
+    try:
+        return (local / COMPLETE).read_bytes() == token
+    except OSError:
+        return False
+
+
+def fetch_url(url: str, cache_root: Path) -> Path:
+    """trainer.resume=<URL of a checkpoint>: a local copy under cache_root (keyed by the URL)."""
+    url = url.rstrip("/")
+    parent, _, name = url.rpartition("/")
+    step = step_of(Path(name))
+    dest = Path(cache_root) / hashlib.sha256(parent.encode()).hexdigest()[:16]
+    dest.mkdir(parents=True, exist_ok=True)
+    return RemoteCheckpoints(parent).fetch(step, dest)
+
+
+def resolve_resume(cfg: DictConfig, run_dir: Path, store: RemoteCheckpoints | None = None,
+                   world: distributed.World | None = None) -> Path | None:
+    """trainer.resume as a local checkpoint directory (or None: start from scratch). auto is the
+    newest complete local checkpoint, or with trainer.checkpoint_url the newest complete one at
+    the URL (a local one may never have been uploaded). Remote checkpoints are downloaded once per
+    node: local rank 0 fetches while the others wait at a barrier, then find the copy in place."""
+    mode = cfg.trainer.resume
+    if mode == "none":
+        return None
+    if mode == "auto" and store is None:
+        return latest_checkpoint(run_dir)
+    if mode != "auto" and "://" not in mode:
+        return check_checkpoint(mode)
+    if mode == "auto":
+        step = store.latest_step()
+        if step is None:
+            return None
+
+        def fetch():
+            return store.fetch(step, checkpoints_dir(run_dir))
+    else:
+        def fetch():
+            return fetch_url(mode, Path(cfg.trainer.run_root) / "cache" / "checkpoints")
+    local = fetch() if (world or distributed.World()).local_rank == 0 else None
+    distributed.barrier()
+    return local or fetch()
