@@ -32,7 +32,10 @@ demo: install
 pipeline: install
 	$(BIN)/python -m launch.demo --pipeline
 
+# The tests drive Debian's chromium and a real SLURM cluster; tests/system_packages.sh installs
+# them when missing (as root). `pytest -m "not slurm"` leaves the cluster tests out.
 test: install
+	bash tests/system_packages.sh
 	$(BIN)/python -m pytest -q
 
 bench: install

@@ -47,23 +47,32 @@ def check_and_record(ledger: Ledger, budget, planned_gpu_hours: float, job: dict
     """Refuse a job whose planned hours exceed what its team has left this period (BudgetError),
     unless an override reason is given; otherwise record it in the ledger. Returns the job id.
     The check and the insert are one transaction, so two launches cannot both take the last hours."""
+    return check_and_record_many(ledger, budget, [(planned_gpu_hours, job)], override_reason, now)[0]
+
+
+def check_and_record_many(ledger: Ledger, budget, jobs: list[tuple[float, dict]],
+                          override_reason: str | None = None, now: float | None = None) -> list[int]:
+    """The same for the jobs of a sweep, as a whole: all of them are recorded or none is."""
     if override_reason is not None and not override_reason.strip():
         raise BudgetError("--override-budget needs a reason, e.g. --override-budget \"deadline, approved by X\"")
     now = time.time() if now is None else now
     period = period_key(_name(budget.period), now)
+    planned = sum(hours for hours, _ in jobs)
+    what = "this job plans" if len(jobs) == 1 else f"these {len(jobs)} jobs plan"
     with ledger.transaction() as db:
         charged = ledger.committed_hours(db, budget.team, period)
         left = budget.gpu_hours - charged["committed"]
-        if planned_gpu_hours > left and override_reason is None:
+        if planned > left and override_reason is None:
             raise BudgetError(
-                f"over budget: this job plans {num(planned_gpu_hours)} GPU-hours, but team "
+                f"over budget: {what} {num(planned)} GPU-hours, but team "
                 f"'{budget.team}' has {num(max(left, 0))} of its {num(budget.gpu_hours)} GPU-hours left in "
                 f"{period} (used {num(charged['used'])}, pending or running {num(charged['running'])}); "
-                f"it is over by {num(planned_gpu_hours - left)} GPU-hours. Make the job smaller "
-                "(trainer.max_steps, rung.nodes) or pass --override-budget \"reason\" to launch it anyway "
-                "(the reason is recorded in the ledger).")
-        return ledger.insert_job(db, team=budget.team, period=period, planned_gpu_hours=planned_gpu_hours,
-                                 override_reason=override_reason, created_at=now, updated_at=now, **job)
+                f"it is over by {num(planned - left)} GPU-hours. Nothing was launched. Make the job smaller "
+                "(trainer.max_steps, rung.nodes, fewer sweep points) or pass --override-budget \"reason\" "
+                "to launch it anyway (the reason is recorded in the ledger).")
+        return [ledger.insert_job(db, team=budget.team, period=period, planned_gpu_hours=hours,
+                                  override_reason=override_reason, created_at=now, updated_at=now, **job)
+                for hours, job in jobs]
 
 
 def load_budgets(extra=None) -> dict[str, BudgetConfig]:
@@ -180,6 +189,10 @@ def cmd_budget_report(args) -> int:
     from training.compose import compose
     cfg = compose(args.overrides)
     ledger = Ledger.existing(cfg)
+    if ledger is not None:  # jobs still pending or running: bring them up to date first
+        from launch.ledger import ACTIVE
+        from launch.status_cmd import refresh
+        refresh(ledger, [j for j in ledger.jobs() if j["state"] in ACTIVE])
     rows = report_rows(ledger, load_budgets(cfg.budget), team=args.team)
     render_report(rows, ledger.path if ledger else f"{cfg.ledger.url} (no jobs recorded yet)")
     if args.plot:

@@ -84,3 +84,42 @@ def compose_from_file(path: Path, current):
     merged = OmegaConf.merge(OmegaConf.structured(LadderConfig), saved)
     merged.tracker = current.tracker
     return merged
+
+
+def submit_evals(checkpoints: list[str], overrides: list[str], wait: bool = False) -> int:
+    """launcher=slurm: one SLURM job per checkpoint (a job array), each running `ladder eval` on it.
+
+    Nothing is evaluated here; each job scores its checkpoint exactly as a local `ladder eval`
+    would (same cache, registry and W&B logging), with launcher=local so it does not submit again."""
+    import time as _time
+
+    from launch import slurm
+    from launch.launch_cmd import log_dir_of
+    from launch.slurm_script import EVAL, Point, check, render
+    from training.checkpoint import git_commit
+
+    cfg = compose(overrides)
+    ckpts = [check_checkpoint(c).resolve() for c in checkpoints]
+    log_dir = log_dir_of(cfg)
+    check(cfg, log_dir)
+    points = [Point(c, [str(c), *overrides, "launcher=local"]) for c in ckpts]
+    name = f"eval-{cfg.eval.name}"
+    script = render(cfg, points, name=name, log_dir=log_dir, submit_dir=Path.cwd(), commit=git_commit(), entry=EVAL)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    path = log_dir / f"{name}-{_time.strftime('%Y%m%d-%H%M%S')}.sbatch"
+    path.write_text(script)
+    job = slurm.submit(str(path))
+    ids = [job] if len(ckpts) == 1 else [f"{job}_{i}" for i in range(len(ckpts))]
+    for c, i in zip(ckpts, ids):
+        print(f"ladder eval: SLURM job {i} evaluates {c} (log {log_dir / (i + '.out')})", flush=True)
+    if not wait:
+        return 0
+    while True:
+        states = slurm.query(ids)
+        if len(states) == len(ids) and all(s.final for s in states.values()):
+            break
+        _time.sleep(2.0)
+    bad = {i: s for i, s in states.items() if s.state != "COMPLETED"}
+    for i, s in sorted(states.items()):
+        print(f"ladder eval: SLURM job {i} {s.state}" + (f" (exit {s.exit_code})" if i in bad else ""), flush=True)
+    return 1 if bad else 0

@@ -1,25 +1,32 @@
-"""`ladder launch [overrides] [--override-budget REASON]`: plan, check the budget, record, run, account.
+"""`ladder launch [-m] [overrides] [--dry-run] [--wait] [--override-budget REASON]`.
 
-    ladder launch rung=tiny trainer.max_steps=200
-    ladder launch rung=tiny budget=default --override-budget "rerun for the paper, approved by J."
+    ladder launch rung=tiny trainer.max_steps=200                     # run here, now
+    ladder launch -m optim.lr=1e-5,2e-5,5e-6 trainer.seed=1,2         # a sweep of six jobs
+    ladder launch rung=70b launcher=slurm launcher.account=llm --dry-run   # print plan and script
+    ladder launch rung=8b launcher=slurm -m optim.lr=5e-6,1e-5 --wait # a job array; wait for it
 
-It composes and validates the config, plans the job (launch/plan.py) and refuses one that does
-not fit, checks its planned GPU-hours against the team's budget and records it in the ledger in
-one transaction (launch/budget.py), runs the trainer with the launcher named by `launcher=`, and
-when the trainer exits records the GPU-hours it used, its final state and its waste from the
-run's heartbeat. Ctrl-C stops the run and records it as cancelled (all its hours are waste);
-SIGTERM is passed to the trainer, which checkpoints and stops, and the job is recorded as preempted.
-
-A launcher is a small interface: `command()` renders what runs, `run()` runs it and returns the
-exit status. `local` runs on this machine; a SLURM launcher goes beside it in LAUNCHERS.
+For every job (every point of a sweep) it composes and validates the config and plans it
+(launch/plan.py), refusing one that does not fit. Then it checks the planned GPU-hours of all
+the jobs together against the team's budget and records them in the ledger in one transaction
+(launch/budget.py): a sweep is launched whole or not at all. Then the launcher named by
+`launcher=` runs them:
+  local   one after the other on this machine (torchrun for several devices), each recorded
+          with the hours it used, its final state and its waste when it exits
+  slurm   submitted with sbatch (launch/slurm_script.py renders the script), a sweep whose
+          points share a shape as one job array; `ladder status` and `--wait` follow them
+The trainer knows nothing about either.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import signal
 import subprocess
 import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -31,30 +38,66 @@ from training.errors import ConfigError
 STOP_GRACE_S = 60  # after Ctrl-C, how long the trainer gets to write its last heartbeat
 
 
+@dataclass
+class Job:
+    """One job of a launch: its overrides, composed config, plan and ledger id."""
+    overrides: list[str]
+    cfg: DictConfig
+    plan: object
+    run_name: str
+    run_dir: Path
+    job_id: int | None = None
+
+
 class Launcher:
     name = "base"
 
-    def command(self, cfg: DictConfig, overrides: list[str]) -> list[str]:
-        raise NotImplementedError
+    def check(self, cfg: DictConfig) -> None:
+        """Refuse what this launcher cannot run, before anything is recorded."""
 
-    def run(self, cfg: DictConfig, overrides: list[str], on_start: Callable[[str], None]) -> int:
-        """Run the job to its end and return its exit status; on_start gets the job's external id."""
+    def start(self, jobs: list[Job], ledger, dry_run: bool = False) -> int:
         raise NotImplementedError
 
 
 class LocalLauncher(Launcher):
-    """The trainer as a subprocess of this one, torchrun for several GPUs on this node."""
+    """The trainer as a subprocess of this one, torchrun for several devices on this node."""
     name = "local"
 
-    def command(self, cfg: DictConfig, overrides: list[str]) -> list[str]:
-        r = cfg.rung
-        if r.nodes > 1:
-            raise ConfigError(f"launcher=local runs on this machine only, but rung.nodes={r.nodes}; "
-                              "use rung.nodes=1 or a cluster launcher")
-        if r.gpus_per_node == 1:
+    def check(self, cfg: DictConfig) -> None:
+        if cfg.rung.nodes > 1:
+            raise ConfigError(f"launcher=local runs on this machine only, but rung.nodes={cfg.rung.nodes}; "
+                              "use rung.nodes=1 or launcher=slurm")
+
+    @staticmethod
+    def command(cfg: DictConfig, overrides: list[str]) -> list[str]:
+        if cfg.rung.gpus_per_node == 1:
             return [sys.executable, "-m", "training.trainer", *overrides]
         return [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                f"--nproc_per_node={r.gpus_per_node}", "-m", "training.trainer", *overrides]
+                f"--nproc_per_node={cfg.rung.gpus_per_node}", "-m", "training.trainer", *overrides]
+
+    def start(self, jobs: list[Job], ledger, dry_run: bool = False) -> int:
+        if dry_run:
+            for job in jobs:
+                print("would run: " + " ".join(self.command(job.cfg, job.overrides)))
+            return 0
+        worst = 0
+        for i, job in enumerate(jobs):
+            try:
+                ledger.mark_started(job.job_id)
+                code = self.run(job.cfg, job.overrides,
+                                on_start=lambda pid: ledger.update_job(job.job_id, external_id=pid))
+                final = ledger.job(job.job_id)
+                if final["state"] != "cancelled":  # `ladder cancel` has already recorded it
+                    final = ledger.finish_from_heartbeat(job.job_id, exit_code=code)
+            except KeyboardInterrupt:
+                ledger.finish_from_heartbeat(job.job_id, cancelled=True)
+                for rest in jobs[i + 1:]:  # never started: cancelled, nothing used
+                    ledger.update_job(rest.job_id, state="cancelled", reason="launch interrupted before it ran",
+                                      finished_at=time.time())
+                raise
+            report_final(final)
+            worst = worst or code
+        return worst
 
     def run(self, cfg: DictConfig, overrides: list[str], on_start: Callable[[str], None]) -> int:
         proc = subprocess.Popen(self.command(cfg, overrides))
@@ -76,7 +119,51 @@ class LocalLauncher(Launcher):
             signal.signal(signal.SIGTERM, previous)
 
 
-LAUNCHERS: dict[str, type[Launcher]] = {"local": LocalLauncher}
+class SlurmLauncher(Launcher):
+    """sbatch: one script per job, or one job array per group of sweep points of the same shape."""
+    name = "slurm"
+
+    def check(self, cfg: DictConfig) -> None:
+        from launch.slurm_script import check
+        check(cfg, log_dir_of(cfg))
+
+    def start(self, jobs: list[Job], ledger, dry_run: bool = False) -> int:
+        from launch.slurm import submit
+        from launch.slurm_script import Point, render
+        from training.checkpoint import git_commit
+        commit = git_commit()
+        for group in shape_groups(jobs):
+            cfg = group[0].cfg
+            name = cfg.sweep.name if len(group) > 1 and cfg.sweep.name else group[0].run_name
+            plan_line = "; ".join(f"{j.run_name}: {num(j.plan.gpu_hours, 2)} GPU-hours, "
+                                  f"{num(j.plan.wall_clock_h, 2)} h" for j in group)
+            log_dir = log_dir_of(cfg)
+            script = render(cfg, [Point(j.run_dir, j.overrides) for j in group], name=name, log_dir=log_dir,
+                            submit_dir=Path.cwd(), commit=commit, plan_line=plan_line)
+            if dry_run:
+                print(script)
+                continue
+            log_dir.mkdir(parents=True, exist_ok=True)
+            script_path = log_dir / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.sbatch"
+            script_path.write_text(script)
+            try:
+                r = cfg.rung
+                slurm_id = submit(str(script_path), what=(
+                    f"asked for rung.nodes={r.nodes} x rung.gpus_per_node={r.gpus_per_node} on partition "
+                    f"{cfg.launcher.partition or '(default)'}, time {cfg.launcher.time or '(default)'}"))
+            except Exception as e:
+                for j in group:
+                    ledger.update_job(j.job_id, state="failed", reason=str(e), finished_at=time.time())
+                raise
+            ids = [slurm_id] if len(group) == 1 else [f"{slurm_id}_{i}" for i in range(len(group))]
+            for j, ext in zip(group, ids):
+                ledger.update_job(j.job_id, external_id=ext)
+                write_launch_record(j, ext, script_path, log_dir / f"{ext}.out", commit)
+                print(f"ladder launch: job {j.job_id} submitted as SLURM job {ext}: run {j.run_dir}", flush=True)
+        return 0
+
+
+LAUNCHERS: dict[str, type[Launcher]] = {"local": LocalLauncher, "slurm": SlurmLauncher}
 
 
 def get_launcher(cfg: DictConfig) -> Launcher:
@@ -86,48 +173,124 @@ def get_launcher(cfg: DictConfig) -> Launcher:
     return LAUNCHERS[name]()
 
 
+def log_dir_of(cfg: DictConfig) -> Path:
+    """Where SLURM writes job logs: <run_root>/slurm/<job id>.out."""
+    return (Path(cfg.trainer.run_root) / "slurm").resolve()
+
+
+def shape_groups(jobs: list[Job]) -> list[list[Job]]:
+    """Sweep points that share launcher and hardware settings: one job array each."""
+    groups: dict[str, list[Job]] = {}
+    for j in jobs:
+        r = j.cfg.rung
+        key = OmegaConf.to_yaml(j.cfg.launcher) + f"{r.nodes}x{r.gpus_per_node}:{r.device}"
+        groups.setdefault(key, []).append(j)
+    return list(groups.values())
+
+
+def write_launch_record(job: Job, external_id: str, script: Path, log: Path, commit: str | None) -> None:
+    """The submission, beside the run: config snapshot, commit, script and log paths."""
+    job.run_dir.mkdir(parents=True, exist_ok=True)
+    (job.run_dir / "launch_config.yaml").write_text(OmegaConf.to_yaml(job.cfg, resolve=True))
+    (job.run_dir / "launch.json").write_text(json.dumps(
+        {"ledger_job": job.job_id, "launcher": job.cfg.launcher.name, "external_id": external_id,
+         "script": str(script), "log": str(log), "git_commit": commit, "overrides": job.overrides,
+         "submitted_at": time.time()}, indent=2) + "\n")
+
+
 def config_hash(cfg: DictConfig) -> str:
     return hashlib.sha256(OmegaConf.to_yaml(cfg, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def launch(overrides: list[str], override_reason: str | None = None) -> tuple[int, dict]:
-    """Launch one job; returns the exit status and its final ledger record."""
-    from launch.budget import check_and_record, period_key
+def prepare(overrides: list[str], multirun: bool = False) -> tuple[str | None, list[Job]]:
+    """Compose, validate and plan every job of the launch; raise before anything is recorded."""
     from launch.ledger import Ledger
     from launch.plan import fix_message, make_plan
+    from launch.sweep import expand, name_points
     from training.compose import compose
     from training.trainer import default_run_name
     from training.validate import validate
 
-    cfg = compose(overrides)
+    sweep_name = None
+    points = [overrides]
+    if multirun:
+        points = expand(overrides)
+        first = compose(points[0])
+        sweep_name, points = name_points(points, first.sweep.name, default_run_name(first))
+    jobs, launchers = [], set()
+    for point in points:
+        cfg = compose(point)
+        launchers.add(cfg.launcher.name)
+        get_launcher(cfg).check(cfg)
+        validate(cfg, world_size=cfg.rung.nodes * cfg.rung.gpus_per_node)
+        plan = make_plan(cfg, Ledger.existing(cfg))
+        where = f" (sweep point {' '.join(point)})" if multirun else ""
+        if not plan.fits:
+            raise ConfigError(f"the job{where} {fix_message(plan)}")
+        run_name = cfg.trainer.run_name or default_run_name(cfg)
+        jobs.append(Job(point, cfg, plan, run_name, (Path(cfg.trainer.run_root) / run_name).resolve()))
+    if len(launchers) > 1:
+        raise ConfigError(f"a sweep cannot mix launchers ({', '.join(sorted(launchers))})")
+    if len({j.run_dir for j in jobs}) < len(jobs):
+        raise ConfigError("two jobs of this launch would share a run directory; give each its own trainer.run_name")
+    return sweep_name, jobs
+
+
+def ledger_fields(j: Job, sweep: str | None = None) -> dict:
+    """What the ledger records of a job when it is launched (launch and promote)."""
+    from training.heartbeat import read_heartbeat
+    hb = read_heartbeat(j.run_dir) or {}  # a resumed run: its earlier hours are not this job's
+    return dict(project=j.cfg.tracker.project, sweep=sweep or j.cfg.sweep.name, rung=j.cfg.rung.name,
+                run_name=j.run_name, run_dir=str(j.run_dir), config_hash=config_hash(j.cfg),
+                launcher=j.cfg.launcher.name, gpus=j.plan.gpus, hours_before=float(hb.get("device_hours", 0.0)),
+                overrides=json.dumps(j.overrides))
+
+
+def launch(overrides: list[str], override_reason: str | None = None, multirun: bool = False,
+           dry_run: bool = False, wait: bool = False) -> tuple[int, list[dict]]:
+    """Launch a job or a sweep; returns the exit status and the jobs' ledger records."""
+    from launch.budget import check_and_record_many, period_key
+    from launch.ledger import Ledger
+
+    sweep_name, jobs = prepare(overrides, multirun)
+    cfg = jobs[0].cfg
     launcher = get_launcher(cfg)
-    launcher.command(cfg, overrides)  # refuses what this launcher cannot run, before anything is recorded
-    validate(cfg, world_size=cfg.rung.nodes * cfg.rung.gpus_per_node)
+    total = sum(j.plan.gpu_hours for j in jobs)
+    what = f"sweep {sweep_name}: {len(jobs)} jobs" if multirun else f"job {jobs[0].run_name}"
+    if dry_run:
+        print(f"ladder launch --dry-run: {what}, {num(total, 3)} GPU-hours planned; nothing submitted or recorded")
+        for j in jobs:
+            print(f"  {j.run_name}: {' '.join(j.overrides) or '(defaults)'}: {j.plan.gpus} device(s), "
+                  f"{num(j.plan.gpu_hours, 3)} GPU-hours, {num(j.plan.wall_clock_h, 2)} h wall-clock")
+        return launcher.start(jobs, None, dry_run=True), []
     ledger = Ledger.from_config(cfg)
-    plan = make_plan(cfg, ledger)
-    if not plan.fits:
-        raise ConfigError(f"the job {fix_message(plan)}")
-    run_name = cfg.trainer.run_name or default_run_name(cfg)
-    run_dir = (Path(cfg.trainer.run_root) / run_name).resolve()
-    job_id = check_and_record(
-        ledger, cfg.budget, plan.gpu_hours, override_reason=override_reason,
-        job=dict(project=cfg.tracker.project, sweep=cfg.sweep.name, rung=cfg.rung.name, run_name=run_name,
-                 run_dir=str(run_dir), config_hash=config_hash(cfg), launcher=launcher.name, gpus=plan.gpus))
-    print(f"ladder launch: job {job_id} recorded in {ledger.path}: team {cfg.budget.team}, "
-          f"{period_key(cfg.budget.period.value)}, {num(plan.gpu_hours, 3)} GPU-hours planned"
+    records = [(j.plan.gpu_hours, ledger_fields(j)) for j in jobs]
+    ids = check_and_record_many(ledger, cfg.budget, records, override_reason=override_reason)
+    for j, job_id in zip(jobs, ids):
+        j.job_id = job_id
+    print(f"ladder launch: {what} recorded in {ledger.path} as job(s) {', '.join(map(str, ids))}: team "
+          f"{cfg.budget.team}, {period_key(cfg.budget.period.value)}, {num(total, 3)} GPU-hours planned"
           + (f", budget overridden: {override_reason}" if override_reason else ""), flush=True)
-    ledger.mark_started(job_id)
     try:
-        code = launcher.run(cfg, overrides, on_start=lambda ext: ledger.update_job(job_id, external_id=ext))
-        job = ledger.finish_from_heartbeat(job_id, exit_code=code)
+        code = launcher.start(jobs, ledger)
     except KeyboardInterrupt:
-        job = ledger.finish_from_heartbeat(job_id, cancelled=True)
         code = 130
-    print(f"ladder launch: job {job_id} {job['state']}: used {num(job['used_gpu_hours'], 3)} of "
-          f"{num(job['planned_gpu_hours'], 3)} planned GPU-hours, wasted {num(job['waste_gpu_hours'], 3)}", flush=True)
-    return code, job
+    if wait and launcher.name != "local":
+        from launch.status_cmd import wait_for
+        finals = wait_for(ledger, ids)
+        for f in finals:
+            report_final(f)
+        code = 0 if all(f["state"] == "completed" for f in finals) else 1
+    return code, [ledger.job(i) for i in ids]
+
+
+def report_final(job: dict) -> None:
+    print(f"ladder launch: job {job['id']} {job['state']}: used {num(job['used_gpu_hours'], 3)} of "
+          f"{num(job['planned_gpu_hours'], 3)} planned GPU-hours, wasted {num(job['waste_gpu_hours'], 3)}"
+          + (f" ({job['reason']})" if job["state"] != "completed" and job.get("reason") else ""), flush=True)
 
 
 def cmd_launch(args) -> int:
-    code, _ = launch(args.overrides, args.override_budget)
+    code, _ = launch(args.overrides, args.override_budget, multirun=args.multirun, dry_run=args.dry_run,
+                     wait=args.wait)
     return code

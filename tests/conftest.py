@@ -45,3 +45,32 @@ def trained_run(tmp_path_factory):
         "rung=tiny", f"trainer.run_root={root}", "trainer.run_name=shared", "trainer.max_steps=150",
         "trainer.save_every=75", "eval.max_examples=100", "tracker.mode=offline"])
     return result
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory):
+    """A real two-node SLURM cluster on this host (tests/cluster/slurm_cluster.sh), for the session.
+
+    Its daemons get ports of their own (from this process's id), so a developer's cluster or a
+    second test session on the same host is left alone. SLURM_CONF points the client tools at it."""
+    state = tmp_path_factory.mktemp("slurm")
+    script = REPO / "tests" / "cluster" / "slurm_cluster.sh"
+    env = {**os.environ, "LADDER_SLURM_PORT": str(20000 + (os.getpid() % 400) * 25)}
+    up = subprocess.run(["bash", str(script), "up", str(state), "2"], env=env, capture_output=True, text=True,
+                        timeout=600)
+    if up.returncode != 0:
+        subprocess.run(["bash", str(script), "down", str(state)], env=env, capture_output=True)
+        pytest.fail(f"could not start the test SLURM cluster:\n{up.stderr[-3000:]}\n"
+                    "It needs root and Debian's slurm packages (the script installs them); "
+                    "run `pytest -m 'not slurm'` to leave these tests out.")
+    previous = os.environ.get("SLURM_CONF")
+    os.environ["SLURM_CONF"] = str(state / "etc" / "slurm.conf")
+    os.environ["PATH"] = os.environ["PATH"] + ":/usr/sbin"
+    try:
+        yield state
+    finally:
+        subprocess.run(["bash", str(script), "down", str(state)], env=env, capture_output=True, timeout=120)
+        if previous is None:
+            os.environ.pop("SLURM_CONF", None)
+        else:
+            os.environ["SLURM_CONF"] = previous

@@ -1,0 +1,193 @@
+"""The sbatch script of a SLURM job or sweep, rendered from the composed config.
+
+    script = render(cfg, points=[Point(run_dir, overrides), ...], log_dir=..., submit_dir=...)
+
+One script per job, or per sweep (a job array whose task i runs point i). Its shape:
+  #SBATCH lines     nodes, GPUs per node, time, partition, account, QOS from `launcher.*`,
+                    `--signal=B:USR1@N` and `--requeue`
+  environment       the cluster profile's NCCL/network settings (`launcher.env`), never secrets:
+                    WANDB_API_KEY and the like reach the job from the submitting environment
+  the point         its run directory and its overrides, chosen by SLURM_ARRAY_TASK_ID
+  srun              one task per node: the trainer itself on a single device, otherwise torchrun
+                    with c10d rendezvous on the first node's address
+  requeue           USR1 (the time limit is near) is passed to the trainer as SIGTERM: it finishes
+                    its step, checkpoints and stops as "preempted"; the script then requeues the
+                    job, and the requeued job resumes from that checkpoint (trainer.resume=auto).
+                    A preemption by SLURM itself (`scontrol requeue`, a higher-priority job)
+                    sends SIGTERM to the trainer directly, and SLURM requeues the job.
+
+Every value that enters the shell body is quoted with shlex.quote. #SBATCH lines are read by
+sbatch, not the shell: the values that go there are checked against a strict character set
+instead, and a value outside it is refused with the key to change, never rewritten.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from training.errors import ConfigError
+
+# What sbatch's directive parser takes unquoted: no spaces, quotes, newlines, % (a filename
+# pattern in --output) or shell syntax.
+SBATCH_SAFE = re.compile(r"^[A-Za-z0-9_./:,+@=-]+$")
+SLURM_TIME = re.compile(r"^(\d+|\d+-\d{1,2}(:\d{2}){0,2}|\d{1,3}:\d{2}(:\d{2})?)$")
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+SECRET_NAME = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL)", re.I)
+
+
+@dataclass
+class Point:
+    run_dir: Path  # absolute
+    overrides: list[str]
+
+
+def job_name(text: str) -> str:
+    """A label for squeue, derived from the run or sweep name (the name itself is kept intact)."""
+    return ("ladder-" + re.sub(r"[^A-Za-z0-9_.+-]", "_", text))[:64]
+
+
+def check(cfg: DictConfig, log_dir: Path) -> None:
+    """Every problem with the launcher node and the paths that go into #SBATCH lines, at once."""
+    lc, problems = cfg.launcher, []
+    for key in ("partition", "account", "qos", "constraint", "mem"):
+        value = lc.get(key)
+        if value is not None and not SBATCH_SAFE.match(str(value)):
+            problems.append(f"launcher.{key}={value!r} has characters an #SBATCH line cannot carry")
+    if lc.time is not None and not SLURM_TIME.match(str(lc.time)):
+        problems.append(f"launcher.time={lc.time!r} is not a SLURM time (minutes, HH:MM:SS or D-HH:MM:SS)")
+    if lc.signal_before_s < 0:
+        problems.append(f"launcher.signal_before_s={lc.signal_before_s} must be >= 0")
+    if lc.cpus_per_task is not None and lc.cpus_per_task < 1:
+        problems.append(f"launcher.cpus_per_task={lc.cpus_per_task} must be >= 1")
+    if lc.max_parallel is not None and lc.max_parallel < 1:
+        problems.append(f"launcher.max_parallel={lc.max_parallel} must be >= 1")
+    if not 1024 <= lc.rdzv_port <= 64535:
+        problems.append(f"launcher.rdzv_port={lc.rdzv_port} must be in 1024..64535")
+    for name, value in (lc.env or {}).items():
+        if not ENV_NAME.match(str(name)):
+            problems.append(f"launcher.env.{name}: not an environment variable name")
+        elif SECRET_NAME.search(str(name)):
+            problems.append(f"launcher.env.{name}: secrets never go in configs or generated scripts; "
+                            "export it in the shell you launch from (sbatch passes it to the job)")
+    if not SBATCH_SAFE.match(str(log_dir)):
+        problems.append(f"trainer.run_root resolves to {str(log_dir.parent)!r}, which has characters an #SBATCH "
+                        "--output line cannot carry (spaces, quotes, %); choose a plain path")
+    if problems:
+        raise ConfigError("invalid SLURM launch:\n  - " + "\n  - ".join(problems))
+
+
+def _comment(text: str) -> str:
+    """Text for a # comment line: a newline in a run name must not end the comment."""
+    return text.encode("unicode_escape").decode("ascii")
+
+
+def _q(value) -> str:
+    return shlex.quote(str(value))
+
+
+def _sbatch_lines(cfg: DictConfig, name: str, log_dir: Path, n_points: int, entry: tuple[str, ...]) -> list[str]:
+    lc, r = cfg.launcher, cfg.rung
+    array = n_points > 1
+    nodes, gpus = (r.nodes, r.gpus_per_node) if entry == TRAIN else (1, 1)
+    lines = [f"--job-name={job_name(name)}", f"--nodes={nodes}", "--ntasks-per-node=1"]
+    if r.device == "cuda":
+        lines.append(f"--gpus-per-node={gpus}")
+    for key, flag in (("cpus_per_task", "cpus-per-task"), ("mem", "mem"), ("time", "time"),
+                      ("partition", "partition"), ("account", "account"), ("qos", "qos"),
+                      ("constraint", "constraint")):
+        if lc.get(key) is not None:
+            lines.append(f"--{flag}={lc[key]}")
+    if lc.exclusive:
+        lines.append("--exclusive")
+    if array:
+        lines.append(f"--array=0-{n_points - 1}" + (f"%{lc.max_parallel}" if lc.max_parallel else ""))
+    lines.append(f"--output={log_dir}/" + ("%A_%a.out" if array else "%j.out"))
+    lines.append("--open-mode=append")  # a requeued job appends to its log instead of replacing it
+    if lc.requeue:
+        lines.append("--requeue")
+        if lc.signal_before_s:
+            lines.append(f"--signal=B:USR1@{lc.signal_before_s}")
+    return ["#SBATCH " + line for line in lines]
+
+
+TRAIN = ("-m", "training.trainer")
+EVAL = ("-m", "launch.cli", "eval")
+
+
+def _launch_command(cfg: DictConfig, python: str, entry: tuple[str, ...]) -> list[str]:
+    """What srun starts on every node, as shell words (variables expand on the node)."""
+    r = cfg.rung
+    if entry != TRAIN:  # an eval: one process
+        return [_q(python), *entry]
+    if r.nodes == 1 and r.gpus_per_node == 1:
+        return [_q(python), *entry]
+    return [_q(python), "-m", "torch.distributed.run",
+            '--nnodes="$SLURM_JOB_NUM_NODES"', f"--nproc_per_node={r.gpus_per_node}",
+            "--rdzv_backend=c10d", '--rdzv_endpoint="$head_addr:$rdzv_port"', '--rdzv_id="$SLURM_JOB_ID"',
+            "-m", "training.trainer"]
+
+
+def render(cfg: DictConfig, points: list[Point], name: str, log_dir: Path, submit_dir: Path,
+           commit: str | None = None, plan_line: str | None = None, entry: tuple[str, ...] = TRAIN) -> str:
+    """The script; `entry` is what each point runs: the trainer, or `ladder eval` (one process,
+    one node, and on USR1 simply requeued: finished eval tasks are cached)."""
+    lc = cfg.launcher
+    python = lc.python or sys.executable
+    out = ["#!/bin/bash",
+           f"# Generated by `ladder launch` at {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}"
+           + (f" from commit {commit}" if commit else "") + ".",
+           "# Every value below the #SBATCH lines is shell-quoted; the #SBATCH values were checked.",
+           *([f"# Plan: {_comment(plan_line)}"] if plan_line else []),
+           *_sbatch_lines(cfg, name, log_dir, len(points), entry),
+           "",
+           "set -euo pipefail",
+           f"cd {_q(submit_dir)}",
+           "",
+           f"# Network environment of the cluster profile {_q(lc.profile)}.",
+           *[f"export {k}={_q(v)}" for k, v in (lc.env or {}).items()],
+           'export OMP_NUM_THREADS="${SLURM_CPUS_PER_TASK:-1}"',
+           "",
+           "# The sweep point of this task: its run directory and its overrides.",
+           'case "${SLURM_ARRAY_TASK_ID:-0}" in']
+    for i, p in enumerate(points):
+        out.append(f"  {i}) run_dir={_q(p.run_dir)}")
+        out.append("     overrides=(" + " ".join(_q(o) for o in p.overrides) + ") ;;")
+    out += ['  *) echo "ladder: no sweep point ${SLURM_ARRAY_TASK_ID}" >&2; exit 2 ;;',
+            "esac",
+            'mkdir -p "$run_dir"',
+            'echo "ladder: job ${SLURM_JOB_ID} on ${SLURM_JOB_NODELIST} (restart ${SLURM_RESTART_COUNT:-0}),'
+            ' run ${run_dir}"',
+            "",
+            "# torchrun's rendezvous lives on the first node; the port is unique per job.",
+            'head_node=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
+            'head_addr=$(getent ahostsv4 "$head_node" | awk \'NR == 1 {print $1}\')',
+            f'rdzv_port=$(( {int(lc.rdzv_port)} + SLURM_JOB_ID % 1000 ))',
+            "",
+            "# USR1 means the time limit is near: the trainer checkpoints on SIGTERM, then we requeue.",
+            "# SIGTERM goes to the step's tasks through SLURM (a SIGTERM to srun itself would kill them).",
+            "requeue=0",
+            "trap 'requeue=1; echo \"ladder: USR1: checkpointing for requeue\"; "
+            "scancel --signal=TERM \"${SLURM_JOB_ID}.0\" || true' USR1",
+            "srun --kill-on-bad-exit=1 --ntasks-per-node=1 \\",
+            "  " + " ".join(_launch_command(cfg, python, entry)) + ' "${overrides[@]}" &',
+            "step=$!",
+            "status=0",
+            'wait "$step" || status=$?',
+            'while kill -0 "$step" 2>/dev/null; do status=0; wait "$step" || status=$?; done',
+            f'state=$({_q(python)} -m training.heartbeat "$run_dir" state)',
+            'echo "ladder: step exited with status ${status}, run state ${state}"',
+            'if [ "$requeue" = 1 ] && [ "$state" = preempted ]; then' if entry == TRAIN else
+            'if [ "$requeue" = 1 ]; then',
+            '  scontrol requeue "$SLURM_JOB_ID"',
+            "  exit 0",
+            "fi",
+            'exit "$status"',
+            ""]
+    return "\n".join(out)

@@ -1,0 +1,230 @@
+"""The SLURM launcher against a real SLURM cluster of two nodes on this host (tests/cluster/).
+
+Every job here is a real sbatch job: slurmctld schedules it, slurmd on node n1 and n2 starts it,
+srun runs torchrun or the trainer, sacct (slurmdbd + MariaDB) reports how it ended. The cluster
+is started once per session and torn down by PID (tests/conftest.py: `slurm_cluster`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import FAST, ladder_cli, losses
+
+pytestmark = pytest.mark.slurm
+
+TINY = [*FAST, "launcher=slurm", "launcher.signal_before_s=0"]
+
+
+def hydra_quote(value: str) -> str:
+    """A value as a single-quoted string of Hydra's override grammar."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def launch(cwd: Path, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    proc = ladder_cli("launch", *args, cwd=cwd, timeout=timeout)
+    return proc
+
+
+def status_json(cwd: Path, *args: str) -> list[dict]:
+    proc = ladder_cli("status", "--json", *args, cwd=cwd)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def wait_for_step(run_dir: Path, step: int, timeout: float = 120) -> None:
+    from training.heartbeat import read_heartbeat
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        hb = read_heartbeat(run_dir) or {}
+        if hb.get("state") == "running" and (hb.get("step") or 0) >= step:
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"{run_dir} did not reach step {step}: {read_heartbeat(run_dir)}")
+
+
+def wait_final(cwd: Path, job: str, timeout: float = 180) -> dict:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        row = status_json(cwd, job)[0]
+        if row["state"] not in ("pending", "running"):
+            return row
+        time.sleep(1.0)
+    raise AssertionError(f"job {job} still {row['state']} after {timeout} s")
+
+
+def sacct(job: str, fields: str) -> list[str]:
+    out = subprocess.run(["sacct", "-X", "-n", "-P", "-o", fields, "-j", job], capture_output=True, text=True)
+    return out.stdout.strip().splitlines()
+
+
+def test_two_node_job_trains_with_torchrun_and_a_slurm_job_evaluates_its_checkpoint(slurm_cluster, tmp_path):
+    proc = launch(tmp_path, *TINY, "--wait", "rung.nodes=2", "rung.engine=ddp", "trainer.run_name=two-node",
+                  "trainer.max_steps=12", "trainer.save_every=6")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "completed" in proc.stdout
+    run_dir = tmp_path / "runs" / "two-node"
+    record = json.loads((run_dir / "launch.json").read_text())
+    # SLURM gave the job both nodes, and one torchrun per node made a world of two.
+    assert sacct(record["external_id"], "NNodes,NodeList,State") == ["2|n[1-2]|COMPLETED"]
+    meta = json.loads((run_dir / "run_meta.json").read_text())
+    assert meta["world_size"] == 2
+    loss = losses(run_dir)
+    assert len(loss) == 12 and loss[-1] < loss[0]
+    # The submission is kept beside the run: config snapshot, commit, script.
+    assert (run_dir / "launch_config.yaml").is_file() and record["git_commit"]
+    assert "#SBATCH --nodes=2" in Path(record["script"]).read_text()
+
+    # The checkpoint is evaluated by a SLURM job of its own, through the same launcher.
+    ckpt = run_dir / "checkpoints" / "step_000012"
+    ev = ladder_cli("eval", str(ckpt), "launcher=slurm", "eval.max_examples=40", "tracker.mode=disabled",
+                    f"trainer.run_root={tmp_path / 'runs'}", "--wait", cwd=tmp_path, timeout=240)
+    assert ev.returncode == 0, ev.stdout + ev.stderr
+    eval_job = ev.stdout.split("SLURM job ")[1].split()[0]
+    assert sacct(eval_job, "State") == ["COMPLETED"]
+    result = json.loads((ckpt / "eval" / "synthetic.json").read_text())
+    assert result["tasks"]["reverse"]["n"] == 40 and "reverse/exact_match" in result["scores"]
+
+
+def test_sweep_runs_as_a_job_array_and_status_shows_it(slurm_cluster, tmp_path):
+    proc = launch(tmp_path, "-m", *TINY, "--wait", "optim.lr=1e-3,2e-3,3e-3", "sweep.name=lr-array",
+                  "trainer.max_steps=6", "trainer.save_every=6")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = status_json(tmp_path, "--sweep", "lr-array")
+    assert [r["state"] for r in rows] == ["completed"] * 3
+    array_ids = {r["slurm_id"].split("_")[0] for r in rows}
+    assert len(array_ids) == 1, rows  # one job array ...
+    assert sorted(r["slurm_id"].split("_")[1] for r in rows) == ["0", "1", "2"]  # ... of three tasks
+    assert [r["run"] for r in rows] == ["lr-array-0", "lr-array-1", "lr-array-2"]
+    assert all(r["step"] == 6 and r["used_gpu_hours"] > 0 for r in rows)
+    # each point trained with its own learning rate
+    from omegaconf import OmegaConf
+    lrs = [OmegaConf.load(tmp_path / "runs" / r["run"] / "config.yaml").optim.lr for r in rows]
+    assert lrs == [1e-3, 2e-3, 3e-3]
+    table = ladder_cli("status", "--sweep", "lr-array", cwd=tmp_path)
+    assert table.returncode == 0 and table.stdout.count("completed") == 3, table.stdout
+
+
+def test_preempted_job_requeues_resumes_and_finishes_with_the_uninterrupted_losses(slurm_cluster, tmp_path):
+    common = ["trainer.max_steps=30", "trainer.save_every=10"]
+    proc = launch(tmp_path, *TINY, *common, "trainer.run_name=preempted")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    run_dir = tmp_path / "runs" / "preempted"
+    slurm_id = json.loads((run_dir / "launch.json").read_text())["external_id"]
+    # The same run uninterrupted, on this machine, with the job's thread count.
+    ref = subprocess.Popen([str(Path(os.sys.executable).parent / "ladder"), "train", *FAST, *common,
+                            f"trainer.run_root={tmp_path / 'ref'}", "trainer.run_name=ref"],
+                           cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           env={**os.environ, "OMP_NUM_THREADS": "1"})
+    # 1. Preempted by the scheduler: SLURM sends SIGTERM, the trainer checkpoints, SLURM requeues.
+    wait_for_step(run_dir, 8)
+    subprocess.run(["scontrol", "requeue", slurm_id], check=True)
+    # 2. The time limit is near: SLURM sends USR1 to the batch script (--signal=B:USR1@N), which
+    #    has the trainer checkpoint and requeues the job itself.
+    wait_for_step(run_dir, 18, timeout=180)
+    subprocess.run(["scancel", "--batch", "--signal=USR1", slurm_id], check=True)
+    assert ref.wait(timeout=240) == 0, ref.stdout.read()
+    row = wait_final(tmp_path, slurm_id, timeout=240)
+    assert row["state"] == "completed", row
+    log = Path(json.loads((run_dir / "launch.json").read_text())["log"]).read_text()
+    assert "DUE TO JOB REQUEUE" in log and "(restart 1)" in log, log
+    assert "USR1: checkpointing for requeue" in log and "(restart 2)" in log, log
+    assert losses(run_dir) == pytest.approx(losses(tmp_path / "ref" / "ref"), abs=1e-5)
+    assert sacct(slurm_id, "State")[0] == "COMPLETED"
+    # one job in the ledger, its hours those of all three segments, nothing lost to the preemptions
+    assert row["used_gpu_hours"] > 0 and row["waste_gpu_hours"] < 0.5 * row["used_gpu_hours"]
+
+
+def test_cancelled_job_is_recorded_with_its_waste(slurm_cluster, tmp_path):
+    proc = launch(tmp_path, *TINY, "trainer.max_steps=5000", "trainer.save_every=1000", "trainer.run_name=long")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    run_dir = tmp_path / "runs" / "long"
+    slurm_id = json.loads((run_dir / "launch.json").read_text())["external_id"]
+    wait_for_step(run_dir, 3)
+    cancel = ladder_cli("cancel", slurm_id, cwd=tmp_path)
+    assert cancel.returncode == 0, cancel.stderr
+    assert "cancelled" in cancel.stdout
+    row = status_json(tmp_path, slurm_id)[0]
+    assert row["state"] == "cancelled"
+    assert row["used_gpu_hours"] > 0 and row["waste_gpu_hours"] == pytest.approx(row["used_gpu_hours"])
+    assert sacct(slurm_id, "State")[0].startswith("CANCELLED")
+
+
+def test_a_job_that_dies_is_marked_failed_with_its_reason_and_the_tail_of_its_log(slurm_cluster, tmp_path):
+    # sbatch hands the job the launching environment: the fault makes step 3's loss NaN.
+    env = {**os.environ, "LADDER_FAULT": "nan_at:3"}
+    exe = str(Path(os.sys.executable).parent / "ladder")
+    proc = subprocess.run([exe, "launch", *TINY, "--wait", "trainer.max_steps=10", "trainer.run_name=dies"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    row = status_json(tmp_path)[0]
+    assert row["state"] == "failed"
+    reason = row["reason"]
+    assert reason.startswith("SLURM FAILED, exit code 2:0"), reason
+    assert "non-finite loss" in reason.lower() or "nan" in reason.lower(), reason
+    assert "--- last lines of the log ---" in reason and "ladder: step exited with status 2" in reason
+    table = ladder_cli("status", cwd=tmp_path)
+    assert "failed" in table.stdout and "last lines of the log" in table.stdout
+
+
+def test_job_asking_for_more_nodes_than_exist_fails_at_once(slurm_cluster, tmp_path):
+    start = time.time()
+    proc = launch(tmp_path, *TINY, "rung.nodes=3", "rung.engine=ddp", "trainer.global_batch_tokens=3072",
+                  "trainer.run_name=too-big")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert time.time() - start < 30
+    assert "SLURM refused the job: Node count specification invalid" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    row = status_json(tmp_path)[0]
+    assert row["state"] == "failed" and "Node count" in row["reason"] and row["used_gpu_hours"] == 0
+
+
+def test_shell_metacharacters_in_config_values_are_never_executed(slurm_cluster, tmp_path):
+    evil_name = "run-$(touch pwned-name)-`touch pwned-tick`-'q'-\"dq\""
+    evil_tag = "x'; touch pwned-tag; echo '\n$(touch pwned-newline)"
+    proc = launch(tmp_path, *TINY, "--wait", f"trainer.run_name={hydra_quote(evil_name)}",
+                  f"tracker.tags=[{hydra_quote(evil_tag)}]", "trainer.max_steps=2", "trainer.save_every=2")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert not list(tmp_path.glob("pwned*")), list(tmp_path.glob("pwned*"))
+    run_dir = tmp_path / "runs" / evil_name
+    from omegaconf import OmegaConf
+    cfg = OmegaConf.load(run_dir / "config.yaml")
+    assert cfg.trainer.run_name == evil_name  # reached the trainer intact
+    assert cfg.tracker.tags == [evil_tag]
+    script = Path(json.loads((run_dir / "launch.json").read_text())["script"]).read_text()
+    assert subprocess.run(["bash", "-n"], input=script, text=True).returncode == 0
+    assert "#SBATCH --job-name=ladder-run-__touch_pwned-name_-_touch_pwned-tick_-_q_-_dq_" in script
+
+
+def test_dry_run_prints_a_70b_script_and_submits_nothing(slurm_cluster, tmp_path):
+    proc = ladder_cli("launch", "--dry-run", "rung=70b", "launcher=slurm", "launcher.account=llm",
+                      "launcher.partition=h100", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    for line in ("#SBATCH --nodes=8", "#SBATCH --gpus-per-node=8", "#SBATCH --account=llm",
+                 "#SBATCH --partition=h100", "#SBATCH --requeue", "#SBATCH --signal=B:USR1@120",
+                 "--nproc_per_node=8", "--rdzv_backend=c10d", "export NCCL_IB_DISABLE=0"):
+        assert line in out, line
+    assert not (tmp_path / "runs").exists()  # nothing recorded, nothing written
+    script = out[out.index("#!/bin/bash"):]
+    assert subprocess.run(["bash", "-n"], input=script, text=True).returncode == 0
+
+
+def test_secrets_never_enter_the_script(tmp_path):
+    env = {**os.environ, "WANDB_API_KEY": "sk-very-secret-123"}
+    exe = str(Path(os.sys.executable).parent / "ladder")
+    proc = subprocess.run([exe, "launch", "--dry-run", "rung=8b", "launcher=slurm"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "sk-very-secret" not in proc.stdout + proc.stderr  # it reaches jobs through sbatch's environment
+    bad = subprocess.run([exe, "launch", "--dry-run", "rung=8b", "launcher=slurm",
+                          "+launcher.env.WANDB_API_KEY=sk-very-secret-123"], cwd=tmp_path, capture_output=True, text=True)
+    assert bad.returncode == 2
+    assert "launcher.env.WANDB_API_KEY: secrets never go in configs" in bad.stderr
+    assert "#!/bin/bash" not in bad.stdout
