@@ -22,7 +22,7 @@ for _var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from training.errors import EXIT_REQUEUE, EXIT_USER_ERROR, LadderError, Preempted  # noqa: E402
+from training.errors import EXIT_REQUEUE, EXIT_USER_ERROR, ConfigError, LadderError, Preempted  # noqa: E402
 
 OVERRIDES_HELP = """\
 overrides are Hydra overrides: group=option picks a config file, key.path=value sets a value.
@@ -55,8 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
               leaderboard  rank registered checkpoints across runs, with metadata filters
               config  print the composed, validated config and exit
               plan    print the compute plan: parameters, FLOPs, memory per GPU, fit, GPU-hours, cost
-              launch  plan, check the team's budget, record the job in the ledger and run it
+              launch  plan, check the team's budget, record the job (or -m sweep) and run or submit it
+              status  each job's state, step, loss, GPU-hours and W&B link (SLURM accounting + heartbeats)
+              cancel  stop jobs or a sweep; their GPU-hours are recorded as waste
               budget  `ladder budget report`: GPU-hours by team and period, from the ledger
+              promote launch a finished sweep's best K configurations at another rung, recording lineage
+              promotion-report  did the lower rung's ranking predict the higher one's? (Spearman)
 
             Run `ladder VERB --help` for a verb's options and the config groups.
             Quick start: `ladder train rung=tiny` trains the tiny model on a CPU in about a minute."""))
@@ -72,8 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Evaluate a checkpoint on an eval suite; writes <checkpoint>/eval/<suite>.json "
                                     "and logs the scores to the checkpoint's W&B run at its step.",
                         epilog=overrides_help)
-    ev.add_argument("checkpoint", help="a checkpoint directory (runs/<name>/checkpoints/step_NNNNNN)")
-    ev.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. eval=synthetic eval.max_examples=100")
+    ev.add_argument("args", nargs="+", metavar="CHECKPOINT|OVERRIDE",
+                    help="checkpoint directories (runs/<name>/checkpoints/step_NNNNNN), and Hydra overrides, "
+                         "e.g. eval=synthetic eval.max_examples=100; launcher=slurm submits one SLURM job per "
+                         "checkpoint instead of evaluating here")
+    ev.add_argument("--wait", action="store_true", help="with launcher=slurm: wait until the eval jobs finish")
 
     co = sub.add_parser("compare", formatter_class=fmt, help="compare checkpoints with confidence intervals",
                         description="Score each target on the eval suite (from the eval cache where it can) and\n"
@@ -117,14 +124,35 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. rung=405b rung.nodes=16")
     pl.add_argument("--json", action="store_true", help="print the plan as one JSON object")
 
-    la = sub.add_parser("launch", formatter_class=fmt, help="plan, check the budget, record and run a job",
-                        description="Validate and plan the job, check its planned GPU-hours against the team's "
-                                    "budget (budget=<team>), record it in the ledger, run it with the launcher "
-                                    "(launcher=local) and record the hours it used, its final state and waste.",
-                        epilog=overrides_help)
+    la = sub.add_parser("launch", formatter_class=fmt, help="plan, check the budget, record and run a job or sweep",
+                        description="Validate and plan the job (every point of a sweep), check the planned GPU-hours "
+                                    "against the team's budget (budget=<team>) as a whole, record the jobs in the "
+                                    "ledger and run them with the launcher: launcher=local runs them here and records "
+                                    "the hours used, final state and waste; launcher=slurm submits an sbatch script "
+                                    "(a job array for a sweep) and `ladder status` follows it.",
+                        epilog=overrides_help + "\n\nexamples:\n  ladder launch rung=tiny trainer.max_steps=200\n"
+                               "  ladder launch -m optim.lr=1e-5,2e-5,5e-6 trainer.seed=1,2\n"
+                               "  ladder launch rung=70b launcher=slurm launcher.account=llm --dry-run")
     la.add_argument("overrides", nargs="*", help="Hydra overrides, passed unchanged to the trainer")
+    la.add_argument("-m", "--multirun", action="store_true",
+                    help="a sweep: expand comma lists and range() in the overrides into one job per point")
+    la.add_argument("--dry-run", action="store_true",
+                    help="print the plan and the command or sbatch script; submit and record nothing")
+    la.add_argument("--wait", action="store_true", help="with launcher=slurm: wait until every job has finished")
     la.add_argument("--override-budget", metavar="REASON", default=None,
                     help="launch even if the job exceeds the team's budget; the reason is recorded in the ledger")
+
+    for verb, text in (("status", "show each job's state, step, loss, GPU-hours and W&B link"),
+                       ("cancel", "stop jobs or a sweep and record their GPU-hours as waste")):
+        sp = sub.add_parser(verb, formatter_class=fmt, help=text,
+                            description=text[0].upper() + text[1:] + ". Jobs are ledger ids or SLURM ids; "
+                            "SLURM jobs are read from accounting (sacct) and the runs' heartbeats.",
+                            epilog=overrides_help)
+        sp.add_argument("args", nargs="*", metavar="JOB|OVERRIDE",
+                        help="job ids, and Hydra overrides that locate the ledger (trainer.run_root=...)")
+        sp.add_argument("--sweep", default=None, help="every job of this sweep")
+        if verb == "status":
+            sp.add_argument("--json", action="store_true", help="print the rows as JSON")
 
     bu = sub.add_parser("budget", formatter_class=fmt, help="GPU-hour budgets by team and period",
                         description="Budgets: configs/budget/<team>.yaml gives a team gpu_hours per period.")
@@ -136,6 +164,45 @@ def build_parser() -> argparse.ArgumentParser:
     br.add_argument("overrides", nargs="*", help="Hydra overrides that locate the ledger, e.g. trainer.run_root=/data/runs")
     br.add_argument("--plot", metavar="FILE", default=None, help="also write a PNG chart to FILE")
     br.add_argument("--team", default=None, help="only this team")
+
+    # ---- promotion up the ladder (launch/promote.py, launch/promotion_report.py) ----
+    pr = sub.add_parser("promote", formatter_class=fmt, help="launch a sweep's best K configurations at another rung",
+                        description="Rank the finished points of a sweep by their eval score in the registry, and "
+                                    "launch the best K at another rung with transferred hyperparameters (the "
+                                    "learning rate keeps its ratio to the rung's rate), as a new sweep, recording "
+                                    "in the ledger which run each promoted job came from. The K jobs are "
+                                    "planned and budget-checked together; nothing is launched if they do not fit.",
+                        epilog=overrides_help + "\nThe overrides locate the ledger and registry, pick the eval suite "
+                               "the sweep was scored with, and are passed on to every promoted job (last, so "
+                               "they win).\n\nexamples:\n  ladder promote --sweep lr --to 70b --top 3 --metric reverse "
+                               "launcher=slurm --dry-run\n  ladder promote --sweep lr --to tiny_wide --top 2 "
+                               "--metric ladder_reverse_mc eval=cpu eval.max_examples=100")
+    pr.add_argument("overrides", nargs="*", help="Hydra overrides (trainer.run_root=..., eval=..., launcher=...)")
+    pr.add_argument("--sweep", required=True, help="the finished sweep (sweep.name) to promote from")
+    pr.add_argument("--to", required=True, metavar="RUNG", help="the rung to promote to, e.g. 70b")
+    pr.add_argument("--top", required=True, type=int, metavar="K", help="how many of the best configurations")
+    pr.add_argument("--metric", default="average", metavar="EVAL",
+                    help="rank by this task of the eval suite (reverse, or task/metric), or `average` over its "
+                         "tasks (default)")
+    pr.add_argument("--as", dest="as_name", default=None, metavar="NAME",
+                    help="the promoted sweep's name (default: SWEEP@RUNG)")
+    pr.add_argument("--dry-run", action="store_true", help="print the ranking, each promoted job's overrides and "
+                                                            "the budget check; launch and record nothing (exit "
+                                                            "status 1 if the budget would refuse them)")
+    pr.add_argument("--allow-running", action="store_true",
+                    help="rank the finished points even though some of the sweep's jobs are still running")
+    pr.add_argument("--override-budget", metavar="REASON", default=None,
+                    help="launch even if the jobs exceed the team's budget; the reason is recorded in the ledger")
+    rr = sub.add_parser("promotion-report", formatter_class=fmt,
+                        help="how well a lower rung's ranking predicted the higher rung's (Spearman)",
+                        description="For each promotion from or to a sweep: every promoted configuration's score "
+                                    "and rank at the lower rung and at the higher rung, Spearman's rank "
+                                    "correlation with n and a permutation p-value, and a verdict on the lower "
+                                    "rung as a proxy. Reads the ledger and the registry; evaluates nothing.",
+                        epilog=overrides_help)
+    rr.add_argument("overrides", nargs="*", help="Hydra overrides that locate the ledger (trainer.run_root=...)")
+    rr.add_argument("--sweep", default=None, help="the lower- or higher-rung sweep (default: every promotion)")
+    rr.add_argument("--json", action="store_true", help="print the report as JSON")
     return p
 
 
@@ -170,8 +237,15 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from launch.eval_cmd import run_eval
-    run_eval(args.checkpoint, args.overrides)
+    from launch.eval_cmd import run_eval, submit_evals
+    from training.compose import compose
+    _split_jobs(args)
+    if not args.jobs:
+        raise ConfigError("name at least one checkpoint directory to evaluate")
+    if compose(args.overrides).launcher.name == "slurm":
+        return submit_evals(args.jobs, args.overrides, wait=args.wait)
+    for ckpt in args.jobs:
+        run_eval(ckpt, args.overrides)
     return 0
 
 
@@ -205,22 +279,58 @@ def cmd_launch(args) -> int:
     return run(args)
 
 
+def _split_jobs(args) -> None:
+    args.overrides = [a for a in args.args if "=" in a]
+    args.jobs = [a for a in args.args if "=" not in a]
+
+
+def cmd_status(args) -> int:
+    from launch.status_cmd import cmd_status as run
+    _split_jobs(args)
+    return run(args)
+
+
+def cmd_cancel(args) -> int:
+    from launch.status_cmd import cmd_cancel as run
+    _split_jobs(args)
+    return run(args)
+
+
 def cmd_budget(args) -> int:
     from launch.budget import cmd_budget_report
     return cmd_budget_report(args)
 
 
+def cmd_promote(args) -> int:
+    from launch.promote import cmd_promote as run
+    return run(args)
+
+
+def cmd_promotion_report(args) -> int:
+    from launch.promotion_report import cmd_promotion_report as run
+    return run(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # Overrides may come before and after options (`ladder launch -m a=1,2 --wait b=3`): argparse
+    # stops a positional list at the first option, so the rest is collected here.
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        field = next((f for f in ("overrides", "args") if isinstance(getattr(args, f, None), list)), None)
+        stray = [e for e in extra if e.startswith("-")]
+        if field is None or stray:
+            parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
+        getattr(args, field).extend(extra)
     if args.verb is None:
         parser.print_help()
         return EXIT_USER_ERROR
     setup_logging()
     try:
         return {"train": cmd_train, "eval": cmd_eval, "config": cmd_config, "plan": cmd_plan,
-                "launch": cmd_launch, "budget": cmd_budget, "compare": cmd_compare,
-                "leaderboard": cmd_leaderboard}[args.verb](args)
+                "launch": cmd_launch, "status": cmd_status, "cancel": cmd_cancel, "budget": cmd_budget, "compare": cmd_compare,
+                "leaderboard": cmd_leaderboard, "promote": cmd_promote,
+                "promotion-report": cmd_promotion_report}[args.verb](args)
     except LadderError as e:
         print(f"ladder {args.verb}: error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR

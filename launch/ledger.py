@@ -12,6 +12,10 @@ upgrading a read lock), and `busy_timeout` makes a writer wait for the lock inst
 WAL needs a local file system (not NFS); a shared PostgreSQL behind the same interface is the
 next step for a cluster-wide ledger.
 
+Each job records the Hydra overrides it was launched with, and the `promotions` table records
+lineage across rungs: which lower-rung job, at what score and rank, each promoted job came from
+(`ladder promote`, launch/promote.py). An older file is migrated when it is opened (MIGRATIONS).
+
 Used hours and the final state come from the trainer's heartbeat (<run_dir>/heartbeat.json).
 Waste is the hours a failed or preempted run lost since its last checkpoint, and all the hours
 of a run cancelled by hand.
@@ -31,7 +35,8 @@ from training.heartbeat import read_heartbeat
 ACTIVE = ("pending", "running")  # planned hours still count against the budget
 FINAL = ("completed", "failed", "preempted", "cancelled")
 STATES = ACTIVE + FINAL
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: jobs.overrides and the promotions table (launch/promote.py)
+MIGRATIONS = {2: "ALTER TABLE jobs ADD COLUMN overrides TEXT"}
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -59,10 +64,39 @@ CREATE TABLE IF NOT EXISTS jobs (
     created_at REAL NOT NULL,
     started_at REAL,
     updated_at REAL NOT NULL,
-    finished_at REAL
+    finished_at REAL,
+    overrides TEXT                     -- JSON list: the Hydra overrides the job was launched with
 );
 CREATE INDEX IF NOT EXISTS jobs_team_period ON jobs (team, period);
 CREATE INDEX IF NOT EXISTS jobs_rung ON jobs (rung);
+CREATE INDEX IF NOT EXISTS jobs_sweep ON jobs (sweep);
+-- Lineage across rungs: one row per job `ladder promote` launched (launch/promote.py).
+CREATE TABLE IF NOT EXISTS promotions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    from_sweep TEXT NOT NULL,
+    to_sweep TEXT NOT NULL,
+    from_rung TEXT NOT NULL,
+    to_rung TEXT NOT NULL,
+    metric TEXT NOT NULL,              -- what the points were ranked by, e.g. reverse or average
+    suite TEXT NOT NULL,               -- the eval suite, and its settings as JSON (the report scores both rungs with them)
+    eval_json TEXT NOT NULL,
+    points INTEGER NOT NULL,           -- finished points of the lower-rung sweep that were ranked
+    parent_job_id INTEGER NOT NULL REFERENCES jobs (id),
+    parent_run_name TEXT,
+    parent_run_dir TEXT NOT NULL,
+    parent_checkpoint TEXT NOT NULL,   -- the scored checkpoint (the run's last registered one)
+    parent_score REAL NOT NULL,
+    parent_rank INTEGER NOT NULL,      -- 1 = best of the sweep
+    parent_lr REAL,
+    child_job_id INTEGER NOT NULL REFERENCES jobs (id),
+    child_run_name TEXT NOT NULL,
+    child_run_dir TEXT NOT NULL,
+    child_lr REAL,
+    overrides TEXT NOT NULL,           -- JSON list: the promoted job's overrides
+    created_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS promotions_from ON promotions (from_sweep);
+CREATE INDEX IF NOT EXISTS promotions_to ON promotions (to_sweep);
 """
 
 
@@ -73,6 +107,7 @@ def path_from_url(url: str) -> Path:
 class Ledger(SqliteStore):
     SCHEMA = SCHEMA
     SCHEMA_VERSION = SCHEMA_VERSION
+    MIGRATIONS = MIGRATIONS
 
     @classmethod
     def from_config(cls, cfg) -> "Ledger":
@@ -189,6 +224,29 @@ class Ledger(SqliteStore):
         rows = self.query(f"SELECT {column} AS v FROM jobs WHERE rung = ? AND {column} IS NOT NULL", (rung,))
         values = [r["v"] for r in rows]
         return (statistics.median(values) if values else None), len(values)
+
+
+    # ---- sweeps and promotions (launch/promote.py) --------------------------------------
+    def sweep_jobs(self, sweep: str) -> list[dict]:
+        return self.query("SELECT * FROM jobs WHERE sweep = ? ORDER BY id", (sweep,))
+
+    def sweeps(self) -> dict[str, int]:
+        """Every sweep name in the ledger and its number of jobs."""
+        rows = self.query("SELECT sweep, COUNT(*) AS n FROM jobs WHERE sweep IS NOT NULL GROUP BY sweep ORDER BY sweep")
+        return {r["sweep"]: r["n"] for r in rows}
+
+    @staticmethod
+    def insert_promotion(db: sqlite3.Connection, **fields) -> int:
+        fields.setdefault("created_at", time.time())
+        cur = db.execute(f"INSERT INTO promotions ({', '.join(fields)}) VALUES ({', '.join('?' for _ in fields)})",
+                         tuple(fields.values()))
+        return int(cur.lastrowid)
+
+    def promotions(self, sweep: str | None = None) -> list[dict]:
+        """Lineage rows whose lower-rung or higher-rung sweep is `sweep` (all of them for None)."""
+        if sweep is None:
+            return self.query("SELECT * FROM promotions ORDER BY id")
+        return self.query("SELECT * FROM promotions WHERE from_sweep = ? OR to_sweep = ? ORDER BY id", (sweep, sweep))
 
 
 def measured_rates(run_dir: Path) -> tuple[float | None, float | None]:

@@ -2,7 +2,7 @@
 (evals/registry.py): a file safe under many concurrent writer processes.
 
     class Ledger(SqliteStore):
-        SCHEMA = "CREATE TABLE ..."; SCHEMA_VERSION = 1
+        SCHEMA = "CREATE TABLE ..."; SCHEMA_VERSION = 2; MIGRATIONS = {2: "ALTER TABLE ..."}
     with Ledger(path).transaction() as db: db.execute(...)
 
 WAL mode lets readers run beside the one writer; every write transaction takes the write lock
@@ -35,6 +35,9 @@ def path_from_url(url: str, key: str) -> Path:
 class SqliteStore:
     SCHEMA = ""
     SCHEMA_VERSION = 1
+    # version -> the statements that bring a file at version - 1 up to it (ALTER TABLE ... ADD
+    # COLUMN); new tables need none: SCHEMA creates what is missing (CREATE ... IF NOT EXISTS).
+    MIGRATIONS: dict[int, str] = {}
 
     def __init__(self, path: str | Path, busy_timeout_s: float = 60.0):
         self.path = Path(path)
@@ -42,11 +45,19 @@ class SqliteStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.query("PRAGMA user_version")[0]["user_version"] < self.SCHEMA_VERSION:
             with self.transaction() as db:  # re-checked under the lock: another process may have won
-                if db.execute("PRAGMA user_version").fetchone()[0] < self.SCHEMA_VERSION:
-                    for stmt in self.SCHEMA.split(";"):
-                        if stmt.strip():
-                            db.execute(stmt)
+                have = db.execute("PRAGMA user_version").fetchone()[0]
+                if have < self.SCHEMA_VERSION:
+                    if have > 0:  # an older file: migrate its tables first (SCHEMA's indexes may need the columns)
+                        for version in range(have + 1, self.SCHEMA_VERSION + 1):
+                            self._execute_script(db, self.MIGRATIONS.get(version, ""))
+                    self._execute_script(db, self.SCHEMA)
                     db.execute(f"PRAGMA user_version = {self.SCHEMA_VERSION}")
+
+    @staticmethod
+    def _execute_script(db: sqlite3.Connection, script: str) -> None:
+        for stmt in script.split(";"):
+            if stmt.strip():
+                db.execute(stmt)
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
