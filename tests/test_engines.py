@@ -106,6 +106,25 @@ def test_two_process_checkpoint_resumes_on_one_process(root, reference):
     assert losses(dst) == pytest.approx(reference, abs=TOL, rel=0)
 
 
+@pytest.mark.parametrize("engine", ["deepspeed_zero2", "deepspeed_zero3"])
+def test_deepspeed_two_process_checkpoint_resumes_on_one_process(root, reference, engine):
+    """A ZeRO run on 2 processes saved at step 4; a 1-process run converts its partitioned state to
+    DeepSpeed's universal checkpoint, resumes from it and reproduces the 2-process losses (TOL)."""
+    src = root / engine
+    dst = root / f"{engine}-to-1"
+    shutil.copytree(src, dst)
+    for ckpt in complete_checkpoints(dst):
+        if int(ckpt.name.split("_")[1]) > 4:
+            shutil.rmtree(ckpt)
+    over = run_overrides(root, dst.name, STEPS, engine=engine, procs=1) + ["trainer.resume=auto"]
+    proc = run(torchrun_cmd(1, over))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"saved by {engine} on 2 process(es)" in proc.stderr
+    assert (dst / "checkpoints" / "step_000004" / "deepspeed" / "universal").is_dir()
+    assert not list((dst / "checkpoints" / "step_000004" / "deepspeed").glob(".tmp-*"))
+    assert losses(dst) == pytest.approx(losses(src), abs=TOL, rel=0)
+
+
 def test_sigterm_checkpoints_exits_for_requeue_and_resumes(root, reference):
     over = run_overrides(root, "term", STEPS, save_every=100)
     proc = subprocess.Popen(single_cmd(over), env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

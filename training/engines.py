@@ -14,9 +14,10 @@ data-parallel ranks, so the loop scales each rank's summed loss by world_size / 
 Checkpoints: single, ddp and fsdp2 save a full (unsharded) model and optimizer state keyed by
 parameter name (torch.distributed.checkpoint.state_dict), so any of them resumes on any world
 size. DeepSpeed saves its own sharded state (engine.save_checkpoint) beside the Hugging Face
-weights; it resumes on the same world size. The Hugging Face weights of the sharded engines
-(fsdp2, deepspeed_zero3) are gathered one tensor at a time and streamed into the safetensors
-files (training/consolidate.py), so no rank ever holds the whole model to write them.
+weights; on another world size it is first converted, once, into DeepSpeed's universal
+checkpoint (ckpt/deepspeed/universal) and loaded from there. The Hugging Face weights of the
+sharded engines (fsdp2, deepspeed_zero3) are gathered one tensor at a time and streamed into the
+safetensors files (training/consolidate.py), so no rank ever holds the whole model to write them.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from training.errors import CheckpointError
 
 log = logging.getLogger("ladder.engine")
 DS_DIR = "deepspeed"
+UNIVERSAL_TAG = "universal"  # ckpt/deepspeed/universal: the state converted for another world size
 
 
 class Engine:
@@ -231,13 +233,66 @@ class DeepSpeedEngine(Engine):
         self.module.save_checkpoint(str(tmp / DS_DIR), tag="state", save_latest=False)
 
     def load(self, state: dict, ckpt: Path) -> None:
-        if state.get("engine") != self.name or state.get("world_size") != self.world.size:
+        if state.get("engine") != self.name:
             raise CheckpointError(
                 f"{ckpt} was saved by {state.get('engine')} on {state.get('world_size')} process(es); "
-                f"{self.name} resumes its sharded state only with the same engine and world size "
-                f"({self.world.size} now)")
-        self.module.load_checkpoint(str(ckpt / DS_DIR), tag="state", load_optimizer_states=True,
-                                    load_lr_scheduler_states=False, load_module_strict=True)
+                f"{self.name} resumes its sharded state only from the same engine "
+                f"(rung.engine={state.get('engine')})")
+        tag = "state"
+        if state.get("world_size") != self.world.size:
+            # ZeRO's optimizer state is partitioned by data-parallel rank, so a plain load needs the
+            # saving world size. DeepSpeed's universal checkpoint stores it per parameter instead:
+            # convert once, then load it with the load_universal option.
+            tag = self._universal(ckpt)
+        # load_universal is read only by load_checkpoint (never at initialize), so it is set here,
+        # where we know whether the world size changed, rather than in the config at initialize.
+        self.module._config.load_universal_checkpoint = tag == UNIVERSAL_TAG
+        try:
+            self.module.load_checkpoint(str(ckpt / DS_DIR), tag=tag, load_optimizer_states=True,
+                                        load_lr_scheduler_states=False, load_module_strict=True)
+        finally:
+            self.module._config.load_universal_checkpoint = False
+
+    def _universal(self, ckpt: Path) -> str:
+        """ckpt/deepspeed/universal, made by deepspeed.checkpoint.ds_to_universal if not there yet.
+        Local rank 0 converts (once per node: the checkpoint may be a per-node copy) while the other
+        ranks wait. It writes to a temporary name and renames, so a killed conversion is never loaded
+        (its leftover .tmp- folder is ignored); on a shared file system a node that finds the folder
+        renamed into place first keeps that one."""
+        import os
+        import shutil
+        import subprocess
+        import sys
+        import uuid
+        from training import distributed
+        ds_dir = ckpt / DS_DIR
+        final = ds_dir / UNIVERSAL_TAG
+        if self.world.local_rank == 0 and not final.is_dir():
+            tmp = ds_dir / f".tmp-{UNIVERSAL_TAG}-{uuid.uuid4().hex[:8]}"
+            log.info("%s was saved on another world size: converting it to a universal checkpoint in %s",
+                     ckpt, final)
+            # DeepSpeed's own command line, in a separate process: the converter forks its workers
+            # and needs no process group. --inject_missing_state: a plain (non-Megatron) model
+            # records no universal-checkpoint info in the ZeRO-2 state, and needs none.
+            workers = max(1, min(4, (os.cpu_count() or 2) // 2))  # its pools only add overhead on a small host
+            proc = subprocess.run([sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal",
+                                   "--input_folder", str(ds_dir / "state"), "--output_folder", str(tmp),
+                                   "--inject_missing_state", "--num_extract_workers", str(workers),
+                                   "--num_merge_workers", str(workers)], capture_output=True, text=True)
+            if proc.returncode != 0:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise CheckpointError(f"converting {ds_dir / 'state'} to a DeepSpeed universal checkpoint failed "
+                                      f"(exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+            try:
+                os.rename(tmp, final)
+            except OSError:  # another node renamed its copy into place first
+                if not final.is_dir():
+                    raise
+                shutil.rmtree(tmp, ignore_errors=True)
+            # the converter points latest_universal at its output folder, i.e. the temporary name
+            (ds_dir / "latest_universal").write_text(UNIVERSAL_TAG)
+        distributed.barrier()
+        return UNIVERSAL_TAG
 
 
 def make_engine(cfg, model, make_optimizer, world: World, layout) -> Engine:

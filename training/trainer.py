@@ -181,6 +181,8 @@ class Trainer:
         self.n_matmul = model_matmul_params(self.model_shape(), model.get_input_embeddings().num_embeddings)
         self.start_step, self.tokens_seen = 0, 0
         if state is not None:
+            # its own watchdog window: DeepSpeed may first convert the checkpoint (another world size)
+            self.watchdog.touch(f"loading {self.resume_from}")
             self.engine.load(state, self.resume_from)
             self.scheduler.load_state_dict(state["scheduler"])
             set_rng_state(state["rng"])
