@@ -109,23 +109,28 @@ def make_scheduler(cfg: DictConfig, optimizer):
     return get_scheduler("constant_with_warmup", optimizer, num_warmup_steps=warmup_steps(cfg))
 
 
+SETUP_TIMEOUT_S = 600.0  # the least a set-up phase gets: loading a large checkpoint is not a step
+
+
 class Watchdog:
-    """Reports a step that runs past trainer.step_timeout_s and ends the process."""
+    """Reports a step (or a set-up phase) that runs past its time limit and ends the process.
+    Steps get trainer.step_timeout_s; set-up phases at least SETUP_TIMEOUT_S, so a short step
+    limit does not fire while a slow machine is still building the model."""
 
     def __init__(self, timeout_s: float, on_hang):
         self.timeout_s, self.on_hang = timeout_s, on_hang
-        self.mark = time.monotonic()
-        self.what = "start-up"
+        self.touch("start-up", setup=True)
         if timeout_s > 0:
             threading.Thread(target=self._watch, daemon=True, name="ladder-watchdog").start()
 
-    def touch(self, what: str) -> None:
+    def touch(self, what: str, setup: bool = False) -> None:
+        self.limit = max(self.timeout_s, SETUP_TIMEOUT_S) if setup else self.timeout_s
         self.mark, self.what = time.monotonic(), what
 
     def _watch(self) -> None:
         while True:
             time.sleep(min(5.0, self.timeout_s / 4))
-            if time.monotonic() - self.mark > self.timeout_s:
+            if time.monotonic() - self.mark > self.limit:
                 self.on_hang(self.what)
 
 
@@ -157,7 +162,7 @@ class Trainer:
                  "engine": cfg.rung.engine.value}, indent=2) + "\n")
         seed_everything(t.seed)
         self.tokenizer = load_tokenizer(cfg.model)
-        self.watchdog.touch("finding (and downloading) the checkpoint to resume from")
+        self.watchdog.touch("finding (and downloading) the checkpoint to resume from", setup=True)
         self.resume_from = resolve_resume(cfg, self.run_dir, self.store, self.world)
         state = load_trainer_state(self.resume_from) if self.resume_from else None
         if state is not None:
@@ -182,7 +187,7 @@ class Trainer:
         self.start_step, self.tokens_seen = 0, 0
         if state is not None:
             # its own watchdog window: DeepSpeed may first convert the checkpoint (another world size)
-            self.watchdog.touch(f"loading {self.resume_from}")
+            self.watchdog.touch(f"loading {self.resume_from}", setup=True)
             self.engine.load(state, self.resume_from)
             self.scheduler.load_state_dict(state["scheduler"])
             set_rng_state(state["rng"])
@@ -225,8 +230,11 @@ class Trainer:
         self.stop_signal = signal.Signals(signum).name  # acted on after the current step
 
     def on_hang(self, what: str) -> None:
-        msg = (f"{what} has run for more than trainer.step_timeout_s={self.cfg.trainer.step_timeout_s:g} s; "
-               "every thread's stack follows. Exiting instead of waiting forever.")
+        step_limit = self.cfg.trainer.step_timeout_s
+        limit = (f"trainer.step_timeout_s={step_limit:g} s" if self.watchdog.limit == step_limit else
+                 f"{self.watchdog.limit:g} s (a set-up phase's limit: the larger of trainer.step_timeout_s "
+                 f"and {SETUP_TIMEOUT_S:g} s)")
+        msg = f"{what} has run for more than {limit}; every thread's stack follows. Exiting instead of waiting forever."
         log.error(msg)
         faulthandler.dump_traceback(all_threads=True)
         if self.world.main and hasattr(self, "heartbeat"):
@@ -308,7 +316,7 @@ class Trainer:
     # ---- checkpoints and evals ---------------------------------------------------------
     def save(self, step: int, result: RunResult) -> None:
         """Every rank calls this: gathering the state and sharded saves are collectives."""
-        self.watchdog.touch(f"saving step {step}")
+        self.watchdog.touch(f"saving step {step}", setup=True)
         tmp = staging_dir(self.run_dir, step)
         if self.world.main:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -329,7 +337,7 @@ class Trainer:
             ckpt = commit_checkpoint(tmp, self.run_dir, step, self.cfg.trainer.keep_last, protect=(0, *pending))
             url = None
             if self.store is not None:  # the local copy stays: evaluation and W&B read it
-                self.watchdog.touch(f"uploading step {step}")
+                self.watchdog.touch(f"uploading step {step}", setup=True)
                 url = self.store.upload(ckpt, step)
                 self.store.prune(self.cfg.trainer.keep_last, protect=(0, *pending))
                 log.info("uploaded checkpoint %s", url)
@@ -341,7 +349,7 @@ class Trainer:
                 self.evaluator.submit(ckpt, step)
             elif self.eval_on_save:
                 from evals.runner import evaluate_checkpoint  # evals depend on training, not the reverse
-                self.watchdog.touch(f"evaluating step {step}")
+                self.watchdog.touch(f"evaluating step {step}", setup=True)
                 self.record_eval(step, ckpt, evaluate_checkpoint(ckpt, self.cfg.eval), result)
         distributed.barrier()
 
@@ -401,7 +409,7 @@ class Trainer:
                     raise Preempted(f"stopped by {self.stop_signal or 'a signal on another rank'} after step "
                                     f"{step}; checkpointed, resume with the same command")
             if main:
-                self.watchdog.touch("waiting for the last evaluations")
+                self.watchdog.touch("waiting for the last evaluations", setup=True)
                 self.collect_evals(result, wait=True)
             exit_code = 0
             if main:
