@@ -95,7 +95,7 @@ def submit_evals(checkpoints: list[str], overrides: list[str], wait: bool = Fals
 
     from launch import slurm
     from launch.launch_cmd import log_dir_of
-    from launch.slurm_script import EVAL, Point, check, render
+    from launch.slurm_script import EVAL, Point, check, submit_script
     from training.checkpoint import git_commit
 
     cfg = compose(overrides)
@@ -103,13 +103,7 @@ def submit_evals(checkpoints: list[str], overrides: list[str], wait: bool = Fals
     log_dir = log_dir_of(cfg)
     check(cfg, log_dir)
     points = [Point(c, [str(c), *overrides, "launcher=local"]) for c in ckpts]
-    name = f"eval-{cfg.eval.name}"
-    script = render(cfg, points, name=name, log_dir=log_dir, submit_dir=Path.cwd(), commit=git_commit(), entry=EVAL)
-    log_dir.mkdir(parents=True, exist_ok=True)
-    path = log_dir / f"{name}-{_time.strftime('%Y%m%d-%H%M%S')}.sbatch"
-    path.write_text(script)
-    job = slurm.submit(str(path))
-    ids = [job] if len(ckpts) == 1 else [f"{job}_{i}" for i in range(len(ckpts))]
+    _, ids = submit_script(cfg, points, f"eval-{cfg.eval.name}", log_dir, git_commit(), entry=EVAL)
     for c, i in zip(ckpts, ids):
         print(f"ladder eval: SLURM job {i} evaluates {c} (log {log_dir / (i + '.out')})", flush=True)
     if not wait:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -128,8 +127,7 @@ class SlurmLauncher(Launcher):
         check(cfg, log_dir_of(cfg))
 
     def start(self, jobs: list[Job], ledger, dry_run: bool = False) -> int:
-        from launch.slurm import submit
-        from launch.slurm_script import Point, render
+        from launch.slurm_script import Point, render, submit_script
         from training.checkpoint import git_commit
         commit = git_commit()
         for group in shape_groups(jobs):
@@ -138,24 +136,20 @@ class SlurmLauncher(Launcher):
             plan_line = "; ".join(f"{j.run_name}: {num(j.plan.gpu_hours, 2)} GPU-hours, "
                                   f"{num(j.plan.wall_clock_h, 2)} h" for j in group)
             log_dir = log_dir_of(cfg)
-            script = render(cfg, [Point(j.run_dir, j.overrides) for j in group], name=name, log_dir=log_dir,
-                            submit_dir=Path.cwd(), commit=commit, plan_line=plan_line)
+            points = [Point(j.run_dir, j.overrides) for j in group]
             if dry_run:
-                print(script)
+                print(render(cfg, points, name=name, log_dir=log_dir, submit_dir=Path.cwd(), commit=commit,
+                             plan_line=plan_line))
                 continue
-            log_dir.mkdir(parents=True, exist_ok=True)
-            script_path = log_dir / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.sbatch"
-            script_path.write_text(script)
+            r = cfg.rung
             try:
-                r = cfg.rung
-                slurm_id = submit(str(script_path), what=(
+                script_path, ids = submit_script(cfg, points, name, log_dir, commit, plan_line, what=(
                     f"asked for rung.nodes={r.nodes} x rung.gpus_per_node={r.gpus_per_node} on partition "
                     f"{cfg.launcher.partition or '(default)'}, time {cfg.launcher.time or '(default)'}"))
             except Exception as e:
                 for j in group:
                     ledger.update_job(j.job_id, state="failed", reason=str(e), finished_at=time.time())
                 raise
-            ids = [slurm_id] if len(group) == 1 else [f"{slurm_id}_{i}" for i in range(len(group))]
             for j, ext in zip(group, ids):
                 ledger.update_job(j.job_id, external_id=ext)
                 write_launch_record(j, ext, script_path, log_dir / f"{ext}.out", commit)

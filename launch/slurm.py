@@ -55,6 +55,11 @@ def _run(cmd: list[str], timeout: float = 60) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
 
 
+def _base_ids(job_ids: list[str]) -> str:
+    """The jobs to ask SLURM about: an array task "1234_5" is listed under its array, 1234."""
+    return ",".join(sorted({j.split("_")[0] for j in job_ids}))
+
+
 def submit(script_path: str, what: str = "") -> str:
     """Submit with sbatch; returns the job id, or raises with sbatch's own words and `what` was asked."""
     proc = _run(["sbatch", "--parsable", str(script_path)])
@@ -70,8 +75,7 @@ def query(job_ids: list[str]) -> dict[str, SlurmState]:
     if not job_ids:
         return {}
     states: dict[str, SlurmState] = {}
-    base_ids = sorted({j.split("_")[0] for j in job_ids})
-    proc = _run(["sacct", "-X", "-n", "-P", "-o", "JobID,State,ExitCode,Reason", "-j", ",".join(base_ids)])
+    proc = _run(["sacct", "-X", "-n", "-P", "-o", "JobID,State,ExitCode,Reason", "-j", _base_ids(job_ids)])
     if proc.returncode == 0:
         for line in proc.stdout.splitlines():
             parts = line.split("|")
@@ -79,7 +83,7 @@ def query(job_ids: list[str]) -> dict[str, SlurmState]:
                 states[parts[0]] = SlurmState(parts[1].split()[0], parts[2], parts[3] if len(parts) > 3 else "")
     missing = [j for j in job_ids if j not in states]
     if missing:  # not yet in accounting (or no accounting): ask the controller
-        proc = _run(["squeue", "-h", "-r", "-o", "%i|%T|%r", "-j", ",".join(sorted({j.split("_")[0] for j in missing}))])
+        proc = _run(["squeue", "-h", "-r", "-o", "%i|%T|%r", "-j", _base_ids(missing)])
         for line in proc.stdout.splitlines() if proc.returncode == 0 else []:
             parts = line.split("|")
             if len(parts) == 3 and parts[0] in missing:
@@ -92,7 +96,7 @@ def in_queue(job_ids: list[str]) -> set[str]:
     processes may still be writing their last checkpoint while it is COMPLETING)."""
     if not job_ids:
         return set()
-    proc = _run(["squeue", "-h", "-r", "-o", "%i", "-j", ",".join(sorted({j.split("_")[0] for j in job_ids}))])
+    proc = _run(["squeue", "-h", "-r", "-o", "%i", "-j", _base_ids(job_ids)])
     listed = set(proc.stdout.split()) if proc.returncode == 0 else set()
     return {j for j in job_ids if j in listed}
 

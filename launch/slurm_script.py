@@ -191,3 +191,19 @@ def render(cfg: DictConfig, points: list[Point], name: str, log_dir: Path, submi
             'exit "$status"',
             ""]
     return "\n".join(out)
+
+
+def submit_script(cfg: DictConfig, points: list[Point], name: str, log_dir: Path, commit: str | None,
+                  plan_line: str | None = None, entry: tuple[str, ...] = TRAIN, what: str = "") -> tuple[Path, list[str]]:
+    """Render the script, keep it in log_dir and submit it; returns its path and one SLURM id per
+    point ("<job>" alone, "<array>_<i>" in an array)."""
+    import os
+
+    from launch.slurm import submit
+    script = render(cfg, points, name=name, log_dir=log_dir, submit_dir=Path.cwd(), commit=commit,
+                    plan_line=plan_line, entry=entry)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    path = log_dir / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.sbatch"
+    path.write_text(script)
+    job = submit(str(path), what=what)
+    return path, [job] if len(points) == 1 else [f"{job}_{i}" for i in range(len(points))]

@@ -127,11 +127,6 @@ def select(ledger: Ledger, sweep: str | None, ids: list[str] | None = None, limi
     return jobs[-limit:]
 
 
-def tracker_link(job: dict) -> str:
-    hb = read_heartbeat(Path(job["run_dir"])) if job["run_dir"] else None
-    return (hb or {}).get("tracker_url") or ""
-
-
 def rows(jobs: list[dict]) -> list[dict]:
     out = []
     for j in jobs:
@@ -142,7 +137,7 @@ def rows(jobs: list[dict]) -> list[dict]:
                     "run": j["run_name"], "sweep": j["sweep"], "rung": j["rung"], "state": j["state"],
                     "step": hb.get("step"), "max_steps": hb.get("max_steps"), "loss": hb.get("loss"),
                     "used_gpu_hours": used, "planned_gpu_hours": j["planned_gpu_hours"],
-                    "waste_gpu_hours": j["waste_gpu_hours"], "reason": j["reason"], "wandb": tracker_link(j)})
+                    "waste_gpu_hours": j["waste_gpu_hours"], "reason": j["reason"], "wandb": hb.get("tracker_url") or ""})
     return out
 
 
