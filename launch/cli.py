@@ -312,6 +312,21 @@ def cmd_promotion_report(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The entry point. Output piped into `head` (which closes the pipe early) ends quietly:
+    the reader has all it wanted, so a BrokenPipeError is not an error worth a traceback."""
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # a closed pipe shows up here for output still buffered
+        return code
+    except BrokenPipeError:
+        # Python flushes stdout again at exit and would print the error there: point it at
+        # /dev/null first (the recipe in Python's documentation of SIGPIPE).
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141  # what a shell reports for a process ended by SIGPIPE (128 + 13)
+
+
+def _main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     # Overrides may come before and after options (`ladder launch -m a=1,2 --wait b=3`): argparse
     # stops a positional list at the first option, so the rest is collected here.

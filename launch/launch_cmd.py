@@ -210,7 +210,8 @@ def prepare(overrides: list[str], multirun: bool = False) -> tuple[str | None, l
     if multirun:
         points = expand(overrides)
         first = compose(points[0])
-        sweep_name, points = name_points(points, first.sweep.name, default_run_name(first))
+        sweep_name, points = name_points(points, first.sweep.name, default_run_name(first),
+                                         run_name=first.trainer.run_name)
     jobs, launchers = [], set()
     for point in points:
         cfg = compose(point)

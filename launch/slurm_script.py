@@ -16,9 +16,15 @@ One script per job, or per sweep (a job array whose task i runs point i). Its sh
                     A preemption by SLURM itself (`scontrol requeue`, a higher-priority job)
                     sends SIGTERM to the trainer directly, and SLURM requeues the job.
 
-Every value that enters the shell body is quoted with shlex.quote. #SBATCH lines are read by
-sbatch, not the shell: the values that go there are checked against a strict character set
-instead, and a value outside it is refused with the key to change, never rewritten.
+Safe by construction: every line that carries a value is made by one of three functions.
+  _q(value)          a word of the shell body, quoted with shlex.quote
+  _comment(text)     a `#` comment: newlines and every other control or non-ASCII character are
+                     escaped, so a value can never end the comment and start a shell line
+  _sbatch(flag, v)   an #SBATCH line: sbatch reads these, not the shell, so the value must match
+                     a strict character set (fullmatch: a trailing newline does not pass) and may
+                     not start with `-` (it would be read as another option, e.g. --wrap)
+`render` runs `check` itself, so no script is ever made from values that were not checked. A
+bad value is refused with the key to change, never rewritten.
 """
 
 from __future__ import annotations
@@ -33,13 +39,15 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from training.errors import ConfigError
+from training.names import name_problem
 
 # What sbatch's directive parser takes unquoted: no spaces, quotes, newlines, % (a filename
-# pattern in --output) or shell syntax.
-SBATCH_SAFE = re.compile(r"^[A-Za-z0-9_./:,+@=-]+$")
-SLURM_TIME = re.compile(r"^(\d+|\d+-\d{1,2}(:\d{2}){0,2}|\d{1,3}:\d{2}(:\d{2})?)$")
-ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-SECRET_NAME = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL)", re.I)
+# pattern in --output) or shell syntax; and no leading `-`, which sbatch would take for an option.
+# Always used with fullmatch: with match and `$`, "gpu\n" would pass (`$` matches before a final
+# newline).
+SBATCH_SAFE = re.compile(r"[A-Za-z0-9_./:,+@=][A-Za-z0-9_./:,+@=-]*")
+SLURM_TIME = re.compile(r"\d+|\d+-\d{1,2}(:\d{2}){0,2}|\d{1,3}:\d{2}(:\d{2})?")
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 @dataclass
@@ -58,9 +66,11 @@ def check(cfg: DictConfig, log_dir: Path) -> None:
     lc, problems = cfg.launcher, []
     for key in ("partition", "account", "qos", "constraint", "mem"):
         value = lc.get(key)
-        if value is not None and not SBATCH_SAFE.match(str(value)):
-            problems.append(f"launcher.{key}={value!r} has characters an #SBATCH line cannot carry")
-    if lc.time is not None and not SLURM_TIME.match(str(lc.time)):
+        if value is not None and not SBATCH_SAFE.fullmatch(str(value)):
+            problems.append(f"launcher.{key}={value!r} " + (
+                "starts with '-', which sbatch would read as another option" if str(value).startswith("-")
+                else "has characters an #SBATCH line cannot carry (letters, digits and _ . / : , + @ = - only)"))
+    if lc.time is not None and not SLURM_TIME.fullmatch(str(lc.time)):
         problems.append(f"launcher.time={lc.time!r} is not a SLURM time (minutes, HH:MM:SS or D-HH:MM:SS)")
     if lc.signal_before_s < 0:
         problems.append(f"launcher.signal_before_s={lc.signal_before_s} must be >= 0")
@@ -70,51 +80,70 @@ def check(cfg: DictConfig, log_dir: Path) -> None:
         problems.append(f"launcher.max_parallel={lc.max_parallel} must be >= 1")
     if not 1024 <= lc.rdzv_port <= 64535:
         problems.append(f"launcher.rdzv_port={lc.rdzv_port} must be in 1024..64535")
-    for name, value in (lc.env or {}).items():
-        if not ENV_NAME.match(str(name)):
-            problems.append(f"launcher.env.{name}: not an environment variable name")
-        elif SECRET_NAME.search(str(name)):
-            problems.append(f"launcher.env.{name}: secrets never go in configs or generated scripts; "
-                            "export it in the shell you launch from (sbatch passes it to the job)")
-    if not SBATCH_SAFE.match(str(log_dir)):
+    profile_problem = name_problem("launcher.profile", lc.profile)
+    if profile_problem:
+        problems.append(profile_problem)
+    for name in lc.env or {}:  # secret-looking names are refused when the config is composed
+        if not ENV_NAME.fullmatch(str(name)):
+            problems.append(f"launcher.env.{str(name)!r}: not an environment variable name")
+    if not SBATCH_SAFE.fullmatch(str(log_dir)):
         problems.append(f"trainer.run_root resolves to {str(log_dir.parent)!r}, which has characters an #SBATCH "
                         "--output line cannot carry (spaces, quotes, %); choose a plain path")
     if problems:
         raise ConfigError("invalid SLURM launch:\n  - " + "\n  - ".join(problems))
 
 
-def _comment(text: str) -> str:
-    """Text for a # comment line: a newline in a run name must not end the comment."""
-    return text.encode("unicode_escape").decode("ascii")
+def _comment(text) -> str:
+    """A `# ...` line. unicode_escape turns a newline (and every other control or non-ASCII
+    character) into a visible escape, so no value can end the comment."""
+    return "# " + str(text).encode("unicode_escape").decode("ascii")
 
 
 def _q(value) -> str:
     return shlex.quote(str(value))
 
 
+def _sbatch(flag: str, value=None) -> str:
+    """An `#SBATCH --flag[=value]` line; a value outside SBATCH_SAFE is refused, not rewritten.
+    check() has already refused such values with their keys; this is the last line of defence."""
+    if value is None:
+        return f"#SBATCH --{flag}"
+    if not SBATCH_SAFE.fullmatch(str(value)):
+        raise ConfigError(f"--{flag}={str(value)!r} cannot go on an #SBATCH line")
+    return f"#SBATCH --{flag}={value}"
+
+
 def _sbatch_lines(cfg: DictConfig, name: str, log_dir: Path, n_points: int, entry: tuple[str, ...]) -> list[str]:
     lc, r = cfg.launcher, cfg.rung
     array = n_points > 1
     nodes, gpus = (r.nodes, r.gpus_per_node) if entry == TRAIN else (1, 1)
-    lines = [f"--job-name={job_name(name)}", f"--nodes={nodes}", "--ntasks-per-node=1"]
+    lines = [_sbatch("job-name", job_name(name)), _sbatch("nodes", int(nodes)), _sbatch("ntasks-per-node", 1)]
     if r.device == "cuda":
-        lines.append(f"--gpus-per-node={gpus}")
+        lines.append(_sbatch("gpus-per-node", int(gpus)))
     for key, flag in (("cpus_per_task", "cpus-per-task"), ("mem", "mem"), ("time", "time"),
                       ("partition", "partition"), ("account", "account"), ("qos", "qos"),
                       ("constraint", "constraint")):
         if lc.get(key) is not None:
-            lines.append(f"--{flag}={lc[key]}")
+            lines.append(_sbatch(flag, lc[key]))
     if lc.exclusive:
-        lines.append("--exclusive")
+        lines.append(_sbatch("exclusive"))
     if array:
-        lines.append(f"--array=0-{n_points - 1}" + (f"%{lc.max_parallel}" if lc.max_parallel else ""))
-    lines.append(f"--output={log_dir}/" + ("%A_%a.out" if array else "%j.out"))
-    lines.append("--open-mode=append")  # a requeued job appends to its log instead of replacing it
+        # integers only (`%` is not in SBATCH_SAFE: it is array syntax here)
+        lines.append(f"#SBATCH --array=0-{n_points - 1}" + (f"%{int(lc.max_parallel)}" if lc.max_parallel else ""))
+    # `%` is a file-name pattern for --output, so this line is built from the checked log_dir
+    lines.append(f"#SBATCH --output={_sbatch_value(log_dir)}/" + ("%A_%a.out" if array else "%j.out"))
+    lines.append(_sbatch("open-mode", "append"))  # a requeued job appends to its log instead of replacing it
     if lc.requeue:
-        lines.append("--requeue")
+        lines.append(_sbatch("requeue"))
         if lc.signal_before_s:
-            lines.append(f"--signal=B:USR1@{lc.signal_before_s}")
-    return ["#SBATCH " + line for line in lines]
+            lines.append(_sbatch("signal", f"B:USR1@{int(lc.signal_before_s)}"))
+    return lines
+
+
+def _sbatch_value(value) -> str:
+    if not SBATCH_SAFE.fullmatch(str(value)):
+        raise ConfigError(f"{str(value)!r} cannot go on an #SBATCH line")
+    return str(value)
 
 
 TRAIN = ("-m", "training.trainer")
@@ -129,7 +158,7 @@ def _launch_command(cfg: DictConfig, python: str, entry: tuple[str, ...]) -> lis
     if r.nodes == 1 and r.gpus_per_node == 1:
         return [_q(python), *entry]
     return [_q(python), "-m", "torch.distributed.run",
-            '--nnodes="$SLURM_JOB_NUM_NODES"', f"--nproc_per_node={r.gpus_per_node}",
+            '--nnodes="$SLURM_JOB_NUM_NODES"', f"--nproc_per_node={int(r.gpus_per_node)}",
             "--rdzv_backend=c10d", '--rdzv_endpoint="$head_addr:$rdzv_port"', '--rdzv_id="$SLURM_JOB_ID"',
             "-m", "training.trainer"]
 
@@ -138,19 +167,20 @@ def render(cfg: DictConfig, points: list[Point], name: str, log_dir: Path, submi
            commit: str | None = None, plan_line: str | None = None, entry: tuple[str, ...] = TRAIN) -> str:
     """The script; `entry` is what each point runs: the trainer, or `ladder eval` (one process,
     one node, and on USR1 simply requeued: finished eval tasks are cached)."""
+    check(cfg, log_dir)  # never a script from unchecked values, whoever calls this
     lc = cfg.launcher
     python = lc.python or sys.executable
     out = ["#!/bin/bash",
-           f"# Generated by `ladder launch` at {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}"
-           + (f" from commit {commit}" if commit else "") + ".",
+           _comment(f"Generated by `ladder launch` at {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}"
+                    + (f" from commit {commit}" if commit else "") + "."),
            "# Every value below the #SBATCH lines is shell-quoted; the #SBATCH values were checked.",
-           *([f"# Plan: {_comment(plan_line)}"] if plan_line else []),
+           *([_comment(f"Plan: {plan_line}")] if plan_line else []),
            *_sbatch_lines(cfg, name, log_dir, len(points), entry),
            "",
            "set -euo pipefail",
            f"cd {_q(submit_dir)}",
            "",
-           f"# Network environment of the cluster profile {_q(lc.profile)}.",
+           _comment(f"Network environment of the cluster profile {lc.profile}."),
            *[f"export {k}={_q(v)}" for k, v in (lc.env or {}).items()],
            'export OMP_NUM_THREADS="${SLURM_CPUS_PER_TASK:-1}"',
            "",

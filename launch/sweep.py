@@ -50,8 +50,11 @@ def varied_keys(points: list[list[str]]) -> list[str]:
 
 
 def name_points(points: list[list[str]], sweep_name: str | None, default_prefix: str,
-                now: float | None = None) -> tuple[str, list[list[str]]]:
-    """Give the sweep a name (sweep.name, or `<prefix>-<UTC time>`) and each point its run name."""
+                now: float | None = None, run_name: str | None = None) -> tuple[str, list[list[str]]]:
+    """Give the sweep a name (sweep.name, or `<prefix>-<UTC time>`) and each point its run name
+    (`<run_name or sweep name>-<i>`). sweep_name and run_name are the composed values, already
+    checked by training/names.py, so the overrides added here need no quoting: a user's quoted
+    value never comes back as an override the user did not write."""
     if override_value(points[0], "sweep.name") is not None and len(
             {override_value(p, "sweep.name") for p in points}) > 1:
         raise ConfigError("a sweep cannot vary sweep.name: every point is recorded under one sweep")
@@ -61,7 +64,6 @@ def name_points(points: list[list[str]], sweep_name: str | None, default_prefix:
     for i, point in enumerate(points):
         extra = [f"sweep.name={name}"] if override_value(point, "sweep.name") is None else []
         if not varies_run_name:
-            base = override_value(point, "trainer.run_name") or name
-            extra.append(f"trainer.run_name={base}-{i}")
+            extra.append(f"trainer.run_name={run_name or name}-{i}")
         named.append([*point, *extra])
     return name, named

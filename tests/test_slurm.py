@@ -185,21 +185,110 @@ def test_job_asking_for_more_nodes_than_exist_fails_at_once(slurm_cluster, tmp_p
     assert row["state"] == "failed" and "Node count" in row["reason"] and row["used_gpu_hours"] == 0
 
 
-def test_shell_metacharacters_in_config_values_are_never_executed(slurm_cluster, tmp_path):
-    evil_name = "run-$(touch pwned-name)-`touch pwned-tick`-'q'-\"dq\""
-    evil_tag = "x'; touch pwned-tag; echo '\n$(touch pwned-newline)"
-    proc = launch(tmp_path, *TINY, "--wait", f"trainer.run_name={hydra_quote(evil_name)}",
-                  f"tracker.tags=[{hydra_quote(evil_tag)}]", "trainer.max_steps=2", "trainer.save_every=2")
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert not list(tmp_path.glob("pwned*")), list(tmp_path.glob("pwned*"))
-    run_dir = tmp_path / "runs" / evil_name
+# Hostile values: each ends the line, closes a quote or substitutes a command, and would leave a
+# marker file if any shell ever ran it. {m} is the marker's path.
+PAYLOADS = {
+    "newline": "x\ntouch {m}",
+    "trailing-newline": "gpu\n",
+    "subst": "x$(touch {m})",
+    "backtick": "x`touch {m}`",
+    "squote": "x'; touch {m}; echo '",
+    "dquote": 'x"; touch {m}; echo "',
+    "option": "--wrap=touch {m}",
+}
+
+
+def string_fields() -> list[tuple[str, str]]:
+    """(key, kind) of every string field of the launcher, trainer, sweep and eval config."""
+    import dataclasses
+    import typing
+
+    from training.schema import EvalConfig, LauncherConfig, LmEvalConfig, SweepConfig, TrainerConfig
+    found = []
+    for prefix, cls in (("launcher", LauncherConfig), ("trainer", TrainerConfig), ("sweep", SweepConfig),
+                        ("eval", EvalConfig), ("eval.lm_eval", LmEvalConfig)):
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            kinds = {str: ["str"], typing.Optional[str]: ["str"], list[str]: ["list"],
+                     dict[str, str]: ["dict-value", "dict-key"]}.get(hints[f.name], [])
+            found += [(f"{prefix}.{f.name}", kind) for kind in kinds]
+    return found
+
+
+def hostile_config(fields: list[tuple[str, str]], payload: str, markers: Path, run_root: Path, tag: str):
+    """The composed SLURM config with a hostile value in each field (set directly, as a YAML file
+    could hold it, so nothing upstream of the script renderer gets a chance to refuse it), and the
+    overrides a user would have typed for them."""
     from omegaconf import OmegaConf
-    cfg = OmegaConf.load(run_dir / "config.yaml")
-    assert cfg.trainer.run_name == evil_name  # reached the trainer intact
-    assert cfg.tracker.tags == [evil_tag]
-    script = Path(json.loads((run_dir / "launch.json").read_text())["script"]).read_text()
-    assert subprocess.run(["bash", "-n"], input=script, text=True).returncode == 0
-    assert "#SBATCH --job-name=ladder-run-__touch_pwned-name_-_touch_pwned-tick_-_q_-_dq_" in script
+
+    from training.compose import compose
+    cfg = compose([*TINY, f"trainer.run_root={run_root}"])
+    OmegaConf.set_readonly(cfg, False)
+    overrides = []
+    for key, kind in fields:
+        value = payload.format(m=markers / f"{tag}-{key}")
+        if kind == "dict-value":
+            OmegaConf.update(cfg, key, {"NCCL_X": value}, merge=True)
+        elif kind == "dict-key":
+            OmegaConf.update(cfg, key, {value: "1"}, merge=True)
+        else:
+            OmegaConf.update(cfg, key, [value] if kind == "list" else value, merge=False)
+        overrides.append(f"{key}={hydra_quote(value)}" if kind == "str" else
+                         f"{key}=[{hydra_quote(value)}]" if kind == "list" else f"+{key}.NCCL_X={hydra_quote(value)}")
+    return cfg, overrides
+
+
+def test_hostile_values_in_every_string_field_never_run_in_a_real_job(slurm_cluster, tmp_path):
+    """Every string field, every payload: the renderer refuses the value (naming its key) or the
+    script carries it inertly. Scripts pass `bash -n`, and run for real on the cluster (the trainer
+    and `ladder eval` then refuse the values): no marker may appear."""
+    from launch.launch_cmd import log_dir_of
+    from launch.slurm import query, submit
+    from launch.slurm_script import EVAL, TRAIN, Point, render
+    from training.errors import ConfigError
+
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    fields = string_fields()
+    assert {"launcher.profile", "launcher.python", "launcher.env", "trainer.run_name", "trainer.run_root",
+            "sweep.name", "eval.name", "eval.tasks"} <= {k for k, _ in fields}
+    ids, refused = [], {}
+    for name, payload in PAYLOADS.items():
+        accepted = []
+        for key, kind in fields:  # one at a time: which fields does the renderer refuse?
+            cfg, _ = hostile_config([(key, kind)], payload, markers, tmp_path / "runs", name)
+            try:
+                render(cfg, [Point(tmp_path / "runs" / "r", [])], name="r", log_dir=log_dir_of(cfg),
+                       submit_dir=tmp_path)
+                accepted.append((key, kind))
+            except ConfigError as e:
+                assert key.split(".")[-1] in str(e) or "run_root" in str(e) or "cannot go on an #SBATCH" in str(e), (
+                    key, str(e))
+                refused.setdefault(name, []).append(key)
+        # then all the accepted ones at once, in a training job and in an eval job
+        cfg, overrides = hostile_config(accepted, payload, markers, tmp_path / "runs", name)
+        for entry in (TRAIN, EVAL):
+            script = render(cfg, [Point(tmp_path / "runs" / f"hostile-{name}", overrides)], name=f"hostile-{name}",
+                            log_dir=log_dir_of(cfg), submit_dir=tmp_path, entry=entry)
+            assert subprocess.run(["bash", "-n"], input=script, text=True).returncode == 0, script
+            path = tmp_path / f"{name}-{entry[-1]}.sbatch"
+            path.write_text(script)
+            ids.append(submit(str(path)))
+    # the #SBATCH fields and the names that become paths are refused for every payload
+    for name in PAYLOADS:
+        assert {"launcher.partition", "launcher.account", "launcher.qos", "launcher.constraint", "launcher.mem",
+                "launcher.time", "launcher.profile"} <= set(refused[name]), (name, refused[name])
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        states = query(ids)
+        if len(states) == len(ids) and all(s.final for s in states.values()):
+            break
+        time.sleep(1.0)
+    else:
+        raise AssertionError(f"hostile jobs did not finish: {query(ids)}")
+    assert all(s.state in ("COMPLETED", "FAILED") for s in states.values()), states  # they ran
+    assert sorted(p.name for p in markers.iterdir()) == []
+    assert not list(tmp_path.glob("**/touch*"))
 
 
 def test_dry_run_prints_a_70b_script_and_submits_nothing(slurm_cluster, tmp_path):

@@ -19,7 +19,9 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from training.errors import ConfigError
+from training.names import check_names
 from training.schema import LadderConfig
+from training.secret_guard import source_problems, value_problems
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = REPO_ROOT / "configs"
@@ -31,15 +33,24 @@ if not OmegaConf.has_resolver("ladder_root"):
 
 
 def compose(overrides: list[str] | None = None, config_name: str = "config") -> DictConfig:
-    """Return the composed, resolved and read-only config, or raise ConfigError."""
+    """Return the composed, resolved and read-only config, or raise ConfigError. Secrets
+    (training/secret_guard.py) and names that would not be plain path components
+    (training/names.py) are refused here, before any command writes a file."""
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
             cfg = hydra_compose(config_name=config_name, overrides=list(overrides or []))
+        problems = source_problems(OmegaConf.to_container(cfg, resolve=False))
+        if problems:  # before resolving: that is what would copy a secret's value into the config
+            raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))
         OmegaConf.resolve(cfg)
+        problems = value_problems(OmegaConf.to_container(cfg))
         # `+key=value` overrides bypass the schema; merging into a fresh schema catches them.
         cfg = OmegaConf.merge(OmegaConf.structured(LadderConfig), OmegaConf.to_container(cfg))
     except (HydraException, OmegaConfBaseException) as e:
         raise ConfigError(f"invalid config: {_describe(e)}") from None
+    if problems:
+        raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))
+    check_names(cfg)
     OmegaConf.set_readonly(cfg, True)
     return cfg
 

@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from training.errors import ConfigError
 
@@ -73,9 +73,60 @@ def warmup_steps(cfg: DictConfig) -> int:
     return math.ceil(cfg.optim.warmup_ratio * cfg.trainer.max_steps)
 
 
+# Every numeric field of the schema, with the range it must lie in. Interval notation: "(0, inf)"
+# is positive, "[0, 1)" may be 0 but not 1. A float field must also be finite (NaN passes every
+# comparison, so it is refused explicitly). None of these is ever clamped into range.
+INF = math.inf
+RANGES: dict[str, tuple[float, float, str]] = {
+    "model.vocab_size": (0, INF, "()"), "model.hidden_size": (0, INF, "()"),
+    "model.intermediate_size": (0, INF, "()"), "model.num_layers": (0, INF, "()"),
+    "model.num_heads": (0, INF, "()"), "model.num_kv_heads": (0, INF, "()"),
+    "model.max_position_embeddings": (0, INF, "()"), "model.rope_theta": (0, INF, "()"),
+    "model.published_params": (0, INF, "()"),
+    "rung.nodes": (1, INF, "[)"), "rung.gpus_per_node": (1, INF, "[)"),
+    "rung.micro_batch_tokens": (0, INF, "()"), "rung.lr": (0, INF, "()"),
+    "rung.peak_flops_per_device": (0, INF, "()"), "rung.global_batch_tokens": (0, INF, "()"),
+    "rung.gpu_memory_gb": (0, INF, "()"), "rung.cpu_memory_gb": (0, INF, "()"),
+    "rung.assumed_mfu": (0, 1, "(]"), "rung.assumed_tokens_per_s": (0, INF, "()"),
+    "recipe.beta": (0, INF, "()"), "recipe.label_smoothing": (0, 0.5, "[)"),
+    "recipe.simpo_gamma": (-INF, INF, "()"), "recipe.lr_scale": (0, INF, "()"),
+    "data.max_seq_len": (0, INF, "()"), "data.max_samples": (0, INF, "()"),
+    "eval.max_examples": (0, INF, "()"), "eval.max_new_tokens": (0, INF, "()"), "eval.batch_size": (0, INF, "()"),
+    "eval.lm_eval.num_fewshot": (0, INF, "[)"), "eval.lm_eval.limit": (0, INF, "()"),
+    "eval.lm_eval.batch_size": (0, INF, "()"),
+    "registry.busy_timeout_s": (0, INF, "[)"), "ledger.busy_timeout_s": (0, INF, "[)"),
+    "launcher.cpus_per_task": (1, INF, "[)"), "launcher.signal_before_s": (0, INF, "[)"),
+    "launcher.max_parallel": (1, INF, "[)"), "launcher.rdzv_port": (1024, 64535, "[]"),
+    "budget.gpu_hours": (0, INF, "[)"), "budget.price_per_gpu_hour": (0, INF, "[)"),
+    "optim.lr": (0, INF, "()"), "optim.weight_decay": (0, INF, "[)"), "optim.beta1": (0, 1, "[)"),
+    "optim.beta2": (0, 1, "[)"), "optim.eps": (0, INF, "[)"), "optim.warmup_ratio": (0, 1, "[]"),
+    "optim.min_lr_ratio": (0, 1, "[]"), "optim.max_grad_norm": (0, INF, "()"),
+    "trainer.seed": (0, 2**32 - 1, "[]"), "trainer.max_steps": (0, INF, "()"),
+    "trainer.global_batch_tokens": (0, INF, "()"), "trainer.grad_accum": (1, INF, "[)"),
+    "trainer.save_every": (0, INF, "()"), "trainer.keep_last": (1, INF, "[)"), "trainer.log_every": (0, INF, "()"),
+    "trainer.step_timeout_s": (0, INF, "[)"),
+}
+
+
+def range_problems(cfg: DictConfig) -> list[str]:
+    """Every numeric value outside its range, or not finite. Null means "unset" and is allowed
+    wherever the schema allows it; the schema has already checked the types."""
+    problems = []
+    for key, (lo, hi, ends) in RANGES.items():
+        value = OmegaConf.select(cfg, key)
+        if value is None or isinstance(value, bool):
+            continue
+        interval = f"{ends[0]}{lo:g}, {hi:g}{ends[1]}"
+        if isinstance(value, float) and not math.isfinite(value):
+            problems.append(f"{key}={value} must be a finite number in {interval}")
+        elif not ((lo < value if ends[0] == "(" else lo <= value) and (value < hi if ends[1] == ")" else value <= hi)):
+            problems.append(f"{key}={value} must be in {interval}")
+    return problems
+
+
 def validate(cfg: DictConfig, world_size: int | None = None) -> BatchLayout:
-    problems: list[str] = []
-    m, r, d, t, o = cfg.model, cfg.rung, cfg.data, cfg.trainer, cfg.optim
+    problems: list[str] = range_problems(cfg)
+    m, r, d, t = cfg.model, cfg.rung, cfg.data, cfg.trainer
 
     layout = None
     try:
@@ -109,10 +160,6 @@ def validate(cfg: DictConfig, world_size: int | None = None) -> BatchLayout:
         want = "messages" if rc.loss == "sft" else "preference"
         if d.format != want:
             problems.append(f"data.format={d.format!r}: recipe.loss={rc.loss} needs data in the {want!r} format")
-    if rc.beta <= 0:
-        problems.append(f"recipe.beta={rc.beta} must be positive")
-    if not 0.0 <= rc.label_smoothing < 0.5:
-        problems.append(f"recipe.label_smoothing={rc.label_smoothing} must be in [0, 0.5)")
     if bool(d.train_files) == bool(d.hub_name):
         problems.append("set exactly one of data.train_files (local jsonl) and data.hub_name")
     for f in d.train_files:
@@ -124,34 +171,15 @@ def validate(cfg: DictConfig, world_size: int | None = None) -> BatchLayout:
             "a packed micro-batch must hold at least one whole document")
     if d.max_seq_len > m.max_position_embeddings:
         problems.append(f"data.max_seq_len={d.max_seq_len} exceeds model.max_position_embeddings={m.max_position_embeddings}")
-    if d.max_samples is not None and d.max_samples <= 0:
-        problems.append("data.max_samples must be positive or null")
 
-    if t.max_steps <= 0:
-        problems.append(f"trainer.max_steps={t.max_steps} must be positive")
-    if t.save_every <= 0:
-        problems.append(f"trainer.save_every={t.save_every} must be positive")
-    if t.keep_last < 1:
-        problems.append(f"trainer.keep_last={t.keep_last} must be at least 1")
-    if t.log_every <= 0:
-        problems.append(f"trainer.log_every={t.log_every} must be positive")
     urls = {"trainer.checkpoint_url": t.checkpoint_url, "trainer.resume": t.resume if "://" in t.resume else None}
     if any(urls.values()):
         from training.remote import url_problem  # imports fsspec and torch: only when a URL is given
         problems += [p for key, url in urls.items() if url and (p := url_problem(url, key))]
-    if effective_lr(cfg) <= 0:
-        problems.append(f"the learning rate must be positive (optim.lr={o.lr}, rung.lr={r.lr})")
-    if not 0.0 <= o.warmup_ratio <= 1.0:
-        problems.append(f"optim.warmup_ratio={o.warmup_ratio} must be in [0, 1]")
-    if not 0.0 <= o.min_lr_ratio <= 1.0:
-        problems.append(f"optim.min_lr_ratio={o.min_lr_ratio} must be in [0, 1]")
-    if o.max_grad_norm <= 0:
-        problems.append(f"optim.max_grad_norm={o.max_grad_norm} must be positive")
+    # the learning rate (optim.lr, or rung.lr x recipe.lr_scale) is positive: RANGES checks all three
 
     if cfg.eval.heldout_file is not None and not Path(cfg.eval.heldout_file).is_file():
         problems.append(f"eval.heldout_file: no such file: {cfg.eval.heldout_file}")
-    if cfg.eval.batch_size <= 0 or cfg.eval.max_new_tokens <= 0:
-        problems.append("eval.batch_size and eval.max_new_tokens must be positive")
 
     if problems:
         raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))

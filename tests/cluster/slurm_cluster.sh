@@ -3,6 +3,7 @@
 #
 #   tests/cluster/slurm_cluster.sh up   STATE_DIR [NODES]   # install if needed, start, wait until idle
 #   tests/cluster/slurm_cluster.sh down STATE_DIR           # stop every daemon it started, by PID
+#   tests/cluster/slurm_cluster.sh tag  STATE_DIR           # the tag of its /etc/hosts lines
 #
 # Debian 12's own packages: munge, slurmctld, slurmd (one per node: Debian builds with
 # MULTIPLE_SLURMD, so `slurmd -N nI` runs as node nI), slurm-client, and slurmdbd with MariaDB for
@@ -23,7 +24,8 @@ state=$(realpath -m "${2:?usage: slurm_cluster.sh up|down STATE_DIR [NODES]}")
 nodes=${3:-2}
 base_port=${LADDER_SLURM_PORT:-16817}   # slurmctld; slurmdbd +1, MariaDB +2, slurmd nI at +10+I
 cpus_per_node=2
-hosts_tag="# ladder-test-slurm"
+# Tagged per state directory, so `down` removes this cluster's lines and leaves another's alone.
+hosts_tag="# ladder-test-slurm $(printf '%s' "$state" | sha256sum | cut -c1-16)"
 
 log() { echo "slurm_cluster: $*" >&2; }
 
@@ -150,9 +152,9 @@ add_hosts() {
 }
 
 remove_hosts() {
-  if grep -q "$hosts_tag" /etc/hosts 2>/dev/null; then
+  if grep -qF -- "$hosts_tag" /etc/hosts 2>/dev/null; then
     # /etc/hosts may be a bind mount: rewrite it in place rather than replacing the file
-    local kept; kept=$(grep -v "$hosts_tag" /etc/hosts)
+    local kept; kept=$(grep -vF -- "$hosts_tag" /etc/hosts)
     printf '%s\n' "$kept" >/etc/hosts
   fi
 }
@@ -206,5 +208,6 @@ down() {
 case $cmd in
   up) up ;;
   down) down ;;
-  *) echo "usage: slurm_cluster.sh up|down STATE_DIR [NODES]" >&2; exit 2 ;;
+  tag) echo "$hosts_tag" ;;
+  *) echo "usage: slurm_cluster.sh up|down|tag STATE_DIR [NODES]" >&2; exit 2 ;;
 esac
