@@ -48,3 +48,25 @@ def test_help_lists_verbs_and_config_groups():
     assert train.returncode == 0
     for group in ("rung", "model", "recipe", "data", "eval", "tracker", "launcher", "budget", "sweep"):
         assert f"  {group} " in train.stdout
+
+
+def test_an_unknown_key_gets_a_did_you_mean_from_the_schema_not_a_plus_that_fails_too(tmp_path):
+    proc = ladder_cli("config", "trainer.max_stpes=3", cwd=tmp_path)
+    assert_clean_error(proc, "trainer.max_stpes is not a config key; did you mean trainer.max_steps?")
+    assert "+trainer.max_stpes" not in proc.stderr
+
+
+def test_a_value_that_needs_quotes_is_told_how_and_the_advice_works():
+    import re
+    import shlex
+
+    import pytest
+
+    from training.compose import compose
+    from training.errors import ConfigError
+    for value in ("é", "a$(b)", "it's", 'say "hi"'):
+        with pytest.raises(ConfigError) as e:
+            compose([f"tracker.project={value}"])
+        shell_word = re.search(r"in a shell, (.*) keeps the quotes", str(e.value)).group(1)
+        [override] = shlex.split(shell_word)  # what the shell hands to ladder
+        assert compose([override]).tracker.project == value

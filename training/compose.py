@@ -18,6 +18,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from training.config_errors import describe
 from training.errors import ConfigError
 from training.names import check_names
 from training.schema import LadderConfig
@@ -47,24 +48,12 @@ def compose(overrides: list[str] | None = None, config_name: str = "config") -> 
         # `+key=value` overrides bypass the schema; merging into a fresh schema catches them.
         cfg = OmegaConf.merge(OmegaConf.structured(LadderConfig), OmegaConf.to_container(cfg))
     except (HydraException, OmegaConfBaseException) as e:
-        raise ConfigError(f"invalid config: {_describe(e)}") from None
+        raise ConfigError(f"invalid config: {describe(e, list(overrides or []))}") from None
     if problems:
         raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))
     check_names(cfg)
     OmegaConf.set_readonly(cfg, True)
     return cfg
-
-
-def _describe(e: BaseException) -> str:
-    """Hydra wraps the OmegaConf error that names the key and the expected type: show both."""
-    parts = [str(e).strip()]
-    cause = e.__cause__ or e.__context__
-    while cause is not None and len(parts) < 4:
-        text = str(cause).strip()
-        if text and text != "None" and text not in parts[-1] and "$VALUE" not in text:
-            parts.append(text)
-        cause = cause.__cause__ or cause.__context__
-    return "\n".join(parts)
 
 
 def group_options() -> dict[str, list[str]]:
