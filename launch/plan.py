@@ -114,15 +114,19 @@ def fits(m: Memory, r) -> bool:
 
 
 def find_fixes(cfg: DictConfig, shape: ModelShape) -> list[tuple[str, float]]:
-    """Single changes (with the node count they need) that make the job fit: more nodes, offload,
-    activation checkpointing, a smaller micro-batch, a sharded engine, in that order."""
-    r, fixes = cfg.rung, []
+    """Changes that make the job fit: more nodes, offload, activation checkpointing, a smaller
+    micro-batch, a sharded engine (with the nodes it needs), in that order. Every one offered is
+    verified: applied to the config, it passes validation and fits (a fix that cannot be applied,
+    such as offload with ZeRO-2, or more nodes for an engine that replicates the model, is never
+    offered)."""
+    r = cfg.rung
 
     def batch_ok(nodes: int, micro: int | None = None) -> bool:
         glob, _ = global_batch_tokens(cfg)
         return glob % ((micro or r.micro_batch_tokens) * nodes * r.gpus_per_node) == 0
 
-    def more_nodes(**changes) -> tuple[str, float] | None:
+    def more_nodes(**changes) -> str | None:
+        """The override string for the fewest nodes (from today's) at which `changes` fit."""
         for n in range(r.nodes + (0 if changes else 1), MAX_NODES + 1):
             if not fits(memory_for(shape, r, nodes=n, **changes), r):
                 continue
@@ -134,29 +138,45 @@ def find_fixes(cfg: DictConfig, shape: ModelShape) -> list[tuple[str, float]]:
                 glob, _ = global_batch_tokens(cfg)
                 dp_tokens = r.micro_batch_tokens * n * r.gpus_per_node
                 parts.append(f"trainer.global_batch_tokens={-(-glob // dp_tokens) * dp_tokens}")
-            return " ".join(parts), memory_for(shape, r, nodes=n, **changes).total / GiB
+            return " ".join(parts)
         return None
 
-    if r.engine.value in ("fsdp2", "deepspeed_zero3"):  # sharded state shrinks with more GPUs
-        fixes.append(more_nodes())
+    candidates: list[str | None] = []
+    sharded = r.engine.value in ("fsdp2", "deepspeed_zero3")
+    if sharded:  # sharded state shrinks with more GPUs
+        candidates.append(more_nodes())
     if r.engine.value == "deepspeed_zero3" and not r.offload:
-        fixes.append(more_nodes(offload=True))
+        candidates.append(more_nodes(offload=True))
     if not r.activation_checkpointing:
-        m = memory_for(shape, r, activation_checkpointing=True)
-        fixes.append(("rung.activation_checkpointing=true", m.total / GiB) if fits(m, r) else None)
+        candidates.append("rung.activation_checkpointing=true")
     micro = r.micro_batch_tokens // 2
     while micro >= cfg.data.max_seq_len and micro > 0:
-        m = memory_for(shape, r, micro_batch_tokens=micro)
-        if fits(m, r) and batch_ok(r.nodes, micro):
-            fixes.append((f"rung.micro_batch_tokens={micro}", m.total / GiB))
+        if fits(memory_for(shape, r, micro_batch_tokens=micro), r) and batch_ok(r.nodes, micro):
+            candidates.append(f"rung.micro_batch_tokens={micro}")
             break
         micro //= 2
-    if r.engine.value in ("single", "ddp", "deepspeed_zero2") and r.nodes * r.gpus_per_node > 1:
+    if not sharded:  # a replicated engine: shard the state, on more nodes where it needs them
         for engine in ("deepspeed_zero3", "fsdp2"):
-            m = memory_for(shape, r, engine=engine)
-            if fits(m, r):
-                fixes.append((f"rung.engine={engine}", m.total / GiB))
-    return [f for f in fixes if f is not None]
+            candidates.append(more_nodes(engine=engine))
+        candidates.append(more_nodes(engine="deepspeed_zero3", offload=True))
+    fixes, seen = [], set()
+    for overrides in candidates:
+        if overrides and overrides not in seen and (fix := verified_fix(cfg, shape, overrides)):
+            seen.add(overrides)
+            fixes.append(fix)
+    return fixes
+
+
+def verified_fix(cfg: DictConfig, shape: ModelShape, overrides: str) -> tuple[str, float] | None:
+    """(overrides, GiB per GPU) if the config with these overrides validates and fits, else None."""
+    from omegaconf import OmegaConf
+    try:
+        fixed = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides.split()))
+        validate(fixed)
+    except (ConfigError, ValueError):
+        return None
+    m = memory_for(shape, fixed.rung)
+    return (overrides, m.total / GiB) if fits(m, fixed.rung) else None
 
 
 def planning_rate(cfg: DictConfig, ledger) -> tuple[float, str, str]:
@@ -224,10 +244,11 @@ def fix_message(plan: Plan) -> str:
     if plan.fits:
         return "fits"
     if not plan.fixes:
-        return (f"does not fit: {plan.problem}. No single change found makes it fit; try a larger "
-                "rung.nodes with rung.offload=true, or a smaller model")
+        return (f"does not fit: {plan.problem}. No change of nodes, engine, offload, activation checkpointing "
+                f"or micro-batch up to {MAX_NODES} nodes makes it fit; it needs a smaller model or devices with "
+                "more memory")
     options = "\n".join(f"  {o}   ({g:,.1f} GiB per GPU)" for o, g in plan.fixes)
-    return f"does not fit: {plan.problem}. Any one of these fixes it:\n{options}"
+    return f"does not fit: {plan.problem}. Any one of these fixes it (each checked: it validates and fits):\n{options}"
 
 
 def render(plan: Plan, console=None) -> None:

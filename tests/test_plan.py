@@ -134,3 +134,20 @@ def test_bad_ledger_url_and_bad_batch_are_clear_errors(tmp_path):
     assert proc.returncode == 2 and "supports SQLite only" in proc.stderr
     with pytest.raises(ConfigError, match=r"rung.global_batch_tokens=524288 is not a multiple .* trainer.global_batch_tokens"):
         make_plan(compose(["rung=8b", "rung.nodes=3"]))
+
+
+@pytest.mark.parametrize("overrides", [
+    ["rung=70b", "rung.engine=deepspeed_zero2", "rung.nodes=1"],  # offload is refused with ZeRO-2
+    ["rung=70b", "rung.engine=ddp"],
+    ["rung=405b", "rung.nodes=1"],
+    ["rung=8b", "rung.gpu_memory_gb=10"],
+    ["rung=8b", "rung.engine=single", "rung.nodes=1", "rung.gpus_per_node=1"],
+])
+def test_every_fix_the_planner_offers_validates_and_fits_when_planned(overrides):
+    from launch.plan import fix_message, make_plan
+    plan = make_plan(compose(overrides))
+    assert not plan.fits and plan.fixes, fix_message(plan)
+    for fix, gib in plan.fixes:
+        fixed = make_plan(compose([*overrides, *fix.split()]))  # validates, as `ladder launch` would
+        assert fixed.fits, (overrides, fix, fix_message(fixed))
+        assert fixed.memory.total / 2**30 == pytest.approx(gib)
