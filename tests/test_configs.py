@@ -19,9 +19,9 @@ def all_config_files():
 def test_every_config_file_composes(path):
     if str(path.parent) == ".":
         cfg = compose([], config_name=path.stem)
-    else:
-        group = str(path.parent)
-        cfg = compose([f"{group}={path.stem}"])
+    else:  # data/sft/8b.yaml is option sft/8b of the group data
+        group, *sub = path.parent.parts
+        cfg = compose([f"{group}={'/'.join([*sub, path.stem])}"])
         assert group in cfg
     assert cfg.model.name and cfg.rung.name
 

@@ -104,7 +104,8 @@ def test_plan_json_has_the_keys_and_the_rung_fits(tmp_path):
 
 
 def test_other_fixes_are_named_when_they_are_the_cure():
-    plan = make_plan(compose(["rung=70b", "rung.activation_checkpointing=false"]))
+    # short documents (data=reverse), so a smaller micro-batch still holds a whole one
+    plan = make_plan(compose(["rung=70b", "rung.activation_checkpointing=false", "data=reverse"]))
     assert not plan.fits
     fixes = [f for f, _ in plan.fixes]
     assert "rung.activation_checkpointing=true" in fixes
@@ -151,3 +152,19 @@ def test_every_fix_the_planner_offers_validates_and_fits_when_planned(overrides)
         fixed = make_plan(compose([*overrides, *fix.split()]))  # validates, as `ladder launch` would
         assert fixed.fits, (overrides, fix, fix_message(fixed))
         assert fixed.memory.total / 2**30 == pytest.approx(gib)
+
+
+@pytest.mark.parametrize("rung, recipe, hub_name, seq", [
+    ("8b", "sft", "allenai/tulu-3-sft-mixture", 4096), ("70b", "sft", "allenai/tulu-3-sft-mixture", 4096),
+    ("405b", "sft", "allenai/tulu-3-sft-mixture", 4096),
+    ("8b", "dpo", "allenai/llama-3.1-tulu-3-8b-preference-mixture", 2048)])
+def test_big_rungs_plan_on_the_tulu3_mixtures_not_on_the_toy_task(rung, recipe, hub_name, seq):
+    cfg = compose([f"rung={rung}", f"recipe={recipe}"])
+    assert cfg.data.hub_name == hub_name and cfg.data.max_seq_len == seq
+    plan = make_plan(cfg)
+    assert plan.doc_tokens == seq
+    # the textbook figure, written out here independently: 6N per token plus causal attention,
+    # 6 x layers x hidden x sequence length per token
+    n, m = plan.matmul_params, cfg.model
+    assert plan.flops == pytest.approx(plan.tokens * (6 * n + 6 * m.num_layers * m.hidden_size * seq), rel=1e-9)
+    assert compose(["rung=tiny", f"recipe={recipe}"]).data.name.startswith("reverse")  # the CPU rungs keep it
