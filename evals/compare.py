@@ -155,9 +155,20 @@ def print_comparison(c: Comparison, console: Console | None = None) -> None:
     console.print(f"▲ / ▼: significantly better / worse (the 95% CI of the paired-bootstrap delta excludes 0; "
                   f"{RESAMPLES} resamples over examples, seed {SEED}); · : no significant difference. "
                   f"Examples per task: {', '.join(f'{t} {k}' for t, k in n.items())}.", highlight=False)
+    for group in same_checkpoints(c):
+        console.print(f"{' and '.join(group)} are the same checkpoint (same content hash): their deltas are 0 by "
+                      "construction, not a finding", highlight=False)
     cached = sum(len(e.result["cached_tasks"]) for e in c.entries)
     total = sum(len(e.result["tasks"]) for e in c.entries)
     console.print(f"{cached} of {total} task results came from the eval cache.", highlight=False)
+
+
+def same_checkpoints(c: Comparison) -> list[list[str]]:
+    """Groups of entries (by target as given) that are one checkpoint by content, e.g. `compare A A`."""
+    by_hash: dict[str, list[str]] = {}
+    for e in c.entries:
+        by_hash.setdefault(e.result["content_hash"], []).append(e.target)
+    return [targets for targets in by_hash.values() if len(targets) > 1]
 
 
 def run_dirs(c: Comparison) -> list[Path]:

@@ -13,13 +13,20 @@ evaluated here: run `ladder eval` (or train with evals on save) first.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
 from evals.cache import task_specs
 from evals.registry import Registry
+from training.checkpoint import COMPLETE
 from training.errors import ConfigError, EvalError
+
+# the command-line flag of each filter, to say in words what matched nothing
+FLAGS = {"sweep": "--sweep", "rung": "--rung", "recipe": "--recipe", "data": "--data", "lr": "--lr",
+         "run_name": "--run"}
 
 
 def leaderboard(registry: Registry, eval_cfg: DictConfig, task: str | None = None, top: int | None = None,
@@ -30,9 +37,14 @@ def leaderboard(registry: Registry, eval_cfg: DictConfig, task: str | None = Non
         raise ConfigError(f"--task {task}: not a task of suite {eval_cfg.name!r} ({sorted(keys)})")
     checkpoints = registry.checkpoints(**filters)
     if not checkpoints:
-        active = {k: v for k, v in filters.items() if v is not None}
+        active = [f"{FLAGS.get(k, k)} {v}" for k, v in filters.items() if v is not None]
+        known = ""
+        if filters.get("sweep") is not None:
+            sweeps = sorted({c["sweep"] for c in registry.checkpoints() if c["sweep"]})
+            known = f"; the sweeps it knows: {', '.join(sweeps) if sweeps else 'none'}"
         raise EvalError(f"no checkpoints in the registry {registry.path}"
-                        + (f" match {active}" if active else "") + "; evaluate some with `ladder eval`")
+                        + (f" match {' and '.join(active)}" if active else "") + known
+                        + "; evaluate some with `ladder eval`")
     by_hash: dict[str, dict] = {}
     rows = []
     for ck in checkpoints:
@@ -44,6 +56,8 @@ def leaderboard(registry: Registry, eval_cfg: DictConfig, task: str | None = Non
             continue
         complete = len(scores) == len(keys)
         rows.append({**{k: ck[k] for k in ("run_name", "step", "rung", "recipe", "data", "lr", "sweep", "path")},
+                     # keep_last prunes old checkpoints: their scores stay, but they cannot be promoted or reloaded
+                     "on_disk": Path(ck["path"], COMPLETE).is_file(),
                      "scores": scores, "complete": complete,
                      "average": sum(scores.values()) / len(scores) if complete else None})
     if not rows:
@@ -73,7 +87,8 @@ def print_leaderboard(tasks: list[str], rows: list[dict], suite: str, by: str | 
     for i, r in enumerate(rows, 1):
         lr = f"{r['lr']:.0e}" if r["lr"] is not None else "?"
         meta = " ".join(str(r[k] or "?") for k in ("rung", "recipe", "data")) + f" {lr}"
-        t.add_row(str(i), f"{r['run_name']}@{r['step']}", meta, *([r["sweep"] or ""] if show_sweep else []),
+        name = f"{r['run_name']}@{r['step']}" + ("" if r["on_disk"] else " [dim](pruned from disk)[/dim]")
+        t.add_row(str(i), name, meta, *([r["sweep"] or ""] if show_sweep else []),
                   *[f"{r['scores'][k]:.1f}" if k in r["scores"] else "—" for k in tasks],
                   f"{r['average']:.1f}" if r["average"] is not None else "—")
     (console or Console()).print(t)

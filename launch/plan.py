@@ -307,10 +307,21 @@ def render(plan: Plan, console=None) -> None:
 
 
 def cmd_plan(args) -> int:
+    from rich.console import Console
+
     from launch.ledger import Ledger
     from training.compose import compose
-    cfg = compose(args.overrides)
-    plan = make_plan(cfg, Ledger.existing(cfg))
+    # A plan takes 6-20 s, mostly importing torch and building the model on the meta device: say
+    # what is going on (a spinner on stderr when it is a terminal; nothing in a pipe or a log).
+    with Console(stderr=True).status("composing and validating the config") as status:
+        cfg = compose(args.overrides)
+        status.update("importing torch and transformers")
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+        status.update("reading measured MFU of earlier runs from the ledger")
+        ledger = Ledger.existing(cfg)
+        status.update(f"building {cfg.model.name} on the meta device; planning memory, FLOPs and GPU-hours")
+        plan = make_plan(cfg, ledger)
     if args.json:
         print(json.dumps(plan.to_json(), indent=2))
     else:

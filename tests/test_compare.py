@@ -54,9 +54,11 @@ def test_a_checkpoint_compared_with_itself_is_no_different(trained_run, tmp_path
     assert ladder_main(["compare", "--json", str(out), str(late), str(late), SUITE]) == 0
     d = json.loads(out.read_text())["entries"][1]["deltas"]["reverse"]
     assert d["delta"] == 0 and d["lo"] == 0 and d["hi"] == 0 and not d["significant"]
-    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("│")]
+    printed = capsys.readouterr().out
+    rows = [line for line in printed.splitlines() if line.startswith("│")]
     assert len(rows) == 4 and "shared@150 (2)" in rows[1] and "·" in rows[1]  # reverse, then the average
     assert not any("▲" in r or "▼" in r for r in rows)
+    assert "are the same checkpoint (same content hash)" in " ".join(printed.split())
 
 
 def test_paired_bootstrap_detects_a_small_consistent_gain_and_is_reproducible():
@@ -131,12 +133,26 @@ def test_leaderboard_ranks_and_filters(sweep, tmp_path, capsys):
     assert [r["run_name"] for r in json.loads(out.read_text())["rows"]] == ["lrs-b"]
 
 
+def test_leaderboard_marks_checkpoints_pruned_from_disk(sweep, tmp_path, capsys, trained_run):
+    gone = copy_as_run(trained_run.checkpoints[0], sweep, "pruned-run", **{"sweep.name": "pruned"})
+    evaluate_checkpoint(gone, compose([SUITE]).eval)
+    shutil.rmtree(gone)  # as keep_last would
+    out = tmp_path / "lb.json"
+    assert ladder_main(["leaderboard", "--sweep", "pruned", SUITE, f"trainer.run_root={sweep}", "--json", str(out)]) == 0
+    [row] = json.loads(out.read_text())["rows"]
+    assert row["run_name"] == "pruned-run" and row["on_disk"] is False
+    assert "(pruned from disk)" in capsys.readouterr().out
+
+
 def test_compare_and_leaderboard_errors_are_clear(sweep, capsys):
     assert ladder_main(["compare", "sweep:nope", f"trainer.run_root={sweep}"]) == 2
     err = capsys.readouterr().err
     assert "sweep 'nope' has no checkpoints" in err and "'lrs'" in err
     assert ladder_main(["leaderboard", "--recipe", "dpo", f"trainer.run_root={sweep}"]) == 2
-    assert "no checkpoints in the registry" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "no checkpoints in the registry" in err and "match --recipe dpo" in err and "{" not in err
+    assert ladder_main(["leaderboard", "--sweep", "nope", f"trainer.run_root={sweep}"]) == 2
+    assert "match --sweep nope; the sweeps it knows: lrs" in capsys.readouterr().err
     assert ladder_main(["compare", str(sweep / "lrs-a" / "checkpoints" / "step_000123")]) == 2
     assert "no checkpoint at" in capsys.readouterr().err
 

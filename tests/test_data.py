@@ -61,3 +61,20 @@ def test_synthetic_splits_are_deterministic_and_disjoint():
     for r in heldout[:50]:
         letters = r["messages"][0]["content"].split(": ")[1].split()
         assert r["messages"][1]["content"] == " ".join(reversed(letters))
+
+
+def test_a_byte_order_mark_is_not_a_json_error_and_columns_count_characters(tmp_path):
+    import json as _json
+
+    import pytest as _pytest
+
+    from training.chat_data import iter_jsonl
+    from training.errors import DataError
+    row = {"messages": [{"role": "user", "content": "é"}, {"role": "assistant", "content": "a"}]}
+    bom = tmp_path / "bom.jsonl"
+    bom.write_bytes(b"\xef\xbb\xbf" + _json.dumps(row, ensure_ascii=False).encode() + b"\n")
+    assert [r for _, r in iter_jsonl(str(bom))] == [row]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"a": "éé", }\n', encoding="utf-8")
+    with _pytest.raises(DataError, match=r"bad.jsonl:1: not valid JSON \(.* at column 13\)"):
+        list(iter_jsonl(str(bad)))

@@ -43,7 +43,7 @@ def iter_jsonl(path: str):
     """Yield (line number, row) for each non-blank line; a line that is not JSON is named by
     file and line. Every jsonl reader of the project goes through here."""
     try:
-        f = open(path, encoding="utf-8")
+        f = open(path, encoding="utf-8-sig")  # -sig: a byte-order mark is not JSON's column 1
     except OSError as e:
         raise DataError(f"{path}: cannot read ({e.strerror})") from None
     with f:
