@@ -7,8 +7,10 @@ It holds the comparison table (scores, deltas, 95% CIs, significance), then per 
 figure with three plots: the score of every registered checkpoint of the compared runs
 against training step and against GPU-hours (heartbeat device-hours at that step, see
 evals/registry.py), and the project's score over time (every checkpoint in the registry
-scored with the same settings, by save time, with the best-so-far line). Then the task
-settings (generation, prompt format) and the config keys on which the compared runs differ.
+scored with the same settings, by save time, with the best-so-far line), the task settings
+(generation, prompt format), and the examples that flipped between the baseline and each
+candidate. Also: each checkpoint labelled with the settings its run tried (`lr=0.001`), the
+training and held-out loss curves of the compared runs, and the config keys on which they differ.
 PNGs are base64 data URIs, so the file needs no network and no other file.
 """
 
@@ -137,6 +139,102 @@ def _comparison_table(c: Comparison) -> str:
     return f"<table><tr><th>task</th>{head}</tr>{''.join(rows)}</table>"
 
 
+# Keys that differ between any two runs but say nothing about what was tried.
+NOT_SETTINGS = ("trainer.run_name", "trainer.run_root", "trainer.resume", "sweep.", "tracker.", "ledger.", "registry.",
+                "launcher.", "eval.", "trainer.checkpoint_url", "trainer.log_every")
+MAX_FLIPS = 40  # example rows shown per task and checkpoint; the counts are always complete
+
+
+def swept_settings(c: Comparison) -> list[str]:
+    """Per entry, the settings on which the compared runs differ ("lr=0.001, seed=2"): a sweep
+    point's name says nothing, its settings say what it tried."""
+    differ, flats = config_diff(c)
+    keys = [k for k in differ if not k.startswith(NOT_SETTINGS)]
+    return [", ".join(f"{k.rsplit('.', 1)[-1]}={f.get(k, '—')}" for k in keys) for f in flats]
+
+
+def loss_figure(c: Comparison) -> str | None:
+    """Training loss (metrics.jsonl) and held-out loss (the built-in task's, from each checkpoint's
+    eval results on disk) against step, one line per compared run."""
+    from training.metrics import read_metrics
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_train, ax_held) = plt.subplots(1, 2, figsize=(12, 4))
+    drew = False
+    for run_dir in run_dirs(c):
+        metrics = Path(run_dir) / "metrics.jsonl"
+        if metrics.exists():
+            rows = read_metrics(metrics)
+            ax_train.plot([r["step"] for r in rows], [r["loss"] for r in rows], label=Path(run_dir).name)
+            drew = True
+        held = []
+        for f in sorted(Path(run_dir).glob("checkpoints/step_*/eval/*.json")):
+            tasks = json.loads(f.read_text()).get("tasks", {})
+            losses = [t["heldout_loss"] for t in tasks.values() if t.get("heldout_loss") is not None]
+            if losses:
+                held.append((int(f.parent.parent.name.split("_")[1]), losses[0]))
+        if held:
+            held.sort()
+            ax_held.plot([s for s, _ in held], [v for _, v in held], marker="o", label=Path(run_dir).name)
+            drew = True
+    if not drew:
+        plt.close(fig)
+        return None
+    for ax, title in ((ax_train, "training loss vs step"), (ax_held, "held-out loss vs step (checkpoints on disk)")):
+        ax.set_title(title, fontsize=11)
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss per trained token")
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def flips(c: Comparison, task: str) -> list[tuple[str, list[dict], int, int]]:
+    """Per candidate: (label, the examples whose score changed against the baseline, how many
+    improved, how many regressed)."""
+    esc_base = {e["id"]: e for e in c.entries[c.baseline].result["tasks"][task]["examples"]}
+    out = []
+    for i, e in enumerate(c.entries):
+        if i == c.baseline:
+            continue
+        changed = []
+        for ex in e.result["tasks"][task]["examples"]:
+            b = esc_base.get(ex["id"])
+            if b is not None and b["score"] != ex["score"]:
+                changed.append({"id": ex["id"], "baseline": b["score"], "candidate": ex["score"],
+                                "target": ex.get("target"), "baseline_output": b.get("output"),
+                                "candidate_output": ex.get("output")})
+        up = sum(x["candidate"] > x["baseline"] for x in changed)
+        out.append((e.label, changed, up, len(changed) - up))
+    return out
+
+
+def _flips_html(c: Comparison, task: str) -> str:
+    esc = html.escape
+    parts = []
+    base = c.entries[c.baseline].label
+    for label, changed, up, down in flips(c, task):
+        parts.append(f"<h3>{esc(label)} against {esc(base)}: {up} example(s) flipped better, {down} worse</h3>")
+        if not changed:
+            continue
+        rows = "".join(f"<tr><td>{esc(str(x['id']))}</td><td>{x['baseline']:g} → {x['candidate']:g}</td>"
+                       f"<td>{esc(str(x['target'] if x['target'] is not None else ''))}</td>"
+                       f"<td>{esc(str(x['baseline_output'] if x['baseline_output'] is not None else ''))}</td>"
+                       f"<td>{esc(str(x['candidate_output'] if x['candidate_output'] is not None else ''))}</td></tr>"
+                       for x in changed[:MAX_FLIPS])
+        more = f"<p>… and {len(changed) - MAX_FLIPS} more.</p>" if len(changed) > MAX_FLIPS else ""
+        parts.append("<table><tr><th>example</th><th>score</th><th>target</th><th>baseline output</th>"
+                     f"<th>candidate output</th></tr>{rows}</table>{more}")
+    return "".join(parts)
+
+
 def write_report(c: Comparison, eval_cfg: DictConfig, registry: Registry, path: str | Path) -> Path:
     esc = html.escape
     keys = {s.name: s.settings_key for s in task_specs(eval_cfg)}
@@ -146,9 +244,15 @@ def write_report(c: Comparison, eval_cfg: DictConfig, registry: Registry, path: 
              "paired bootstrap over examples (2000 resamples, seed 0); ▲/▼ mark intervals that exclude 0. "
              f"Registry: <code>{esc(str(registry.path))}</code>. Generated {datetime.now():%Y-%m-%d %H:%M}.</p>",
              "<h2>Scores</h2>", _comparison_table(c),
-             "<h2>Checkpoints</h2><table><tr><th>label</th><th>checkpoint</th><th>step</th><th>content hash</th></tr>"
-             + "".join(f"<tr><td>{esc(e.label)}</td><td>{esc(str(e.checkpoint))}</td><td>{e.result['step']}</td>"
-                       f"<td><code>{e.result['content_hash'][:16]}</code></td></tr>" for e in c.entries) + "</table>"]
+             "<h2>Checkpoints</h2><table><tr><th>label</th><th>settings that differ</th><th>checkpoint</th>"
+             "<th>step</th><th>content hash</th></tr>"
+             + "".join(f"<tr><td>{esc(e.label)}</td><td>{esc(setting)}</td><td>{esc(str(e.checkpoint))}</td>"
+                       f"<td>{e.result['step']}</td><td><code>{e.result['content_hash'][:16]}</code></td></tr>"
+                       for e, setting in zip(c.entries, swept_settings(c))) + "</table>"]
+    losses = loss_figure(c)
+    if losses:
+        parts.append('<h2>Loss</h2><img alt="training and held-out loss vs step" '
+                     f'src="data:image/png;base64,{losses}">')
     for task in c.tasks:
         metric = c.metrics[task]
         png = task_figure(task, metric, keys[task], c, registry)
@@ -158,7 +262,8 @@ def write_report(c: Comparison, eval_cfg: DictConfig, registry: Registry, path: 
                      f'src="data:image/png;base64,{png}">'
                      f"<p>{info['n']} examples, task version {esc(str(info.get('task_version')))}; generation "
                      f"<code>{esc(json.dumps(info.get('generation')))}</code>; prompt format "
-                     f"<code>{esc(json.dumps(info.get('prompt_format')))}</code></p>")
+                     f"<code>{esc(json.dumps(info.get('prompt_format')))}</code></p>"
+                     + _flips_html(c, task))
     differ, flats = config_diff(c)
     parts.append("<h2>Config differences</h2>")
     if differ:

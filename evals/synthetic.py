@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import json
 
+import torch
+
 from evals.generate import greedy_complete
-from training.chat_data import check_jsonl
+from training.chat_data import IGNORE, check_jsonl, encode_chat
 from training.synthetic import VERSION
 
 
@@ -30,6 +32,7 @@ def score_heldout(model, tokenizer, path: str, max_examples: int | None = None,
     for e in examples:
         e["score"] = float(e["correct"])  # per example, for paired bootstraps in `ladder compare`
     correct = sum(e["correct"] for e in examples)
+    loss = heldout_loss(model, tokenizer, rows)
     return {
         "metric": "exact_match",
         "score": 100.0 * correct / len(examples),
@@ -39,4 +42,21 @@ def score_heldout(model, tokenizer, path: str, max_examples: int | None = None,
         "generation": {"do_sample": False, "max_new_tokens": max_new_tokens},
         "prompt_format": "chat_template: the row's messages up to the answer, then the assistant header",
         "examples": examples,
+        # the training objective on the held-out answers: its curve beside the training loss tells
+        # over-fitting from a metric that saturates (the compare report plots both)
+        "heldout_loss": loss,
     }
+
+
+@torch.no_grad()
+def heldout_loss(model, tokenizer, rows: list[dict], max_len: int = 4096) -> float:
+    """Mean cross-entropy per assistant token of the rows, teacher-forced, as training counts it."""
+    model.eval()
+    total, count = 0.0, 0
+    for r in rows:
+        ids, labels = encode_chat(tokenizer, r["messages"], max_len)
+        labels_t = torch.tensor([labels], device=model.device)
+        logits = model(input_ids=torch.tensor([ids], device=model.device), use_cache=False).logits.float()
+        total += float(torch.nn.functional.cross_entropy(logits[0], labels_t[0], ignore_index=IGNORE, reduction="sum"))
+        count += int((labels_t != IGNORE).sum())
+    return total / max(count, 1)

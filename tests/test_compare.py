@@ -100,6 +100,7 @@ def sweep(trained_run):
     b = copy_as_run(trained_run.checkpoints[-1], root, "lrs-b", **{"sweep.name": "lrs", "optim.lr": 0.001})
     for ckpt in (a, b):  # runs register their checkpoints as they evaluate them
         evaluate_checkpoint(ckpt, cfg.eval)
+    shutil.copy(Path(trained_run.run_dir) / "metrics.jsonl", root / "lrs-b" / "metrics.jsonl")  # its loss curve
     return root
 
 
@@ -115,10 +116,15 @@ def test_compare_a_sweep_writes_an_offline_html_report(report):
     html = report.read_text()
     assert "lrs-a@0" in html and "lrs-b@150" in html
     pngs = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)
-    assert len(pngs) == 1 and base64.b64decode(pngs[0])[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(pngs) == 2 and all(base64.b64decode(p)[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)  # loss, task
     assert not re.search(r'(src|href)="https?://', html)  # one file, nothing fetched
-    for title in ("reverse/exact_match", "Config differences", "optim.lr", "trainer.run_name"):
+    for title in ("reverse/exact_match", "Config differences", "optim.lr", "trainer.run_name",
+                  "training and held-out loss vs step"):
         assert title in html, title
+    assert "<td>lr=0.003</td>" in html and "<td>lr=0.001</td>" in html  # each point labelled by what it tried
+    # lrs-a is the untrained step 0 and lrs-b the trained step 150: examples flip from wrong to right
+    flipped = re.search(r"lrs-b@150 against lrs-a@0: (\d+) example\(s\) flipped better, (\d+) worse", html)
+    assert flipped and int(flipped.group(1)) > 0, html[-3000:]
 
 
 def test_leaderboard_ranks_and_filters(sweep, tmp_path, capsys):
