@@ -7,7 +7,9 @@ Each task's result is looked up in the eval cache by the checkpoint's content ha
 and its version, its settings and the eval code version (evals/cache.py). Only the tasks that
 miss are computed, and the model is loaded only if a built-in task misses (lm-eval loads its
 own from the checkpoint directory): a fully cached suite never touches the weights, and the
-log says so ("answered from the cache; no model loaded"). Every result lands in the registry
+log says so ("answered from the cache; no model loaded"). The checkpoint is checked against its
+COMPLETE manifest first: every file's size always, and the SHA-256 of the files a model load
+reads (weights, config, tokenizer) when a task needs the model. Every result lands in the registry
 (evals/registry.py) and, for the suite, in <checkpoint>/eval/<suite>.json: per-task scores, the
 generation settings and prompt formats, and every example's output.
 """
@@ -25,7 +27,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from evals.cache import EVAL_CODE_VERSION, EvalCache, TaskSpec, lm_limit, task_specs
-from evals.content_hash import checkpoint_hash
+from evals.content_hash import PATTERNS, checkpoint_hash
 from evals.registry import Registry, registry_path
 from training.checkpoint import check_checkpoint
 
@@ -75,12 +77,11 @@ def default_registry(ckpt: Path) -> Registry:
 
 def evaluate_checkpoint(ckpt: str | Path, eval_cfg: DictConfig, registry: Registry | None = None) -> dict:
     """Score `ckpt` on the suite; returns scores, per-task results and whether the model was loaded."""
-    ckpt = check_checkpoint(ckpt)
+    ckpt = check_checkpoint(ckpt)  # sizes: a missing or truncated file stops it here
     specs = task_specs(eval_cfg)
     t0 = time.time()
     content_hash = checkpoint_hash(ckpt)
     registry = registry or default_registry(ckpt)
-    row = registry.register_checkpoint(ckpt, content_hash)
     cache = EvalCache(registry.cache_dir)
     keys = {s.name: s.key(content_hash) for s in specs}
     tasks: dict[str, dict] = {}
@@ -92,6 +93,12 @@ def evaluate_checkpoint(ckpt: str | Path, eval_cfg: DictConfig, registry: Regist
     device = resolve_device(eval_cfg)
     model_loaded = False
     builtin = [s for s in missing if s.kind == "builtin"]
+    harness = [s for s in missing if s.kind == "lm_eval"]
+    if builtin or harness:
+        # The weights are about to be read: check them against COMPLETE's hashes first, so a
+        # damaged file is named instead of loaded (or failing deep inside safetensors).
+        check_checkpoint(ckpt, hashes=PATTERNS)
+    row = registry.register_checkpoint(ckpt, content_hash)  # once it is known to be whole
     if builtin:
         model, tokenizer = load_model(ckpt, device)
         model_loaded = True
@@ -102,7 +109,6 @@ def evaluate_checkpoint(ckpt: str | Path, eval_cfg: DictConfig, registry: Regist
         if device.startswith("cuda"):
             import torch
             torch.cuda.empty_cache()
-    harness = [s for s in missing if s.kind == "lm_eval"]
     if harness:
         from evals.lm_harness import run_lm_eval
         t = time.time()

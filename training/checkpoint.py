@@ -1,7 +1,12 @@
-"""Atomic checkpoints in Hugging Face format, with the trainer state beside the weights.
+"""Atomic checkpoints in Hugging Face format, with the trainer state beside the weights, and a
+COMPLETE marker that says what is complete (every file's size and SHA-256).
 
     ckpt = save_checkpoint(run_dir, step, model, tokenizer, state, cfg)   # -> runs/x/checkpoints/step_000100
-    last = latest_checkpoint(run_dir)                                     # newest COMPLETE one, or None
+    last = latest_checkpoint(run_dir)                  # newest complete one whose files have their sizes
+    good = latest_checkpoint(run_dir, hashes=True)     # ... and their hashes (resume: the files are read anyway)
+    check_checkpoint(path)                             # sizes; raises CheckpointError naming the bad file
+    check_checkpoint(path, hashes=True)                # sizes and SHA-256 of every listed file
+    check_checkpoint(path, hashes=("*.safetensors", "tokenizer*"))   # hash only what a reader loads
 
 Layout of one checkpoint directory:
   model.safetensors, config.json, generation_config.json  (model.save_pretrained)
@@ -10,22 +15,38 @@ Layout of one checkpoint directory:
   deepspeed/           DeepSpeed engines only: their own sharded optimizer and model state
   ladder_config.yaml   the resolved run config
   ladder_meta.json     step, run name, git commit, time
-  COMPLETE             written last
-Everything is written under a temporary name, COMPLETE is written, and only then is the
-directory renamed into place, so a crash at any moment leaves the last good checkpoint
-intact and never leaves a half-written directory under a checkpoint's name. With
+  COMPLETE             written last: JSON {"format", "token", "files": {path: {"size", "sha256"}}}
+  eval/, deepspeed/universal, deepspeed/latest_universal   written after the commit (eval results,
+                       DeepSpeed's conversion for another world size): not in COMPLETE, not checked
+Everything is written under a temporary name, fsynced, COMPLETE is written (and fsynced), and only
+then is the directory renamed into place, so a crash at any moment leaves the last good checkpoint
+intact and never leaves a half-written directory under a checkpoint's name. The fsync pass reads
+each file once and hashes it on the way (streamed in 16 MiB chunks, as checkpoints reach hundreds
+of GB, and several files at a time). COMPLETE's `token` (time and a random id) is unique per save,
+so a copy elsewhere (remote.py) can tell this save from another of the same step. With
 trainer.checkpoint_url set, the committed directory is also uploaded there (remote.py).
+
+A marker alone does not prove the files are whole (a disk that filled, a copy cut short, a file
+deleted by hand), so readers check: every use checks that each listed file exists with its
+recorded size (a stat per file); readers that are about to read the content anyway (resume,
+evaluation) also check the hashes. Checkpoints written before the manifest (COMPLETE holds only
+the token) still load, unverified, with a log line saying so.
 """
 
 from __future__ import annotations
 
+import fnmatch
+import hashlib
 import json
+import logging
 import os
 import re
 import shutil
 import subprocess
 import time
 import uuid
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -34,9 +55,13 @@ from omegaconf import DictConfig, OmegaConf
 from training import faults
 from training.errors import CheckpointError
 
+log = logging.getLogger("ladder.checkpoint")
 COMPLETE = "COMPLETE"
 STATE_FILE = "trainer_state.pt"
+MANIFEST_FORMAT = "ladder-checkpoint/1"
+CHUNK = 1 << 24  # 16 MiB: large reads for throughput, a fixed buffer whatever the file's size
 _NAME = re.compile(r"^step_(\d+)$")
+_unverified_noted: set[str] = set()
 
 
 def checkpoints_dir(run_dir: Path) -> Path:
@@ -64,6 +89,28 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def file_sha256(path: Path, fsync: bool = False) -> tuple[int, str]:
+    """(size, SHA-256) of a file, read in CHUNK-sized pieces into one buffer; fsync it too if asked
+    (commit: one pass over the data does both)."""
+    h, size = hashlib.sha256(), 0
+    buf = bytearray(CHUNK)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as fh:
+        while n := fh.readinto(buf):
+            h.update(view[:n])
+            size += n
+        if fsync:
+            os.fsync(fh.fileno())
+    return size, h.hexdigest()
+
+
+def hash_files(paths: list[Path], fsync: bool = False) -> list[tuple[int, str]]:
+    """file_sha256 of each path, several files at once: reads and SHA-256 release the GIL, and a
+    sharded checkpoint (DeepSpeed, large safetensors) hashes at disk speed instead of one core's."""
+    with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1))) as pool:
+        return list(pool.map(lambda f: file_sha256(f, fsync), paths))
+
+
 def staging_dir(run_dir: Path, step: int) -> Path:
     """Where a checkpoint is written before it is committed. The same name on every rank, so
     engines that write per-rank shards (DeepSpeed) write into one directory."""
@@ -86,15 +133,22 @@ def write_checkpoint(tmp: Path, step: int, tokenizer, state: dict, cfg: DictConf
 
 def commit_checkpoint(tmp: Path, run_dir: Path, step: int, keep_last: int | None = None,
                       protect: tuple[int, ...] = (0,)) -> Path:
-    """fsync everything, write COMPLETE, and rename the directory into place (rank 0)."""
+    """fsync and hash every file, write COMPLETE (the manifest), and rename the directory into
+    place (rank 0, the only process that commits: the files are hashed once)."""
     root = checkpoints_dir(run_dir)
     final = root / f"step_{step:06d}"
-    for f in tmp.rglob("*"):  # the data must be on disk before COMPLETE claims it is
-        if f.is_file():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-    # A unique token, so a copy elsewhere (remote.py) can tell this save from another of the same step.
-    (tmp / COMPLETE).write_text(f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {uuid.uuid4().hex}\n")
+    paths = [f for f in sorted(tmp.rglob("*")) if f.is_file() and f != tmp / COMPLETE]
+    # the data must be on disk before COMPLETE claims it is: fsync, hashing in the same read
+    files = {f.relative_to(tmp).as_posix(): {"size": size, "sha256": digest}
+             for f, (size, digest) in zip(paths, hash_files(paths, fsync=True))}
+    for d in [tmp, *(p for p in tmp.rglob("*") if p.is_dir())]:
+        _fsync_dir(d)  # the files' names, too
+    # The token is unique, so a copy elsewhere (remote.py) can tell this save from another of the same step.
+    token = f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {uuid.uuid4().hex}"
+    with open(tmp / COMPLETE, "w") as fh:
+        fh.write(json.dumps({"format": MANIFEST_FORMAT, "token": token, "files": files}, indent=1) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
     if final.exists():  # a re-save of the same step after a resume: swap it atomically
         old = root / f".old-step_{step:06d}"
         shutil.rmtree(old, ignore_errors=True)
@@ -105,7 +159,7 @@ def commit_checkpoint(tmp: Path, run_dir: Path, step: int, keep_last: int | None
         os.rename(tmp, final)
     _fsync_dir(root)
     if keep_last:
-        prune(run_dir, keep_last, protect)
+        prune(run_dir, keep_last, protect, newest=step)
     return final
 
 
@@ -129,6 +183,7 @@ def step_of(path: Path) -> int:
 
 
 def complete_checkpoints(run_dir: Path) -> list[Path]:
+    """Every checkpoint with a COMPLETE marker, oldest first (unverified: a listing)."""
     root = checkpoints_dir(run_dir)
     if not root.is_dir():
         return []
@@ -136,22 +191,56 @@ def complete_checkpoints(run_dir: Path) -> list[Path]:
     return sorted(found, key=step_of)
 
 
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    found = complete_checkpoints(run_dir)
-    return found[-1] if found else None
+def latest_checkpoint(run_dir: Path, hashes: bool = False) -> Path | None:
+    """The newest complete checkpoint that passes check_checkpoint (sizes; with hashes=True, the
+    SHA-256 of every file too). One that fails is skipped with a warning naming the bad file."""
+    for p in reversed(complete_checkpoints(run_dir)):
+        try:
+            return check_checkpoint(p, hashes=hashes)
+        except CheckpointError as e:
+            log.warning("skipping checkpoint %s, it fails verification: %s; trying the one before it", p.name, e)
+    return None
 
 
-def prune(run_dir: Path, keep_last: int, protect: tuple[int, ...] = (0,)) -> None:
-    """Keep the newest keep_last complete checkpoints (and protected steps); clear stale temporaries."""
-    found = [p for p in complete_checkpoints(run_dir) if step_of(p) not in protect]
+def prune(run_dir: Path, keep_last: int, protect: tuple[int, ...] = (0,), newest: int | None = None) -> None:
+    """Keep the newest keep_last complete checkpoints (and protected steps); clear stale temporaries.
+    Checkpoints after `newest` (the step just saved) are from before a resume from an older one
+    (e.g. one that failed verification): they neither count nor go; the run overwrites them."""
+    found = [p for p in complete_checkpoints(run_dir)
+             if step_of(p) not in protect and (newest is None or step_of(p) <= newest)]
     for p in found[:-keep_last]:
         shutil.rmtree(p, ignore_errors=True)
     for p in [*checkpoints_dir(run_dir).glob(".tmp-*"), *checkpoints_dir(run_dir).glob(".old-*")]:
         shutil.rmtree(p, ignore_errors=True)  # left by a save (or a download) that was killed
 
 
-def check_checkpoint(path: str | Path) -> Path:
-    """Return the path if it is a complete checkpoint; else raise a CheckpointError saying why."""
+def read_manifest(path: str | Path) -> dict | None:
+    """COMPLETE's manifest: {"format", "token", "files": {relative path: {"size", "sha256"}}}, or
+    None for a checkpoint written before manifests (COMPLETE is a one-line token)."""
+    marker = Path(path) / COMPLETE
+    raw = marker.read_bytes()
+    if not raw.lstrip().startswith(b"{"):
+        return None
+    try:
+        manifest = json.loads(raw)
+        files = manifest["files"]
+        for rel, rec in files.items():
+            parts = Path(rel).parts
+            if Path(rel).is_absolute() or ".." in parts or not parts:
+                raise ValueError(f"a path outside the checkpoint: {rel!r}")
+            if not isinstance(rec["size"], int) or not isinstance(rec["sha256"], str):
+                raise ValueError(f"a bad entry for {rel!r}")
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise CheckpointError(f"{marker} is unreadable ({e}): the checkpoint cannot be verified") from None
+    return manifest
+
+
+def check_checkpoint(path: str | Path, hashes: bool | Iterable[str] = False) -> Path:
+    """Return the path if it is a complete checkpoint whose files match COMPLETE; else raise a
+    CheckpointError naming each bad file (missing, its size, its hash). Every listed file's size
+    is checked; its SHA-256 too with hashes=True, or for the files matching `hashes` when it is a
+    tuple of glob patterns (a reader that loads only the weights hashes only those). Files not in
+    COMPLETE (eval/ results, DeepSpeed's universal conversion) are not looked at."""
     p = Path(path)
     if not p.exists():
         raise CheckpointError(f"no checkpoint at {p}: the path does not exist")
@@ -162,8 +251,46 @@ def check_checkpoint(path: str | Path) -> Path:
             raise CheckpointError(f"{p} is a run directory; name a checkpoint, e.g. {latest_checkpoint(p)}")
         raise CheckpointError(f"{p} is not a complete checkpoint (no {COMPLETE} marker): it was never "
                               "finished, or it is not a Ladder checkpoint")
+    problems = manifest_problems(p, hashes)
+    if problems is None:
+        if str(p) not in _unverified_noted:  # once per checkpoint, not at every listing
+            _unverified_noted.add(str(p))
+            log.info("%s was saved before COMPLETE listed its files: its files are not verified", p)
+    elif problems:
+        raise CheckpointError(f"corrupt checkpoint {p}: " + "; ".join(problems))
     return p
 
 
+def manifest_problems(path: Path, hashes: bool | Iterable[str] = False) -> list[str] | None:
+    """What is wrong with the files COMPLETE lists (each naming its file; [] when nothing is), or
+    None when COMPLETE lists none (a checkpoint from before manifests). Sizes first, a stat per
+    file; hashes (all, or the files matching the patterns) only when every size is right."""
+    path = Path(path)
+    manifest = read_manifest(path)
+    if manifest is None:
+        return None
+    files, problems = manifest["files"], []
+    for rel, rec in files.items():
+        try:
+            size = (path / rel).stat().st_size
+        except FileNotFoundError:
+            problems.append(f"{rel} is missing")
+            continue
+        if size != rec["size"]:
+            problems.append(f"{rel} is {size} bytes, COMPLETE records {rec['size']} (truncated or overwritten)")
+    if not problems and hashes:
+        patterns = None if hashes is True else (hashes,) if isinstance(hashes, str) else tuple(hashes)
+        wanted = [rel for rel in files if patterns is None or any(fnmatch.fnmatch(rel, pat) for pat in patterns)]
+        for rel, (_, digest) in zip(wanted, hash_files([path / rel for rel in wanted])):
+            if digest != files[rel]["sha256"]:
+                problems.append(f"{rel} does not match its SHA-256 in COMPLETE (its content changed after the save)")
+    if len(problems) > 5:  # e.g. a DeepSpeed state directory deleted: hundreds of shards
+        problems = [*problems[:5], f"and {len(problems) - 5} more"]
+    return problems
+
+
 def load_trainer_state(path: Path) -> dict:
-    return torch.load(Path(path) / STATE_FILE, map_location="cpu", weights_only=False)
+    f = Path(path) / STATE_FILE
+    if not f.is_file():  # a checkpoint from before manifests is not verified: say what is missing
+        raise CheckpointError(f"corrupt checkpoint {path}: {STATE_FILE} is missing, so it cannot be resumed")
+    return torch.load(f, map_location="cpu", weights_only=False)

@@ -59,6 +59,15 @@ def any_rank(flag: bool, device: str) -> bool:
     return all_sum(1.0 if flag else 0.0, device) > 0
 
 
+def broadcast(obj, src: int = 0):
+    """Rank src's (picklable) object on every rank: one decision, e.g. the checkpoint to resume from."""
+    if not dist.is_initialized():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()

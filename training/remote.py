@@ -4,7 +4,7 @@
     ckpt = resolve_resume(cfg, run_dir, store, world)   # trainer.resume -> a local directory, or None
     store.upload(local_ckpt, step)                  # every file, then COMPLETE: the commit point
     store.complete_steps()                          # steps whose COMPLETE exists, oldest first
-    local = store.fetch(step, checkpoints_dir(run_dir))   # a local copy to load from
+    local = store.fetch(step, checkpoints_dir(run_dir))   # a verified local copy to load from
     store.prune(keep_last, protect)
 
 Checkpoints of run NAME go to <checkpoint_url>/NAME/checkpoints/step_N/, the same layout as
@@ -16,12 +16,19 @@ COMPLETE exists are ever listed, so an upload cut short at any moment is never r
 Deleting runs the other way round, COMPLETE first, so a half-deleted directory is not complete
 either. Nothing is loaded from the URL directly: resume downloads into the run's local
 checkpoints directory first (torch and transformers read local files), and a local copy whose
-COMPLETE token matches the remote one is used as it is.
+COMPLETE token matches the remote one (the same save) is reused.
 
 Rank 0 is the only writer: it uploads the staging directory every rank wrote into, so DeepSpeed
 on several nodes needs trainer.run_root on storage all nodes see, as it does without a URL. The
 upload is synchronous (the other ranks wait at the save's barrier); it is bounded by
 trainer.step_timeout_s like any save.
+
+Nothing is resumed from unverified: COMPLETE lists every file's size and SHA-256 (checkpoint.py),
+a download is checked against it before it takes the checkpoint's name, and a local copy is
+checked before it is reused. trainer.resume=auto skips a checkpoint that fails (with a warning
+naming the file) and takes the one before it; a named checkpoint that fails is refused. Global
+rank 0 makes that choice, hashing once; every rank gets it by broadcast, so all resume from the
+same step and a refusal stops them all with the same message.
 """
 
 from __future__ import annotations
@@ -36,18 +43,28 @@ import fsspec
 from omegaconf import DictConfig
 
 from training import distributed, faults
-from training.checkpoint import COMPLETE, check_checkpoint, checkpoints_dir, latest_checkpoint, step_of
+from training.checkpoint import (COMPLETE, check_checkpoint, checkpoints_dir, latest_checkpoint, manifest_problems,
+                                 step_of)
 from training.errors import CheckpointError
 
 log = logging.getLogger("ladder.checkpoint")
-# Protocols fsspec knows that cannot hold checkpoints, and why.
-REFUSED = {"memory": "memory:// lives inside one process, so a resumed run would find nothing",
-           "http": "http:// is read-only in fsspec", "https": "https:// is read-only in fsspec"}
+# Protocols fsspec knows that cannot hold checkpoints, and why. fsspec has a class for each of
+# them, so without this list they pass the "known protocol" check and fail later, far from the
+# config key (ftp://host/x used to end in "x is not a checkpoint directory").
+REFUSED = {
+    "memory": "memory:// lives inside one process, so a resumed run would find nothing",
+    "ftp": ("ftp:// is not supported for checkpoints: fsspec's FTP client uploads a large file as a "
+            "series of restarted transfers (REST + STOR), which not every server accepts, and sends "
+            "the password in clear text; use sftp:// to the same host"),
+    **{p: f"{p}:// is read-only in fsspec, so it cannot hold checkpoints" for p in (
+        "http", "https", "github", "git", "gist", "zip", "tar", "libarchive", "data", "reference", "dvc")},
+}
 
 
 def url_problem(url: str, key: str = "trainer.checkpoint_url") -> str | None:
-    """Why `url` cannot hold checkpoints, or None. Checked by validate() before anything runs."""
-    protocol, _ = fsspec.core.split_protocol(url)
+    """Why `url` cannot hold checkpoints, or None. Checked by validate() before anything runs.
+    For trainer.resume the URL names one checkpoint, so it must also end in step_N."""
+    protocol, path = fsspec.core.split_protocol(url)
     if protocol is None:
         return (f"{key}={url!r} is not a URL: give a protocol, e.g. s3://bucket/ladder or file:///mnt/ckpts "
                 "(checkpoints on a local path go under trainer.run_root)")
@@ -60,7 +77,18 @@ def url_problem(url: str, key: str = "trainer.checkpoint_url") -> str | None:
                 "hdfs, sftp, file")
     except ImportError as e:
         return f"{key}={url!r}: the {protocol!r} protocol needs a package that is not installed ({e})"
+    if key == "trainer.resume" and not _is_step(path):
+        return (f"{key}={url!r} does not name a checkpoint: the URL of one ends in step_N, e.g. "
+                "s3://bucket/ladder/<run_name>/checkpoints/step_000100")
     return None
+
+
+def _is_step(path: str) -> bool:
+    try:
+        step_of(Path(path.rstrip("/")))
+    except CheckpointError:
+        return False
+    return True
 
 
 class RemoteCheckpoints:
@@ -135,20 +163,24 @@ class RemoteCheckpoints:
         if self.fs.exists(path):
             self.fs.rm(path, recursive=True)
 
-    def prune(self, keep_last: int, protect: tuple[int, ...] = (0,)) -> None:
+    def prune(self, keep_last: int, protect: tuple[int, ...] = (0,), newest: int | None = None) -> None:
         """The local rule (checkpoint.prune): keep protected steps and the newest keep_last others;
         delete the rest and any incomplete directory (rank 0 is the only writer, so none is being
-        written)."""
-        unprotected = [s for s in self.complete_steps() if s not in protect]
-        keep = set(protect) | set(unprotected[-keep_last:])
+        written). Complete steps after `newest` (the step just uploaded) neither count nor go."""
+        complete = self.complete_steps()
+        later = {s for s in complete if newest is not None and s > newest}
+        unprotected = [s for s in complete if s not in protect and s not in later]
+        keep = set(protect) | set(unprotected[-keep_last:]) | later
         for step in self.all_steps():
             if step not in keep:
                 self.delete(step)
 
     # ---- reading -----------------------------------------------------------------------
-    def fetch(self, step: int, dest_root: Path) -> Path:
-        """A local copy of a complete remote checkpoint at dest_root/step_N, downloaded unless the
-        one there is the same save (same COMPLETE token). Safe against another process fetching
+    def fetch(self, step: int, dest_root: Path, hashes: bool = True) -> Path:
+        """A verified local copy of a complete remote checkpoint at dest_root/step_N. The copy there
+        is reused if it is the same save (same COMPLETE token) and passes check_checkpoint (with
+        `hashes`); otherwise the checkpoint is downloaded, and the download is checked against its
+        COMPLETE (sizes and hashes) before it takes the name. Safe against another process fetching
         into the same place (ranks of other nodes on a shared file system)."""
         src = self._path(step)
         try:
@@ -158,7 +190,10 @@ class RemoteCheckpoints:
                                   "its upload never finished") from None
         final = Path(dest_root) / f"step_{step:06d}"
         if _same(final, token):
-            return final
+            try:
+                return check_checkpoint(final, hashes=hashes)
+            except CheckpointError as e:  # the remote copy may be whole: download it again
+                log.warning("the local copy of %s fails verification (%s); downloading it again", self.step_url(step), e)
         tmp = Path(dest_root) / f".tmp-fetch-step_{step:06d}-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -169,8 +204,18 @@ class RemoteCheckpoints:
                 (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
                 self.fs.get_file(f, str(tmp / rel))
         (tmp / COMPLETE).write_bytes(token)  # last, as everywhere
+        try:
+            problems = manifest_problems(tmp, hashes=True)  # what arrived, read back once
+            if problems:
+                raise CheckpointError(f"corrupt checkpoint {self.step_url(step)}: " + "; ".join(problems))
+        except CheckpointError:
+            shutil.rmtree(tmp, ignore_errors=True)  # a bad download never takes the checkpoint's name
+            raise
+        if problems is None:
+            log.info("%s was saved before COMPLETE listed its files: its download is not verified",
+                     self.step_url(step))
         old = Path(dest_root) / f".old-step_{step:06d}-{os.getpid()}"
-        if final.exists():  # a different save of the same step (e.g. one whose upload failed)
+        if final.exists():  # a different save of the same step (e.g. one whose upload failed), or a bad copy
             os.rename(final, old)
         try:
             os.rename(tmp, final)
@@ -189,39 +234,73 @@ def _same(local: Path, token: bytes) -> bool:
         return False
 
 
-def fetch_url(url: str, cache_root: Path) -> Path:
-    """trainer.resume=<URL of a checkpoint>: a local copy under cache_root (keyed by the URL)."""
+def fetch_url(url: str, cache_root: Path, hashes: bool = True) -> Path:
+    """trainer.resume=<URL of a checkpoint>: a verified local copy under cache_root (keyed by the URL)."""
     url = url.rstrip("/")
     parent, _, name = url.rpartition("/")
     step = step_of(Path(name))
     dest = Path(cache_root) / hashlib.sha256(parent.encode()).hexdigest()[:16]
     dest.mkdir(parents=True, exist_ok=True)
-    return RemoteCheckpoints(parent).fetch(step, dest)
+    return RemoteCheckpoints(parent).fetch(step, dest, hashes)
+
+
+def _choose(cfg: DictConfig, run_dir: Path, store: RemoteCheckpoints | None) -> tuple[str, str | None] | None:
+    """(local path, URL it came from or None) of the checkpoint to resume from, verified with
+    hashes (its files are about to be read anyway); None to start from scratch."""
+    mode = cfg.trainer.resume
+    if mode == "auto" and store is None:
+        local = latest_checkpoint(run_dir, hashes=True)  # skips (and names) one that fails
+        return (str(local), None) if local else None
+    if mode == "auto":
+        for step in reversed(store.complete_steps()):
+            try:
+                return str(store.fetch(step, checkpoints_dir(run_dir))), store.step_url(step)
+            except CheckpointError as e:
+                log.warning("skipping checkpoint %s, it fails verification: %s; trying the one before it",
+                            store.step_url(step), e)
+        return None
+    if "://" not in mode:
+        return str(check_checkpoint(mode, hashes=True)), None
+    return str(fetch_url(mode, Path(cfg.trainer.run_root) / "cache" / "checkpoints")), mode
 
 
 def resolve_resume(cfg: DictConfig, run_dir: Path, store: RemoteCheckpoints | None = None,
                    world: distributed.World | None = None) -> Path | None:
-    """trainer.resume as a local checkpoint directory (or None: start from scratch). auto is the
-    newest complete local checkpoint, or with trainer.checkpoint_url the newest complete one at
-    the URL (a local one may never have been uploaded). Remote checkpoints are downloaded once per
-    node: local rank 0 fetches while the others wait at a barrier, then find the copy in place."""
-    mode = cfg.trainer.resume
-    if mode == "none":
-        return None
-    if mode == "auto" and store is None:
-        return latest_checkpoint(run_dir)
-    if mode != "auto" and "://" not in mode:
-        return check_checkpoint(mode)
-    if mode == "auto":
-        step = store.latest_step()
-        if step is None:
-            return None
+    """trainer.resume as a verified local checkpoint directory (or None: start from scratch). auto
+    is the newest complete local checkpoint that passes verification, or with
+    trainer.checkpoint_url the newest such one at the URL (a local one may never have been
+    uploaded); a named one (path or URL) that fails is refused with a CheckpointError.
 
-        def fetch():
-            return store.fetch(step, checkpoints_dir(run_dir))
-    else:
-        def fetch():
-            return fetch_url(mode, Path(cfg.trainer.run_root) / "cache" / "checkpoints")
-    local = fetch() if (world or distributed.World()).local_rank == 0 else None
-    distributed.barrier()
-    return local or fetch()
+    Global rank 0 chooses (downloading and hashing once) and broadcasts its choice, or its error,
+    so every rank resumes from the same step or stops with the same message. On the other nodes
+    local rank 0 makes sure of the node's copy of a remote checkpoint (the one rank 0 fetched, on
+    a shared disk, else a download of its own, verified) while the node's other ranks wait; the
+    other ranks check sizes only."""
+    if cfg.trainer.resume == "none":
+        return None
+    world = world or distributed.env_world()
+    choice: tuple[str, str | None] | str | None = None
+    error = None
+    if world.main:
+        try:
+            choice = _choose(cfg, run_dir, store)
+        except Exception as e:  # every rank must reach the broadcast, or the others wait for the timeout
+            error = e
+            choice = str(e) if isinstance(e, CheckpointError) else f"rank 0 could not resolve trainer.resume: {e!r}"
+    choice = distributed.broadcast(choice)
+    if error is not None:
+        raise error
+    if isinstance(choice, str):
+        raise CheckpointError(choice)
+    if choice is None:
+        return None
+    path, url = Path(choice[0]), choice[1]
+    failure = None
+    if url and world.local_rank == 0 and not world.main:
+        try:  # into the directory rank 0 fetched into: the same path on every node
+            RemoteCheckpoints(url.rstrip("/").rpartition("/")[0]).fetch(step_of(path), path.parent, hashes=False)
+        except CheckpointError as e:
+            failure = str(e)
+    if distributed.any_rank(failure is not None, cfg.rung.device):  # also the barrier: the copy is in place
+        raise CheckpointError(failure or "another node could not get its copy of the checkpoint: see its log")
+    return path if world.main else check_checkpoint(path)
