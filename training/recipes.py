@@ -15,8 +15,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from training.chat_data import IGNORE, load_documents
-from training.packing import PackedStream
+from training.chat_data import IGNORE
+from training.mixture import SOURCE_STATS, build_stream, source_sums
 
 
 def token_logps(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -36,8 +36,8 @@ class SFT:
     data_format = "messages"
 
     def build_stream(self, cfg, tokenizer, micro_batch_tokens: int, seed: int):
-        docs, truncated = load_documents(cfg.data, tokenizer)
-        return PackedStream(docs, micro_batch_tokens, seed, cfg.data.shuffle), truncated
+        # plain data or a mixture (training/mixture.py), tokenised through the token cache
+        return build_stream(cfg, tokenizer, micro_batch_tokens, seed, self.data_format)
 
     def prepare(self, trainer) -> None:
         pass
@@ -50,8 +50,15 @@ class SFT:
     def loss_sum(model, batch: dict) -> tuple[torch.Tensor, dict]:
         out = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False)
         logits = out.logits.float()
-        return F.cross_entropy(logits.view(-1, logits.size(-1)), batch["labels"].view(-1),
-                               ignore_index=IGNORE, reduction="sum"), {}
+        if "token_sources" not in batch:
+            return F.cross_entropy(logits.view(-1, logits.size(-1)), batch["labels"].view(-1),
+                                   ignore_index=IGNORE, reduction="sum"), {}
+        # a mixture: the per-token losses, summed per source on the device as well as in total
+        labels = batch["labels"].view(-1)
+        per_token = F.cross_entropy(logits.view(-1, logits.size(-1)), labels, ignore_index=IGNORE, reduction="none")
+        trained = labels != IGNORE
+        return per_token.sum(), {SOURCE_STATS: source_sums(per_token, trained, trained, batch["token_sources"],
+                                                           batch["n_sources"])}
 
 
 class DPO:
@@ -63,7 +70,8 @@ class DPO:
       dpo_norm     z = (pi_c - ref_c) / n_c - (pi_r - ref_r) / n_r            (length-normalised, Tulu 3)
       simpo        z = pi_c / n_c - pi_r / n_r - gamma / beta                 (reference-free, Meng et al.)
       loss = -(1 - eps) log sigmoid(beta z) - eps log sigmoid(-beta z)       (eps = label smoothing)
-    Rewards are beta times each side's term of z; accuracy is the share of pairs with z > 0.
+    Rewards are beta times each side's term of z; accuracy is the share of pairs whose chosen reward
+    is above the rejected one (the margin's basis: for SimPO, without gamma, as TRL reports it).
     """
     unit = "pairs"
     data_format = "preference"
@@ -76,12 +84,10 @@ class DPO:
         self.ref_model = None  # precompute=false: the reference runs beside the policy
 
     def build_stream(self, cfg, tokenizer, micro_batch_tokens: int, seed: int):
-        from training.preference import collate_pairs, load_pairs, pair_length
-        pairs = load_pairs(cfg.data, tokenizer)
-        truncated = sum(1 for p in pairs if max(len(p[0]), len(p[2])) == cfg.data.max_seq_len)
-        self.pairs = pairs
-        return PackedStream(pairs, micro_batch_tokens, seed, cfg.data.shuffle, length=pair_length,
-                            collate_fn=collate_pairs), truncated
+        # plain data or a mixture (training/mixture.py), tokenised through the token cache
+        stream, truncated = build_stream(cfg, tokenizer, micro_batch_tokens, seed, self.data_format)
+        self.pairs = stream.docs  # a mixture's pairs are its sources' in order: pair_ids index them
+        return stream, truncated
 
     def prepare(self, trainer) -> None:
         if not self.needs_reference:
@@ -127,7 +133,11 @@ class DPO:
         losses = -(1 - self.eps) * F.logsigmoid(self.beta * z) - self.eps * F.logsigmoid(-self.beta * z)
         rc_, rr_ = (self.beta * chosen).detach(), (self.beta * rejected).detach()
         stats = {"rewards/chosen": float(rc_.sum()), "rewards/rejected": float(rr_.sum()),
-                 "rewards/margin": float((rc_ - rr_).sum()), "rewards/accuracy": float((z > 0).float().sum())}
+                 # accuracy on the margin's basis (chosen reward above rejected, without SimPO's gamma), as TRL
+                 "rewards/margin": float((rc_ - rr_).sum()), "rewards/accuracy": float((rc_ > rr_).float().sum())}
+        if "pair_sources" in batch:  # a mixture: each source's loss, pairs and trained tokens
+            stats[SOURCE_STATS] = source_sums(losses, torch.ones_like(losses), nc + nr, batch["pair_sources"],
+                                              batch["n_sources"])
         return losses.sum(), stats
 
 

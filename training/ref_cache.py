@@ -57,6 +57,9 @@ def tokenizer_fingerprint(tokenizer) -> str:
 
 
 def data_fingerprint(data_cfg: DictConfig) -> dict:
+    if data_cfg.get("sources"):  # a mixture: pairs are its sources' in config order (training/mixture.py)
+        return {"sources": [[name, [file_hash(f) for f in s.train_files] or [s.hub_name, s.hub_split], s.max_samples]
+                            for name, s in data_cfg.sources.items()]}
     if data_cfg.train_files:
         return {"files": [file_hash(f) for f in data_cfg.train_files]}
     return {"hub": data_cfg.hub_name, "split": data_cfg.hub_split}

@@ -4,7 +4,9 @@ Regenerate the shipped files (deterministic, byte-identical):
     python -m training.synthetic
 
 It also writes reverse_pref_train.jsonl, preference pairs for DPO: the same prompts with the
-right answer chosen and a plausible wrong one (not reversed, or two letters swapped) rejected.
+right answer chosen and a plausible wrong one (not reversed, or two letters swapped) rejected,
+and arith_train.jsonl, a small second source for mixtures (data=reverse_mix): "Compute: 12 + 7"
+-> "19", with its own random stream, so adding it changed none of the reverse files.
 
 Each example asks the assistant to reverse a short sequence of letters, e.g.
 user "Reverse: k q z m" -> assistant "m z q k". It has exactly one right answer, so it
@@ -67,6 +69,26 @@ def main() -> None:
     write_jsonl(ASSETS / f"{TASK}_heldout.jsonl", heldout)
     print(f"wrote {len(train)} train and {len(heldout)} held-out rows to {ASSETS}")
     main_preference()
+    arith = generate_arith()
+    write_jsonl(ASSETS / "arith_train.jsonl", arith)
+    print(f"wrote {len(arith)} arithmetic rows to {ASSETS}")
+
+
+def generate_arith(n: int = 2000, seed: int = 4321, max_operand: int = 99) -> list[dict]:
+    """Unique additions and subtractions of two numbers up to max_operand, answered exactly."""
+    rng = random.Random(seed)
+    seen: set[str] = set()
+    rows: list[dict] = []
+    while len(rows) < n:
+        a, b, op = rng.randint(0, max_operand), rng.randint(0, max_operand), rng.choice("+-")
+        prompt = f"Compute: {a} {op} {b}"
+        if prompt in seen:
+            continue
+        seen.add(prompt)
+        rows.append({"id": f"arith-{len(rows):06d}",
+                     "messages": [{"role": "user", "content": prompt},
+                                  {"role": "assistant", "content": str(a + b if op == "+" else a - b)}]})
+    return rows
 
 
 

@@ -91,6 +91,7 @@ RANGES: dict[str, tuple[float, float, str]] = {
     "recipe.beta": (0, INF, "()"), "recipe.label_smoothing": (0, 0.5, "[)"),
     "recipe.simpo_gamma": (-INF, INF, "()"), "recipe.lr_scale": (0, INF, "()"),
     "data.max_seq_len": (0, INF, "()"), "data.max_samples": (0, INF, "()"),
+    "data.decontamination.ngram": (1, INF, "[)"), "data.decontamination.threshold": (0, 1, "(]"),
     "eval.max_examples": (0, INF, "()"), "eval.max_new_tokens": (0, INF, "()"), "eval.batch_size": (0, INF, "()"),
     "eval.lm_eval.num_fewshot": (0, INF, "[)"), "eval.lm_eval.limit": (0, INF, "()"),
     "eval.lm_eval.batch_size": (0, INF, "()"),
@@ -160,8 +161,11 @@ def validate(cfg: DictConfig, world_size: int | None = None) -> BatchLayout:
         want = "messages" if rc.loss == "sft" else "preference"
         if d.format != want:
             problems.append(f"data.format={d.format!r}: recipe.loss={rc.loss} needs data in the {want!r} format")
-    if bool(d.train_files) == bool(d.hub_name):
-        problems.append("set exactly one of data.train_files (local jsonl) and data.hub_name")
+    if d.sources:  # a mixture: its own rules (training/mixture_config.py)
+        from training.mixture_config import mixture_problems
+        problems += mixture_problems(d)
+    elif bool(d.train_files) == bool(d.hub_name):
+        problems.append("set exactly one of data.train_files (local jsonl) and data.hub_name, or data.sources")
     for f in d.train_files:
         if not Path(f).is_file():
             problems.append(f"data.train_files: no such file: {f}")
