@@ -50,6 +50,18 @@ def check_and_record(ledger: Ledger, budget, planned_gpu_hours: float, job: dict
     return check_and_record_many(ledger, budget, [(planned_gpu_hours, job)], override_reason, now)[0]
 
 
+def over_budget_message(budget, period: str, charged: dict, planned: float, n_jobs: int) -> str | None:
+    """Why `planned` more GPU-hours do not fit the team's period, or None when they do."""
+    left = budget.gpu_hours - charged["committed"]
+    if planned <= left:
+        return None
+    what = "this job plans" if n_jobs == 1 else f"these {n_jobs} jobs plan"
+    return (f"over budget: {what} {num(planned)} GPU-hours, but team "
+            f"'{budget.team}' has {num(max(left, 0))} of its {num(budget.gpu_hours)} GPU-hours left in "
+            f"{period} (used {num(charged['used'])}, pending or running {num(charged['running'])}); "
+            f"it is over by {num(planned - left)} GPU-hours")
+
+
 def check_and_record_many(ledger: Ledger, budget, jobs: list[tuple[float, dict]],
                           override_reason: str | None = None, now: float | None = None) -> list[int]:
     """The same for the jobs of a sweep, as a whole: all of them are recorded or none is."""
@@ -58,21 +70,34 @@ def check_and_record_many(ledger: Ledger, budget, jobs: list[tuple[float, dict]]
     now = time.time() if now is None else now
     period = period_key(_name(budget.period), now)
     planned = sum(hours for hours, _ in jobs)
-    what = "this job plans" if len(jobs) == 1 else f"these {len(jobs)} jobs plan"
     with ledger.transaction() as db:
-        charged = ledger.committed_hours(db, budget.team, period)
-        left = budget.gpu_hours - charged["committed"]
-        if planned > left and override_reason is None:
+        over = over_budget_message(budget, period, ledger.committed_hours(db, budget.team, period), planned, len(jobs))
+        if over and override_reason is None:
             raise BudgetError(
-                f"over budget: {what} {num(planned)} GPU-hours, but team "
-                f"'{budget.team}' has {num(max(left, 0))} of its {num(budget.gpu_hours)} GPU-hours left in "
-                f"{period} (used {num(charged['used'])}, pending or running {num(charged['running'])}); "
-                f"it is over by {num(planned - left)} GPU-hours. Nothing was launched. Make the job smaller "
+                f"{over}. Nothing was launched. Make the job smaller "
                 "(trainer.max_steps, rung.nodes, fewer sweep points) or pass --override-budget \"reason\" "
                 "to launch it anyway (the reason is recorded in the ledger).")
         return [ledger.insert_job(db, team=budget.team, period=period, planned_gpu_hours=hours,
                                   override_reason=override_reason, created_at=now, updated_at=now, **job)
                 for hours, job in jobs]
+
+
+def dry_run_budget_line(ledger: Ledger | None, budget, planned: float, n_jobs: int,
+                        override_reason: str | None = None) -> str:
+    """What the budget check of a real launch would say, read-only (`ladder launch --dry-run`)."""
+    period = period_key(_name(budget.period))
+    charged = {"used": 0.0, "running": 0.0, "committed": 0.0}
+    if ledger is not None:  # read-only: the same sums a launch takes under its lock
+        with ledger.transaction() as db:
+            charged = ledger.committed_hours(db, budget.team, period)
+    over = over_budget_message(budget, period, charged, planned, n_jobs)
+    if over is None:
+        left = budget.gpu_hours - charged["committed"]
+        return (f"budget: would pass: team '{budget.team}' has {num(left)} of {num(budget.gpu_hours)} GPU-hours "
+                f"left in {period}, {num(left - planned)} after this launch")
+    if override_reason is not None:
+        return f"budget: {over}; --override-budget would launch it anyway, recording the reason"
+    return f"budget: would be REFUSED: {over} (--override-budget \"reason\" to launch anyway)"
 
 
 def load_budgets(extra=None) -> dict[str, BudgetConfig]:
@@ -96,6 +121,7 @@ class BudgetRow:
     allocated: float | None  # None: the team has no budget file
     jobs: int
     used: float
+    eval_used: float  # of `used`, the hours of eval jobs (kind eval: `ladder eval ... launcher=slurm`)
     running: float  # planned hours of jobs still pending or running
     wasted: float
     useful: float  # used hours weighted by measured MFU
@@ -123,7 +149,8 @@ def report_rows(ledger: Ledger | None, budgets: dict, team: str | None = None,
         price = b.price_per_gpu_hour if b is not None else 0.0
         rows.append(BudgetRow(
             team=t, period=period, allocated=b.gpu_hours if b is not None else None, jobs=len(mine),
-            used=used, running=sum(j["planned_gpu_hours"] for j in active),
+            used=used, eval_used=sum(j["used_gpu_hours"] for j in mine if j.get("kind") == "eval"),
+            running=sum(j["planned_gpu_hours"] for j in active),
             wasted=sum(j["waste_gpu_hours"] for j in mine),
             useful=sum(j["used_gpu_hours"] * j["mfu"] for j in mine if j["mfu"] is not None),
             left=(b.gpu_hours - committed) if b is not None else None, committed=committed,
@@ -135,19 +162,21 @@ def render_report(rows: list[BudgetRow], ledger_path: Path | str, console=None) 
     from rich.table import Table
     console = console or make_console()
     table = Table(title="GPU-hours by team and period", title_justify="left")
-    for col in ("team", "period", "jobs", "allocated", "used", "running (planned)", "wasted",
+    for col in ("team", "period", "jobs", "allocated", "used", "eval", "running (planned)", "wasted",
                 "useful (MFU x used)", "left", "committed", "cost"):
         table.add_column(col, justify="left" if col in ("team", "period") else "right", no_wrap=True)
     for r in rows:
         committed = None if not r.allocated else r.committed / r.allocated
         left = "-" if r.left is None else (f"[red]{num(r.left)}[/red]" if r.left < 0 else num(r.left))
         table.add_row(r.team, r.period, str(r.jobs), "-" if r.allocated is None else num(r.allocated),
-                      num(r.used), num(r.running), num(r.wasted), num(r.useful), left,
+                      num(r.used), num(r.eval_used), num(r.running), num(r.wasted), num(r.useful), left,
                       "-" if committed is None else f"{committed:.0%}", f"${num(r.cost)}")
     console.print(table)
     console.print(f"ledger: {ledger_path}\n"
                   "committed: hours used by finished jobs + max(planned, used) of running ones, over allocated\n"
-                  "useful: used x measured MFU (jobs without a measured MFU count 0)", style="dim")
+                  "useful: used x measured MFU (jobs without a measured MFU count 0)\n"
+                  "eval: of the used hours, those of SLURM eval jobs (`ladder eval ... launcher=slurm`), charged to the same team",
+                  style="dim")
 
 
 def plot_report(rows: list[BudgetRow], path: str | Path) -> Path:

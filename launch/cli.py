@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Ladder: a compute-efficient experiment harness for LLM post-training.",
         epilog=textwrap.dedent("""\
             verbs:
-              train   train a model (SFT) from the composed config
+              train   train a model (SFT or DPO, by recipe=) from the composed config
               eval    evaluate a checkpoint on an eval suite (cached by checkpoint content)
               compare compare checkpoints, runs or sweeps task by task, with bootstrap CIs; --html report
               leaderboard  rank registered checkpoints across runs, with metadata filters
@@ -61,9 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
               budget  `ladder budget report`: GPU-hours by team and period, from the ledger
               promote launch a finished sweep's best K configurations at another rung, recording lineage
               promotion-report  did the lower rung's ranking predict the higher one's? (Spearman)
+              data    `ladder data inspect`: rows, tokens, shares and epochs per source; `data decontaminate`
 
             Run `ladder VERB --help` for a verb's options and the config groups.
             Quick start: `ladder train rung=tiny` trains the tiny model on a CPU in about a minute."""))
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="also show third-party libraries' notices (DeepSpeed, lm-eval, matplotlib, ...)")
     sub = p.add_subparsers(dest="verb", metavar="VERB")
 
     tr = sub.add_parser("train", formatter_class=fmt, help="train a model from the composed config",
@@ -141,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
     la.add_argument("--wait", action="store_true", help="with launcher=slurm: wait until every job has finished")
     la.add_argument("--override-budget", metavar="REASON", default=None,
                     help="launch even if the job exceeds the team's budget; the reason is recorded in the ledger")
+    la.add_argument("--allow-contamination", action="store_true",
+                    help="launch even if the data overlaps the prompts of the job's eval suite (`ladder data "
+                         "decontaminate`); recorded in the ledger")
 
     for verb, text in (("status", "show each job's state, step, loss, GPU-hours and W&B link"),
                        ("cancel", "stop jobs or a sweep and record their GPU-hours as waste")):
@@ -203,6 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
     rr.add_argument("overrides", nargs="*", help="Hydra overrides that locate the ledger (trainer.run_root=...)")
     rr.add_argument("--sweep", default=None, help="the lower- or higher-rung sweep (default: every promotion)")
     rr.add_argument("--json", action="store_true", help="print the report as JSON")
+    from launch import data_cmd  # verbs that declare their own arguments and handler (DESIGN.md)
+    data_cmd.register(sub, overrides_help)
     return p
 
 
@@ -213,23 +221,50 @@ def _lazy_groups() -> str:
         return ""
 
 
-def setup_logging() -> None:
+# Third-party loggers whose notices are not about the user's run: DeepSpeed's "Setting
+# accelerator to CPU", lm-eval's "Custom kwargs can be passed to --metadata", matplotlib's
+# "building the font cache". Errors still show; `ladder -v VERB` shows everything.
+QUIET = ("DeepSpeed", "lm_eval", "lm-eval", "matplotlib", "httpx", "urllib3", "datasets", "filelock", "wandb",
+         "fsspec", "PIL")
+
+
+class _ErrorsOnly(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """Our own log lines at INFO; third-party notices only with -v (LADDER_VERBOSE=1 reaches the
+    trainer and eval processes a verb starts)."""
+    verbose = verbose or os.environ.get("LADDER_VERBOSE") == "1"
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S",
                         stream=sys.stderr)
-    for noisy in ("httpx", "urllib3", "datasets", "filelock", "wandb"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    for name in QUIET:
+        logger = logging.getLogger(name)
+        if verbose:
+            logger.setLevel(logging.INFO)
+            continue
+        logger.setLevel(logging.ERROR)
+        # DeepSpeed resets its logger's level to INFO when it is imported; a filter survives that.
+        logger.addFilter(_ErrorsOnly())
     # Per-file progress bars from transformers and datasets drown the step log.
     import datasets
     import transformers
     datasets.disable_progress_bars()
     transformers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_warning()
+    if verbose:
+        transformers.utils.logging.set_verbosity_info()
+    else:
+        transformers.utils.logging.set_verbosity_warning()
 
 
 def cmd_train(args) -> int:
     from training.compose import compose
     from training.trainer import train
     result = train(compose(args.overrides))
+    if result.finished_before is not None:  # the run had already reached max_steps: nothing was trained
+        print(f"run directory: {result.run_dir} (already finished at step {result.finished_before}; nothing trained)")
+        return 0
     print(f"run directory: {result.run_dir}")
     if result.checkpoints:
         print(f"last checkpoint: {result.checkpoints[-1]}")
@@ -340,8 +375,12 @@ def _main(argv: list[str] | None = None) -> int:
     if args.verb is None:
         parser.print_help()
         return EXIT_USER_ERROR
-    setup_logging()
+    if args.verbose:
+        os.environ["LADDER_VERBOSE"] = "1"  # for the trainer and eval processes this verb starts
+    setup_logging(args.verbose)
     try:
+        if getattr(args, "handler", None):  # a verb module's handler (register(subparsers))
+            return args.handler(args)
         return {"train": cmd_train, "eval": cmd_eval, "config": cmd_config, "plan": cmd_plan,
                 "launch": cmd_launch, "status": cmd_status, "cancel": cmd_cancel, "budget": cmd_budget, "compare": cmd_compare,
                 "leaderboard": cmd_leaderboard, "promote": cmd_promote,

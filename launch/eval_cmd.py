@@ -90,10 +90,14 @@ def submit_evals(checkpoints: list[str], overrides: list[str], wait: bool = Fals
     """launcher=slurm: one SLURM job per checkpoint (a job array), each running `ladder eval` on it.
 
     Nothing is evaluated here; each job scores its checkpoint exactly as a local `ladder eval`
-    would (same cache, registry and W&B logging), with launcher=local so it does not submit again."""
+    would (same cache, registry and W&B logging), with launcher=local so it does not submit again.
+    Each job is recorded in the ledger first, as kind `eval`, charged to the config's team: its
+    hours are SLURM's elapsed x GPUs, and `ladder budget report` shows them apart from training."""
+    import json
     import time as _time
 
-    from launch import slurm
+    from launch.budget import check_and_record_many
+    from launch.ledger import Ledger
     from launch.launch_cmd import log_dir_of
     from launch.slurm_script import EVAL, Point, check, submit_script
     from training.checkpoint import git_commit
@@ -102,18 +106,36 @@ def submit_evals(checkpoints: list[str], overrides: list[str], wait: bool = Fals
     ckpts = [check_checkpoint(c).resolve() for c in checkpoints]
     log_dir = log_dir_of(cfg)
     check(cfg, log_dir)
+    ledger = Ledger.from_config(cfg)
+    gpus = 1  # an eval job is one process on one device of one node (slurm_script's EVAL entry)
+    records = [(0.0, eval_job_fields(c, cfg, gpus, json.dumps([str(c), *overrides]))) for c in ckpts]
+    job_ids = check_and_record_many(ledger, cfg.budget, records)
     points = [Point(c, [str(c), *overrides, "launcher=local"]) for c in ckpts]
-    _, ids = submit_script(cfg, points, f"eval-{cfg.eval.name}", log_dir, git_commit(), entry=EVAL)
-    for c, i in zip(ckpts, ids):
-        print(f"ladder eval: SLURM job {i} evaluates {c} (log {log_dir / (i + '.out')})", flush=True)
+    try:
+        _, ids = submit_script(cfg, points, f"eval-{cfg.eval.name}", log_dir, git_commit(), entry=EVAL)
+    except Exception as e:
+        for j in job_ids:
+            ledger.update_job(j, state="failed", reason=str(e), finished_at=_time.time())
+        raise
+    for c, i, j in zip(ckpts, ids, job_ids):
+        ledger.update_job(j, external_id=i)
+        print(f"ladder eval: SLURM job {i} (ledger job {j}) evaluates {c} (log {log_dir / (i + '.out')})", flush=True)
     if not wait:
         return 0
-    while True:
-        states = slurm.query(ids)
-        if len(states) == len(ids) and all(s.final for s in states.values()):
-            break
-        _time.sleep(2.0)
-    bad = {i: s for i, s in states.items() if s.state != "COMPLETED"}
-    for i, s in sorted(states.items()):
-        print(f"ladder eval: SLURM job {i} {s.state}" + (f" (exit {s.exit_code})" if i in bad else ""), flush=True)
-    return 1 if bad else 0
+    from launch.status_cmd import wait_for
+    finals = wait_for(ledger, job_ids)
+    for f in finals:
+        print(f"ladder eval: SLURM job {f['external_id']} {f['state']}: {f['used_gpu_hours']:.4f} GPU-hours"
+              + (f" ({f['reason']})" if f["state"] != "completed" and f.get("reason") else ""), flush=True)
+    return 0 if all(f["state"] == "completed" for f in finals) else 1
+
+
+def eval_job_fields(ckpt: Path, cfg, gpus: int, overrides_json: str) -> dict:
+    """The ledger record of one eval job: named after the checkpoint it scores."""
+    from evals.registry import run_dir_of
+    saved = OmegaConf.load(ckpt / "ladder_config.yaml") if (ckpt / "ladder_config.yaml").exists() else None
+    run_dir = run_dir_of(ckpt)
+    return dict(kind="eval", project=cfg.tracker.project, sweep=saved.sweep.name if saved is not None else None,
+                rung=saved.rung.name if saved is not None else cfg.rung.name,
+                run_name=f"eval {cfg.eval.name}: {run_dir.name if run_dir else ckpt.parent.name}@{step_of(ckpt)}",
+                run_dir=str(ckpt), launcher="slurm", gpus=gpus, overrides=overrides_json)

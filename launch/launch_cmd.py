@@ -15,6 +15,13 @@ the jobs together against the team's budget and records them in the ledger in on
   slurm   submitted with sbatch (launch/slurm_script.py renders the script), a sweep whose
           points share a shape as one job array; `ladder status` and `--wait` follow them
 The trainer knows nothing about either.
+
+A job whose run directory already holds a checkpoint resumes it, and is checked as the trainer
+will check it before anything is recorded: a config change to the math is refused (exit status 2)
+unless trainer.allow_config_change=true, and then the ledger records it (jobs.config_changes). A
+run that already reached trainer.max_steps is reported and skipped: nothing is launched or
+recorded for it, and the exit status is 0, since what was asked for already holds (a rerun of a
+whole sweep launches only its unfinished points).
 """
 
 from __future__ import annotations
@@ -25,14 +32,14 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from omegaconf import DictConfig, OmegaConf
 
 from launch.console import num
-from training.errors import ConfigError
+from training.errors import ConfigError, LadderError
 
 STOP_GRACE_S = 60  # after Ctrl-C, how long the trainer gets to write its last heartbeat
 
@@ -46,6 +53,9 @@ class Job:
     run_name: str
     run_dir: Path
     job_id: int | None = None
+    finished_at: int | None = None  # the step an already finished run is at: nothing to launch
+    config_changes: list = field(default_factory=list)  # what a resume applies (trainer.allow_config_change)
+    allow_contamination: bool = False  # --allow-contamination: launched although its data leaks into its evals
 
 
 class Launcher:
@@ -202,6 +212,7 @@ def prepare(overrides: list[str], multirun: bool = False) -> tuple[str | None, l
     from launch.plan import fix_message, make_plan
     from launch.sweep import expand, name_points
     from training.compose import compose
+    from training.run_files import finished_step, resume_point
     from training.trainer import default_run_name
     from training.validate import validate
 
@@ -223,7 +234,16 @@ def prepare(overrides: list[str], multirun: bool = False) -> tuple[str | None, l
         if not plan.fits:
             raise ConfigError(f"the job{where} {fix_message(plan)}")
         run_name = cfg.trainer.run_name or default_run_name(cfg)
-        jobs.append(Job(point, cfg, plan, run_name, (Path(cfg.trainer.run_root) / run_name).resolve()))
+        run_dir = (Path(cfg.trainer.run_root) / run_name).resolve()
+        # What the trainer would resume, checked now, so a refused config change records nothing.
+        try:
+            _, step, changes = resume_point(cfg, run_dir, run_name)
+        except LadderError as e:
+            if not multirun:
+                raise
+            raise type(e)(f"sweep point {' '.join(point)}: {e}") from None
+        jobs.append(Job(point, cfg, plan, run_name, run_dir, finished_at=finished_step(cfg, run_dir, step),
+                        config_changes=[c.as_json() for c in changes.math]))
     if len(launchers) > 1:
         raise ConfigError(f"a sweep cannot mix launchers ({', '.join(sorted(launchers))})")
     if len({j.run_dir for j in jobs}) < len(jobs):
@@ -234,20 +254,34 @@ def prepare(overrides: list[str], multirun: bool = False) -> tuple[str | None, l
 def ledger_fields(j: Job, sweep: str | None = None) -> dict:
     """What the ledger records of a job when it is launched (launch and promote)."""
     from training.heartbeat import read_heartbeat
+    from training.mixture_config import mixture_record
     hb = read_heartbeat(j.run_dir) or {}  # a resumed run: its earlier hours are not this job's
     return dict(project=j.cfg.tracker.project, sweep=sweep or j.cfg.sweep.name, rung=j.cfg.rung.name,
                 run_name=j.run_name, run_dir=str(j.run_dir), config_hash=config_hash(j.cfg),
                 launcher=j.cfg.launcher.name, gpus=j.plan.gpus, hours_before=float(hb.get("device_hours", 0.0)),
-                overrides=json.dumps(j.overrides))
+                overrides=json.dumps(j.overrides),
+                config_changes=json.dumps(j.config_changes) if j.config_changes else None,
+                data_mixture=json.dumps(mixture_record(j.cfg.data)), allow_contamination=int(j.allow_contamination))
 
 
 def launch(overrides: list[str], override_reason: str | None = None, multirun: bool = False,
-           dry_run: bool = False, wait: bool = False) -> tuple[int, list[dict]]:
+           dry_run: bool = False, wait: bool = False, allow_contamination: bool = False) -> tuple[int, list[dict]]:
     """Launch a job or a sweep; returns the exit status and the jobs' ledger records."""
     from launch.budget import check_and_record_many, period_key
     from launch.ledger import Ledger
+    from training.config_diff import Change
+    from training.run_files import finished_message
 
     sweep_name, jobs = prepare(overrides, multirun)
+    for j in jobs:  # exit status 0: what was asked for (the run trained to max_steps) already holds
+        if j.finished_at is not None:
+            print("ladder launch: " + finished_message(j.run_name, j.finished_at, j.cfg.trainer.max_steps,
+                                                       "nothing launched"), flush=True)
+    jobs = [j for j in jobs if j.finished_at is None]
+    if not jobs:
+        return 0, []
+    from launch.contamination import check_jobs
+    check_jobs(jobs, allow_contamination)  # data against its own eval suite, before anything is recorded
     cfg = jobs[0].cfg
     launcher = get_launcher(cfg)
     total = sum(j.plan.gpu_hours for j in jobs)
@@ -257,6 +291,8 @@ def launch(overrides: list[str], override_reason: str | None = None, multirun: b
         for j in jobs:
             print(f"  {j.run_name}: {' '.join(j.overrides) or '(defaults)'}: {j.plan.gpus} device(s), "
                   f"{num(j.plan.gpu_hours, 3)} GPU-hours, {num(j.plan.wall_clock_h, 2)} h wall-clock")
+        from launch.budget import dry_run_budget_line
+        print(dry_run_budget_line(Ledger.existing(cfg), cfg.budget, total, len(jobs), override_reason))
         return launcher.start(jobs, None, dry_run=True), []
     ledger = Ledger.from_config(cfg)
     records = [(j.plan.gpu_hours, ledger_fields(j)) for j in jobs]
@@ -266,6 +302,11 @@ def launch(overrides: list[str], override_reason: str | None = None, multirun: b
     print(f"ladder launch: {what} recorded in {ledger.path} as job(s) {', '.join(map(str, ids))}: team "
           f"{cfg.budget.team}, {period_key(cfg.budget.period.value)}, {num(total, 3)} GPU-hours planned"
           + (f", budget overridden: {override_reason}" if override_reason else ""), flush=True)
+    for j in jobs:
+        if j.config_changes:
+            print(f"ladder launch: job {j.job_id} resumes {j.run_name} with config changes applied from the next "
+                  "step (trainer.allow_config_change=true): "
+                  + "; ".join(str(Change(**c)) for c in j.config_changes), flush=True)
     try:
         code = launcher.start(jobs, ledger)
     except KeyboardInterrupt:
@@ -287,5 +328,5 @@ def report_final(job: dict) -> None:
 
 def cmd_launch(args) -> int:
     code, _ = launch(args.overrides, args.override_budget, multirun=args.multirun, dry_run=args.dry_run,
-                     wait=args.wait)
+                     wait=args.wait, allow_contamination=args.allow_contamination)
     return code

@@ -12,7 +12,8 @@ upgrading a read lock), and `busy_timeout` makes a writer wait for the lock inst
 WAL needs a local file system (not NFS); a shared PostgreSQL behind the same interface is the
 next step for a cluster-wide ledger.
 
-Each job records the Hydra overrides it was launched with, and the `promotions` table records
+Each job records the Hydra overrides it was launched with, and the math changes its resume
+applied with trainer.allow_config_change=true (jobs.config_changes); the `promotions` table records
 lineage across rungs: which lower-rung job, at what score and rank, each promoted job came from
 (`ladder promote`, launch/promote.py). An older file is migrated when it is opened (MIGRATIONS).
 
@@ -35,8 +36,17 @@ from training.heartbeat import read_heartbeat
 ACTIVE = ("pending", "running")  # planned hours still count against the budget
 FINAL = ("completed", "failed", "preempted", "cancelled")
 STATES = ACTIVE + FINAL
-SCHEMA_VERSION = 2  # 2: jobs.overrides and the promotions table (launch/promote.py)
-MIGRATIONS = {2: "ALTER TABLE jobs ADD COLUMN overrides TEXT"}
+# Heartbeats are written on the compute nodes, sacct's times by the controller: allow for clocks
+# a little apart when deciding whether a heartbeat belongs to this job.
+CLOCK_SLACK_S = 30.0
+SCHEMA_VERSION = 5  # 2: jobs.overrides and the promotions table (launch/promote.py); 3: jobs.config_changes
+# 4: jobs.data_mixture and jobs.allow_contamination (training/mixture_config.py, evals/decontaminate.py)
+# 5: jobs.kind (train | eval: SLURM eval jobs of `ladder eval ... launcher=slurm`)
+MIGRATIONS = {2: "ALTER TABLE jobs ADD COLUMN overrides TEXT",
+              3: "ALTER TABLE jobs ADD COLUMN config_changes TEXT",
+              4: "ALTER TABLE jobs ADD COLUMN data_mixture TEXT; "
+                 "ALTER TABLE jobs ADD COLUMN allow_contamination INTEGER NOT NULL DEFAULT 0",
+              5: "ALTER TABLE jobs ADD COLUMN kind TEXT NOT NULL DEFAULT 'train'"}
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -65,7 +75,12 @@ CREATE TABLE IF NOT EXISTS jobs (
     started_at REAL,
     updated_at REAL NOT NULL,
     finished_at REAL,
-    overrides TEXT                     -- JSON list: the Hydra overrides the job was launched with
+    overrides TEXT,                    -- JSON list: the Hydra overrides the job was launched with
+    config_changes TEXT,               -- JSON list of {key, old, new}: math changes its resume applied
+                                       -- (trainer.allow_config_change=true), null when none
+    data_mixture TEXT,                 -- JSON: the data's sources, files or hub dataset, weight, epochs, max_samples
+    allow_contamination INTEGER NOT NULL DEFAULT 0,  -- 1: launched with --allow-contamination
+    kind TEXT NOT NULL DEFAULT 'train'  -- train | eval (an eval job of `ladder eval ... launcher=slurm`)
 );
 CREATE INDEX IF NOT EXISTS jobs_team_period ON jobs (team, period);
 CREATE INDEX IF NOT EXISTS jobs_rung ON jobs (rung);
@@ -154,26 +169,42 @@ class Ledger(SqliteStore):
         self.update_job(job_id, state="running", started_at=time.time(), external_id=external_id,
                         hours_before=float((hb or {}).get("device_hours", 0.0)))
 
-    def finish_from_heartbeat(self, job_id: int, exit_code: int | None = None, cancelled: bool = False) -> dict:
-        """Record used hours, the final state, waste and measured MFU from the run's heartbeat."""
+    def finish_from_heartbeat(self, job_id: int, exit_code: int | None = None, cancelled: bool = False,
+                              accounted=None) -> dict:
+        """Record used hours, the final state, waste and measured MFU.
+
+        `accounted` is SLURM's word on the job (launch/slurm.SlurmState from sacct): then its start
+        and end are the job's, and it is charged what the allocation held, allocated GPUs x
+        elapsed, over every segment of a requeued job (a job cancelled while pending costs
+        nothing). Without it (local jobs) the hours are the heartbeat's. Either way the state,
+        reason and waste come from the heartbeat, and a heartbeat counts if it was written after
+        the job started, never after whenever someone first looked."""
         job = self.job(job_id)
         now = time.time()
         hb = read_heartbeat(Path(job["run_dir"])) if job["run_dir"] else None
         started = job["started_at"] or job["created_at"]
-        if hb is not None and hb.get("updated_at", 0) >= started:
+        charged = None
+        if accounted is not None:
+            charged = accounted.charged_hours(job["gpus"])
+            started = accounted.start if accounted.start is not None else started
+        if hb is not None and hb.get("updated_at", 0) >= started - CLOCK_SLACK_S:
             used = max(0.0, float(hb.get("device_hours", 0.0)) - job["hours_before"])
             state, reason = hb.get("state", "failed"), hb.get("reason")
-        else:  # the process died before its first heartbeat: it still held its GPUs
-            used = job["gpus"] * (now - started) / 3600
+        else:  # the process died before its first heartbeat (or never ran)
+            used = job["gpus"] * (now - started) / 3600 if job["started_at"] else 0.0
             hb, state, reason = None, "failed", "no heartbeat from this run"
+        if charged is not None:
+            used = charged
         if state == "running":  # killed hard, or exited without a final state
             state, reason = "failed", f"exited (status {exit_code}) without a final heartbeat"
         if cancelled:
             state, reason = "cancelled", reason or "cancelled by hand"
         waste = self.waste_hours(state, used, hb, started, job["gpus"])
         mfu, tok_s = measured_rates(Path(job["run_dir"])) if job["run_dir"] else (None, None)
+        ended = accounted.end if accounted is not None and accounted.end is not None else now
         self.update_job(job_id, state=state, reason=reason, used_gpu_hours=used, waste_gpu_hours=waste,
-                        mfu=mfu, tokens_per_s=tok_s, finished_at=now)
+                        mfu=mfu, tokens_per_s=tok_s, finished_at=ended,
+                        **({"started_at": started} if accounted is not None and accounted.start is not None else {}))
         return self.job(job_id)
 
     @staticmethod

@@ -13,6 +13,7 @@ requeued jobs; squeue answers while accounting is missing or lagging.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -37,6 +38,19 @@ class SlurmState:
     state: str  # e.g. COMPLETED; "CANCELLED by 0" is read as CANCELLED
     exit_code: str = ""  # "status:signal"
     reason: str = ""
+    # From accounting (sacct), summed over the job's segments when it was requeued; None where
+    # only squeue answered. What the allocation held is what the job is charged: never the time
+    # someone happened to look.
+    start: float | None = None  # unix seconds the first segment started; None: it never ran
+    end: float | None = None  # unix seconds the last segment ended; None: still running
+    elapsed_s: float | None = None  # seconds of allocation over all segments (ElapsedRaw)
+    gpus: int | None = None  # GPUs allocated (AllocTRES gres/gpu); None on a cluster without GPUs
+
+    def charged_hours(self, default_gpus: int) -> float | None:
+        """Allocated GPUs x elapsed hours, as SLURM accounts them; a pending job costs nothing."""
+        if self.elapsed_s is None:
+            return None
+        return (self.gpus if self.gpus is not None else default_gpus) * self.elapsed_s / 3600
 
     @property
     def final(self) -> bool:
@@ -48,11 +62,22 @@ class SlurmState:
         return int(m.group(1)) if m else None
 
 
-def _run(cmd: list[str], timeout: float = 60) -> subprocess.CompletedProcess:
+def _run(cmd: list[str], timeout: float = 60, env: dict | None = None) -> subprocess.CompletedProcess:
     if shutil.which(cmd[0]) is None:
         raise SlurmError(f"`{cmd[0]}` is not on PATH: launcher=slurm needs the SLURM client tools "
                          "(sbatch, sacct, squeue, scancel) on the machine you launch from")
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                          env=None if env is None else {**os.environ, **env})
+
+
+def _epoch(text: str) -> float | None:
+    """sacct's Start/End under SLURM_TIME_FORMAT=%s: unix seconds, or Unknown/None when not yet."""
+    return float(text) if text.strip().isdigit() else None
+
+
+def _alloc_gpus(tres: str) -> int | None:
+    m = re.search(r"(?:^|,)gres/gpu=(\d+)", tres)
+    return int(m.group(1)) if m else None
 
 
 def _base_ids(job_ids: list[str]) -> str:
@@ -75,12 +100,21 @@ def query(job_ids: list[str]) -> dict[str, SlurmState]:
     if not job_ids:
         return {}
     states: dict[str, SlurmState] = {}
-    proc = _run(["sacct", "-X", "-n", "-P", "-o", "JobID,State,ExitCode,Reason", "-j", _base_ids(job_ids)])
+    # -D: every segment of a requeued job (otherwise only the last), times as unix seconds
+    proc = _run(["sacct", "-X", "-D", "-n", "-P", "-o", "JobID,State,ExitCode,Reason,Start,End,ElapsedRaw,AllocTRES",
+                 "-j", _base_ids(job_ids)], env={"SLURM_TIME_FORMAT": "%s"})
     if proc.returncode == 0:
-        for line in proc.stdout.splitlines():
+        for line in proc.stdout.splitlines():  # oldest segment first
             parts = line.split("|")
-            if len(parts) >= 3 and parts[0] in job_ids:
-                states[parts[0]] = SlurmState(parts[1].split()[0], parts[2], parts[3] if len(parts) > 3 else "")
+            if len(parts) < 8 or parts[0] not in job_ids:
+                continue
+            start, end = _epoch(parts[4]), _epoch(parts[5])
+            elapsed = float(parts[6]) if parts[6].strip().isdigit() else 0.0
+            prev = states.get(parts[0])
+            states[parts[0]] = SlurmState(
+                parts[1].split()[0], parts[2], parts[3],
+                start=prev.start if prev is not None and prev.start is not None else start, end=end,
+                elapsed_s=(prev.elapsed_s if prev is not None else 0.0) + elapsed, gpus=_alloc_gpus(parts[7]))
     missing = [j for j in job_ids if j not in states]
     if missing:  # not yet in accounting (or no accounting): ask the controller
         proc = _run(["squeue", "-h", "-r", "-o", "%i|%T|%r", "-j", _base_ids(missing)])

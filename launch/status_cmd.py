@@ -67,8 +67,8 @@ def refresh(ledger: Ledger, jobs: list[dict]) -> list[dict]:
             if hb.get("state") in ("completed", "failed", "preempted") or j["state"] == "running":
                 ledger.finish_from_heartbeat(j["id"])  # SLURM has forgotten it: the heartbeat is all there is
             continue
-        if s.state in slurm.RUNNING and j["state"] == "pending":
-            ledger.update_job(j["id"], state="running", started_at=time.time())
+        if s.state in slurm.RUNNING and j["state"] == "pending":  # started when SLURM says, not when we looked
+            ledger.update_job(j["id"], state="running", started_at=s.start or time.time())
         elif s.state in slurm.PENDING and j["state"] == "running":
             ledger.update_job(j["id"], state="pending")  # requeued: waiting to resume
         elif s.final:
@@ -81,8 +81,10 @@ def refresh(ledger: Ledger, jobs: list[dict]) -> list[dict]:
 
 def finish_slurm_job(ledger: Ledger, job: dict, s) -> dict:
     from launch import slurm
+    if job.get("kind") == "eval":
+        return finish_eval_job(ledger, job, s)
     cancelled = s.state in slurm.CANCELLED
-    final = ledger.finish_from_heartbeat(job["id"], exit_code=s.exit_status, cancelled=cancelled)
+    final = ledger.finish_from_heartbeat(job["id"], exit_code=s.exit_status, cancelled=cancelled, accounted=s)
     if s.state in slurm.FAILED or (final["state"] == "failed" and not cancelled):
         tail = log_tail(job)
         reason = f"SLURM {s.state}, exit code {s.exit_code or '?'}" + (f": {final['reason']}" if final["reason"] else "")
@@ -90,6 +92,23 @@ def finish_slurm_job(ledger: Ledger, job: dict, s) -> dict:
                           reason=reason + (f"\n--- last lines of the log ---\n{tail}" if tail else ""))
     elif cancelled and not final.get("reason", "").startswith("cancelled"):
         ledger.update_job(job["id"], reason=f"cancelled ({s.state}" + (f", {s.reason}" if s.reason and s.reason != "None" else "") + ")")
+    return ledger.job(job["id"])
+
+
+def finish_eval_job(ledger: Ledger, job: dict, s) -> dict:
+    """An eval job has no heartbeat: its state is SLURM's, its hours the allocation's, and all of
+    them are waste unless it completed (a failed eval's partial results are cached, but the
+    scores the hours were for do not exist)."""
+    from launch import slurm
+    used = s.charged_hours(job["gpus"]) or 0.0
+    state = "completed" if s.state in slurm.DONE else "cancelled" if s.state in slurm.CANCELLED else "failed"
+    reason = None if state == "completed" else f"SLURM {s.state}, exit code {s.exit_code or '?'}"
+    if state == "failed":
+        tail = log_tail(job)
+        reason += f"\n--- last lines of the log ---\n{tail}" if tail else ""
+    ledger.update_job(job["id"], state=state, reason=reason, used_gpu_hours=used,
+                      waste_gpu_hours=0.0 if state == "completed" else used, started_at=s.start,
+                      finished_at=s.end or time.time())
     return ledger.job(job["id"])
 
 
@@ -201,7 +220,8 @@ def cancel_jobs(ledger: Ledger, jobs: list[dict], wait_s: float = CANCEL_WAIT_S)
         for jid, j in list(pending.items()):
             if j["launcher"] == "slurm":
                 if j["external_id"] not in queued:  # gone from the queue: its processes have ended
-                    ledger.finish_from_heartbeat(jid, cancelled=True)
+                    accounted = slurm.query([j["external_id"]]).get(j["external_id"])
+                    ledger.finish_from_heartbeat(jid, cancelled=True, accounted=accounted)
                     del pending[jid]
             elif not _pid_alive(j["external_id"]):
                 ledger.finish_from_heartbeat(jid, cancelled=True)

@@ -52,6 +52,14 @@ def test_launch_over_budget_is_refused_then_runs_with_an_override(tmp_path):
     assert job["tokens_per_s"] > 0  # measured, for the next plan of this rung
     assert f"job {job['id']} completed" in proc.stdout
 
+    # a dry run says what the budget check would say, against the ledger as it is, recording nothing
+    dry = ladder_cli(*args, "trainer.run_name=dry", "--dry-run", cwd=tmp_path)
+    assert dry.returncode == 0, dry.stderr
+    assert "budget: would be REFUSED: over budget" in dry.stdout and "over by" in dry.stdout
+    roomy = ladder_cli("launch", *FAST, "trainer.max_steps=2", "trainer.run_name=dry", "--dry-run", cwd=tmp_path)
+    assert "budget: would pass: team 'default' has" in roomy.stdout, roomy.stdout + roomy.stderr
+    assert len(Ledger(tmp_path / "runs" / "ladder.db").jobs()) == 1
+
 
 def fill(ledger: Ledger, now: float) -> None:
     this = period_key("month", now)
@@ -84,6 +92,6 @@ def test_budget_report_numbers(tmp_path):
     assert proc.returncode == 0, proc.stderr
     line = next(l for l in proc.stdout.splitlines() if re.search(rf"default\s.*{period_key('month', now)}", l))
     cells = [c.strip() for c in line.strip("│ ").split("│")]
-    assert cells == ["default", period_key("month", now), "4", "100.0", "20.0", "30.0", "3.5", "4.4", "54.0",
+    assert cells == ["default", period_key("month", now), "4", "100.0", "20.0", "0.0", "30.0", "3.5", "4.4", "54.0",
                      "46%", "$40.0"]
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

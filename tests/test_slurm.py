@@ -90,6 +90,15 @@ def test_two_node_job_trains_with_torchrun_and_a_slurm_job_evaluates_its_checkpo
     assert sacct(eval_job, "State") == ["COMPLETED"]
     result = json.loads((ckpt / "eval" / "synthetic.json").read_text())
     assert result["tasks"]["reverse"]["n"] == 40 and "reverse/exact_match" in result["scores"]
+    # the eval job is in the ledger, as an eval, charged SLURM's elapsed x 1 device to the same team
+    from launch.ledger import Ledger
+    jobs = Ledger(tmp_path / "runs" / "ladder.db").jobs()
+    [ev_job] = [j for j in jobs if j["kind"] == "eval"]
+    assert ev_job["external_id"] == eval_job and ev_job["state"] == "completed" and ev_job["team"] == jobs[0]["team"]
+    [elapsed] = sacct(eval_job, "ElapsedRaw")
+    assert ev_job["used_gpu_hours"] == pytest.approx(int(elapsed) / 3600) and ev_job["used_gpu_hours"] > 0
+    report = ladder_cli("budget", "report", f"trainer.run_root={tmp_path / 'runs'}", cwd=tmp_path)
+    assert report.returncode == 0 and "eval: of the used hours" in report.stdout, report.stdout + report.stderr
 
 
 def test_sweep_runs_as_a_job_array_and_status_shows_it(slurm_cluster, tmp_path):
@@ -317,3 +326,39 @@ def test_secrets_never_enter_the_script(tmp_path):
     assert bad.returncode == 2
     assert "launcher.env.WANDB_API_KEY: secrets never go in configs" in bad.stderr
     assert "#!/bin/bash" not in bad.stdout
+
+
+def test_hours_are_slurms_allocation_not_the_time_someone_looked(slurm_cluster, tmp_path):
+    """A job that finished before anyone asked is recorded completed, charged SLURM's elapsed x
+    GPUs; a job cancelled while pending costs nothing."""
+    # 1. finished before the first `ladder status`: its heartbeat predates that call
+    proc = launch(tmp_path, *TINY, "trainer.max_steps=4", "trainer.save_every=4", "trainer.run_name=early")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    early = json.loads((tmp_path / "runs" / "early" / "launch.json").read_text())["external_id"]
+    deadline = time.time() + 180
+    while sacct(early, "State") != ["COMPLETED"] and time.time() < deadline:
+        time.sleep(1.0)
+    time.sleep(5)  # and then someone looks, late
+    row = status_json(tmp_path, early)[0]
+    assert row["state"] == "completed", row
+    [elapsed] = sacct(early, "ElapsedRaw")
+    assert row["used_gpu_hours"] == pytest.approx(int(elapsed) / 3600, abs=1.5 / 3600)  # 1 device x elapsed
+    assert row["waste_gpu_hours"] == 0
+    # 2. a job that never left the queue: both nodes are taken by a long 2-node job
+    big = launch(tmp_path, *TINY, "rung.nodes=2", "rung.engine=ddp", "launcher.exclusive=true", "trainer.max_steps=5000",
+                 "trainer.save_every=1000", "trainer.run_name=hog")
+    assert big.returncode == 0, big.stdout + big.stderr
+    hog = json.loads((tmp_path / "runs" / "hog" / "launch.json").read_text())["external_id"]
+    wait_for_step(tmp_path / "runs" / "hog", 1)
+    queued = launch(tmp_path, *TINY, "trainer.max_steps=4", "trainer.run_name=queued")
+    assert queued.returncode == 0, queued.stdout + queued.stderr
+    waiting = json.loads((tmp_path / "runs" / "queued" / "launch.json").read_text())["external_id"]
+    assert sacct(waiting, "State") == ["PENDING"]
+    time.sleep(3)
+    cancel = ladder_cli("cancel", waiting, hog, cwd=tmp_path)
+    assert cancel.returncode == 0, cancel.stderr
+    rows = {r["slurm_id"]: r for r in status_json(tmp_path, waiting, hog)}
+    assert rows[waiting]["state"] == "cancelled" and rows[waiting]["used_gpu_hours"] == 0
+    assert rows[waiting]["waste_gpu_hours"] == 0
+    [hog_elapsed] = sacct(hog, "ElapsedRaw")
+    assert rows[hog]["used_gpu_hours"] == pytest.approx(2 * int(hog_elapsed) / 3600, abs=3 / 3600)  # 2 nodes

@@ -37,6 +37,7 @@ from training.validate import effective_lr
 HARMLESS = (
     # where results are logged, evaluated, recorded and kept: never an input to an update
     "eval", "tracker", "launcher", "budget", "sweep", "ledger", "registry",
+    "data.decontamination",  # a check before launch, never an input to an update
     "trainer.run_root", "trainer.log_every", "trainer.resume", "trainer.step_timeout_s", "trainer.save_every",
     "trainer.keep_last", "trainer.save_initial", "trainer.eval_on_save", "trainer.eval_async",
     "trainer.checkpoint_url", "trainer.allow_config_change",

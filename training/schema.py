@@ -104,8 +104,30 @@ class RecipeConfig:
 
 
 @dataclass
+class DataSourceConfig:
+    """One source of a mixture (data.sources.<name>; training/mixture.py). Its documents per mixture
+    round: `weight` (a share of the round's documents, relative to the other sources' weights; every
+    source has one or none does), else `epochs` passes over its rows (default 1)."""
+    train_files: list[str] = field(default_factory=list)  # local .jsonl files
+    hub_name: Optional[str] = None
+    hub_split: str = "train"
+    weight: Optional[float] = None
+    epochs: Optional[float] = None  # null: 1 without weights; not allowed with a weight
+    max_samples: Optional[int] = None  # use the first N rows of the source
+
+
+@dataclass
+class DecontaminationConfig:
+    """`ladder data decontaminate` and the check of `ladder launch` (evals/decontaminate.py): a training
+    row matches an eval prompt when at least `threshold` of the prompt's word n-grams occur in the row."""
+    ngram: int = 8  # Tulu 3 used 8-grams
+    threshold: float = 0.5  # share of the eval prompt's n-grams; prompts shorter than ngram words match whole
+
+
+@dataclass
 class DataConfig:
-    """Chat data in the `messages` format: local jsonl files or a hub dataset by name."""
+    """Chat data in the `messages` format: local jsonl files or a hub dataset by name, or a mixture
+    of named sources (`sources`; then train_files and hub_name stay empty)."""
     name: str = MISSING
     format: str = "messages"
     train_files: list[str] = field(default_factory=list)  # local .jsonl files
@@ -114,6 +136,8 @@ class DataConfig:
     max_seq_len: int = 256  # longer documents are truncated (and counted in the log)
     max_samples: Optional[int] = None
     shuffle: bool = True
+    sources: dict[str, DataSourceConfig] = field(default_factory=dict)
+    decontamination: DecontaminationConfig = field(default_factory=DecontaminationConfig)
 
 
 @dataclass
@@ -240,6 +264,10 @@ class TrainerConfig:
     keep_last: int = 3
     save_initial: Optional[bool] = None  # also checkpoint the untrained model as step 0; null: the rung's
     resume: str = "auto"  # auto | none | a checkpoint directory (or its URL)
+    # On resume, a config that changes the math (optimizer, schedule, steps, data, recipe, seed,
+    # batch, precision) against the checkpoint's is refused; true applies it from the next step
+    # (the scheduler rebuilt at the current step) and records it in run_meta.json and the ledger.
+    allow_config_change: bool = False
     # Also keep checkpoints at this fsspec URL (s3://bucket/ladder, gs://..., file:///mnt/ckpts):
     # run NAME's go to <url>/NAME/checkpoints/step_N, uploaded after the local save with COMPLETE
     # last, and resume=auto trusts only those (training/remote.py). null: local checkpoints only.

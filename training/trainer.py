@@ -9,12 +9,16 @@ engine the rung names, resumes from the last complete checkpoint (trainer.resume
 writes metrics.jsonl and a heartbeat, checkpoints atomically, evaluates each checkpoint when
 asked, and logs to W&B. On SIGTERM or SIGUSR1 it finishes the step, checkpoints and exits with
 status 75 (requeue). It knows nothing of clusters or schedulers.
+
+A resume never silently changes what is trained: the config is compared with the checkpoint's and
+a change to the math is refused unless trainer.allow_config_change=true (training/config_diff.py).
+A run that already reached trainer.max_steps trains nothing and writes nothing. The run directory
+(config.yaml, run_meta.json: training/run_files.py) is written only once the start is decided.
 """
 
 from __future__ import annotations
 
 import faulthandler
-import json
 import logging
 import math
 import random
@@ -22,7 +26,6 @@ import resource
 import shutil
 import signal
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,16 +39,19 @@ from training import distributed, faults
 from training.chat_data import IGNORE
 from training.checkpoint import (commit_checkpoint, git_commit, latest_checkpoint, load_trainer_state, staging_dir,
                                  write_checkpoint)
+from training.config_diff import ConfigChanges, check_batch_continues, check_resume_config, continue_schedule
 from training.engines import make_engine
-from training.errors import EXIT_HUNG, CheckpointError, Preempted, TrainingError
+from training.errors import EXIT_HUNG, Preempted, TrainingError
 from training.flops import model_matmul_params, mfu, train_flops
 from training.heartbeat import Heartbeat
 from training.metrics import MetricsFile
 from training.modeling import build_model, load_tokenizer
 from training.recipes import make_recipe
 from training.remote import RemoteCheckpoints, resolve_resume
+from training.run_files import finished_message, finished_step, invocation, open_run_dir, remove_if_unstarted
 from training.tracking import Tracker
 from training.validate import BatchLayout, effective_lr, validate, warmup_steps
+from training.watchdog import SETUP_TIMEOUT_S, Watchdog
 
 log = logging.getLogger("ladder.train")
 
@@ -57,6 +63,7 @@ class RunResult:
     evals: dict[int, dict] = field(default_factory=dict)  # checkpoint step -> scores
     final_loss: float | None = None
     wandb_dir: str | None = None
+    finished_before: int | None = None  # the step a finished run was at: this call trained nothing
 
 
 def default_run_name(cfg: DictConfig) -> str:
@@ -109,31 +116,6 @@ def make_scheduler(cfg: DictConfig, optimizer):
     return get_scheduler("constant_with_warmup", optimizer, num_warmup_steps=warmup_steps(cfg))
 
 
-SETUP_TIMEOUT_S = 600.0  # the least a set-up phase gets: loading a large checkpoint is not a step
-
-
-class Watchdog:
-    """Reports a step (or a set-up phase) that runs past its time limit and ends the process.
-    Steps get trainer.step_timeout_s; set-up phases at least SETUP_TIMEOUT_S, so a short step
-    limit does not fire while a slow machine is still building the model."""
-
-    def __init__(self, timeout_s: float, on_hang):
-        self.timeout_s, self.on_hang = timeout_s, on_hang
-        self.touch("start-up", setup=True)
-        if timeout_s > 0:
-            threading.Thread(target=self._watch, daemon=True, name="ladder-watchdog").start()
-
-    def touch(self, what: str, setup: bool = False) -> None:
-        self.limit = max(self.timeout_s, SETUP_TIMEOUT_S) if setup else self.timeout_s
-        self.mark, self.what = time.monotonic(), what
-
-    def _watch(self) -> None:
-        while True:
-            time.sleep(min(5.0, self.timeout_s / 4))
-            if time.monotonic() - self.mark > self.limit:
-                self.on_hang(self.what)
-
-
 class Trainer:
     def __init__(self, cfg: DictConfig, world: distributed.World | None = None):
         self.world = world or distributed.env_world()
@@ -150,23 +132,24 @@ class Trainer:
         self.stop_signal: str | None = None
 
     # ---- setup -------------------------------------------------------------------------
-    def setup(self) -> None:
+    def setup(self) -> bool:
+        """Build everything; False if the run already reached max_steps. What can refuse the run (data,
+        checkpoint, a config change) runs before the run directory is written: a refusal touches no file."""
         cfg, t, main = self.cfg, self.cfg.trainer, self.world.main
         self.watchdog = Watchdog(t.step_timeout_s, self.on_hang)
         distributed.init(self.world, self.device, t.step_timeout_s or 1800.0)
-        if main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
-            (self.run_dir / "run_meta.json").write_text(json.dumps(
-                {"git_commit": git_commit(), "argv": sys.argv, "world_size": self.world.size,
-                 "engine": cfg.rung.engine.value}, indent=2) + "\n")
         seed_everything(t.seed)
         self.tokenizer = load_tokenizer(cfg.model)
         self.watchdog.touch("finding (and downloading) the checkpoint to resume from", setup=True)
         self.resume_from = resolve_resume(cfg, self.run_dir, self.store, self.world)
         state = load_trainer_state(self.resume_from) if self.resume_from else None
+        self.changes = ConfigChanges()
         if state is not None:
-            self.check_resumable(state)
+            self.changes = check_resume_config(cfg, self.resume_from, state["step"])
+            check_batch_continues(state, self.layout.micro_batches_per_step, self.resume_from)
+        self.finished_at = finished_step(cfg, self.run_dir, state["step"] if state else None)
+        if self.finished_at is not None:
+            return False
         model = build_model(cfg.model, self.tokenizer, self.device, t.seed, source=self.resume_from)
         if cfg.rung.activation_checkpointing:  # recompute each layer's activations in backward
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -192,9 +175,27 @@ class Trainer:
             self.scheduler.load_state_dict(state["scheduler"])
             set_rng_state(state["rng"])
             self.start_step, self.tokens_seen = state["step"], state["tokens_seen"]
+            if self.changes.math:  # allowed (trainer.allow_config_change): the new settings from the next step
+                self.scheduler = continue_schedule(cfg, self.engine.torch_optimizer, self.start_step, make_scheduler)
+                if main:
+                    log.warning("applying config changes from step %d on (trainer.allow_config_change=true): %s",
+                                self.start_step + 1, "; ".join(map(str, self.changes.math)))
             if main:
                 log.info("resumed from %s (step %d, saved by %s on %d process(es))", self.resume_from,
                          self.start_step, state.get("engine"), state.get("world_size", 1))
+        created = main and open_run_dir(self.run_dir, cfg, invocation(
+            sys.argv, git_commit(), self.world.size, cfg.rung.engine.value, self.resume_from,
+            self.start_step if state is not None else None, self.changes))
+        try:
+            self.open_outputs()
+        except BaseException:
+            if created:  # a brand-new run that never started: no empty folder left behind
+                remove_if_unstarted(self.run_dir)
+            raise
+        return True
+
+    def open_outputs(self) -> None:
+        cfg, t, main = self.cfg, self.cfg.trainer, self.world.main
         self.recipe.prepare(self)  # e.g. DPO's reference log-probs, before the first step
         self.metrics = MetricsFile(self.run_dir / "metrics.jsonl")
         self.tracker = Tracker(cfg, self.run_dir) if main else Tracker.disabled()
@@ -211,14 +212,6 @@ class Trainer:
             self.heartbeat.update(step=self.start_step, tracker_url=link)
         for sig in (signal.SIGTERM, signal.SIGUSR1):
             signal.signal(sig, self.on_signal)
-
-    def check_resumable(self, state: dict) -> None:
-        saved = state.get("data", {}).get("micro_batches_per_step")
-        if saved is not None and saved != self.layout.micro_batches_per_step:
-            raise CheckpointError(
-                f"{self.resume_from} was trained with {saved} micro-batches per step, this run has "
-                f"{self.layout.micro_batches_per_step}: the global batch or the micro-batch changed, so the "
-                "data order would not continue. Keep them, or start a new run (trainer.resume=none)")
 
     def model_shape(self):
         c = self.model.config
@@ -277,8 +270,12 @@ class Trainer:
             for k, v in stats.items():
                 stat_sums[k] = stat_sums.get(k, 0.0) + v
         t2 = time.perf_counter()
+        per_source = stat_sums.pop("data/per_source", None)  # a mixture's per-source sums (training/mixture.py)
         loss_value = distributed.all_sum(loss_sum, self.device) / n_units
         extra = {k: distributed.all_sum(v, self.device) / n_units for k, v in sorted(stat_sums.items())}
+        if per_source is not None:
+            from training.mixture import source_metrics
+            extra.update(source_metrics(per_source, self.stream.source_names, self.device))
         if self.cfg.trainer.stop_on_nonfinite and not math.isfinite(loss_value):
             last = latest_checkpoint(self.run_dir)
             if self.store is not None:  # what resume would use
@@ -339,7 +336,7 @@ class Trainer:
             if self.store is not None:  # the local copy stays: evaluation and W&B read it
                 self.watchdog.touch(f"uploading step {step}", setup=True)
                 url = self.store.upload(ckpt, step)
-                self.store.prune(self.cfg.trainer.keep_last, protect=(0, *pending))
+                self.store.prune(self.cfg.trainer.keep_last, protect=(0, *pending), newest=step)
                 log.info("uploaded checkpoint %s", url)
             result.checkpoints.append(ckpt)
             self.heartbeat.update(last_checkpoint_step=step, last_checkpoint_at=time.time())
@@ -376,8 +373,13 @@ class Trainer:
 
     # ---- the loop ----------------------------------------------------------------------
     def run(self) -> RunResult:
-        self.setup()
         t, main = self.cfg.trainer, self.world.main
+        if not self.setup():
+            if main:
+                log.warning(finished_message(t.run_name, self.finished_at, t.max_steps,
+                                             "nothing trained and nothing written"))
+            distributed.shutdown()
+            return RunResult(run_dir=self.run_dir, finished_before=self.finished_at)
         result = RunResult(run_dir=self.run_dir, wandb_dir=self.tracker.run_path)
         if main:
             log.info("run %s: engine %s on %d process(es), %d steps of %d tokens (%d micro-batches of %d tokens "
