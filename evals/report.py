@@ -84,12 +84,22 @@ def task_figure(task: str, metric: str, settings_key: str, c: Comparison, regist
               f"project: {task}/{metric} over time"]
     xlabels = ["step", "GPU-hours (device-hours)", "checkpoint saved at (UTC)"]
     for ax, title, xlabel in zip(axes, titles, xlabels):
-        ax.set_title(title, fontsize=11)
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(metric)
-        ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
+        _label(ax, title, xlabel, metric)
+    return _png(fig)
+
+
+def _label(ax, title: str, xlabel: str, ylabel: str) -> None:
+    ax.set_title(title, fontsize=11)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+
+
+def _png(fig) -> str:
+    """The figure as a base64 PNG for a data URI; the figure is closed."""
+    import matplotlib.pyplot as plt
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90)
@@ -183,17 +193,8 @@ def loss_figure(c: Comparison) -> str | None:
         plt.close(fig)
         return None
     for ax, title in ((ax_train, "training loss vs step"), (ax_held, "held-out loss vs step (checkpoints on disk)")):
-        ax.set_title(title, fontsize=11)
-        ax.set_xlabel("step")
-        ax.set_ylabel("loss per trained token")
-        ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
-    plt.close(fig)
-    return base64.b64encode(buf.getvalue()).decode()
+        _label(ax, title, "step", "loss per trained token")
+    return _png(fig)
 
 
 def flips(c: Comparison, task: str) -> list[tuple[str, list[dict], int, int]]:

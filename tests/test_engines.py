@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -71,6 +72,21 @@ def test_two_processes_match_one(root, reference, engine):
     assert worst <= WEIGHT_TOL, f"{engine}: weights differ from the 1-process run by up to {worst:.2e}"
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid`, from /proc (children of children included)."""
+    found, todo = [], [pid]
+    while todo:
+        parent = todo.pop()
+        for task in Path(f"/proc/{parent}/task").glob("*"):
+            try:
+                kids = [int(k) for k in (task / "children").read_text().split()]
+            except OSError:
+                continue
+            found += kids
+            todo += kids
+    return found
+
+
 def test_sigkill_two_processes_then_resume_reproduces_losses(root, reference):
     steps = 16
     over = run_overrides(root, "killed2", steps, engine="ddp", procs=2)
@@ -80,7 +96,14 @@ def test_sigkill_two_processes_then_resume_reproduces_losses(root, reference):
     while not (root / "killed2" / "checkpoints" / "step_000008" / COMPLETE).exists():
         assert proc.poll() is None and time.time() < deadline, "the run ended before it could be killed"
         time.sleep(0.02)
-    os.killpg(proc.pid, signal.SIGKILL)  # torchrun and both ranks at once, like a lost node
+    # torchrun and both ranks at once, like a lost node. torchrun starts each worker in a session of
+    # its own (start_new_session), so killing torchrun's process group would leave the ranks running.
+    tree = [proc.pid, *descendants(proc.pid)]
+    for pid in tree:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
     proc.wait()
     assert len(losses(root / "killed2")) < steps
 
