@@ -353,6 +353,9 @@ def test_hours_are_slurms_allocation_not_the_time_someone_looked(slurm_cluster, 
     queued = launch(tmp_path, *TINY, "trainer.max_steps=4", "trainer.run_name=queued")
     assert queued.returncode == 0, queued.stdout + queued.stderr
     waiting = json.loads((tmp_path / "runs" / "queued" / "launch.json").read_text())["external_id"]
+    deadline = time.time() + 60
+    while not sacct(waiting, "State") and time.time() < deadline:  # accounting learns of a job a moment late
+        time.sleep(0.5)
     assert sacct(waiting, "State") == ["PENDING"]
     time.sleep(3)
     cancel = ladder_cli("cancel", waiting, hog, cwd=tmp_path)
