@@ -76,15 +76,25 @@ def paths(cache_dir: Path, key: str) -> tuple[Path, Path]:
     return Path(cache_dir) / f"{key}.pt", Path(cache_dir) / f"{key}.json"
 
 
-def load(cache_dir: Path, key: str, n_pairs: int) -> torch.Tensor | None:
-    data_path, meta_path = paths(cache_dir, key)
+def read_checked(data_path: Path, meta_path: Path) -> tuple[bytes, dict] | None:
+    """A cache entry's bytes and its JSON sidecar; None when either is missing. Raises ValueError
+    (or KeyError, OSError, JSONDecodeError) when the bytes do not match the sidecar's SHA-256.
+    Shared by this cache and the token cache (training/token_cache.py)."""
     if not data_path.exists() or not meta_path.exists():
         return None
+    meta = json.loads(meta_path.read_text())
+    raw = data_path.read_bytes()
+    if hashlib.sha256(raw).hexdigest() != meta["sha256"]:
+        raise ValueError("checksum mismatch")
+    return raw, meta
+
+
+def load(cache_dir: Path, key: str, n_pairs: int) -> torch.Tensor | None:
     try:
-        meta = json.loads(meta_path.read_text())
-        raw = data_path.read_bytes()
-        if hashlib.sha256(raw).hexdigest() != meta["sha256"]:
-            raise ValueError("checksum mismatch")
+        entry = read_checked(*paths(cache_dir, key))
+        if entry is None:
+            return None
+        raw, _ = entry
         logps = torch.load(io.BytesIO(raw), weights_only=True)
         if tuple(logps.shape) != (n_pairs, 2) or not torch.isfinite(logps).all():
             raise ValueError(f"shape {tuple(logps.shape)} for {n_pairs} pairs, or non-finite values")

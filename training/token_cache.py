@@ -140,14 +140,12 @@ def paths(cache_dir: Path, key: str) -> tuple[Path, Path]:
 
 def load_entry(cache_dir: Path, key: str, fmt: str) -> tuple[list, dict] | None:
     """The entry's documents and metadata; None when missing, corrupt or inconsistent."""
-    data_path, meta_path = paths(cache_dir, key)
-    if not data_path.exists() or not meta_path.exists():
-        return None
+    from training.ref_cache import read_checked
     try:
-        meta = json.loads(meta_path.read_text())
-        raw = data_path.read_bytes()
-        if hashlib.sha256(raw).hexdigest() != meta["sha256"]:
-            raise ValueError("checksum mismatch")
+        entry = read_checked(*paths(cache_dir, key))
+        if entry is None:
+            return None
+        raw, meta = entry
         if meta.get("format") != fmt or meta.get("code_version") != CODE_VERSION:
             raise ValueError("written for another format or code version")
         return _unpack(raw, fmt, meta["docs"]), meta
