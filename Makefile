@@ -10,7 +10,7 @@ export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export WANDB_SILENT := true
 
-.PHONY: all install demo pipeline test lock clean bench
+.PHONY: all install demo pipeline test lock clean bench bench-gpu
 
 all: install
 
@@ -28,7 +28,8 @@ $(STAMP): pyproject.toml requirements.lock
 demo: install
 	$(BIN)/python -m launch.demo
 
-# The whole tiny pipeline in one command: SFT, then DPO from the SFT model, then evaluation and comparison.
+# The whole tiny pipeline in one command: SFT, then DPO from the SFT model, then GRPO from an under-trained
+# SFT model, then evaluation and comparison.
 pipeline: install
 	$(BIN)/python -m launch.demo --pipeline
 
@@ -42,6 +43,12 @@ bench: install
 	$(BIN)/pip install --quiet -c requirements.lock -e '.[bench]'
 	$(BIN)/python bench/throughput.py
 	$(BIN)/python bench/dpo_cache.py
+	$(BIN)/python bench/grpo.py
+
+# On one GPU: MFU and tokens/s at Llama 3 shapes for each attention, compile, loss and
+# checkpointing choice, against TRL's SFTTrainer, in about 5 minutes (bench/RESULTS.md).
+bench-gpu: install
+	$(BIN)/python bench/gpu.py --out runs/bench_gpu.json
 
 # Re-resolve the lock file from pyproject.toml (needs the package registries).
 lock:

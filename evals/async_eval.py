@@ -6,11 +6,13 @@
         tracker.log_eval(done.step, done.scores)
     for done in evaluator.drain():          # at the end of the run: wait for the rest
         ...
+    done = evaluator.hand_off(run_dir)      # or stop now: the rest go to pending_evals.json
 
 Each job runs `python -m evals.runner CKPT --eval-config <suite yaml> --out <json>` at a low
 CPU priority (nice 10), so it goes through the eval cache and the registry exactly like
 `ladder eval`, and a crash in an eval never takes the training process down. Jobs run
-`max_parallel` at a time (default 1) in submission order; the rest wait in a queue. A
+`max_parallel` at a time (default 1) in submission order; the rest wait in a queue. Results
+come back in step order even when a later job finishes first, so the run's log reads in order. A
 checkpoint removed by keep_last before its job starts comes back as a failed EvalDone
 naming the reason, never as an exception in the training loop.
 """
@@ -18,6 +20,7 @@ naming the reason, never as an exception in the training loop.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -30,6 +33,16 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+PENDING_FILE = "pending_evals.json"  # checkpoints a finished run left for eval jobs of their own
+log = logging.getLogger("ladder.eval")
+
+
+def read_pending(run_dir: str | Path) -> list[dict]:
+    """[{"step": N, "checkpoint": path}, ...] that a run handed off; [] when there are none."""
+    try:
+        return json.loads((Path(run_dir) / PENDING_FILE).read_text())["checkpoints"]
+    except FileNotFoundError:
+        return []
 
 
 @dataclass
@@ -68,6 +81,7 @@ class AsyncEvaluator:
         self.suite_file.write_text(OmegaConf.to_yaml(eval_cfg, resolve=True))
         self._queue: deque[_Job] = deque()
         self._running: list[_Job] = []
+        self._held: list[EvalDone] = []  # finished, waiting for an earlier step's job (step order)
 
     @property
     def pending_steps(self) -> tuple[int, ...]:
@@ -89,12 +103,15 @@ class AsyncEvaluator:
 
     def poll(self) -> list[EvalDone]:
         """Evaluations that finished since the last call; starts queued jobs. Never blocks."""
-        done = []
         for job in list(self._running):
             if job.proc.poll() is not None:
                 self._running.remove(job)
-                done.append(self._collect(job))
+                self._held.append(self._collect(job))
         self._start_queued()
+        first_pending = min(self.pending_steps, default=None)
+        done = sorted((d for d in self._held if first_pending is None or d.step < first_pending),
+                      key=lambda d: d.step)
+        self._held = [d for d in self._held if all(d is not r for r in done)]
         return done
 
     def drain(self, timeout: float | None = None) -> list[EvalDone]:
@@ -112,7 +129,7 @@ class AsyncEvaluator:
 
     def close(self, reason: str = "the evaluator was closed") -> list[EvalDone]:
         """Kill running jobs and drop queued ones (a failed run must not leave evals behind)."""
-        done = []
+        done, self._held = sorted(self._held, key=lambda d: d.step), []
         for job in self._running:
             job.proc.kill()
             job.proc.wait()
@@ -121,6 +138,22 @@ class AsyncEvaluator:
         self._running.clear()
         self._queue.clear()
         return done
+
+    def hand_off(self, run_dir: str | Path) -> list[EvalDone]:
+        """Stop without waiting (the run is over and its devices should go back): returns the
+        evaluations that have finished, kills the rest and lists their checkpoints in
+        <run_dir>/pending_evals.json for `ladder eval --pending RUN_DIR`. A killed job's finished
+        tasks are in the eval cache, so the eval job does not redo them."""
+        done = self.poll() + self.close(reason="handed off to an eval job")
+        left = [{"step": d.step, "checkpoint": str(d.checkpoint)} for d in done if not d.ok]
+        path = Path(run_dir) / PENDING_FILE
+        if left:
+            tmp = path.with_suffix(f".tmp{os.getpid()}")
+            tmp.write_text(json.dumps({"checkpoints": left, "written_at": time.time()}, indent=1) + "\n")
+            os.replace(tmp, path)
+            log.info("evaluation of step(s) %s handed off: %s lists them for `ladder eval --pending %s`",
+                     ", ".join(str(x["step"]) for x in left), path, run_dir)
+        return [d for d in done if d.ok]
 
     def __enter__(self) -> "AsyncEvaluator":
         return self

@@ -260,11 +260,9 @@ def summary_lines(report: dict) -> list[str]:
             for s in report["sources"] if s["matching_rows"]]
 
 
-def print_report(report: dict) -> None:
+def print_report(report: dict, console) -> None:
+    """The report on `console` (launch/console.make_console: evals never import launch)."""
     from rich.table import Table
-
-    from launch.console import make_console
-    console = make_console()
     tasks = sorted(report["eval_prompts"])
     table = Table(title=f"data={report['data']} against eval={report['eval']}: rows matching its prompts "
                         f"({report['ngram']}-grams, threshold {report['threshold']:g})")

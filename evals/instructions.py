@@ -11,40 +11,15 @@ all of them (IFEval's prompt-level strict accuracy, the task's score), and
 
 from __future__ import annotations
 
-import re
-
 from evals.generate import greedy_complete
 from training.chat_data import iter_jsonl
 from training.errors import DataError
+from training.verifiers import (  # one implementation: the GRPO reward uses it too
+    CHECKS,
+    check,
+)
 
 VERSION = 1  # bump when the prompts or a checker change: it keys the eval cache
-
-
-def _words(text: str) -> list[str]:
-    return text.split()
-
-
-def _bare(word: str) -> str:
-    return re.sub(r"^\W+|\W+$", "", word).lower()
-
-
-# One checker per constraint type: (answer, params) -> met or not.
-CHECKS = {
-    "lowercase": lambda a, p: any(c.isalpha() for c in a) and a == a.lower(),
-    "uppercase": lambda a, p: any(c.isalpha() for c in a) and a == a.upper(),
-    "word_count": lambda a, p: len(_words(a)) == p["n"],
-    "max_words": lambda a, p: 0 < len(_words(a)) <= p["n"],
-    "min_words": lambda a, p: len(_words(a)) >= p["n"],
-    "ends_with": lambda a, p: bool(_words(a)) and _bare(_words(a)[-1]) == p["word"].lower(),
-    "starts_with": lambda a, p: bool(_words(a)) and _bare(_words(a)[0]) == p["word"].lower(),
-    "include_word": lambda a, p: p["word"].lower() in {_bare(w) for w in _words(a)},
-    "no_commas": lambda a, p: bool(a.strip()) and "," not in a,
-    "single_line": lambda a, p: bool(a.strip()) and "\n" not in a.strip(),
-}
-
-
-def check(answer: str, constraint: dict) -> bool:
-    return CHECKS[constraint["type"]](answer.strip(), constraint)
 
 
 def load_prompts(path: str, max_examples: int | None = None) -> list[dict]:
@@ -63,7 +38,7 @@ def score_instructions(model, tokenizer, path: str, max_examples: int | None = N
                        max_new_tokens: int = 24, batch_size: int = 64) -> dict:
     rows = load_prompts(path, max_examples)
     outputs = greedy_complete(model, tokenizer, [[{"role": "user", "content": r["prompt"]}] for r in rows],
-                              max_new_tokens, batch_size)
+                              max_new_tokens, batch_size, description="eval ifeval_lite")
     examples, met, total = [], 0, 0
     for i, (row, out) in enumerate(zip(rows, outputs)):
         passed = [check(out, c) for c in row["checks"]]

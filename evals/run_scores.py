@@ -46,11 +46,11 @@ def registry_for(run_dir: str | Path, cfg: DictConfig, cache: dict | None = None
     None when that file does not exist (nothing was ever evaluated there)."""
     from evals.registry import Registry, registry_path
     path = registry_path(cfg.registry.url, Path(run_dir) / "checkpoints" / "step_0")
-    if not path.is_file():
+    if isinstance(path, Path) and not path.is_file():  # a server URL always exists
         return None
     cache = {} if cache is None else cache
     if path not in cache:
-        cache[path] = Registry(path, cfg.registry.busy_timeout_s)
+        cache[path] = Registry(path, cfg.registry.busy_timeout_s, cache_root=Path(run_dir).parent)
     return cache[path]
 
 

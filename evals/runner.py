@@ -27,8 +27,9 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from evals.cache import EVAL_CODE_VERSION, EvalCache, TaskSpec, lm_limit, task_specs
-from evals.content_hash import PATTERNS, checkpoint_hash
-from evals.registry import Registry, registry_path
+from evals.checkpoint_ref import CheckpointRef, read_ref, resolve_checkpoint
+from evals.content_hash import PATTERNS
+from evals.registry import Registry, registry_path, run_root_of
 from training.checkpoint import check_checkpoint
 
 log = logging.getLogger("ladder.eval")
@@ -52,7 +53,13 @@ def load_model(ckpt: Path, device: str):
     log.info("loading model from %s on %s", ckpt, device)
     tokenizer = AutoTokenizer.from_pretrained(ckpt)
     dtype = torch.float32 if device == "cpu" else torch.bfloat16
-    model = AutoModelForCausalLM.from_pretrained(ckpt, dtype=dtype).to(device)
+    if device == "cuda":
+        # accelerate's big-model inference: the layers are placed over every visible GPU, then host
+        # memory, so a checkpoint larger than one GPU (70B in bf16 is 140 GB) still evaluates; one
+        # that fits lands whole on the first GPU, as .to("cuda") would put it.
+        model = AutoModelForCausalLM.from_pretrained(ckpt, dtype=dtype, device_map="auto")
+    else:
+        model = AutoModelForCausalLM.from_pretrained(ckpt, dtype=dtype).to(device)
     return model, tokenizer
 
 
@@ -66,22 +73,23 @@ def run_builtin(spec: TaskSpec, model, tokenizer, eval_cfg: DictConfig) -> dict:
                               eval_cfg.max_new_tokens, eval_cfg.batch_size)
 
 
-def default_registry(ckpt: Path) -> Registry:
+def default_registry(ckpt: CheckpointRef | Path) -> Registry:
     """The registry a checkpoint's own run config names, else registry.db in its run root."""
-    cfg_file = Path(ckpt) / "ladder_config.yaml"
-    saved = OmegaConf.load(cfg_file) if cfg_file.exists() else OmegaConf.create()
-    url = OmegaConf.select(saved, "registry.url")
-    timeout = OmegaConf.select(saved, "registry.busy_timeout_s") or 60.0
-    return Registry(registry_path(url, ckpt, OmegaConf.select(saved, "trainer.run_root") or "runs"), timeout)
+    ref = ckpt if isinstance(ckpt, CheckpointRef) else read_ref(ckpt)
+    url = ref.select("registry.url")
+    timeout = ref.select("registry.busy_timeout_s") or 60.0
+    run_root = ref.select("trainer.run_root") or "runs"
+    return Registry(registry_path(url, ref.path, run_root), timeout, cache_root=run_root_of(ref.path, run_root))
 
 
-def evaluate_checkpoint(ckpt: str | Path, eval_cfg: DictConfig, registry: Registry | None = None) -> dict:
+def evaluate_checkpoint(ckpt: str | Path | CheckpointRef, eval_cfg: DictConfig, registry: Registry | None = None) -> dict:
     """Score `ckpt` on the suite; returns scores, per-task results and whether the model was loaded."""
-    ckpt = check_checkpoint(ckpt)  # sizes: a missing or truncated file stops it here
+    ref = resolve_checkpoint(ckpt)  # once: sizes checked (a missing or truncated file stops it here)
+    ckpt = ref.path
     specs = task_specs(eval_cfg)
     t0 = time.time()
-    content_hash = checkpoint_hash(ckpt)
-    registry = registry or default_registry(ckpt)
+    content_hash = ref.content_hash
+    registry = registry or default_registry(ref)
     cache = EvalCache(registry.cache_dir)
     keys = {s.name: s.key(content_hash) for s in specs}
     tasks: dict[str, dict] = {}
@@ -98,7 +106,7 @@ def evaluate_checkpoint(ckpt: str | Path, eval_cfg: DictConfig, registry: Regist
         # The weights are about to be read: check them against COMPLETE's hashes first, so a
         # damaged file is named instead of loaded (or failing deep inside safetensors).
         check_checkpoint(ckpt, hashes=PATTERNS)
-    row = registry.register_checkpoint(ckpt, content_hash)  # once it is known to be whole
+    row = registry.register_checkpoint(ref)  # once it is known to be whole
     if builtin:
         model, tokenizer = load_model(ckpt, device)
         model_loaded = True

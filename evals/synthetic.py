@@ -12,6 +12,9 @@ import torch
 from evals.generate import greedy_complete
 from training.chat_data import IGNORE, check_jsonl, encode_chat
 from training.synthetic import VERSION
+from training.verifiers import (
+    exact_match,  # the GRPO reward for this task is the same check
+)
 
 
 def load_heldout(path: str, max_examples: int | None = None) -> list[dict]:
@@ -26,8 +29,8 @@ def score_heldout(model, tokenizer, path: str, max_examples: int | None = None,
     rows = load_heldout(path, max_examples)
     prompts = [[m for m in r["messages"] if m["role"] != "assistant"] for r in rows]
     answers = [next(m["content"] for m in reversed(r["messages"]) if m["role"] == "assistant") for r in rows]
-    outputs = greedy_complete(model, tokenizer, prompts, max_new_tokens, batch_size)
-    examples = [{"id": r.get("id", str(i)), "target": a, "output": o, "correct": o.strip() == a.strip()}
+    outputs = greedy_complete(model, tokenizer, prompts, max_new_tokens, batch_size, description="eval reverse")
+    examples = [{"id": r.get("id", str(i)), "target": a, "output": o, "correct": exact_match(o, a) == 1.0}
                 for i, (r, a, o) in enumerate(zip(rows, answers, outputs))]
     for e in examples:
         e["score"] = float(e["correct"])  # per example, for paired bootstraps in `ladder compare`

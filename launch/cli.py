@@ -11,7 +11,6 @@ message with exit status 2, never as a traceback.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 import textwrap
@@ -58,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
               launch  plan, check the team's budget, record the job (or -m sweep) and run or submit it
               status  each job's state, step, loss, GPU-hours and W&B link (SLURM accounting + heartbeats)
               cancel  stop jobs or a sweep; their GPU-hours are recorded as waste
-              budget  `ladder budget report`: GPU-hours by team and period, from the ledger
+              budget  `ladder budget set|report`: teams' GPU-hour allocations (in the ledger), and their use
+              ledger  `ladder ledger migrate --to postgresql://...`: move a SQLite ledger and registry to a server
               promote launch a finished sweep's best K configurations at another rung, recording lineage
               promotion-report  did the lower rung's ranking predict the higher one's? (Spearman)
               data    `ladder data inspect`: rows, tokens, shares and epochs per source; `data decontaminate`
@@ -79,11 +79,14 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Evaluate a checkpoint on an eval suite; writes <checkpoint>/eval/<suite>.json "
                                     "and logs the scores to the checkpoint's W&B run at its step.",
                         epilog=overrides_help)
-    ev.add_argument("args", nargs="+", metavar="CHECKPOINT|OVERRIDE",
+    ev.add_argument("args", nargs="*", metavar="CHECKPOINT|OVERRIDE",
                     help="checkpoint directories (runs/<name>/checkpoints/step_NNNNNN), and Hydra overrides, "
                          "e.g. eval=synthetic eval.max_examples=100; launcher=slurm submits one SLURM job per "
                          "checkpoint instead of evaluating here")
     ev.add_argument("--wait", action="store_true", help="with launcher=slurm: wait until the eval jobs finish")
+    ev.add_argument("--pending", metavar="RUN_DIR", default=None,
+                    help="evaluate what a finished run handed off (RUN_DIR/pending_evals.json, written when "
+                         "trainer.eval_handoff=true, as `ladder launch` sets it) as eval jobs recorded in the ledger")
 
     co = sub.add_parser("compare", formatter_class=fmt, help="compare checkpoints with confidence intervals",
                         description="Score each target on the eval suite (from the eval cache where it can) and\n"
@@ -129,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     la = sub.add_parser("launch", formatter_class=fmt, help="plan, check the budget, record and run a job or sweep",
                         description="Validate and plan the job (every point of a sweep), check the planned GPU-hours "
-                                    "against the team's budget (budget=<team>) as a whole, record the jobs in the "
+                                    "against the team's allocation in the ledger (budget.team) as a whole, record the jobs in the "
                                     "ledger and run them with the launcher: launcher=local runs them here and records "
                                     "the hours used, final state and waste; launcher=slurm submits an sbatch script "
                                     "(a job array for a sweep) and `ladder status` follows it.",
@@ -159,17 +162,6 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--sweep", default=None, help="every job of this sweep")
         if verb == "status":
             sp.add_argument("--json", action="store_true", help="print the rows as JSON")
-
-    bu = sub.add_parser("budget", formatter_class=fmt, help="GPU-hour budgets by team and period",
-                        description="Budgets: configs/budget/<team>.yaml gives a team gpu_hours per period.")
-    bsub = bu.add_subparsers(dest="budget_verb", metavar="SUBVERB", required=True)
-    br = bsub.add_parser("report", formatter_class=fmt, help="allocated, used, running, wasted and useful hours",
-                         description="Per team and period: allocated, used, planned-and-running, wasted and "
-                                     "MFU-weighted (useful) GPU-hours, what is left, and the cost.",
-                         epilog=overrides_help)
-    br.add_argument("overrides", nargs="*", help="Hydra overrides that locate the ledger, e.g. trainer.run_root=/data/runs")
-    br.add_argument("--plot", metavar="FILE", default=None, help="also write a PNG chart to FILE")
-    br.add_argument("--team", default=None, help="only this team")
 
     # ---- promotion up the ladder (launch/promote.py, launch/promotion_report.py) ----
     pr = sub.add_parser("promote", formatter_class=fmt, help="launch a sweep's best K configurations at another rung",
@@ -209,8 +201,11 @@ def build_parser() -> argparse.ArgumentParser:
     rr.add_argument("overrides", nargs="*", help="Hydra overrides that locate the ledger (trainer.run_root=...)")
     rr.add_argument("--sweep", default=None, help="the lower- or higher-rung sweep (default: every promotion)")
     rr.add_argument("--json", action="store_true", help="print the report as JSON")
-    from launch import data_cmd  # verbs that declare their own arguments and handler (DESIGN.md)
+    from launch import bench_cmd, budget_cmd, data_cmd, ledger_cmd  # verbs that declare their own arguments and handler (DESIGN.md)
     data_cmd.register(sub, overrides_help)
+    budget_cmd.register(sub, overrides_help)
+    ledger_cmd.register(sub, overrides_help)
+    bench_cmd.register(sub, overrides_help)
     return p
 
 
@@ -221,60 +216,24 @@ def _lazy_groups() -> str:
         return ""
 
 
-# Third-party loggers whose notices are not about the user's run: DeepSpeed's "Setting
-# accelerator to CPU", lm-eval's "Custom kwargs can be passed to --metadata", matplotlib's
-# "building the font cache". Errors still show; `ladder -v VERB` shows everything.
-QUIET = ("DeepSpeed", "lm_eval", "lm-eval", "matplotlib", "httpx", "urllib3", "datasets", "filelock", "wandb",
-         "fsspec", "PIL")
-
-
-class _ErrorsOnly(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno >= logging.ERROR
-
-
-def setup_logging(verbose: bool = False) -> None:
-    """Our own log lines at INFO; third-party notices only with -v (LADDER_VERBOSE=1 reaches the
-    trainer and eval processes a verb starts)."""
-    verbose = verbose or os.environ.get("LADDER_VERBOSE") == "1"
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S",
-                        stream=sys.stderr)
-    for name in QUIET:
-        logger = logging.getLogger(name)
-        if verbose:
-            logger.setLevel(logging.INFO)
-            continue
-        logger.setLevel(logging.ERROR)
-        # DeepSpeed resets its logger's level to INFO when it is imported; a filter survives that.
-        logger.addFilter(_ErrorsOnly())
-    # Per-file progress bars from transformers and datasets drown the step log.
-    import datasets
-    import transformers
-    datasets.disable_progress_bars()
-    transformers.utils.logging.disable_progress_bar()
-    if verbose:
-        transformers.utils.logging.set_verbosity_info()
-    else:
-        transformers.utils.logging.set_verbosity_warning()
+from training.log_setup import QUIET, setup_logging  # noqa: E402,F401  (shared with training/entry.py)
 
 
 def cmd_train(args) -> int:
-    from training.compose import compose
+    from launch.train_record import recording  # a shared ledger records direct runs too
+    from training.entry import run_train
     from training.trainer import train
-    result = train(compose(args.overrides))
-    if result.finished_before is not None:  # the run had already reached max_steps: nothing was trained
-        print(f"run directory: {result.run_dir} (already finished at step {result.finished_before}; nothing trained)")
-        return 0
-    print(f"run directory: {result.run_dir}")
-    if result.checkpoints:
-        print(f"last checkpoint: {result.checkpoints[-1]}")
-    return 0
+    return run_train(recording(train, args.overrides), args.overrides)
 
 
 def cmd_eval(args) -> int:
-    from launch.eval_cmd import run_eval, submit_evals
+    from launch.eval_cmd import run_eval, run_pending, submit_evals
     from training.compose import compose
     _split_jobs(args)
+    if args.pending is not None:
+        if args.jobs:
+            raise ConfigError("--pending RUN_DIR evaluates that run's pending checkpoints: name no others")
+        return run_pending(args.pending, args.overrides, wait=args.wait)
     if not args.jobs:
         raise ConfigError("name at least one checkpoint directory to evaluate")
     if compose(args.overrides).launcher.name == "slurm":
@@ -331,11 +290,6 @@ def cmd_cancel(args) -> int:
     return run(args)
 
 
-def cmd_budget(args) -> int:
-    from launch.budget import cmd_budget_report
-    return cmd_budget_report(args)
-
-
 def cmd_promote(args) -> int:
     from launch.promote import cmd_promote as run
     return run(args)
@@ -382,7 +336,7 @@ def _main(argv: list[str] | None = None) -> int:
         if getattr(args, "handler", None):  # a verb module's handler (register(subparsers))
             return args.handler(args)
         return {"train": cmd_train, "eval": cmd_eval, "config": cmd_config, "plan": cmd_plan,
-                "launch": cmd_launch, "status": cmd_status, "cancel": cmd_cancel, "budget": cmd_budget, "compare": cmd_compare,
+                "launch": cmd_launch, "status": cmd_status, "cancel": cmd_cancel, "compare": cmd_compare,
                 "leaderboard": cmd_leaderboard, "promote": cmd_promote,
                 "promotion-report": cmd_promotion_report}[args.verb](args)
     except LadderError as e:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import textwrap
 
 
@@ -53,17 +54,22 @@ def _wrap(text: str) -> str:
 
 def cmd_inspect(args) -> int:
     from launch.data_inspect import inspect_data, print_report
+    from launch.doc_lengths import save_lengths
     from training.compose import compose
-    report = inspect_data(compose(args.overrides))
+    cfg = compose(args.overrides)
+    report = inspect_data(cfg)
+    path = save_lengths(cfg, report["doc_lengths"])  # `ladder plan` with these overrides reads it
     if args.json:
         print(json.dumps(report, indent=1))
     else:
         print_report(report)
+    print(f"document lengths for `ladder plan`: {path}", file=sys.stderr if args.json else sys.stdout)
     return 0
 
 
 def cmd_decontaminate(args) -> int:
     from evals.decontaminate import decontaminate, print_report, write_filtered
+    from launch.console import make_console
     from training.compose import compose
     from training.validate import validate
     cfg = compose(args.overrides)
@@ -74,5 +80,5 @@ def cmd_decontaminate(args) -> int:
     if args.json:
         print(json.dumps(report, indent=1))
     else:
-        print_report(report)
+        print_report(report, make_console())
     return 1 if report["matching_rows"] else 0

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
+from launch.doc_lengths import summarize
 from training.chat_data import IGNORE
 
 
@@ -46,10 +47,13 @@ def inspect_data(cfg: DictConfig) -> dict:
         local.extend(range(len(s.docs)))
     n_mb = cfg.trainer.max_steps * layout.micro_batches_per_step
     drawn = [[0, 0, 0] for _ in sources]  # documents, tokens, trained tokens
+    lengths = []  # of every packed document drawn (a pair's sides are two): `ladder plan`'s attention
     for index in range(n_mb):
         for i in stream._locate(index):
             s = owner[i]
             tok, trained = stats[s][local[i]]
+            doc = sources[s].docs[local[i]]
+            lengths.extend([len(doc[0])] if fmt == "messages" else [len(doc[0]), len(doc[2])])
             drawn[s][0] += 1
             drawn[s][1] += tok
             drawn[s][2] += trained
@@ -75,7 +79,7 @@ def inspect_data(cfg: DictConfig) -> dict:
         "global_batch_tokens": layout.global_batch_tokens, "round_documents": sum(counts),
         "rounds_seen": stream.epoch_of(n_mb - 1) + 1 if n_mb else 0,
         "steps_per_round": len(stream._epochs[0]) / layout.micro_batches_per_step,
-        "sources": rows,
+        "sources": rows, "doc_lengths": summarize(lengths),
     }
 
 

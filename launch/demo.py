@@ -1,13 +1,16 @@
 """`make demo` and `make pipeline`: the tiny pipeline on a CPU, through the commands a user runs.
 
     python -m launch.demo              # make demo: SFT, then evaluation
-    python -m launch.demo --pipeline   # make pipeline: SFT, then DPO, then evaluation and comparison
+    python -m launch.demo --pipeline   # make pipeline: SFT, then DPO, then GRPO, then evaluation and comparison
 
 1. `ladder train rung=tiny trainer.run_name=demo-<time>`: trains the tiny model (~1 min),
    saving and scoring the untrained model (step 0) and every checkpoint, logging to W&B offline.
 2. `ladder eval` on the untrained and the trained checkpoint (held-out split, exact match).
 3. With --pipeline: `ladder train recipe=dpo model.name_or_path=<SFT checkpoint>` on the
-   synthetic preference pairs, its evaluation, and `ladder compare` of SFT against DPO.
+   synthetic preference pairs, its evaluation, and `ladder compare` of SFT against DPO. Then GRPO
+   (launch/demo_grpo.py): a deliberately under-trained SFT model (a short SFT run, held-out exact
+   match low but not zero) trained with `ladder train recipe=grpo` on data=reverse_rlvr, evaluated,
+   and `ladder compare`d with its start.
 4. Prints the scores side by side and where everything went.
 """
 
@@ -58,6 +61,11 @@ def main(argv: list[str] | None = None) -> int:
             return rc
         dpo_dir = Path("runs") / f"{name}-dpo"
         rows.append(("SFT + DPO", complete_checkpoints(dpo_dir)[-1]))
+        from launch.demo_grpo import run_grpo
+        grpo = run_grpo(console, ladder, name)
+        if grpo is None:
+            return 1
+        rows += grpo
 
     scores = {}
     for _, ckpt in rows:
@@ -80,7 +88,11 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"DPO preference accuracy (chosen over rejected, vs the reference): "
                       f"{first['rewards/accuracy']:.2f} at step 1 -> {last['rewards/accuracy']:.2f} at step "
                       f"{last['step']}; loss {first['loss']:.3f} -> {last['loss']:.3f}")
-        compare(console, ladder, trained, rows[-1][1])
+        compare(console, ladder, trained, rows[2][1])
+        em = {ckpt: scores[ckpt]["scores"]["reverse/exact_match"] for _, ckpt in rows}
+        console.print(f"GRPO gain over its under-trained start: [bold]{em[rows[-1][1]] - em[rows[-2][1]]:+.1f}"
+                      "[/bold] points of held-out exact match")
+        compare(console, ladder, rows[-2][1], rows[-1][1])
 
     wandb_dirs = sorted((run_dir / "wandb").glob("offline-run-*"))
     console.print("\n[bold]where everything went[/bold]")

@@ -8,42 +8,48 @@ loading the model. The scores go to <checkpoint>/eval/<suite>.json, to the regis
 the runs (registry.url), to the terminal as a table, and to the checkpoint's own W&B run
 (same run id) against the checkpoint's step, with an `eval` artifact naming the checkpoint's
 artifact. A result that this W&B run already holds is not logged twice.
+
+    ladder eval --pending runs/tiny-sft-reverse [overrides]             # what a finished run handed off
+
+A run launched by `ladder launch` does not hold its devices while its last background
+evaluations finish (trainer.eval_handoff): it lists them in <run_dir>/pending_evals.json, and
+the launcher runs `--pending` on them as eval jobs of their own, on the same launcher, recorded
+in the ledger as kind eval (run_pending).
 """
 
 from __future__ import annotations
 
+import json
+import os
+import time
 from pathlib import Path
 
-from omegaconf import OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from evals.registry import Registry, run_dir_of
+from evals.checkpoint_ref import CheckpointRef, resolve_checkpoint
+from evals.registry import Registry
 from evals.runner import default_registry, evaluate_checkpoint
-from training.checkpoint import check_checkpoint, step_of
 from training.compose import compose
 from training.tracking import Tracker
 
 
-def registry_for(ckpt: Path, cfg, overrides: list[str]) -> Registry:
+def registry_for(ckpt: CheckpointRef, cfg, overrides: list[str]) -> Registry:
     """registry.url or trainer.run_root when given on the command line, else the checkpoint's own."""
     if any(o.lstrip("+").startswith(("registry.url=", "trainer.run_root=")) for o in overrides):
         return Registry.from_config(cfg)  # ckpt not passed: the run root named here wins
     return default_registry(ckpt)
 
 
-def run_eval(checkpoint: str, overrides: list[str]) -> dict:
-    ckpt = check_checkpoint(checkpoint)
+def run_eval(checkpoint: str | CheckpointRef, overrides: list[str]) -> dict:
+    ref = resolve_checkpoint(checkpoint)  # the one value every step below is handed
     cfg = compose(overrides)
-    registry = registry_for(ckpt, cfg, overrides)
-    result = evaluate_checkpoint(ckpt, cfg.eval, registry)
-    step = step_of(ckpt)
+    registry = registry_for(ref, cfg, overrides)
+    result = evaluate_checkpoint(ref, cfg.eval, registry)
     console = Console()
-    run_dir = run_dir_of(ckpt)
-    run_cfg_file = ckpt / "ladder_config.yaml"
-    if run_dir is not None and run_cfg_file.exists() and cfg.tracker.mode.value != "disabled":
-        log_to_wandb(ckpt, run_dir, step, result, compose_from_file(run_cfg_file, cfg), registry, console)
-    table = Table(title=f"eval suite {cfg.eval.name!r}, checkpoint step {step}")
+    if ref.run_dir is not None and ref.config is not None and cfg.tracker.mode.value != "disabled":
+        log_to_wandb(ref, result, run_config(ref, cfg), registry, console)
+    table = Table(title=f"eval suite {cfg.eval.name!r}, checkpoint step {ref.step}")
     table.add_column("task")
     table.add_column("score", justify="right")
     table.add_column("n", justify="right")
@@ -58,8 +64,8 @@ def run_eval(checkpoint: str, overrides: list[str]) -> dict:
     return result
 
 
-def log_to_wandb(ckpt: Path, run_dir: Path, step: int, result: dict, run_cfg, registry: Registry,
-                 console: Console) -> None:
+def log_to_wandb(ref: CheckpointRef, result: dict, run_cfg, registry: Registry, console: Console) -> None:
+    ckpt, run_dir, step = ref.path, ref.run_dir, ref.step
     id_file = run_dir / "wandb_id"
     run_id = id_file.read_text().strip() if id_file.exists() else None
     keys = [t["cache_key"] for t in result["tasks"].values()]
@@ -77,11 +83,9 @@ def log_to_wandb(ckpt: Path, run_dir: Path, step: int, result: dict, run_cfg, re
         registry.mark_logged(run_id, keys, step)
 
 
-def compose_from_file(path: Path, current):
+def run_config(ref: CheckpointRef, current):
     """The run's own saved config, with this command's tracker settings."""
-    from training.schema import LadderConfig
-    saved = OmegaConf.load(path)
-    merged = OmegaConf.merge(OmegaConf.structured(LadderConfig), saved)
+    merged = ref.config.copy()
     merged.tracker = current.tracker
     return merged
 
@@ -98,19 +102,18 @@ def submit_evals(checkpoints: list[str], overrides: list[str], wait: bool = Fals
 
     from launch.budget import check_and_record_many
     from launch.ledger import Ledger
-    from launch.launch_cmd import log_dir_of
-    from launch.slurm_script import EVAL, Point, check, submit_script
+    from launch.slurm_script import EVAL, Point, check, log_dir_of, submit_script
     from training.checkpoint import git_commit
 
     cfg = compose(overrides)
-    ckpts = [check_checkpoint(c).resolve() for c in checkpoints]
+    ckpts = [resolve_checkpoint(c) for c in checkpoints]
     log_dir = log_dir_of(cfg)
     check(cfg, log_dir)
     ledger = Ledger.from_config(cfg)
     gpus = 1  # an eval job is one process on one device of one node (slurm_script's EVAL entry)
     records = [(0.0, eval_job_fields(c, cfg, gpus, json.dumps([str(c), *overrides]))) for c in ckpts]
     job_ids = check_and_record_many(ledger, cfg.budget, records)
-    points = [Point(c, [str(c), *overrides, "launcher=local"]) for c in ckpts]
+    points = [Point(c.path, [str(c.path), *overrides, "launcher=local"]) for c in ckpts]
     try:
         _, ids = submit_script(cfg, points, f"eval-{cfg.eval.name}", log_dir, git_commit(), entry=EVAL)
     except Exception as e:
@@ -130,12 +133,77 @@ def submit_evals(checkpoints: list[str], overrides: list[str], wait: bool = Fals
     return 0 if all(f["state"] == "completed" for f in finals) else 1
 
 
-def eval_job_fields(ckpt: Path, cfg, gpus: int, overrides_json: str) -> dict:
+def eval_job_fields(ref: CheckpointRef, cfg, gpus: int, overrides_json: str) -> dict:
     """The ledger record of one eval job: named after the checkpoint it scores."""
-    from evals.registry import run_dir_of
-    saved = OmegaConf.load(ckpt / "ladder_config.yaml") if (ckpt / "ladder_config.yaml").exists() else None
-    run_dir = run_dir_of(ckpt)
-    return dict(kind="eval", project=cfg.tracker.project, sweep=saved.sweep.name if saved is not None else None,
-                rung=saved.rung.name if saved is not None else cfg.rung.name,
-                run_name=f"eval {cfg.eval.name}: {run_dir.name if run_dir else ckpt.parent.name}@{step_of(ckpt)}",
-                run_dir=str(ckpt), launcher="slurm", gpus=gpus, overrides=overrides_json)
+    run = ref.run_dir.name if ref.run_dir else ref.path.parent.name
+    return dict(kind="eval", project=cfg.tracker.project, sweep=ref.select("sweep.name"),
+                rung=ref.select("rung.name") if ref.config is not None else cfg.rung.name,
+                run_name=f"eval {cfg.eval.name}: {run}@{ref.step}",
+                run_dir=str(ref.path), launcher=cfg.launcher.name, gpus=gpus, overrides=overrides_json)
+
+
+def run_pending(run_dir: str | Path, overrides: list[str], wait: bool = False) -> int:
+    """`ladder eval --pending RUN_DIR`: the evaluations a finished run handed off, as eval jobs of
+    their own on the config's launcher, each recorded in the ledger as kind `eval`: launcher=slurm
+    submits them (submit_evals), launcher=local runs them here one after the other. The list is
+    removed once the jobs are recorded; a local evaluation that fails stays on it, to retry."""
+    from evals.async_eval import PENDING_FILE, read_pending
+    from training.errors import ConfigError
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ConfigError(f"--pending {run_dir}: not a run directory")
+    pending = read_pending(run_dir)
+    ckpts = [Path(p["checkpoint"]) for p in pending if Path(p["checkpoint"]).is_dir()]
+    gone = [p["checkpoint"] for p in pending if not Path(p["checkpoint"]).is_dir()]
+    if gone:
+        print(f"ladder eval: skipped, no longer on disk: {', '.join(gone)}")
+    if not ckpts:
+        print(f"ladder eval: {run_dir} has no evaluations left to run")
+        (run_dir / PENDING_FILE).unlink(missing_ok=True)
+        return 0
+    cfg = compose(overrides)
+    if cfg.launcher.name == "slurm":
+        code = submit_evals([str(c) for c in ckpts], overrides, wait=wait)  # raises if nothing was submitted
+        (run_dir / PENDING_FILE).unlink(missing_ok=True)
+        return code
+    failed = run_local_eval_jobs(ckpts, overrides, cfg)
+    left = [p for p in pending if Path(p["checkpoint"]) in failed]
+    if left:
+        (run_dir / PENDING_FILE).write_text(json.dumps({"checkpoints": left, "written_at": time.time()}) + "\n")
+    else:
+        (run_dir / PENDING_FILE).unlink(missing_ok=True)
+    return 1 if failed else 0
+
+
+def run_local_eval_jobs(ckpts: list[Path], overrides: list[str], cfg) -> list[Path]:
+    """One local eval job per checkpoint, in the ledger with the hours it took (one device, as a
+    SLURM eval job); returns the checkpoints whose evaluation failed."""
+    from launch.budget import check_and_record_many
+    from launch.ledger import Ledger
+    ledger = Ledger.from_config(cfg)
+    gpus = 1
+    refs = [resolve_checkpoint(c) for c in ckpts]  # a damaged checkpoint is refused before anything is recorded
+    records = [(0.0, eval_job_fields(r, cfg, gpus, json.dumps([str(r), *overrides]))) for r in refs]
+    ids = check_and_record_many(ledger, cfg.budget, records)
+    failed = []
+    for i, (ckpt, ref, job_id) in enumerate(zip(ckpts, refs, ids)):
+        ledger.mark_started(job_id, external_id=str(os.getpid()))
+        t0 = time.time()
+        state, reason = "completed", None
+        try:
+            run_eval(ref, overrides)
+        except KeyboardInterrupt:
+            used = gpus * (time.time() - t0) / 3600
+            ledger.update_job(job_id, state="cancelled", reason="interrupted", used_gpu_hours=used,
+                              waste_gpu_hours=used, finished_at=time.time())
+            for rest in ids[i + 1:]:
+                ledger.update_job(rest, state="cancelled", reason="interrupted before it ran", finished_at=time.time())
+            raise
+        except Exception as e:  # one checkpoint's failure must not cost the others their scores
+            state, reason = "failed", f"{type(e).__name__}: {e}"[:500]
+            failed.append(ckpt)
+            print(f"ladder eval: evaluation of {ckpt} failed: {reason}")
+        used = gpus * (time.time() - t0) / 3600
+        ledger.update_job(job_id, state=state, reason=reason, used_gpu_hours=used,
+                          waste_gpu_hours=0.0 if state == "completed" else used, finished_at=time.time())
+    return failed

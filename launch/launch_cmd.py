@@ -39,6 +39,7 @@ from typing import Callable
 from omegaconf import DictConfig, OmegaConf
 
 from launch.console import num
+from launch.slurm_script import log_dir_of  # noqa: F401  (here too for its older callers)
 from training.errors import ConfigError, LadderError
 
 STOP_GRACE_S = 60  # after Ctrl-C, how long the trainer gets to write its last heartbeat
@@ -79,6 +80,9 @@ class LocalLauncher(Launcher):
 
     @staticmethod
     def command(cfg: DictConfig, overrides: list[str]) -> list[str]:
+        # The trainer leaves its unfinished evaluations to an eval job of their own (run_evals_left),
+        # so the job's record ends when training does.
+        overrides = [*overrides, "trainer.eval_handoff=true"]
         if cfg.rung.gpus_per_node == 1:
             return [sys.executable, "-m", "training.trainer", *overrides]
         return [sys.executable, "-m", "torch.distributed.run", "--standalone",
@@ -106,7 +110,24 @@ class LocalLauncher(Launcher):
                 raise
             report_final(final)
             worst = worst or code
+            if final["state"] == "completed":
+                self.run_evals_left(job)
         return worst
+
+    @staticmethod
+    def run_evals_left(job: Job) -> None:
+        """The evaluations the finished run handed off, as local eval jobs in the ledger. Their
+        failure is reported, not raised: the training job itself succeeded."""
+        from evals.async_eval import read_pending
+        from launch.eval_cmd import run_pending
+        if not read_pending(job.run_dir):
+            return
+        print(f"ladder launch: job {job.job_id}: evaluating what the run left (eval jobs of their own)", flush=True)
+        try:
+            run_pending(job.run_dir, job.overrides)
+        except LadderError as e:
+            print(f"ladder launch: the evaluations of {job.run_dir} were not run ({e}); run them with "
+                  f"`ladder eval --pending {job.run_dir} ...`", flush=True)
 
     def run(self, cfg: DictConfig, overrides: list[str], on_start: Callable[[str], None]) -> int:
         proc = subprocess.Popen(self.command(cfg, overrides))
@@ -175,11 +196,6 @@ def get_launcher(cfg: DictConfig) -> Launcher:
     if name not in LAUNCHERS:
         raise ConfigError(f"launcher={name} is not available in this version; available: {', '.join(LAUNCHERS)}")
     return LAUNCHERS[name]()
-
-
-def log_dir_of(cfg: DictConfig) -> Path:
-    """Where SLURM writes job logs: <run_root>/slurm/<job id>.out."""
-    return (Path(cfg.trainer.run_root) / "slurm").resolve()
 
 
 def shape_groups(jobs: list[Job]) -> list[list[Job]]:
@@ -267,7 +283,7 @@ def ledger_fields(j: Job, sweep: str | None = None) -> dict:
 def launch(overrides: list[str], override_reason: str | None = None, multirun: bool = False,
            dry_run: bool = False, wait: bool = False, allow_contamination: bool = False) -> tuple[int, list[dict]]:
     """Launch a job or a sweep; returns the exit status and the jobs' ledger records."""
-    from launch.budget import check_and_record_many, period_key
+    from launch.budget import check_and_record_many
     from launch.ledger import Ledger
     from training.config_diff import Change
     from training.run_files import finished_message
@@ -299,8 +315,8 @@ def launch(overrides: list[str], override_reason: str | None = None, multirun: b
     ids = check_and_record_many(ledger, cfg.budget, records, override_reason=override_reason)
     for j, job_id in zip(jobs, ids):
         j.job_id = job_id
-    print(f"ladder launch: {what} recorded in {ledger.path} as job(s) {', '.join(map(str, ids))}: team "
-          f"{cfg.budget.team}, {period_key(cfg.budget.period.value)}, {num(total, 3)} GPU-hours planned"
+    print(f"ladder launch: {what} recorded in {ledger.where} as job(s) {', '.join(map(str, ids))}: team "
+          f"{cfg.budget.team}, {ledger.job(ids[0])['period']}, {num(total, 3)} GPU-hours planned"
           + (f", budget overridden: {override_reason}" if override_reason else ""), flush=True)
     for j in jobs:
         if j.config_changes:

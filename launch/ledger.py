@@ -5,12 +5,15 @@
     from launch.ledger import Ledger
     ledger = Ledger.from_config(cfg)         # ledger.url, default sqlite:///<trainer.run_root>/ladder.db
 
-One SQLite file, written by many processes at once (the jobs of a sweep, launches from several
-shells): WAL mode lets readers run beside the one writer, every write is one short
-`BEGIN IMMEDIATE` transaction (it takes the write lock up front, so two writers never deadlock
-upgrading a read lock), and `busy_timeout` makes a writer wait for the lock instead of failing.
-WAL needs a local file system (not NFS); a shared PostgreSQL behind the same interface is the
-next step for a cluster-wide ledger.
+ledger.url is a SQLite file (the embedded default) or a team's PostgreSQL server
+(postgresql://user@host/db, password from ~/.pgpass or PGPASSWORD): the store, its locking
+and its versioned migrations are training/store.py. Many processes write at once (the jobs of a
+sweep, launches from several login nodes); every write is one short transaction.
+
+Budgets are data here, not in a job's config: the `budgets` table holds each team's current
+allocation (GPU-hours per week, month, quarter or year) and `budget_changes` every change, with
+who made it and when (`ladder budget set`, launch/budget_cmd.py). A launch holds its team's
+lock while it sums the period's hours and records its jobs (launch/budget.py).
 
 Each job records the Hydra overrides it was launched with, and the math changes its resume
 applied with trainer.allow_config_change=true (jobs.config_changes); the `promotions` table records
@@ -24,14 +27,15 @@ of a run cancelled by hand.
 
 from __future__ import annotations
 
-import sqlite3
+import getpass
+import socket
 import statistics
 import time
 from pathlib import Path
 
-from training import sqlite_store
-from training.sqlite_store import SqliteStore
 from training.heartbeat import read_heartbeat
+from training.store import Db, Store
+from training.store_url import parse_store_url
 
 ACTIVE = ("pending", "running")  # planned hours still count against the budget
 FINAL = ("completed", "failed", "preempted", "cancelled")
@@ -39,18 +43,21 @@ STATES = ACTIVE + FINAL
 # Heartbeats are written on the compute nodes, sacct's times by the controller: allow for clocks
 # a little apart when deciding whether a heartbeat belongs to this job.
 CLOCK_SLACK_S = 30.0
-SCHEMA_VERSION = 5  # 2: jobs.overrides and the promotions table (launch/promote.py); 3: jobs.config_changes
+SCHEMA_VERSION = 7  # 2: jobs.overrides and the promotions table (launch/promote.py); 3: jobs.config_changes
 # 4: jobs.data_mixture and jobs.allow_contamination (training/mixture_config.py, evals/decontaminate.py)
 # 5: jobs.kind (train | eval: SLURM eval jobs of `ladder eval ... launcher=slurm`)
+# 6: jobs.launched_by, and the budgets and budget_changes tables (SCHEMA creates new tables)
+# 7: the bench_rates table (launch/rates.py: `ladder bench import`)
 MIGRATIONS = {2: "ALTER TABLE jobs ADD COLUMN overrides TEXT",
               3: "ALTER TABLE jobs ADD COLUMN config_changes TEXT",
               4: "ALTER TABLE jobs ADD COLUMN data_mixture TEXT; "
                  "ALTER TABLE jobs ADD COLUMN allow_contamination INTEGER NOT NULL DEFAULT 0",
-              5: "ALTER TABLE jobs ADD COLUMN kind TEXT NOT NULL DEFAULT 'train'"}
+              5: "ALTER TABLE jobs ADD COLUMN kind TEXT NOT NULL DEFAULT 'train'",
+              6: "ALTER TABLE jobs ADD COLUMN launched_by TEXT"}
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    id ID_PRIMARY_KEY,
     team TEXT NOT NULL,
     project TEXT,
     sweep TEXT,
@@ -62,32 +69,33 @@ CREATE TABLE IF NOT EXISTS jobs (
     launcher TEXT,
     external_id TEXT,                  -- the local pid or the SLURM job id
     gpus INTEGER NOT NULL,
-    planned_gpu_hours REAL NOT NULL,
-    used_gpu_hours REAL NOT NULL DEFAULT 0,
-    waste_gpu_hours REAL NOT NULL DEFAULT 0,
-    hours_before REAL NOT NULL DEFAULT 0,  -- the heartbeat's device_hours when a resumed run started
-    mfu REAL,                          -- median measured MFU of the run's steps
-    tokens_per_s REAL,                 -- median measured tokens/s per device
+    planned_gpu_hours DOUBLE PRECISION NOT NULL,
+    used_gpu_hours DOUBLE PRECISION NOT NULL DEFAULT 0,
+    waste_gpu_hours DOUBLE PRECISION NOT NULL DEFAULT 0,
+    hours_before DOUBLE PRECISION NOT NULL DEFAULT 0,  -- the heartbeat's device_hours when a resumed run started
+    mfu DOUBLE PRECISION,                          -- median measured MFU of the run's steps
+    tokens_per_s DOUBLE PRECISION,                 -- median measured tokens/s per device
     state TEXT NOT NULL,
     reason TEXT,                       -- why it failed or stopped
     override_reason TEXT,              -- --override-budget "reason"
-    created_at REAL NOT NULL,
-    started_at REAL,
-    updated_at REAL NOT NULL,
-    finished_at REAL,
+    created_at DOUBLE PRECISION NOT NULL,
+    started_at DOUBLE PRECISION,
+    updated_at DOUBLE PRECISION NOT NULL,
+    finished_at DOUBLE PRECISION,
     overrides TEXT,                    -- JSON list: the Hydra overrides the job was launched with
     config_changes TEXT,               -- JSON list of {key, old, new}: math changes its resume applied
                                        -- (trainer.allow_config_change=true), null when none
     data_mixture TEXT,                 -- JSON: the data's sources, files or hub dataset, weight, epochs, max_samples
     allow_contamination INTEGER NOT NULL DEFAULT 0,  -- 1: launched with --allow-contamination
-    kind TEXT NOT NULL DEFAULT 'train'  -- train | eval (an eval job of `ladder eval ... launcher=slurm`)
+    kind TEXT NOT NULL DEFAULT 'train',  -- train | eval (an eval job of `ladder eval ... launcher=slurm`)
+    launched_by TEXT                   -- user@host that launched it (and the database role on a server)
 );
 CREATE INDEX IF NOT EXISTS jobs_team_period ON jobs (team, period);
 CREATE INDEX IF NOT EXISTS jobs_rung ON jobs (rung);
 CREATE INDEX IF NOT EXISTS jobs_sweep ON jobs (sweep);
 -- Lineage across rungs: one row per job `ladder promote` launched (launch/promote.py).
 CREATE TABLE IF NOT EXISTS promotions (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    id ID_PRIMARY_KEY,
     from_sweep TEXT NOT NULL,
     to_sweep TEXT NOT NULL,
     from_rung TEXT NOT NULL,
@@ -100,53 +108,157 @@ CREATE TABLE IF NOT EXISTS promotions (
     parent_run_name TEXT,
     parent_run_dir TEXT NOT NULL,
     parent_checkpoint TEXT NOT NULL,   -- the scored checkpoint (the run's last registered one)
-    parent_score REAL NOT NULL,
+    parent_score DOUBLE PRECISION NOT NULL,
     parent_rank INTEGER NOT NULL,      -- 1 = best of the sweep
-    parent_lr REAL,
+    parent_lr DOUBLE PRECISION,
     child_job_id INTEGER NOT NULL REFERENCES jobs (id),
     child_run_name TEXT NOT NULL,
     child_run_dir TEXT NOT NULL,
-    child_lr REAL,
+    child_lr DOUBLE PRECISION,
     overrides TEXT NOT NULL,           -- JSON list: the promoted job's overrides
-    created_at REAL NOT NULL
+    created_at DOUBLE PRECISION NOT NULL
 );
 CREATE INDEX IF NOT EXISTS promotions_from ON promotions (from_sweep);
 CREATE INDEX IF NOT EXISTS promotions_to ON promotions (to_sweep);
+-- A team's allocation: gpu_hours per period (launch/budget.py reads it under the team's lock).
+CREATE TABLE IF NOT EXISTS budgets (
+    team TEXT PRIMARY KEY,
+    period TEXT NOT NULL,              -- week | month | quarter | year (UTC)
+    gpu_hours DOUBLE PRECISION NOT NULL,
+    set_by TEXT NOT NULL,              -- the OS user and host that set it (and the database role)
+    set_at DOUBLE PRECISION NOT NULL,
+    note TEXT
+);
+CREATE TABLE IF NOT EXISTS budget_changes (
+    id ID_PRIMARY_KEY,
+    team TEXT NOT NULL,
+    period TEXT NOT NULL,
+    gpu_hours DOUBLE PRECISION NOT NULL,
+    previous_period TEXT,              -- null: the team's first allocation
+    previous_gpu_hours DOUBLE PRECISION,
+    set_by TEXT NOT NULL,
+    set_at DOUBLE PRECISION NOT NULL,
+    note TEXT
+);
+CREATE INDEX IF NOT EXISTS budget_changes_team ON budget_changes (team);
+-- Throughput measured by bench/gpu.py at a model shape, imported with `ladder bench import`;
+-- `ladder plan` uses it for rungs of that shape (launch/rates.py).
+CREATE TABLE IF NOT EXISTS bench_rates (
+    id ID_PRIMARY_KEY,
+    shape TEXT NOT NULL,               -- launch/rates.py shape_key: hidden, MLP, heads, KV heads, vocabulary
+    device TEXT NOT NULL,              -- e.g. NVIDIA H200
+    recipe TEXT NOT NULL,              -- sft | dpo
+    settings TEXT NOT NULL,            -- JSON: attention, compile, loss chunking, activation checkpointing
+    mfu DOUBLE PRECISION NOT NULL,
+    tokens_per_s DOUBLE PRECISION NOT NULL,
+    source TEXT NOT NULL,              -- the imported file and the configuration's name in it
+    measured_on TEXT,                  -- the date in the file
+    imported_at DOUBLE PRECISION NOT NULL
+);
+CREATE INDEX IF NOT EXISTS bench_rates_shape ON bench_rates (shape);
 """
+# A new local (SQLite) ledger starts with this allocation for the default team, so that
+# `ladder launch rung=tiny` works out of the box; recorded as a change like any other. A
+# PostgreSQL ledger starts with none: a team's allocation is set by whoever owns it.
+LOCAL_DEFAULT_BUDGET = {"team": "default", "period": "month", "gpu_hours": 10000.0}
+PERIODS = ("week", "month", "quarter", "year")
 
 
 def path_from_url(url: str) -> Path:
-    return sqlite_store.path_from_url(url, "ledger.url")
+    """The SQLite file of a ledger.url (ConfigError for a server URL: callers that need a file)."""
+    where = parse_store_url(url, "ledger.url")
+    if where.path is None:
+        from training.errors import ConfigError
+        raise ConfigError(f"ledger.url={url!r} is a server, not a SQLite file")
+    return where.path
 
 
-class Ledger(SqliteStore):
+def who() -> str:
+    """user@host of this process, for the records of who set a budget."""
+    try:
+        user = getpass.getuser()
+    except Exception:  # no name for this uid (a container): the uid says who it was
+        import os
+        user = f"uid {os.getuid()}"
+    return f"{user}@{socket.gethostname()}"
+
+
+def identity(db: Db) -> str:
+    """who(), and on a server the database role: the identity the server itself checked."""
+    if db.dialect == "postgresql":
+        return f"{who()} (role {db.one('SELECT current_user AS u')['u']})"
+    return who()
+
+
+class Ledger(Store):
+    COMPONENT = "ledger"
+    URL_KEY = "ledger.url"
     SCHEMA = SCHEMA
     SCHEMA_VERSION = SCHEMA_VERSION
     MIGRATIONS = MIGRATIONS
 
     @classmethod
     def from_config(cls, cfg) -> "Ledger":
-        return cls(path_from_url(cfg.ledger.url), cfg.ledger.busy_timeout_s)
+        return cls(cfg.ledger.url, cfg.ledger.busy_timeout_s)
 
     @classmethod
     def existing(cls, cfg) -> "Ledger | None":
-        """The configured ledger if its file exists; None otherwise (read-only callers create nothing)."""
-        path = path_from_url(cfg.ledger.url)
-        return cls(path, cfg.ledger.busy_timeout_s) if path.is_file() else None
+        """The configured ledger if its file exists (a server always does); None otherwise, so
+        read-only callers create no file."""
+        where = parse_store_url(cfg.ledger.url, "ledger.url")
+        if where.path is not None and not where.path.is_file():
+            return None
+        return cls(cfg.ledger.url, cfg.ledger.busy_timeout_s)
+
+    def same_as(self, url: str) -> bool:
+        """Whether ledger.url names this ledger (the same file, or the same server URL)."""
+        other = parse_store_url(url, "ledger.url")
+        if self.backend == "sqlite" and other.path is not None:
+            return other.path.resolve() == self.path.resolve()
+        return other.url == self.location.url
+
+    def on_upgrade(self, db: Db, from_version: int) -> None:
+        if self.backend == "sqlite" and db.one("SELECT COUNT(*) AS n FROM budgets")["n"] == 0:
+            self.set_budget(db, **LOCAL_DEFAULT_BUDGET, set_by="ladder (the initial allocation of a new local ledger)")
+
+    # ---- budgets (launch/budget.py, `ladder budget set`) ----------------------------------------
+    @staticmethod
+    def set_budget(db: Db, team: str, period: str, gpu_hours: float, set_by: str | None = None,
+                   note: str | None = None, now: float | None = None) -> dict:
+        """Set a team's allocation and record the change; returns the previous allocation (or {})."""
+        if period not in PERIODS:
+            raise ValueError(f"period {period!r}: use {', '.join(PERIODS)}")
+        now = time.time() if now is None else now
+        set_by = set_by or identity(db)
+        db.lock(f"budget:{team}")  # the lock a launch of the team holds while it checks (launch/budget.py)
+        before = db.one("SELECT * FROM budgets WHERE team = ?", (team,)) or {}
+        row = {"team": team, "period": period, "gpu_hours": float(gpu_hours), "set_by": set_by, "set_at": now,
+               "note": note}
+        db.execute("INSERT INTO budgets (team, period, gpu_hours, set_by, set_at, note) VALUES (?, ?, ?, ?, ?, ?) "
+                   "ON CONFLICT (team) DO UPDATE SET period = excluded.period, gpu_hours = excluded.gpu_hours, "
+                   "set_by = excluded.set_by, set_at = excluded.set_at, note = excluded.note", tuple(row.values()))
+        db.insert("budget_changes", {**row, "previous_period": before.get("period"),
+                                     "previous_gpu_hours": before.get("gpu_hours")})
+        return before
+
+    def budgets(self) -> dict[str, dict]:
+        return {r["team"]: r for r in self.query("SELECT * FROM budgets ORDER BY team")}
+
+    def budget_changes(self, team: str | None = None) -> list[dict]:
+        if team is None:
+            return self.query("SELECT * FROM budget_changes ORDER BY id")
+        return self.query("SELECT * FROM budget_changes WHERE team = ? ORDER BY id", (team,))
 
     # ---- writes ------------------------------------------------------------------------
     @staticmethod
-    def insert_job(db: sqlite3.Connection, **fields) -> int:
+    def insert_job(db: Db, **fields) -> int:
         now = time.time()
         fields.setdefault("state", "pending")
         fields.setdefault("created_at", now)
         fields.setdefault("updated_at", now)
         if fields["state"] not in STATES:
             raise ValueError(f"unknown job state {fields['state']!r}")
-        cols = ", ".join(fields)
-        marks = ", ".join("?" for _ in fields)
-        cur = db.execute(f"INSERT INTO jobs ({cols}) VALUES ({marks})", tuple(fields.values()))
-        return int(cur.lastrowid)
+        return db.insert("jobs", fields)
 
     def add_job(self, **fields) -> int:
         with self.transaction() as db:
@@ -237,14 +349,15 @@ class Ledger(SqliteStore):
         return self.query(sql, tuple(args))
 
     @staticmethod
-    def committed_hours(db: sqlite3.Connection, team: str, period: str) -> dict[str, float]:
+    def committed_hours(db: Db, team: str, period: str) -> dict[str, float]:
         """Hours charged to a team's period: used by finished jobs, max(planned, used) by active ones."""
         marks = ", ".join("?" for _ in ACTIVE)
         row = db.execute(
             f"""SELECT
                   COALESCE(SUM(CASE WHEN state IN ({marks}) THEN 0 ELSE used_gpu_hours END), 0) AS used,
                   COALESCE(SUM(CASE WHEN state IN ({marks})
-                                    THEN MAX(planned_gpu_hours, used_gpu_hours) ELSE 0 END), 0) AS running
+                                    THEN CASE WHEN planned_gpu_hours > used_gpu_hours THEN planned_gpu_hours
+                                              ELSE used_gpu_hours END ELSE 0 END), 0) AS running
                 FROM jobs WHERE team = ? AND period = ?""", (*ACTIVE, *ACTIVE, team, period)).fetchone()
         return {"used": row["used"], "running": row["running"], "committed": row["used"] + row["running"]}
 
@@ -267,11 +380,9 @@ class Ledger(SqliteStore):
         return {r["sweep"]: r["n"] for r in rows}
 
     @staticmethod
-    def insert_promotion(db: sqlite3.Connection, **fields) -> int:
+    def insert_promotion(db: Db, **fields) -> int:
         fields.setdefault("created_at", time.time())
-        cur = db.execute(f"INSERT INTO promotions ({', '.join(fields)}) VALUES ({', '.join('?' for _ in fields)})",
-                         tuple(fields.values()))
-        return int(cur.lastrowid)
+        return db.insert("promotions", fields)
 
     def promotions(self, sweep: str | None = None) -> list[dict]:
         """Lineage rows whose lower-rung or higher-rung sweep is `sweep` (all of them for None)."""

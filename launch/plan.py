@@ -6,9 +6,11 @@
 
 Parameters come from the model built on the meta device; FLOPs from training/flops.py (the
 one definition MFU also uses) for trainer.max_steps x the global batch, with attention counted
-as if every document were data.max_seq_len tokens long (an upper bound for packed data); memory
+at the document lengths `ladder data inspect` measured for this data (launch/doc_lengths.py), else as
+if every document were data.max_seq_len tokens long (an upper bound for packed data); memory
 from launch/memory.py. Time is FLOPs / (GPUs x peak x MFU), where MFU is the median measured
-on earlier runs of the same rung in the ledger, else rung.assumed_mfu; on a device with no known
+on earlier runs of the same rung in the ledger, else by bench/gpu.py at the rung's shape and
+settings (`ladder bench import`; launch/rates.py), else rung.assumed_mfu; on a device with no known
 peak (a CPU) it is tokens / (devices x tokens/s), measured or rung.assumed_tokens_per_s.
 """
 
@@ -20,7 +22,10 @@ from dataclasses import asdict, dataclass, field
 from omegaconf import DictConfig
 
 from launch.console import make_console, num, si
+from launch.doc_lengths import planning_length
 from launch.memory import ENGINES, GiB, Memory, ModelShape, estimate
+from launch.plan_rl import RLPlan, is_rl, render_rows, rl_plan, rl_seconds
+from launch.rates import planning_rate
 from training.errors import ConfigError
 from training.flops import model_matmul_params, train_flops
 from training.validate import global_batch_tokens, validate
@@ -63,6 +68,8 @@ class Plan:
     wall_clock_h: float
     gpu_hours: float
     price_per_gpu_hour: float
+    doc_source: str = "data.max_seq_len"  # where doc_tokens (the attention length) came from
+    rl: RLPlan | None = None  # recipe=grpo: generation and training on rollouts (launch/plan_rl.py)
     cost: float = field(init=False)
 
     def __post_init__(self):
@@ -179,27 +186,12 @@ def verified_fix(cfg: DictConfig, shape: ModelShape, overrides: str) -> tuple[st
     return (overrides, m.total / GiB) if fits(m, fixed.rung) else None
 
 
-def planning_rate(cfg: DictConfig, ledger) -> tuple[float, str, str]:
-    """(rate, kind, where it came from): the ledger's median for this rung, else the rung's assumption."""
-    r = cfg.rung
-    kind = "mfu" if r.peak_flops_per_device else "tokens_per_s"
-    if ledger is not None:
-        value, n = ledger.median_rate(r.name, kind)
-        if value:
-            return value, kind, f"median of {n} measured run(s) of rung {r.name} in the ledger"
-    assumed = r.assumed_mfu if kind == "mfu" else r.assumed_tokens_per_s
-    if not assumed:
-        raise ConfigError(f"rung {r.name} has no peak_flops_per_device and no assumed_tokens_per_s, and the "
-                          "ledger has no measured run of it: set rung.assumed_tokens_per_s to plan its time")
-    return assumed, kind, f"assumed (rung.assumed_{'mfu' if kind == 'mfu' else 'tokens_per_s'})"
-
-
 def make_plan(cfg: DictConfig, ledger=None) -> Plan:
     layout = validate(cfg)  # the batch rule and every other cross-field rule
     r = cfg.rung
     shape = model_shape(cfg)
     tokens = cfg.trainer.max_steps * layout.global_batch_tokens
-    doc = cfg.data.max_seq_len
+    doc, doc_source = planning_length(cfg)  # measured by `ladder data inspect`, else data.max_seq_len
     n_matmul = model_matmul_params(cfg.model, shape.vocab)
     flops = train_flops(n_matmul, shape.layers, shape.hidden, [doc]) * tokens / doc
     memory = memory_for(shape, r)
@@ -228,16 +220,21 @@ def make_plan(cfg: DictConfig, ledger=None) -> Plan:
         seconds = flops / (gpus * r.peak_flops_per_device * rate)
     else:
         seconds = tokens / (gpus * rate)
+    rl = None
+    if is_rl(cfg):  # GRPO trains on rollouts it generates: both are planned (launch/plan_rl.py)
+        rl = rl_plan(cfg, n_matmul, shape.layers, shape.hidden)
+        tokens, flops = rl.train_tokens, rl.train_flops + rl.gen_flops
+        seconds = rl_seconds(rl, gpus, r.peak_flops_per_device, rate, kind)
     return Plan(
         rung=r.name, model=cfg.model.name, gpu_type=r.gpu_type, engine=r.engine.value, nodes=r.nodes,
         gpus_per_node=r.gpus_per_node, gpus=gpus, offload=r.offload,
         activation_checkpointing=r.activation_checkpointing, micro_batch_tokens=layout.micro_batch_tokens,
         grad_accum=layout.grad_accum, global_batch_tokens=layout.global_batch_tokens,
-        steps=cfg.trainer.max_steps, tokens=tokens, doc_tokens=doc, params=shape.params,
+        steps=cfg.trainer.max_steps, tokens=tokens, doc_tokens=round(doc), doc_source=doc_source, params=shape.params,
         matmul_params=n_matmul, flops=flops, memory=memory, gpu_memory_gb=r.gpu_memory_gb,
         cpu_memory_gb=r.cpu_memory_gb, fits=ok, problem=problem, fixes=[] if ok else find_fixes(cfg, shape),
         by_engine=by_engine, rate=rate, rate_kind=kind, rate_source=source, wall_clock_h=seconds / 3600,
-        gpu_hours=gpus * seconds / 3600, price_per_gpu_hour=cfg.budget.price_per_gpu_hour)
+        gpu_hours=gpus * seconds / 3600, price_per_gpu_hour=cfg.budget.price_per_gpu_hour, rl=rl)
 
 
 def fix_message(plan: Plan) -> str:
@@ -267,9 +264,13 @@ def render(plan: Plan, console=None) -> None:
     work.add_row("parameters", si(p.params), f"{p.params:,} (meta-device build)")
     work.add_row("global batch", f"{p.global_batch_tokens:,} tokens",
                  f"micro-batch {p.micro_batch_tokens:,} x accum {p.grad_accum} x dp {p.gpus}")
-    work.add_row("planned tokens", si(p.tokens), f"{p.steps:,} steps (trainer.max_steps) x global batch")
+    work.add_row("planned tokens", si(p.tokens), f"{p.steps:,} steps (trainer.max_steps) x "
+                 + ("rollout tokens per step" if p.rl else "global batch"))
     work.add_row("training FLOPs", f"{p.flops:.3e}",
                  f"6 x {si(p.matmul_params)} matmul params x tokens + attention at {p.doc_tokens:,}-token documents")
+    work.add_row("document length", f"{p.doc_tokens:,} tokens", p.doc_source)
+    if p.rl is not None:
+        render_rows(work, p.rl)
     console.print(work)
 
     mem = Table(title=f"Memory per {unit}, GiB (usable: {p.usable_gb:,.1f} of {p.gpu_memory_gb:g} per {p.gpu_type})",

@@ -50,7 +50,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from evals.run_scores import Metric, available_metrics, parse_metric, run_score
 from launch.console import make_console, num
-from launch.ledger import ACTIVE, Ledger, path_from_url
+from launch.ledger import ACTIVE, Ledger
 from training.errors import BudgetError, ConfigError, EvalError
 
 SCALE_GROUPS = ("rung", "model")  # their overrides belong to the rung, not to the point
@@ -254,7 +254,7 @@ def transfer(point: Point, to: str, to_sweep: str, run_name: str, extra: list[st
 
 def promote(sweep: str, to: str, top: int, metric: str, overrides: list[str], as_name: str | None = None,
             dry_run: bool = False, allow_running: bool = False, override_reason: str | None = None) -> int:
-    from launch.budget import check_and_record_many, period_key
+    from launch.budget import check_and_record_many, team_standing
     from launch.launch_cmd import get_launcher, ledger_fields, prepare
     from training.compose import compose, group_options
 
@@ -293,7 +293,7 @@ def promote(sweep: str, to: str, top: int, metric: str, overrides: list[str], as
     for job in jobs:
         if job.run_dir.exists():
             problems.append(f"{job.run_dir} already exists (its run would be resumed, not started)")
-        if path_from_url(job.cfg.ledger.url).resolve() != ledger.path.resolve():
+        if not ledger.same_as(job.cfg.ledger.url):
             problems.append(f"{job.run_name} would be recorded in another ledger ({job.cfg.ledger.url}); "
                             "give promote the sweep's trainer.run_root / ledger.url")
     if len({j.run_dir for j in jobs}) < len(jobs):
@@ -306,14 +306,12 @@ def promote(sweep: str, to: str, top: int, metric: str, overrides: list[str], as
 
     budget = jobs[0].cfg.budget
     planned = sum(j.plan.gpu_hours for j in jobs)
-    period = period_key(getattr(budget.period, "value", budget.period))
-    with ledger.transaction() as db:
-        charged = ledger.committed_hours(db, budget.team, period)
-    left = budget.gpu_hours - charged["committed"]
+    allocation, period, charged = team_standing(ledger, budget)
+    left = allocation["gpu_hours"] - charged["committed"]
     render_plan(sweep, to_sweep, from_rung, to, m, cfg.eval.name, ranked, chosen, transfers, jobs, notes)
     fits = planned <= left
     print(f"budget: {len(jobs)} job(s) plan {num(planned, 3)} GPU-hours together; team '{budget.team}' has "
-          f"{num(max(left, 0.0), 3)} of {num(budget.gpu_hours)} left in {period}: "
+          f"{num(max(left, 0.0), 3)} of {num(allocation['gpu_hours'])} left in {period}: "
           + ("fits" if fits else f"over by {num(planned - left, 3)}"
              + (f", launched anyway: --override-budget {override_reason!r}" if override_reason else
                 ", so nothing would be launched (pass --override-budget REASON)")))
@@ -324,7 +322,9 @@ def promote(sweep: str, to: str, top: int, metric: str, overrides: list[str], as
     launcher = get_launcher(jobs[0].cfg)
     records = [(j.plan.gpu_hours, ledger_fields(j, sweep=to_sweep)) for j in jobs]
     try:
-        ids = check_and_record_many(ledger, budget, records, override_reason=override_reason)
+        # new_sweep: checked again under a lock with the insert, so two promotions to one target
+        # sweep at the same moment are serialised: the second finds the first's jobs and stops.
+        ids = check_and_record_many(ledger, budget, records, override_reason=override_reason, new_sweep=to_sweep)
     except BudgetError as e:
         raise BudgetError(f"promoting the top {top} of {sweep!r} to {to}: {e}") from None
     eval_json = json.dumps(OmegaConf.to_container(cfg.eval, resolve=True, enum_to_str=True))
@@ -338,7 +338,7 @@ def promote(sweep: str, to: str, top: int, metric: str, overrides: list[str], as
                 parent_score=p.score, parent_rank=p.rank, parent_lr=t.point_lr, child_job_id=job_id,
                 child_run_name=job.run_name, child_run_dir=str(job.run_dir), child_lr=t.child_lr,
                 overrides=json.dumps(job.overrides))
-    print(f"ladder promote: sweep {to_sweep} recorded in {ledger.path} as job(s) {', '.join(map(str, ids))}, "
+    print(f"ladder promote: sweep {to_sweep} recorded in {ledger.where} as job(s) {', '.join(map(str, ids))}, "
           f"with their lineage; {num(planned, 3)} GPU-hours planned", flush=True)
     try:
         code = launcher.start(jobs, ledger)

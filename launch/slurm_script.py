@@ -56,6 +56,11 @@ class Point:
     overrides: list[str]
 
 
+def log_dir_of(cfg: DictConfig) -> Path:
+    """Where SLURM writes job logs: <run_root>/slurm/<job id>.out."""
+    return (Path(cfg.trainer.run_root) / "slurm").resolve()
+
+
 def job_name(text: str) -> str:
     """A label for squeue, derived from the run or sweep name (the name itself is kept intact)."""
     return ("ladder-" + re.sub(r"[^A-Za-z0-9_.+-]", "_", text))[:64]
@@ -206,13 +211,15 @@ def render(cfg: DictConfig, points: list[Point], name: str, log_dir: Path, submi
             "trap 'requeue=1; echo \"ladder: USR1: checkpointing for requeue\"; "
             "scancel --signal=TERM \"${SLURM_JOB_ID}.0\" || true' USR1",
             "srun --kill-on-bad-exit=1 --ntasks-per-node=1 \\",
-            "  " + " ".join(_launch_command(cfg, python, entry)) + ' "${overrides[@]}" &',
+            "  " + " ".join(_launch_command(cfg, python, entry)) + ' "${overrides[@]}"'
+            + (" trainer.eval_handoff=true" if entry == TRAIN else "") + " &",
             "step=$!",
             "status=0",
             'wait "$step" || status=$?',
             'while kill -0 "$step" 2>/dev/null; do status=0; wait "$step" || status=$?; done',
             f'state=$({_q(python)} -m training.heartbeat "$run_dir" state)',
             'echo "ladder: step exited with status ${status}, run state ${state}"',
+            *(_handoff_lines(python) if entry == TRAIN else []),
             'if [ "$requeue" = 1 ] && [ "$state" = preempted ]; then' if entry == TRAIN else
             'if [ "$requeue" = 1 ]; then',
             '  scontrol requeue "$SLURM_JOB_ID"',
@@ -221,6 +228,16 @@ def render(cfg: DictConfig, points: list[Point], name: str, log_dir: Path, submi
             'exit "$status"',
             ""]
     return "\n".join(out)
+
+
+def _handoff_lines(python: str) -> list[str]:
+    """A finished run's evaluations still running went to pending_evals.json (trainer.eval_handoff):
+    submit them as SLURM eval jobs of their own (in the ledger as kind eval) and end this
+    allocation, instead of holding its GPUs while they finish. Seconds, not the evals' minutes."""
+    return ['if [ "$state" = completed ] && [ -f "$run_dir/pending_evals.json" ]; then',
+            f'  {_q(python)} -m launch.cli eval --pending "$run_dir" "${{overrides[@]}}" || echo "ladder: the '
+            'evaluations left by ${run_dir} were not submitted; run: ladder eval --pending ${run_dir} ..." >&2',
+            "fi"]
 
 
 def submit_script(cfg: DictConfig, points: list[Point], name: str, log_dir: Path, commit: str | None,

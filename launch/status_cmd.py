@@ -156,7 +156,8 @@ def rows(jobs: list[dict]) -> list[dict]:
                     "run": j["run_name"], "sweep": j["sweep"], "rung": j["rung"], "state": j["state"],
                     "step": hb.get("step"), "max_steps": hb.get("max_steps"), "loss": hb.get("loss"),
                     "used_gpu_hours": used, "planned_gpu_hours": j["planned_gpu_hours"],
-                    "waste_gpu_hours": j["waste_gpu_hours"], "reason": j["reason"], "wandb": hb.get("tracker_url") or ""})
+                    "waste_gpu_hours": j["waste_gpu_hours"], "reason": j["reason"], "wandb": hb.get("tracker_url") or "",
+                    "gen_share": hb.get("gen_share")})
     return out
 
 
@@ -177,6 +178,10 @@ def render(table_rows: list[dict], title: str) -> None:
                   num(r["waste_gpu_hours"], 3), r["wandb"] or "-")
     console = make_console()
     console.print(t)
+    for r in table_rows:  # RL jobs: generation is where GPUs idle, so say how much of each step it takes
+        if r.get("gen_share") is not None:
+            console.print(f"job {r['job']} ({r['run']}): generation takes {r['gen_share']:.0%} of step time "
+                          f"at step {r['step']}")
     for r in table_rows:
         if r["state"] in ("failed", "cancelled", "preempted") and r["reason"]:
             from rich.text import Text

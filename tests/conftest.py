@@ -74,3 +74,35 @@ def slurm_cluster(tmp_path_factory):
             os.environ.pop("SLURM_CONF", None)
         else:
             os.environ["SLURM_CONF"] = previous
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A real PostgreSQL server for the session (tests/cluster/postgres.py): Debian's
+    binaries, a private port and data directory, stopped by its PID at the end. Its password
+    is in a pgpass file that PGPASSFILE names, the libpq convention a user's login follows."""
+    sys.path.insert(0, str(REPO / "tests" / "cluster"))
+    from postgres import PostgresServer
+    try:
+        server = PostgresServer.start()
+    except RuntimeError as e:
+        pytest.fail(f"could not start the test PostgreSQL server: {e}\n"
+                    "run `pytest -m 'not postgres'` to leave these tests out.")
+    previous = os.environ.get("PGPASSFILE")
+    os.environ["PGPASSFILE"] = str(server.pgpass)
+    try:
+        yield server
+    finally:
+        server.stop()
+        if previous is None:
+            os.environ.pop("PGPASSFILE", None)
+        else:
+            os.environ["PGPASSFILE"] = previous
+
+
+@pytest.fixture
+def pg_url(postgres_server, request):
+    """A fresh, empty database on the shared server, for one test."""
+    import re
+    name = re.sub(r"[^a-z0-9_]", "_", request.node.name.lower())[:40] + f"_{os.getpid()}_{id(request) % 10000}"
+    return postgres_server.create_database(name)

@@ -1,5 +1,6 @@
 """Team budgets: a launch over budget is refused with what is left and by how much; an override is
-recorded with its reason; `ladder budget report` shows the right numbers."""
+recorded with its reason; `ladder budget report` shows the right numbers. Allocations are set in
+the ledger (`ladder budget set`), never by a job's config."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import time
 import pytest
 
 from conftest import FAST, ladder_cli
-from launch.budget import check_and_record, load_budgets, period_key, report_rows
+from launch.budget import check_and_record, period_key, report_rows
 from launch.ledger import Ledger
 from training.compose import compose
 from training.errors import BudgetError
@@ -18,8 +19,9 @@ JOB = dict(rung="8b", gpus=8, project="p", sweep=None)
 
 
 def test_check_refuses_over_budget_and_records_an_override(tmp_path):
-    cfg = compose(["budget.gpu_hours=100", f"trainer.run_root={tmp_path}"])
+    cfg = compose([f"trainer.run_root={tmp_path}"])
     ledger = Ledger.from_config(cfg)
+    allocate(ledger, 100.0)
     check_and_record(ledger, cfg.budget, 60.0, JOB)
     with pytest.raises(BudgetError) as e:
         check_and_record(ledger, cfg.budget, 50.0, JOB)
@@ -35,7 +37,8 @@ def test_check_refuses_over_budget_and_records_an_override(tmp_path):
 
 
 def test_launch_over_budget_is_refused_then_runs_with_an_override(tmp_path):
-    args = ["launch", *FAST, "trainer.max_steps=2", "trainer.save_every=2", "budget.gpu_hours=0.00001"]
+    args = ["launch", *FAST, "trainer.max_steps=2", "trainer.save_every=2"]
+    allocate(Ledger(tmp_path / "runs" / "ladder.db"), 0.00001)
     proc = ladder_cli(*args, cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr
     assert "over budget" in proc.stderr and "it is over by" in proc.stderr and "Traceback" not in proc.stderr
@@ -56,9 +59,15 @@ def test_launch_over_budget_is_refused_then_runs_with_an_override(tmp_path):
     dry = ladder_cli(*args, "trainer.run_name=dry", "--dry-run", cwd=tmp_path)
     assert dry.returncode == 0, dry.stderr
     assert "budget: would be REFUSED: over budget" in dry.stdout and "over by" in dry.stdout
+    allocate(Ledger(tmp_path / "runs" / "ladder.db"), 10000.0)
     roomy = ladder_cli("launch", *FAST, "trainer.max_steps=2", "trainer.run_name=dry", "--dry-run", cwd=tmp_path)
     assert "budget: would pass: team 'default' has" in roomy.stdout, roomy.stdout + roomy.stderr
     assert len(Ledger(tmp_path / "runs" / "ladder.db").jobs()) == 1
+
+
+def allocate(ledger: Ledger, gpu_hours: float, team: str = "default") -> None:
+    with ledger.transaction() as db:
+        ledger.set_budget(db, team, "month", gpu_hours)
 
 
 def fill(ledger: Ledger, now: float) -> None:
@@ -80,15 +89,16 @@ def test_budget_report_numbers(tmp_path):
     now = time.time()
     ledger = Ledger(tmp_path / "runs" / "ladder.db")
     fill(ledger, now)
-    rows = {(r.team, r.period): r for r in report_rows(ledger, load_budgets(compose(["budget.gpu_hours=100"]).budget))}
+    allocate(ledger, 100.0)
+    rows = {(r.team, r.period): r for r in report_rows(ledger, 2.0)}
     r = rows[("default", period_key("month", now))]
     assert (r.allocated, r.jobs, r.used, r.running, r.wasted) == (100.0, 4, 20.0, 30.0, 3.5)
     assert r.useful == pytest.approx(8 * 0.4 + 6 * 0.2)
     assert r.left == pytest.approx(100 - (8 + 6 + 2) - 30)  # the running job holds its whole plan
-    assert rows[("other", period_key("month", now))].allocated is None  # a team without a budget file
+    assert rows[("other", period_key("month", now))].allocated is None  # a team without an allocation
 
     plot = tmp_path / "budget.png"
-    proc = ladder_cli("budget", "report", "budget.gpu_hours=100", "--plot", str(plot), cwd=tmp_path)
+    proc = ladder_cli("budget", "report", "--plot", str(plot), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     line = next(l for l in proc.stdout.splitlines() if re.search(rf"default\s.*{period_key('month', now)}", l))
     cells = [c.strip() for c in line.strip("│ ").split("│")]

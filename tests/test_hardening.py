@@ -140,7 +140,7 @@ def test_an_env_name_with_a_trailing_newline_is_refused(tmp_path):
     ("optim.weight_decay=-0.1", "optim.weight_decay=-0.1 must be in [0, inf)"),
     ("data.max_seq_len=0", "data.max_seq_len=0 must be in (0, inf)"),
     ("rung.assumed_mfu=1.5", "rung.assumed_mfu=1.5 must be in (0, 1]"),
-    ("budget.gpu_hours=nan", "budget.gpu_hours=nan must be a finite number"),
+    ("budget.price_per_gpu_hour=nan", "budget.price_per_gpu_hour=nan must be a finite number"),
     ("trainer.seed=-1", "trainer.seed=-1 must be in"),
 ])
 def test_numeric_values_out_of_range_or_not_finite_are_refused(override, message):

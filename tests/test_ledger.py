@@ -121,5 +121,5 @@ def test_ledger_urls():
     assert path_from_url("sqlite:///runs/ladder.db") == Path("runs/ladder.db")
     assert path_from_url("sqlite:////data/ladder.db") == Path("/data/ladder.db")
     assert path_from_url("runs/ladder.db") == Path("runs/ladder.db")
-    with pytest.raises(ConfigError, match="SQLite only"):
-        path_from_url("postgresql://host/ladder")
+    with pytest.raises(ConfigError, match="is a server, not a SQLite file"):
+        path_from_url("postgresql://ladder@host/ladder")

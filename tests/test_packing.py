@@ -43,8 +43,8 @@ def test_no_attention_crosses_documents():
 def test_packed_loss_equals_unpacked_loss():
     model, tok = tiny()
     d = docs(tok)
-    packed, _ = SFT.loss_sum(model, collate(d))
-    separate = sum(SFT.loss_sum(model, collate([x]))[0] for x in d)
+    packed, _ = SFT().loss_sum(model, collate(d))
+    separate = sum(SFT().loss_sum(model, collate([x]))[0] for x in d)
     torch.testing.assert_close(packed, separate, rtol=1e-5, atol=1e-5)
     assert SFT.count(collate(d)) == sum(SFT.count(collate([x])) for x in d)
 

@@ -227,9 +227,13 @@ def test_promote_refuses_clearly(promoted):
     # Over budget: the 2 jobs are checked together and nothing is recorded.
     ledger = Ledger(promoted["root"] / "ladder.db")
     before = len(ledger.jobs()), len(ledger.promotions())
-    assert_refused([*base, "--to", "tiny_wide", "--top", "2", "--as", "lr-poor", "budget.gpu_hours=0.001"],
+    with ledger.transaction() as db:  # allocations live in the ledger: cut the team's for this check
+        allocation = ledger.set_budget(db, "default", "month", 0.001)
+    assert_refused([*base, "--to", "tiny_wide", "--top", "2", "--as", "lr-poor"],
                    "promoting the top 2 of 'lr' to tiny_wide", "over budget")
     assert (len(ledger.jobs()), len(ledger.promotions())) == before
+    with ledger.transaction() as db:
+        ledger.set_budget(db, "default", allocation["period"], allocation["gpu_hours"])
 
     # A sweep with a job still running is refused, unless --allow-running ranks the finished ones.
     lr0 = promoted["parents"]["lr-0"]["job"]
@@ -264,7 +268,7 @@ def test_an_older_ledger_file_is_migrated_in_place(tmp_path):
     db.executescript(v1)
     db.close()
     ledger = Ledger(path)
-    assert ledger.query("PRAGMA user_version")[0]["user_version"] == ledger_mod.SCHEMA_VERSION
+    assert ledger.schema_version() == ledger_mod.SCHEMA_VERSION
     (job,) = ledger.sweep_jobs("old")
     assert job["planned_gpu_hours"] == 0.5 and job["overrides"] is None
     job_id = ledger.add_job(team="t", rung="tiny", period="2026-01", gpus=1, planned_gpu_hours=0.1,

@@ -365,3 +365,26 @@ def test_hours_are_slurms_allocation_not_the_time_someone_looked(slurm_cluster, 
     assert rows[waiting]["waste_gpu_hours"] == 0
     [hog_elapsed] = sacct(hog, "ElapsedRaw")
     assert rows[hog]["used_gpu_hours"] == pytest.approx(2 * int(hog_elapsed) / 3600, abs=3 / 3600)  # 2 nodes
+
+
+@pytest.mark.postgres
+def test_a_slurm_job_recorded_in_a_postgres_ledger(slurm_cluster, postgres_server, pg_url, tmp_path):
+    """The SLURM tier once with the team's ledger on PostgreSQL: the launch is checked and
+    recorded on the server, `ladder status` finishes the record from sacct, and the password
+    (in PGPASSFILE, passed to the job by sbatch with the environment) is in none of its files."""
+    from launch.ledger import Ledger
+    ledger = Ledger(pg_url)
+    with ledger.transaction() as db:
+        ledger.set_budget(db, "default", "month", 50.0)
+    proc = launch(tmp_path, *TINY, "--wait", "trainer.run_name=pg", "trainer.max_steps=4", "trainer.save_every=4",
+                  f"ledger.url={pg_url}")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    [job] = ledger.jobs()
+    assert job["state"] == "completed" and job["launcher"] == "slurm" and job["used_gpu_hours"] > 0
+    assert sacct(job["external_id"], "State") == ["COMPLETED"]
+    rows = status_json(tmp_path, f"ledger.url={pg_url}")
+    assert [(r["run"], r["state"]) for r in rows] == [("pg", "completed")]
+    script = Path(json.loads((tmp_path / "runs" / "pg" / "launch.json").read_text())["script"])
+    files = {script, *(p for p in tmp_path.rglob("*") if p.is_file())}
+    assert script.is_file() and pg_url in script.read_text()  # the URL reaches the job, the password does not
+    assert [p for p in files if postgres_server.password.encode() in p.read_bytes()] == []

@@ -35,11 +35,13 @@ def test_a_sweep_is_checked_against_the_budget_as_a_whole(tmp_path):
     assert plan.returncode == 0, plan.stderr
     one = json.loads(plan.stdout)["gpu_hours"]
     # Room for two of the three points: every point fits alone, the sweep does not.
-    proc = ladder_cli("launch", "-m", *FAST, "trainer.max_steps=2", "optim.lr=1e-3,2e-3,3e-3",
-                      f"budget.gpu_hours={2.5 * one}", cwd=tmp_path)
+    ledger = Ledger(tmp_path / "runs" / "ladder.db")
+    with ledger.transaction() as db:  # the team's allocation, in the ledger where launches read it
+        ledger.set_budget(db, "default", "month", 2.5 * one)
+    proc = ladder_cli("launch", "-m", *FAST, "trainer.max_steps=2", "optim.lr=1e-3,2e-3,3e-3", cwd=tmp_path)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "these 3 jobs plan" in proc.stderr and "Nothing was launched" in proc.stderr
-    assert not (tmp_path / "runs" / "ladder.db").exists() or Ledger(tmp_path / "runs" / "ladder.db").jobs() == []
+    assert ledger.jobs() == []
 
 
 def test_a_local_sweep_runs_every_point_under_one_sweep_name(tmp_path):

@@ -40,6 +40,7 @@ HARMLESS = (
     "data.decontamination",  # a check before launch, never an input to an update
     "trainer.run_root", "trainer.log_every", "trainer.resume", "trainer.step_timeout_s", "trainer.save_every",
     "trainer.keep_last", "trainer.save_initial", "trainer.eval_on_save", "trainer.eval_async",
+    "trainer.eval_handoff",
     "trainer.checkpoint_url", "trainer.allow_config_change",
     "trainer.stop_on_nonfinite",  # only decides whether a NaN loss stops the run
     # a label: trainer.resume=<another run's checkpoint> continues that run under a new name
@@ -52,6 +53,8 @@ HARMLESS = (
     # the first two are compared on their own keys.
     "rung.engine", "rung.nodes", "rung.gpus_per_node", "rung.device", "rung.offload",
     "rung.activation_checkpointing", "trainer.grad_accum",
+    # how the same function is computed: kernels and loss chunking change only the rounding
+    "trainer.loss_chunk_tokens", "trainer.compile",
 )
 # Math changes that even trainer.allow_config_change=true cannot apply: on resume the weights are
 # loaded from the checkpoint, whatever model.* says. (How attention is computed can change.)

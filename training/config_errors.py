@@ -58,6 +58,9 @@ def unknown_key(e: BaseException) -> str | None:
 
 
 def suggest(key: str) -> str:
+    if key in ("budget.gpu_hours", "budget.period"):  # keys of older configs, moved into the ledger
+        return (f"{key} is no longer a config key: a team's allocation lives in the ledger, set by whoever owns "
+                "it with `ladder budget set --team T --period P --gpu-hours H`; a job names only budget.team")
     keys = schema_keys()
     parent = key.rpartition(".")[0]
     siblings = [k for k in keys if k.rpartition(".")[0] == parent]

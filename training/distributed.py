@@ -55,6 +55,16 @@ def all_sum(value: float, device: str) -> float:
     return float(t.item())
 
 
+def all_sum_many(values, device: str) -> list[float]:
+    """Several sums across ranks in one all-reduce and one transfer to the host. `values` are
+    numbers or 0-d/1-d tensors (left on their device until then); the result is flat, in order."""
+    parts = [torch.as_tensor(v, dtype=torch.float64).reshape(-1).to(device) for v in values]
+    t = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64, device=device)
+    if dist.is_initialized():
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t.tolist()
+
+
 def any_rank(flag: bool, device: str) -> bool:
     return all_sum(1.0 if flag else 0.0, device) > 0
 

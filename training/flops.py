@@ -1,4 +1,4 @@
-"""Model FLOPs, one definition for planning, MFU, SFT and DPO.
+"""Model FLOPs, one definition for planning, MFU, SFT, DPO and GRPO.
 
 Training FLOPs of a step = 6 * N * T + 6 * L * d * sum_i(s_i ** 2), where
   N = parameters used in matrix multiplies (every linear layer and the LM head; not the
@@ -6,6 +6,9 @@ Training FLOPs of a step = 6 * N * T + 6 * L * d * sum_i(s_i ** 2), where
   s_i = length of each packed document. The second term is causal attention (QK^T and AV,
   forward and backward, half the square because of the causal mask), counted per document
   because packed documents do not attend to each other.
+Generation (RL rollouts) = 2 * N per token, prompt and sampled tokens alike: a forward pass per
+token with the KV cache, decode attention not counted (small beside 2N at these lengths). A
+forward-only pass (log-probs of the rollout policy or the reference) is a third of a training step.
 MFU = achieved FLOP/s / (peak FLOP/s per device x devices). Peak is set per rung in config
 (rung.peak_flops_per_device); where it is unknown, as on a CPU, MFU is null.
 """
@@ -30,6 +33,14 @@ def model_matmul_params(model_cfg, vocab: int) -> int:
 def train_flops(n_matmul: int, layers: int, hidden: int, doc_lens: Iterable[int]) -> float:
     lens = list(doc_lens)
     return 6.0 * n_matmul * sum(lens) + 6.0 * layers * hidden * sum(s * s for s in lens)
+
+
+def forward_flops(n_matmul: int, layers: int, hidden: int, doc_lens: Iterable[int]) -> float:
+    return train_flops(n_matmul, layers, hidden, doc_lens) / 3.0
+
+
+def generate_flops(n_matmul: int, tokens: int) -> float:
+    return 2.0 * n_matmul * tokens
 
 
 def mfu(flops: float, seconds: float, peak_per_device: Optional[float], devices: int) -> Optional[float]:

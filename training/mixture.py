@@ -118,15 +118,12 @@ def source_sums(loss: torch.Tensor, units: torch.Tensor, tokens: torch.Tensor, s
     return out.index_add_(0, sources, vals)
 
 
-def source_metrics(sums: torch.Tensor, names: list[str], device: str) -> dict:
-    """The step's per-source metrics from the summed [n, 3] tensor: one all-reduce, one transfer."""
-    import torch.distributed as dist
-    if dist.is_initialized():
-        sums = sums.to(device)
-        dist.all_reduce(sums)
-    rows = sums.tolist()
+def source_metrics(sums: list[float], names: list[str]) -> dict:
+    """The step's per-source metrics from the [n, 3] sums of source_sums, summed over the micro-batches
+    and ranks (the trainer reduces them with its other statistics) and flattened."""
     out = {}
-    for name, (loss, units, tokens) in zip(names, rows):
+    for i, name in enumerate(names):
+        loss, units, tokens = sums[3 * i:3 * i + 3]
         out[f"data/{name}/tokens"] = round(tokens)
         out[f"data/{name}/loss"] = loss / units if units else None  # None: no document of it this step
     return out

@@ -10,7 +10,6 @@ by hub name or from a local directory in Hugging Face format, with `from_pretrai
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import torch
 from omegaconf import DictConfig
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
+from training.attention import choose_attention
 from training.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -38,15 +38,6 @@ def load_tokenizer(model_cfg: DictConfig):
         raise ConfigError(f"the tokenizer at {src!r} has no chat template; set model.tokenizer "
                           "to an instruct tokenizer that has one")
     return tok
-
-
-def choose_attention(requested: str, device: str) -> str:
-    """auto: FlashAttention 2 when it is importable and we run on a GPU, else SDPA."""
-    if requested != "auto":
-        return requested
-    if device == "cuda" and torch.cuda.is_available() and importlib.util.find_spec("flash_attn"):
-        return "flash_attention_2"
-    return "sdpa"
 
 
 def llama_config(model_cfg: DictConfig, vocab_size: int, tokenizer=None) -> LlamaConfig:
@@ -86,5 +77,15 @@ def build_model(model_cfg: DictConfig, tokenizer, device: str = "cpu", seed: int
         config = llama_config(model_cfg, vocab, tokenizer)
         config._attn_implementation = attn
         model = LlamaForCausalLM(config).to(dtype)
-    log.info("attention implementation: %s", attn)
+    log.info("attention implementation: %s%s", attn,
+             f" (model.attn_implementation=auto on {device})" if model_cfg.attn_implementation == "auto" else "")
     return model.to(device)
+
+
+def compile_layers(model) -> None:
+    """torch.compile each decoder layer in place (trainer.compile=true), as torchtitan does: one
+    compiled graph reused by every layer, with the wrappers (FSDP2 per layer, checkpointing)
+    and the LM head's chunked loss left outside, so each engine wraps compiled layers as before."""
+    for layer in model.model.layers:
+        layer.compile()
+    log.info("compiled %d decoder layers with torch.compile", len(model.model.layers))

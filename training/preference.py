@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 
 from training.chat_data import check_jsonl, check_messages, encode_chat, load_rows
 from training.errors import DataError
+from training.lm_loss import token_logps
 
 
 def check_pair(row: object, where: str) -> None:
@@ -65,3 +66,14 @@ def collate_pairs(pairs: list[tuple], indices: list[int]) -> dict:
         "doc_lens": lens,
         "pair_ids": torch.tensor(indices, dtype=torch.long),
     }
+
+
+def sequence_logps(model, batch: dict, chunk_tokens: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed log-probs and trained lengths per document, in packing order (chosen, rejected, ...):
+    DPO's policy terms and the reference pass's (training/reference.py) both come from here."""
+    logp, mask = token_logps(model, batch, chunk_tokens)
+    lens = torch.tensor(batch["doc_lens"], device=logp.device)
+    doc = torch.repeat_interleave(torch.arange(len(lens), device=logp.device), lens)
+    sums = torch.zeros(len(lens), device=logp.device, dtype=logp.dtype).index_add_(0, doc, logp)
+    counts = torch.zeros(len(lens), device=logp.device, dtype=logp.dtype).index_add_(0, doc, mask.to(logp.dtype))
+    return sums, counts

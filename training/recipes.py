@@ -1,6 +1,6 @@
 """Recipes: a batch format and a loss over one packed micro-batch; the loop is shared.
 
-    recipe = make_recipe(cfg)          # SFT or DPO, from recipe.loss
+    recipe = make_recipe(cfg)          # SFT, DPO or GRPO, from recipe.loss
     stream = recipe.build_stream(cfg, tokenizer, micro_batch_tokens, seed)
     loss_sum, stats = recipe.loss_sum(model, batch)
 
@@ -16,16 +16,9 @@ import torch
 import torch.nn.functional as F
 
 from training.chat_data import IGNORE
+from training.lm_loss import token_logps
 from training.mixture import SOURCE_STATS, build_stream, source_sums
-
-
-def token_logps(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token log-probabilities of the labels (0 where ignored) and the trained-token mask."""
-    out = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False)
-    logits = out.logits.float()
-    labels = batch["labels"].view(-1)
-    logp = -F.cross_entropy(logits.view(-1, logits.size(-1)), labels, ignore_index=IGNORE, reduction="none")
-    return logp, (labels != IGNORE)
+from training.preference import sequence_logps
 
 
 class SFT:
@@ -46,19 +39,16 @@ class SFT:
     def count(batch: dict) -> int:
         return int((batch["labels"] != IGNORE).sum())
 
-    @staticmethod
-    def loss_sum(model, batch: dict) -> tuple[torch.Tensor, dict]:
-        out = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False)
-        logits = out.logits.float()
+    def __init__(self, chunk_tokens: int = 1024):
+        self.chunk_tokens = chunk_tokens  # trainer.loss_chunk_tokens (training/lm_loss.py)
+
+    def loss_sum(self, model, batch: dict) -> tuple[torch.Tensor, dict]:
+        logp, trained = token_logps(model, batch, self.chunk_tokens, summed=True)
         if "token_sources" not in batch:
-            return F.cross_entropy(logits.view(-1, logits.size(-1)), batch["labels"].view(-1),
-                                   ignore_index=IGNORE, reduction="sum"), {}
+            return -logp.sum(), {}
         # a mixture: the per-token losses, summed per source on the device as well as in total
-        labels = batch["labels"].view(-1)
-        per_token = F.cross_entropy(logits.view(-1, logits.size(-1)), labels, ignore_index=IGNORE, reduction="none")
-        trained = labels != IGNORE
-        return per_token.sum(), {SOURCE_STATS: source_sums(per_token, trained, trained, batch["token_sources"],
-                                                           batch["n_sources"])}
+        return -logp.sum(), {SOURCE_STATS: source_sums(-logp, trained, trained, batch["token_sources"],
+                                                        batch["n_sources"])}
 
 
 class DPO:
@@ -76,8 +66,10 @@ class DPO:
     unit = "pairs"
     data_format = "preference"
 
-    def __init__(self, loss: str, beta: float, label_smoothing: float, gamma: float, precompute: bool = True):
+    def __init__(self, loss: str, beta: float, label_smoothing: float, gamma: float, precompute: bool = True,
+                 chunk_tokens: int = 1024):
         self.name, self.beta, self.eps, self.gamma = loss, beta, label_smoothing, gamma
+        self.chunk_tokens = chunk_tokens  # trainer.loss_chunk_tokens (training/lm_loss.py)
         self.needs_reference = loss != "simpo"
         self.precompute = precompute
         self.ref_logps: torch.Tensor | None = None  # [n_pairs, 2]: summed log-probs of chosen, rejected
@@ -103,22 +95,16 @@ class DPO:
     def count(batch: dict) -> int:
         return len(batch["pair_ids"])
 
-    @staticmethod
-    def sequence_logps(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """Summed log-probs and trained lengths per document, in packing order (chosen, rejected, ...)."""
-        logp, mask = token_logps(model, batch)
-        lens = torch.tensor(batch["doc_lens"], device=logp.device)
-        doc = torch.repeat_interleave(torch.arange(len(lens), device=logp.device), lens)
-        sums = torch.zeros(len(lens), device=logp.device, dtype=logp.dtype).index_add_(0, doc, logp)
-        counts = torch.zeros(len(lens), device=logp.device, dtype=logp.dtype).index_add_(0, doc, mask.to(logp.dtype))
-        return sums, counts
+    # in training/preference.py, which the reference pass (training/reference.py) shares without
+    # importing this module: recipes -> reference -> preference, no circle
+    sequence_logps = staticmethod(sequence_logps)
 
     def loss_sum(self, model, batch: dict) -> tuple[torch.Tensor, dict]:
-        sums, counts = self.sequence_logps(model, batch)
+        sums, counts = self.sequence_logps(model, batch, self.chunk_tokens)
         pc, pr, nc, nr = sums[0::2], sums[1::2], counts[0::2], counts[1::2]
         if self.needs_reference and self.ref_model is not None:
             with torch.no_grad():
-                ref_sums, _ = self.sequence_logps(self.ref_model, batch)
+                ref_sums, _ = self.sequence_logps(self.ref_model, batch, self.chunk_tokens)
             rc, rr = ref_sums[0::2], ref_sums[1::2]
         elif self.needs_reference:
             ref = self.ref_logps[batch["pair_ids"].cpu()].to(pc.device)
@@ -132,20 +118,26 @@ class DPO:
         z = chosen - rejected - (self.gamma / self.beta if self.name == "simpo" else 0.0)
         losses = -(1 - self.eps) * F.logsigmoid(self.beta * z) - self.eps * F.logsigmoid(-self.beta * z)
         rc_, rr_ = (self.beta * chosen).detach(), (self.beta * rejected).detach()
-        stats = {"rewards/chosen": float(rc_.sum()), "rewards/rejected": float(rr_.sum()),
+        # sums left on the device: the trainer reduces them with the loss in one transfer
+        stats = {"rewards/chosen": rc_.sum(), "rewards/rejected": rr_.sum(),
                  # accuracy on the margin's basis (chosen reward above rejected, without SimPO's gamma), as TRL
-                 "rewards/margin": float((rc_ - rr_).sum()), "rewards/accuracy": float((rc_ > rr_).float().sum())}
+                 "rewards/margin": (rc_ - rr_).sum(), "rewards/accuracy": (rc_ > rr_).float().sum()}
         if "pair_sources" in batch:  # a mixture: each source's loss, pairs and trained tokens
             stats[SOURCE_STATS] = source_sums(losses, torch.ones_like(losses), nc + nr, batch["pair_sources"],
                                               batch["n_sources"])
         return losses.sum(), stats
 
 
-LOSSES = {"sft", "dpo_sigmoid", "dpo_norm", "simpo"}
+LOSSES = {"sft", "dpo_sigmoid", "dpo_norm", "simpo", "grpo", "dr_grpo", "dapo"}
 
 
 def make_recipe(cfg):
     r = cfg.recipe
+    chunk = cfg.trainer.loss_chunk_tokens
     if r.loss == "sft":
-        return SFT()
-    return DPO(r.loss, r.beta, r.label_smoothing, r.simpo_gamma, precompute=r.precompute_reference)
+        return SFT(chunk)
+    if r.loss in ("grpo", "dr_grpo", "dapo"):  # RL with verifiable rewards: training/grpo.py
+        from training.grpo import GRPO
+        return GRPO(cfg)
+    return DPO(r.loss, r.beta, r.label_smoothing, r.simpo_gamma, precompute=r.precompute_reference,
+               chunk_tokens=chunk)

@@ -26,7 +26,7 @@ from omegaconf import OmegaConf
 from training import distributed, ref_cache
 from training.flops import matmul_params, mfu, train_flops
 from training.packing import pack_greedy
-from training.preference import collate_pairs, pair_length
+from training.preference import collate_pairs, pair_length, sequence_logps
 
 log = logging.getLogger("ladder.reference")
 
@@ -45,8 +45,8 @@ def reference_hash(cfg) -> str:
 
 
 @torch.no_grad()
-def score(model, pairs: list[tuple], indices: list[int], max_tokens: int, device: str) -> tuple[dict, int, float]:
-    from training.recipes import DPO
+def score(model, pairs: list[tuple], indices: list[int], max_tokens: int, device: str,
+          chunk_tokens: int = 1024) -> tuple[dict, int, float]:
     out, tokens, flops = {}, 0, 0.0
     c = model.config if hasattr(model, "config") else model.module.config
     n_matmul = matmul_params(c.hidden_size, c.intermediate_size, c.num_hidden_layers, c.num_attention_heads,
@@ -54,7 +54,7 @@ def score(model, pairs: list[tuple], indices: list[int], max_tokens: int, device
     for g in pack_greedy(indices, lambda i: pair_length(pairs[i]), max_tokens):
         b = collate_pairs([pairs[i] for i in g], g)
         b = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in b.items()}
-        sums, _ = DPO.sequence_logps(model, b)
+        sums, _ = sequence_logps(model, b, chunk_tokens)
         for j, i in enumerate(g):
             out[i] = (float(sums[2 * j]), float(sums[2 * j + 1]))
         tokens += sum(b["doc_lens"])
@@ -93,7 +93,8 @@ def reference_logps(trainer, pairs: list[tuple]) -> torch.Tensor:
             model = load_reference_model(trainer)
         model.eval()
         mine = list(range(world.rank, len(pairs), world.size))
-        scored, tokens, flops = score(model, pairs, mine, trainer.layout.micro_batch_tokens, device)
+        scored, tokens, flops = score(model, pairs, mine, trainer.layout.micro_batch_tokens, device,
+                                      trainer.cfg.trainer.loss_chunk_tokens)
         model.train()
         logps = torch.zeros(len(pairs), 2, dtype=torch.float64, device=device)
         for i, (c, r) in scored.items():

@@ -91,7 +91,7 @@ class RungConfig:
 class RecipeConfig:
     """A recipe is a loss and a batch format; the training loop is shared."""
     name: str = MISSING
-    loss: str = "sft"  # sft | dpo_sigmoid | dpo_norm (length-normalised, Tulu 3) | simpo (reference-free)
+    loss: str = "sft"  # sft | dpo_sigmoid | dpo_norm (Tulu 3) | simpo | grpo | dr_grpo | dapo (training/grpo.py)
     beta: float = 0.1  # DPO / SimPO inverse temperature
     label_smoothing: float = 0.0  # conservative DPO: the share of preference labels assumed flipped
     simpo_gamma: float = 0.5  # SimPO target reward margin
@@ -101,6 +101,13 @@ class RecipeConfig:
     # DPO: score the reference once, before training, into a shared cache (true), or run the
     # reference model beside the policy on every batch (false: no cache, one more forward per step).
     precompute_reference: bool = True
+    # -- GRPO (recipe=grpo; training/grpo.py) --
+    num_generations: int = 8  # G, answers sampled per prompt (a group); at least 2
+    prompts_per_step: int = 16  # prompts per rollout batch; a multiple of the micro-batches per step
+    ppo_epochs: int = 1  # optimizer steps (passes) per rollout batch; the ratio is exactly 1 on the first
+    clip_low: float = 0.2  # the ratio is clipped to [1 - clip_low, 1 + clip_high]
+    clip_high: float = 0.2  # dapo's asymmetric clipping raises this (0.28 in the paper)
+    kl_beta: float = 0.0  # k3 KL penalty to the reference; 0 loads no reference model
 
 
 @dataclass
@@ -167,6 +174,19 @@ class EvalConfig:
 
 
 @dataclass
+class GeneratorConfig:
+    """How rollouts are sampled (training/generator.py): hf (transformers generate on the trainer's
+    weights; CPU and every engine) or vllm (colocated on the training GPUs; needs vllm)."""
+    name: str = "hf"
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 16
+    gpu_memory_utilization: float = 0.3  # vllm only: its share of the GPU beside training
+    # For `ladder plan` only: the MFU decoding reaches, an assumption (decode is memory-bound; far below training's)
+    assumed_decode_mfu: float = 0.1
+
+
+@dataclass
 class RegistryConfig:
     """The local registry of checkpoints and eval scores (evals/registry.py)."""
     # sqlite:///<path> or a plain path; null: registry.db in the run root, the one a checkpoint
@@ -207,20 +227,12 @@ class LauncherConfig:
     python: Optional[str] = None  # the interpreter on the nodes; null: the one that launches
 
 
-class BudgetPeriod(str, Enum):
-    week = "week"  # ISO weeks, e.g. 2026-W48 (periods are in UTC)
-    month = "month"  # e.g. 2026-11
-    quarter = "quarter"  # e.g. 2026-Q4
-    year = "year"
-
-
 @dataclass
 class BudgetConfig:
-    """A team's GPU-hour allocation: `gpu_hours` per `period`, checked by `ladder launch`."""
+    """The team a job is charged to. Its allocation (GPU-hours per period) is data in the ledger,
+    set with `ladder budget set` (launch/budget_cmd.py), never by a job's own config."""
     name: str = MISSING
     team: str = "default"
-    period: BudgetPeriod = BudgetPeriod.month
-    gpu_hours: float = 0.0  # allocated GPU-hours per period
     price_per_gpu_hour: float = 2.0  # for the cost in plans and reports
 
 
@@ -276,12 +288,23 @@ class TrainerConfig:
     # Evaluate saved checkpoints in a background process (evals.async_eval) so training never
     # waits for them; false evaluates in the training process, between steps.
     eval_async: bool = True
+    # At the end of the run, leave the checkpoints not yet evaluated to eval jobs of their own
+    # (<run_dir>/pending_evals.json, run by `ladder eval --pending RUN_DIR`) instead of holding the
+    # job's devices while they finish. `ladder launch` sets it: its launchers run those jobs and
+    # record them in the ledger as kind eval. false (`ladder train`): wait for them here.
+    eval_handoff: bool = False
     log_every: int = 10  # print a progress line every N steps (metrics.jsonl gets every step)
     # Stop a run whose loss is NaN or inf instead of training on.
     stop_on_nonfinite: bool = True
     # A step (or a collective) that takes longer is reported with every thread's stack and the
     # run exits, instead of waiting forever; 0 disables the watchdog.
     step_timeout_s: float = 1800.0
+    # The loss runs the LM head and cross-entropy over this many tokens at a time, each chunk
+    # recomputed in backward, so full-vocabulary fp32 logits never exist (training/lm_loss.py);
+    # 0: the plain head, full logits.
+    loss_chunk_tokens: int = 1024
+    # torch.compile each decoder layer (as torchtitan does); the first steps pay the compile time.
+    compile: bool = False
 
 
 @dataclass
@@ -295,6 +318,7 @@ class LadderConfig:
     launcher: LauncherConfig = MISSING
     budget: BudgetConfig = MISSING
     sweep: SweepConfig = field(default_factory=SweepConfig)
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     ledger: LedgerConfig = field(default_factory=LedgerConfig)
@@ -311,4 +335,5 @@ GROUP_SCHEMAS: dict[str, Any] = {
     "launcher": LauncherConfig,
     "budget": BudgetConfig,
     "sweep": SweepConfig,
+    "generator": GeneratorConfig,
 }

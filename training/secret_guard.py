@@ -13,7 +13,9 @@ environment instead (sbatch passes the submitting shell's environment on). Three
                     which would copy the value into every one of those files
   by value          any config value that equals or contains the value of one of this
                     environment's secret-looking variables (names with KEY, TOKEN, SECRET,
-                    PASSWORD, ...), whatever key it was written under
+                    PASSWORD, ...), whatever key it was written under, and any URL with a
+                    password in it (ledger.url=postgresql://user:pw@host/db): libpq reads the
+                    password from ~/.pgpass or PGPASSWORD instead
 Messages name the key and the variable, never the value. Values shorter than MIN_SECRET_LEN
 are not compared: a variable such as `USE_TOKEN=1` is a switch, not a secret, and comparing
 it would refuse every config holding a 1.
@@ -28,6 +30,8 @@ from typing import Any, Iterator
 SECRET_NAME = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH)", re.I)
 MIN_SECRET_LEN = 8
 # `${oc.env:NAME}`, `${oc.env:NAME,default}`, `${env:NAME}` (Hydra's older resolver), with spaces.
+# scheme://user:password@host..., or ?password=... in a URL's query
+_URL_PASSWORD = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://([^/@?#]*:[^/@?#]*@|[^?#]*\?(.*&)?password=)", re.I)
 _ENV_INTERPOLATION = re.compile(r"\$\{\s*(?:oc\.)?env\s*:\s*['\"]?([A-Za-z_][A-Za-z0-9_]*)")
 
 
@@ -81,6 +85,13 @@ def value_problems(resolved: dict, environ: dict[str, str] | None = None) -> lis
     seen = set()
     for key, value in _leaves(resolved):
         if not isinstance(value, str) or key in seen:
+            continue
+        if _URL_PASSWORD.match(value.strip()):
+            from training.store_url import mask_url
+            seen.add(key)
+            problems.append(f"{key}={mask_url(value.strip())!r} holds a password: configs are copied into run "
+                            "directories, logs, W&B and the ledger, so remove it from the URL and give it the way "
+                            "libpq reads it, in ~/.pgpass (PGPASSFILE names another file) or PGPASSWORD")
             continue
         for var, secret in secrets.items():
             if secret in value:

@@ -5,7 +5,8 @@ Regenerate the shipped files (deterministic, byte-identical):
 
 It also writes reverse_pref_train.jsonl, preference pairs for DPO: the same prompts with the
 right answer chosen and a plausible wrong one (not reversed, or two letters swapped) rejected,
-and arith_train.jsonl, a small second source for mixtures (data=reverse_mix): "Compute: 12 + 7"
+reverse_rlvr_{train,heldout}.jsonl, prompts for GRPO (data=reverse_rlvr) in open-instruct's RLVR
+row format, and arith_train.jsonl, a small second source for mixtures (data=reverse_mix): "Compute: 12 + 7"
 -> "19", with its own random stream, so adding it changed none of the reverse files.
 
 Each example asks the assistant to reverse a short sequence of letters, e.g.
@@ -72,6 +73,7 @@ def main() -> None:
     arith = generate_arith()
     write_jsonl(ASSETS / "arith_train.jsonl", arith)
     print(f"wrote {len(arith)} arithmetic rows to {ASSETS}")
+    main_rlvr()
 
 
 def generate_arith(n: int = 2000, seed: int = 4321, max_operand: int = 99) -> list[dict]:
@@ -91,6 +93,27 @@ def generate_arith(n: int = 2000, seed: int = 4321, max_operand: int = 99) -> li
     return rows
 
 
+
+
+def rlvr_row(row: dict, dataset: str) -> dict:
+    """open-instruct's RLVR format: the prompt's messages, the answer to check, the verifier's name."""
+    return {"id": row["id"], "messages": row["messages"][:-1], "ground_truth": row["messages"][-1]["content"],
+            "dataset": dataset}
+
+
+def main_rlvr(n_reverse: int = 2000, n_arith: int = 300, n_heldout_reverse: int = 200,
+              n_heldout_arith: int = 100) -> None:
+    """GRPO prompts: reverse prompts from the reverse train split (held-out ones from its held-out
+    split) and arithmetic prompts (held-out ones are later draws), so the splits are disjoint."""
+    train, heldout = generate()
+    arith = generate_arith()
+    rl_train = [rlvr_row(r, "reverse") for r in train[:n_reverse]] + \
+        [rlvr_row(r, "arith") for r in arith[:n_arith]]
+    rl_heldout = [rlvr_row(r, "reverse") for r in heldout[:n_heldout_reverse]] + \
+        [rlvr_row(r, "arith") for r in arith[n_arith:n_arith + n_heldout_arith]]
+    write_jsonl(ASSETS / f"{TASK}_rlvr_train.jsonl", rl_train)
+    write_jsonl(ASSETS / f"{TASK}_rlvr_heldout.jsonl", rl_heldout)
+    print(f"wrote {len(rl_train)} RLVR train and {len(rl_heldout)} held-out prompts to {ASSETS}")
 
 
 def wrong_answer(letters: list[str], rng: random.Random) -> str:

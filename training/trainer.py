@@ -45,7 +45,8 @@ from training.errors import EXIT_HUNG, Preempted, TrainingError
 from training.flops import model_matmul_params, mfu, train_flops
 from training.heartbeat import Heartbeat
 from training.metrics import MetricsFile
-from training.modeling import build_model, load_tokenizer
+from training.modeling import build_model, compile_layers, load_tokenizer
+from training.progress import StepProgress
 from training.recipes import make_recipe
 from training.remote import RemoteCheckpoints, resolve_resume
 from training.run_files import finished_message, finished_step, invocation, open_run_dir, remove_if_unstarted
@@ -153,6 +154,8 @@ class Trainer:
         model = build_model(cfg.model, self.tokenizer, self.device, t.seed, source=self.resume_from)
         if cfg.rung.activation_checkpointing:  # recompute each layer's activations in backward
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if t.compile:
+            compile_layers(model)
         self.stream, truncated = self.recipe.build_stream(cfg, self.tokenizer, self.layout.micro_batch_tokens, t.seed)
         if truncated and main:
             log.warning("%d of %d examples were longer than data.max_seq_len=%d and were truncated",
@@ -246,13 +249,20 @@ class Trainer:
     def train_step(self, step: int) -> dict:
         t0 = time.perf_counter()
         faults.maybe("hang_at", step)
-        batches = [{k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in b.items()}
-                   for b in self.micro_batches(step)]
-        n_units = distributed.all_sum(sum(self.recipe.count(b) for b in batches), self.device)
-        n_trained = distributed.all_sum(sum(int((b["labels"] != IGNORE).sum()) for b in batches), self.device)
-        n_processed = distributed.all_sum(sum(b["input_ids"].numel() for b in batches), self.device)
+        host = self.micro_batches(step)
+        # The step's counts come from the host's tensors, before anything reaches the device, and
+        # cross the ranks in one all-reduce; the loss and statistics stay on the device until one
+        # more after the backward passes (issue #14: each .item() stalls the GPU).
+        c = self.model.config
+        n_units, n_trained, n_processed, flops = distributed.all_sum_many([
+            sum(self.recipe.count(b) for b in host), sum(int((b["labels"] != IGNORE).sum()) for b in host),
+            sum(b["input_ids"].numel() for b in host),
+            sum(train_flops(self.n_matmul, c.num_hidden_layers, c.hidden_size, b["doc_lens"]) for b in host)],
+            self.device)
         if n_units == 0 or n_trained == 0:
             raise TrainingError(f"step {step} has no trained tokens: check the data's assistant turns")
+        batches = [{k: (v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in b.items()}
+                   for b in host]
         t1 = time.perf_counter()
         self.engine.module.train()
         # Every engine averages gradients over ranks; scaling by world / units makes the result the
@@ -266,16 +276,19 @@ class Trainer:
                 if faults.maybe("nan_at", step):
                     loss = loss * float("nan")
                 self.engine.backward(loss * scale)
-            loss_sum += loss.item()
+            loss_sum = loss_sum + loss.detach().double()
             for k, v in stats.items():
-                stat_sums[k] = stat_sums.get(k, 0.0) + v
-        t2 = time.perf_counter()
+                stat_sums[k] = stat_sums.get(k, 0.0) + (v.detach() if torch.is_tensor(v) else v)
         per_source = stat_sums.pop("data/per_source", None)  # a mixture's per-source sums (training/mixture.py)
-        loss_value = distributed.all_sum(loss_sum, self.device) / n_units
-        extra = {k: distributed.all_sum(v, self.device) / n_units for k, v in sorted(stat_sums.items())}
+        keys = sorted(stat_sums)
+        sums = distributed.all_sum_many([loss_sum] + [stat_sums[k] for k in keys]
+                                        + ([per_source] if per_source is not None else []), self.device)
+        t2 = time.perf_counter()  # after the transfer, which waits for the device's forward and backward
+        loss_value = sums[0] / n_units
+        extra = {k: sums[1 + i] / n_units for i, k in enumerate(keys)}
         if per_source is not None:
             from training.mixture import source_metrics
-            extra.update(source_metrics(per_source, self.stream.source_names, self.device))
+            extra.update(source_metrics(sums[1 + len(keys):], self.stream.source_names))
         if self.cfg.trainer.stop_on_nonfinite and not math.isfinite(loss_value):
             last = latest_checkpoint(self.run_dir)
             if self.store is not None:  # what resume would use
@@ -288,9 +301,10 @@ class Trainer:
         self.scheduler.step()
         t3 = time.perf_counter()
         self.tokens_seen += int(n_trained)
-        c = self.model.config
-        flops = distributed.all_sum(sum(train_flops(self.n_matmul, c.num_hidden_layers, c.hidden_size,
-                                                    b["doc_lens"]) for b in batches), self.device)
+        # A batch source may report metrics of its own for the step and the FLOPs it spent making the
+        # batches (GRPO: rollouts sampled from the current weights), which count toward MFU.
+        source = self.stream.step_metrics(step) if hasattr(self.stream, "step_metrics") else {}
+        flops += source.pop("flops", 0.0)
         if getattr(self.recipe, "ref_model", None) is not None:
             flops *= 4 / 3  # the reference's forward pass on the same tokens: a third of a training step
         dt = t3 - t0
@@ -301,7 +315,7 @@ class Trainer:
                          tokens_per_s_with_ref=n_processed / (dt + ref_s) / self.world.size,
                          mfu_with_ref=mfu(flops + self.reference_pass["flops"] / self.cfg.trainer.max_steps,
                                           dt + ref_s, self.cfg.rung.peak_flops_per_device, self.world.size))
-        return {**extra,
+        return {**extra, **source,
             "step": step, "loss": loss_value, "lr": lr, "grad_norm": grad_norm,
             "tokens": self.tokens_seen, "tokens_per_s": n_processed / dt / self.world.size,
             "mfu": mfu(flops, dt, self.cfg.rung.peak_flops_per_device, self.world.size),
@@ -365,7 +379,11 @@ class Trainer:
         """Record the background evaluations that have finished (all of them, with wait)."""
         if self.evaluator is None:
             return
-        for done in (self.evaluator.drain() if wait else self.evaluator.poll()):
+        if wait and self.cfg.trainer.eval_handoff:  # the launcher runs the rest as eval jobs of their own
+            dones = self.evaluator.hand_off(self.run_dir)
+        else:
+            dones = self.evaluator.drain() if wait else self.evaluator.poll()
+        for done in dones:
             if done.ok:
                 self.record_eval(done.step, done.checkpoint, done.result, result)
             else:
@@ -387,6 +405,7 @@ class Trainer:
                      self.layout.global_batch_tokens, self.layout.micro_batches_per_step,
                      self.layout.micro_batch_tokens, self.layout.grad_accum, self.layout.dp, effective_lr(self.cfg))
         exit_code = 1
+        progress = StepProgress(t.max_steps, self.start_step, t.log_every, log, enabled=main)  # a bar on a terminal
         try:
             if self.start_step == 0 and self.save_initial:
                 self.save(0, result)
@@ -396,10 +415,10 @@ class Trainer:
                 if main:
                     self.metrics.append(m)
                     self.tracker.log_step(step, m)
-                    self.heartbeat.update(step=step, loss=m["loss"], mfu=m["mfu"])
-                    if step % t.log_every == 0 or step == t.max_steps:
-                        log.info("step %d/%d loss %.4f lr %.2e grad_norm %.3f tok/s/device %.0f", step,
-                                 t.max_steps, m["loss"], m["lr"], m["grad_norm"], m["tokens_per_s"])
+                    # RL: the share of the step spent generating, shown by `ladder status`
+                    gen_share = m["gen_time_s"] / m["step_time_s"] if "gen_time_s" in m else None
+                    self.heartbeat.update(step=step, loss=m["loss"], mfu=m["mfu"], gen_share=gen_share)
+                    progress.update(m)  # the bar, or a log line every trainer.log_every steps
                     self.collect_evals(result)
                 result.final_loss = m["loss"]
                 stop = distributed.any_rank(self.stop_signal is not None, self.device)
@@ -410,20 +429,20 @@ class Trainer:
                         self.heartbeat.update(state="preempted", reason=f"{self.stop_signal or 'signal'} at step {step}")
                     raise Preempted(f"stopped by {self.stop_signal or 'a signal on another rank'} after step "
                                     f"{step}; checkpointed, resume with the same command")
-            if main:
+            exit_code = 0
+            if main:  # completed first: the job's hours end with training, not with its evaluations
+                self.heartbeat.update(state="completed")
                 self.watchdog.touch("waiting for the last evaluations", setup=True)
                 self.collect_evals(result, wait=True)
-            exit_code = 0
-            if main:
-                self.heartbeat.update(state="completed")
         except Preempted:
             exit_code = 0
             raise
         except BaseException as e:
-            if main:
+            if main and exit_code != 0:  # an interrupted wait for evals leaves the training completed
                 self.heartbeat.update(state="failed", reason=f"{type(e).__name__}: {e}"[:500])
             raise
         finally:
+            progress.close()
             if self.evaluator is not None:
                 self.evaluator.close()
             self.tracker.finish(exit_code)
@@ -436,5 +455,5 @@ def train(cfg: DictConfig) -> RunResult:
 
 
 if __name__ == "__main__":
-    from launch.cli import main
-    sys.exit(main(["train", *sys.argv[1:]]))
+    from training.entry import main  # not launch.cli: training never imports launch
+    sys.exit(main(train))

@@ -14,9 +14,11 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from training.attention import attention_problem
 from training.errors import ConfigError
 
-SUPPORTED_LOSSES = {"sft", "dpo_sigmoid", "dpo_norm", "simpo"}
+SUPPORTED_LOSSES = {"sft", "dpo_sigmoid", "dpo_norm", "simpo", "grpo", "dr_grpo", "dapo"}
+RL_LOSSES = {"grpo", "dr_grpo", "dapo"}  # training/grpo.py
 SINGLE_PROCESS_ENGINES = {"single"}
 
 
@@ -98,14 +100,14 @@ RANGES: dict[str, tuple[float, float, str]] = {
     "registry.busy_timeout_s": (0, INF, "[)"), "ledger.busy_timeout_s": (0, INF, "[)"),
     "launcher.cpus_per_task": (1, INF, "[)"), "launcher.signal_before_s": (0, INF, "[)"),
     "launcher.max_parallel": (1, INF, "[)"), "launcher.rdzv_port": (1024, 64535, "[]"),
-    "budget.gpu_hours": (0, INF, "[)"), "budget.price_per_gpu_hour": (0, INF, "[)"),
+    "budget.price_per_gpu_hour": (0, INF, "[)"),
     "optim.lr": (0, INF, "()"), "optim.weight_decay": (0, INF, "[)"), "optim.beta1": (0, 1, "[)"),
     "optim.beta2": (0, 1, "[)"), "optim.eps": (0, INF, "[)"), "optim.warmup_ratio": (0, 1, "[]"),
     "optim.min_lr_ratio": (0, 1, "[]"), "optim.max_grad_norm": (0, INF, "()"),
     "trainer.seed": (0, 2**32 - 1, "[]"), "trainer.max_steps": (0, INF, "()"),
     "trainer.global_batch_tokens": (0, INF, "()"), "trainer.grad_accum": (1, INF, "[)"),
     "trainer.save_every": (0, INF, "()"), "trainer.keep_last": (1, INF, "[)"), "trainer.log_every": (0, INF, "()"),
-    "trainer.step_timeout_s": (0, INF, "[)"),
+    "trainer.step_timeout_s": (0, INF, "[)"), "trainer.loss_chunk_tokens": (0, INF, "[)"),
 }
 
 
@@ -143,8 +145,9 @@ def validate(cfg: DictConfig, world_size: int | None = None) -> BatchLayout:
         problems.append(f"model.hidden_size={m.hidden_size} is not divisible by model.num_heads={m.num_heads}")
     if m.num_heads % m.num_kv_heads:
         problems.append(f"model.num_heads={m.num_heads} is not divisible by model.num_kv_heads={m.num_kv_heads}")
-    if m.attn_implementation not in {"auto", "sdpa", "eager", "flash_attention_2"}:
-        problems.append(f"model.attn_implementation={m.attn_implementation!r}: use auto, sdpa, eager or flash_attention_2")
+    attn_problem = attention_problem(m.attn_implementation, cfg.rung.device)
+    if attn_problem:
+        problems.append(attn_problem)
 
     if r.device not in {"cpu", "cuda"}:
         problems.append(f"rung.device={r.device!r}: use cpu or cuda")
@@ -158,9 +161,14 @@ def validate(cfg: DictConfig, world_size: int | None = None) -> BatchLayout:
     if rc.loss not in SUPPORTED_LOSSES:
         problems.append(f"recipe.loss={rc.loss!r}: supported losses are {sorted(SUPPORTED_LOSSES)}")
     else:
-        want = "messages" if rc.loss == "sft" else "preference"
+        want = "messages" if rc.loss == "sft" else "rlvr" if rc.loss in RL_LOSSES else "preference"
         if d.format != want:
             problems.append(f"data.format={d.format!r}: recipe.loss={rc.loss} needs data in the {want!r} format")
+    if rc.loss in RL_LOSSES:
+        from training.grpo import grpo_problems
+        problems += grpo_problems(cfg, layout)
+        if d.sources:
+            problems.append("data.sources: GRPO reads one RLVR prompt set (data.train_files or data.hub_name)")
     if d.sources:  # a mixture: its own rules (training/mixture_config.py)
         from training.mixture_config import mixture_problems
         problems += mixture_problems(d)

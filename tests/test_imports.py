@@ -1,0 +1,55 @@
+"""The import graph (issue #13 item 13): launch depends on training and evals, never the reverse,
+and the trainer's and the DPO recipe's modules import in one direction.
+
+    .venv/bin/python -m pytest -q tests/test_imports.py
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def import_graph() -> dict[str, set[str]]:
+    """module -> the package modules it imports anywhere (top level or inside a function)."""
+    mods = {f"{f.parent.name}.{f.stem}": f for pkg in ("training", "evals", "launch")
+            for f in (REPO / pkg).glob("*.py") if f.stem != "__init__"}
+    graph = {}
+    for name, path in mods.items():
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                deps |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                deps |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+        graph[name] = {d for d in deps if d in mods and d != name}
+    return graph
+
+
+def cycles_through(graph: dict[str, set[str]], start: str) -> list[list[str]]:
+    found, stack = [], [(start, [start])]
+    while stack:
+        node, path = stack.pop()
+        for dep in graph[node]:
+            if dep == start:
+                found.append(path + [start])
+            elif dep not in path:
+                stack.append((dep, path + [dep]))
+    return found
+
+
+def test_training_and_evals_never_import_launch():
+    graph = import_graph()
+    wrong = {m: sorted(d for d in deps if d.startswith("launch.")) for m, deps in graph.items()
+             if not m.startswith("launch.")}
+    assert {m: d for m, d in wrong.items() if d} == {}
+
+
+def test_the_trainer_and_the_dpo_modules_are_in_no_import_circle():
+    graph = import_graph()
+    for module in ("training.trainer", "training.entry", "training.reference", "training.preference",
+                   "launch.eval_cmd", "launch.launch_cmd"):
+        assert cycles_through(graph, module) == [], module
+    assert not [c for c in cycles_through(graph, "training.recipes") if "training.reference" in c]

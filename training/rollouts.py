@@ -1,0 +1,240 @@
+"""The GRPO batch source: each micro-batch is rollouts sampled from the current policy a moment ago.
+
+    ladder train recipe=grpo recipe.prompts_per_step=16 recipe.num_generations=8
+    python -m pytest -q tests/test_grpo.py
+
+The loop asks for micro-batch `index` (global, rank-free) as it asks any stream. Step s (0-based
+s = index // M, M micro-batches per step) trains on rollout batch b = s // ppo_epochs: prompts
+[b P, (b + 1) P) of a seeded order over the prompt set, P = recipe.prompts_per_step, and
+micro-batch m of the step holds prompts [b P + m k, b P + (m + 1) k), k = P / M, each with its
+G = recipe.num_generations answers. The composition of a micro-batch is thus fixed whatever the
+accumulation or world size, and each answer is sampled with its own seed (seed, generation step,
+prompt, answer): a resumed run, or another world size, redraws the same rollouts.
+
+Each rollout batch records the policy version that produced it (the number of optimizer updates
+before generation), so generation can later run ahead of training. With ppo_epochs > 1 the
+rollouts are also written under <run>/rollouts/, so a run resumed in the middle of a rollout
+batch trains on the rollouts it had, not on new ones from later weights.
+
+Per step the source reports (all ranks, summed): reward_mean, reward_std, reward/<verifier>,
+frac_zero_std_groups, dropped_groups (dapo), response_len_mean/max, frac_truncated, clip_frac,
+kl, entropy (-mean log-prob of the sampled tokens: a Monte Carlo estimate), gen_time_s,
+logprob_time_s, train_time_s, gen_tokens_per_s, policy_version, and the FLOPs of generation and
+log-prob passes, which the loop adds to the step's for MFU.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+
+import torch
+import torch.distributed as dist
+
+from training.chat_data import IGNORE
+from training.errors import ConfigError
+from training.flops import forward_flops, generate_flops
+from training.generator import make_generator, sample_key
+from training.grpo import group_advantages
+from training.packing import collate
+from training.recipes import token_logps
+from training.rlvr_data import load_prompts
+from training.verifiers import verify
+
+SUMS = ("samples", "reward", "reward_sq", "groups", "flat_groups", "dropped_groups", "len", "truncated",
+        "gen_tokens", "gen_time", "logprob_time", "flops")
+
+
+def pack(prompts: list[list[int]], completions: list[list[int]]) -> dict:
+    """Prompt + answer documents packed in one row; only the answer's tokens are labelled."""
+    items = []
+    for p, c in zip(prompts, completions):
+        # pre-shifted like training.chat_data: position t is labelled with token t + 1
+        items.append((p + c, [IGNORE] * (len(p) - 1) + c + [IGNORE]))
+    return collate(items)
+
+
+class RolloutStream:
+    def __init__(self, cfg, tokenizer, recipe, seed: int):
+        r = cfg.recipe
+        self.cfg, self.tokenizer, self.recipe, self.seed = cfg, tokenizer, recipe, seed
+        self.prompts = load_prompts(cfg.data, tokenizer, cfg.generator.max_new_tokens)
+        self.docs = self.prompts  # what the loop counts in its start-up log
+        self.G, self.P, self.E = r.num_generations, r.prompts_per_step, r.ppo_epochs
+        self.verifiers = sorted({p.verifier for p in self.prompts})
+        self.cache: dict[tuple[int, int], dict] = {}
+        self._orders: dict[int, list[int]] = {}
+        self.trainer = None
+
+    def attach(self, trainer) -> None:
+        """Called once the model and engine exist (GRPO.prepare)."""
+        self.trainer, t = trainer, trainer
+        self.M = t.layout.micro_batches_per_step
+        if self.P % self.M:
+            raise ConfigError(f"recipe.prompts_per_step={self.P} must be a multiple of the micro-batches per step "
+                              f"({self.M} = grad_accum x data-parallel size) so every micro-batch holds whole groups")
+        self.k = self.P // self.M
+        self.generator = make_generator(self.cfg.generator, self.tokenizer, t.cfg.rung.engine.value, t.world.size)
+        self.rollout_dir = t.run_dir / "rollouts"
+        self.reset_step()
+        if self.E > 1 and t.start_step % self.E:  # resumed inside a rollout batch: reload what it trained on
+            self.load_saved(t.start_step // self.E)
+
+    def reset_step(self) -> None:
+        self.sums = dict.fromkeys(SUMS, 0.0)
+        self.per_verifier = torch.zeros(len(self.verifiers), 2, dtype=torch.float64)  # reward sum, count
+        self.len_max = 0.0
+
+    # ---- the stream interface the loop uses ----------------------------------------------
+    def order(self, epoch: int) -> list[int]:
+        if epoch not in self._orders:
+            if len(self._orders) > 2:
+                self._orders.clear()
+            n = len(self.prompts)
+            g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+            self._orders[epoch] = torch.randperm(n, generator=g).tolist() if self.cfg.data.shuffle else list(range(n))
+        return self._orders[epoch]
+
+    def prompt_at(self, i: int):
+        epoch, j = divmod(i, len(self.prompts))
+        return self.prompts[self.order(epoch)[j]]
+
+    def epoch_of(self, index: int) -> int:
+        return (index // self.M // self.E) * self.P // len(self.prompts)
+
+    def micro_batch(self, index: int) -> dict:
+        s, m = divmod(index, self.M)
+        b = s // self.E
+        if (b, m) not in self.cache:
+            for key in [key for key in self.cache if key[0] != b]:
+                del self.cache[key]
+            self.cache[(b, m)] = self.rollout(b, m)
+        batch = self.cache[(b, m)]
+        self.add_stats(batch["stats"])
+        self.data_end = time.perf_counter()
+        return {**batch, "first_pass": s % self.E == 0}
+
+    # ---- generation, rewards, advantages ---------------------------------------------------
+    @property
+    def model(self):
+        return self.trainer.model  # the Hugging Face model under the engine: generation needs no grad
+
+    def rollout(self, b: int, m: int) -> dict:
+        gen_step = b * self.E + 1
+        prompts = [self.prompt_at(b * self.P + m * self.k + i) for i in range(self.k)]
+        keys = [sample_key(self.seed, gen_step, p.index, j) for p in prompts for j in range(self.G)]
+        inputs = [p.prompt_ids for p in prompts for _ in range(self.G)]
+        completions, gen_s = self.generator.sample(self.model, inputs, keys)
+        texts = self.tokenizer.batch_decode(completions, skip_special_tokens=True)
+        rewards = torch.tensor([verify(p.verifier, texts[i * self.G + j], p.ground_truth,
+                                       f"{p.where} (answer {j} at step {gen_step})")
+                                for i, p in enumerate(prompts) for j in range(self.G)], dtype=torch.float64)
+        adv, flat = group_advantages(rewards.view(self.k, self.G), self.recipe.name)
+        weights = torch.ones(self.k, self.G, dtype=torch.float64)
+        dropped = 0
+        if self.recipe.name == "dapo" and not bool(flat.all()):
+            # Dynamic sampling: groups that all agree carry no signal. A micro-batch where every group
+            # agrees keeps them (zero advantage, no policy gradient) so the step still has loss units.
+            weights[flat] = 0.0
+            dropped = int(flat.sum())
+        batch = pack(inputs, completions)
+        lens_t = torch.tensor([len(c) for c in completions])
+        batch.update(advantages=adv.flatten().float(), weights=weights.flatten().float(), policy_version=b * self.E,
+                     n_units=float((weights.flatten() * self.recipe.sequence_units(lens_t)).sum()))
+        t0 = time.perf_counter()
+        n_matmul, cfg_m = self.trainer.n_matmul, self.model.config
+        flops = generate_flops(n_matmul, sum(len(p) + len(c) for p, c in zip(inputs, completions)))
+        if self.E > 1:  # the rollout policy's log-probs, for the ratio of later passes
+            batch["old_logps"] = self.logps(self.model, batch)
+            flops += forward_flops(n_matmul, cfg_m.num_hidden_layers, cfg_m.hidden_size, batch["doc_lens"])
+        if self.recipe.reference is not None:
+            batch["ref_logps"] = self.logps(self.recipe.reference, batch)
+            flops += forward_flops(n_matmul, cfg_m.num_hidden_layers, cfg_m.hidden_size, batch["doc_lens"])
+        eos = self.tokenizer.eos_token_id
+        verifier_idx = torch.tensor([self.verifiers.index(p.verifier) for p in prompts for _ in range(self.G)])
+        batch["stats"] = {
+            "samples": len(texts), "reward": float(rewards.sum()), "reward_sq": float((rewards ** 2).sum()),
+            "groups": self.k, "flat_groups": int(flat.sum()), "dropped_groups": dropped,
+            "len": float(lens_t.sum()), "len_max": float(lens_t.max()),
+            "truncated": sum(1 for c in completions if not c or c[-1] != eos),
+            "gen_tokens": float(lens_t.sum()), "gen_time": gen_s, "logprob_time": time.perf_counter() - t0,
+            "flops": flops,
+            "per_verifier": torch.zeros(len(self.verifiers), 2, dtype=torch.float64).index_add_(
+                0, verifier_idx, torch.stack([rewards, torch.ones_like(rewards)], 1)),
+        }
+        if self.E > 1:
+            self.save(b, m, batch)
+        return batch
+
+    @torch.no_grad()
+    def logps(self, model, batch: dict) -> torch.Tensor:
+        device = next(model.parameters()).device
+        was = model.training
+        model.eval()
+        lp, _ = token_logps(model, {k: v.to(device) for k, v in batch.items() if torch.is_tensor(v)})
+        model.train(was)
+        return lp.detach().float().cpu()
+
+    # ---- rollouts kept across a resume (ppo_epochs > 1) -------------------------------------
+    def save(self, b: int, m: int, batch: dict) -> None:
+        folder = self.rollout_dir / f"batch_{b:06d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        torch.save(batch, folder / f"micro_{m:05d}.pt.tmp")
+        (folder / f"micro_{m:05d}.pt.tmp").rename(folder / f"micro_{m:05d}.pt")
+        for old in self.rollout_dir.glob("batch_*"):  # keep this batch and the one before
+            if int(old.name.split("_")[1]) < b - 1:
+                shutil.rmtree(old, ignore_errors=True)
+
+    def load_saved(self, b: int) -> None:
+        t = self.trainer
+        mine = range(t.world.rank * t.layout.grad_accum, (t.world.rank + 1) * t.layout.grad_accum)
+        for m in mine:
+            path = self.rollout_dir / f"batch_{b:06d}" / f"micro_{m:05d}.pt"
+            if not path.is_file():
+                raise ConfigError(f"resuming at step {t.start_step + 1}, inside rollout batch {b} "
+                                  f"(recipe.ppo_epochs={self.E}), needs its rollouts, but {path} is missing; "
+                                  f"resume from a checkpoint at a multiple of {self.E} steps")
+            self.cache[(b, m)] = torch.load(path, weights_only=False)
+
+    # ---- per-step metrics (the loop calls this on every rank) ---------------------------------
+    def add_stats(self, st: dict) -> None:
+        seen = st.get("_seen", False)  # a later pass over the same rollouts costs no generation again
+        for k in SUMS:
+            if not (seen and k in ("gen_time", "logprob_time", "flops", "gen_tokens")):
+                self.sums[k] += st[k]
+        st["_seen"] = True
+        self.per_verifier += st["per_verifier"]
+        self.len_max = max(self.len_max, st["len_max"])
+
+    def step_metrics(self, step: int) -> dict:
+        tok = self.recipe.take_token_stats()
+        vec = torch.tensor([*(self.sums[k] for k in SUMS), *(tok[k] for k in ("tokens", "clipped", "kl", "neg_logp")),
+                            *self.per_verifier.flatten().tolist()], dtype=torch.float64)
+        mx = torch.tensor([self.len_max, self.sums["gen_time"]], dtype=torch.float64)
+        if dist.is_initialized():
+            device = self.trainer.device
+            vec, mx = vec.to(device), mx.to(device)
+            dist.all_reduce(vec)
+            dist.all_reduce(mx, op=dist.ReduceOp.MAX)
+            vec, mx = vec.cpu(), mx.cpu()
+        s = dict(zip(SUMS, vec[:len(SUMS)].tolist()))
+        ntok, clipped, kl, neg_logp = vec[len(SUMS):len(SUMS) + 4].tolist()
+        pv = vec[len(SUMS) + 4:].view(-1, 2)
+        n = max(s["samples"], 1.0)
+        mean = s["reward"] / n
+        train_s = time.perf_counter() - self.data_end
+        out = {
+            "reward_mean": mean, "reward_std": max(s["reward_sq"] / n - mean * mean, 0.0) ** 0.5,
+            **{f"reward/{v}": float(pv[i, 0] / pv[i, 1]) for i, v in enumerate(self.verifiers) if pv[i, 1] > 0},
+            "frac_zero_std_groups": s["flat_groups"] / max(s["groups"], 1.0), "dropped_groups": s["dropped_groups"],
+            "response_len_mean": s["len"] / n, "response_len_max": float(mx[0]), "frac_truncated": s["truncated"] / n,
+            "clip_frac": clipped / max(ntok, 1.0), "entropy": neg_logp / max(ntok, 1.0),
+            "gen_time_s": float(mx[1]), "logprob_time_s": s["logprob_time"] / self.trainer.world.size,
+            "train_time_s": train_s,
+            "gen_tokens_per_s": s["gen_tokens"] / float(mx[1]) if mx[1] > 0 else None,
+            "policy_version": (step - 1) // self.E * self.E, "flops": s["flops"],
+        }
+        if self.recipe.kl_beta > 0:
+            out["kl"] = kl / max(ntok, 1.0)
+        self.reset_step()
+        return out
