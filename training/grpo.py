@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import torch
 
-from training.recipes import token_logps
+from training.lm_loss import token_logps
 
 LOSSES = ("grpo", "dr_grpo", "dapo")
 STD_EPS = 1e-4

@@ -37,7 +37,7 @@ from training.flops import forward_flops, generate_flops
 from training.generator import make_generator, sample_key
 from training.grpo import group_advantages
 from training.packing import collate
-from training.recipes import token_logps
+from training.lm_loss import token_logps
 from training.rlvr_data import load_prompts
 from training.verifiers import verify
 

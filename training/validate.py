@@ -108,6 +108,11 @@ RANGES: dict[str, tuple[float, float, str]] = {
     "trainer.global_batch_tokens": (0, INF, "()"), "trainer.grad_accum": (1, INF, "[)"),
     "trainer.save_every": (0, INF, "()"), "trainer.keep_last": (1, INF, "[)"), "trainer.log_every": (0, INF, "()"),
     "trainer.step_timeout_s": (0, INF, "[)"), "trainer.loss_chunk_tokens": (0, INF, "[)"),
+    "recipe.num_generations": (1, INF, "[)"), "recipe.prompts_per_step": (1, INF, "[)"),
+    "recipe.ppo_epochs": (1, INF, "[)"), "recipe.clip_low": (0, 1, "[)"), "recipe.clip_high": (0, INF, "[)"),
+    "recipe.kl_beta": (0, INF, "[)"),
+    "generator.temperature": (0, INF, "()"), "generator.top_p": (0, 1, "(]"), "generator.max_new_tokens": (1, INF, "[)"),
+    "generator.gpu_memory_utilization": (0, 1, "(]"), "generator.assumed_decode_mfu": (0, 1, "(]"),
 }
 
 
