@@ -6,6 +6,8 @@ PostgreSQL server (tests/cluster/postgres.py, one for the session).
 
 from __future__ import annotations
 
+import launch.ledger as ledger_mod
+
 import multiprocessing as mp
 import sqlite3
 import time
@@ -98,7 +100,7 @@ def test_an_old_sqlite_ledger_is_migrated_step_by_step(tmp_path):
         PRAGMA user_version = 1;""")
     db.close()
     ledger = Ledger(path)
-    assert ledger.schema_version() == 6
+    assert ledger.schema_version() == ledger_mod.SCHEMA_VERSION
     [job] = ledger.jobs()
     assert job["kind"] == "train" and job["allow_contamination"] == 0 and job["planned_gpu_hours"] == 0.5
     assert "default" in ledger.budgets()  # an upgraded local ledger keeps working out of the box
@@ -109,7 +111,7 @@ def test_a_schema_from_a_newer_ladder_is_refused_naming_its_version(url):
     with ledger.transaction() as db:
         db.execute("UPDATE ladder_schema SET version = 42, written_by = '9.1.0' WHERE component = 'ledger'")
     with pytest.raises(StoreError, match=r"schema version 42, written by Ladder 9\.1\.0; this Ladder .* knows "
-                                         r"versions up to 6\. Upgrade Ladder"):
+                                         rf"versions up to {ledger_mod.SCHEMA_VERSION}\. Upgrade Ladder"):
         Ledger(url)
     Registry(url)  # the registry's own version is its own: a shared database keeps one per component
 
