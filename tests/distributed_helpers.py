@@ -18,7 +18,7 @@ def free_port() -> int:
 
 
 def env(**extra) -> dict:
-    e = dict(os.environ, OMP_NUM_THREADS="1", **extra)  # two ranks on two cores: no oversubscription
+    e = dict(os.environ, OMP_NUM_THREADS="1")  # two ranks on two cores: no oversubscription
     e.pop("LADDER_FAULT", None)
     e.update(extra)
     return e
