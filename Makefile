@@ -37,7 +37,7 @@ pipeline: install
 # them when missing (as root). `pytest -m "not slurm"` leaves the cluster tests out.
 test: install
 	bash tests/system_packages.sh
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25
 
 bench: install
 	$(BIN)/pip install --quiet -c requirements.lock -e '.[bench]'

@@ -8,7 +8,9 @@
 A task's key hashes the checkpoint's content hash (evals/content_hash.py), the task name and
 version, the settings that change its scores (examples, generation budget, the data file's
 content, lm-eval's version, few-shot count and chat template) and EVAL_CODE_VERSION. The
-batch size and the device are left out: they do not change greedy results. A hit is answered
+batch size, the device and the generator (hf or vllm, eval.generator) are left out: they change
+how greedy answers are computed, not what is asked, and each result records its own device and
+generator. A hit is answered
 from the file, without loading the model. The files live beside the registry
 (<run root>/eval_cache/), not inside checkpoints, so they survive keep_last pruning.
 """

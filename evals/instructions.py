@@ -11,7 +11,7 @@ all of them (IFEval's prompt-level strict accuracy, the task's score), and
 
 from __future__ import annotations
 
-from evals.generate import greedy_complete
+from evals.generate import generator_name, greedy_complete
 from training.chat_data import iter_jsonl
 from training.errors import DataError
 from training.verifiers import (  # one implementation: the GRPO reward uses it too
@@ -35,10 +35,10 @@ def load_prompts(path: str, max_examples: int | None = None) -> list[dict]:
 
 
 def score_instructions(model, tokenizer, path: str, max_examples: int | None = None,
-                       max_new_tokens: int = 24, batch_size: int = 64) -> dict:
+                       max_new_tokens: int = 24, batch_size: int = 64, generator=None) -> dict:
     rows = load_prompts(path, max_examples)
     outputs = greedy_complete(model, tokenizer, [[{"role": "user", "content": r["prompt"]}] for r in rows],
-                              max_new_tokens, batch_size, description="eval ifeval_lite")
+                              max_new_tokens, batch_size, description="eval ifeval_lite", generator=generator)
     examples, met, total = [], 0, 0
     for i, (row, out) in enumerate(zip(rows, outputs)):
         passed = [check(out, c) for c in row["checks"]]
@@ -52,7 +52,7 @@ def score_instructions(model, tokenizer, path: str, max_examples: int | None = N
         "instruction_accuracy": 100.0 * met / total,
         "n": len(examples),
         "task_version": VERSION,
-        "generation": {"do_sample": False, "max_new_tokens": max_new_tokens},
+        "generation": {"do_sample": False, "max_new_tokens": max_new_tokens, "generator": generator_name(generator)},
         "prompt_format": "chat_template: one user turn holding the prompt, then the assistant header",
         "examples": examples,
     }

@@ -63,14 +63,24 @@ def load_model(ckpt: Path, device: str):
     return model, tokenizer
 
 
-def run_builtin(spec: TaskSpec, model, tokenizer, eval_cfg: DictConfig) -> dict:
+def run_builtin(spec: TaskSpec, model, tokenizer, eval_cfg: DictConfig, generator=None) -> dict:
     if spec.name == "reverse":
         from evals.synthetic import score_heldout
         return score_heldout(model, tokenizer, eval_cfg.heldout_file, eval_cfg.max_examples,
-                             eval_cfg.max_new_tokens, eval_cfg.batch_size)
+                             eval_cfg.max_new_tokens, eval_cfg.batch_size, generator)
     from evals.instructions import score_instructions
     return score_instructions(model, tokenizer, eval_cfg.instructions_file, eval_cfg.max_examples,
-                              eval_cfg.max_new_tokens, eval_cfg.batch_size)
+                              eval_cfg.max_new_tokens, eval_cfg.batch_size, generator)
+
+
+def generation_backend(eval_cfg: DictConfig, device: str) -> str:
+    """hf or vllm, checked before anything is loaded: vllm asked for where it cannot run is an error."""
+    from training.errors import ConfigError
+    from training.generator import eval_generator_problems, resolve_backend
+    name = eval_cfg.generator.name
+    if (problems := eval_generator_problems(name, "cuda" if device.startswith("cuda") else device)):
+        raise ConfigError("; ".join(problems))
+    return resolve_backend(name, "cuda" if device.startswith("cuda") else device)
 
 
 def default_registry(ckpt: CheckpointRef | Path) -> Registry:
@@ -86,6 +96,8 @@ def evaluate_checkpoint(ckpt: str | Path | CheckpointRef, eval_cfg: DictConfig, 
     """Score `ckpt` on the suite; returns scores, per-task results and whether the model was loaded."""
     ref = resolve_checkpoint(ckpt)  # once: sizes checked (a missing or truncated file stops it here)
     ckpt = ref.path
+    device = resolve_device(eval_cfg)
+    backend = generation_backend(eval_cfg, device)
     specs = task_specs(eval_cfg)
     t0 = time.time()
     content_hash = ref.content_hash
@@ -98,7 +110,6 @@ def evaluate_checkpoint(ckpt: str | Path | CheckpointRef, eval_cfg: DictConfig, 
         if hit is not None:
             tasks[s.name] = {**hit, "cached": True, "examples_path": str(cache.path(keys[s.name]))}
     missing = [s for s in specs if s.name not in tasks]
-    device = resolve_device(eval_cfg)
     model_loaded = False
     builtin = [s for s in missing if s.kind == "builtin"]
     harness = [s for s in missing if s.kind == "lm_eval"]
@@ -108,12 +119,14 @@ def evaluate_checkpoint(ckpt: str | Path | CheckpointRef, eval_cfg: DictConfig, 
         check_checkpoint(ckpt, hashes=PATTERNS)
     row = registry.register_checkpoint(ref)  # once it is known to be whole
     if builtin:
-        model, tokenizer = load_model(ckpt, device)
+        from training.generator import eval_generator
+        model, tokenizer = load_model(ckpt, device)  # the reverse task's held-out loss needs it, whatever generates
         model_loaded = True
+        generator = eval_generator(backend, tokenizer, ckpt, device, eval_cfg.generator.gpu_memory_utilization)
         for s in builtin:
             t = time.time()
-            tasks[s.name] = {**run_builtin(s, model, tokenizer, eval_cfg), "seconds": round(time.time() - t, 2)}
-        del model  # lm-eval loads its own copy next: free this one first
+            tasks[s.name] = {**run_builtin(s, model, tokenizer, eval_cfg, generator), "seconds": round(time.time() - t, 2)}
+        del model, generator  # lm-eval loads its own copy next: free this one first
         if device.startswith("cuda"):
             import torch
             torch.cuda.empty_cache()
@@ -146,6 +159,7 @@ def evaluate_checkpoint(ckpt: str | Path | CheckpointRef, eval_cfg: DictConfig, 
         "suite": eval_cfg.name,
         "eval_code_version": EVAL_CODE_VERSION,
         "device": device,
+        "generator": backend,
         "seconds": round(time.time() - t0, 2),
         "model_loaded": model_loaded,
         "cached_tasks": cached,

@@ -9,7 +9,7 @@ import json
 
 import torch
 
-from evals.generate import greedy_complete
+from evals.generate import generator_name, greedy_complete
 from training.chat_data import IGNORE, check_jsonl, encode_chat
 from training.synthetic import VERSION
 from training.verifiers import (
@@ -25,11 +25,12 @@ def load_heldout(path: str, max_examples: int | None = None) -> list[dict]:
 
 
 def score_heldout(model, tokenizer, path: str, max_examples: int | None = None,
-                  max_new_tokens: int = 24, batch_size: int = 64) -> dict:
+                  max_new_tokens: int = 24, batch_size: int = 64, generator=None) -> dict:
     rows = load_heldout(path, max_examples)
     prompts = [[m for m in r["messages"] if m["role"] != "assistant"] for r in rows]
     answers = [next(m["content"] for m in reversed(r["messages"]) if m["role"] == "assistant") for r in rows]
-    outputs = greedy_complete(model, tokenizer, prompts, max_new_tokens, batch_size, description="eval reverse")
+    outputs = greedy_complete(model, tokenizer, prompts, max_new_tokens, batch_size, description="eval reverse",
+                              generator=generator)
     examples = [{"id": r.get("id", str(i)), "target": a, "output": o, "correct": exact_match(o, a) == 1.0}
                 for i, (r, a, o) in enumerate(zip(rows, answers, outputs))]
     for e in examples:
@@ -42,7 +43,7 @@ def score_heldout(model, tokenizer, path: str, max_examples: int | None = None,
         "exact_match": 100.0 * correct / len(examples),
         "n": len(examples),
         "task_version": VERSION,
-        "generation": {"do_sample": False, "max_new_tokens": max_new_tokens},
+        "generation": {"do_sample": False, "max_new_tokens": max_new_tokens, "generator": generator_name(generator)},
         "prompt_format": "chat_template: the row's messages up to the answer, then the assistant header",
         "examples": examples,
         # the training objective on the held-out answers: its curve beside the training loss tells

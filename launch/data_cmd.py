@@ -1,6 +1,7 @@
 """`ladder data`: look at a run's data before training on it.
 
     ladder data inspect [overrides] [--json]                       # rows, tokens, shares, epochs per source
+    ladder data inspect recipe=grpo [overrides]                    # RLVR: prompt lengths, verifiers per source
     ladder data decontaminate [overrides] [--json] [--write DIR]   # n-gram overlap with the eval suite's prompts
 
 The verb declares its arguments and handlers here (register); launch/cli.py only collects it.
@@ -24,9 +25,12 @@ def register(subparsers, epilog: str = "") -> None:
         description=_wrap("Print the data of the composed config per source: rows, tokens after the chat template, "
                     "trained tokens, documents truncated at data.max_seq_len, documents per mixture round, each "
                     "source's share of a step's documents and tokens over the run, and the epochs of each source "
-                    "the run sees. Tokenised documents come from (and go to) the token cache."),
+                    "the run sees. Tokenised documents come from (and go to) the token cache. For RLVR prompts "
+                    "(recipe=grpo): rows, prompts in the set, prompt tokens against data.max_seq_len - "
+                    "generator.max_new_tokens, and prompts per verifier, per source."),
         epilog=epilog + "\nexamples:\n  ladder data inspect data=reverse_mix\n"
-                        "  ladder data inspect data=reverse_mix data.sources.arith.weight=0.5 --json")
+                        "  ladder data inspect data=reverse_mix data.sources.arith.weight=0.5 --json\n"
+                        "  ladder data inspect recipe=grpo")
     ins.add_argument("overrides", nargs="*", help="Hydra overrides, as for `ladder train`")
     ins.add_argument("--json", action="store_true", help="print the report as one JSON object")
     ins.set_defaults(handler=cmd_inspect)

@@ -10,7 +10,9 @@ run's steps will use (step s uses micro-batches (s-1)*M .. s*M-1, M = accumulati
 size). Per source: rows read, documents used (a mixture drops those left with no trained token),
 tokens after the chat template, trained (assistant) tokens, documents cut at data.max_seq_len, the
 documents each mixture round takes, and over the run: its share of a step's documents and tokens
-and the epochs of it the run sees (documents drawn / documents it has).
+and the epochs of it the run sees (documents drawn / documents it has). RLVR prompts
+(data.format=rlvr: GRPO) are reported by launch/rlvr_inspect.py instead: prompt lengths against
+the room max_new_tokens leaves, and prompts per verifier.
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ def _doc_stats(doc: tuple, fmt: str) -> tuple[int, int]:
 
 
 def inspect_data(cfg: DictConfig) -> dict:
+    if cfg.data.format == "rlvr":  # prompts, not documents to pack: no stream to walk
+        from launch.rlvr_inspect import inspect_rlvr
+        return inspect_rlvr(cfg)
     from training.mixture import load_sources, make_stream
     from training.mixture_config import is_mixture
     from training.modeling import load_tokenizer
@@ -84,6 +89,9 @@ def inspect_data(cfg: DictConfig) -> dict:
 
 
 def print_report(report: dict) -> None:
+    if report["format"] == "rlvr":
+        from launch.rlvr_inspect import print_rlvr_report
+        return print_rlvr_report(report)
     from rich.table import Table
 
     from launch.console import make_console, num, si

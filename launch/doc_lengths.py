@@ -7,7 +7,8 @@ Attention costs 6 x layers x hidden x s^2 per document of s tokens (training/flo
 T planned tokens it is 6 L d T x sum(s^2) / sum(s): the "attention length" below, a token-weighted
 mean length. Without a measurement the plan takes data.max_seq_len for every document, an upper
 bound. The file is keyed by what decides the lengths (the data node, the tokenizer and the
-recipe's format), so a change to any of them is never planned with stale lengths.
+recipe's format; for RLVR prompts also generator.max_new_tokens, since a sampled sequence is its
+prompt plus up to that many tokens), so a change to any of them is never planned with stale lengths.
 """
 
 from __future__ import annotations
@@ -32,7 +33,10 @@ def lengths_key(cfg: DictConfig) -> str:
     data = OmegaConf.to_container(cfg.data, resolve=True, enum_to_str=True)
     data.pop("decontamination", None)  # a check before launch; no document changes with it
     tokenizer = OmegaConf.select(cfg, "model.tokenizer") or cfg.model.name_or_path or cfg.model.name
-    blob = json.dumps({"data": data, "tokenizer": tokenizer, "format": cfg.recipe.loss}, sort_keys=True)
+    key = {"data": data, "tokenizer": tokenizer, "format": cfg.recipe.loss}
+    if cfg.data.format == "rlvr":  # only here, so the keys of SFT and DPO data stay as they were
+        key["max_new_tokens"] = cfg.generator.max_new_tokens
+    blob = json.dumps(key, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

@@ -30,6 +30,9 @@ micro-batch of m tokens, L layers, hidden h, KV width h_kv, MLP width i, activat
 and its product with up); FlashAttention and SDPA keep no s x s matrix. With activation
 checkpointing only each layer's input (h) is kept, plus one layer recomputed during backward.
 The logits add m x vocab x (a + 8): the bf16 logits, their fp32 copy for the loss and its grad.
+
+RL (recipe=grpo) adds two kinds, planned in launch/plan_rl.py: the KL reference's weights and the
+rollout generator's memory (a KV cache, or vLLM's share of the GPU). They are zero otherwise.
 """
 
 from __future__ import annotations
@@ -60,10 +63,14 @@ class Memory:
     optimizer: float
     activations: float
     cpu_per_node: float = 0.0
+    reference: float = 0.0  # RL with recipe.kl_beta > 0: the KL reference's weights
+    generation: float = 0.0  # RL: the generation KV cache (generator=hf) or vLLM's share (generator=vllm)
 
     @property
     def total(self) -> float:
-        return self.params + self.grads + self.optimizer + self.activations
+        # RL's generation memory is counted beside training's activations, as if both were held at
+        # once: an upper bound (the KV cache is freed before the step's forward passes)
+        return self.params + self.grads + self.optimizer + self.activations + self.reference + self.generation
 
     def gib(self) -> dict[str, float]:
         d = {k: v / GiB for k, v in asdict(self).items()}

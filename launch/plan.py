@@ -17,14 +17,14 @@ peak (a CPU) it is tokens / (devices x tokens/s), measured or rung.assumed_token
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from omegaconf import DictConfig
 
 from launch.console import make_console, num, si
 from launch.doc_lengths import planning_length
 from launch.memory import ENGINES, GiB, Memory, ModelShape, estimate
-from launch.plan_rl import RLPlan, is_rl, render_rows, rl_plan, rl_seconds
+from launch.plan_rl import RLPlan, is_rl, render_rows, rl_memory, rl_plan, rl_seconds
 from launch.rates import planning_rate
 from training.errors import ConfigError
 from training.flops import model_matmul_params, train_flops
@@ -108,12 +108,16 @@ def model_shape(cfg: DictConfig) -> ModelShape:
         intermediate=m.intermediate_size, vocab=vocab)
 
 
-def memory_for(shape: ModelShape, r, **changes) -> Memory:
-    """Memory per GPU for the rung `r` with some of its fields changed."""
+def memory_for(shape: ModelShape, cfg: DictConfig, **changes) -> Memory:
+    """Memory per GPU for the config's rung with some of its fields changed; an RL recipe adds its
+    reference and generator (launch/plan_rl.py)."""
+    r = cfg.rung
     v = {"engine": r.engine.value, "nodes": r.nodes, "micro_batch_tokens": r.micro_batch_tokens,
          "activation_checkpointing": r.activation_checkpointing, "offload": r.offload, **changes}
-    return estimate(shape, v["engine"], v["nodes"] * r.gpus_per_node, v["nodes"], v["micro_batch_tokens"],
-                    r.bf16, v["activation_checkpointing"], v["offload"])
+    gpus = v["nodes"] * r.gpus_per_node
+    m = estimate(shape, v["engine"], gpus, v["nodes"], v["micro_batch_tokens"],
+                 r.bf16, v["activation_checkpointing"], v["offload"])
+    return replace(m, **rl_memory(cfg, shape, gpus)) if is_rl(cfg) else m
 
 
 def fits(m: Memory, r) -> bool:
@@ -128,20 +132,27 @@ def find_fixes(cfg: DictConfig, shape: ModelShape) -> list[tuple[str, float]]:
     offered)."""
     r = cfg.rung
 
+    rl = is_rl(cfg)
+
     def batch_ok(nodes: int, micro: int | None = None) -> bool:
+        if rl:  # the RL batch is in answers: whole prompts per rank (training/validate.py, rl_batch_layout)
+            return cfg.recipe.prompts_per_step % (nodes * r.gpus_per_node) == 0
         glob, _ = global_batch_tokens(cfg)
         return glob % ((micro or r.micro_batch_tokens) * nodes * r.gpus_per_node) == 0
 
     def more_nodes(**changes) -> str | None:
         """The override string for the fewest nodes (from today's) at which `changes` fit."""
         for n in range(r.nodes + (0 if changes else 1), MAX_NODES + 1):
-            if not fits(memory_for(shape, r, nodes=n, **changes), r):
+            if not fits(memory_for(shape, cfg, nodes=n, **changes), r):
                 continue
             # The smallest count from n up that also keeps the global batch whole, if one is near.
             n = next((k for k in range(n, 2 * n + 1) if batch_ok(k)), n)
             parts = [f"rung.{k}={str(v).lower()}" for k, v in changes.items()]
             parts += [f"rung.nodes={n}"] if n != r.nodes else []
-            if not batch_ok(n):
+            if not batch_ok(n) and rl:
+                dp = n * r.gpus_per_node
+                parts.append(f"recipe.prompts_per_step={-(-cfg.recipe.prompts_per_step // dp) * dp}")
+            elif not batch_ok(n):
                 glob, _ = global_batch_tokens(cfg)
                 dp_tokens = r.micro_batch_tokens * n * r.gpus_per_node
                 parts.append(f"trainer.global_batch_tokens={-(-glob // dp_tokens) * dp_tokens}")
@@ -158,7 +169,7 @@ def find_fixes(cfg: DictConfig, shape: ModelShape) -> list[tuple[str, float]]:
         candidates.append("rung.activation_checkpointing=true")
     micro = r.micro_batch_tokens // 2
     while micro >= cfg.data.max_seq_len and micro > 0:
-        if fits(memory_for(shape, r, micro_batch_tokens=micro), r) and batch_ok(r.nodes, micro):
+        if fits(memory_for(shape, cfg, micro_batch_tokens=micro), r) and batch_ok(r.nodes, micro):
             candidates.append(f"rung.micro_batch_tokens={micro}")
             break
         micro //= 2
@@ -182,7 +193,7 @@ def verified_fix(cfg: DictConfig, shape: ModelShape, overrides: str) -> tuple[st
         validate(fixed)
     except (ConfigError, ValueError):
         return None
-    m = memory_for(shape, fixed.rung)
+    m = memory_for(shape, fixed)
     return (overrides, m.total / GiB) if fits(m, fixed.rung) else None
 
 
@@ -194,7 +205,7 @@ def make_plan(cfg: DictConfig, ledger=None) -> Plan:
     doc, doc_source = planning_length(cfg)  # measured by `ladder data inspect`, else data.max_seq_len
     n_matmul = model_matmul_params(cfg.model, shape.vocab)
     flops = train_flops(n_matmul, shape.layers, shape.hidden, [doc]) * tokens / doc
-    memory = memory_for(shape, r)
+    memory = memory_for(shape, cfg)
     ok = fits(memory, r)
     problem = None
     if not ok:
@@ -211,9 +222,9 @@ def make_plan(cfg: DictConfig, ledger=None) -> Plan:
         if engine == "single" and r.nodes * r.gpus_per_node > 1:
             by_engine[engine] = None  # one process cannot use several GPUs
         else:
-            by_engine[engine] = memory_for(shape, r, engine=engine, offload=False)
+            by_engine[engine] = memory_for(shape, cfg, engine=engine, offload=False)
     if r.engine.value == "deepspeed_zero3":
-        by_engine["deepspeed_zero3 + offload"] = memory_for(shape, r, offload=True)
+        by_engine["deepspeed_zero3 + offload"] = memory_for(shape, cfg, offload=True)
     rate, kind, source = planning_rate(cfg, ledger)
     gpus = r.nodes * r.gpus_per_node
     if kind == "mfu":
@@ -222,7 +233,7 @@ def make_plan(cfg: DictConfig, ledger=None) -> Plan:
         seconds = tokens / (gpus * rate)
     rl = None
     if is_rl(cfg):  # GRPO trains on rollouts it generates: both are planned (launch/plan_rl.py)
-        rl = rl_plan(cfg, n_matmul, shape.layers, shape.hidden)
+        rl = rl_plan(cfg, layout, n_matmul, shape.layers, shape.hidden)
         tokens, flops = rl.train_tokens, rl.train_flops + rl.gen_flops
         seconds = rl_seconds(rl, gpus, r.peak_flops_per_device, rate, kind)
     return Plan(
@@ -263,7 +274,8 @@ def render(plan: Plan, console=None) -> None:
     work.add_column(style="dim")
     work.add_row("parameters", si(p.params), f"{p.params:,} (meta-device build)")
     work.add_row("global batch", f"{p.global_batch_tokens:,} tokens",
-                 f"micro-batch {p.micro_batch_tokens:,} x accum {p.grad_accum} x dp {p.gpus}")
+                 f"micro-batch {p.micro_batch_tokens:,} x accum {p.grad_accum} x dp {p.gpus}"
+                 + (": the RL step's capacity, an upper bound; its batch is answers (below)" if p.rl else ""))
     work.add_row("planned tokens", si(p.tokens), f"{p.steps:,} steps (trainer.max_steps) x "
                  + ("rollout tokens per step" if p.rl else "global batch"))
     work.add_row("training FLOPs", f"{p.flops:.3e}",
@@ -275,20 +287,30 @@ def render(plan: Plan, console=None) -> None:
 
     mem = Table(title=f"Memory per {unit}, GiB (usable: {p.usable_gb:,.1f} of {p.gpu_memory_gb:g} per {p.gpu_type})",
                 title_justify="left")
-    for col in ("engine", "params", "grads", "optimizer", "activations", "total", "host/node", "fits"):
+    kinds = ["params", "grads", "optimizer", "activations"]
+    if p.rl is not None:  # what RL adds (launch/plan_rl.py): the KL reference, the generator's memory
+        kinds += ["reference", "generation"]
+    for col in ("engine", *kinds, "total", "host/node", "fits"):
         mem.add_column(col, justify="left" if col == "engine" else "right", no_wrap=True)
     for name, m in p.by_engine.items():
         chosen = name == p.engine + (" + offload" if p.offload else "")
         if m is None:
-            mem.add_row(name, *["-"] * 6, "n/a (one process)")
+            mem.add_row(name, *["-"] * (len(kinds) + 2), "n/a (one process)")
             continue
         g = m.gib()
         ok = g["total"] <= p.usable_gb and g["cpu_per_node"] <= p.cpu_memory_gb
         label = f"[bold]{name}[/bold] <- this job" if chosen else name
-        mem.add_row(label, *(num(g[k]) for k in ("params", "grads", "optimizer", "activations", "total")),
+        mem.add_row(label, *(num(g[k]) for k in (*kinds, "total")),
                     f"{g['cpu_per_node']:,.0f}" if g["cpu_per_node"] else "-",
                     "[green]yes[/green]" if ok else "[red]no[/red]")
     console.print(mem)
+    if p.rl is not None:
+        gen = ("vLLM's share, generator.gpu_memory_utilization of the GPU" if p.rl.generator == "vllm" else
+               f"KV cache of {p.rl.sequences_per_rank:,} sequences x {p.rl.prompt_tokens + p.rl.new_tokens:,} tokens")
+        ref = ("fp32 weights, whole on every GPU (recipe.kl_beta > 0)" if p.rl.kl_reference else
+               "none (recipe.kl_beta=0)")
+        console.print(f"[dim]RL: reference = {ref}; generation = {gen}; counted beside the activations "
+                      "(an upper bound)[/dim]")
 
     if p.fits:
         console.print(f"[green bold]FITS[/green bold]: {num(p.memory.total / GiB)} of {p.usable_gb:,.1f} GiB per {unit}")

@@ -57,6 +57,8 @@ def test_early_and_late_checkpoints_on_the_builtin_suite_and_lm_eval(cpu_results
     assert mc["score"] == pytest.approx(100 * sum(e["score"] for e in mc["examples"]) / 10)
     ife = late["tasks"]["ifeval_lite"]
     assert all("checks" in e and "output" in e for e in ife["examples"])
+    # eval.generator.name=auto on a CPU: transformers generate, recorded with the result
+    assert late["generator"] == "hf" and ife["generation"]["generator"] == "hf"
 
 
 def test_registry_holds_checkpoints_scores_and_per_example_results(trained_run, cpu_results):

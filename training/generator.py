@@ -15,12 +15,17 @@ passes (`synced_gpus`), because each forward gathers the sharded parameters coll
 
 generator=vllm (vLLM colocated on the training GPUs, weights pushed after each update) needs a
 GPU and the `vllm` package; on a CPU it is refused at start-up with the reason.
+
+The same component generates for the eval tasks (evals/generate.py): `eval.generator.name=auto`
+resolves to vllm on a GPU where vllm imports, else hf (resolve_backend), and greedy decoding is
+keys=None. One sampler, two uses: the GRPO reward and the eval score see answers made one way.
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
+from dataclasses import dataclass
 
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
@@ -55,6 +60,16 @@ class SeededSampler(LogitsProcessor):
         return scores + gumbel.to(scores.device, scores.dtype)
 
 
+@dataclass(frozen=True)
+class Sampling:
+    """The settings a generator reads, for callers without a generator config node (the evals decode
+    greedily: keys=None, so temperature and top_p are unused there)."""
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 16
+    gpu_memory_utilization: float = 0.5
+
+
 class HFGenerator:
     name = "hf"
 
@@ -65,9 +80,10 @@ class HFGenerator:
 
     @torch.no_grad()
     def sample(self, model, prompts: list[list[int]], keys: list[int] | None,
-               max_new_tokens: int | None = None) -> tuple[list[list[int]], float]:
+               max_new_tokens: int | None = None, version=None) -> tuple[list[list[int]], float]:
         """Completion token ids (ending with EOS unless truncated) per prompt, and seconds taken.
-        keys=None decodes greedily (the eval tasks)."""
+        keys=None decodes greedily (the eval tasks). version (the policy version) matters only to a
+        generator holding its own copy of the weights (vllm); this one runs on the model itself."""
         t0 = time.perf_counter()
         n = max_new_tokens or self.cfg.max_new_tokens
         width = max(len(p) for p in prompts)
@@ -95,25 +111,58 @@ class HFGenerator:
         return completions, time.perf_counter() - t0
 
 
-def make_generator(gen_cfg, tokenizer, engine: str = "single", world_size: int = 1):
+def make_generator(gen_cfg, tokenizer, engine: str = "single", world_size: int = 1, max_model_len: int | None = None):
+    """The rollout generator of a training run."""
     if gen_cfg.name == "vllm":
         from training.vllm_generator import VLLMGenerator
-        return VLLMGenerator(gen_cfg, tokenizer)
+        return VLLMGenerator(gen_cfg, tokenizer, max_model_len=max_model_len, distributed=world_size > 1)
     if gen_cfg.name != "hf":
         raise ConfigError(f"generator.name={gen_cfg.name!r}: use hf or vllm")
     sharded = engine in {"fsdp2", "deepspeed_zero3"} and world_size > 1
     return HFGenerator(gen_cfg, tokenizer, synced=sharded)
 
 
-def generator_problems(cfg) -> list[str]:
-    """Start-up checks (training/validate.py): a vLLM generator needs a GPU and vllm installed."""
+def resolve_backend(name: str, device: str) -> str:
+    """auto: vllm on a GPU where vllm imports, else hf; hf and vllm stand as they are."""
+    if name == "auto":
+        from training.vllm_generator import vllm_problem
+        return "vllm" if vllm_problem(device) is None else "hf"
+    return name
+
+
+def eval_generator(name: str, tokenizer, checkpoint, device: str, gpu_memory_utilization: float = 0.5):
+    """The generator of the eval tasks: greedy, on the loaded model (hf) or on an engine that loads
+    the checkpoint directory itself (vllm)."""
+    backend = resolve_backend(name, device)
+    if backend == "vllm":
+        from training.vllm_generator import VLLMGenerator
+        return VLLMGenerator(Sampling(gpu_memory_utilization=gpu_memory_utilization), tokenizer,
+                             model_path=str(checkpoint))
+    return HFGenerator(Sampling(), tokenizer)
+
+
+def eval_generator_problems(name: str, device: str, here: bool = True) -> list[str]:
+    """Start-up checks of eval.generator.name (the device already resolved: cuda or cpu); here:
+    also check this machine (a GPU visible, vllm installed)."""
+    if name not in {"auto", "hf", "vllm"}:
+        return [f"eval.generator.name={name!r}: use auto, hf or vllm"]
+    if name == "vllm":
+        from training.vllm_generator import vllm_problem
+        if (p := vllm_problem(device, here)):
+            return [f"eval.generator.name=vllm: {p}"]
+    return []
+
+
+def generator_problems(cfg, here: bool = False) -> list[str]:
+    """Start-up checks (training/validate.py): a vLLM generator needs rung.device=cuda, and where
+    the job runs (here=True) a GPU and vllm installed."""
     g = cfg.generator
     problems = []
     if g.name not in {"hf", "vllm"}:
         problems.append(f"generator.name={g.name!r}: use hf or vllm")
     if g.name == "vllm":
         from training.vllm_generator import vllm_problem
-        if (p := vllm_problem(cfg.rung.device)):
+        if (p := vllm_problem(cfg.rung.device, here)):
             problems.append(p)
     if not 0 < g.top_p <= 1:
         problems.append(f"generator.top_p={g.top_p} must be in (0, 1]")

@@ -123,19 +123,13 @@ class GRPO:
         return a
 
 
-def grpo_problems(cfg, layout) -> list[str]:
+def grpo_problems(cfg, layout=None, here: bool = False) -> list[str]:
     """Start-up checks of a GRPO config (training/validate.py calls this); they never fix a value."""
     r, problems = cfg.recipe, []
     if r.num_generations < 2:
         problems.append(f"recipe.num_generations={r.num_generations}: GRPO compares the answers within a "
                         "prompt's group, so a group needs at least 2 (8 is usual)")
-    if r.prompts_per_step < 1:
-        problems.append(f"recipe.prompts_per_step={r.prompts_per_step} must be at least 1")
-    elif layout is not None and r.prompts_per_step % layout.micro_batches_per_step:
-        problems.append(f"recipe.prompts_per_step={r.prompts_per_step} is not a multiple of the micro-batches per "
-                        f"step ({layout.micro_batches_per_step} = grad_accum {layout.grad_accum} x data-parallel "
-                        f"{layout.dp}), so micro-batches would split groups; e.g. "
-                        f"recipe.prompts_per_step={max(1, r.prompts_per_step // layout.micro_batches_per_step) * layout.micro_batches_per_step}")
+    # prompts_per_step against the data-parallel size: training/validate.py, rl_batch_layout
     if r.ppo_epochs < 1:
         problems.append(f"recipe.ppo_epochs={r.ppo_epochs} must be at least 1")
     for key in ("clip_low", "clip_high"):
@@ -147,4 +141,4 @@ def grpo_problems(cfg, layout) -> list[str]:
         problems.append(f"generator.max_new_tokens={cfg.generator.max_new_tokens} leaves no room for a prompt in "
                         f"data.max_seq_len={cfg.data.max_seq_len}")
     from training.generator import generator_problems
-    return problems + generator_problems(cfg)
+    return problems + generator_problems(cfg, here)

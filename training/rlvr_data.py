@@ -1,6 +1,7 @@
 """RLVR prompts in open-instruct's row format, loaded and checked row by row.
 
     ladder train recipe=grpo                      # data=grpo/tiny -> data=reverse_rlvr
+    ladder data inspect recipe=grpo data=rlvr_mix # rows, prompt lengths, verifiers per source
     prompts = load_prompts(cfg.data, tokenizer, max_new_tokens=16)
 
 A row is {"messages": [...the prompt...], "ground_truth": ..., "dataset": "<verifier>"}
@@ -10,14 +11,31 @@ RLVR sets carry) is not part of what the policy sees. Every problem is reported 
 place (file:line, or hub name[split] row i): a missing ground truth, a verifier that does not exist,
 a ground truth the verifier cannot read, and a prompt that leaves no room for the answer in
 data.max_seq_len.
+
+A mixture (data.sources, the shape SFT mixtures use: training/mixture_config.py) makes the prompt
+set one mixture round: every source's rows are read and checked, then source s contributes
+count_s prompts (round_counts: its weight's share of all the sources' rows, or epochs x its rows),
+positions 0 .. count_s - 1 of its own stream of passes, pass e a permutation seeded by
+(seed, source name, e) as in training/mixture.py. So a weight above a source's natural share
+repeats some of its rows, one below it keeps a seeded subset, and changing one source's weight
+leaves the other sources' draws as they were. The GRPO batch source then orders the set by its
+own seed, epoch by epoch, as it orders plain data; each Prompt names its source.
 """
 
 from __future__ import annotations
 
+import hashlib
+import random
 from dataclasses import dataclass
 
 from training.chat_data import check_messages, iter_jsonl
 from training.errors import DataError
+from training.mixture_config import (
+    count_problems,
+    is_mixture,
+    round_counts,
+    source_specs,
+)
 from training.verifiers import check_row_verifier
 
 
@@ -29,6 +47,7 @@ class Prompt:
     prompt_ids: list[int]
     ground_truth: object
     verifier: str
+    source: str = ""  # the mixture source it came from (data.name for plain data)
 
 
 def prompt_messages(row: dict, where: str) -> list[dict]:
@@ -53,7 +72,8 @@ def check_rlvr_row(row: object, where: str) -> None:
 
 
 def iter_rows(data_cfg):
-    """(where, row) for every row: local files line by line, or a hub dataset by name."""
+    """(where, row) for every row: local files line by line, or a hub dataset by name. data_cfg is
+    the data node or one mixture source (a SourceSpec has the same attribute names)."""
     if data_cfg.train_files:
         for path in data_cfg.train_files:
             for lineno, row in iter_jsonl(path):
@@ -70,19 +90,64 @@ def encode_prompt(tokenizer, messages: list[dict]) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def load_prompts(data_cfg, tokenizer, max_new_tokens: int) -> list[Prompt]:
+def load_source(spec, tokenizer, max_new_tokens: int, max_seq_len: int, what: str) -> list[Prompt]:
+    """Every row of one source (its first spec.max_samples), checked and encoded; index is the
+    position within the source until the set is assembled."""
     prompts = []
-    for where, row in iter_rows(data_cfg):
-        if data_cfg.max_samples is not None and len(prompts) >= data_cfg.max_samples:
+    for where, row in iter_rows(spec):
+        if spec.max_samples is not None and len(prompts) >= spec.max_samples:
             break
         check_rlvr_row(row, where)
         ids = encode_prompt(tokenizer, prompt_messages(row, where))
-        if len(ids) + max_new_tokens > data_cfg.max_seq_len:
+        if len(ids) + max_new_tokens > max_seq_len:
             raise DataError(f"{where}: the prompt is {len(ids)} tokens; with generator.max_new_tokens="
-                            f"{max_new_tokens} it does not fit in data.max_seq_len={data_cfg.max_seq_len}. "
+                            f"{max_new_tokens} it does not fit in data.max_seq_len={max_seq_len}. "
                             "Raise data.max_seq_len, lower generator.max_new_tokens, or drop the row")
         prompts.append(Prompt(len(prompts), str(row.get("id", where)), where, ids, row["ground_truth"],
-                              check_row_verifier(row["dataset"], row["ground_truth"], where)))
+                              check_row_verifier(row["dataset"], row["ground_truth"], where), spec.name))
     if not prompts:
-        raise DataError(f"no RLVR prompts in {list(data_cfg.train_files) or data_cfg.hub_name}")
+        raise DataError(f"no RLVR prompts in {what} ({spec.describe()})")
     return prompts
+
+
+def load_sources(data_cfg, tokenizer, max_new_tokens: int) -> list[list[Prompt]]:
+    """Each source's prompts, in config order (plain data is one source named data.name). Every
+    source is read and checked before any is mixed, so a bad row anywhere is found at load time."""
+    mixture = is_mixture(data_cfg)
+    return [load_source(spec, tokenizer, max_new_tokens, data_cfg.max_seq_len,
+                        f"data.sources.{spec.name}" if mixture else f"data={data_cfg.name}")
+            for spec in source_specs(data_cfg)]
+
+
+def _pass(seed: int, name: str, e: int, n: int) -> list[int]:
+    """Pass e over a source of n rows: a permutation seeded by (seed, source name, pass), so one
+    source's draws do not move when another source changes."""
+    digest = hashlib.sha256(f"{seed}/{name}/{e}".encode()).digest()
+    order = list(range(n))
+    random.Random(int.from_bytes(digest[:8], "little")).shuffle(order)
+    return order
+
+
+def mix(data_cfg, sources: list[list[Prompt]], seed: int = 0) -> list[Prompt]:
+    """The prompt set: plain data as read; a mixture as one round (see the module doc)."""
+    if not is_mixture(data_cfg):
+        return sources[0]
+    specs = source_specs(data_cfg)
+    rows = [len(s) for s in sources]
+    counts = round_counts(specs, rows)
+    problems = count_problems(specs, rows, counts)
+    if problems:
+        raise DataError("; ".join(problems))
+    drawn = []
+    for spec, prompts, count in zip(specs, sources, counts):
+        n = len(prompts)
+        for e in range(-(-count // n)):  # the passes the source's count reaches into
+            order = _pass(seed, spec.name, e, n) if data_cfg.shuffle else range(n)
+            drawn.extend(prompts[j] for j in list(order)[:count - e * n])
+    return [Prompt(i, p.key, p.where, p.prompt_ids, p.ground_truth, p.verifier, p.source)
+            for i, p in enumerate(drawn)]
+
+
+def load_prompts(data_cfg, tokenizer, max_new_tokens: int, seed: int = 0) -> list[Prompt]:
+    """The GRPO prompt set. seed picks a mixture's draws (plain data does not use it)."""
+    return mix(data_cfg, load_sources(data_cfg, tokenizer, max_new_tokens), seed)

@@ -3,24 +3,33 @@
     ladder train recipe=grpo recipe.prompts_per_step=16 recipe.num_generations=8
     python -m pytest -q tests/test_grpo.py
 
-The loop asks for micro-batch `index` (global, rank-free) as it asks any stream. Step s (0-based
-s = index // M, M micro-batches per step) trains on rollout batch b = s // ppo_epochs: prompts
-[b P, (b + 1) P) of a seeded order over the prompt set, P = recipe.prompts_per_step, and
-micro-batch m of the step holds prompts [b P + m k, b P + (m + 1) k), k = P / M, each with its
-G = recipe.num_generations answers. The composition of a micro-batch is thus fixed whatever the
-accumulation or world size, and each answer is sampled with its own seed (seed, generation step,
-prompt, answer): a resumed run, or another world size, redraws the same rollouts.
+The batch of an RL step is set by the recipe: N = P x G answers, P = recipe.prompts_per_step,
+G = recipe.num_generations (training/validate.py, rl_batch_layout). Step s (0-based) trains on
+rollout batch b = s // ppo_epochs: prompts [b P, (b + 1) P) of a seeded order over the prompt set.
+Rank r of dp owns prompts [b P + r P/dp, b P + (r + 1) P/dp) and generates all G answers of each
+in one generator call (one batch for vLLM or the GPU), scores them, computes each group's
+advantages (whole groups are on the rank), and splits its answers, in order, into grad_accum
+micro-batches of at most A = micro_batch_tokens // data.max_seq_len answers (the last may hold
+fewer). An answer is at most data.max_seq_len tokens, so a micro-batch never exceeds
+rung.micro_batch_tokens. A group may straddle two micro-batches: the loop divides every summed loss
+by the step's units over all micro-batches and ranks, so where a split falls does not change the
+gradient. The loop asks for micro-batch `index` (global, rank-free) as it asks any stream: with M
+micro-batches per step, index s M + r grad_accum + j is micro-batch j of rank r at step s
+(training/trainer.py, Trainer.micro_batches). Each answer is sampled with its own seed (seed,
+generation step, prompt, answer), so a resumed run, or another world size, redraws the same rollouts.
 
 Each rollout batch records the policy version that produced it (the number of optimizer updates
-before generation), so generation can later run ahead of training. With ppo_epochs > 1 the
-rollouts are also written under <run>/rollouts/, so a run resumed in the middle of a rollout
-batch trains on the rollouts it had, not on new ones from later weights.
+before generation), so generation can later run ahead of training. With ppo_epochs > 1 each rank
+also writes its rollouts (all its micro-batches, one file) under <run>/rollouts/, so a run resumed
+in the middle of a rollout batch, on the same number of ranks, trains on the rollouts it had, not on
+new ones from later weights.
 
-Per step the source reports (all ranks, summed): reward_mean, reward_std, reward/<verifier>,
-frac_zero_std_groups, dropped_groups (dapo), response_len_mean/max, frac_truncated, clip_frac,
-kl, entropy (-mean log-prob of the sampled tokens: a Monte Carlo estimate), gen_time_s,
-logprob_time_s, train_time_s, gen_tokens_per_s, policy_version, and the FLOPs of generation and
-log-prob passes, which the loop adds to the step's for MFU.
+Per step the source reports (all ranks, summed; each rank's rollouts counted once per step, not per
+micro-batch): reward_mean, reward_std, reward/<verifier>, frac_zero_std_groups, dropped_groups
+(dapo), response_len_mean/max, frac_truncated, clip_frac, kl, entropy (-mean log-prob of the sampled
+tokens: a Monte Carlo estimate), gen_time_s, logprob_time_s, train_time_s, gen_tokens_per_s,
+policy_version, and the FLOPs of generation and log-prob passes (on the step that generated them),
+which the loop adds to the step's for MFU.
 """
 
 from __future__ import annotations
@@ -43,6 +52,7 @@ from training.verifiers import verify
 
 SUMS = ("samples", "reward", "reward_sq", "groups", "flat_groups", "dropped_groups", "len", "truncated",
         "gen_tokens", "gen_time", "logprob_time", "flops")
+COSTS = ("gen_time", "logprob_time", "flops", "gen_tokens")  # spent once per rollout batch, on its first pass
 
 
 def pack(prompts: list[list[int]], completions: list[list[int]]) -> dict:
@@ -58,27 +68,26 @@ class RolloutStream:
     def __init__(self, cfg, tokenizer, recipe, seed: int):
         r = cfg.recipe
         self.cfg, self.tokenizer, self.recipe, self.seed = cfg, tokenizer, recipe, seed
-        self.prompts = load_prompts(cfg.data, tokenizer, cfg.generator.max_new_tokens)
+        self.prompts = load_prompts(cfg.data, tokenizer, cfg.generator.max_new_tokens, seed)
         self.docs = self.prompts  # what the loop counts in its start-up log
         self.G, self.P, self.E = r.num_generations, r.prompts_per_step, r.ppo_epochs
         self.verifiers = sorted({p.verifier for p in self.prompts})
-        self.cache: dict[tuple[int, int], dict] = {}
+        self.cache: dict[tuple[int, int], dict] = {}  # (rollout batch, rank) -> that rank's rollouts
         self._orders: dict[int, list[int]] = {}
         self.trainer = None
 
     def attach(self, trainer) -> None:
         """Called once the model and engine exist (GRPO.prepare)."""
-        self.trainer, t = trainer, trainer
-        self.M = t.layout.micro_batches_per_step
-        if self.P % self.M:
-            raise ConfigError(f"recipe.prompts_per_step={self.P} must be a multiple of the micro-batches per step "
-                              f"({self.M} = grad_accum x data-parallel size) so every micro-batch holds whole groups")
-        self.k = self.P // self.M
-        self.generator = make_generator(self.cfg.generator, self.tokenizer, t.cfg.rung.engine.value, t.world.size)
-        self.rollout_dir = t.run_dir / "rollouts"
+        self.trainer, layout = trainer, trainer.layout
+        self.M, self.dp, self.ga = layout.micro_batches_per_step, layout.dp, layout.grad_accum
+        self.A = layout.answers_per_micro_batch  # validate() checked P % dp and derived grad_accum from A
+        self.per_rank = self.P // self.dp
+        self.generator = make_generator(self.cfg.generator, self.tokenizer, trainer.cfg.rung.engine.value,
+                                        trainer.world.size, max_model_len=self.cfg.data.max_seq_len)
+        self.rollout_dir = trainer.run_dir / "rollouts"
         self.reset_step()
-        if self.E > 1 and t.start_step % self.E:  # resumed inside a rollout batch: reload what it trained on
-            self.load_saved(t.start_step // self.E)
+        if self.E > 1 and trainer.start_step % self.E:  # resumed inside a rollout batch: reload what it trained on
+            self.load_saved(trainer.start_step // self.E)
 
     def reset_step(self) -> None:
         self.sums = dict.fromkeys(SUMS, 0.0)
@@ -104,57 +113,68 @@ class RolloutStream:
 
     def micro_batch(self, index: int) -> dict:
         s, m = divmod(index, self.M)
-        b = s // self.E
-        if (b, m) not in self.cache:
+        rank, j = divmod(m, self.ga)
+        b, first_pass = s // self.E, s % self.E == 0
+        if (b, rank) not in self.cache:
             for key in [key for key in self.cache if key[0] != b]:
                 del self.cache[key]
-            self.cache[(b, m)] = self.rollout(b, m)
-        batch = self.cache[(b, m)]
-        self.add_stats(batch["stats"])
+            self.cache[(b, rank)] = self.rollout(b, rank)
+        chunk = self.cache[(b, rank)]
+        if j == 0:  # the rank's rollouts enter the step's metrics once, with its first micro-batch
+            self.add_stats(chunk["stats"], costs=first_pass)
         self.data_end = time.perf_counter()
-        return {**batch, "first_pass": s % self.E == 0}
+        return {**chunk["micro"][j], "first_pass": first_pass}
 
     # ---- generation, rewards, advantages ---------------------------------------------------
     @property
     def model(self):
         return self.trainer.model  # the Hugging Face model under the engine: generation needs no grad
 
-    def rollout(self, b: int, m: int) -> dict:
-        gen_step = b * self.E + 1
-        prompts = [self.prompt_at(b * self.P + m * self.k + i) for i in range(self.k)]
+    def rollout(self, b: int, rank: int) -> dict:
+        """Rank `rank`'s share of rollout batch b: its prompts' answers in grad_accum micro-batches."""
+        gen_step, k, version = b * self.E + 1, self.per_rank, b * self.E
+        prompts = [self.prompt_at(b * self.P + rank * k + i) for i in range(k)]
         keys = [sample_key(self.seed, gen_step, p.index, j) for p in prompts for j in range(self.G)]
         inputs = [p.prompt_ids for p in prompts for _ in range(self.G)]
-        completions, gen_s = self.generator.sample(self.model, inputs, keys)
+        completions, gen_s = self.generator.sample(self.model, inputs, keys, version=version)
         texts = self.tokenizer.batch_decode(completions, skip_special_tokens=True)
         rewards = torch.tensor([verify(p.verifier, texts[i * self.G + j], p.ground_truth,
                                        f"{p.where} (answer {j} at step {gen_step})")
                                 for i, p in enumerate(prompts) for j in range(self.G)], dtype=torch.float64)
-        adv, flat = group_advantages(rewards.view(self.k, self.G), self.recipe.name)
-        weights = torch.ones(self.k, self.G, dtype=torch.float64)
+        adv, flat = group_advantages(rewards.view(k, self.G), self.recipe.name)
+        weights = torch.ones(k, self.G, dtype=torch.float64)
         dropped = 0
         if self.recipe.name == "dapo" and not bool(flat.all()):
-            # Dynamic sampling: groups that all agree carry no signal. A micro-batch where every group
-            # agrees keeps them (zero advantage, no policy gradient) so the step still has loss units.
+            # Dynamic sampling: groups that all agree carry no signal. A rank where every group agrees
+            # keeps them (zero advantage, no policy gradient) so its micro-batches still have loss units.
             weights[flat] = 0.0
             dropped = int(flat.sum())
-        batch = pack(inputs, completions)
+        adv, weights = adv.flatten(), weights.flatten()
         lens_t = torch.tensor([len(c) for c in completions])
-        batch.update(advantages=adv.flatten().float(), weights=weights.flatten().float(), policy_version=b * self.E,
-                     n_units=float((weights.flatten() * self.recipe.sequence_units(lens_t)).sum()))
-        t0 = time.perf_counter()
+        units = weights * self.recipe.sequence_units(lens_t)
         n_matmul, cfg_m = self.trainer.n_matmul, self.model.config
         flops = generate_flops(n_matmul, sum(len(p) + len(c) for p, c in zip(inputs, completions)))
-        if self.E > 1:  # the rollout policy's log-probs, for the ratio of later passes
-            batch["old_logps"] = self.logps(self.model, batch)
-            flops += forward_flops(n_matmul, cfg_m.num_hidden_layers, cfg_m.hidden_size, batch["doc_lens"])
-        if self.recipe.reference is not None:
-            batch["ref_logps"] = self.logps(self.recipe.reference, batch)
-            flops += forward_flops(n_matmul, cfg_m.num_hidden_layers, cfg_m.hidden_size, batch["doc_lens"])
+        t0 = time.perf_counter()
+        micro = []
+        for lo in range(0, len(inputs), self.A):  # in order: at most A answers, so at most micro_batch_tokens
+            part = slice(lo, lo + self.A)
+            batch = pack(inputs[part], completions[part])
+            batch.update(advantages=adv[part].float(), weights=weights[part].float(), policy_version=version,
+                         n_units=float(units[part].sum()))
+            # log-prob passes per micro-batch: each forward stays within micro_batch_tokens, as training's
+            if self.E > 1:  # the rollout policy's log-probs, for the ratio of later passes
+                batch["old_logps"] = self.logps(self.model, batch)
+                flops += forward_flops(n_matmul, cfg_m.num_hidden_layers, cfg_m.hidden_size, batch["doc_lens"])
+            if self.recipe.reference is not None:
+                batch["ref_logps"] = self.logps(self.recipe.reference, batch)
+                flops += forward_flops(n_matmul, cfg_m.num_hidden_layers, cfg_m.hidden_size, batch["doc_lens"])
+            micro.append(batch)
+        assert len(micro) == self.ga, (len(micro), self.ga)  # rl_batch_layout derived grad_accum the same way
         eos = self.tokenizer.eos_token_id
         verifier_idx = torch.tensor([self.verifiers.index(p.verifier) for p in prompts for _ in range(self.G)])
-        batch["stats"] = {
+        stats = {
             "samples": len(texts), "reward": float(rewards.sum()), "reward_sq": float((rewards ** 2).sum()),
-            "groups": self.k, "flat_groups": int(flat.sum()), "dropped_groups": dropped,
+            "groups": k, "flat_groups": int(flat.sum()), "dropped_groups": dropped,
             "len": float(lens_t.sum()), "len_max": float(lens_t.max()),
             "truncated": sum(1 for c in completions if not c or c[-1] != eos),
             "gen_tokens": float(lens_t.sum()), "gen_time": gen_s, "logprob_time": time.perf_counter() - t0,
@@ -162,9 +182,10 @@ class RolloutStream:
             "per_verifier": torch.zeros(len(self.verifiers), 2, dtype=torch.float64).index_add_(
                 0, verifier_idx, torch.stack([rewards, torch.ones_like(rewards)], 1)),
         }
+        chunk = {"micro": micro, "stats": stats}
         if self.E > 1:
-            self.save(b, m, batch)
-        return batch
+            self.save(b, rank, chunk)
+        return chunk
 
     @torch.no_grad()
     def logps(self, model, batch: dict) -> torch.Tensor:
@@ -176,33 +197,37 @@ class RolloutStream:
         return lp.detach().float().cpu()
 
     # ---- rollouts kept across a resume (ppo_epochs > 1) -------------------------------------
-    def save(self, b: int, m: int, batch: dict) -> None:
-        folder = self.rollout_dir / f"batch_{b:06d}"
-        folder.mkdir(parents=True, exist_ok=True)
-        torch.save(batch, folder / f"micro_{m:05d}.pt.tmp")
-        (folder / f"micro_{m:05d}.pt.tmp").rename(folder / f"micro_{m:05d}.pt")
+    def chunk_path(self, b: int, rank: int):
+        # named by the world size too: another dp splits the prompts differently
+        return self.rollout_dir / f"batch_{b:06d}" / f"rank_{rank:05d}_of_{self.dp:05d}.pt"
+
+    def save(self, b: int, rank: int, chunk: dict) -> None:
+        path = self.chunk_path(b, rank)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save(chunk, tmp)
+        tmp.rename(path)
         for old in self.rollout_dir.glob("batch_*"):  # keep this batch and the one before
             if int(old.name.split("_")[1]) < b - 1:
                 shutil.rmtree(old, ignore_errors=True)
 
     def load_saved(self, b: int) -> None:
         t = self.trainer
-        mine = range(t.world.rank * t.layout.grad_accum, (t.world.rank + 1) * t.layout.grad_accum)
-        for m in mine:
-            path = self.rollout_dir / f"batch_{b:06d}" / f"micro_{m:05d}.pt"
-            if not path.is_file():
-                raise ConfigError(f"resuming at step {t.start_step + 1}, inside rollout batch {b} "
-                                  f"(recipe.ppo_epochs={self.E}), needs its rollouts, but {path} is missing; "
-                                  f"resume from a checkpoint at a multiple of {self.E} steps")
-            self.cache[(b, m)] = torch.load(path, weights_only=False)
+        path = self.chunk_path(b, t.world.rank)
+        if not path.is_file():
+            raise ConfigError(f"resuming at step {t.start_step + 1}, inside rollout batch {b} "
+                              f"(recipe.ppo_epochs={self.E}), needs this rank's rollouts, but {path} is missing "
+                              f"(they are kept per rank, for the world size that made them); resume on the same "
+                              f"number of ranks, or from a checkpoint at a multiple of {self.E} steps")
+        self.cache[(b, t.world.rank)] = torch.load(path, weights_only=False)
 
     # ---- per-step metrics (the loop calls this on every rank) ---------------------------------
-    def add_stats(self, st: dict) -> None:
-        seen = st.get("_seen", False)  # a later pass over the same rollouts costs no generation again
+    def add_stats(self, st: dict, costs: bool) -> None:
+        """One rank's rollouts into the step's sums; costs=False on a later pass over the same rollouts,
+        which costs no generation or log-prob pass again."""
         for k in SUMS:
-            if not (seen and k in ("gen_time", "logprob_time", "flops", "gen_tokens")):
+            if costs or k not in COSTS:
                 self.sums[k] += st[k]
-        st["_seen"] = True
         self.per_verifier += st["per_verifier"]
         self.len_max = max(self.len_max, st["len_max"])
 

@@ -78,6 +78,9 @@ class RungConfig:
     peak_flops_per_device: Optional[float] = None
     # Tokens per optimizer step across all devices when trainer.global_batch_tokens is null.
     global_batch_tokens: int = 2048
+    # recipe=grpo's prompts per step (configs/recipe/grpo.yaml reads it): RL batches are counted in
+    # answers, not tokens, and each rank generates whole prompts, so a multiple of nodes x gpus_per_node.
+    rl_prompts_per_step: int = 16
     # -- for `ladder plan` (launch/plan.py); the trainer does not read these --
     gpu_type: str = "cpu"  # the accelerator, as shown in plans and the ledger (e.g. H100-80GB)
     gpu_memory_gb: float = 8.0  # memory of one device in GiB (2**30 bytes)
@@ -103,7 +106,7 @@ class RecipeConfig:
     precompute_reference: bool = True
     # -- GRPO (recipe=grpo; training/grpo.py) --
     num_generations: int = 8  # G, answers sampled per prompt (a group); at least 2
-    prompts_per_step: int = 16  # prompts per rollout batch; a multiple of the micro-batches per step
+    prompts_per_step: int = 16  # prompts per rollout batch (recipe=grpo: the rung's); a multiple of data-parallel size
     ppo_epochs: int = 1  # optimizer steps (passes) per rollout batch; the ratio is exactly 1 on the first
     clip_low: float = 0.2  # the ratio is clipped to [1 - clip_low, 1 + clip_high]
     clip_high: float = 0.2  # dapo's asymmetric clipping raises this (0.28 in the paper)
@@ -160,6 +163,14 @@ class LmEvalConfig:
 
 
 @dataclass
+class EvalGeneratorConfig:
+    """What generates the built-in tasks' answers (training/generator.py, the component GRPO samples
+    with): auto is vllm on a GPU where vllm imports, else hf (transformers generate)."""
+    name: str = "auto"
+    gpu_memory_utilization: float = 0.5  # vllm only: its share of the GPU beside the loaded model
+
+
+@dataclass
 class EvalConfig:
     """An eval suite: the tasks to score each checkpoint on (evals/runner.py)."""
     name: str = MISSING
@@ -170,6 +181,7 @@ class EvalConfig:
     max_new_tokens: int = 24  # greedy generation budget of the built-in tasks
     batch_size: int = 64
     device: str = "auto"  # auto: cuda when available, else cpu
+    generator: EvalGeneratorConfig = field(default_factory=EvalGeneratorConfig)
     lm_eval: LmEvalConfig = field(default_factory=LmEvalConfig)
 
 

@@ -6,7 +6,8 @@ Regenerate the shipped files (deterministic, byte-identical):
 It also writes reverse_pref_train.jsonl, preference pairs for DPO: the same prompts with the
 right answer chosen and a plausible wrong one (not reversed, or two letters swapped) rejected,
 reverse_rlvr_{train,heldout}.jsonl, prompts for GRPO (data=reverse_rlvr) in open-instruct's RLVR
-row format, and arith_train.jsonl, a small second source for mixtures (data=reverse_mix): "Compute: 12 + 7"
+row format (and rlvr_{reverse,arith}_train.jsonl, its train prompts split by verifier for the RLVR
+mixture data=rlvr_mix), and arith_train.jsonl, a small second source for mixtures (data=reverse_mix): "Compute: 12 + 7"
 -> "19", with its own random stream, so adding it changed none of the reverse files.
 
 Each example asks the assistant to reverse a short sequence of letters, e.g.
@@ -113,6 +114,9 @@ def main_rlvr(n_reverse: int = 2000, n_arith: int = 300, n_heldout_reverse: int 
         [rlvr_row(r, "arith") for r in arith[n_arith:n_arith + n_heldout_arith]]
     write_jsonl(ASSETS / f"{TASK}_rlvr_train.jsonl", rl_train)
     write_jsonl(ASSETS / f"{TASK}_rlvr_heldout.jsonl", rl_heldout)
+    # the same train prompts split by verifier, as two sources of an RLVR mixture (data=rlvr_mix)
+    write_jsonl(ASSETS / "rlvr_reverse_train.jsonl", rl_train[:n_reverse])
+    write_jsonl(ASSETS / "rlvr_arith_train.jsonl", rl_train[n_reverse:])
     print(f"wrote {len(rl_train)} RLVR train and {len(rl_heldout)} held-out prompts to {ASSETS}")
 
 

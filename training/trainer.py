@@ -120,7 +120,7 @@ def make_scheduler(cfg: DictConfig, optimizer):
 class Trainer:
     def __init__(self, cfg: DictConfig, world: distributed.World | None = None):
         self.world = world or distributed.env_world()
-        self.layout: BatchLayout = validate(cfg, world_size=self.world.size)
+        self.layout: BatchLayout = validate(cfg, world_size=self.world.size, here=True)
         self.cfg = with_run_name(cfg)
         self.run_dir = Path(self.cfg.trainer.run_root) / self.cfg.trainer.run_name
         self.store = RemoteCheckpoints.for_run(self.cfg)  # None without trainer.checkpoint_url
@@ -399,11 +399,18 @@ class Trainer:
             distributed.shutdown()
             return RunResult(run_dir=self.run_dir, finished_before=self.finished_at)
         result = RunResult(run_dir=self.run_dir, wandb_dir=self.tracker.run_path)
-        if main:
+        lay = self.layout
+        if main and lay.answers_per_step:  # RL: the recipe sets the batch, in answers (validate.rl_batch_layout)
+            log.info("run %s: engine %s on %d process(es), %d steps of %d answers (%d micro-batches of at most %d "
+                     "answers and %d tokens = accum %d x dp %d), lr %.2e", t.run_name, self.engine.name,
+                     self.world.size, t.max_steps, lay.answers_per_step, lay.micro_batches_per_step,
+                     lay.answers_per_micro_batch, lay.micro_batch_tokens, lay.grad_accum, lay.dp,
+                     effective_lr(self.cfg))
+        elif main:
             log.info("run %s: engine %s on %d process(es), %d steps of %d tokens (%d micro-batches of %d tokens "
                      "= accum %d x dp %d), lr %.2e", t.run_name, self.engine.name, self.world.size, t.max_steps,
-                     self.layout.global_batch_tokens, self.layout.micro_batches_per_step,
-                     self.layout.micro_batch_tokens, self.layout.grad_accum, self.layout.dp, effective_lr(self.cfg))
+                     lay.global_batch_tokens, lay.micro_batches_per_step,
+                     lay.micro_batch_tokens, lay.grad_accum, lay.dp, effective_lr(self.cfg))
         exit_code = 1
         progress = StepProgress(t.max_steps, self.start_step, t.log_every, log, enabled=main)  # a bar on a terminal
         try:

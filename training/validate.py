@@ -4,6 +4,7 @@
     layout = validate(cfg, world_size=1)   # raises ConfigError listing every problem
 
 The batch rule: global_batch_tokens = micro_batch_tokens x grad_accum x data-parallel size.
+RL recipes (grpo, dr_grpo, dapo) count their batch in answers instead: rl_batch_layout.
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ class BatchLayout:
     dp: int
     micro_batch_tokens: int
     grad_accum: int
-    global_batch_tokens: int
+    global_batch_tokens: int  # RL: the step's capacity, micro_batch_tokens x grad_accum x dp (an upper bound)
+    answers_per_step: int | None = None  # RL only: recipe.prompts_per_step x recipe.num_generations
+    answers_per_micro_batch: int | None = None  # RL only: micro_batch_tokens // data.max_seq_len
 
     @property
     def micro_batches_per_step(self) -> int:
@@ -45,6 +48,8 @@ def global_batch_tokens(cfg: DictConfig) -> tuple[int, str]:
 
 def batch_layout(cfg: DictConfig, dp: int | None = None) -> BatchLayout:
     dp = dp if dp is not None else cfg.rung.nodes * cfg.rung.gpus_per_node
+    if cfg.recipe.loss in RL_LOSSES:
+        return rl_batch_layout(cfg, dp)
     micro = cfg.rung.micro_batch_tokens
     glob, key = global_batch_tokens(cfg)
     per_accum = micro * dp
@@ -63,6 +68,42 @@ def batch_layout(cfg: DictConfig, dp: int | None = None) -> BatchLayout:
             f"global_batch_tokens={glob} / (micro_batch_tokens={micro} x dp={dp}) = {accum}; "
             "set trainer.grad_accum=null to derive it, or change the global batch")
     return BatchLayout(dp=dp, micro_batch_tokens=micro, grad_accum=accum, global_batch_tokens=glob)
+
+
+def rl_batch_layout(cfg: DictConfig, dp: int) -> BatchLayout:
+    """An RL step trains on N = P x G answers (P = recipe.prompts_per_step, G = num_generations),
+    whatever the token count. Each answer (prompt + sampled tokens) is at most L = data.max_seq_len
+    tokens (training/rlvr_data.py refuses a prompt that leaves no room), so a micro-batch of
+    A = micro_batch_tokens // L answers never exceeds micro_batch_tokens. Each rank generates whole
+    prompts, P / dp of them, and trains on their answers in grad_accum = ceil(P / dp x G / A)
+    micro-batches (the last may hold fewer). Nothing here is rounded into agreement."""
+    r, micro, seq = cfg.recipe, cfg.rung.micro_batch_tokens, cfg.data.max_seq_len
+    if cfg.trainer.global_batch_tokens is not None:
+        raise ConfigError(
+            f"trainer.global_batch_tokens={cfg.trainer.global_batch_tokens} does not apply to recipe.loss={r.loss}: "
+            "the batch of an RL step is recipe.prompts_per_step x recipe.num_generations answers "
+            f"(here {r.prompts_per_step} x {r.num_generations}); set those and trainer.global_batch_tokens=null")
+    if micro <= 0 or seq <= 0 or r.prompts_per_step < 1 or r.num_generations < 1:
+        raise ConfigError("rung.micro_batch_tokens, data.max_seq_len, recipe.prompts_per_step and "
+                          "recipe.num_generations must be positive")
+    if seq > micro:
+        raise ConfigError(f"data.max_seq_len={seq} exceeds rung.micro_batch_tokens={micro}: a micro-batch must "
+                          "hold at least one whole answer (prompt + generator.max_new_tokens)")
+    if r.prompts_per_step % dp:
+        raise ConfigError(
+            f"recipe.prompts_per_step={r.prompts_per_step} is not a multiple of the data-parallel size {dp}: "
+            "each rank generates whole prompt groups; e.g. "
+            f"recipe.prompts_per_step={-(-r.prompts_per_step // dp) * dp}")
+    per_micro = micro // seq
+    accum = -(-(r.prompts_per_step // dp) * r.num_generations // per_micro)
+    if cfg.trainer.grad_accum is not None and cfg.trainer.grad_accum != accum:
+        raise ConfigError(
+            f"inconsistent batch: trainer.grad_accum={cfg.trainer.grad_accum}, but an RL step's "
+            f"{r.prompts_per_step} / dp {dp} prompts x {r.num_generations} answers, at most {per_micro} answers "
+            f"per micro-batch (rung.micro_batch_tokens={micro} // data.max_seq_len={seq}), take {accum}; "
+            "set trainer.grad_accum=null to derive it")
+    return BatchLayout(dp=dp, micro_batch_tokens=micro, grad_accum=accum, global_batch_tokens=accum * dp * micro,
+                       answers_per_step=r.prompts_per_step * r.num_generations, answers_per_micro_batch=per_micro)
 
 
 def effective_lr(cfg: DictConfig) -> float:
@@ -90,13 +131,14 @@ RANGES: dict[str, tuple[float, float, str]] = {
     "rung.peak_flops_per_device": (0, INF, "()"), "rung.global_batch_tokens": (0, INF, "()"),
     "rung.gpu_memory_gb": (0, INF, "()"), "rung.cpu_memory_gb": (0, INF, "()"),
     "rung.assumed_mfu": (0, 1, "(]"), "rung.assumed_tokens_per_s": (0, INF, "()"),
+    "rung.rl_prompts_per_step": (1, INF, "[)"),
     "recipe.beta": (0, INF, "()"), "recipe.label_smoothing": (0, 0.5, "[)"),
     "recipe.simpo_gamma": (-INF, INF, "()"), "recipe.lr_scale": (0, INF, "()"),
     "data.max_seq_len": (0, INF, "()"), "data.max_samples": (0, INF, "()"),
     "data.decontamination.ngram": (1, INF, "[)"), "data.decontamination.threshold": (0, 1, "(]"),
     "eval.max_examples": (0, INF, "()"), "eval.max_new_tokens": (0, INF, "()"), "eval.batch_size": (0, INF, "()"),
     "eval.lm_eval.num_fewshot": (0, INF, "[)"), "eval.lm_eval.limit": (0, INF, "()"),
-    "eval.lm_eval.batch_size": (0, INF, "()"),
+    "eval.lm_eval.batch_size": (0, INF, "()"), "eval.generator.gpu_memory_utilization": (0, 1, "(]"),
     "registry.busy_timeout_s": (0, INF, "[)"), "ledger.busy_timeout_s": (0, INF, "[)"),
     "launcher.cpus_per_task": (1, INF, "[)"), "launcher.signal_before_s": (0, INF, "[)"),
     "launcher.max_parallel": (1, INF, "[)"), "launcher.rdzv_port": (1024, 64535, "[]"),
@@ -132,7 +174,9 @@ def range_problems(cfg: DictConfig) -> list[str]:
     return problems
 
 
-def validate(cfg: DictConfig, world_size: int | None = None) -> BatchLayout:
+def validate(cfg: DictConfig, world_size: int | None = None, here: bool = False) -> BatchLayout:
+    """here=True in the process that runs the job: also check what this machine must have (vllm
+    and a GPU for generator=vllm). Planning and launching from a login node check the config only."""
     problems: list[str] = range_problems(cfg)
     m, r, d, t = cfg.model, cfg.rung, cfg.data, cfg.trainer
 
@@ -171,9 +215,7 @@ def validate(cfg: DictConfig, world_size: int | None = None) -> BatchLayout:
             problems.append(f"data.format={d.format!r}: recipe.loss={rc.loss} needs data in the {want!r} format")
     if rc.loss in RL_LOSSES:
         from training.grpo import grpo_problems
-        problems += grpo_problems(cfg, layout)
-        if d.sources:
-            problems.append("data.sources: GRPO reads one RLVR prompt set (data.train_files or data.hub_name)")
+        problems += grpo_problems(cfg, layout, here)
     if d.sources:  # a mixture: its own rules (training/mixture_config.py)
         from training.mixture_config import mixture_problems
         problems += mixture_problems(d)
@@ -182,7 +224,7 @@ def validate(cfg: DictConfig, world_size: int | None = None) -> BatchLayout:
     for f in d.train_files:
         if not Path(f).is_file():
             problems.append(f"data.train_files: no such file: {f}")
-    if d.max_seq_len > r.micro_batch_tokens:
+    if d.max_seq_len > r.micro_batch_tokens and rc.loss not in RL_LOSSES:  # RL: rl_batch_layout says it
         problems.append(
             f"data.max_seq_len={d.max_seq_len} exceeds rung.micro_batch_tokens={r.micro_batch_tokens}: "
             "a packed micro-batch must hold at least one whole document")
@@ -197,6 +239,9 @@ def validate(cfg: DictConfig, world_size: int | None = None) -> BatchLayout:
 
     if cfg.eval.heldout_file is not None and not Path(cfg.eval.heldout_file).is_file():
         problems.append(f"eval.heldout_file: no such file: {cfg.eval.heldout_file}")
+    from training.generator import eval_generator_problems
+    problems += eval_generator_problems(cfg.eval.generator.name,
+                                        cfg.rung.device if cfg.eval.device == "auto" else cfg.eval.device, here)
 
     if problems:
         raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))

@@ -2,6 +2,7 @@
 
     from training.verifiers import verify, VERIFIERS
     verify("gsm8k", "so the answer is 42.", "42")         # 1.0
+    verify("math", r"so $\\boxed{\\dfrac12}$", "0.5")     # 1.0
     python -m pytest -q tests/test_grpo.py -k verifier
 
 Each check is written once here and serves both as the GRPO reward (training/grpo.py) and as the
@@ -10,9 +11,14 @@ evals import this module; training never imports evals.
 
 Rows name their verifier by open-instruct's RLVR `dataset` field (case-insensitive):
   reverse, exact_match   the stripped answer equals the ground truth
-  gsm8k, math, arith     the last number in the answer equals the ground truth's number
-  ifeval                 every constraint holds; the ground truth is one ifeval_lite constraint
-                         ({"type": "max_words", "n": 5}), a list of them, or either as JSON text
+  gsm8k, arith           the last number in the answer equals the ground truth's number
+  math                   the final answer (last \\boxed{...}, else "the answer is X", else the last
+                         number) is equivalent to a LaTeX ground truth: \\frac{1}{2} == 0.5,
+                         (2, -1), \\text{(B)}, 90^\\circ... (training/math_answers.py)
+  ifeval                 every constraint holds; the ground truth is one constraint, a list of them,
+                         or either as JSON text. A constraint is ours (ifeval_lite's
+                         {"type": "max_words", "n": 5}) or open-instruct's ({"func_name":
+                         "validate_lowercase", "N": null, ...}: training/if_functions.py)
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ from collections.abc import Callable
 from fractions import Fraction
 
 from training.errors import DataError
+from training.if_functions import call_constraint, constraint_problem
+from training.math_answers import math_equal, normalize
 
 
 # ---- exact match ---------------------------------------------------------------------------
@@ -59,6 +67,22 @@ def number_match(answer: str, ground_truth) -> float:
     return float(got is not None and got == want)
 
 
+# ---- MATH: LaTeX answers (training/math_answers.py) ------------------------------------------
+def math_truth(ground_truth) -> str:
+    """The ground truth's normal form; a ValueError when nothing is left of it (the row is refused
+    at load time). MATH truths are LaTeX (\\frac{1}{2}, (2, -1), x^2+1), not only numbers."""
+    normal = normalize(ground_truth) if ground_truth is not None else ""
+    if not normal:
+        raise ValueError(f"the ground truth {ground_truth!r} is empty once normalised "
+                         "(a MATH answer such as 42, \\frac{1}{2} or (2, -1) is expected)")
+    return normal
+
+
+def math_match(answer: str, ground_truth) -> float:
+    math_truth(ground_truth)  # a truth with nothing in it is a data error, not a reward of 0
+    return float(math_equal(answer, ground_truth))
+
+
 # ---- IFEval-style constraints (the ifeval_lite eval scores with these) ---------------------
 def _words(text: str) -> list[str]:
     return text.split()
@@ -84,7 +108,10 @@ CHECKS: dict[str, Callable[[str, dict], bool]] = {
 
 
 def check(answer: str, constraint: dict) -> bool:
-    """One constraint on one answer (ifeval_lite scores each constraint of a prompt with this)."""
+    """One constraint on one answer (ifeval_lite scores each constraint of a prompt with this).
+    open-instruct's func_name constraints go to their functions, on the answer without its <think>."""
+    if "func_name" in constraint:
+        return call_constraint(answer, constraint)
     return CHECKS[constraint["type"]](answer.strip(), constraint)
 
 
@@ -93,9 +120,13 @@ def constraints_of(ground_truth) -> list[dict]:
     gt = [gt] if isinstance(gt, dict) else gt
     if not isinstance(gt, list) or not gt or not all(isinstance(c, dict) for c in gt):
         raise ValueError("an ifeval ground truth is a constraint object or a non-empty list of them")
-    unknown = [c.get("type") for c in gt if c.get("type") not in CHECKS]
+    problems = [p for c in gt if "func_name" in c and (p := constraint_problem(c))]
+    if problems:  # an unknown func_name or its arguments: the row is named before any generation
+        raise ValueError("; ".join(problems))
+    unknown = [c.get("type") for c in gt if "func_name" not in c and c.get("type") not in CHECKS]
     if unknown:
-        raise ValueError(f"unknown constraint type(s) {unknown}; known: {sorted(CHECKS)}")
+        raise ValueError(f"unknown constraint type(s) {unknown}; known: {sorted(CHECKS)} "
+                         "(or open-instruct's {\"func_name\": ...})")
     return gt
 
 
@@ -106,13 +137,13 @@ def ifeval(answer: str, ground_truth) -> float:
 # ---- the registry --------------------------------------------------------------------------
 VERIFIERS: dict[str, Callable[[str, object], float]] = {
     "reverse": exact_match, "exact_match": exact_match,
-    "gsm8k": number_match, "math": number_match, "arith": number_match,
+    "gsm8k": number_match, "math": math_match, "arith": number_match,
     "ifeval": ifeval,
 }
 # Ground truths a verifier can check before any generation (a malformed one fails at load time).
 GROUND_TRUTH_CHECKS: dict[str, Callable[[object], object]] = {
     "ifeval": constraints_of,
-    "gsm8k": lambda gt: number_match(str(gt), gt), "math": lambda gt: number_match(str(gt), gt),
+    "gsm8k": lambda gt: number_match(str(gt), gt), "math": math_truth,
     "arith": lambda gt: number_match(str(gt), gt),
 }
 
