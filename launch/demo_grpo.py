@@ -8,9 +8,10 @@
 2. `ladder train recipe=grpo model.name_or_path=<that checkpoint>` on data=reverse_rlvr (reverse
    prompts rewarded by exact match, arithmetic prompts by their final number).
 Both checkpoints go back to launch/demo.py, which evaluates them and runs `ladder compare`.
+Measured (`make pipeline` on a quiet 2-core CPU, all 500 held-out rows, 2026-12-01): exact match
+36.0 -> 67.6, +31.6 points [95% CI +26.6, +36.4] by `ladder compare`'s paired bootstrap; GRPO's 40
+steps took 22 s.
 
-Measured (`make pipeline` on a quiet 2-core CPU, all 500 held-out rows): exact match 36.0 -> 70.2,
-+34.2 points [95% CI +29.2, +38.8] by `ladder compare`'s paired bootstrap; GRPO's 40 steps took 29 s.
 """
 
 from __future__ import annotations
