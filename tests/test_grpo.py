@@ -16,7 +16,8 @@ import torch
 from training.compose import compose
 from training.errors import ConfigError, DataError
 from training.generator import HFGenerator, sample_key
-from training.grpo import GRPO, group_advantages
+from training.grpo import GRPO
+from training.rollouts import group_advantages
 from training.modeling import build_model, load_tokenizer
 from training.rlvr_data import load_prompts
 from training.rollouts import pack

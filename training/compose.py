@@ -48,7 +48,7 @@ def compose(overrides: list[str] | None = None, config_name: str = "config") -> 
         # `+key=value` overrides bypass the schema; merging into a fresh schema catches them.
         cfg = OmegaConf.merge(OmegaConf.structured(LadderConfig), OmegaConf.to_container(cfg))
     except (HydraException, OmegaConfBaseException) as e:
-        raise ConfigError(f"invalid config: {describe(e, list(overrides or []))}") from None
+        raise ConfigError(f"invalid config: {describe(e, list(overrides or []), compose)}") from None
     if problems:
         raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))
     check_names(cfg)

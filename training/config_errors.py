@@ -92,16 +92,19 @@ def quoting_help(override: str) -> str:
             "for Hydra and keeps the shell from expanding the value")
 
 
-def describe(e: BaseException, overrides: list[str] | None = None) -> str:
+def describe(e: BaseException, overrides: list[str] | None = None, recompose=None) -> str:
+    """One clear line for a composition error. recompose(overrides) -> config: compose passes itself,
+    so an unknown mixture source can be listed against the sources there are (this module does not
+    import compose, which imports it)."""
     for err in _chain(e):  # data.sources.<x>: a mixture has no source x (a map, so not a schema key)
         full_key = str(getattr(err, "full_key", None) or "")
         if full_key.startswith("data.sources.") and "not in struct" in str(err):
             from training.mixture_config import unknown_source
-            return unknown_source(full_key, list(overrides or [])) or _hydra_text(e)
+            return unknown_source(full_key, list(overrides or []), recompose) or _hydra_text(e)
         if "DataSourceConfig" in str(err):  # +data.sources.x...: a new source from the command line
             from training.mixture_config import unknown_source
             added = [o[1:].split("=")[0] for o in overrides or [] if o.startswith("+data.sources.")]
-            return (unknown_source(added[0], list(overrides or [])) if added else None) or _hydra_text(e)
+            return (unknown_source(added[0], list(overrides or []), recompose) if added else None) or _hydra_text(e)
     key = unknown_key(e)
     if key:
         return suggest(key)

@@ -30,17 +30,6 @@ import torch
 from training.lm_loss import token_logps
 
 LOSSES = ("grpo", "dr_grpo", "dapo")
-STD_EPS = 1e-4
-
-
-def group_advantages(rewards: torch.Tensor, loss: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """rewards [groups, G] -> advantages [groups, G] and which groups' rewards all agree [groups]."""
-    mean = rewards.mean(dim=1, keepdim=True)
-    flat = (rewards == rewards[:, :1]).all(dim=1)
-    if loss == "dr_grpo":
-        return rewards - mean, flat
-    std = rewards.std(dim=1, keepdim=True)
-    return (rewards - mean) / (std + STD_EPS), flat
 
 
 class GRPO:

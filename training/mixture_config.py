@@ -134,7 +134,7 @@ def mixture_problems(data_cfg: DictConfig) -> list[str]:
     return problems
 
 
-def unknown_source(full_key: str, overrides: list[str]) -> str | None:
+def unknown_source(full_key: str, overrides: list[str], recompose=None) -> str | None:
     """Hydra's "Key 'x' is not in struct" for data.sources.<x> (or its type error for
     +data.sources.x...), said as a mixture error that lists the sources there are (composed again
     without the overrides that named the stranger)."""
@@ -144,9 +144,8 @@ def unknown_source(full_key: str, overrides: list[str]) -> str | None:
     name = parts[2]
     prefix = f"data.sources.{name}"
     rest = [o for o in overrides if not o.lstrip("+~").startswith(prefix)]
-    try:
-        from training.compose import compose
-        known = list(compose(rest).data.sources)
+    try:  # recompose is training.compose.compose, handed down (importing it here would be a circle)
+        known = list(recompose(rest).data.sources) if recompose else []
     except Exception:  # the rest fails too: Hydra's own message for that comes next time
         known = []
     import difflib

@@ -44,7 +44,6 @@ from training.chat_data import IGNORE
 from training.errors import ConfigError
 from training.flops import forward_flops, generate_flops
 from training.generator import make_generator, sample_key
-from training.grpo import group_advantages
 from training.packing import collate
 from training.lm_loss import token_logps
 from training.rlvr_data import load_prompts
@@ -53,6 +52,17 @@ from training.verifiers import verify
 SUMS = ("samples", "reward", "reward_sq", "groups", "flat_groups", "dropped_groups", "len", "truncated",
         "gen_tokens", "gen_time", "logprob_time", "flops")
 COSTS = ("gen_time", "logprob_time", "flops", "gen_tokens")  # spent once per rollout batch, on its first pass
+STD_EPS = 1e-4  # a group's std below this is all agreement: the advantage stays finite
+
+
+def group_advantages(rewards: torch.Tensor, loss: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """rewards [groups, G] -> advantages [groups, G] and which groups' rewards all agree [groups]."""
+    mean = rewards.mean(dim=1, keepdim=True)
+    flat = (rewards == rewards[:, :1]).all(dim=1)
+    if loss == "dr_grpo":
+        return rewards - mean, flat
+    std = rewards.std(dim=1, keepdim=True)
+    return (rewards - mean) / (std + STD_EPS), flat
 
 
 def pack(prompts: list[list[int]], completions: list[list[int]]) -> dict:
