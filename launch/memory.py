@@ -32,7 +32,11 @@ checkpointing only each layer's input (h) is kept, plus one layer recomputed dur
 The logits add m x vocab x (a + 8): the bf16 logits, their fp32 copy for the loss and its grad.
 
 RL (recipe=grpo) adds two kinds, planned in launch/plan_rl.py: the KL reference's weights and the
-rollout generator's memory (a KV cache, or vLLM's share of the GPU). They are zero otherwise.
+rollout generator's memory (a KV cache, or vLLM's share of the GPU). They are zero otherwise. The
+reference (reference_bytes) is frozen and run forward only, so it is kept in the training dtype, with
+no gradients or optimizer state (training/reference.py): 2P in bf16 (4P without), sharded like the
+policy under fsdp2 and deepspeed_zero3 (2P/N; never offloaded), whole under single, ddp and zero2.
+Its gathered layer is transient and freed before the step's own gathers, so it is not counted.
 """
 
 from __future__ import annotations
@@ -95,6 +99,12 @@ def model_states(engine: str, params: int, largest: int, gpus: int, nodes: int,
             return 2 * big, 2 * big, 0.0, 18 * P / nodes * ZERO_CPU_BUFFER_FACTOR
         return 2 * P / N + 2 * big, 4 * P / N + 2 * big, 12 * P / N, 0.0
     raise ValueError(f"unknown engine {engine!r}; known: {', '.join(ENGINES)}")
+
+
+def reference_bytes(engine: str, params: int, gpus: int, bf16: bool) -> float:
+    """Bytes per GPU of a frozen reference model (see the module doc)."""
+    whole = (2 if bf16 else 4) * float(params)
+    return whole / gpus if engine in ("fsdp2", "deepspeed_zero3") else whole
 
 
 def activation_bytes(shape: ModelShape, micro_batch_tokens: int, bf16: bool, checkpointing: bool) -> float:

@@ -117,7 +117,7 @@ def memory_for(shape: ModelShape, cfg: DictConfig, **changes) -> Memory:
     gpus = v["nodes"] * r.gpus_per_node
     m = estimate(shape, v["engine"], gpus, v["nodes"], v["micro_batch_tokens"],
                  r.bf16, v["activation_checkpointing"], v["offload"])
-    return replace(m, **rl_memory(cfg, shape, gpus)) if is_rl(cfg) else m
+    return replace(m, **rl_memory(cfg, shape, gpus, v["engine"])) if is_rl(cfg) else m
 
 
 def fits(m: Memory, r) -> bool:
@@ -307,8 +307,8 @@ def render(plan: Plan, console=None) -> None:
     if p.rl is not None:
         gen = ("vLLM's share, generator.gpu_memory_utilization of the GPU" if p.rl.generator == "vllm" else
                f"KV cache of {p.rl.sequences_per_rank:,} sequences x {p.rl.prompt_tokens + p.rl.new_tokens:,} tokens")
-        ref = ("fp32 weights, whole on every GPU (recipe.kl_beta > 0)" if p.rl.kl_reference else
-               "none (recipe.kl_beta=0)")
+        ref = ("weights in the training dtype, sharded under fsdp2 and deepspeed_zero3, whole otherwise "
+               "(recipe.kl_beta > 0)" if p.rl.kl_reference else "none (recipe.kl_beta=0)")
         console.print(f"[dim]RL: reference = {ref}; generation = {gen}; counted beside the activations "
                       "(an upper bound)[/dim]")
 

@@ -17,8 +17,9 @@ more scores the reference (a third of a training step's FLOPs each). On a device
 rung's tokens/s.
 
 Memory that RL adds per GPU (launch/memory.py's `reference` and `generation`, rows of `ladder plan`):
-  reference   recipe.kl_beta > 0: the reference's weights, 4 bytes per parameter, whole on every GPU,
-              because training/reference.py loads it in fp32 beside the engine, neither sharded nor cast
+  reference   recipe.kl_beta > 0: the reference's weights, in the training dtype (2 bytes per parameter
+              in bf16, else 4), sharded over the GPUs under fsdp2 and deepspeed_zero3 and whole under
+              the other engines, as training/reference.py loads it (launch/memory.py, reference_bytes)
   generation  generator=hf: the KV cache of the rank's P / dp x G sequences at data.max_seq_len tokens,
               2 (K and V) x layers x kv_heads x head_dim x bytes per element (2 in bf16, else 4) per
               token; generator=vllm: generator.gpu_memory_utilization of the GPU, which vLLM takes
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from launch.memory import reference_bytes
 from training.flops import forward_flops, generate_flops, train_flops
 
 RL_LOSSES = {"grpo", "dr_grpo", "dapo"}
@@ -80,10 +82,12 @@ def rl_plan(cfg, layout, n_matmul: int, layers: int, hidden: int) -> RLPlan:
                   gen_flops=generate_flops(n_matmul, gen_tokens), assumed_decode_mfu=g.assumed_decode_mfu)
 
 
-def rl_memory(cfg, shape, gpus: int) -> dict[str, float]:
-    """Bytes per GPU that RL adds (see the module doc), for a job on `gpus` data-parallel GPUs."""
+def rl_memory(cfg, shape, gpus: int, engine: str | None = None) -> dict[str, float]:
+    """Bytes per GPU that RL adds (see the module doc), for a job on `gpus` data-parallel GPUs under
+    `engine` (the rung's by default)."""
     r, g = cfg.recipe, cfg.generator
-    reference = 4.0 * shape.params if r.kl_beta > 0 else 0.0
+    engine = engine or cfg.rung.engine.value
+    reference = reference_bytes(engine, shape.params, gpus, bool(cfg.rung.bf16)) if r.kl_beta > 0 else 0.0
     if g.name == "vllm":
         generation = g.gpu_memory_utilization * cfg.rung.gpu_memory_gb * 2**30
     else:

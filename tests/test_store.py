@@ -181,3 +181,26 @@ def test_concurrent_promotions_to_one_sweep_are_serialised(url):
     assert sum(o[0] == "ok" for o in out) == 1
     assert all("already has jobs" in o[1] for o in out if o[0] == "refused")
     assert len(ledger.sweep_jobs("lr@big")) == 2
+
+
+def test_a_writer_held_up_past_the_busy_timeout_gets_one_clear_line(url):
+    """Another writer holds the budget lock (PostgreSQL) or the file's write lock (SQLite) for longer
+    than ledger.busy_timeout_s: the waiting launch is told so, and nothing is recorded."""
+    Ledger(url)  # the schema exists before the blocker takes its lock
+    ledger = Ledger(url, busy_timeout_s=0.5)
+    if url.startswith("sqlite"):
+        blocker = sqlite3.connect(url.removeprefix("sqlite:///"), isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")
+    else:
+        import psycopg
+        blocker = psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True)
+        blocker.execute("SELECT pg_advisory_lock(hashtext('budget:default'))")
+    try:
+        t0 = time.time()
+        with pytest.raises(StoreError, match=r"stayed locked by another writer for 0.5 s \(ledger.busy_timeout_s\); "
+                                             r"nothing was changed"):
+            check_and_record(ledger, "default", 0.1, JOB)
+        assert time.time() - t0 < 10
+    finally:
+        blocker.close()
+    assert Ledger(url).jobs() == []

@@ -130,15 +130,10 @@ class FSDP2Engine(Engine):
     name = "fsdp2"
 
     def wrap(self, model):
-        from torch.distributed.device_mesh import init_device_mesh
-        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-        mesh = init_device_mesh(self.cfg.rung.device, (self.world.size,))
+        from torch.distributed.fsdp import MixedPrecisionPolicy
         mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
             if self.cfg.rung.bf16 else MixedPrecisionPolicy()
-        for layer in model.model.layers:  # one all-gather unit per decoder layer
-            fully_shard(layer, mesh=mesh, mp_policy=mp)
-        fully_shard(model, mesh=mesh, mp_policy=mp)
-        return model
+        return fsdp2_shard(model, self.cfg.rung.device, self.world.size, mp)
 
     def accumulate(self, last: bool):
         self.module.set_requires_gradient_sync(last)
@@ -293,6 +288,57 @@ class DeepSpeedEngine(Engine):
             (ds_dir / "latest_universal").write_text(UNIVERSAL_TAG)
         distributed.barrier()
         return UNIVERSAL_TAG
+
+
+def fsdp2_shard(model, device: str, world_size: int, mp=None, reshard_after_forward: bool | None = None):
+    """`fully_shard` per decoder layer (one all-gather unit each) and at the root, in place. Parameters
+    still on another device (a model built on the CPU) are moved to `device` one unit at a time, as
+    each is sharded, so no device ever holds the whole model. reshard_after_forward=None is FSDP2's
+    default (the root stays gathered after forward, for the backward that follows)."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    mesh = init_device_mesh(device, (world_size,))
+    mp = mp or MixedPrecisionPolicy()
+    for layer in model.model.layers:
+        fully_shard(layer, mesh=mesh, mp_policy=mp, reshard_after_forward=reshard_after_forward)
+    fully_shard(model, mesh=mesh, mp_policy=mp, reshard_after_forward=reshard_after_forward)
+    return model
+
+
+def wrap_frozen(cfg, model, world: World, layout):
+    """A frozen model beside the policy (the KL or DPO reference), for forward passes only: no
+    optimizer, no gradients. Under fsdp2 and deepspeed_zero3 it is sharded like the policy and each
+    forward gathers one layer at a time (then frees it), so it costs bytes x params / world per
+    device; the other engines hold it whole. It is kept in the dtype it was built in (the caller
+    builds it in bf16 when rung.bf16), so no precision policy casts it. Under the sharded engines its
+    forward is a collective: every rank must call it the same number of times."""
+    model.eval().requires_grad_(False)
+    name = cfg.rung.engine.value
+    if name == "fsdp2":
+        # no backward follows a reference forward: the root is freed after it too
+        return fsdp2_shard(model, cfg.rung.device, world.size, reshard_after_forward=True)
+    if name != "deepspeed_zero3":
+        return model.to(cfg.rung.device)
+    import deepspeed
+    # An inference config, the shape of TRL's prepare_deepspeed: ZeRO-3 partitioning and nothing that
+    # needs an optimizer. The reference's parameters are not offloaded (the planner counts them on
+    # the GPU); DeepSpeed asks for a consistent batch size even so.
+    ds_config = {
+        "train_micro_batch_size_per_gpu": 1,
+        "gradient_accumulation_steps": layout.grad_accum,
+        "train_batch_size": layout.grad_accum * world.size,
+        "zero_optimization": {"stage": 3},
+        "bf16": {"enabled": bool(cfg.rung.bf16)},
+        "steps_per_print": 2**31 - 1,
+        "wall_clock_breakdown": False,
+    }
+    engine, *_ = deepspeed.initialize(model=model, config=ds_config)
+    engine.eval()
+    # Forward through the module: ZeRO-3's gather hooks are on it. The engine must outlive it (its
+    # __del__ removes those hooks), so the module holds it, outside nn.Module's registry (the engine
+    # is a Module too: registering it would make a cycle of submodules).
+    engine.module.__dict__["_ladder_ds_engine"] = engine
+    return engine.module
 
 
 def make_engine(cfg, model, make_optimizer, world: World, layout) -> Engine:

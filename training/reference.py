@@ -51,10 +51,21 @@ def score(model, pairs: list[tuple], indices: list[int], max_tokens: int, device
     c = model.config if hasattr(model, "config") else model.module.config
     n_matmul = matmul_params(c.hidden_size, c.intermediate_size, c.num_hidden_layers, c.num_attention_heads,
                              c.num_key_value_heads, c.vocab_size)
-    for g in pack_greedy(indices, lambda i: pair_length(pairs[i]), max_tokens):
+    groups = pack_greedy(indices, lambda i: pair_length(pairs[i]), max_tokens)
+    # A sharded model's forward is a collective (FSDP2 / ZeRO-3 gather each layer from every rank), so
+    # every rank runs as many forwards as the busiest one: the others repeat a pair and drop the result.
+    n = len(groups)
+    if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+        t = torch.tensor([n], device=device)
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        n = int(t)
+    for k in range(n):
+        g = groups[k] if k < len(groups) else [0]
         b = collate_pairs([pairs[i] for i in g], g)
-        b = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in b.items()}
+        b = {key: (v.to(device) if torch.is_tensor(v) else v) for key, v in b.items()}
         sums, _ = sequence_logps(model, b, chunk_tokens)
+        if k >= len(groups):
+            continue  # a padding forward
         for j, i in enumerate(g):
             out[i] = (float(sums[2 * j]), float(sums[2 * j + 1]))
         tokens += sum(b["doc_lens"])
@@ -65,12 +76,21 @@ def score(model, pairs: list[tuple], indices: list[int], max_tokens: int, device
 
 def load_reference_model(trainer):
     """A frozen copy of the reference: from recipe.reference or model.name_or_path, or, for a
-    model built from config, the same initial weights (the same shape and seed)."""
+    model built from config, the same initial weights (the same shape and seed). It is kept in the
+    training dtype (bf16 when rung.bf16: it is only ever run forward, so it needs no fp32 master)
+    and, under fsdp2 and deepspeed_zero3, sharded like the policy (training/engines.py, wrap_frozen),
+    so it costs 2 bytes x params / world per device there instead of 4 x params whole."""
+    from training.engines import wrap_frozen
     from training.modeling import build_model
     cfg = trainer.cfg
-    model = build_model(cfg.model, trainer.tokenizer, trainer.device, cfg.trainer.seed, source=reference_source(cfg))
-    model.eval().requires_grad_(False)
-    return model
+    dtype = torch.bfloat16 if cfg.rung.bf16 else torch.float32
+    # FSDP2 moves each unit to the device as it shards it: built on the CPU, the reference is never
+    # whole on the device. (DeepSpeed moves the whole module to its device before partitioning it,
+    # so under ZeRO-3 loading still peaks at the whole model in bf16.)
+    device = "cpu" if cfg.rung.engine.value == "fsdp2" else trainer.device
+    model = build_model(cfg.model, trainer.tokenizer, device, cfg.trainer.seed, dtype=dtype,
+                        source=reference_source(cfg))
+    return wrap_frozen(cfg, model, trainer.world, trainer.layout)
 
 
 def reference_logps(trainer, pairs: list[tuple]) -> torch.Tensor:

@@ -231,8 +231,15 @@ class Store:
                     raise StoreError(f"the {self.COMPONENT} at {self.where}: {e.diag.message_primary} for this "
                                      "database role; nothing was changed. Whoever owns it grants the right, or "
                                      "does this themselves") from None
+                except psycopg.errors.LockNotAvailable:  # lock_timeout ran out behind another writer
+                    raise StoreError(self.busy_message()) from None
                 return
-            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute("BEGIN IMMEDIATE")  # waits up to busy_timeout for the file's write lock
+            except sqlite3.OperationalError as e:
+                if "locked" in str(e) or "busy" in str(e):
+                    raise StoreError(self.busy_message()) from None
+                raise
             try:
                 yield Db(conn, self.backend)
             except BaseException:
@@ -241,6 +248,11 @@ class Store:
             conn.execute("COMMIT")
         finally:
             conn.close()
+
+    def busy_message(self) -> str:
+        key = "registry.busy_timeout_s" if self.COMPONENT == "registry" else "ledger.busy_timeout_s"
+        return (f"the {self.COMPONENT} at {self.where} stayed locked by another writer for {self.timeout:g} s "
+                f"({key}); nothing was changed. Retry once it finishes, or give it longer with {key}=")
 
     def query(self, sql: str, args: tuple = ()) -> list[dict]:
         with self._session() as db:
