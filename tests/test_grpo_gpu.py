@@ -77,7 +77,8 @@ def test_vllm_decodes_the_pushed_weights_like_the_trainer(sft_pair):
     model = AutoModelForCausalLM.from_pretrained(trained, dtype=torch.bfloat16).cuda()
     rows = load_heldout(compose(["eval=cpu"]).eval.heldout_file, 64)
     prompts = [encode_prompt(tok, [m for m in r["messages"] if m["role"] != "assistant"]) for r in rows]
-    vllm = VLLMGenerator(Sampling(max_new_tokens=24, gpu_memory_utilization=0.3), tok, model_path=str(untrained))
+    vllm = VLLMGenerator(Sampling(max_new_tokens=24, gpu_memory_utilization=0.3), tok, model_path=str(untrained),
+                         colocated=True)  # in this process, as in training: its weights can be pushed
     before, _ = vllm.sample(None, prompts, None)  # the untrained weights
     after, _ = vllm.sample(model, prompts, None, version=1)  # pushes the trained ones first
     hf, _ = HFGenerator(Sampling(max_new_tokens=24), tok).sample(model, prompts, None)

@@ -115,7 +115,7 @@ def make_generator(gen_cfg, tokenizer, engine: str = "single", world_size: int =
     """The rollout generator of a training run."""
     if gen_cfg.name == "vllm":
         from training.vllm_generator import VLLMGenerator
-        return VLLMGenerator(gen_cfg, tokenizer, max_model_len=max_model_len, distributed=world_size > 1)
+        return VLLMGenerator(gen_cfg, tokenizer, max_model_len=max_model_len, colocated=True)
     if gen_cfg.name != "hf":
         raise ConfigError(f"generator.name={gen_cfg.name!r}: use hf or vllm")
     sharded = engine in {"fsdp2", "deepspeed_zero3"} and world_size > 1

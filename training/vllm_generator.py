@@ -47,6 +47,13 @@ def vllm_problem(device: str, here: bool = True) -> str | None:
     return None
 
 
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
 def vllm_name(name: str) -> str:
     for prefix in _WRAPPER_PREFIXES:
         name = name.replace(prefix, "")
@@ -72,13 +79,14 @@ class VLLMGenerator:
     name = "vllm"
 
     def __init__(self, cfg, tokenizer, model_path: str | None = None, max_model_len: int | None = None,
-                 distributed: bool = False):
+                 colocated: bool = False):
         """cfg: temperature, top_p, max_new_tokens, gpu_memory_utilization. model_path: what the
-        engine loads (eval: the checkpoint; training: model.name_or_path, then pushed weights)."""
+        engine loads (eval: the checkpoint; training: model.name_or_path, then pushed weights).
+        colocated (training): the engine runs inside this process, so its weights can be pushed."""
         if (p := vllm_problem("cuda")):
             raise ConfigError(p)
         self.cfg, self.tokenizer, self.llm = cfg, tokenizer, None
-        self.model_path, self.max_model_len, self.distributed = model_path, max_model_len, distributed
+        self.model_path, self.max_model_len, self.colocated = model_path, max_model_len, colocated
         self.eos = tokenizer.eos_token_id
         self.pushed_version = None
 
@@ -91,11 +99,15 @@ class VLLMGenerator:
                 raise ConfigError("generator=vllm builds its engine from a checkpoint directory, and the model was "
                                   "built from config; set model.name_or_path to a checkpoint (e.g. the SFT one)")
             kwargs = {}
-            if self.distributed:
-                # Each rank's engine joins the trainer's process group instead of spawning workers:
-                # vLLM reads the rank from the environment torchrun (or ladder's launcher) set.
+            if self.colocated:
+                # Each rank's engine lives in the trainer's process (no engine-core process, so its
+                # model can be reached to push weights) and joins the trainer's process group, or
+                # makes a one-process group, from the rank variables torchrun sets.
                 kwargs["distributed_executor_backend"] = "external_launcher"
                 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+                for var, default in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"),
+                                     ("MASTER_ADDR", "localhost"), ("MASTER_PORT", str(_free_port()))):
+                    os.environ.setdefault(var, default)
             self.llm = LLM(model=str(path), gpu_memory_utilization=self.cfg.gpu_memory_utilization,
                            max_model_len=self.max_model_len, dtype="bfloat16", seed=0,
                            tensor_parallel_size=1, **kwargs)
