@@ -233,7 +233,8 @@ def make_plan(cfg: DictConfig, ledger=None) -> Plan:
         seconds = tokens / (gpus * rate)
     rl = None
     if is_rl(cfg):  # GRPO trains on rollouts it generates: both are planned (launch/plan_rl.py)
-        rl = rl_plan(cfg, layout, n_matmul, shape.layers, shape.hidden)
+        measured = doc if doc < cfg.data.max_seq_len else None  # planning_length fell back to the bound
+        rl = rl_plan(cfg, layout, n_matmul, shape.layers, shape.hidden, measured)
         tokens, flops = rl.train_tokens, rl.train_flops + rl.gen_flops
         seconds = rl_seconds(rl, gpus, r.peak_flops_per_device, rate, kind)
     return Plan(

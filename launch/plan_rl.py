@@ -4,8 +4,9 @@
     ladder plan recipe=grpo rung=8b generator.assumed_decode_mfu=0.2 --json
 
 A GRPO step trains on N = recipe.prompts_per_step x recipe.num_generations answers (the recipe sets
-the batch; rung.global_batch_tokens is not used), each planned at its upper bound: a prompt of
-data.max_seq_len - generator.max_new_tokens tokens and an answer of generator.max_new_tokens. A
+the batch; rung.global_batch_tokens is not used), each planned at an upper bound: an answer of
+generator.max_new_tokens after a prompt of data.max_seq_len - generator.max_new_tokens tokens, or of
+the prompts' measured length when `ladder data inspect recipe=grpo` has measured them. A
 micro-batch holds A = rung.micro_batch_tokens // data.max_seq_len answers, so training's activations
 are planned at micro_batch_tokens as for SFT, and grad_accum = ceil(P / dp x G / A)
 (training/validate.py, rl_batch_layout). Generation runs once per rollout batch (every
@@ -62,12 +63,15 @@ def is_rl(cfg) -> bool:
     return cfg.recipe.loss in RL_LOSSES
 
 
-def rl_plan(cfg, layout, n_matmul: int, layers: int, hidden: int) -> RLPlan:
+def rl_plan(cfg, layout, n_matmul: int, layers: int, hidden: int, seq_len: float | None = None) -> RLPlan:
+    """seq_len: the sequence length to plan at, when `ladder data inspect` measured the prompts (their
+    token-weighted length plus generator.max_new_tokens, still an upper bound on the answers); else
+    data.max_seq_len, the bound the loader enforces."""
     r, g, steps = cfg.recipe, cfg.generator, cfg.trainer.max_steps
     answers = r.prompts_per_step * r.num_generations
     new = g.max_new_tokens
-    prompt = cfg.data.max_seq_len - new
-    seq = prompt + new
+    seq = round(seq_len) if seq_len else cfg.data.max_seq_len
+    prompt = seq - new
     rollout_batches = -(-steps // r.ppo_epochs)  # generation once per rollout batch
     per_step_train = train_flops(n_matmul, layers, hidden, [seq] * answers)
     passes = (1 if r.ppo_epochs > 1 else 0) + (1 if r.kl_beta > 0 else 0)

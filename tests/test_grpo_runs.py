@@ -130,15 +130,24 @@ def test_resume_after_sigkill_reproduces_losses_and_rewards(tmp_path, rl_data):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("engine", ["ddp", "fsdp2", "deepspeed_zero3"])
-def test_two_processes_match_one(tmp_path_factory, rl_data, golden_run, engine):
-    """Same rollouts, losses and gradient norms as the 1-process golden run, step by step (3 steps)."""
+@pytest.mark.parametrize("engine,kl", [("ddp", False), ("fsdp2", False), ("deepspeed_zero3", False),
+                                       ("fsdp2", True), ("deepspeed_zero3", True)])
+def test_two_processes_match_one(tmp_path_factory, rl_data, golden_run, engine, kl):
+    """Same rollouts, losses and gradient norms as the 1-process golden run, step by step (3 steps).
+    kl: recipe.kl_beta=0.01, whose reference is sharded like the policy (training/reference.py), against
+    a 1-process run with the same setting; the kl metric matches too."""
     root = tmp_path_factory.mktemp(f"grpo-{engine}")
-    over = [*grpo_overrides(root, engine, rl_data, steps=3), f"rung.engine={engine}", "rung.gpus_per_node=2"]
+    extra = ["recipe.kl_beta=0.01"] if kl else []
+    over = [*grpo_overrides(root, engine, rl_data, steps=3, extra=extra), f"rung.engine={engine}",
+            "rung.gpus_per_node=2"]
     proc = run(torchrun_cmd(2, over), timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    want = read_metrics(golden_run.run_dir / "metrics.jsonl")[:3]
+    one = train_in_process(grpo_overrides(root, "one", rl_data, steps=3, extra=extra)).run_dir if kl \
+        else golden_run.run_dir
+    want = read_metrics(one / "metrics.jsonl")[:3]
     got = read_metrics(root / engine / "metrics.jsonl")
     assert [r["reward_mean"] for r in got] == [r["reward_mean"] for r in want]
-    for key in ("loss", "grad_norm", "response_len_mean"):
+    for key in ("loss", "grad_norm", "response_len_mean") + (("kl",) if kl else ()):
         assert [r[key] for r in got] == pytest.approx([r[key] for r in want], abs=1e-4), key
+    if kl:  # step 1's policy is the reference; after an update they differ
+        assert got[0]["kl"] == pytest.approx(0, abs=1e-9) and got[2]["kl"] > 0

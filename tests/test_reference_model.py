@@ -12,6 +12,7 @@ same GRPO losses and kl as one process) is tests/test_grpo_runs.py's engine test
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -45,7 +46,16 @@ def test_reference_is_bf16_and_frozen_when_the_rung_is(monkeypatch):
 
 
 def test_plan_70b_grpo_with_kl_fits_with_a_sharded_bf16_reference():
-    from launch.compose_plan import compose_plan  # noqa: F401  (placeholder, replaced below)
+    from launch.memory import reference_bytes
+    from launch.plan import make_plan
+    from training.compose import compose
+    plan = make_plan(compose(["recipe=grpo", "rung=70b", "recipe.kl_beta=0.01"]))
+    assert plan.fits, plan.problem  # 4 bytes x 70B whole on every GPU (262 GiB) did not
+    assert plan.gpus == 64 and plan.memory.reference == 2 * plan.params / 64
+    # whole (and still bf16) where the policy is not sharded either
+    assert plan.by_engine["ddp"].reference == plan.by_engine["deepspeed_zero2"].reference == 2 * plan.params
+    assert plan.by_engine["fsdp2"].reference == 2 * plan.params / 64
+    assert reference_bytes("fsdp2", 100, 4, bf16=False) == 100 and reference_bytes("ddp", 100, 4, False) == 400
 
 
 @pytest.mark.slow
@@ -62,6 +72,26 @@ def test_reference_is_sharded_frozen_and_gives_the_whole_models_logits(tmp_path,
         assert got["local"] < got["whole"], got  # the largest parameter: this rank holds only part of it
         assert got["frozen"] and got["no_grads"] and got["no_optimizer_state"], got
         assert got["logits_max_diff"] < 1e-5, got
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", ["fsdp2", "deepspeed_zero3"])
+def test_dpo_reference_beside_a_sharded_policy_matches_one_process(tmp_path, engine):
+    """DPO with precompute_reference=false runs the sharded reference on every micro-batch of every
+    rank (the same number per rank: a collective); the losses are one process's."""
+    from conftest import FAST, losses, train_in_process
+    from distributed_helpers import run, torchrun_cmd
+
+    def over(name: str, *extra: str) -> list[str]:
+        return [*FAST, "recipe=dpo", "recipe.precompute_reference=false", f"trainer.run_root={tmp_path}",
+                f"trainer.run_name={name}", "trainer.max_steps=3", "trainer.save_every=3", "data.max_samples=48",
+                "rung.micro_batch_tokens=512", "trainer.global_batch_tokens=1024", *extra]
+
+    one = train_in_process(over("one")).run_dir
+    proc = run(torchrun_cmd(2, over(engine, f"rung.engine={engine}", "rung.gpus_per_node=2")), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert losses(tmp_path / engine) == pytest.approx(losses(one), abs=1e-4, rel=0)
+    assert losses(one)[0] == pytest.approx(math.log(2), abs=1e-4)  # the policy starts as the reference
 
 
 def probe(out: Path, engine: str) -> None:

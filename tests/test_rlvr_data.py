@@ -102,6 +102,11 @@ def test_ladder_data_inspect_reports_rlvr_prompts(tmp_path):
     assert lengths["documents"] == 2300 and lengths["max"] == t["max"] + 8
     assert lengths["mean"] == pytest.approx(t["mean"] + 8)
     assert len(list((tmp_path / "data_inspect").glob("reverse_rlvr-*.json"))) == 2  # max_new_tokens 16 and 8
+    # the plan takes the measured prompts (here about 16 tokens) over the bound (64 - 8 = 56)
+    from launch.plan import make_plan
+    rl = make_plan(compose(["recipe=grpo", root, "generator.max_new_tokens=8"])).rl
+    assert rl.new_tokens == 8 and rl.prompt_tokens == round(lengths["attention_length"]) - 8 < 56
+    assert make_plan(compose(["recipe=grpo", f"trainer.run_root={tmp_path}/none"])).rl.prompt_tokens == 48
 
 
 def test_ladder_data_inspect_names_a_bad_row(tmp_path):
