@@ -10,9 +10,10 @@ override of a job can raise it. A job is charged to the period it was launched i
 has left is its allocation minus the hours used by finished jobs and, for jobs still pending or
 running, the larger of their planned and used hours (a running job has claimed its plan).
 
-The check and the insert are one transaction that first takes the team's lock (a transaction
-advisory lock on PostgreSQL; SQLite's write lock covers the file), so launches from many
-processes and hosts are admitted one at a time and two cannot both take the last hours.
+A team that lists members admits launches by them only (launch/team_members.py); one with none
+listed is open. The check and the insert are one transaction that first takes the team's lock
+(a transaction advisory lock on PostgreSQL; SQLite's write lock covers the file), so launches
+from many processes and hosts are admitted one at a time and two cannot both take the last hours.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pathlib import Path
 
 from launch.console import make_console, num
 from launch.ledger import ACTIVE, LOCAL_DEFAULT_BUDGET, Ledger, identity
+from launch.team_members import require_member
 from training.errors import BudgetError, ConfigError
 from training.store import Db
 
@@ -101,6 +103,7 @@ def check_and_record_many(ledger: Ledger, budget, jobs: list[tuple[float, dict]]
                 raise ConfigError(f"sweep {new_sweep!r} already has jobs in the ledger (another promotion got "
                                   "there first?); name the new one with --as NAME. Nothing was launched")
         allocation = locked_allocation(ledger, db, team)
+        require_member(ledger, db, team)  # under the lock: a removal waits for this launch, or it sees the removal
         period = period_key(allocation["period"], now)
         over = over_budget_message(allocation, period, ledger.committed_hours(db, team, period), planned, len(jobs))
         if over and override_reason is None:
@@ -127,7 +130,8 @@ def team_standing(ledger: Ledger | None, budget, now: float | None = None) -> tu
     if allocation is None:
         raise BudgetError(no_allocation_message(ledger, team))
     period = period_key(allocation["period"], now)
-    with ledger.transaction() as db:  # the same sums a launch takes under its lock
+    with ledger.transaction() as db:  # the same sums and membership a launch checks under its lock
+        require_member(ledger, db, team, launching=False)
         charged = ledger.committed_hours(db, team, period)
     return allocation, period, charged
 

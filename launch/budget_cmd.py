@@ -1,10 +1,12 @@
 """`ladder budget`: set a team's GPU-hour allocation in the ledger, and report on every team's.
 
     ladder budget set --team llm --period month --gpu-hours 5000 [--note "Q4 grant"] [ledger.url=...]
+    ladder budget members --team llm [--add alice] [--remove bob] [ledger.url=...]
     ladder budget report [--team llm] [--plot budget.png] [overrides that locate the ledger]
 
 An allocation is data in the ledger (launch/ledger.py: `budgets`, and every change in
-`budget_changes` with who made it and when), never a value a job's config can raise. The verb
+`budget_changes` with who made it and when), never a value a job's config can raise; so is who
+may charge a team (launch/team_members.py: `team_members`, and `team_member_changes`). The verb
 declares its arguments and handlers here (register); launch/cli.py only collects it.
 """
 
@@ -38,6 +40,20 @@ def register(subparsers, epilog: str = "") -> None:
     st.add_argument("--gpu-hours", required=True, type=float, metavar="H", help="GPU-hours per period (>= 0)")
     st.add_argument("--note", default=None, help="why, for the record (e.g. the grant or who approved it)")
     st.set_defaults(handler=cmd_budget_set)
+    me = sub.add_parser("members", formatter_class=fmt, help="list, add or remove who may charge a team",
+                        description="A team with members listed admits launches by them only; a team with "
+                                    "none is open to anyone who can write the ledger. Members are matched "
+                                    "against the database role on PostgreSQL (authenticated by the server) and "
+                                    "the OS user on SQLite ($USER: a local file is trusted anyway). Each change "
+                                    "is recorded with who made it and when. Without --add or --remove: list.",
+                        epilog=epilog + "\nexamples:\n  ladder budget members --team llm --add alice --add bob\n"
+                               "  ladder budget members --team llm --remove bob ledger.url=postgresql://ladder@db-host/ladder")
+    me.add_argument("overrides", nargs="*", help="Hydra overrides that locate the ledger (ledger.url=..., "
+                                                 "trainer.run_root=...)")
+    me.add_argument("--team", required=True, help="the team, as jobs name it in budget.team")
+    me.add_argument("--add", action="append", default=[], metavar="USER", help="add a member (repeatable)")
+    me.add_argument("--remove", action="append", default=[], metavar="USER", help="remove a member (repeatable)")
+    me.set_defaults(handler=cmd_budget_members)
     br = sub.add_parser("report", formatter_class=fmt, help="allocated, used, running, wasted and useful hours",
                         description="Per team and period: allocated, used, planned-and-running, wasted and "
                                     "MFU-weighted (useful) GPU-hours, what is left, and the cost.",
@@ -70,10 +86,43 @@ def cmd_budget_set(args) -> int:
     return 0
 
 
+def cmd_budget_members(args) -> int:
+    from launch.ledger import Ledger
+    from launch.team_members import change_members, launcher_name, matched_as, members
+    from training.compose import compose
+    if not args.team.strip():
+        raise ConfigError("--team: name the team")
+    cfg = compose(args.overrides)
+    ledger = Ledger.from_config(cfg) if args.add or args.remove else Ledger.existing(cfg)
+    if ledger is None:
+        print(f"team {args.team}: open: no members listed (no ledger at {cfg.ledger.url} yet)")
+        return 0
+    with ledger.transaction() as db:
+        before = members(db, args.team)
+        change = change_members(db, args.team, args.add, args.remove) if args.add or args.remove else None
+        rows, me, matched = members(db, args.team), launcher_name(db), matched_as(db)
+    if change is not None:
+        done = [f"added {', '.join(change['added'])}" if change["added"] else "",
+                f"removed {', '.join(change['removed'])}" if change["removed"] else "",
+                f"already members: {', '.join(change['already'])}" if change["already"] else ""]
+        print(f"ladder budget members: team {args.team}: " + "; ".join(d for d in done if d))
+        if rows and not before:
+            print(f"team {args.team} now admits launches by its members only")
+    if not rows:
+        print(f"team {args.team}: open: no members listed (anyone who can write the ledger {ledger.where} "
+              "can launch for it)")
+    for r in rows:
+        print(f"  {r['member']}  added by {r['added_by']} at {_utc(r['added_at'])}")
+    mine = "a member" if any(r["member"] == me for r in rows) else ("not a member" if rows else "")
+    print(f"you are {me!r} on this ledger ({matched})" + (f": {mine}" if mine else ""))
+    return 0
+
+
 def cmd_budget_report(args) -> int:
     from launch.budget import plan_accuracy, plot_report, render_plan_accuracy, render_report, report_rows
     from launch.ledger import ACTIVE, Ledger
     from launch.status_cmd import refresh
+    from launch.team_members import all_members
     from training.compose import compose
     cfg = compose(args.overrides)
     ledger = Ledger.existing(cfg)
@@ -86,6 +135,11 @@ def cmd_budget_report(args) -> int:
         if args.team is None or team == args.team:
             print(f"allocation: team {team}: {b['gpu_hours']:g} GPU-hours per {b['period']}, set by {b['set_by']} "
                   f"at {_utc(b['set_at'])}" + (f" ({b['note']})" if b["note"] else ""))
+    listed = all_members(ledger) if ledger else {}
+    for team in sorted({r.team for r in rows} | set(listed)):
+        if args.team is None or team == args.team:
+            print(f"members: team {team}: " + (", ".join(listed[team]) if team in listed
+                                                else "open: no members listed"))
     if args.plot:
         print(f"plot: {plot_report(rows, args.plot)}")
     return 0

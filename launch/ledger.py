@@ -13,7 +13,9 @@ sweep, launches from several login nodes); every write is one short transaction.
 Budgets are data here, not in a job's config: the `budgets` table holds each team's current
 allocation (GPU-hours per week, month, quarter or year) and `budget_changes` every change, with
 who made it and when (`ladder budget set`, launch/budget_cmd.py). A launch holds its team's
-lock while it sums the period's hours and records its jobs (launch/budget.py).
+lock while it sums the period's hours and records its jobs (launch/budget.py). `team_members`
+lists who may charge a team (none listed: anyone may), `team_member_changes` every change to it
+(`ladder budget members`, launch/team_members.py).
 
 Each job records the Hydra overrides it was launched with, and the math changes its resume
 applied with trainer.allow_config_change=true (jobs.config_changes); the `promotions` table records
@@ -43,11 +45,12 @@ STATES = ACTIVE + FINAL
 # Heartbeats are written on the compute nodes, sacct's times by the controller: allow for clocks
 # a little apart when deciding whether a heartbeat belongs to this job.
 CLOCK_SLACK_S = 30.0
-SCHEMA_VERSION = 7  # 2: jobs.overrides and the promotions table (launch/promote.py); 3: jobs.config_changes
+SCHEMA_VERSION = 8  # 2: jobs.overrides and the promotions table (launch/promote.py); 3: jobs.config_changes
 # 4: jobs.data_mixture and jobs.allow_contamination (training/mixture_config.py, evals/decontaminate.py)
 # 5: jobs.kind (train | eval: SLURM eval jobs of `ladder eval ... launcher=slurm`)
 # 6: jobs.launched_by, and the budgets and budget_changes tables (SCHEMA creates new tables)
 # 7: the bench_rates table (launch/rates.py: `ladder bench import`)
+# 8: the team_members and team_member_changes tables (launch/team_members.py; SCHEMA creates them)
 MIGRATIONS = {2: "ALTER TABLE jobs ADD COLUMN overrides TEXT",
               3: "ALTER TABLE jobs ADD COLUMN config_changes TEXT",
               4: "ALTER TABLE jobs ADD COLUMN data_mixture TEXT; "
@@ -141,6 +144,24 @@ CREATE TABLE IF NOT EXISTS budget_changes (
     note TEXT
 );
 CREATE INDEX IF NOT EXISTS budget_changes_team ON budget_changes (team);
+-- Who may charge a team (launch/team_members.py): a team with rows here admits launches by these
+-- names only, a team with none is open. member: the database role on PostgreSQL, the OS user on SQLite.
+CREATE TABLE IF NOT EXISTS team_members (
+    team TEXT NOT NULL,
+    member TEXT NOT NULL,
+    added_by TEXT NOT NULL,            -- user@host that added it (and the database role)
+    added_at DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (team, member)
+);
+CREATE TABLE IF NOT EXISTS team_member_changes (
+    id ID_PRIMARY_KEY,
+    team TEXT NOT NULL,
+    member TEXT NOT NULL,
+    action TEXT NOT NULL,              -- add | remove
+    changed_by TEXT NOT NULL,
+    changed_at DOUBLE PRECISION NOT NULL
+);
+CREATE INDEX IF NOT EXISTS team_member_changes_team ON team_member_changes (team);
 -- Throughput measured by bench/gpu.py at a model shape, imported with `ladder bench import`;
 -- `ladder plan` uses it for rungs of that shape (launch/rates.py).
 CREATE TABLE IF NOT EXISTS bench_rates (
@@ -173,14 +194,18 @@ def path_from_url(url: str) -> Path:
     return where.path
 
 
-def who() -> str:
-    """user@host of this process, for the records of who set a budget."""
+def os_user() -> str:
+    """The OS user of this process (getpass: $LOGNAME, $USER, ... first, then the uid's name)."""
     try:
-        user = getpass.getuser()
+        return getpass.getuser()
     except Exception:  # no name for this uid (a container): the uid says who it was
         import os
-        user = f"uid {os.getuid()}"
-    return f"{user}@{socket.gethostname()}"
+        return f"uid {os.getuid()}"
+
+
+def who() -> str:
+    """user@host of this process, for the records of who set a budget."""
+    return f"{os_user()}@{socket.gethostname()}"
 
 
 def identity(db: Db) -> str:

@@ -22,9 +22,10 @@ from training.store import Store
 
 # table -> the columns whose sums must survive the copy (GPU-hours, and the registry's hours)
 LEDGER_TABLES = {"jobs": ("planned_gpu_hours", "used_gpu_hours", "waste_gpu_hours"), "promotions": (),
-                 "budgets": ("gpu_hours",), "budget_changes": ("gpu_hours",), "bench_rates": ("mfu",)}
+                 "budgets": ("gpu_hours",), "budget_changes": ("gpu_hours",), "bench_rates": ("mfu",),
+                 "team_members": (), "team_member_changes": ()}
 REGISTRY_TABLES = {"checkpoints": ("device_hours",), "results": ("score",), "wandb_logged": ()}
-HAS_ID = {"jobs", "promotions", "budget_changes", "bench_rates"}
+HAS_ID = {"jobs", "promotions", "budget_changes", "bench_rates", "team_member_changes"}
 
 
 def register(subparsers, epilog: str = "") -> None:

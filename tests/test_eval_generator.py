@@ -70,3 +70,11 @@ def test_a_training_config_with_a_vllm_eval_on_a_cpu_is_refused():
         validate(compose([*FAST, "eval.generator.name=vllm"]))
     with pytest.raises(ConfigError, match="eval.generator.name='fast'"):
         validate(compose([*FAST, "eval.generator.name=fast"]))
+
+
+def test_a_training_run_scores_its_checkpoints_with_hf_unless_told_otherwise():
+    """auto beside training is hf: a vLLM engine would claim GPU memory the trainer holds."""
+    from training.generator import eval_beside_training
+    assert eval_beside_training(compose(FAST).eval).generator.name == "hf"
+    assert eval_beside_training(compose([*FAST, "eval.generator.name=vllm"]).eval).generator.name == "vllm"
+    assert compose(FAST).eval.generator.name == "auto"  # the config itself is left as written

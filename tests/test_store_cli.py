@@ -18,8 +18,9 @@ from conftest import FAST, ladder_cli
 from evals.registry import Registry
 from launch.cli import main
 from launch.ledger import Ledger
+from launch.team_members import change_members
 from training.compose import compose
-from training.errors import ConfigError
+from training.errors import BudgetError, ConfigError
 from training.store import StoreError
 
 
@@ -48,6 +49,8 @@ def _fill_sqlite(root: Path) -> tuple[Ledger, Registry]:
     ledger = Ledger(root / "ladder.db")
     with ledger.transaction() as db:
         ledger.set_budget(db, "llm", "week", 123.5)
+        change_members(db, "llm", add=["alice", "bob"], changed_by="admin@login")
+        change_members(db, "llm", remove=["bob"], changed_by="admin@login")
         ids = [ledger.insert_job(db, team="llm", period="2026-W48", rung="tiny", gpus=2, planned_gpu_hours=1.0 + i,
                                  used_gpu_hours=0.25 * i, waste_gpu_hours=0.1 * i, state="completed", sweep="lr")
                for i in range(5)]
@@ -74,7 +77,7 @@ def test_ledger_migrate_copies_sqlite_into_postgres_without_loss(tmp_path, pg_ur
     out = capsys.readouterr().out
     assert "jobs 4" in out and "GPU-hours planned 13, used 2.25" in out and "counts and totals checked" in out
     pg, pg_reg = Ledger(pg_url), Registry(pg_url)
-    for table in ("jobs", "promotions", "budgets", "budget_changes"):
+    for table in ("jobs", "promotions", "budgets", "budget_changes", "team_members", "team_member_changes"):
         assert pg.query(f"SELECT * FROM {table} ORDER BY 1") == ledger.query(f"SELECT * FROM {table} ORDER BY 1")
     for table in ("checkpoints", "results", "wandb_logged"):
         assert pg_reg.query(f"SELECT * FROM {table} ORDER BY 1") == registry.query(f"SELECT * FROM {table} ORDER BY 1")
@@ -169,16 +172,23 @@ def test_ladder_train_on_a_node_records_its_run_in_a_shared_ledger(tmp_path, pg_
 
 @pytest.mark.postgres
 def test_on_a_server_a_launcher_role_can_launch_but_not_change_an_allocation(pg_url, postgres_server, capsys):
-    """Budgets are set by whoever owns the allocation: a role granted only what launching needs
-    (reading `budgets`; the team's lock is an advisory lock, not a row lock) launches, and its
-    `ladder budget set` is refused by the server with one clear message."""
+    """Budgets and teams are set by whoever owns the allocation: a role granted only what launching
+    needs (reading `budgets` and `team_members`; the team's lock is an advisory lock, not a row
+    lock) launches for its own team, and the server refuses, with one clear message, its
+    `ladder budget set` and its adding itself to a team that does not list it; launching for that
+    team is refused too, with nothing recorded."""
+    from launch.team_members import change_members
     owner = Ledger(pg_url)
-    with owner.transaction() as db:
-        owner.set_budget(db, "llm", "month", 5.0)
     role, password = f"launcher_{os.getpid()}", "launcher-pw-" + postgres_server.password[:8]
     with owner.transaction() as db:
+        owner.set_budget(db, "llm", "month", 5.0)
+        owner.set_budget(db, "vision", "month", 5.0)
+        change_members(db, "llm", add=[role])
+        change_members(db, "vision", add=["ladder"])  # the owner's team: not the launcher's
+    with owner.transaction() as db:
         db.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{password}'")
-        db.execute(f"GRANT SELECT ON budgets, budget_changes, ladder_schema TO {role}")
+        db.execute(f"GRANT SELECT ON budgets, budget_changes, team_members, team_member_changes, ladder_schema "
+                   f"TO {role}")
         db.execute(f"GRANT SELECT, INSERT, UPDATE ON jobs, promotions TO {role}")
         db.execute(f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {role}")
     with postgres_server.pgpass.open("a") as f:
@@ -191,3 +201,10 @@ def test_on_a_server_a_launcher_role_can_launch_but_not_change_an_allocation(pg_
                  f"ledger.url={launcher_url}"]) == 2
     assert "permission denied for table budgets" in capsys.readouterr().err
     assert owner.budgets()["llm"]["gpu_hours"] == 5.0
+    with pytest.raises(BudgetError, match=f"team 'vision' admits launches by its members only \\(ladder\\), "
+                                          f"and you are '{role}'"):
+        check_and_record(Ledger(launcher_url), "vision", 1.0, {"rung": "tiny", "gpus": 1})
+    assert main(["budget", "members", "--team", "vision", "--add", role, f"ledger.url={launcher_url}"]) == 2
+    assert "permission denied for table team_members" in capsys.readouterr().err
+    assert owner.query("SELECT member FROM team_members WHERE team = 'vision'") == [{"member": "ladder"}]
+    assert [j["team"] for j in owner.jobs()] == ["llm"]

@@ -141,6 +141,18 @@ def eval_generator(name: str, tokenizer, checkpoint, device: str, gpu_memory_uti
     return HFGenerator(Sampling(), tokenizer)
 
 
+def eval_beside_training(eval_cfg):
+    """The eval suite as a training run scores its own checkpoints: on the GPU the trainer holds,
+    eval.generator.name=auto means hf, since a vLLM engine would claim a share of memory training
+    already uses (`ladder eval` and eval jobs, on their own GPUs, take vLLM). An explicit name stands."""
+    if eval_cfg.generator.name != "auto":
+        return eval_cfg
+    from omegaconf import OmegaConf
+    out = OmegaConf.create(OmegaConf.to_container(eval_cfg, resolve=True))
+    out.generator.name = "hf"
+    return out
+
+
 def eval_generator_problems(name: str, device: str, here: bool = True) -> list[str]:
     """Start-up checks of eval.generator.name (the device already resolved: cuda or cpu); here:
     also check this machine (a GPU visible, vllm installed)."""

@@ -43,6 +43,7 @@ from training.config_diff import ConfigChanges, check_batch_continues, check_res
 from training.engines import make_engine
 from training.errors import EXIT_HUNG, Preempted, TrainingError
 from training.flops import model_matmul_params, mfu, train_flops
+from training.generator import eval_beside_training
 from training.heartbeat import Heartbeat
 from training.metrics import MetricsFile
 from training.modeling import build_model, compile_layers, load_tokenizer
@@ -205,7 +206,7 @@ class Trainer:
         self.evaluator = None
         if main and self.eval_on_save and t.eval_async:
             from evals.async_eval import AsyncEvaluator  # evals depend on training, not the reverse
-            self.evaluator = AsyncEvaluator(cfg.eval, registry_url=cfg.registry.url,
+            self.evaluator = AsyncEvaluator(eval_beside_training(cfg.eval), registry_url=cfg.registry.url,
                                             log_dir=self.run_dir / "eval_logs")
         self.heartbeat = Heartbeat(self.run_dir, self.world.size, t.max_steps, enabled=main)
         if main:
@@ -361,7 +362,7 @@ class Trainer:
             elif self.eval_on_save:
                 from evals.runner import evaluate_checkpoint  # evals depend on training, not the reverse
                 self.watchdog.touch(f"evaluating step {step}", setup=True)
-                self.record_eval(step, ckpt, evaluate_checkpoint(ckpt, self.cfg.eval), result)
+                self.record_eval(step, ckpt, evaluate_checkpoint(ckpt, eval_beside_training(self.cfg.eval)), result)
         distributed.barrier()
 
     def record_eval(self, step: int, ckpt: Path, res: dict, result: RunResult) -> None:
