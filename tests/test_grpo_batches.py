@@ -194,8 +194,9 @@ def test_plan_adds_the_reference_and_vllms_share():
     assert plain.reference == plain.generation == 0
 
 
+# 8b with kl on needs 43 GiB per GPU (a bf16 reference sharded over 8 GPUs): a 40 GB GPU does not hold it
 @pytest.mark.parametrize("overrides", [["rung=405b", "rung.nodes=16"], ["rung=8b", "recipe.kl_beta=0.1",
-                                                                       "rung.gpu_memory_gb=60"]])
+                                                                       "rung.gpu_memory_gb=40"]])
 def test_every_rl_fix_the_planner_offers_validates_and_fits(overrides):
     from launch.plan import fix_message, make_plan
     plan = make_plan(compose(["recipe=grpo", *overrides]))
