@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from launch.cli_args import add_ledger_overrides
 
 def register(subparsers, epilog: str = "") -> None:
     fmt = argparse.RawDescriptionHelpFormatter
@@ -25,8 +26,7 @@ def register(subparsers, epilog: str = "") -> None:
                                      "so that `ladder plan` uses it for rungs of the same model shape.",
                          epilog=epilog + "\nexample:\n  ladder bench import runs/bench_gpu.json")
     imp.add_argument("file", type=Path, help="the JSON file bench/gpu.py --out wrote")
-    imp.add_argument("overrides", nargs="*", help="Hydra overrides that locate the ledger (trainer.run_root=..., "
-                                                  "ledger.url=...)")
+    add_ledger_overrides(imp)
     imp.set_defaults(handler=cmd_import)
 
 

@@ -16,6 +16,7 @@ import argparse
 import math
 import time
 
+from launch.cli_args import add_ledger_overrides
 from launch.ledger import PERIODS
 from training.errors import ConfigError
 
@@ -33,8 +34,7 @@ def register(subparsers, epilog: str = "") -> None:
                         epilog=epilog + "\nexamples:\n  ladder budget set --team llm --period month --gpu-hours 5000\n"
                                "  ladder budget set --team llm --period quarter --gpu-hours 2e4 "
                                "ledger.url=postgresql://ladder@db-host/ladder")
-    st.add_argument("overrides", nargs="*", help="Hydra overrides that locate the ledger (ledger.url=..., "
-                                                 "trainer.run_root=...)")
+    add_ledger_overrides(st)
     st.add_argument("--team", required=True, help="the team, as jobs name it in budget.team")
     st.add_argument("--period", required=True, choices=PERIODS, help="the allocation is per this period")
     st.add_argument("--gpu-hours", required=True, type=float, metavar="H", help="GPU-hours per period (>= 0)")
@@ -48,8 +48,7 @@ def register(subparsers, epilog: str = "") -> None:
                                     "is recorded with who made it and when. Without --add or --remove: list.",
                         epilog=epilog + "\nexamples:\n  ladder budget members --team llm --add alice --add bob\n"
                                "  ladder budget members --team llm --remove bob ledger.url=postgresql://ladder@db-host/ladder")
-    me.add_argument("overrides", nargs="*", help="Hydra overrides that locate the ledger (ledger.url=..., "
-                                                 "trainer.run_root=...)")
+    add_ledger_overrides(me)
     me.add_argument("--team", required=True, help="the team, as jobs name it in budget.team")
     me.add_argument("--add", action="append", default=[], metavar="USER", help="add a member (repeatable)")
     me.add_argument("--remove", action="append", default=[], metavar="USER", help="remove a member (repeatable)")
@@ -58,7 +57,7 @@ def register(subparsers, epilog: str = "") -> None:
                         description="Per team and period: allocated, used, planned-and-running, wasted and "
                                     "MFU-weighted (useful) GPU-hours, what is left, and the cost.",
                         epilog=epilog)
-    br.add_argument("overrides", nargs="*", help="Hydra overrides that locate the ledger, e.g. trainer.run_root=/data/runs")
+    add_ledger_overrides(br)
     br.add_argument("--plot", metavar="FILE", default=None, help="also write a PNG chart to FILE")
     br.add_argument("--team", default=None, help="only this team")
     br.set_defaults(handler=cmd_budget_report)

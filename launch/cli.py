@@ -21,6 +21,7 @@ for _var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from launch.cli_args import add_ledger_overrides  # noqa: E402
 from training.errors import EXIT_REQUEUE, EXIT_USER_ERROR, ConfigError, LadderError, Preempted  # noqa: E402
 
 OVERRIDES_HELP = """\
@@ -198,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "correlation with n and a permutation p-value, and a verdict on the lower "
                                     "rung as a proxy. Reads the ledger and the registry; evaluates nothing.",
                         epilog=overrides_help)
-    rr.add_argument("overrides", nargs="*", help="Hydra overrides that locate the ledger (trainer.run_root=...)")
+    add_ledger_overrides(rr)
     rr.add_argument("--sweep", default=None, help="the lower- or higher-rung sweep (default: every promotion)")
     rr.add_argument("--json", action="store_true", help="print the report as JSON")
     from launch import bench_cmd, budget_cmd, data_cmd, ledger_cmd  # verbs that declare their own arguments and handler (DESIGN.md)

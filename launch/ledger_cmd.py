@@ -17,6 +17,7 @@ import argparse
 import math
 from pathlib import Path
 
+from launch.cli_args import add_ledger_overrides
 from training.errors import ConfigError
 from training.store import Store
 
@@ -40,8 +41,7 @@ def register(subparsers, epilog: str = "") -> None:
                                      "never from the URL. Then set ledger.url and registry.url to the new URL.",
                          epilog=epilog + "\nexample:\n  ladder ledger migrate --to postgresql://ladder@db-host:5432/ladder "
                                          "trainer.run_root=/data/runs")
-    mig.add_argument("overrides", nargs="*", help="Hydra overrides that locate the source (trainer.run_root=..., "
-                                                  "ledger.url=..., registry.url=...)")
+    add_ledger_overrides(mig, "the source")
     mig.add_argument("--to", required=True, metavar="URL", help="the target ledger: postgresql://user@host:port/db")
     mig.add_argument("--registry-to", default=None, metavar="URL", help="the target registry (default: --to)")
     mig.set_defaults(handler=cmd_migrate)
