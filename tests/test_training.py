@@ -45,6 +45,13 @@ def test_metrics_file_has_the_documented_fields(tmp_path):
     assert rows[1]["tokens"] > rows[0]["tokens"] > 0
     assert 0 < rows[0]["goodput"] <= 1
     assert rows[0]["lr"] < rows[1]["lr"]  # warmup
+    # the run's watchdog ended with it, and so does that of a run with nothing left to do: a live one
+    # would end this process once the run's last phase aged past its limit (it did, 30 min into a CI run)
+    import threading
+    assert not [t for t in threading.enumerate() if t.name == "ladder-watchdog" and t.is_alive()]
+    train_in_process([*FAST, f"trainer.run_root={tmp_path}", "trainer.run_name=m", "trainer.max_steps=2"])
+    time.sleep(0.1)
+    assert not [t for t in threading.enumerate() if t.name == "ladder-watchdog" and t.is_alive()]
 
 
 def test_resume_after_sigkill_reproduces_the_uninterrupted_losses(tmp_path):

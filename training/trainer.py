@@ -392,6 +392,13 @@ class Trainer:
 
     # ---- the loop ----------------------------------------------------------------------
     def run(self) -> RunResult:
+        try:
+            return self._run()
+        finally:  # however the run ended (refused in set-up, finished, failed): its watchdog ends with it
+            if hasattr(self, "watchdog"):
+                self.watchdog.stop()
+
+    def _run(self) -> RunResult:
         t, main = self.cfg.trainer, self.world.main
         if not self.setup():
             if main:
