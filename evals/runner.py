@@ -77,10 +77,10 @@ def generation_backend(eval_cfg: DictConfig, device: str) -> str:
     """hf or vllm, checked before anything is loaded: vllm asked for where it cannot run is an error."""
     from training.errors import ConfigError
     from training.generator import eval_generator_problems, resolve_backend
-    name = eval_cfg.generator.name
-    if (problems := eval_generator_problems(name, "cuda" if device.startswith("cuda") else device)):
+    name, kind = eval_cfg.generator.name, "cuda" if device.startswith("cuda") else device  # cuda:1 is cuda
+    if (problems := eval_generator_problems(name, kind)):
         raise ConfigError("; ".join(problems))
-    return resolve_backend(name, "cuda" if device.startswith("cuda") else device)
+    return resolve_backend(name, kind)
 
 
 def default_registry(ckpt: CheckpointRef | Path) -> Registry:

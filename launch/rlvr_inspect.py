@@ -40,7 +40,7 @@ def inspect_rlvr(cfg: DictConfig) -> dict:
     max_new = cfg.generator.max_new_tokens
     tokenizer = load_tokenizer(cfg.model)
     sources = load_sources(cfg.data, tokenizer, max_new)
-    prompts = mix(cfg.data, sources)  # the seed the GRPO batch source uses: load_prompts' default
+    prompts = mix(cfg.data, sources, cfg.trainer.seed)  # the set the GRPO batch source draws (its seed)
     in_set = Counter(p.source for p in prompts)
     rows = []
     for spec, src in zip(source_specs(cfg.data), sources):

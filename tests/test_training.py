@@ -47,11 +47,19 @@ def test_metrics_file_has_the_documented_fields(tmp_path):
     assert rows[0]["lr"] < rows[1]["lr"]  # warmup
     # the run's watchdog ended with it, and so does that of a run with nothing left to do: a live one
     # would end this process once the run's last phase aged past its limit (it did, 30 min into a CI run)
-    import threading
-    assert not [t for t in threading.enumerate() if t.name == "ladder-watchdog" and t.is_alive()]
+    assert live_watchdogs() == []
     train_in_process([*FAST, f"trainer.run_root={tmp_path}", "trainer.run_name=m", "trainer.max_steps=2"])
-    time.sleep(0.1)
-    assert not [t for t in threading.enumerate() if t.name == "ladder-watchdog" and t.is_alive()]
+    assert live_watchdogs() == []
+
+
+def live_watchdogs() -> list:
+    """Watchdog threads still running once each has had a second to see its stop (a stopped one ends
+    at once; one never stopped watches forever)."""
+    import threading
+    dogs = [t for t in threading.enumerate() if t.name == "ladder-watchdog"]
+    for t in dogs:
+        t.join(timeout=1.0)
+    return [t for t in dogs if t.is_alive()]
 
 
 def test_resume_after_sigkill_reproduces_the_uninterrupted_losses(tmp_path):

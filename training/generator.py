@@ -23,7 +23,6 @@ keys=None. One sampler, two uses: the GRPO reward and the eval score see answers
 
 from __future__ import annotations
 
-import hashlib
 import time
 from dataclasses import dataclass
 
@@ -31,11 +30,12 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from training.errors import ConfigError
+from training.seeds import seed_of
 
 
 def sample_key(*parts) -> int:
-    """A 63-bit seed from named parts, e.g. (seed, step, prompt index, sample index)."""
-    return int.from_bytes(hashlib.sha256("/".join(map(str, parts)).encode()).digest()[:8], "little") >> 1
+    """One answer's sampling seed, from (seed, step, prompt index, sample index)."""
+    return seed_of(*parts)
 
 
 class SeededSampler(LogitsProcessor):

@@ -21,7 +21,6 @@ unit: per token for SFT, per pair for DPO): one extra host transfer per step.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 
@@ -30,6 +29,7 @@ import torch
 from training.errors import DataError
 from training.mixture_config import count_problems, is_mixture, round_counts, source_specs
 from training.packing import PackedStream, collate, pack_greedy
+from training.seeds import seed_of
 from training.token_cache import SourceDocs, load_source
 
 SOURCE_STATS = "data/per_source"  # the stats key of the per-source sums a recipe returns
@@ -38,11 +38,6 @@ log = logging.getLogger("ladder.data")
 
 def token_cache_dir(cfg) -> Path:
     return Path(cfg.trainer.run_root) / "cache" / "tokens"
-
-
-def _seed(*parts) -> int:
-    """A generator seed from named parts: a source's passes do not move when another source changes."""
-    return int.from_bytes(hashlib.sha256("/".join(map(str, parts)).encode()).digest()[:8], "little") >> 1
 
 
 class MixtureStream(PackedStream):
@@ -69,7 +64,7 @@ class MixtureStream(PackedStream):
             n = len(self.sources[s].docs)
             if len(self._perms) > 4 * len(self.sources):  # rounds move forward: keep only recent passes
                 self._perms.clear()
-            g = torch.Generator().manual_seed(_seed(self.seed, self.source_names[s], e))
+            g = torch.Generator().manual_seed(seed_of(self.seed, self.source_names[s], e))
             self._perms[(s, e)] = torch.randperm(n, generator=g).tolist() if self.shuffle else list(range(n))
         return self._perms[(s, e)]
 
@@ -86,7 +81,7 @@ class MixtureStream(PackedStream):
     def _plan_epoch(self, r: int) -> list[list[int]]:
         order = self.round_documents(r)
         if self.shuffle:
-            g = torch.Generator().manual_seed(_seed(self.seed, "round", r))
+            g = torch.Generator().manual_seed(seed_of(self.seed, "round", r))
             order = [order[i] for i in torch.randperm(len(order), generator=g).tolist()]
         return pack_greedy(order, lambda i: self.length(self.docs[i]), self.micro_batch_tokens)
 
