@@ -33,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     args = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     args.add_argument("--pipeline", action="store_true", help="also run DPO and compare it with SFT")
     opts = args.parse_args(argv)
+    # The demo's losses are the suite's: the same pinned CPU numerics on every x86-64 machine.
+    from training.cpu_numerics import pin
+    pin()
 
     from launch.cli import main as ladder
     from launch.eval_cmd import run_eval  # the code behind `ladder eval`

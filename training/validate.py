@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from training.attention import attention_problem
 from training.errors import ConfigError
+from training.paths import path_problems
 
 SUPPORTED_LOSSES = {"sft", "dpo_sigmoid", "dpo_norm", "simpo", "grpo", "dr_grpo", "dapo"}
 RL_LOSSES = {"grpo", "dr_grpo", "dapo"}  # training/grpo.py
@@ -174,10 +175,50 @@ def range_problems(cfg: DictConfig) -> list[str]:
     return problems
 
 
+# ---- launcher.env: what a cluster profile may set in the job's environment -------------------
+# launcher.env is exported by the sbatch script before the job runs (launch/slurm_script.py), so a
+# key there can take over the job: PATH, LD_PRELOAD, PYTHONPATH, BASH_ENV, IFS or SHELLOPTS change
+# what runs and how the script parses, SLURM_* are the job's own (SLURM_ARRAY_TASK_ID picks the sweep
+# point), and MASTER_ADDR, RANK and the like are torchrun's. A cluster profile holds network and
+# library settings only, so keys come from these prefixes, each for a reason:
+ENV_PREFIXES = {
+    "NCCL_": "NCCL: interfaces, InfiniBand, protocol, debug level (configs/launcher/*.yaml)",
+    "FI_": "libfabric, the EFA provider on AWS (configs/launcher/slurm_efa.yaml)",
+    "OFI_NCCL_": "the aws-ofi-nccl plugin that carries NCCL over libfabric on EFA clusters",
+    "UCX_": "UCX, the transport of InfiniBand clusters that use it (UCX_NET_DEVICES, UCX_TLS)",
+    "GLOO_": "Gloo, torch.distributed's CPU backend: GLOO_SOCKET_IFNAME, as NCCL_SOCKET_IFNAME for NCCL",
+    "TORCH_": "torch.distributed's own switches: TORCH_NCCL_ASYNC_ERROR_HANDLING, TORCH_DISTRIBUTED_DEBUG",
+    "CUDA_": "CUDA runtime settings: CUDA_DEVICE_MAX_CONNECTIONS (configs/launcher/*.yaml)",
+}
+# Inside those prefixes, what SLURM sets per job: the GPUs it bound to this job (a fixed list would
+# put two jobs of a node on the same GPUs).
+ENV_JOB_OWNED = {"CUDA_VISIBLE_DEVICES"}
+# Not allowed, on purpose: OMP_NUM_THREADS (the script derives it from launcher.cpus_per_task and
+# would overwrite it), HF_* and WANDB_* (they reach the job from the submitting shell, which sbatch
+# passes on; a token never belongs in a config).
+
+
+def env_problems(env) -> list[str]:
+    """launcher.env keys outside ENV_PREFIXES, or owned by the job, naming each key."""
+    problems = []
+    for name in env or {}:
+        name = str(name)
+        if name in ENV_JOB_OWNED:
+            problems.append(f"launcher.env.{name}: SLURM sets it for each job; a launcher profile cannot")
+        elif not name.startswith(tuple(ENV_PREFIXES)):
+            problems.append(f"launcher.env.{name}: not a network or library setting a cluster profile may set; "
+                            f"launcher.env keys start with {', '.join(ENV_PREFIXES)} (training/validate.py "
+                            "ENV_PREFIXES says why each)")
+    return problems
+
+
 def validate(cfg: DictConfig, world_size: int | None = None, here: bool = False) -> BatchLayout:
     """here=True in the process that runs the job: also check what this machine must have (vllm
     and a GPU for generator=vllm). Planning and launching from a login node check the config only."""
-    problems: list[str] = range_problems(cfg)
+    problems: list[str] = range_problems(cfg) + env_problems(cfg.launcher.env)
+    paths = path_problems(cfg)
+    if paths:  # the file checks below would raise OSError or ValueError on these
+        raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems + paths))
     m, r, d, t = cfg.model, cfg.rung, cfg.data, cfg.trainer
 
     layout = None
