@@ -78,7 +78,8 @@ class AsyncEvaluator:
                     "TOKENIZERS_PARALLELISM": "false", **(env or {})}
         self._tmp = tempfile.TemporaryDirectory(prefix="ladder-async-eval-")
         self.suite_file = Path(self._tmp.name) / "suite.yaml"
-        self.suite_file.write_text(OmegaConf.to_yaml(eval_cfg, resolve=True))
+        # As composed (resolved, a literal `${` kept escaped): resolve=True would make it live in the job.
+        self.suite_file.write_text(OmegaConf.to_yaml(eval_cfg))
         self._queue: deque[_Job] = deque()
         self._running: list[_Job] = []
         self._held: list[EvalDone] = []  # finished, waiting for an earlier step's job (step order)

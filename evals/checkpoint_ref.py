@@ -65,7 +65,8 @@ def read_ref(ckpt: str | Path, content_hash: str | None = None) -> CheckpointRef
     config = None
     if cfg_file.exists():
         from training.schema import LadderConfig
-        saved = OmegaConf.load(cfg_file)
+        from training.compose import load_saved
+        saved = load_saved(cfg_file)  # a shared checkpoint is input: never resolve what it says
         try:
             config = OmegaConf.merge(OmegaConf.structured(LadderConfig), saved)
         except Exception:  # a config from an older schema: keep what it says, untyped

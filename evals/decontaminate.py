@@ -33,6 +33,7 @@ from omegaconf import DictConfig
 
 from training.chat_data import iter_jsonl
 from training.errors import DataError
+from training.losses import loss_spec
 from training.mixture_config import SourceSpec, is_mixture, source_specs
 
 VERSION = 1  # bump when the matching rule changes: it keys the result cache
@@ -112,6 +113,12 @@ class PromptIndex:
 
 
 # ---- the training rows --------------------------------------------------------------------
+def row_format(cfg: DictConfig) -> str:
+    """The format training checks the rows in: the loss's data format (training/losses.py). RLVR
+    prompts are checked as preference rows, as before the table of losses, which refuses them."""
+    return "messages" if loss_spec(cfg.recipe.loss).data_format == "messages" else "preference"
+
+
 def row_texts(row: dict) -> list[str]:
     msgs = row.get("messages") or (row.get("chosen", []) + row.get("rejected", []))
     return list(dict.fromkeys(m["content"] for m in msgs))  # a pair's shared prompt once
@@ -171,7 +178,7 @@ def decontaminate(cfg: DictConfig, use_cache: bool = True, write_cache: bool = T
     d = cfg.data.decontamination
     if d.ngram < 1 or not 0 < d.threshold <= 1:
         raise DataError(f"data.decontamination: ngram={d.ngram} must be >= 1 and threshold={d.threshold} in (0, 1]")
-    fmt = "messages" if cfg.recipe.loss == "sft" else "preference"
+    fmt = row_format(cfg)
     prompts, skipped = eval_prompts(cfg.eval)
     sources, unchecked = [], []
     for spec in source_specs(cfg.data):
@@ -228,10 +235,17 @@ def _store(path: Path, report: dict) -> None:
 
 # ---- output ---------------------------------------------------------------------------------
 def write_filtered(cfg: DictConfig, report: dict, out_dir: str) -> dict[str, str]:
-    """DIR/<source>.jsonl: each checked source without its matching rows (local rows verbatim)."""
-    fmt = "messages" if cfg.recipe.loss == "sft" else "preference"
+    """DIR/<source>.jsonl: each checked source without its matching rows (local rows verbatim).
+    Only inside DIR: a source name is one plain path component (training/names.py), and each path
+    is checked again once resolved, so neither a name nor a link planted in DIR writes elsewhere."""
+    from training.errors import ConfigError
+    fmt = row_format(cfg)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"--write {out_dir}: cannot make the folder: {e.strerror}") from None
+    root = out.resolve()
     checked = {s["source"]: s for s in report["sources"]}
     written = {}
     for spec in source_specs(cfg.data):
@@ -243,6 +257,10 @@ def write_filtered(cfg: DictConfig, report: dict, out_dir: str) -> dict[str, str
                             "filtered copy would have no rows; leave the source out instead")
         path = out / f"{spec.name}.jsonl"
         tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        for p in (path, tmp):
+            if p.resolve().parent != root:
+                raise ConfigError(f"--write {out_dir}: the copy of source {spec.name!r} would be written to "
+                                  f"{p.resolve()}, outside {root}; nothing of it was written")
         with open(tmp, "w", encoding="utf-8") as f:
             for where, row in iter_rows(spec, fmt):
                 if where not in drop:

@@ -23,6 +23,7 @@ from evals.cache import task_specs
 from evals.registry import Registry
 from training.checkpoint import COMPLETE
 from training.errors import ConfigError, EvalError
+from training.store import safe_text
 
 # the command-line flag of each filter, to say in words what matched nothing
 FLAGS = {"sweep": "--sweep", "rung": "--rung", "recipe": "--recipe", "data": "--data", "lr": "--lr",
@@ -40,7 +41,7 @@ def leaderboard(registry: Registry, eval_cfg: DictConfig, task: str | None = Non
         active = [f"{FLAGS.get(k, k)} {v}" for k, v in filters.items() if v is not None]
         known = ""
         if filters.get("sweep") is not None:
-            sweeps = sorted({c["sweep"] for c in registry.checkpoints() if c["sweep"]})
+            sweeps = sorted({safe_text(c["sweep"], markup=False) for c in registry.checkpoints() if c["sweep"]})
             known = f"; the sweeps it knows: {', '.join(sweeps) if sweeps else 'none'}"
         raise EvalError(f"no checkpoints in the registry {registry.path}"
                         + (f" match {' and '.join(active)}" if active else "") + known
@@ -84,11 +85,12 @@ def print_leaderboard(tasks: list[str], rows: list[dict], suite: str, by: str | 
     for task in tasks:  # long task names fold in the header; a score (<= 5 characters) never does
         t.add_column(task, justify="right", min_width=5, overflow="fold")
     t.add_column("average", justify="right", no_wrap=True)
-    for i, r in enumerate(rows, 1):
+    for i, r in enumerate(rows, 1):  # registry rows may have been written by other tools: safe_text
         lr = f"{r['lr']:.0e}" if r["lr"] is not None else "?"
-        meta = " ".join(str(r[k] or "?") for k in ("rung", "recipe", "data")) + f" {lr}"
-        name = f"{r['run_name']}@{r['step']}" + ("" if r["on_disk"] else " [dim](pruned from disk)[/dim]")
-        t.add_row(str(i), name, meta, *([r["sweep"] or ""] if show_sweep else []),
+        meta = " ".join(safe_text(r[k] or "?") for k in ("rung", "recipe", "data")) + f" {lr}"
+        name = (f"{safe_text(r['run_name'])}@{safe_text(r['step'])}"
+                + ("" if r["on_disk"] else " [dim](pruned from disk)[/dim]"))
+        t.add_row(str(i), name, meta, *([safe_text(r["sweep"] or "")] if show_sweep else []),
                   *[f"{r['scores'][k]:.1f}" if k in r["scores"] else "—" for k in tasks],
                   f"{r['average']:.1f}" if r["average"] is not None else "—")
     (console or Console()).print(t)

@@ -237,6 +237,14 @@ def _flips_html(c: Comparison, task: str) -> str:
 
 
 def write_report(c: Comparison, eval_cfg: DictConfig, registry: Registry, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(report_html(c, eval_cfg, registry))
+    return path
+
+
+def report_html(c: Comparison, eval_cfg: DictConfig, registry: Registry) -> str:
+    """The report as one HTML page (figures inline), for `ladder compare --html`."""
     esc = html.escape
     keys = {s.name: s.settings_key for s in task_specs(eval_cfg)}
     base = c.entries[c.baseline]
@@ -274,9 +282,5 @@ def write_report(c: Comparison, eval_cfg: DictConfig, registry: Registry, path: 
         parts.append(f"<table><tr><th>key</th>{head}</tr>{rows}</table>")
     else:
         parts.append("<p>The compared checkpoints come from runs with identical configs.</p>")
-    doc = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>Ladder comparison: {esc(c.suite)}</title>"
-           f"<style>{CSS}</style></head><body>{''.join(parts)}</body></html>\n")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(doc)
-    return path
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>Ladder comparison: {esc(c.suite)}</title>"
+            f"<style>{CSS}</style></head><body>{''.join(parts)}</body></html>\n")

@@ -22,8 +22,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from launch.console import make_console, num
-from launch.ledger import ACTIVE, LOCAL_DEFAULT_BUDGET, Ledger, identity
+from launch.console import make_console, num, safe_text
+from launch.ledger import ACTIVE, LOCAL_DEFAULT_BUDGET, NOTE_MAX, Ledger, check_name, identity
 from launch.team_members import require_member
 from training.errors import BudgetError, ConfigError
 from training.store import Db
@@ -47,11 +47,11 @@ def _team(budget) -> str:
 
 
 def no_allocation_message(ledger: Ledger, team: str) -> str:
-    teams = sorted(ledger.budgets())
+    teams = [safe_text(t, markup=False) for t in sorted(ledger.budgets())]  # rows any tool may have written
     return (f"team {team!r} has no GPU-hour allocation in the ledger {ledger.where}"
             + (f" (teams with one: {', '.join(teams)})" if teams else "")
-            + f". Whoever owns the allocation sets it: ladder budget set --team {team} --period month "
-              "--gpu-hours H (with the same ledger.url)")
+            + f". Whoever owns the allocation sets it: ladder budget set --team {safe_text(team, markup=False)} "
+              "--period month --gpu-hours H (with the same ledger.url)")
 
 
 def check_and_record(ledger: Ledger, budget, planned_gpu_hours: float, job: dict,
@@ -67,9 +67,9 @@ def over_budget_message(allocation: dict, period: str, charged: dict, planned: f
     if planned <= left:
         return None
     what = "this job plans" if n_jobs == 1 else f"these {n_jobs} jobs plan"
-    return (f"over budget: {what} {num(planned)} GPU-hours, but team "
-            f"'{allocation['team']}' has {num(max(left, 0))} of its {num(allocation['gpu_hours'])} GPU-hours left in "
-            f"{period} (used {num(charged['used'])}, pending or running {num(charged['running'])}); "
+    return (f"over budget: {what} {num(planned)} GPU-hours, but team '{safe_text(allocation['team'], markup=False)}' "
+            f"has {num(max(left, 0))} of its {num(allocation['gpu_hours'])} GPU-hours left in {period} "
+            f"(used {num(charged['used'])}, pending or running {num(charged['running'])}); "
             f"it is over by {num(planned - left)} GPU-hours")
 
 
@@ -95,6 +95,9 @@ def check_and_record_many(ledger: Ledger, budget, jobs: list[tuple[float, dict]]
         raise BudgetError("--override-budget needs a reason, e.g. --override-budget \"deadline, approved by X\"")
     now = time.time() if now is None else now
     team = _team(budget)
+    check_name("budget.team", team)  # where a job's team enters the ledger
+    if override_reason is not None:
+        check_name("--override-budget", override_reason, NOTE_MAX)
     planned = sum(hours for hours, _ in jobs)
     with ledger.transaction() as db:
         if new_sweep is not None:
@@ -124,7 +127,8 @@ def team_standing(ledger: Ledger | None, budget, now: float | None = None) -> tu
     if ledger is None:  # no local ledger file yet: the launch creates it, with the default team's allocation
         if team != LOCAL_DEFAULT_BUDGET["team"]:
             raise BudgetError(f"team {team!r} has no GPU-hour allocation: a new local ledger gives one to team "
-                              f"{LOCAL_DEFAULT_BUDGET['team']!r} only; set one with ladder budget set --team {team}")
+                              f"{LOCAL_DEFAULT_BUDGET['team']!r} only; set one with ladder budget set --team "
+                              f"{safe_text(team, markup=False)}")
         allocation = LOCAL_DEFAULT_BUDGET
         return allocation, period_key(allocation["period"], now), {"used": 0.0, "running": 0.0, "committed": 0.0}
     if allocation is None:
@@ -146,8 +150,8 @@ def dry_run_budget_line(ledger: Ledger | None, budget, planned: float, n_jobs: i
     over = over_budget_message(allocation, period, charged, planned, n_jobs)
     if over is None:
         left = allocation["gpu_hours"] - charged["committed"]
-        return (f"budget: would pass: team '{allocation['team']}' has {num(left)} of {num(allocation['gpu_hours'])} "
-                f"GPU-hours left in {period}, {num(left - planned)} after this launch")
+        return (f"budget: would pass: team '{safe_text(allocation['team'], markup=False)}' has {num(left)} of "
+                f"{num(allocation['gpu_hours'])} GPU-hours left in {period}, {num(left - planned)} after this launch")
     if override_reason is not None:
         return f"budget: {over}; --override-budget would launch it anyway, recording the reason"
     return f"budget: would be REFUSED: {over} (--override-budget \"reason\" to launch anyway)"
@@ -224,7 +228,7 @@ def render_plan_accuracy(rows: list[dict], console=None, last: int = 15) -> None
     for r in rows[-last:]:
         off = abs(r["ratio"] - 1) > PLAN_TOLERANCE
         ratio = f"{r['ratio']:.2f}"
-        table.add_row(str(r["id"]), r["run"], r["rung"], num(r["planned"]), num(r["used"]),
+        table.add_row(str(r["id"]), safe_text(r["run"]), safe_text(r["rung"]), num(r["planned"]), num(r["used"]),
                       f"[red]{ratio}[/red]" if off else ratio)
     console.print(table)
     within = sum(abs(r["ratio"] - 1) <= PLAN_TOLERANCE for r in rows)
@@ -244,11 +248,12 @@ def render_report(rows: list[BudgetRow], ledger_path: Path | str, console=None) 
     for r in rows:
         committed = None if not r.allocated else r.committed / r.allocated
         left = "-" if r.left is None else (f"[red]{num(r.left)}[/red]" if r.left < 0 else num(r.left))
-        table.add_row(r.team, r.period, str(r.jobs), "-" if r.allocated is None else num(r.allocated),
-                      num(r.used), num(r.eval_used), num(r.running), num(r.wasted), num(r.useful), left,
+        table.add_row(safe_text(r.team), safe_text(r.period), str(r.jobs),
+                      "-" if r.allocated is None else num(r.allocated), num(r.used), num(r.eval_used),
+                      num(r.running), num(r.wasted), num(r.useful), left,
                       "-" if committed is None else f"{committed:.0%}", f"${num(r.cost)}")
     console.print(table)
-    console.print(f"ledger: {ledger_path}\n"
+    console.print(f"ledger: {safe_text(ledger_path)}\n"
                   "committed: hours used by finished jobs + max(planned, used) of running ones, over allocated\n"
                   "useful: used x measured MFU (jobs without a measured MFU count 0)\n"
                   "eval: of the used hours, those of SLURM eval jobs (`ladder eval ... launcher=slurm`), charged to the same team",
@@ -265,7 +270,8 @@ def plot_report(rows: list[BudgetRow], path: str | Path) -> Path:
     if path.suffix.lower() != ".png":
         raise ConfigError(f"--plot {path}: the plot is written as PNG; name a .png file")
     path.parent.mkdir(parents=True, exist_ok=True)
-    labels = [f"{r.team}  {r.period}" for r in rows]
+    # escaped: matplotlib would read a team's `$...$` as mathtext (and raise on a bad one)
+    labels = [safe_text(f"{r.team}  {r.period}", markup=False).replace("$", r"\$") for r in rows]
     fig, ax = plt.subplots(figsize=(9, 1.4 + 0.6 * max(1, len(rows))))
     good = [r.used - r.wasted for r in rows]
     waste = [r.wasted for r in rows]

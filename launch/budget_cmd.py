@@ -67,30 +67,42 @@ def _utc(t: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(t))
 
 
+def _show(value) -> str:
+    """Text read from the ledger, for print(): other tools may have written the row (safe_text)."""
+    from launch.console import safe_text
+    return safe_text(value, markup=False)
+
+
 def cmd_budget_set(args) -> int:
     from launch.console import num
-    from launch.ledger import Ledger
+    from launch.ledger import NOTE_MAX, Ledger, check_name
     from training.compose import compose
     if not math.isfinite(args.gpu_hours) or args.gpu_hours < 0:
         raise ConfigError(f"--gpu-hours {args.gpu_hours}: give a finite number of GPU-hours, 0 or more")
     if not args.team.strip():
         raise ConfigError("--team: name the team")
+    check_name("--team", args.team)  # before the ledger is opened (or created)
+    if args.note is not None:
+        check_name("--note", args.note, NOTE_MAX)
     ledger = Ledger.from_config(compose(args.overrides))
     with ledger.transaction() as db:
         before = ledger.set_budget(db, args.team, args.period, args.gpu_hours, note=args.note)
     row = ledger.budgets()[args.team]
     was = (f" (was {num(before['gpu_hours'])} per {before['period']})" if before else " (its first allocation)")
     print(f"ladder budget: team {args.team}: {num(row['gpu_hours'])} GPU-hours per {row['period']}{was}; "
-          f"set by {row['set_by']} at {_utc(row['set_at'])} in the ledger {ledger.where}")
+          f"set by {_show(row['set_by'])} at {_utc(row['set_at'])} in the ledger {ledger.where}")
     return 0
 
 
 def cmd_budget_members(args) -> int:
-    from launch.ledger import Ledger
+    from launch.ledger import Ledger, check_name
     from launch.team_members import change_members, launcher_name, matched_as, members
     from training.compose import compose
     if not args.team.strip():
         raise ConfigError("--team: name the team")
+    check_name("--team", args.team)  # before the ledger is opened (or created)
+    for name in [*args.add, *args.remove]:
+        check_name("member", name)
     cfg = compose(args.overrides)
     ledger = Ledger.from_config(cfg) if args.add or args.remove else Ledger.existing(cfg)
     if ledger is None:
@@ -111,7 +123,7 @@ def cmd_budget_members(args) -> int:
         print(f"team {args.team}: open: no members listed (anyone who can write the ledger {ledger.where} "
               "can launch for it)")
     for r in rows:
-        print(f"  {r['member']}  added by {r['added_by']} at {_utc(r['added_at'])}")
+        print(f"  {_show(r['member'])}  added by {_show(r['added_by'])} at {_utc(r['added_at'])}")
     mine = "a member" if any(r["member"] == me for r in rows) else ("not a member" if rows else "")
     print(f"you are {me!r} on this ledger ({matched})" + (f": {mine}" if mine else ""))
     return 0
@@ -132,13 +144,13 @@ def cmd_budget_report(args) -> int:
     render_plan_accuracy(plan_accuracy(ledger, team=args.team))
     for team, b in sorted((ledger.budgets() if ledger else {}).items()):
         if args.team is None or team == args.team:
-            print(f"allocation: team {team}: {b['gpu_hours']:g} GPU-hours per {b['period']}, set by {b['set_by']} "
-                  f"at {_utc(b['set_at'])}" + (f" ({b['note']})" if b["note"] else ""))
+            print(f"allocation: team {_show(team)}: {b['gpu_hours']:g} GPU-hours per {_show(b['period'])}, set by "
+                  f"{_show(b['set_by'])} at {_utc(b['set_at'])}" + (f" ({_show(b['note'])})" if b["note"] else ""))
     listed = all_members(ledger) if ledger else {}
     for team in sorted({r.team for r in rows} | set(listed)):
         if args.team is None or team == args.team:
-            print(f"members: team {team}: " + (", ".join(listed[team]) if team in listed
-                                                else "open: no members listed"))
+            names = ", ".join(map(_show, listed[team])) if team in listed else "open: no members listed"
+            print(f"members: team {_show(team)}: {names}")
     if args.plot:
         print(f"plot: {plot_report(rows, args.plot)}")
     return 0

@@ -316,6 +316,16 @@ def main(argv: list[str] | None = None) -> int:
         return 141  # what a shell reports for a process ended by SIGPIPE (128 + 13)
 
 
+def check_argv(argv: list[str]) -> None:
+    """Every argument of every verb, checked for secrets before the verb runs: argv is recorded
+    (run_meta.json, W&B, the ledger, launch.json, job scripts), options and ignored overrides too.
+    compose() checks the overrides again, for `python -m training.trainer` and in-process callers."""
+    from training.secret_guard import argv_problems
+    problems = argv_problems(argv)
+    if problems:
+        raise ConfigError("invalid command line:\n  - " + "\n  - ".join(problems))
+
+
 def _main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     # Overrides may come before and after options (`ladder launch -m a=1,2 --wait b=3`): argparse
@@ -334,6 +344,7 @@ def _main(argv: list[str] | None = None) -> int:
         os.environ["LADDER_VERBOSE"] = "1"  # for the trainer and eval processes this verb starts
     setup_logging(args.verbose)
     try:
+        check_argv(sys.argv[1:] if argv is None else argv)
         if getattr(args, "handler", None):  # a verb module's handler (register(subparsers))
             return args.handler(args)
         return {"train": cmd_train, "eval": cmd_eval, "config": cmd_config, "plan": cmd_plan,

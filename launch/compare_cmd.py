@@ -39,8 +39,30 @@ def registry_for_targets(cfg, overrides: list[str], targets: list[str]) -> Regis
     return Registry.from_config(cfg)
 
 
+def check_outputs(**files: str | None) -> None:
+    """Refuse an output option that cannot be written (a folder, a NUL, a name too long) before the
+    command evaluates anything; files={"--json": path, ...}."""
+    from training.errors import ConfigError
+    from training.paths import output_problem
+    problems = [p for flag, path in files.items() if path and (p := output_problem(flag, path))]
+    if problems:
+        raise ConfigError("; ".join(problems))
+
+
+def write_output(flag: str, path: str, text: str) -> None:
+    """Write an output option's file; what check_outputs could not foresee (no permission, a full
+    disk) is an error naming the option, not a traceback."""
+    from training.errors import ConfigError
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(text)
+    except OSError as e:
+        raise ConfigError(f"{flag} {path}: cannot write it: {e.strerror or e}") from None
+
+
 def cmd_compare(args) -> int:
     from evals.compare import compare, print_comparison
+    check_outputs(**{"--json": args.json, "--html": args.html})
     targets, overrides = split_overrides(args.items)
     cfg = compose(overrides)
     registry = registry_for_targets(cfg, overrides, targets)
@@ -48,16 +70,18 @@ def cmd_compare(args) -> int:
     c = compare(targets, cfg.eval, registry, baseline=args.baseline)
     print_comparison(c, console)
     if args.json:
-        Path(args.json).write_text(json.dumps(c.to_json(), indent=1) + "\n")
+        write_output("--json", args.json, json.dumps(c.to_json(), indent=1) + "\n")
         console.print(f"json: {args.json}")
     if args.html:
-        from evals.report import write_report
-        console.print(f"report: {write_report(c, cfg.eval, registry, args.html)}")
+        from evals.report import report_html
+        write_output("--html", args.html, report_html(c, cfg.eval, registry))
+        console.print(f"report: {args.html}")
     return 0
 
 
 def cmd_leaderboard(args) -> int:
     from evals.leaderboard import leaderboard, print_leaderboard
+    check_outputs(**{"--json": args.json})
     cfg = compose(args.overrides)
     registry = Registry.from_config(cfg)
     filters = {"sweep": args.sweep, "rung": args.rung, "recipe": args.recipe, "data": args.data, "lr": args.lr,
@@ -65,5 +89,5 @@ def cmd_leaderboard(args) -> int:
     tasks, rows = leaderboard(registry, cfg.eval, task=args.task, top=args.top, **filters)
     print_leaderboard(tasks, rows, cfg.eval.name, args.task)
     if args.json:
-        Path(args.json).write_text(json.dumps({"tasks": tasks, "rows": rows}, indent=1) + "\n")
+        write_output("--json", args.json, json.dumps({"tasks": tasks, "rows": rows}, indent=1) + "\n")
     return 0

@@ -1,20 +1,30 @@
 """Terminal output shared by `ladder plan` and `ladder budget report`: rich, never truncated.
 
-    from launch.console import make_console, num
+    from launch.console import make_console, num, safe_text
+    console.print(f"team {safe_text(row['team'])}")        # text read from the ledger or registry
+    print(f"set by {safe_text(row['set_by'], markup=False)}")   # the same, printed without rich
+
+Text read back from the ledger or the registry is printed through safe_text (training/store.py).
 """
 
 from __future__ import annotations
 
 import sys
 
+# The helper lives beside the stores (training/store.py), so evals/ can use it too (evals never
+# import launch).
+from training.store import safe_text  # noqa: F401
+from training.store_url import invisible_chars  # noqa: F401
+
 
 def make_console():
     """A rich console; when stdout is not a terminal (a pipe, a log, a test) it is wide enough
     that no table column is cut, and it writes no colour codes."""
     from rich.console import Console
+    # emoji=False: a team called ":fire:" is shown as written, not as a picture
     if sys.stdout.isatty():
-        return Console()
-    return Console(width=140, no_color=True, highlight=False)
+        return Console(emoji=False)
+    return Console(width=140, no_color=True, highlight=False, emoji=False)
 
 
 def num(x: float | None, digits: int = 1) -> str:

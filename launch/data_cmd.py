@@ -75,7 +75,11 @@ def cmd_decontaminate(args) -> int:
     from evals.decontaminate import decontaminate, print_report, write_filtered
     from launch.console import make_console
     from training.compose import compose
+    from training.errors import ConfigError
+    from training.paths import output_problem
     from training.validate import validate
+    if args.write and (problem := output_problem("--write", args.write, directory=True)):
+        raise ConfigError(problem)  # before any row is read, not after the whole check
     cfg = compose(args.overrides)
     validate(cfg)  # a missing file or a bad setting is a config error before any row is read
     report = decontaminate(cfg)

@@ -31,6 +31,7 @@ from evals.checkpoint_ref import CheckpointRef, resolve_checkpoint
 from evals.registry import Registry
 from evals.runner import default_registry, evaluate_checkpoint
 from training.compose import compose
+from training.store import safe_text
 from training.tracking import Tracker
 
 
@@ -202,7 +203,7 @@ def run_local_eval_jobs(ckpts: list[Path], overrides: list[str], cfg) -> list[Pa
         except Exception as e:  # one checkpoint's failure must not cost the others their scores
             state, reason = "failed", f"{type(e).__name__}: {e}"[:500]
             failed.append(ckpt)
-            print(f"ladder eval: evaluation of {ckpt} failed: {reason}")
+            print(f"ladder eval: evaluation of {ckpt} failed: {safe_text(reason, markup=False)}")
         used = gpus * (time.time() - t0) / 3600
         ledger.update_job(job_id, state=state, reason=reason, used_gpu_hours=used,
                           waste_gpu_hours=0.0 if state == "completed" else used, finished_at=time.time())

@@ -41,6 +41,7 @@ from omegaconf import DictConfig, OmegaConf
 from launch.console import num
 from launch.slurm_script import log_dir_of  # noqa: F401  (here too for its older callers)
 from training.errors import ConfigError, LadderError
+from training.store import safe_text  # a reason read back from the ledger may hold anything
 
 STOP_GRACE_S = 60  # after Ctrl-C, how long the trainer gets to write its last heartbeat
 
@@ -98,7 +99,7 @@ class LocalLauncher(Launcher):
             try:
                 ledger.mark_started(job.job_id)
                 code = self.run(job.cfg, job.overrides,
-                                on_start=lambda pid: ledger.update_job(job.job_id, external_id=pid))
+                                on_start=lambda pid: ledger.record_pid(job.job_id, pid))  # with its host
                 final = ledger.job(job.job_id)
                 if final["state"] != "cancelled":  # `ladder cancel` has already recorded it
                     final = ledger.finish_from_heartbeat(job.job_id, exit_code=code)
@@ -211,7 +212,8 @@ def shape_groups(jobs: list[Job]) -> list[list[Job]]:
 def write_launch_record(job: Job, external_id: str, script: Path, log: Path, commit: str | None) -> None:
     """The submission, beside the run: config snapshot, commit, script and log paths."""
     job.run_dir.mkdir(parents=True, exist_ok=True)
-    (job.run_dir / "launch_config.yaml").write_text(OmegaConf.to_yaml(job.cfg, resolve=True))
+    # As composed (every value resolved, a literal `${` escaped): resolve=True would write it live.
+    (job.run_dir / "launch_config.yaml").write_text(OmegaConf.to_yaml(job.cfg))
     (job.run_dir / "launch.json").write_text(json.dumps(
         {"ledger_job": job.job_id, "launcher": job.cfg.launcher.name, "external_id": external_id,
          "script": str(script), "log": str(log), "git_commit": commit, "overrides": job.overrides,
@@ -339,7 +341,7 @@ def launch(overrides: list[str], override_reason: str | None = None, multirun: b
 def report_final(job: dict) -> None:
     print(f"ladder launch: job {job['id']} {job['state']}: used {num(job['used_gpu_hours'], 3)} of "
           f"{num(job['planned_gpu_hours'], 3)} planned GPU-hours, wasted {num(job['waste_gpu_hours'], 3)}"
-          + (f" ({job['reason']})" if job["state"] != "completed" and job.get("reason") else ""), flush=True)
+          + (f" ({safe_text(job['reason'], markup=False)})" if job["state"] != "completed" and job.get("reason") else ""), flush=True)
 
 
 def cmd_launch(args) -> int:

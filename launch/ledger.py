@@ -25,6 +25,13 @@ lineage across rungs: which lower-rung job, at what score and rank, each promote
 Used hours and the final state come from the trainer's heartbeat (<run_dir>/heartbeat.json).
 Waste is the hours a failed or preempted run lost since its last checkpoint, and all the hours
 of a run cancelled by hand.
+
+A local job's PID means something on one host only, and only until the process ends and the PID
+is reused: a job records its host and its process's start (jobs.host, jobs.process_start), and
+`ladder status` and `ladder cancel` act on the PID only there and only while the same process
+holds it (launch/status_cmd.py). Names that enter the ledger from the command line (teams,
+members) are checked once, where they are written (check_name); whatever is read back is printed
+through launch/console.safe_text, since other tools may have written the rows.
 """
 
 from __future__ import annotations
@@ -35,6 +42,8 @@ import statistics
 import time
 from pathlib import Path
 
+from launch.console import invisible_chars, safe_text
+from training.errors import ConfigError
 from training.heartbeat import read_heartbeat
 from training.store import Db, Store
 from training.store_url import parse_store_url
@@ -45,18 +54,20 @@ STATES = ACTIVE + FINAL
 # Heartbeats are written on the compute nodes, sacct's times by the controller: allow for clocks
 # a little apart when deciding whether a heartbeat belongs to this job.
 CLOCK_SLACK_S = 30.0
-SCHEMA_VERSION = 8  # 2: jobs.overrides and the promotions table (launch/promote.py); 3: jobs.config_changes
+SCHEMA_VERSION = 9  # 2: jobs.overrides and the promotions table (launch/promote.py); 3: jobs.config_changes
 # 4: jobs.data_mixture and jobs.allow_contamination (training/mixture_config.py, evals/decontaminate.py)
 # 5: jobs.kind (train | eval: SLURM eval jobs of `ladder eval ... launcher=slurm`)
 # 6: jobs.launched_by, and the budgets and budget_changes tables (SCHEMA creates new tables)
 # 7: the bench_rates table (launch/rates.py: `ladder bench import`)
 # 8: the team_members and team_member_changes tables (launch/team_members.py; SCHEMA creates them)
+# 9: jobs.host and jobs.process_start: where a local job's PID means something, and which process it is
 MIGRATIONS = {2: "ALTER TABLE jobs ADD COLUMN overrides TEXT",
               3: "ALTER TABLE jobs ADD COLUMN config_changes TEXT",
               4: "ALTER TABLE jobs ADD COLUMN data_mixture TEXT; "
                  "ALTER TABLE jobs ADD COLUMN allow_contamination INTEGER NOT NULL DEFAULT 0",
               5: "ALTER TABLE jobs ADD COLUMN kind TEXT NOT NULL DEFAULT 'train'",
-              6: "ALTER TABLE jobs ADD COLUMN launched_by TEXT"}
+              6: "ALTER TABLE jobs ADD COLUMN launched_by TEXT",
+              9: "ALTER TABLE jobs ADD COLUMN host TEXT; ALTER TABLE jobs ADD COLUMN process_start TEXT"}
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -91,7 +102,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     data_mixture TEXT,                 -- JSON: the data's sources, files or hub dataset, weight, epochs, max_samples
     allow_contamination INTEGER NOT NULL DEFAULT 0,  -- 1: launched with --allow-contamination
     kind TEXT NOT NULL DEFAULT 'train',  -- train | eval (an eval job of `ladder eval ... launcher=slurm`)
-    launched_by TEXT                   -- user@host that launched it (and the database role on a server)
+    launched_by TEXT,                  -- user@host that launched it (and the database role on a server)
+    host TEXT,                         -- the host a local job's process runs on (socket.gethostname())
+    process_start TEXT                 -- that process's start, <boot id>:<ticks since boot> (process_start)
 );
 CREATE INDEX IF NOT EXISTS jobs_team_period ON jobs (team, period);
 CREATE INDEX IF NOT EXISTS jobs_rung ON jobs (rung);
@@ -183,6 +196,52 @@ CREATE INDEX IF NOT EXISTS bench_rates_shape ON bench_rates (shape);
 # PostgreSQL ledger starts with none: a team's allocation is set by whoever owns it.
 LOCAL_DEFAULT_BUDGET = {"team": "default", "period": "month", "gpu_hours": 10000.0}
 PERIODS = ("week", "month", "quarter", "year")
+NAME_MAX = 64  # team and member names; a PostgreSQL role name has at most 63 bytes
+NOTE_MAX = 1000  # a budget change's note, an override's reason
+
+
+def text_problem(what: str, value, max_len: int = NAME_MAX) -> str | None:
+    """Why `value` cannot enter the ledger as `what`, or None: it must be UTF-8 text (argv with
+    bytes that are not is surrogate-escaped, and the database would raise UnicodeEncodeError),
+    with no control or format characters (an ESC sequence would act on every terminal that
+    prints it), of at most max_len characters. The value is shown escaped, never raw."""
+    text = str(value)
+    shown = safe_text(text if len(text) <= 80 else text[:80] + "...", markup=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return (f"{what} '{shown}' holds bytes that are not UTF-8 text (shown escaped); give it in UTF-8; "
+                "nothing was changed")
+    bad = invisible_chars(text)
+    if bad:
+        return (f"{what} '{shown}' holds control characters ({', '.join(sorted({repr(c) for c in bad}))}); "
+                "use printable text; nothing was changed")
+    if len(text) > max_len:
+        return f"{what} is {len(text)} characters long; use at most {max_len}; nothing was changed"
+    return None
+
+
+def check_name(what: str, value, max_len: int = NAME_MAX) -> None:
+    """ConfigError (exit status 2) for a name or note that cannot enter the ledger (text_problem)."""
+    problem = text_problem(what, value, max_len)
+    if problem:
+        raise ConfigError(problem)
+
+
+def this_host() -> str:
+    return socket.gethostname()
+
+
+def process_start(pid: int | str | None) -> str | None:
+    """<boot id>:<start time in clock ticks since boot> of a live process (Linux /proc), or None
+    (no such process, or no /proc). A PID is reused once its process ends; this pair is not."""
+    try:
+        stat = Path(f"/proc/{int(pid)}/stat").read_text()
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except (OSError, TypeError, ValueError):
+        return None
+    fields = stat.rpartition(")")[2].split()  # after the command name, which may hold spaces and ')'
+    return f"{boot}:{fields[19]}" if len(fields) > 19 else None  # field 22 of proc(5): starttime
 
 
 def path_from_url(url: str) -> Path:
@@ -253,6 +312,9 @@ class Ledger(Store):
         """Set a team's allocation and record the change; returns the previous allocation (or {})."""
         if period not in PERIODS:
             raise ValueError(f"period {period!r}: use {', '.join(PERIODS)}")
+        check_name("team", team)
+        if note is not None:
+            check_name("note", note, NOTE_MAX)
         now = time.time() if now is None else now
         set_by = set_by or identity(db)
         db.lock(f"budget:{team}")  # the lock a launch of the team holds while it checks (launch/budget.py)
@@ -300,11 +362,17 @@ class Ledger(Store):
                 raise KeyError(f"no job {job_id} in the ledger {self.path}")
 
     def mark_started(self, job_id: int, external_id: str | None = None) -> None:
-        """The job's process started; remember the run's hours so far (a resumed run has some)."""
+        """The job's process started on this host (external_id: its PID, when known yet); remember
+        the run's hours so far (a resumed run has some)."""
         job = self.job(job_id)
         hb = read_heartbeat(Path(job["run_dir"])) if job["run_dir"] else None
         self.update_job(job_id, state="running", started_at=time.time(), external_id=external_id,
+                        host=this_host(), process_start=process_start(external_id),
                         hours_before=float((hb or {}).get("device_hours", 0.0)))
+
+    def record_pid(self, job_id: int, pid: int | str) -> None:
+        """A local job's process, started on this host: its PID, the host and which process it is."""
+        self.update_job(job_id, external_id=str(pid), host=this_host(), process_start=process_start(pid))
 
     def finish_from_heartbeat(self, job_id: int, exit_code: int | None = None, cancelled: bool = False,
                               accounted=None) -> dict:

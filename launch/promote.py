@@ -51,7 +51,9 @@ from omegaconf import DictConfig, OmegaConf
 from evals.run_scores import Metric, available_metrics, parse_metric, run_score
 from launch.console import make_console, num
 from launch.ledger import ACTIVE, Ledger
+from training.compose import load_saved
 from training.errors import BudgetError, ConfigError, EvalError
+from training.store import safe_text  # run names read back from the ledger may hold anything
 
 SCALE_GROUPS = ("rung", "model")  # their overrides belong to the rung, not to the point
 REPLACED = ("trainer.run_name", "trainer.resume", "sweep", "optim.lr")  # set anew for the promoted job
@@ -196,7 +198,7 @@ def run_config(point: Point) -> DictConfig:
     """The point's resolved config: the run's config.yaml, else its registered checkpoint's."""
     path = Path(point.run_dir) / "config.yaml"
     if path.is_file():
-        return OmegaConf.load(path)
+        return load_saved(path)  # a run folder is input: a live interpolation is refused, not resolved
     if point.checkpoint and point.checkpoint.get("config_json"):
         return OmegaConf.create(json.loads(point.checkpoint["config_json"]))
     raise ConfigError(f"{point.run_name}: no resolved config at {path}; cannot transfer its learning rate")
@@ -362,7 +364,8 @@ def render_plan(sweep, to_sweep, from_rung, to, metric: Metric, suite, ranked, c
     by_point = {p.run_dir: (tr, j) for p, tr, j in zip(chosen, transfers, jobs)}
     for p in ranked:
         tr, job = by_point.get(p.run_dir, (None, None))
-        t.add_row(str(p.rank), p.run_name, f"{p.score:.4g}", f"{point_lr(p):.3g}", job.run_name if job else "-",
+        t.add_row(str(p.rank), safe_text(p.run_name), f"{p.score:.4g}", f"{point_lr(p):.3g}",
+                  safe_text(job.run_name) if job else "-",
                   f"{tr.child_lr:.3g}" if tr else "-", num(job.plan.gpu_hours, 3) if job else "-",
                   style=None if job else "dim")
     console.print(t)

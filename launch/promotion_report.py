@@ -28,7 +28,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from launch.console import make_console
+from launch.console import make_console, safe_text
 from launch.ledger import ACTIVE, Ledger
 from training.errors import ConfigError
 
@@ -111,8 +111,9 @@ def promotion_groups(ledger: Ledger, sweep: str | None) -> list[list[dict]]:
     if not rows:
         if sweep is None:
             raise ConfigError(f"no promotions in the ledger {ledger.path}; run `ladder promote` first")
+        promoted = sorted({safe_text(r["from_sweep"], markup=False) for r in ledger.promotions()})
         raise ConfigError(f"no promotion from or to sweep {sweep!r} in the ledger {ledger.path}; promoted "
-                          f"sweeps there: {', '.join(sorted({r['from_sweep'] for r in ledger.promotions()})) or 'none'}")
+                          f"sweeps there: {', '.join(promoted) or 'none'}")
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in rows:
         groups.setdefault((r["from_sweep"], r["to_sweep"]), []).append(r)
@@ -122,12 +123,14 @@ def promotion_groups(ledger: Ledger, sweep: str | None) -> list[list[dict]]:
 def report(ledger: Ledger, cfg, sweep: str | None) -> list[dict]:
     """One dict per promotion: its rows (lower and higher scores and ranks) and Spearman's rho."""
     from evals.run_scores import Metric, parse_metric, run_score
+    from training.compose import literal
     from training.schema import EvalConfig
 
     out = []
     for rows in promotion_groups(ledger, sweep):
         first = rows[0]
-        eval_cfg = OmegaConf.merge(OmegaConf.structured(EvalConfig), json.loads(first["eval_json"]))
+        # plain values (JSON): escaped, so a literal `${` in one is not read as an interpolation
+        eval_cfg = OmegaConf.merge(OmegaConf.structured(EvalConfig), literal(json.loads(first["eval_json"])))
         try:
             metric = parse_metric(first["metric"], eval_cfg)
         except ConfigError as e:  # the suite's files moved: say so instead of failing the whole report
@@ -183,10 +186,12 @@ def _fmt(x: float | None, digits: str = ".4g") -> str:
 def render(promotions: list[dict], ledger_path: Path | str, console=None) -> None:
     from rich.table import Table
     console = console or make_console()
+    show = safe_text  # every string below comes from the ledger's rows, which other tools may have written
     for pr in promotions:
-        lo, hi = pr["from_rung"], pr["to_rung"]
-        console.print(f"promotion {pr['from_sweep']} ({lo}) -> {pr['to_sweep']} ({hi}): {pr['promoted']} "
-                      f"configuration(s), scored by {pr['metric']} (suite {pr['suite']})", highlight=False)
+        lo, hi = show(pr["from_rung"]), show(pr["to_rung"])
+        console.print(f"promotion {show(pr['from_sweep'])} ({lo}) -> {show(pr['to_sweep'])} ({hi}): "
+                      f"{pr['promoted']} configuration(s), scored by {show(pr['metric'])} (suite {show(pr['suite'])})",
+                      highlight=False)
         t = Table()
         for col, right in (("configuration", False), (f"score @ {lo}", True), (f"rank @ {lo}", True),
                            ("promoted run", False), (f"score @ {hi}", True), (f"rank @ {hi}", True),
@@ -194,11 +199,12 @@ def render(promotions: list[dict], ledger_path: Path | str, console=None) -> Non
             t.add_column(col, justify="right" if right else "left", overflow="fold")
         scored = sum(1 for e in pr["rows"] if e["higher_rank"] is not None)
         for e in pr["rows"]:
-            t.add_row(e["configuration"], _fmt(e["lower_score"]), f"{e['lower_rank']} of {e['lower_points']}",
-                      e["run"], _fmt(e["higher_score"]),
+            t.add_row(show(e["configuration"]), _fmt(e["lower_score"]),
+                      f"{e['lower_rank']} of {e['lower_points']}",
+                      show(e["run"]), _fmt(e["higher_score"]),
                       "-" if e["higher_rank"] is None else f"{e['higher_rank']:g} of {scored}",
                       f"{_fmt(e['lower_lr'], '.3g')} -> {_fmt(e['higher_lr'], '.3g')}",
-                      f"{e['job_id']}: {e['status']}")
+                      f"{e['job_id']}: {show(e['status'])}")
         console.print(t)
         s = pr["spearman"]
         if s["rho"] is None:
@@ -206,15 +212,17 @@ def render(promotions: list[dict], ledger_path: Path | str, console=None) -> Non
         else:
             console.print(f"Spearman's rho = {s['rho']:+.2f} over n = {s['n']} configuration(s) scored at both "
                           f"rungs (one-sided permutation p = {s['p_value']:.2f})", highlight=False)
-        console.print(f"verdict: {s['verdict']}", highlight=False)
+        console.print(f"verdict: {show(s['verdict'])}", highlight=False)  # it names the rungs
         missing = [e for e in pr["rows"] if e["higher_score"] is None]
         if missing:
-            console.print(f"left out: {', '.join(e['run'] + ' (' + e['status'] + ')' for e in missing)}; "
-                          f"score finished runs with `ladder eval CKPT eval={pr['suite']} ...` (the settings of "
-                          "the lower rung's scores)", highlight=False)
+            left = ", ".join(f"{show(e['run'])} ({show(e['status'])})" for e in missing)
+            console.print(f"left out: {left}; score finished runs with `ladder eval CKPT eval={show(pr['suite'])} "
+                          "...` (the settings of the lower rung's scores)", highlight=False)
         if pr["eval_error"]:
-            console.print(f"the promotion's eval settings no longer load: {pr['eval_error']}", highlight=False)
-    console.print(f"ledger: {ledger_path}. Ranks at {promotions[0]['from_rung'] if promotions else 'the lower rung'} "
+            console.print(f"the promotion's eval settings no longer load: {show(pr['eval_error'])}",
+                          highlight=False)
+    lower = show(promotions[0]["from_rung"]) if promotions else "the lower rung"
+    console.print(f"ledger: {show(ledger_path)}. Ranks at {lower} "
                   "are over the whole sweep; rho compares the order of the promoted configurations only "
                   "(ties get average ranks); n < 3 is not meaningful.", style="dim", highlight=False)
 

@@ -5,8 +5,9 @@
 One script per job, or per sweep (a job array whose task i runs point i). Its shape:
   #SBATCH lines     nodes, GPUs per node, time, partition, account, QOS from `launcher.*`,
                     `--signal=B:USR1@N` and `--requeue`
-  environment       the cluster profile's NCCL/network settings (`launcher.env`), never secrets:
-                    WANDB_API_KEY and the like reach the job from the submitting environment
+  environment       the cluster profile's NCCL/network settings (`launcher.env`, keys from the
+                    prefixes in training/validate.ENV_PREFIXES), never secrets: WANDB_API_KEY
+                    and the like reach the job from the submitting environment
   the point         its run directory and its overrides, chosen by SLURM_ARRAY_TASK_ID
   srun              one task per node: the trainer itself on a single device, otherwise torchrun
                     with c10d rendezvous on the first node's address
@@ -24,7 +25,9 @@ Safe by construction: every line that carries a value is made by one of three fu
                      a strict character set (fullmatch: a trailing newline does not pass) and may
                      not start with `-` (it would be read as another option, e.g. --wrap)
 `render` runs `check` itself, so no script is ever made from values that were not checked. A
-bad value is refused with the key to change, never rewritten.
+bad value is refused with the key to change, never rewritten. Variables the job's environment
+sets are only ever expanded inside double quotes, never in arithmetic or eval: the one number
+computed from one (the rendezvous port, from SLURM_JOB_ID) is computed after checking it is digits.
 """
 
 from __future__ import annotations
@@ -36,10 +39,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from training.errors import ConfigError
 from training.names import name_problem
+from training.paths import path_problems
+from training.validate import env_problems
 
 # What sbatch's directive parser takes unquoted: no spaces, quotes, newlines, % (a filename
 # pattern in --output) or shell syntax; and no leading `-`, which sbatch would take for an option.
@@ -64,6 +69,16 @@ def log_dir_of(cfg: DictConfig) -> Path:
 def job_name(text: str) -> str:
     """A label for squeue, derived from the run or sweep name (the name itself is kept intact)."""
     return ("ladder-" + re.sub(r"[^A-Za-z0-9_.+-]", "_", text))[:64]
+
+
+def nul_keys(node, prefix: str = "") -> list[str]:
+    """The keys whose value (or key) holds a NUL: a YAML file can write one ("\\0")."""
+    if isinstance(node, dict):
+        return [k for key, value in node.items()
+                for k in ([f"{prefix}{key!r}"] if "\0" in str(key) else nul_keys(value, f"{prefix}{key}."))]
+    if isinstance(node, list):
+        return [k for i, value in enumerate(node) for k in nul_keys(value, f"{prefix.rstrip('.')}[{i}].")]
+    return [prefix.rstrip(".")] if isinstance(node, str) and "\0" in node else []
 
 
 def check(cfg: DictConfig, log_dir: Path) -> None:
@@ -91,6 +106,10 @@ def check(cfg: DictConfig, log_dir: Path) -> None:
     for name in lc.env or {}:  # secret-looking names are refused when the config is composed
         if not ENV_NAME.fullmatch(str(name)):
             problems.append(f"launcher.env.{str(name)!r}: not an environment variable name")
+    problems += env_problems(lc.env)  # validate() says it too; a script is never made without it
+    problems += path_problems(cfg)  # compose says it too: a NUL or an over-long path never reaches a script
+    problems += [f"{key} holds a NUL character, which no shell script can carry (sbatch refuses it)"
+                 for key in nul_keys(OmegaConf.to_container(cfg, resolve=False))]
     if not SBATCH_SAFE.fullmatch(str(log_dir)):
         problems.append(f"trainer.run_root resolves to {str(log_dir.parent)!r}, which has characters an #SBATCH "
                         "--output line cannot carry (spaces, quotes, %); choose a plain path")
@@ -183,6 +202,10 @@ def render(cfg: DictConfig, points: list[Point], name: str, log_dir: Path, submi
            *_sbatch_lines(cfg, name, log_dir, len(points), entry),
            "",
            "set -euo pipefail",
+           # SLURM_JOB_ID goes into arithmetic below, and bash evaluates an array subscript there
+           # (`x[$(cmd)]` runs cmd): so a job id is digits, checked before any use.
+           '[[ "${SLURM_JOB_ID:-}" =~ ^[0-9]+$ ]] || { echo "ladder: SLURM_JOB_ID is not a job id;'
+           ' run this script with sbatch" >&2; exit 2; }',
            f"cd {_q(submit_dir)}",
            "",
            _comment(f"Network environment of the cluster profile {lc.profile}."),
@@ -203,7 +226,8 @@ def render(cfg: DictConfig, points: list[Point], name: str, log_dir: Path, submi
             "# torchrun's rendezvous lives on the first node; the port is unique per job.",
             'head_node=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
             'head_addr=$(getent ahostsv4 "$head_node" | awk \'NR == 1 {print $1}\')',
-            f'rdzv_port=$(( {int(lc.rdzv_port)} + SLURM_JOB_ID % 1000 ))',
+            # checked digits above; 10# so that a leading 0 is not read as octal
+            f'rdzv_port=$(( {int(lc.rdzv_port)} + 10#$SLURM_JOB_ID % 1000 ))',
             "",
             "# USR1 means the time limit is near: the trainer checkpoints on SIGTERM, then we requeue.",
             "# SIGTERM goes to the step's tasks through SLURM (a SIGTERM to srun itself would kill them).",

@@ -11,6 +11,11 @@ recorded with the hours it used, its final state and its waste; one that failed 
 state and exit code and the tail of its log. A local job whose process is gone is recorded from
 its heartbeat, so no job is left "running" after its process died. A cancelled job's hours are
 all waste.
+
+A local job's PID is a process on the host that recorded it (jobs.host), and only while the
+process that started then still holds it (jobs.process_start; the kernel reuses PIDs). On a
+ledger shared by several hosts, a job of another host is neither finished nor signalled here:
+status and cancel say where it runs and leave it alone (pid_here; cancel then exits with 1).
 """
 
 from __future__ import annotations
@@ -20,8 +25,8 @@ import os
 import time
 from pathlib import Path
 
-from launch.console import make_console, num
-from launch.ledger import ACTIVE, Ledger
+from launch.console import make_console, num, safe_text
+from launch.ledger import ACTIVE, Ledger, process_start, this_host
 from training.errors import ConfigError
 from training.heartbeat import read_heartbeat
 
@@ -54,6 +59,29 @@ def _pid_alive(pid: str | None) -> bool:
         return True
 
 
+def pid_here(ledger: Ledger, job: dict) -> str:
+    """What a local job's recorded PID is on this host: "alive" (the job's own process), "gone"
+    (ended, or the PID now names a later process), or "elsewhere" (recorded on another host, or, on
+    a server, before hosts were recorded: the PID names nothing here, so it is left alone)."""
+    host = job.get("host")
+    if host is None and job["external_id"] is not None and ledger.backend != "sqlite":
+        return "elsewhere"  # a SQLite ledger is on one host's disk (WAL); a server's row may be anyone's
+    if host is not None and host != this_host():
+        return "elsewhere"
+    if not _pid_alive(job["external_id"]):
+        return "gone"
+    if job.get("process_start") and process_start(job["external_id"]) != job["process_start"]:
+        return "gone"  # the PID was reused: the process it names started after the job's
+    return "alive"
+
+
+def elsewhere_message(job: dict, verb: str) -> str:
+    where = (f"on host {safe_text(job['host'], markup=False)}" if job.get("host")
+             else "on a host the ledger did not record (it was launched before hosts were)")
+    return (f"job {job['id']} runs {where} (pid {safe_text(job['external_id'], markup=False)}); "
+            f"run `ladder {verb}` there")
+
+
 def refresh(ledger: Ledger, jobs: list[dict]) -> list[dict]:
     """Bring the active jobs among `jobs` up to date; returns the jobs as now recorded."""
     from launch import slurm
@@ -74,7 +102,7 @@ def refresh(ledger: Ledger, jobs: list[dict]) -> list[dict]:
         elif s.final:
             finish_slurm_job(ledger, j, s)
     for j in active:
-        if j["launcher"] == "local" and j["state"] == "running" and not _pid_alive(j["external_id"]):
+        if j["launcher"] == "local" and j["state"] == "running" and pid_here(ledger, j) == "gone":
             ledger.finish_from_heartbeat(j["id"])  # its launcher died (SIGKILL, a closed terminal)
     return [ledger.job(j["id"]) for j in jobs]
 
@@ -131,7 +159,8 @@ def select(ledger: Ledger, sweep: str | None, ids: list[str] | None = None, limi
         chosen = [j for j in jobs if j["sweep"] == sweep]
         if not chosen:
             sweeps = sorted({j["sweep"] for j in jobs if j["sweep"]})
-            raise ConfigError(f"no jobs of sweep {sweep!r} in {ledger.path}; sweeps: {', '.join(sweeps) or 'none'}")
+            shown = ", ".join(safe_text(s, markup=False) for s in sweeps)  # rows other tools may have written
+            raise ConfigError(f"no jobs of sweep {sweep!r} in {ledger.path}; sweeps: {shown or 'none'}")
         return chosen
     if ids:
         by_id = {str(j["id"]): j for j in jobs}
@@ -157,7 +186,7 @@ def rows(jobs: list[dict]) -> list[dict]:
                     "step": hb.get("step"), "max_steps": hb.get("max_steps"), "loss": hb.get("loss"),
                     "used_gpu_hours": used, "planned_gpu_hours": j["planned_gpu_hours"],
                     "waste_gpu_hours": j["waste_gpu_hours"], "reason": j["reason"], "wandb": hb.get("tracker_url") or "",
-                    "gen_share": hb.get("gen_share")})
+                    "gen_share": hb.get("gen_share"), "host": j.get("host")})
     return out
 
 
@@ -172,20 +201,22 @@ def render(table_rows: list[dict], title: str) -> None:
     for r in table_rows:
         step = f"{r['step']}/{r['max_steps']}" if r["step"] is not None else "-"
         loss = f"{r['loss']:.4f}" if isinstance(r["loss"], (int, float)) else "-"
-        t.add_row(str(r["job"]), r["slurm_id"] or "-", r["run"] or "-",
-                  f"[{colour.get(r['state'], 'white')}]{r['state']}[/]", step, loss,
+        # ledger rows and heartbeats may have been written by other tools: safe_text
+        t.add_row(str(r["job"]), safe_text(r["slurm_id"]), safe_text(r["run"]),
+                  f"[{colour.get(r['state'], 'white')}]{safe_text(r['state'])}[/]", safe_text(step), loss,
                   f"{num(r['used_gpu_hours'], 3)}/{num(r['planned_gpu_hours'], 3)}",
-                  num(r["waste_gpu_hours"], 3), r["wandb"] or "-")
+                  num(r["waste_gpu_hours"], 3), safe_text(r["wandb"] or None))
     console = make_console()
     console.print(t)
     for r in table_rows:  # RL jobs: generation is where GPUs idle, so say how much of each step it takes
         if r.get("gen_share") is not None:
-            console.print(f"job {r['job']} ({r['run']}): generation takes {r['gen_share']:.0%} of step time "
-                          f"at step {r['step']}")
+            console.print(f"job {r['job']} ({safe_text(r['run'])}): generation takes {r['gen_share']:.0%} of step "
+                          f"time at step {safe_text(r['step'])}")
     for r in table_rows:
         if r["state"] in ("failed", "cancelled", "preempted") and r["reason"]:
-            from rich.text import Text
-            console.print(Text.assemble((f"job {r['job']}", "bold"), f" {r['state']}: {r['reason']}"))
+            from rich.text import Text  # not markup; control characters still shown escaped
+            console.print(Text.assemble((f"job {r['job']}", "bold"), f" {safe_text(r['state'], markup=False)}: "
+                                        + safe_text(r["reason"], markup=False, lines=True)))
 
 
 def _ledger(overrides: list[str]) -> Ledger:
@@ -203,7 +234,10 @@ def cmd_status(args) -> int:
     if args.json:
         print(json.dumps(table_rows, indent=2))
     else:
-        render(table_rows, f"Jobs in {ledger.path}" + (f", sweep {args.sweep}" if args.sweep else ""))
+        render(table_rows, safe_text(f"Jobs in {ledger.path}" + (f", sweep {args.sweep}" if args.sweep else "")))
+        for j in jobs:
+            if j["state"] in ACTIVE and j["launcher"] == "local" and pid_here(ledger, j) == "elsewhere":
+                print(elsewhere_message(j, "status"))
     return 0
 
 
@@ -212,11 +246,13 @@ def cancel_jobs(ledger: Ledger, jobs: list[dict], wait_s: float = CANCEL_WAIT_S)
     import signal as sig
     from launch import slurm
     jobs = refresh(ledger, jobs)
-    active = [j for j in jobs if j["state"] in ACTIVE]
+    # a local job of another host is left alone: its PID names nothing here (cmd_cancel says where it runs)
+    active = [j for j in jobs if j["state"] in ACTIVE
+              and not (j["launcher"] == "local" and pid_here(ledger, j) == "elsewhere")]
     slurm_ids = [j["external_id"] for j in active if j["launcher"] == "slurm" and j["external_id"]]
     slurm.cancel(slurm_ids)
     for j in active:
-        if j["launcher"] == "local" and _pid_alive(j["external_id"]):
+        if j["launcher"] == "local" and pid_here(ledger, j) == "alive":
             os.kill(int(j["external_id"]), sig.SIGTERM)  # the trainer checkpoints and stops
     deadline = time.time() + wait_s
     pending = {j["id"]: j for j in active}
@@ -228,7 +264,7 @@ def cancel_jobs(ledger: Ledger, jobs: list[dict], wait_s: float = CANCEL_WAIT_S)
                     accounted = slurm.query([j["external_id"]]).get(j["external_id"])
                     ledger.finish_from_heartbeat(jid, cancelled=True, accounted=accounted)
                     del pending[jid]
-            elif not _pid_alive(j["external_id"]):
+            elif pid_here(ledger, j) != "alive":
                 ledger.finish_from_heartbeat(jid, cancelled=True)
                 del pending[jid]
         if pending:
@@ -245,7 +281,13 @@ def cmd_cancel(args) -> int:
         raise ConfigError("name the jobs to cancel (ledger or SLURM ids) or --sweep NAME")
     ledger = _ledger(args.overrides)
     jobs = cancel_jobs(ledger, select(ledger, args.sweep, args.jobs))
+    left = [j for j in jobs if j["state"] in ACTIVE and j["launcher"] == "local"
+            and pid_here(ledger, j) == "elsewhere"]
     for j in jobs:
-        print(f"ladder cancel: job {j['id']} ({j['run_name']}) {j['state']}: used {num(j['used_gpu_hours'], 3)} "
+        if j in left:
+            print(f"ladder cancel: {elsewhere_message(j, 'cancel ' + str(j['id']))}; left as it is")
+            continue
+        print(f"ladder cancel: job {j['id']} ({safe_text(j['run_name'], markup=False)}) "
+              f"{safe_text(j['state'], markup=False)}: used {num(j['used_gpu_hours'], 3)} "
               f"GPU-hours, recorded as waste {num(j['waste_gpu_hours'], 3)}")
-    return 0
+    return 1 if left else 0

@@ -21,12 +21,14 @@ from __future__ import annotations
 import re
 import time
 
-from launch.ledger import Ledger, identity, os_user
+from launch.console import safe_text
+from launch.ledger import Ledger, check_name, identity, os_user
 from training.errors import BudgetError, ConfigError
 from training.store import Db
 
 # A member is a bare OS user or role name: "alice@login1" (jobs.launched_by's form) would never match.
-MEMBER_NAME = re.compile(r"[^\s@]{1,128}")
+# (Control characters and length: launch/ledger.check_name, for every name entering the ledger.)
+MEMBER_NAME = re.compile(r"[^\s@]+")
 
 
 def launcher_name(db: Db) -> str:
@@ -60,6 +62,9 @@ def change_members(db: Db, team: str, add=(), remove=(), changed_by: str | None 
                    now: float | None = None) -> dict[str, list[str]]:
     """Add and remove members of a team, recording each change; all or nothing (ConfigError).
     Returns {"added", "already", "removed"}."""
+    check_name("team", team)
+    for m in [*add, *remove]:
+        check_name("member", m)
     bad = [m for m in [*add, *remove] if not MEMBER_NAME.fullmatch(m)]
     if bad:
         raise ConfigError(f"member {bad[0]!r}: name the user alone (no '@host', no spaces): the OS user on a "
@@ -95,7 +100,9 @@ def require_member(ledger: Ledger, db: Db, team: str, launching: bool = True) ->
     name = launcher_name(db)
     if not listed or name in listed:
         return
+    shown = [safe_text(m, markup=False) for m in listed]  # rows other tools may have written
     raise BudgetError(
-        f"team {team!r} admits launches by its members only ({', '.join(listed)}), and you are {name!r} "
+        f"team {team!r} admits launches by its members only ({', '.join(shown)}), and you are {name!r} "
         f"(the ledger {ledger.where} matches {matched_as(db)}). " + ("Nothing was launched. " if launching else "")
-        + f"A member or the ledger's owner adds you: ladder budget members --team {team} --add {name}")
+        + f"A member or the ledger's owner adds you: ladder budget members --team {safe_text(team, markup=False)} "
+          f"--add {safe_text(name, markup=False)}")

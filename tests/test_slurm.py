@@ -27,6 +27,12 @@ def hydra_quote(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
+def hydra_quote_raw(value: str) -> str:
+    """A value as a double-quoted string of Hydra's override grammar, backslashes as typed (so
+    `\\${` is Hydra's escaped interpolation)."""
+    return '"' + value.replace('"', '\\"') + '"'
+
+
 def launch(cwd: Path, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
     proc = ladder_cli("launch", *args, cwd=cwd, timeout=timeout)
     return proc
@@ -204,7 +210,27 @@ PAYLOADS = {
     "squote": "x'; touch {m}; echo '",
     "dquote": 'x"; touch {m}; echo "',
     "option": "--wrap=touch {m}",
+    # control characters and rich markup: a terminal escape that retitles the window, a markup tag
+    "ctrl-markup": "x\x1b]0;touch {m}\x07[/bold]\x00",
+    # very long: past a file name's 255 bytes, with a substitution at the end
+    "long": "a" * 300 + "$(touch {m})",
 }
+
+# Typed by a user as overrides (they go through compose, the layer that must stop them): nested
+# and unknown resolvers are refused in every field; an escaped `${` is carried as text or refused
+# by the name and path rules. (payload as typed, the literal it means or None: always refused)
+SECRET = "secret-value-12345"  # WANDB_API_KEY's value in this test
+TYPED = {
+    "interp-nested": ("${{oc.env:${{oc.decode:WANDB_API_KEY}}}}", None),
+    "interp-unknown": ("${{ladder_unknown:{m}}}", None),
+    "interp-env-secret": ("${{oc.env:WANDB_API_KEY}}", None),
+    "interp-escaped": ("cost\\${{USD}}$(touch {m})", "cost${{USD}}$(touch {m})"),
+}
+HYDRA_KEYS = ["hydra.job.name=x", "hydra.run.dir=/tmp/x", "+hydra.searchpath=[file:///tmp]", "hydra/launcher=basic",
+              "~hydra.job.chdir"]
+# launcher.env keys that the job owns or that change how the script itself runs
+ENV_KEYS = ["SLURM_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_TASK_PROLOG", "PATH", "SHELLOPTS", "LD_PRELOAD",
+            "PYTHONPATH", "BASH_ENV", "IFS", "CUDA_VISIBLE_DEVICES"]
 
 
 def string_fields() -> list[tuple[str, str]]:
@@ -253,7 +279,10 @@ def test_hostile_values_in_every_string_field_never_run_in_a_real_job(slurm_clus
     and `ladder eval` then refuse the values): no marker may appear."""
     from launch.launch_cmd import log_dir_of
     from launch.slurm import query, submit
+    from omegaconf import OmegaConf
+
     from launch.slurm_script import EVAL, TRAIN, Point, render
+    from training.compose import compose
     from training.errors import ConfigError
 
     markers = tmp_path / "markers"
@@ -266,9 +295,12 @@ def test_hostile_values_in_every_string_field_never_run_in_a_real_job(slurm_clus
         accepted = []
         for key, kind in fields:  # one at a time: which fields does the renderer refuse?
             cfg, _ = hostile_config([(key, kind)], payload, markers, tmp_path / "runs", name)
+            try:  # a NUL in run_root cannot even be resolved: then render() itself must refuse it
+                log_dir = log_dir_of(cfg)
+            except ValueError:
+                log_dir = tmp_path / "runs" / "slurm"
             try:
-                render(cfg, [Point(tmp_path / "runs" / "r", [])], name="r", log_dir=log_dir_of(cfg),
-                       submit_dir=tmp_path)
+                render(cfg, [Point(tmp_path / "runs" / "r", [])], name="r", log_dir=log_dir, submit_dir=tmp_path)
                 accepted.append((key, kind))
             except ConfigError as e:
                 assert key.split(".")[-1] in str(e) or "run_root" in str(e) or "cannot go on an #SBATCH" in str(e), (
@@ -283,6 +315,61 @@ def test_hostile_values_in_every_string_field_never_run_in_a_real_job(slurm_clus
             path = tmp_path / f"{name}-{entry[-1]}.sbatch"
             path.write_text(script)
             ids.append(submit(str(path)))
+    counts = {"refused": sum(map(len, refused.values())),
+              "carried": len(PAYLOADS) * len(fields) - sum(map(len, refused.values()))}
+    # Typed payloads, through compose as a user's overrides would go, one field at a time
+    os.environ["WANDB_API_KEY"] = SECRET
+    try:
+        for name, (typed, literal) in TYPED.items():
+            accepted_cfgs = []
+            for key, kind in fields:
+                value = typed.format(m=markers / f"{name}-{key}")
+                over = (f"{key}={hydra_quote_raw(value)}" if kind == "str" else f"{key}=[{hydra_quote_raw(value)}]"
+                        if kind == "list" else f"+{key}.NCCL_X={hydra_quote_raw(value)}" if kind == "dict-value"
+                        else f"+{key}.{value}=1")
+                try:
+                    cfg = compose([*TINY, f"trainer.run_root={tmp_path / 'runs'}", over])
+                except ConfigError as e:
+                    assert SECRET not in str(e), str(e)
+                    counts["refused"] += 1
+                    continue
+                assert literal is not None and kind != "dict-key", (name, key)  # never accepted
+                got = OmegaConf.select(cfg, key)
+                got = got[0] if kind == "list" else got["NCCL_X"] if kind == "dict-value" else got
+                assert got == literal.format(m=markers / f"{name}-{key}"), (name, key, got)
+                try:  # the renderer may still refuse it (an #SBATCH field), naming the key
+                    render(cfg, [Point(tmp_path / "runs" / "r", [])], name="r", log_dir=log_dir_of(cfg),
+                           submit_dir=tmp_path)
+                except ConfigError as e:
+                    assert key.split(".")[-1] in str(e) or "run_root" in str(e), (key, str(e))
+                    counts["refused"] += 1
+                    continue
+                counts["carried"] += 1
+                accepted_cfgs.append((key, over))
+            if accepted_cfgs:  # all the carried ones, in one real job
+                cfg = compose([*TINY, f"trainer.run_root={tmp_path / 'runs'}", *(o for _, o in accepted_cfgs)])
+                script = render(cfg, [Point(tmp_path / "runs" / f"typed-{name}", [o for _, o in accepted_cfgs])],
+                                name=f"typed-{name}", log_dir=log_dir_of(cfg), submit_dir=tmp_path)
+                assert SECRET not in script
+                assert subprocess.run(["bash", "-n"], input=script, text=True).returncode == 0, script
+                path = tmp_path / f"typed-{name}.sbatch"
+                path.write_text(script)
+                ids.append(submit(str(path)))
+        for over in HYDRA_KEYS:  # refused before Hydra reads them, naming hydra
+            with pytest.raises(ConfigError, match="hydra"):
+                compose([*TINY, over])
+            counts["refused"] += 1
+        for env_key in ENV_KEYS:  # refused by the renderer too, naming the key
+            cfg, _ = hostile_config([], "", markers, tmp_path / "runs", "env")
+            OmegaConf.update(cfg, "launcher.env", {env_key: "1"}, merge=True)
+            with pytest.raises(ConfigError, match=f"launcher.env.{env_key}"):
+                render(cfg, [Point(tmp_path / "runs" / "r", [])], name="r", log_dir=log_dir_of(cfg),
+                       submit_dir=tmp_path)
+            counts["refused"] += 1
+    finally:
+        os.environ.pop("WANDB_API_KEY", None)
+    print(f"hostile values: {sum(counts.values())} payload x field attempts, {counts['refused']} refused, "
+          f"{counts['carried']} carried inertly, none executed (checked below)")
     # the #SBATCH fields and the names that become paths are refused for every payload
     for name in PAYLOADS:
         assert {"launcher.partition", "launcher.account", "launcher.qos", "launcher.constraint", "launcher.mem",

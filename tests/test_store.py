@@ -32,15 +32,16 @@ def url(request, tmp_path):
     return request.getfixturevalue("pg_url")
 
 
-def test_urls_parse_and_a_password_in_one_is_refused_masked():
+def test_urls_parse_and_a_password_in_one_is_refused_unshown():
     assert parse_store_url("sqlite:////data/l.db", "ledger.url").path.as_posix() == "/data/l.db"
     assert parse_store_url("runs/l.db", "ledger.url").backend == "sqlite"
     assert parse_store_url("postgresql://ladder@db:5432/team", "ledger.url").backend == "postgresql"
     for bad in ("postgresql://ladder:hunter2secret@db/team", "postgresql://ladder@db/team?password=hunter2secret"):
         with pytest.raises(ConfigError) as e:
             parse_store_url(bad, "ledger.url")
-        assert "hunter2secret" not in str(e.value) and "***" in str(e.value) and "pgpass" in str(e.value)
+        assert "hunter2secret" not in str(e.value) and "db/team" not in str(e.value) and "pgpass" in str(e.value)
     assert mask_url("postgresql://u:pw@h/d") == "postgresql://u:***@h/d"
+    assert mask_url("postgresql://u@h/d?pass%77ord=pw&a=1") == "postgresql://u@h/d?password=***&a=1"
     with pytest.raises(ConfigError, match="name the database"):
         parse_store_url("postgresql://ladder@db", "ledger.url")
     with pytest.raises(ConfigError, match="SQLite path .* or a PostgreSQL URL"):

@@ -99,6 +99,8 @@ def test_the_local_default_team_needs_no_setup_and_a_version_7_ledger_gains_the_
     with ledger.transaction() as db:  # a version-7 ledger, from before membership
         db.execute("DROP TABLE team_members")
         db.execute("DROP TABLE team_member_changes")
+        db.execute("ALTER TABLE jobs DROP COLUMN host")  # and without what version 9 added
+        db.execute("ALTER TABLE jobs DROP COLUMN process_start")
         db.execute("UPDATE ladder_schema SET version = 7 WHERE component = 'ledger'")
     assert Ledger(tmp_path / "ladder.db").schema_version() == SCHEMA_VERSION  # SCHEMA creates the new tables
     assert check_and_record(ledger, "default", 1.0, JOB) and len(ledger.jobs()) == 2

@@ -11,11 +11,13 @@ COMPLETE marker that says what is complete (every file's size and SHA-256).
 Layout of one checkpoint directory:
   model.safetensors, config.json, generation_config.json  (model.save_pretrained)
   tokenizer.json, tokenizer_config.json, chat_template.jinja (tokenizer.save_pretrained)
-  trainer_state.pt     optimizer (full, by parameter name), scheduler, RNG, data position, step
+  trainer_state.pt     optimizer (full, by parameter name), scheduler, RNG, data position, step:
+                       tensors, numbers, strings, lists and dicts only, loaded with
+                       torch.load(weights_only=True), so loading it cannot run code (save_state_file)
   deepspeed/           DeepSpeed engines only: their own sharded optimizer and model state
   ladder_config.yaml   the resolved run config
   ladder_meta.json     step, run name, git commit, time
-  COMPLETE             written last: JSON {"format", "token", "files": {path: {"size", "sha256"}}}
+  COMPLETE             written last: JSON {"format", "token", "files": {path: {"size", "sha256"}}, "hmac"}
   eval/, deepspeed/universal, deepspeed/latest_universal   written after the commit (eval results,
                        DeepSpeed's conversion for another world size): not in COMPLETE, not checked
 Everything is written under a temporary name, fsynced, COMPLETE is written (and fsynced), and only
@@ -30,18 +32,31 @@ A marker alone does not prove the files are whole (a disk that filled, a copy cu
 deleted by hand), so readers check: every use checks that each listed file exists with its
 recorded size (a stat per file); readers that are about to read the content anyway (resume,
 evaluation) also check the hashes. Checkpoints written before the manifest (COMPLETE holds only
-the token) still load, unverified, with a log line saying so.
+the token) still load, unverified, with a log line saying so. Ladder writes no symlink into a
+checkpoint, so a checkpoint folder that is a link, or holds one, is refused (check_checkpoint).
+
+Where a checkpoint came from. COMPLETE's hashes are written by whoever wrote the checkpoint, so they
+prove it whole, not who wrote it. Nothing Ladder itself reads from a checkpoint is unpickled with
+arbitrary globals, but DeepSpeed's loader is (engines.py): it may read only a checkpoint this run
+wrote. Each run folder holds a random secret, <run>/.checkpoint_key (mode 0600, made by the run's
+first save, written atomically, never copied into a checkpoint, uploaded or logged), and each COMPLETE
+carries the HMAC-SHA256 of its manifest (the token and every file's size and SHA-256) under it.
+origin_problem(ckpt, run_dir) says why a checkpoint is not this run's: no HMAC, no key (or a key
+that is a link, not the user's own, or readable by others), or one that does not verify. Whoever
+plants a checkpoint cannot compute the HMAC without reading the key.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import hashlib
+import hmac
 import json
 import logging
 import os
+import pickle
 import re
-import shutil
+import secrets
 import subprocess
 import time
 import uuid
@@ -54,10 +69,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from training import faults
 from training.errors import CheckpointError
+from training.safe_files import (atomic_file, fresh_dir, open_nofollow, read_bytes, remove_path, symlinks_in,
+                                 write_atomic)
 
 log = logging.getLogger("ladder.checkpoint")
 COMPLETE = "COMPLETE"
 STATE_FILE = "trainer_state.pt"
+KEY_FILE = ".checkpoint_key"  # in the run folder, beside checkpoints/: the run's HMAC key (hex)
 MANIFEST_FORMAT = "ladder-checkpoint/1"
 CHUNK = 1 << 24  # 16 MiB: large reads for throughput, a fixed buffer whatever the file's size
 _NAME = re.compile(r"^step_(\d+)$")
@@ -123,12 +141,57 @@ def write_checkpoint(tmp: Path, step: int, tokenizer, state: dict, cfg: DictConf
     tmp.mkdir(parents=True, exist_ok=True)
     tokenizer.save_pretrained(tmp)
     faults.maybe("kill_in_save", step)  # tests: die with the weights half-way to a checkpoint
-    torch.save(state, tmp / STATE_FILE)
-    (tmp / "ladder_config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    save_state_file(state, tmp / STATE_FILE)
+    write_atomic(tmp / "ladder_config.yaml", OmegaConf.to_yaml(cfg))
     meta = {"step": step, "run_name": cfg.trainer.run_name, "git_commit": git_commit(),
             "engine": state.get("engine"), "world_size": state.get("world_size"),
             "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    (tmp / "ladder_meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    write_atomic(tmp / "ladder_meta.json", json.dumps(meta, indent=2) + "\n")
+
+
+PLAIN = (str, int, float, bool, type(None), torch.Tensor)
+
+
+def plain_problem(obj, where: str = "") -> str | None:
+    """Where `obj` holds something torch.load(weights_only=True) would not load without extra
+    globals (a numpy array, an object), or None: only tensors, numbers, strings, None, and lists,
+    tuples and dicts of them. Checked at save, so a checkpoint that could not be resumed is never written."""
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else None
+    if items is None:
+        return None if isinstance(obj, PLAIN) else \
+            f"{where or 'it'} is a {type(obj).__module__}.{type(obj).__qualname__}"
+    for k, v in items:
+        if not isinstance(k, (str, int)):
+            return f"{where}[{k!r}] has a key of type {type(k).__qualname__}"
+        if bad := plain_problem(v, f"{where}[{k!r}]"):
+            return bad
+    return None
+
+
+def save_state_file(state: dict, path: Path) -> None:
+    """torch.save a state made only of plain values (plain_problem), under a temporary name."""
+    bad = plain_problem(state)
+    if bad:
+        raise TypeError(f"{path.name} may hold only tensors, numbers, strings, lists and dicts: {bad}")
+    with atomic_file(path) as f:
+        torch.save(state, f)
+
+
+def load_state_file(path: Path, hint: str = "") -> dict:
+    """torch.load(weights_only=True) with no extra globals: tensors, numbers, strings, lists, dicts.
+    A file holding anything else (an old format, or an object planted to run code when unpickled) is a
+    CheckpointError naming the file; it is never unpickled. The file is opened with O_NOFOLLOW."""
+    try:
+        with open_nofollow(path) as f:
+            return torch.load(f, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        named = re.search(r"GLOBAL (\S{1,120})", str(e))
+        raise CheckpointError(
+            f"{path} holds objects other than tensors, numbers, strings, lists and dicts"
+            f"{f' (it names {named.group(1)})' if named else ''}; it will not be unpickled, as unpickling such a "
+            f"file can run any code its writer put in it. {hint}".rstrip()) from None
+    except (RuntimeError, EOFError, ValueError, OSError) as e:
+        raise CheckpointError(f"{path} cannot be read ({type(e).__name__}: {str(e)[:300]})") from None
 
 
 def commit_checkpoint(tmp: Path, run_dir: Path, step: int, keep_last: int | None = None,
@@ -145,16 +208,15 @@ def commit_checkpoint(tmp: Path, run_dir: Path, step: int, keep_last: int | None
         _fsync_dir(d)  # the files' names, too
     # The token is unique, so a copy elsewhere (remote.py) can tell this save from another of the same step.
     token = f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {uuid.uuid4().hex}"
-    with open(tmp / COMPLETE, "w") as fh:
-        fh.write(json.dumps({"format": MANIFEST_FORMAT, "token": token, "files": files}, indent=1) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    if final.exists():  # a re-save of the same step after a resume: swap it atomically
+    manifest = {"format": MANIFEST_FORMAT, "token": token, "files": files}
+    manifest["hmac"] = manifest_hmac(ensure_run_key(run_dir), manifest)  # this run wrote it (origin_problem)
+    write_atomic(tmp / COMPLETE, json.dumps(manifest, indent=1) + "\n", fsync=True)
+    if final.exists() or final.is_symlink():  # a re-save of the same step after a resume: swap it atomically
         old = root / f".old-step_{step:06d}"
-        shutil.rmtree(old, ignore_errors=True)
-        os.rename(final, old)
+        remove_path(old)
+        os.rename(final, old)  # a link planted as step_N is moved aside (and unlinked), never followed
         os.rename(tmp, final)
-        shutil.rmtree(old)
+        remove_path(old)
     else:
         os.rename(tmp, final)
     _fsync_dir(root)
@@ -167,9 +229,7 @@ def save_checkpoint(run_dir: Path, step: int, model, tokenizer, state: dict, cfg
                     keep_last: int | None = None, protect: tuple[int, ...] = (0,),
                     model_state: dict | None = None) -> Path:
     """Single-process save: stage, write, commit."""
-    tmp = staging_dir(run_dir, step)
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    tmp = fresh_dir(staging_dir(run_dir, step))
     model.save_pretrained(tmp, state_dict=model_state, safe_serialization=True)
     write_checkpoint(tmp, step, tokenizer, state, cfg)
     return commit_checkpoint(tmp, run_dir, step, keep_last, protect)
@@ -209,16 +269,19 @@ def prune(run_dir: Path, keep_last: int, protect: tuple[int, ...] = (0,), newest
     found = [p for p in complete_checkpoints(run_dir)
              if step_of(p) not in protect and (newest is None or step_of(p) <= newest)]
     for p in found[:-keep_last]:
-        shutil.rmtree(p, ignore_errors=True)
+        remove_path(p)
     for p in [*checkpoints_dir(run_dir).glob(".tmp-*"), *checkpoints_dir(run_dir).glob(".old-*")]:
-        shutil.rmtree(p, ignore_errors=True)  # left by a save (or a download) that was killed
+        remove_path(p)  # left by a save (or a download) that was killed
 
 
 def read_manifest(path: str | Path) -> dict | None:
     """COMPLETE's manifest: {"format", "token", "files": {relative path: {"size", "sha256"}}}, or
     None for a checkpoint written before manifests (COMPLETE is a one-line token)."""
     marker = Path(path) / COMPLETE
-    raw = marker.read_bytes()
+    try:
+        raw = read_bytes(marker)
+    except OSError as e:
+        raise CheckpointError(f"{marker} cannot be read ({e.strerror})") from None
     if not raw.lstrip().startswith(b"{"):
         return None
     try:
@@ -251,6 +314,12 @@ def check_checkpoint(path: str | Path, hashes: bool | Iterable[str] = False) -> 
             raise CheckpointError(f"{p} is a run directory; name a checkpoint, e.g. {latest_checkpoint(p)}")
         raise CheckpointError(f"{p} is not a complete checkpoint (no {COMPLETE} marker): it was never "
                               "finished, or it is not a Ladder checkpoint")
+    links = symlinks_in(p)
+    if links:  # Ladder writes none: a link here was planted, and could point anywhere
+        what = f"{p} is a symlink (to {os.readlink(p)})" if links == ["."] else \
+            f"{p} holds symlinks ({', '.join(links)})"
+        raise CheckpointError(f"{what}; Ladder writes checkpoints as plain folders and files and does not "
+                              "follow links in them. Name the folder the link points to if you trust it")
     problems = manifest_problems(p, hashes)
     if problems is None:
         if str(p) not in _unverified_noted:  # once per checkpoint, not at every listing
@@ -293,4 +362,60 @@ def load_trainer_state(path: Path) -> dict:
     f = Path(path) / STATE_FILE
     if not f.is_file():  # a checkpoint from before manifests is not verified: say what is missing
         raise CheckpointError(f"corrupt checkpoint {path}: {STATE_FILE} is missing, so it cannot be resumed")
-    return torch.load(f, map_location="cpu", weights_only=False)
+    return load_state_file(f, "A checkpoint saved by an older Ladder (its RNG state held numpy arrays) cannot "
+                              f"be resumed; start a new run from its weights instead (model.name_or_path={path})")
+
+
+# ---- where a checkpoint came from ------------------------------------------------------------
+def _key_file(run_dir: Path) -> Path:
+    return Path(run_dir) / KEY_FILE
+
+
+def run_key(run_dir: Path) -> bytes | None:
+    """The run's secret key, or None when there is none that can be trusted: missing, a link, not owned
+    by this user, or readable by others (whoever could read it could sign a checkpoint)."""
+    path = _key_file(run_dir)
+    try:
+        with open_nofollow(path) as f:
+            st = os.fstat(f.fileno())
+            raw = f.read()
+    except OSError:  # missing, or a link (ELOOP)
+        return None
+    if st.st_uid != os.getuid() or st.st_mode & 0o077:
+        log.warning("%s is not this user's own private file (owner %d, mode %o): it is not trusted as the run's "
+                    "key", path, st.st_uid, st.st_mode & 0o777)
+        return None
+    try:
+        return bytes.fromhex(raw.decode().strip())
+    except ValueError:
+        return None
+
+
+def ensure_run_key(run_dir: Path) -> bytes:
+    """The run's key, made (32 random bytes, mode 0600, written atomically) if there is no trusted one."""
+    key = run_key(run_dir)
+    if key is None:
+        key = secrets.token_bytes(32)
+        write_atomic(_key_file(run_dir), key.hex() + "\n", fsync=True, mode=0o600)
+    return key
+
+
+def manifest_hmac(key: bytes, manifest: dict) -> str:
+    body = json.dumps({k: manifest[k] for k in ("format", "token", "files")}, sort_keys=True, separators=(",", ":"))
+    return hmac.new(key, body.encode(), hashlib.sha256).hexdigest()
+
+
+def origin_problem(ckpt: Path, run_dir: Path) -> str | None:
+    """None if the checkpoint was written by the run in run_dir (its COMPLETE's HMAC verifies under the
+    run's key), else why not. The files' hashes are the caller's to check (resume checks them)."""
+    manifest = read_manifest(ckpt)
+    if manifest is None or not isinstance(manifest.get("hmac"), str):
+        return f"its {COMPLETE} carries no HMAC (it was saved by an older Ladder, or written by hand)"
+    key = run_key(run_dir)
+    if key is None:
+        return (f"the run folder {run_dir} holds no key of its own ({KEY_FILE}), so no checkpoint can be shown "
+                "to be its own")
+    if not hmac.compare_digest(manifest_hmac(key, manifest), manifest["hmac"]):
+        return (f"its {COMPLETE} was not signed with the key of run {Path(run_dir).name}: another run, or someone "
+                "else, wrote it")
+    return None

@@ -41,7 +41,7 @@ HARMLESS = (
     "trainer.run_root", "trainer.log_every", "trainer.resume", "trainer.step_timeout_s", "trainer.save_every",
     "trainer.keep_last", "trainer.save_initial", "trainer.eval_on_save", "trainer.eval_async",
     "trainer.eval_handoff",
-    "trainer.checkpoint_url", "trainer.allow_config_change",
+    "trainer.checkpoint_url", "trainer.allow_config_change", "trainer.trust_checkpoint",
     "trainer.stop_on_nonfinite",  # only decides whether a NaN loss stops the run
     # a label: trainer.resume=<another run's checkpoint> continues that run under a new name
     "trainer.run_name",
@@ -143,7 +143,8 @@ def saved_config(ckpt: Path) -> dict[str, Any]:
         raise CheckpointError(f"{ckpt} holds no ladder_config.yaml, so whether this config trains the same "
                               "thing cannot be checked; start a new run (a new trainer.run_name) or start this "
                               "one over (trainer.resume=none)")
-    return flatten(OmegaConf.load(path))
+    from training.compose import load_saved  # refuses a live interpolation: the file is read as values
+    return flatten(OmegaConf.to_container(load_saved(path), resolve=True, enum_to_str=True, throw_on_missing=False))
 
 
 def check_resume_config(cfg: DictConfig, ckpt: Path, step: int, run_name: str | None = None) -> ConfigChanges:

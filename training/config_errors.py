@@ -113,6 +113,9 @@ def describe(e: BaseException, overrides: list[str] | None = None, recompose=Non
         bad = bad_override(list(overrides or []))
         if bad is not None:
             return quoting_help(bad)
+    from omegaconf.errors import InterpolationKeyError
+    if any(isinstance(x, InterpolationKeyError) for x in _chain(e)):  # `cost${USD}` meant as text
+        return _hydra_text(e) + "\n(`${...}` names another key of the config; write \\${ for a literal ${)"
     return _hydra_text(e)
 
 

@@ -15,9 +15,11 @@ Checkpoints: single, ddp and fsdp2 save a full (unsharded) model and optimizer s
 parameter name (torch.distributed.checkpoint.state_dict), so any of them resumes on any world
 size. DeepSpeed saves its own sharded state (engine.save_checkpoint) beside the Hugging Face
 weights; on another world size it is first converted, once, into DeepSpeed's universal
-checkpoint (ckpt/deepspeed/universal) and loaded from there. The Hugging Face weights of the
-sharded engines (fsdp2, deepspeed_zero3) are gathered one tensor at a time and streamed into the
-safetensors files (training/consolidate.py), so no rank ever holds the whole model to write them.
+checkpoint (ckpt/deepspeed/universal) and loaded from there. DeepSpeed's loader unpickles, so it
+reads only a checkpoint this run saved (training/checkpoint.py, origin_problem), unless
+trainer.trust_checkpoint=true. The Hugging Face weights of the sharded engines (fsdp2,
+deepspeed_zero3) are gathered one tensor at a time and streamed into the safetensors files
+(training/consolidate.py), so no rank ever holds the whole model to write them.
 """
 
 from __future__ import annotations
@@ -34,10 +36,12 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
 from training.consolidate import write_streamed
 from training.distributed import World
 from training.errors import CheckpointError
+from training.safe_files import write_atomic
 
 log = logging.getLogger("ladder.engine")
 DS_DIR = "deepspeed"
 UNIVERSAL_TAG = "universal"  # ckpt/deepspeed/universal: the state converted for another world size
+_trusted_noted: set[str] = set()
 
 
 class Engine:
@@ -233,6 +237,7 @@ class DeepSpeedEngine(Engine):
                 f"{ckpt} was saved by {state.get('engine')} on {state.get('world_size')} process(es); "
                 f"{self.name} resumes its sharded state only from the same engine "
                 f"(rung.engine={state.get('engine')})")
+        check_origin(self.cfg, state, ckpt)  # before anything reads the DeepSpeed files, the converter included
         tag = "state"
         if state.get("world_size") != self.world.size:
             # ZeRO's optimizer state is partitioned by data-parallel rank, so a plain load needs the
@@ -285,9 +290,36 @@ class DeepSpeedEngine(Engine):
                     raise
                 shutil.rmtree(tmp, ignore_errors=True)
             # the converter points latest_universal at its output folder, i.e. the temporary name
-            (ds_dir / "latest_universal").write_text(UNIVERSAL_TAG)
+            write_atomic(ds_dir / "latest_universal", UNIVERSAL_TAG)
         distributed.barrier()
         return UNIVERSAL_TAG
+
+
+def check_origin(cfg, state: dict, ckpt: Path) -> None:
+    """DeepSpeed's loader unpickles its files (torch.load(weights_only=False)), so a DeepSpeed engine
+    loads only a DeepSpeed state this run wrote: one whose COMPLETE carries an HMAC under the run
+    folder's secret key (checkpoint.origin_problem), or any with trainer.trust_checkpoint=true. The
+    trainer calls this as soon as the trainer state is read, so a refusal comes before the model is
+    built; DeepSpeedEngine.load calls it again beside the loader. Every rank checks; if any refuses, all
+    do (a lone rank going on into the loader's collectives would wait forever). Other engines unpickle
+    nothing: the trainer state is read with weights_only=True."""
+    engine = cfg.rung.engine.value
+    if not engine.startswith("deepspeed") or state.get("engine") != engine:
+        return  # DeepSpeedEngine.load refuses another engine's checkpoint before reading anything
+    from training import distributed
+    from training.checkpoint import origin_problem
+    t = cfg.trainer
+    trusted = bool(t.get("trust_checkpoint", False))
+    problem = None if trusted else origin_problem(ckpt, Path(t.run_root) / t.run_name)
+    if distributed.any_rank(problem is not None, cfg.rung.device):
+        raise CheckpointError(
+            f"{Path(ckpt) / DS_DIR} is not from this run ({problem or 'another rank found so'}). DeepSpeed's loader "
+            "unpickles these files, which runs any code their writer put in them, so Ladder loads a DeepSpeed "
+            "state only from a checkpoint this run saved. If you trust whoever wrote it, accept it with "
+            "trainer.trust_checkpoint=true")
+    if trusted and distributed.env_world().main and str(ckpt) not in _trusted_noted:
+        _trusted_noted.add(str(ckpt))  # once, though the trainer and the engine both ask
+        log.warning("trainer.trust_checkpoint=true: loading %s without checking who wrote it", Path(ckpt) / DS_DIR)
 
 
 def fsdp2_shard(model, device: str, world_size: int, mp=None, reshard_after_forward: bool | None = None):

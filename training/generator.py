@@ -148,7 +148,7 @@ def eval_beside_training(eval_cfg):
     if eval_cfg.generator.name != "auto":
         return eval_cfg
     from omegaconf import OmegaConf
-    out = OmegaConf.create(OmegaConf.to_container(eval_cfg, resolve=True))
+    out = OmegaConf.create(OmegaConf.to_container(eval_cfg))  # as composed: a literal `${` stays escaped
     out.generator.name = "hf"
     return out
 

@@ -14,9 +14,10 @@ trainer knows nothing about them. Fields:
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
+
+from training.safe_files import read_text, write_atomic
 
 FILE = "heartbeat.json"
 
@@ -41,15 +42,13 @@ class Heartbeat:
         self.state["device_hours"] = self.carried_hours + self.state["devices"] * (now - self.started) / 3600
         if not self.enabled:
             return
-        tmp = self.path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(self.state) + "\n")
-        os.replace(tmp, self.path)
+        write_atomic(self.path, json.dumps(self.state) + "\n")  # a link planted there is replaced, not followed
 
 
 def read_heartbeat(run_dir: Path) -> dict | None:
     path = Path(run_dir) / FILE
     try:
-        return json.loads(path.read_text())
+        return json.loads(read_text(path))  # O_NOFOLLOW: a link there reads as no heartbeat
     except (OSError, json.JSONDecodeError):
         return None
 

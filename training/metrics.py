@@ -9,8 +9,9 @@ tokens processed), peak_mem_gb, epoch.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
+
+from training.safe_files import open_append, write_atomic
 
 
 class MetricsFile:
@@ -18,7 +19,7 @@ class MetricsFile:
         self.path = Path(path)
 
     def append(self, row: dict) -> None:
-        with open(self.path, "a") as f:
+        with open_append(self.path) as f:  # O_NOFOLLOW: a link planted there is replaced, not written through
             f.write(json.dumps(row) + "\n")
             f.flush()
 
@@ -27,9 +28,7 @@ class MetricsFile:
         if not self.path.exists():
             return
         keep = [r for r in read_metrics(self.path) if r["step"] <= step]
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
-        os.replace(tmp, self.path)
+        write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in keep))
 
 
 def read_metrics(path: Path) -> list[dict]:

@@ -26,6 +26,8 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from training.names import name_problem
+
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # becomes metric keys (data/<name>/loss) and ledger JSON
 
 
@@ -105,7 +107,11 @@ def mixture_problems(data_cfg: DictConfig) -> list[str]:
     real = [n for n in names if data_cfg.sources[n].train_files or data_cfg.sources[n].hub_name]
     for name in names:
         s, key = data_cfg.sources[name], f"data.sources.{name}"
-        if not NAME.fullmatch(name):
+        # the one name rule first (it becomes DIR/<name>.jsonl: training/names.py), then metric keys' own
+        problem = name_problem(f"data.sources[{names.index(name)}]", name)
+        if problem:
+            problems.append(problem)
+        elif not NAME.fullmatch(name):
             problems.append(f"{key}: a source name is letters, digits, '_', '.' and '-' (at most 64, not starting "
                             "with a punctuation mark): it becomes metric keys data/<name>/loss")
         if not s.train_files and not s.hub_name:

@@ -9,7 +9,8 @@ the tokenizer (vocabulary and merges) and its chat template, the data files' con
 (or the hub name and split), the maximum length, the sample limit and this code's version.
 Every run of a sweep with the same key shares one entry, under <run_root>/cache/ref_logps/.
 An entry is a tensor file plus a JSON sidecar holding the tensor's SHA-256: a truncated or
-altered entry fails the check and is recomputed, never used.
+altered entry fails the check and is recomputed, never used. It is loaded with
+torch.load(weights_only=True), so an entry planted to run code when unpickled is recomputed too.
 """
 
 from __future__ import annotations
@@ -18,11 +19,13 @@ import hashlib
 import io
 import json
 import logging
-import os
+import pickle
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
+
+from training.safe_files import read_bytes, write_atomic
 
 CODE_VERSION = 1  # bump when the way log-probs are computed changes
 log = logging.getLogger("ladder.ref_cache")
@@ -82,8 +85,8 @@ def read_checked(data_path: Path, meta_path: Path) -> tuple[bytes, dict] | None:
     Shared by this cache and the token cache (training/token_cache.py)."""
     if not data_path.exists() or not meta_path.exists():
         return None
-    meta = json.loads(meta_path.read_text())
-    raw = data_path.read_bytes()
+    meta = json.loads(read_bytes(meta_path))  # O_NOFOLLOW: a link planted in the cache is an OSError
+    raw = read_bytes(data_path)
     if hashlib.sha256(raw).hexdigest() != meta["sha256"]:
         raise ValueError("checksum mismatch")
     return raw, meta
@@ -95,11 +98,17 @@ def load(cache_dir: Path, key: str, n_pairs: int) -> torch.Tensor | None:
         if entry is None:
             return None
         raw, _ = entry
+        # weights_only: an entry holding anything but tensors is refused, never unpickled
         logps = torch.load(io.BytesIO(raw), weights_only=True)
-        if tuple(logps.shape) != (n_pairs, 2) or not torch.isfinite(logps).all():
-            raise ValueError(f"shape {tuple(logps.shape)} for {n_pairs} pairs, or non-finite values")
-    except (ValueError, KeyError, OSError, RuntimeError, json.JSONDecodeError) as e:
-        log.warning("reference log-prob cache entry %s is corrupt or stale (%s); recomputing", key, e)
+        if not torch.is_tensor(logps) or tuple(logps.shape) != (n_pairs, 2) or not torch.isfinite(logps).all():
+            raise ValueError(f"not a [{n_pairs}, 2] tensor of finite values")
+    except pickle.UnpicklingError:
+        log.warning("reference log-prob cache entry %s is corrupt or stale (it holds objects other than tensors, "
+                    "and is not unpickled); recomputing", paths(cache_dir, key)[0])
+        return None
+    except (ValueError, KeyError, TypeError, OSError, RuntimeError, json.JSONDecodeError) as e:
+        log.warning("reference log-prob cache entry %s is corrupt or stale (%s); recomputing",
+                    paths(cache_dir, key)[0], e)
         return None
     return logps
 
@@ -113,6 +122,4 @@ def store(cache_dir: Path, key: str, logps: torch.Tensor, meta: dict) -> None:
     data_path, meta_path = paths(cache_dir, key)
     for path, payload in ((data_path, raw),
                           (meta_path, json.dumps({**meta, "sha256": hashlib.sha256(raw).hexdigest()}).encode())):
-        tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
-        tmp.write_bytes(payload)
-        os.replace(tmp, path)  # concurrent runs of a sweep write identical entries: last one wins
+        write_atomic(path, payload)  # concurrent runs of a sweep write identical entries: last one wins

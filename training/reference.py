@@ -132,6 +132,7 @@ def reference_logps(trainer, pairs: list[tuple]) -> torch.Tensor:
         distributed.barrier()
         log.info("reference pass: %d pairs, %d tokens in %.1f s", len(pairs), tokens, seconds)
     if world.main:
-        (trainer.run_dir / "reference_pass.json").write_text(json.dumps(record, indent=2) + "\n")
+        from training.safe_files import write_atomic  # a link planted in the run folder is replaced, not followed
+        write_atomic(trainer.run_dir / "reference_pass.json", json.dumps(record, indent=2) + "\n")
     trainer.reference_pass = record
     return logps.to(torch.float32)

@@ -36,7 +36,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import shutil
 from pathlib import Path
 
 import fsspec
@@ -46,6 +45,7 @@ from training import distributed, faults
 from training.checkpoint import (COMPLETE, check_checkpoint, checkpoints_dir, latest_checkpoint, manifest_problems,
                                  step_of)
 from training.errors import CheckpointError
+from training.safe_files import fresh_dir, remove_path, write_atomic
 
 log = logging.getLogger("ladder.checkpoint")
 # Protocols fsspec knows that cannot hold checkpoints, and why. fsspec has a class for each of
@@ -194,36 +194,34 @@ class RemoteCheckpoints:
                 return check_checkpoint(final, hashes=hashes)
             except CheckpointError as e:  # the remote copy may be whole: download it again
                 log.warning("the local copy of %s fails verification (%s); downloading it again", self.step_url(step), e)
-        tmp = Path(dest_root) / f".tmp-fetch-step_{step:06d}-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+        tmp = fresh_dir(Path(dest_root) / f".tmp-fetch-step_{step:06d}-{os.getpid()}")
         log.info("downloading %s to %s", self.step_url(step), final)
         for f in self.fs.find(src):
             rel = f[len(src):].lstrip("/")
             if rel != COMPLETE:
                 (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
                 self.fs.get_file(f, str(tmp / rel))
-        (tmp / COMPLETE).write_bytes(token)  # last, as everywhere
+        write_atomic(tmp / COMPLETE, token)  # last, as everywhere
         try:
             problems = manifest_problems(tmp, hashes=True)  # what arrived, read back once
             if problems:
                 raise CheckpointError(f"corrupt checkpoint {self.step_url(step)}: " + "; ".join(problems))
         except CheckpointError:
-            shutil.rmtree(tmp, ignore_errors=True)  # a bad download never takes the checkpoint's name
+            remove_path(tmp)  # a bad download never takes the checkpoint's name
             raise
         if problems is None:
             log.info("%s was saved before COMPLETE listed its files: its download is not verified",
                      self.step_url(step))
         old = Path(dest_root) / f".old-step_{step:06d}-{os.getpid()}"
-        if final.exists():  # a different save of the same step (e.g. one whose upload failed), or a bad copy
+        if final.exists() or final.is_symlink():  # another save of the step, a bad copy, or a planted link
             os.rename(final, old)
         try:
             os.rename(tmp, final)
         except OSError:  # another process put the same checkpoint there first
             if not _same(final, token):
                 raise
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
+        remove_path(tmp)
+        remove_path(old)
         return final
 
 

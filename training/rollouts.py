@@ -22,7 +22,8 @@ Each rollout batch records the policy version that produced it (the number of op
 before generation), so generation can later run ahead of training. With ppo_epochs > 1 each rank
 also writes its rollouts (all its micro-batches, one file) under <run>/rollouts/, so a run resumed
 in the middle of a rollout batch, on the same number of ranks, trains on the rollouts it had, not on
-new ones from later weights.
+new ones from later weights. They hold tensors, numbers and lists only and load with
+torch.load(weights_only=True): a file planted there is refused, never unpickled.
 
 Per step the source reports (all ranks, summed; each rank's rollouts counted once per step, not per
 micro-batch): reward_mean, reward_std, reward/<verifier>, frac_zero_std_groups, dropped_groups
@@ -34,19 +35,20 @@ which the loop adds to the step's for MFU.
 
 from __future__ import annotations
 
-import shutil
 import time
 
 import torch
 import torch.distributed as dist
 
 from training.chat_data import IGNORE
+from training.checkpoint import load_state_file, save_state_file
 from training.errors import ConfigError
 from training.flops import forward_flops, generate_flops
 from training.generator import make_generator, sample_key
 from training.packing import collate
 from training.lm_loss import token_logps
 from training.rlvr_data import load_prompts
+from training.safe_files import remove_path
 from training.verifiers import verify
 
 SUMS = ("samples", "reward", "reward_sq", "groups", "flat_groups", "dropped_groups", "len", "truncated",
@@ -214,12 +216,10 @@ class RolloutStream:
     def save(self, b: int, rank: int, chunk: dict) -> None:
         path = self.chunk_path(b, rank)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(chunk, tmp)
-        tmp.rename(path)
+        save_state_file(chunk, path)  # tensors, numbers and lists only, under a temporary name
         for old in self.rollout_dir.glob("batch_*"):  # keep this batch and the one before
             if int(old.name.split("_")[1]) < b - 1:
-                shutil.rmtree(old, ignore_errors=True)
+                remove_path(old)
 
     def load_saved(self, b: int) -> None:
         t = self.trainer
@@ -229,7 +229,8 @@ class RolloutStream:
                               f"(recipe.ppo_epochs={self.E}), needs this rank's rollouts, but {path} is missing "
                               f"(they are kept per rank, for the world size that made them); resume on the same "
                               f"number of ranks, or from a checkpoint at a multiple of {self.E} steps")
-        self.cache[(b, t.world.rank)] = torch.load(path, weights_only=False)
+        # weights_only: a file planted in the run folder is refused (a CheckpointError naming it), never run
+        self.cache[(b, t.world.rank)] = load_state_file(path)
 
     # ---- per-step metrics (the loop calls this on every rank) ---------------------------------
     def add_stats(self, st: dict, costs: bool) -> None:

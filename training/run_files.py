@@ -15,7 +15,9 @@ The top-level fields repeat the latest invocation's, for readers of the older on
 (launch/promote.py reads argv); config_changes lists the math changes a resume applied with
 trainer.allow_config_change=true, as {key, old, new}, so every earlier config can be rebuilt
 from the current one. The trainer writes these only once the config is valid and the resume
-decided (training/config_diff.py), so a refused or failed start touches nothing.
+decided (training/config_diff.py), so a refused or failed start touches nothing. Every file in a
+run folder is written to a temporary name and renamed (training/safe_files.py), so a symlink
+planted under its name is replaced, never followed.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 from training.checkpoint import check_checkpoint, checkpoints_dir, latest_checkpoint, step_of
 from training.config_diff import ConfigChanges, check_resume_config
 from training.heartbeat import read_heartbeat
+from training.safe_files import read_text, write_atomic
 
 log = logging.getLogger("ladder.train")
 META = "run_meta.json"
@@ -90,25 +93,19 @@ def invocation(argv: list[str], git_commit: str | None, world_size: int, engine:
             "harmless_changes": [c.as_json() for c in changes.harmless]}
 
 
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def append_invocation(run_dir: Path, entry: dict) -> dict:
     path = Path(run_dir) / META
     earlier: list[dict] = []
-    if path.exists():
+    if path.exists() or path.is_symlink():
         try:
-            old = json.loads(path.read_text())
+            old = json.loads(read_text(path))  # O_NOFOLLOW: a planted link is set aside, never read
             earlier = old.get("invocations", [old])  # [old]: the one-invocation format
         except (OSError, ValueError, TypeError, AttributeError) as e:
             keep = path.with_name(f"run_meta.unreadable-{int(time.time())}.json")
             log.warning("%s is unreadable (%s); kept as %s, a new one is started", path, e, keep.name)
             os.replace(path, keep)
     meta = {**{k: entry[k] for k in LATEST}, "invocations": [*earlier, entry]}
-    _write(path, json.dumps(meta, indent=2) + "\n")
+    write_atomic(path, json.dumps(meta, indent=2) + "\n")
     return meta
 
 
@@ -118,7 +115,7 @@ def open_run_dir(run_dir: Path, cfg: DictConfig, entry: dict) -> bool:
     run_dir = Path(run_dir)
     created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
-    _write(run_dir / "config.yaml", OmegaConf.to_yaml(cfg))
+    write_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg))
     append_invocation(run_dir, entry)
     return created
 

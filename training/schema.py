@@ -94,7 +94,7 @@ class RungConfig:
 class RecipeConfig:
     """A recipe is a loss and a batch format; the training loop is shared."""
     name: str = MISSING
-    loss: str = "sft"  # sft | dpo_sigmoid | dpo_norm (Tulu 3) | simpo | grpo | dr_grpo | dapo (training/grpo.py)
+    loss: str = "sft"  # a name in training/losses.py (sft, dpo_sigmoid, ..., dapo); validation refuses others
     beta: float = 0.1  # DPO / SimPO inverse temperature
     label_smoothing: float = 0.0  # conservative DPO: the share of preference labels assumed flipped
     simpo_gamma: float = 0.5  # SimPO target reward margin
@@ -235,7 +235,9 @@ class LauncherConfig:
     max_parallel: Optional[int] = None  # at most this many jobs of a sweep's array at once
     rdzv_port: int = 29500  # torchrun rendezvous port on the first node (+ job id mod 1000)
     profile: str = "generic"  # the cluster network profile whose environment `env` holds
-    env: dict[str, str] = field(default_factory=dict)  # NCCL and network settings; never secrets
+    # NCCL and network settings, exported by the sbatch script: keys start with NCCL_, FI_, OFI_NCCL_,
+    # UCX_, GLOO_, TORCH_ or CUDA_ (training/validate.ENV_PREFIXES says why); never secrets
+    env: dict[str, str] = field(default_factory=dict)
     python: Optional[str] = None  # the interpreter on the nodes; null: the one that launches
 
 
@@ -292,6 +294,10 @@ class TrainerConfig:
     # batch, precision) against the checkpoint's is refused; true applies it from the next step
     # (the scheduler rebuilt at the current step) and records it in run_meta.json and the ledger.
     allow_config_change: bool = False
+    # Resume a DeepSpeed state that this run did not save (another run's, or a copy whose run key is
+    # gone). DeepSpeed's loader unpickles it, which runs any code its writer put there: only for a
+    # checkpoint whose writer you trust. Nothing else in a checkpoint is ever unpickled (checkpoint.py).
+    trust_checkpoint: bool = False
     # Also keep checkpoints at this fsspec URL (s3://bucket/ladder, gs://..., file:///mnt/ckpts):
     # run NAME's go to <url>/NAME/checkpoints/step_N, uploaded after the local save with COMPLETE
     # last, and resume=auto trusts only those (training/remote.py). null: local checkpoints only.

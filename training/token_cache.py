@@ -13,6 +13,7 @@ as <key>.npz (token ids, labels and document offsets) plus <key>.json holding th
 an entry that is missing, truncated, altered or inconsistent is recomputed and rewritten, never
 used. Both files are written to a temporary name and renamed, so a reader never sees half an entry
 (the runs of a sweep may write the same entry at once: they write identical bytes; the last wins).
+The .npz is read with allow_pickle=False: an entry holding pickled objects is recomputed, never unpickled.
 
 A hit skips reading, checking and tokenising the rows: the key holds the files' content hashes, and
 an entry is written only after every row passed the checks (a malformed row is named by file and
@@ -26,7 +27,6 @@ import io
 import itertools
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +37,7 @@ from training.chat_data import IGNORE, check_messages, encode_chat, load_rows
 from training.errors import DataError
 from training.mixture_config import SourceSpec
 from training.ref_cache import file_hash, tokenizer_fingerprint
+from training.safe_files import write_atomic
 
 CODE_VERSION = 1  # bump when encode_chat or the dropping rule changes the tokens of a row
 log = logging.getLogger("ladder.token_cache")
@@ -121,7 +122,7 @@ def _pack(docs: list, fmt: str) -> bytes:
 
 
 def _unpack(raw: bytes, fmt: str, n_docs: int) -> list:
-    with np.load(io.BytesIO(raw)) as z:
+    with np.load(io.BytesIO(raw), allow_pickle=False) as z:  # an object array is refused, never unpickled
         ids, labels, offsets = z["ids"], z["labels"], z["offsets"]
     n_flat = n_docs if fmt == "messages" else 2 * n_docs
     if (offsets.shape != (n_flat + 1,) or ids.shape != labels.shape or offsets[0] != 0
@@ -150,7 +151,7 @@ def load_entry(cache_dir: Path, key: str, fmt: str) -> tuple[list, dict] | None:
             raise ValueError("written for another format or code version")
         return _unpack(raw, fmt, meta["docs"]), meta
     except (ValueError, KeyError, TypeError, OSError, EOFError, json.JSONDecodeError) as e:
-        log.warning("token cache entry %s is corrupt or stale (%s); recomputing", key, e)
+        log.warning("token cache entry %s is corrupt or stale (%s); recomputing", paths(cache_dir, key)[0], e)
         return None
 
 
@@ -163,12 +164,7 @@ def store_entry(cache_dir: Path, key: str, docs: list, fmt: str, meta: dict) -> 
     data_path, meta_path = paths(cache_dir, key)
     # data first, sidecar last: a sidecar names only data that is already complete under its name
     for path, payload in ((data_path, raw), (meta_path, json.dumps(meta, indent=1).encode())):
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        with open(tmp, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        write_atomic(path, payload, fsync=True)
 
 
 def load_source(spec: SourceSpec, tokenizer, max_seq_len: int, fmt: str, cache_dir: Path | None,

@@ -22,6 +22,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from training.safe_files import read_text, write_atomic
+
 
 class Tracker:
     def __init__(self, cfg: DictConfig, run_dir: Path, job_type: str = "train"):
@@ -37,8 +39,11 @@ class Tracker:
                               "(or `wandb login`); keys never go in configs")
         run_dir = Path(run_dir)
         id_file = run_dir / "wandb_id"
-        run_id = id_file.read_text().strip() if id_file.exists() else new_run_id()
-        id_file.write_text(run_id + "\n")
+        try:  # O_NOFOLLOW: a link planted there is neither read nor written through
+            run_id = read_text(id_file).strip() or new_run_id()
+        except OSError:
+            run_id = new_run_id()
+        write_atomic(id_file, run_id + "\n")
         self.run = wandb.init(
             project=cfg.tracker.project,
             entity=cfg.tracker.entity,

@@ -23,7 +23,6 @@ import logging
 import math
 import random
 import resource
-import shutil
 import signal
 import sys
 import time
@@ -40,7 +39,7 @@ from training.chat_data import IGNORE
 from training.checkpoint import (commit_checkpoint, git_commit, latest_checkpoint, load_trainer_state, staging_dir,
                                  write_checkpoint)
 from training.config_diff import ConfigChanges, check_batch_continues, check_resume_config, continue_schedule
-from training.engines import make_engine
+from training.engines import check_origin, make_engine
 from training.errors import EXIT_HUNG, Preempted, TrainingError
 from training.flops import model_matmul_params, mfu, train_flops
 from training.generator import eval_beside_training
@@ -51,6 +50,7 @@ from training.progress import StepProgress
 from training.recipes import make_recipe
 from training.remote import RemoteCheckpoints, resolve_resume
 from training.run_files import finished_message, finished_step, invocation, open_run_dir, remove_if_unstarted
+from training.safe_files import fresh_dir
 from training.tracking import Tracker
 from training.validate import BatchLayout, effective_lr, validate, warmup_steps
 from training.watchdog import SETUP_TIMEOUT_S, Watchdog
@@ -84,15 +84,23 @@ def with_run_name(cfg: DictConfig) -> DictConfig:
 
 
 def rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every generator's state as tensors, numbers and lists only: the checkpoint loads with
+    torch.load(weights_only=True) and no extra globals (numpy's own state holds an ndarray)."""
+    version, internal, gauss = random.getstate()
+    _, key, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": [version, list(internal), gauss],
+             "numpy": {"key": key.tolist(), "pos": int(pos), "has_gauss": int(has_gauss), "gauss": float(cached)},
+             "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    n = state["numpy"]
+    np.random.set_state(("MT19937", np.array(n["key"], dtype=np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -147,6 +155,7 @@ class Trainer:
         state = load_trainer_state(self.resume_from) if self.resume_from else None
         self.changes = ConfigChanges()
         if state is not None:
+            check_origin(cfg, state, self.resume_from)  # DeepSpeed's loader unpickles: this run's checkpoints only
             self.changes = check_resume_config(cfg, self.resume_from, state["step"])
             check_batch_continues(state, self.layout.micro_batches_per_step, self.resume_from)
         self.finished_at = finished_step(cfg, self.run_dir, state["step"] if state else None)
@@ -331,8 +340,7 @@ class Trainer:
         self.watchdog.touch(f"saving step {step}", setup=True)
         tmp = staging_dir(self.run_dir, step)
         if self.world.main:
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
+            fresh_dir(tmp)  # a leftover, or a link planted under its name, goes first
         distributed.barrier()
         self.engine.save_model(tmp, self.model)  # sharded engines gather one tensor at a time
         optimizer_state = self.engine.optimizer_state()
