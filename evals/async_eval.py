@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
+from training.safe_files import write_atomic
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PENDING_FILE = "pending_evals.json"  # checkpoints a finished run left for eval jobs of their own
@@ -149,9 +150,7 @@ class AsyncEvaluator:
         left = [{"step": d.step, "checkpoint": str(d.checkpoint)} for d in done if not d.ok]
         path = Path(run_dir) / PENDING_FILE
         if left:
-            tmp = path.with_suffix(f".tmp{os.getpid()}")
-            tmp.write_text(json.dumps({"checkpoints": left, "written_at": time.time()}, indent=1) + "\n")
-            os.replace(tmp, path)
+            write_atomic(path, json.dumps({"checkpoints": left, "written_at": time.time()}, indent=1) + "\n")
             log.info("evaluation of step(s) %s handed off: %s lists them for `ladder eval --pending %s`",
                      ", ".join(str(x["step"]) for x in left), path, run_dir)
         return [d for d in done if d.ok]

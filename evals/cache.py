@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from omegaconf import DictConfig
 
 from training.errors import ConfigError
+from training.safe_files import write_atomic
 
 # Bump when a change to evals/ changes scores for the same checkpoint and settings.
 EVAL_CODE_VERSION = 2
@@ -117,7 +117,7 @@ class EvalCache:
     def put(self, key: str, result: dict) -> Path:
         path = self.path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")  # two evaluators of one checkpoint never tear a file
-        tmp.write_text(json.dumps(result) + "\n")
-        os.replace(tmp, path)
+        # a temporary name of its own, renamed: two evaluators of one checkpoint never tear a file,
+        # and a link planted in the cache is replaced, never written through (training/safe_files.py)
+        write_atomic(path, json.dumps(result) + "\n")
         return path

@@ -17,10 +17,10 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import json
-import os
 from pathlib import Path
 
 from training.errors import CheckpointError
+from training.safe_files import write_atomic
 
 PATTERNS = (
     "*.safetensors", "*.safetensors.index.json", "pytorch_model*.bin", "config.json", "generation_config.json",
@@ -61,9 +61,7 @@ def checkpoint_hash(ckpt: str | Path) -> str:
     digest = h.hexdigest()
     try:  # a read-only checkpoint still evaluates; it only rehashes next time
         memo.parent.mkdir(exist_ok=True)
-        tmp = memo.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps({"sha256": digest, "files": stats}) + "\n")
-        os.replace(tmp, memo)
+        write_atomic(memo, json.dumps({"sha256": digest, "files": stats}) + "\n")  # a temporary name of its own, renamed: never through a planted link (training/safe_files.py)
     except OSError:
         pass
     return digest

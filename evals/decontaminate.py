@@ -35,6 +35,7 @@ from training.chat_data import iter_jsonl
 from training.errors import DataError
 from training.losses import loss_spec
 from training.mixture_config import SourceSpec, is_mixture, source_specs
+from training.safe_files import atomic_file, write_atomic
 
 VERSION = 1  # bump when the matching rule changes: it keys the result cache
 WORD = re.compile(r"\w+")
@@ -228,9 +229,7 @@ def _load(path: Path) -> dict | None:
 def _store(path: Path, report: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     body = json.dumps(report, sort_keys=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps({"sha256": hashlib.sha256(body.encode()).hexdigest(), "report": report}))
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps({"sha256": hashlib.sha256(body.encode()).hexdigest(), "report": report}))
 
 
 # ---- output ---------------------------------------------------------------------------------
@@ -261,11 +260,10 @@ def write_filtered(cfg: DictConfig, report: dict, out_dir: str) -> dict[str, str
             if p.resolve().parent != root:
                 raise ConfigError(f"--write {out_dir}: the copy of source {spec.name!r} would be written to "
                                   f"{p.resolve()}, outside {root}; nothing of it was written")
-        with open(tmp, "w", encoding="utf-8") as f:
+        with atomic_file(path, text=True) as f:  # a random temporary name, renamed: never through a link
             for where, row in iter_rows(spec, fmt):
                 if where not in drop:
                     f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
         written[spec.name] = str(path)
     return written
 

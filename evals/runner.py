@@ -31,6 +31,7 @@ from evals.checkpoint_ref import CheckpointRef, read_ref, resolve_checkpoint
 from evals.content_hash import PATTERNS
 from evals.registry import Registry, registry_path, run_root_of
 from training.checkpoint import check_checkpoint
+from training.safe_files import write_atomic
 
 log = logging.getLogger("ladder.eval")
 
@@ -170,9 +171,7 @@ def evaluate_checkpoint(ckpt: str | Path | CheckpointRef, eval_cfg: DictConfig, 
     out = result_path(ckpt, eval_cfg.name)
     try:
         out.parent.mkdir(exist_ok=True)
-        tmp = out.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(result, indent=1) + "\n")
-        os.replace(tmp, out)
+        write_atomic(out, json.dumps(result, indent=1) + "\n")  # a temporary name of its own, renamed: never through a planted link (training/safe_files.py)
         result["path"] = str(out)
     except OSError:  # a read-only checkpoint: the cache and the registry still hold everything
         result["path"] = tasks[specs[0].name]["examples_path"]
@@ -203,9 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USER_ERROR
     slim = {**result, "tasks": {k: {f: v for f, v in t.items() if f != "examples"} for k, t in result["tasks"].items()}}
     if args.out:
-        tmp = Path(args.out).with_suffix(".tmp")
-        tmp.write_text(json.dumps(slim, indent=1) + "\n")
-        os.replace(tmp, args.out)
+        write_atomic(args.out, json.dumps(slim, indent=1) + "\n")
     print(json.dumps(slim["scores"]))
     return 0
 

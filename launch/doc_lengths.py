@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
+from training.safe_files import write_atomic
 
 
 def summarize(lengths: list[int]) -> dict:
@@ -47,9 +47,8 @@ def lengths_path(cfg: DictConfig) -> Path:
 def save_lengths(cfg: DictConfig, summary: dict) -> Path:
     path = lengths_path(cfg)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps({"data": cfg.data.name, "max_seq_len": cfg.data.max_seq_len, **summary}, indent=1) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps({"data": cfg.data.name, "max_seq_len": cfg.data.max_seq_len, **summary},
+                                  indent=1) + "\n")  # a temporary name of its own, renamed: never through a planted link (training/safe_files.py)
     return path
 
 

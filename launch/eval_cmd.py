@@ -33,6 +33,7 @@ from evals.runner import default_registry, evaluate_checkpoint
 from training.compose import compose
 from training.store import safe_text
 from training.tracking import Tracker
+from training.safe_files import write_atomic
 
 
 def registry_for(ckpt: CheckpointRef, cfg, overrides: list[str]) -> Registry:
@@ -170,7 +171,7 @@ def run_pending(run_dir: str | Path, overrides: list[str], wait: bool = False) -
     failed = run_local_eval_jobs(ckpts, overrides, cfg)
     left = [p for p in pending if Path(p["checkpoint"]) in failed]
     if left:
-        (run_dir / PENDING_FILE).write_text(json.dumps({"checkpoints": left, "written_at": time.time()}) + "\n")
+        write_atomic(run_dir / PENDING_FILE, json.dumps({"checkpoints": left, "written_at": time.time()}) + "\n")
     else:
         (run_dir / PENDING_FILE).unlink(missing_ok=True)
     return 1 if failed else 0

@@ -42,6 +42,7 @@ from launch.console import num
 from launch.slurm_script import log_dir_of  # noqa: F401  (here too for its older callers)
 from training.errors import ConfigError, LadderError
 from training.store import safe_text  # a reason read back from the ledger may hold anything
+from training.safe_files import write_atomic
 
 STOP_GRACE_S = 60  # after Ctrl-C, how long the trainer gets to write its last heartbeat
 
@@ -213,8 +214,9 @@ def write_launch_record(job: Job, external_id: str, script: Path, log: Path, com
     """The submission, beside the run: config snapshot, commit, script and log paths."""
     job.run_dir.mkdir(parents=True, exist_ok=True)
     # As composed (every value resolved, a literal `${` escaped): resolve=True would write it live.
-    (job.run_dir / "launch_config.yaml").write_text(OmegaConf.to_yaml(job.cfg))
-    (job.run_dir / "launch.json").write_text(json.dumps(
+    # Under the run folder: a temporary name, renamed, never through a planted link.
+    write_atomic(job.run_dir / "launch_config.yaml", OmegaConf.to_yaml(job.cfg))
+    write_atomic(job.run_dir / "launch.json", json.dumps(
         {"ledger_job": job.job_id, "launcher": job.cfg.launcher.name, "external_id": external_id,
          "script": str(script), "log": str(log), "git_commit": commit, "overrides": job.overrides,
          "submitted_at": time.time()}, indent=2) + "\n")

@@ -45,6 +45,7 @@ from training.errors import ConfigError
 from training.names import name_problem
 from training.paths import path_problems
 from training.validate import env_problems
+from training.safe_files import write_atomic
 
 # What sbatch's directive parser takes unquoted: no spaces, quotes, newlines, % (a filename
 # pattern in --output) or shell syntax; and no leading `-`, which sbatch would take for an option.
@@ -275,6 +276,6 @@ def submit_script(cfg: DictConfig, points: list[Point], name: str, log_dir: Path
                     plan_line=plan_line, entry=entry)
     log_dir.mkdir(parents=True, exist_ok=True)
     path = log_dir / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.sbatch"
-    path.write_text(script)
+    write_atomic(path, script)  # under the run root: never through a planted link
     job = submit(str(path), what=what)
     return path, [job] if len(points) == 1 else [f"{job}_{i}" for i in range(len(points))]
