@@ -21,6 +21,7 @@ from omegaconf import DictConfig
 
 from launch.doc_lengths import summarize
 from training.chat_data import IGNORE
+from training.losses import loss_spec
 
 
 def _doc_stats(doc: tuple, fmt: str) -> tuple[int, int]:
@@ -38,7 +39,7 @@ def inspect_data(cfg: DictConfig) -> dict:
     from training.modeling import load_tokenizer
     from training.validate import validate
     layout = validate(cfg)
-    fmt = "messages" if cfg.recipe.loss == "sft" else "preference"
+    fmt = loss_spec(cfg.recipe.loss).data_format  # messages or preference: rlvr data went above
     tokenizer = load_tokenizer(cfg.model)
     sources = load_sources(cfg, tokenizer, fmt)
     stream = make_stream(cfg, sources, layout.micro_batch_tokens, cfg.trainer.seed, fmt)

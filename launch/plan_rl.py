@@ -33,8 +33,7 @@ from dataclasses import asdict, dataclass
 
 from launch.memory import reference_bytes
 from training.flops import forward_flops, generate_flops, train_flops
-
-RL_LOSSES = {"grpo", "dr_grpo", "dapo"}
+from training.losses import is_rl as is_rl_loss
 
 
 @dataclass
@@ -60,7 +59,7 @@ class RLPlan:
 
 
 def is_rl(cfg) -> bool:
-    return cfg.recipe.loss in RL_LOSSES
+    return is_rl_loss(cfg.recipe.loss)  # family "rl" in training/losses.py
 
 
 def rl_plan(cfg, layout, n_matmul: int, layers: int, hidden: int, seq_len: float | None = None) -> RLPlan:

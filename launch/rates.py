@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from training.errors import ConfigError
+from training.losses import LOSSES
 
 # bench/gpu.py's attention choices that `auto` would make on a GPU (training/attention.py)
 AUTO_ON_GPU = ("flash_attention_2", "flex_attention")
@@ -38,8 +39,10 @@ def cfg_shape(cfg) -> str | None:
 
 def job_settings(cfg) -> dict:
     """The settings a bench result must share with the job to stand for it."""
-    return {"recipe": "sft" if cfg.recipe.loss == "sft" else "dpo" if cfg.recipe.loss.startswith(("dpo", "simpo"))
-            else cfg.recipe.loss, "compile": bool(cfg.trainer.compile),
+    # bench rows name the recipe group of the loss's family (sft, dpo: bench/gpu.py); RL losses their own
+    spec = LOSSES.get(cfg.recipe.loss)
+    return {"recipe": spec.recipe if spec and spec.family != "rl" else cfg.recipe.loss,
+            "compile": bool(cfg.trainer.compile),
             "ckpt": bool(cfg.rung.activation_checkpointing), "chunked": cfg.trainer.loss_chunk_tokens > 0,
             "attn": cfg.model.attn_implementation}
 

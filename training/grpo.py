@@ -29,8 +29,6 @@ import torch
 
 from training.lm_loss import token_logps
 
-LOSSES = ("grpo", "dr_grpo", "dapo")
-
 
 class GRPO:
     data_format = "rlvr"

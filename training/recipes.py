@@ -1,6 +1,6 @@
 """Recipes: a batch format and a loss over one packed micro-batch; the loop is shared.
 
-    recipe = make_recipe(cfg)          # SFT, DPO or GRPO, from recipe.loss
+    recipe = make_recipe(cfg)          # SFT, DPO or GRPO: recipe.loss's family (training/losses.py)
     stream = recipe.build_stream(cfg, tokenizer, micro_batch_tokens, seed)
     loss_sum, stats = recipe.loss_sum(model, batch)
 
@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from training.chat_data import IGNORE
 from training.lm_loss import token_logps
+from training.losses import loss_spec
 from training.mixture import SOURCE_STATS, build_stream, source_sums
 from training.preference import sequence_logps
 
@@ -128,15 +129,13 @@ class DPO:
         return losses.sum(), stats
 
 
-LOSSES = {"sft", "dpo_sigmoid", "dpo_norm", "simpo", "grpo", "dr_grpo", "dapo"}
-
-
 def make_recipe(cfg):
     r = cfg.recipe
     chunk = cfg.trainer.loss_chunk_tokens
-    if r.loss == "sft":
+    family = loss_spec(r.loss).family  # training/losses.py: the one table of losses
+    if family == "sft":
         return SFT(chunk)
-    if r.loss in ("grpo", "dr_grpo", "dapo"):  # RL with verifiable rewards: training/grpo.py
+    if family == "rl":  # RL with verifiable rewards: training/grpo.py
         from training.grpo import GRPO
         return GRPO(cfg)
     return DPO(r.loss, r.beta, r.label_smoothing, r.simpo_gamma, precompute=r.precompute_reference,

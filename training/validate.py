@@ -4,7 +4,7 @@
     layout = validate(cfg, world_size=1)   # raises ConfigError listing every problem
 
 The batch rule: global_batch_tokens = micro_batch_tokens x grad_accum x data-parallel size.
-RL recipes (grpo, dr_grpo, dapo) count their batch in answers instead: rl_batch_layout.
+RL losses (family "rl" in training/losses.py) count their batch in answers instead: rl_batch_layout.
 """
 
 from __future__ import annotations
@@ -17,10 +17,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from training.attention import attention_problem
 from training.errors import ConfigError
+from training.losses import LOSSES, is_rl, unknown_loss
 from training.paths import path_problems
 
-SUPPORTED_LOSSES = {"sft", "dpo_sigmoid", "dpo_norm", "simpo", "grpo", "dr_grpo", "dapo"}
-RL_LOSSES = {"grpo", "dr_grpo", "dapo"}  # training/grpo.py
 SINGLE_PROCESS_ENGINES = {"single"}
 
 
@@ -49,7 +48,7 @@ def global_batch_tokens(cfg: DictConfig) -> tuple[int, str]:
 
 def batch_layout(cfg: DictConfig, dp: int | None = None) -> BatchLayout:
     dp = dp if dp is not None else cfg.rung.nodes * cfg.rung.gpus_per_node
-    if cfg.recipe.loss in RL_LOSSES:
+    if is_rl(cfg.recipe.loss):
         return rl_batch_layout(cfg, dp)
     micro = cfg.rung.micro_batch_tokens
     glob, key = global_batch_tokens(cfg)
@@ -248,13 +247,11 @@ def validate(cfg: DictConfig, world_size: int | None = None, here: bool = False)
         problems.append(f"rung.offload=true needs rung.engine=deepspeed_zero3 (it is {r.engine.value})")
 
     rc = cfg.recipe
-    if rc.loss not in SUPPORTED_LOSSES:
-        problems.append(f"recipe.loss={rc.loss!r}: supported losses are {sorted(SUPPORTED_LOSSES)}")
-    else:
-        want = "messages" if rc.loss == "sft" else "rlvr" if rc.loss in RL_LOSSES else "preference"
-        if d.format != want:
-            problems.append(f"data.format={d.format!r}: recipe.loss={rc.loss} needs data in the {want!r} format")
-    if rc.loss in RL_LOSSES:
+    if rc.loss not in LOSSES:  # training/losses.py: the one table of losses
+        problems.append(unknown_loss(rc.loss))
+    elif d.format != (want := LOSSES[rc.loss].data_format):
+        problems.append(f"data.format={d.format!r}: recipe.loss={rc.loss} needs data in the {want!r} format")
+    if is_rl(rc.loss):
         from training.grpo import grpo_problems
         problems += grpo_problems(cfg, layout, here)
     if d.sources:  # a mixture: its own rules (training/mixture_config.py)
@@ -265,7 +262,7 @@ def validate(cfg: DictConfig, world_size: int | None = None, here: bool = False)
     for f in d.train_files:
         if not Path(f).is_file():
             problems.append(f"data.train_files: no such file: {f}")
-    if d.max_seq_len > r.micro_batch_tokens and rc.loss not in RL_LOSSES:  # RL: rl_batch_layout says it
+    if d.max_seq_len > r.micro_batch_tokens and not is_rl(rc.loss):  # RL: rl_batch_layout says it
         problems.append(
             f"data.max_seq_len={d.max_seq_len} exceeds rung.micro_batch_tokens={r.micro_batch_tokens}: "
             "a packed micro-batch must hold at least one whole document")
