@@ -16,8 +16,9 @@ AVX2-only EPYC, so the golden losses held on one CPU kind only. Measured on one 
     picked at run time. ATEN_CPU_CAPABILITY=default takes the baseline build every x86-64 CPU has.
   - The thread count: a reduction split over 1 or 2 threads rounds differently. 2 is CI's count.
 oneDNN's ISA cap (ONEDNN_MAX_CPU_ISA) changed nothing: fp32 training on a CPU does not reach oneDNN.
-The pinned settings cost about 8% of a tiny run's CPU time. Only these entry points pin: a user's
-`ladder train` keeps the fastest kernels of its machine.
+The price is speed: the pinned golden run takes 2.4x the CPU time of an unpinned one (MKL's
+COMPATIBLE path 2.1x, ATen's baseline kernels 1.13x more; bench/cpu_numerics.py). Only these
+entry points pin: a user's `ladder train` keeps the fastest kernels of its machine.
 
 A variable already set wins (setdefault), so the exact-loss tests can be run under another
 kernel choice on purpose, e.g. `ATEN_CPU_CAPABILITY=avx2 pytest tests/test_training.py`, to
