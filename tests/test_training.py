@@ -25,11 +25,11 @@ def test_golden_losses(tmp_path):
     """A fixed seed reproduces the checked-in per-step losses.
     After a change that is meant to change the math, regenerate with LADDER_UPDATE_GOLDEN=1.
 
-    The suite pins the CPU numerics (training/cpu_numerics.py), under which the losses equal the
-    goldens exactly on any x86-64 CPU (test_the_pinned_golden_run_is_exact_in_a_fresh_process).
-    The 1e-5 here is for a run under another ATen kernel choice on purpose
-    (ATEN_CPU_CAPABILITY=avx2 or avx512, MKL still pinned): measured on an AVX-512 Xeon, those
-    move the 20 losses by at most 8.3e-6 (bench/RESULTS.md, "CPU numerics")."""
+    The suite pins MKL's code path and the thread count (training/cpu_numerics.py); the goldens
+    were made with ATen's baseline kernels as well, under which they hold bit for bit on any
+    x86-64 CPU (test_the_pinned_golden_run_is_exact_in_a_fresh_process). In process, ATen runs
+    the machine's own kernels: measured on an AVX-512 Xeon, its avx2 and avx512 kernels move the
+    20 losses by at most 8.3e-6 (bench/RESULTS.md, "CPU numerics"), hence 1e-5."""
     result = train_in_process([*FAST, f"trainer.run_root={tmp_path}", "trainer.run_name=golden",
                                f"trainer.max_steps={GOLDEN_STEPS}", "trainer.save_every=100"])
     got = losses(result.run_dir)
@@ -46,8 +46,8 @@ def test_the_pinned_golden_run_is_exact_in_a_fresh_process(tmp_path):
     CPU numerics forced (not merely defaulted): the losses are the checked-in goldens, bit for bit.
     Unpinned, an AVX2-only EPYC and an AVX-512 Xeon differ by 1.2e-5 at step 16; pinned, MKL runs
     one code path on every x86-64 CPU and ATen its baseline kernels, so any machine gives these."""
-    from training.cpu_numerics import PINNED_ENV, THREADS
-    env = {**os.environ, **PINNED_ENV, "OMP_NUM_THREADS": str(THREADS)}
+    from training.cpu_numerics import EXACT_ENV, THREADS
+    env = {**os.environ, **EXACT_ENV, "OMP_NUM_THREADS": str(THREADS)}
     proc = subprocess.run([sys.executable, "-m", "training.trainer", *FAST, f"trainer.run_root={tmp_path}",
                            "trainer.run_name=golden", f"trainer.max_steps={GOLDEN_STEPS}", "trainer.save_every=100"],
                           env=env, capture_output=True, text=True, timeout=600)
