@@ -72,8 +72,13 @@ def test_chunked_loss_and_gradient_equal_full_logits(chunk):
     full, full_grads = loss_and_grads(llama("sdpa"), batch, 0)
     got, grads = loss_and_grads(llama("sdpa"), batch, chunk)
     torch.testing.assert_close(got, full, rtol=1e-5, atol=1e-5)
+    # Per parameter, norm-wise: the chunks sum the gradient in another order, so single elements
+    # near zero differ by float32 rounding that no elementwise rtol bounds (measured: up to 4.8e-6
+    # absolute on the embedding with MKL_CBWR=COMPATIBLE, over atol=1e-6). Norm-wise the measured
+    # worst is 6.4e-7 of the norm (pinned or not, chunk 7, 64 or 4096); a wrong chunk is O(1).
     for n, g in grads.items():
-        torch.testing.assert_close(g, full_grads[n], rtol=1e-5, atol=1e-6, msg=n)
+        rel = ((g - full_grads[n]).norm() / full_grads[n].norm()).item()
+        assert rel < 1e-5, f"{n}: chunked gradient is {rel:.2e} of the norm away from full logits'"
     # the per-token log-probs DPO and GRPO sum are the same values too
     model = llama("sdpa")
     with torch.no_grad():
