@@ -35,10 +35,10 @@ pipeline: install
 
 # The tests drive Debian's chromium and a real SLURM cluster; tests/system_packages.sh installs
 # them when missing (as root). `pytest -m "not slurm"` leaves the cluster tests out.
-# The first line says which CPU numerics the suite runs under (pinned: training/cpu_numerics.py),
+# The first line says which CPU numerics the suite runs under (pinned: training/model/cpu_numerics.py),
 # so a failure report says what kind of machine it came from.
 test: install
-	@$(BIN)/python -m training.cpu_numerics
+	@$(BIN)/python -m training.model.cpu_numerics
 	bash tests/system_packages.sh
 	$(BIN)/python -m pytest -q --durations=25
 

@@ -11,7 +11,7 @@ from the kernel: the resident high-water mark is reset (/proc/self/clear_refs, 5
 and VmHWM read just after, minus the resident size before; so it is the memory the save itself
 added. gather: fsdp2 get_model_state_dict(full_state_dict, cpu_offload) then save_pretrained
 (what Engine.model_state feeds it); deepspeed_zero3 every parameter gathered in turn into one state
-dict on rank 0, then save_pretrained. stream: Engine.save_model (training/consolidate.py).
+dict on rank 0, then save_pretrained. stream: Engine.save_model (training/engine/consolidate.py).
 """
 
 from __future__ import annotations
@@ -28,11 +28,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
-from training import distributed  # noqa: E402
-from training.compose import compose  # noqa: E402
-from training.engines import Engine, make_engine  # noqa: E402
-from training.modeling import build_model, load_tokenizer  # noqa: E402
-from training.validate import validate  # noqa: E402
+from training.engine import distributed  # noqa: E402
+from training.config.compose import compose  # noqa: E402
+from training.engine.engines import Engine, make_engine  # noqa: E402
+from training.model.modeling import build_model, load_tokenizer  # noqa: E402
+from training.config.validate import validate  # noqa: E402
 
 
 def rss_kib(field: str) -> int:

@@ -1,6 +1,6 @@
 """The golden run (tests/test_training.py: 20 steps of the tiny SFT model) under each CPU kernel
 choice this machine can emulate: how far each is from the checked-in goldens, and what pinning
-costs in time. The figures behind training/cpu_numerics.py and the golden tolerance.
+costs in time. The figures behind training/model/cpu_numerics.py and the golden tolerance.
 
     .venv/bin/python bench/cpu_numerics.py                # every choice, one run each
     .venv/bin/python bench/cpu_numerics.py --repeat 3     # median CPU seconds of 3 runs
@@ -39,7 +39,7 @@ print(json.dumps({{"capability": torch.backends.cpu.get_cpu_capability(), "threa
 
 
 def choices() -> dict[str, dict]:
-    from training.cpu_numerics import EXACT_ENV, THREADS
+    from training.model.cpu_numerics import EXACT_ENV, THREADS
     pinned = {**EXACT_ENV, "OMP_NUM_THREADS": str(THREADS)}
     out = {"exact (goldens, fresh test)": pinned,
            "exact, MKL told AVX2": {**pinned, "MKL_ENABLE_INSTRUCTIONS": "AVX2"},

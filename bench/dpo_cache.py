@@ -24,9 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def run(root: Path, name: str, start: Path, steps: int, pairs: int, precompute: bool) -> tuple[float, dict | None]:
-    from training.compose import compose
-    from training.metrics import read_metrics
-    from training.trainer import train
+    from training.config.compose import compose
+    from training.run.metrics import read_metrics
+    from training.run.trainer import train
     train(compose(["recipe=dpo", f"model.name_or_path={start}", "tracker.mode=disabled", "trainer.eval_on_save=false",
                    "trainer.save_initial=false", f"trainer.max_steps={steps}", f"trainer.save_every={steps}",
                    f"trainer.run_root={root}", f"trainer.run_name={name}", f"data.max_samples={pairs}",
@@ -41,8 +41,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=12)
     p.add_argument("--pairs", type=int, default=400)
     a = p.parse_args()
-    from training.compose import compose
-    from training.trainer import train
+    from training.config.compose import compose
+    from training.run.trainer import train
     with tempfile.TemporaryDirectory() as d:
         root = Path(d)
         sft = train(compose(["rung=tiny", "tracker.mode=disabled", "trainer.eval_on_save=false",

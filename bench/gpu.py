@@ -12,7 +12,7 @@ layers as fit on the GPU. Each configuration varies one thing: the attention imp
 torch.compile per layer, the chunked loss, activation checkpointing. TRL's SFTTrainer trains
 the same model (same weights), the same documents and the same batch as the baseline, and one
 DPO configuration runs through Ladder's DPO recipe. For each it prints useful (trained) tokens/s
-per GPU, MFU by training/flops.py against the GPU's datasheet bf16 peak, and peak memory.
+per GPU, MFU by training/model/flops.py against the GPU's datasheet bf16 peak, and peak memory.
 Timing leaves out set-up, compilation and the warm-up steps. Configurations run in order of
 importance and stop at --budget-s, so the whole command fits its slot; skipped ones say so.
 
@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from training.flops import matmul_params, train_flops  # noqa: E402
+from training.model.flops import matmul_params, train_flops  # noqa: E402
 
 # name: hidden, intermediate, layers, heads, kv heads, vocab, tied embeddings
 SHAPES = {
@@ -102,7 +102,7 @@ def _has_flash() -> bool:
 # ---- data ------------------------------------------------------------------------------------
 def documents(n_tokens: int, vocab: int, max_len: int, seed: int = 0) -> list[tuple[list[int], list[int]]]:
     """(input_ids, labels) documents of lognormal lengths (median ~600 tokens, as chat SFT data),
-    the first quarter a prompt (label -100), labels shifted as training.chat_data does."""
+    the first quarter a prompt (label -100), labels shifted as training.data.chat_data does."""
     g = torch.Generator().manual_seed(seed)
     docs, total = [], 0
     while total < n_tokens:
@@ -138,7 +138,7 @@ def _collate(docs) -> dict:
 
 def dpo_rows(docs, row_tokens: int) -> list[dict]:
     """Preference rows: consecutive documents as (chosen, rejected) sharing nothing but the packing."""
-    from training.preference import collate_pairs
+    from training.data.preference import collate_pairs
     rows, pairs, used, pid = [], [], 0, 0
     for a, b in zip(docs[0::2], docs[1::2]):
         n = len(a[0]) + len(b[0])
@@ -177,13 +177,13 @@ def fit_layers(shape: str, micro_batch: int, budget_bytes: float) -> int:
 
 # ---- the two harnesses ---------------------------------------------------------------------------
 def ladder_run(case: Case, rows: list[dict], warmup: int, steps: int, accum: int, device: str) -> dict:
-    """Ladder's step: the recipe's loss (training/recipes.py, the chunked loss of training/lm_loss.py),
+    """Ladder's step: the recipe's loss (training/recipes/registry.py, the chunked loss of training/model/lm_loss.py),
     the single engine's backward and step (autocast bf16, clipping, fused AdamW)."""
     from omegaconf import OmegaConf
 
-    from training.engines import Engine
-    from training.modeling import compile_layers
-    from training.recipes import make_recipe
+    from training.engine.engines import Engine
+    from training.model.modeling import compile_layers
+    from training.recipes.registry import make_recipe
     model = llama(case.shape, case.layers, case.attn, device)
     if case.ckpt:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -194,7 +194,7 @@ def ladder_run(case: Case, rows: list[dict], warmup: int, steps: int, accum: int
                             "recipe": {"loss": loss, "beta": 0.1, "label_smoothing": 0.0, "simpo_gamma": 0.0,
                                        "precompute_reference": True}})
     recipe = make_recipe(cfg)
-    if case.recipe == "dpo":  # the reference log-probs, as if precomputed (training/reference.py)
+    if case.recipe == "dpo":  # the reference log-probs, as if precomputed (training/recipes/reference.py)
         recipe.ref_logps = torch.zeros(max(int(r["pair_ids"].max()) for r in rows) + 1, 2)
 
     def make_optimizer(params):

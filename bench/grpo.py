@@ -34,9 +34,9 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     a = ap.parse_args()
 
-    from training.compose import compose
-    from training.metrics import read_metrics
-    from training.trainer import train
+    from training.config.compose import compose
+    from training.run.metrics import read_metrics
+    from training.run.trainer import train
     with tempfile.TemporaryDirectory() as root:
         cfg = compose(["recipe=grpo", "rung=tiny", "tracker.mode=disabled", "trainer.eval_on_save=false",
                        "trainer.save_initial=false", f"trainer.max_steps={a.steps}", f"trainer.save_every={a.steps}",

@@ -36,7 +36,7 @@ def run(tree: Path, out: Path, name: str, steps: int) -> list[float]:
             f"trainer.run_root={out}", f"trainer.run_name={name}", f"trainer.max_steps={steps}",
             f"trainer.save_every={steps}", "rung.engine=ddp", "rung.gpus_per_node=2", "trainer.log_every=1000"]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-           "--master-port", str(port()), "-m", "training.trainer", *over]
+           "--master-port", str(port()), "-m", "training.run.trainer", *over]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(tree), WANDB_MODE="disabled")
     proc = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True, timeout=900)
     if proc.returncode:

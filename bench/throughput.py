@@ -33,9 +33,9 @@ ROWS_PER_STEP = 2
 
 
 def ladder_run(steps: int, warmup: int, n_rows: int, out: Path) -> dict:
-    from training.compose import compose
-    from training.metrics import read_metrics
-    from training.trainer import train
+    from training.config.compose import compose
+    from training.run.metrics import read_metrics
+    from training.run.trainer import train
     cfg = compose(["rung=tiny", "tracker.mode=disabled", "trainer.eval_on_save=false", "trainer.save_initial=false",
                    f"trainer.max_steps={steps}", f"trainer.save_every={steps}", f"trainer.run_root={out}",
                    "trainer.run_name=bench", f"data.max_samples={n_rows}", f"rung.micro_batch_tokens={ROW_TOKENS}",
@@ -53,8 +53,8 @@ def trl_run(steps: int, warmup: int, n_rows: int, out: Path) -> dict:
     from transformers import TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
-    from training.compose import compose
-    from training.modeling import build_model, load_tokenizer
+    from training.config.compose import compose
+    from training.model.modeling import build_model, load_tokenizer
 
     cfg = compose(["rung=tiny"])
     tok = load_tokenizer(cfg.model)

@@ -1,4 +1,4 @@
-"""How much faster a second run's data set-up is with the token cache (training/token_cache.py).
+"""How much faster a second run's data set-up is with the token cache (training/data/token_cache.py).
 
     .venv/bin/python bench/token_cache.py [--rows 100000]
 
@@ -27,9 +27,9 @@ sys.path.insert(0, str(REPO))
 
 def setup_once(root: str, data: str, use_cache: bool) -> dict:
     """One run's data set-up, timed in this process."""
-    from training.compose import compose
-    from training.mixture import load_sources, make_stream
-    from training.modeling import load_tokenizer
+    from training.config.compose import compose
+    from training.data.mixture import load_sources, make_stream
+    from training.model.modeling import load_tokenizer
     cfg = compose(["rung=tiny", f"trainer.run_root={root}", f"data.train_files=[{data}]", "data.max_seq_len=64"])
     tok = load_tokenizer(cfg.model)
     t0 = time.perf_counter()
@@ -54,7 +54,7 @@ def main() -> None:
         root, data, use = a.child
         print(json.dumps(setup_once(root, data, use == "1")))
         return
-    from training.synthetic import generate, write_jsonl
+    from training.data.synthetic import generate, write_jsonl
     with tempfile.TemporaryDirectory() as d:
         data = Path(d) / "source.jsonl"
         train, _ = generate(n_train=a.rows, n_heldout=0, seed=7, min_len=3, max_len=8)

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
-from training.safe_files import write_atomic
+from training.common.safe_files import write_atomic
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PENDING_FILE = "pending_evals.json"  # checkpoints a finished run left for eval jobs of their own

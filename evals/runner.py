@@ -4,13 +4,13 @@
     python -m evals.runner CKPT --eval-config suite.yaml --out result.json    # a background job
 
 Each task's result is looked up in the eval cache by the checkpoint's content hash, the task
-and its version, its settings and the eval code version (evals/cache.py). Only the tasks that
+and its version, its settings and the eval code version (evals/store/cache.py). Only the tasks that
 miss are computed, and the model is loaded only if a built-in task misses (lm-eval loads its
 own from the checkpoint directory): a fully cached suite never touches the weights, and the
 log says so ("answered from the cache; no model loaded"). The checkpoint is checked against its
 COMPLETE manifest first: every file's size always, and the SHA-256 of the files a model load
 reads (weights, config, tokenizer) when a task needs the model. Every result lands in the registry
-(evals/registry.py) and, for the suite, in <checkpoint>/eval/<suite>.json: per-task scores, the
+(evals/store/registry.py) and, for the suite, in <checkpoint>/eval/<suite>.json: per-task scores, the
 generation settings and prompt formats, and every example's output.
 """
 
@@ -26,12 +26,12 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from evals.cache import EVAL_CODE_VERSION, EvalCache, TaskSpec, lm_limit, task_specs
-from evals.checkpoint_ref import CheckpointRef, read_ref, resolve_checkpoint
-from evals.content_hash import PATTERNS
-from evals.registry import Registry, registry_path, run_root_of
-from training.checkpoint import check_checkpoint
-from training.safe_files import write_atomic
+from evals.store.cache import EVAL_CODE_VERSION, EvalCache, TaskSpec, lm_limit, task_specs
+from evals.store.checkpoint_ref import CheckpointRef, read_ref, resolve_checkpoint
+from evals.store.content_hash import PATTERNS
+from evals.store.registry import Registry, registry_path, run_root_of
+from training.run.checkpoint import check_checkpoint
+from training.common.safe_files import write_atomic
 
 log = logging.getLogger("ladder.eval")
 
@@ -66,18 +66,18 @@ def load_model(ckpt: Path, device: str):
 
 def run_builtin(spec: TaskSpec, model, tokenizer, eval_cfg: DictConfig, generator=None) -> dict:
     if spec.name == "reverse":
-        from evals.synthetic import score_heldout
+        from evals.tasks.synthetic import score_heldout
         return score_heldout(model, tokenizer, eval_cfg.heldout_file, eval_cfg.max_examples,
                              eval_cfg.max_new_tokens, eval_cfg.batch_size, generator)
-    from evals.instructions import score_instructions
+    from evals.tasks.instructions import score_instructions
     return score_instructions(model, tokenizer, eval_cfg.instructions_file, eval_cfg.max_examples,
                               eval_cfg.max_new_tokens, eval_cfg.batch_size, generator)
 
 
 def generation_backend(eval_cfg: DictConfig, device: str) -> str:
     """hf or vllm, checked before anything is loaded: vllm asked for where it cannot run is an error."""
-    from training.errors import ConfigError
-    from training.generator import eval_generator_problems, resolve_backend
+    from training.common.errors import ConfigError
+    from training.rl.generator import eval_generator_problems, resolve_backend
     name, kind = eval_cfg.generator.name, "cuda" if device.startswith("cuda") else device  # cuda:1 is cuda
     if (problems := eval_generator_problems(name, kind)):
         raise ConfigError("; ".join(problems))
@@ -120,7 +120,7 @@ def evaluate_checkpoint(ckpt: str | Path | CheckpointRef, eval_cfg: DictConfig, 
         check_checkpoint(ckpt, hashes=PATTERNS)
     row = registry.register_checkpoint(ref)  # once it is known to be whole
     if builtin:
-        from training.generator import eval_generator
+        from training.rl.generator import eval_generator
         model, tokenizer = load_model(ckpt, device)  # the reverse task's held-out loss needs it, whatever generates
         model_loaded = True
         generator = eval_generator(backend, tokenizer, ckpt, device, eval_cfg.generator.gpu_memory_utilization)
@@ -132,7 +132,7 @@ def evaluate_checkpoint(ckpt: str | Path | CheckpointRef, eval_cfg: DictConfig, 
             import torch
             torch.cuda.empty_cache()
     if harness:
-        from evals.lm_harness import run_lm_eval
+        from evals.tasks.lm_harness import run_lm_eval
         t = time.time()
         out = run_lm_eval(ckpt, eval_cfg.lm_eval, [s.name for s in harness], lm_limit(eval_cfg), device)
         model_loaded = True
@@ -171,7 +171,7 @@ def evaluate_checkpoint(ckpt: str | Path | CheckpointRef, eval_cfg: DictConfig, 
     out = result_path(ckpt, eval_cfg.name)
     try:
         out.parent.mkdir(exist_ok=True)
-        write_atomic(out, json.dumps(result, indent=1) + "\n")  # a temporary name of its own, renamed: never through a planted link (training/safe_files.py)
+        write_atomic(out, json.dumps(result, indent=1) + "\n")  # a temporary name of its own, renamed: never through a planted link (training/common/safe_files.py)
         result["path"] = str(out)
     except OSError:  # a read-only checkpoint: the cache and the registry still hold everything
         result["path"] = tasks[specs[0].name]["examples_path"]
@@ -180,8 +180,8 @@ def evaluate_checkpoint(ckpt: str | Path | CheckpointRef, eval_cfg: DictConfig, 
 
 def main(argv: list[str] | None = None) -> int:
     """A background evaluation (evals/async_eval.py): one checkpoint, one suite, a JSON result."""
-    from training.errors import EXIT_USER_ERROR, LadderError
-    from training.schema import EvalConfig
+    from training.common.errors import EXIT_USER_ERROR, LadderError
+    from training.config.schema import EvalConfig
     p = argparse.ArgumentParser(prog="python -m evals.runner", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint")

@@ -22,7 +22,7 @@ os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from launch.cli_args import add_ledger_overrides  # noqa: E402
-from training.errors import EXIT_REQUEUE, EXIT_USER_ERROR, ConfigError, LadderError, Preempted  # noqa: E402
+from training.common.errors import EXIT_REQUEUE, EXIT_USER_ERROR, ConfigError, LadderError, Preempted  # noqa: E402
 
 OVERRIDES_HELP = """\
 overrides are Hydra overrides: group=option picks a config file, key.path=value sets a value.
@@ -34,7 +34,7 @@ Examples:
 
 
 def groups_help() -> str:
-    from training.compose import group_options
+    from training.config.compose import group_options
     lines = ["config groups (configs/<group>/<option>.yaml):"]
     for group, options in group_options().items():
         lines.append(f"  {group:<9} {', '.join(options)}")
@@ -164,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
         if verb == "status":
             sp.add_argument("--json", action="store_true", help="print the rows as JSON")
 
-    # ---- promotion up the ladder (launch/promote.py, launch/promotion_report.py) ----
+    # ---- promotion up the ladder (launch/promotion/promote.py, launch/promotion/promotion_report.py) ----
     pr = sub.add_parser("promote", formatter_class=fmt, help="launch a sweep's best K configurations at another rung",
                         description="Rank the finished points of a sweep by their eval score in the registry, and "
                                     "launch the best K at another rung with transferred hyperparameters (the "
@@ -202,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_ledger_overrides(rr)
     rr.add_argument("--sweep", default=None, help="the lower- or higher-rung sweep (default: every promotion)")
     rr.add_argument("--json", action="store_true", help="print the report as JSON")
-    from launch import bench_cmd, budget_cmd, data_cmd, ledger_cmd  # verbs that declare their own arguments and handler (DESIGN.md)
+    from launch.commands import bench_cmd, budget_cmd, data_cmd, ledger_cmd  # verbs that declare their own arguments and handler (DESIGN.md)
     data_cmd.register(sub, overrides_help)
     budget_cmd.register(sub, overrides_help)
     ledger_cmd.register(sub, overrides_help)
@@ -217,19 +217,19 @@ def _lazy_groups() -> str:
         return ""
 
 
-from training.log_setup import QUIET, setup_logging  # noqa: E402,F401  (shared with training/entry.py)
+from training.run.log_setup import QUIET, setup_logging  # noqa: E402,F401  (shared with training/run/entry.py)
 
 
 def cmd_train(args) -> int:
-    from launch.train_record import recording  # a shared ledger records direct runs too
-    from training.entry import run_train
-    from training.trainer import train
+    from launch.accounting.train_record import recording  # a shared ledger records direct runs too
+    from training.run.entry import run_train
+    from training.run.trainer import train
     return run_train(recording(train, args.overrides), args.overrides)
 
 
 def cmd_eval(args) -> int:
-    from launch.eval_cmd import run_eval, run_pending, submit_evals
-    from training.compose import compose
+    from launch.commands.eval_cmd import run_eval, run_pending, submit_evals
+    from training.config.compose import compose
     _split_jobs(args)
     if args.pending is not None:
         if args.jobs:
@@ -245,19 +245,19 @@ def cmd_eval(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from launch.compare_cmd import cmd_compare as run
+    from launch.commands.compare_cmd import cmd_compare as run
     return run(args)
 
 
 def cmd_leaderboard(args) -> int:
-    from launch.compare_cmd import cmd_leaderboard as run
+    from launch.commands.compare_cmd import cmd_leaderboard as run
     return run(args)
 
 
 def cmd_config(args) -> int:
     from omegaconf import OmegaConf
-    from training.compose import compose
-    from training.validate import validate
+    from training.config.compose import compose
+    from training.config.validate import validate
     cfg = compose(args.overrides)
     validate(cfg)
     print(OmegaConf.to_yaml(cfg), end="")
@@ -265,12 +265,12 @@ def cmd_config(args) -> int:
 
 
 def cmd_plan(args) -> int:
-    from launch.plan import cmd_plan as run
+    from launch.planning.plan import cmd_plan as run
     return run(args)
 
 
 def cmd_launch(args) -> int:
-    from launch.launch_cmd import cmd_launch as run
+    from launch.commands.launch_cmd import cmd_launch as run
     return run(args)
 
 
@@ -280,24 +280,24 @@ def _split_jobs(args) -> None:
 
 
 def cmd_status(args) -> int:
-    from launch.status_cmd import cmd_status as run
+    from launch.commands.status_cmd import cmd_status as run
     _split_jobs(args)
     return run(args)
 
 
 def cmd_cancel(args) -> int:
-    from launch.status_cmd import cmd_cancel as run
+    from launch.commands.status_cmd import cmd_cancel as run
     _split_jobs(args)
     return run(args)
 
 
 def cmd_promote(args) -> int:
-    from launch.promote import cmd_promote as run
+    from launch.promotion.promote import cmd_promote as run
     return run(args)
 
 
 def cmd_promotion_report(args) -> int:
-    from launch.promotion_report import cmd_promotion_report as run
+    from launch.promotion.promotion_report import cmd_promotion_report as run
     return run(args)
 
 
@@ -319,8 +319,8 @@ def main(argv: list[str] | None = None) -> int:
 def check_argv(argv: list[str]) -> None:
     """Every argument of every verb, checked for secrets before the verb runs: argv is recorded
     (run_meta.json, W&B, the ledger, launch.json, job scripts), options and ignored overrides too.
-    compose() checks the overrides again, for `python -m training.trainer` and in-process callers."""
-    from training.secret_guard import argv_problems
+    compose() checks the overrides again, for `python -m training.run.trainer` and in-process callers."""
+    from training.config.secret_guard import argv_problems
     problems = argv_problems(argv)
     if problems:
         raise ConfigError("invalid command line:\n  - " + "\n  - ".join(problems))

@@ -4,17 +4,17 @@
     console.print(f"team {safe_text(row['team'])}")        # text read from the ledger or registry
     print(f"set by {safe_text(row['set_by'], markup=False)}")   # the same, printed without rich
 
-Text read back from the ledger or the registry is printed through safe_text (training/store.py).
+Text read back from the ledger or the registry is printed through safe_text (training/common/store.py).
 """
 
 from __future__ import annotations
 
 import sys
 
-# The helper lives beside the stores (training/store.py), so evals/ can use it too (evals never
+# The helper lives beside the stores (training/common/store.py), so evals/ can use it too (evals never
 # import launch).
-from training.store import safe_text  # noqa: F401
-from training.store_url import invisible_chars  # noqa: F401
+from training.common.store import safe_text  # noqa: F401
+from training.common.store_url import invisible_chars  # noqa: F401
 
 
 def make_console():

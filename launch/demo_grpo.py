@@ -28,7 +28,7 @@ GRPO = ["recipe=grpo", "recipe.loss=dapo", "recipe.clip_high=0.28", "generator.t
 
 
 def run_grpo(console, ladder, name: str) -> list[tuple[str, Path]] | None:
-    from training.checkpoint import complete_checkpoints
+    from training.run.checkpoint import complete_checkpoints
     short_args = ["train", "rung=tiny", f"trainer.run_name={name}-sft-short", *SHORT_SFT]
     console.rule("[bold]ladder " + " ".join(short_args))
     if ladder(short_args):

@@ -16,9 +16,9 @@ os.environ.pop("WANDB_API_KEY", None)
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 # Losses are asserted against checked-in goldens, so the CPU numerics are pinned for the whole
-# session and the processes it starts (training/cpu_numerics.py says what and why); regenerating
+# session and the processes it starts (training/model/cpu_numerics.py says what and why); regenerating
 # the goldens also takes ATen's baseline kernels, the bits every x86-64 CPU reproduces.
-from training.cpu_numerics import pin  # noqa: E402
+from training.model.cpu_numerics import pin  # noqa: E402
 
 pin(exact=os.environ.get("LADDER_UPDATE_GOLDEN") == "1")
 
@@ -33,13 +33,13 @@ def ladder_cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> sub
 
 
 def train_in_process(overrides: list[str]):
-    from training.compose import compose
-    from training.trainer import train
+    from training.config.compose import compose
+    from training.run.trainer import train
     return train(compose(overrides))
 
 
 def losses(run_dir: Path) -> list[float]:
-    from training.metrics import read_metrics
+    from training.run.metrics import read_metrics
     return [r["loss"] for r in read_metrics(Path(run_dir) / "metrics.jsonl")]
 
 

@@ -29,10 +29,10 @@ def torchrun_cmd(nproc: int, overrides: list[str], port: int | None = None, nnod
     if nnodes == 1:
         where = ["--standalone"] if port is None else ["--master-addr", "127.0.0.1", "--master-port", str(port)]
         return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), *where,
-                "-m", "training.trainer", *overrides]
+                "-m", "training.run.trainer", *overrides]
     return [sys.executable, "-m", "torch.distributed.run", "--nnodes", str(nnodes), "--nproc-per-node", str(nproc),
             "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", f"ladder-{port}",
-            "-m", "training.trainer", *overrides]
+            "-m", "training.run.trainer", *overrides]
 
 
 def run_overrides(root: Path, name: str, steps: int, engine: str = "single", procs: int = 1,

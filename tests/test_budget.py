@@ -10,10 +10,10 @@ import time
 import pytest
 
 from conftest import FAST, ladder_cli
-from launch.budget import check_and_record, period_key, report_rows
-from launch.ledger import Ledger
-from training.compose import compose
-from training.errors import BudgetError
+from launch.accounting.budget import check_and_record, period_key, report_rows
+from launch.accounting.ledger import Ledger
+from training.config.compose import compose
+from training.common.errors import BudgetError
 
 JOB = dict(rung="8b", gpus=8, project="p", sweep=None)
 

@@ -17,10 +17,10 @@ import pytest
 
 from conftest import FAST, ladder_cli, losses, train_in_process
 from distributed_helpers import run, run_overrides, torchrun_cmd
-from training.checkpoint import CHUNK, COMPLETE, check_checkpoint, file_sha256, prune
-from training.compose import compose
-from training.errors import CheckpointError
-from training.remote import RemoteCheckpoints, resolve_resume
+from training.run.checkpoint import CHUNK, COMPLETE, check_checkpoint, file_sha256, prune
+from training.config.compose import compose
+from training.common.errors import CheckpointError
+from training.run.remote import RemoteCheckpoints, resolve_resume
 
 STEPS, EVERY = 6, 2
 BASE = [*FAST, f"trainer.max_steps={STEPS}", f"trainer.save_every={EVERY}"]

@@ -21,9 +21,9 @@ def ckpt(tmp_path_factory) -> Path:
 
 
 def test_ladder_eval_reads_and_hashes_the_checkpoint_once(ckpt, monkeypatch):
-    import evals.checkpoint_ref as ref_module
-    import evals.content_hash as content_hash
-    from launch.eval_cmd import run_eval
+    import evals.store.checkpoint_ref as ref_module
+    import evals.store.content_hash as content_hash
+    from launch.commands.eval_cmd import run_eval
     loads, hashes = [], []
     real_load, real_hash = OmegaConf.load, content_hash.checkpoint_hash
     monkeypatch.setattr(OmegaConf, "load", lambda p, *a, **k: (loads.append(Path(getattr(p, "name", p)).name),
@@ -38,9 +38,9 @@ def test_ladder_eval_reads_and_hashes_the_checkpoint_once(ckpt, monkeypatch):
 
 
 def test_the_eval_job_record_comes_from_the_resolved_value(ckpt):
-    from evals.checkpoint_ref import resolve_checkpoint
-    from launch.eval_cmd import eval_job_fields
-    from training.compose import compose
+    from evals.store.checkpoint_ref import resolve_checkpoint
+    from launch.commands.eval_cmd import eval_job_fields
+    from training.config.compose import compose
     ref = resolve_checkpoint(ckpt)
     fields = eval_job_fields(ref, compose(["rung=tiny"]), 1, "[]")
     assert fields["run_name"] == "eval synthetic: ref@2" and fields["sweep"] == "s1" and fields["rung"] == "tiny"
@@ -51,8 +51,8 @@ def test_the_eval_job_record_comes_from_the_resolved_value(ckpt):
 def test_a_damaged_checkpoint_is_refused_when_resolved(ckpt, tmp_path):
     import shutil
 
-    from evals.checkpoint_ref import resolve_checkpoint
-    from training.errors import CheckpointError
+    from evals.store.checkpoint_ref import resolve_checkpoint
+    from training.common.errors import CheckpointError
     copy = tmp_path / "checkpoints" / "step_000002"
     shutil.copytree(ckpt, copy)
     weights = copy / "model.safetensors"

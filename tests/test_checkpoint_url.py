@@ -19,12 +19,12 @@ import torch
 from conftest import FAST, losses, train_in_process
 from distributed_helpers import env, run, run_overrides, torchrun_cmd
 from test_training import GOLDEN, GOLDEN_STEPS
-from training.checkpoint import COMPLETE, complete_checkpoints
-from training.compose import compose
-from training.errors import CheckpointError, ConfigError
-from training.metrics import read_metrics
-from training.remote import RemoteCheckpoints, fetch_url
-from training.validate import validate
+from training.run.checkpoint import COMPLETE, complete_checkpoints
+from training.config.compose import compose
+from training.common.errors import CheckpointError, ConfigError
+from training.run.metrics import read_metrics
+from training.run.remote import RemoteCheckpoints, fetch_url
+from training.config.validate import validate
 from wandb_records import read_records
 
 
@@ -48,7 +48,7 @@ def test_interrupted_upload_is_never_resumed_and_the_resumed_run_reproduces_the_
     # Killed after step 10's files reached the URL but before its COMPLETE did.
     # with the thread count of the in-process resume below: CPU kernels round by thread count, and
     # the golden losses are compared to 1e-5 twenty steps on
-    died = run([sys.executable, "-m", "training.trainer", *common],
+    died = run([sys.executable, "-m", "training.run.trainer", *common],
                env=env(LADDER_FAULT="kill_in_upload:10", OMP_NUM_THREADS=str(torch.get_num_threads())))
     assert died.returncode == -signal.SIGKILL, died.stderr[-2000:]
     remote10 = tmp_path / "bucket" / "u" / "checkpoints" / "step_000010"

@@ -62,8 +62,8 @@ def test_a_value_that_needs_quotes_is_told_how_and_the_advice_works():
 
     import pytest
 
-    from training.compose import compose
-    from training.errors import ConfigError
+    from training.config.compose import compose
+    from training.common.errors import ConfigError
     for value in ("é", "a$(b)", "it's", 'say "hi"'):
         with pytest.raises(ConfigError) as e:
             compose([f"tracker.project={value}"])

@@ -19,10 +19,10 @@ import yaml
 
 from conftest import ladder_cli
 from launch.cli import main as ladder_main
-from evals.bootstrap import paired_delta
-from evals.content_hash import hashed_files
+from evals.analysis.bootstrap import paired_delta
+from evals.store.content_hash import hashed_files
 from evals.runner import evaluate_checkpoint
-from training.compose import compose
+from training.config.compose import compose
 
 SUITE = "eval.max_examples=100"  # the settings the run evaluated with on save: all cache hits
 

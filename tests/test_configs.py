@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from training.compose import CONFIG_DIR, compose, group_options
-from training.errors import ConfigError
-from training.validate import batch_layout, validate
+from training.config.compose import CONFIG_DIR, compose, group_options
+from training.common.errors import ConfigError
+from training.config.validate import batch_layout, validate
 
 
 def all_config_files():

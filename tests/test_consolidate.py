@@ -1,4 +1,4 @@
-"""Sharded weights streamed to Hugging Face format (training/consolidate.py) are byte for byte what
+"""Sharded weights streamed to Hugging Face format (training/engine/consolidate.py) are byte for byte what
 save_pretrained writes: in one process against save_pretrained itself, and on 2 processes
 (FSDP2, ZeRO-3) against the whole-state-dict gather the engines used before."""
 
@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from distributed_helpers import free_port, run
-from training.compose import compose
-from training.consolidate import write_streamed
-from training.modeling import build_model, load_tokenizer
+from training.config.compose import compose
+from training.engine.consolidate import write_streamed
+from training.model.modeling import build_model, load_tokenizer
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from training.chat_data import IGNORE, check_jsonl, encode_chat
-from training.errors import DataError
-from training.modeling import TINY_TOKENIZER
-from training.synthetic import ASSETS, generate
+from training.data.chat_data import IGNORE, check_jsonl, encode_chat
+from training.common.errors import DataError
+from training.model.modeling import TINY_TOKENIZER
+from training.data.synthetic import ASSETS, generate
 
 
 @pytest.fixture(scope="module")
@@ -68,8 +68,8 @@ def test_a_byte_order_mark_is_not_a_json_error_and_columns_count_characters(tmp_
 
     import pytest as _pytest
 
-    from training.chat_data import iter_jsonl
-    from training.errors import DataError
+    from training.data.chat_data import iter_jsonl
+    from training.common.errors import DataError
     row = {"messages": [{"role": "user", "content": "é"}, {"role": "assistant", "content": "a"}]}
     bom = tmp_path / "bom.jsonl"
     bom.write_bytes(b"\xef\xbb\xbf" + _json.dumps(row, ensure_ascii=False).encode() + b"\n")

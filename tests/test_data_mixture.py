@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 
 from conftest import FAST, ladder_cli, train_in_process
-from training.compose import compose
-from training.errors import ConfigError, DataError
-from training.metrics import read_metrics
-from training.mixture_config import SourceSpec, round_counts
-from training.modeling import load_tokenizer
+from training.config.compose import compose
+from training.common.errors import ConfigError, DataError
+from training.run.metrics import read_metrics
+from training.data.mixture_config import SourceSpec, round_counts
+from training.model.modeling import load_tokenizer
 
 
 def chat_rows(prefix: str, n: int, seed: int) -> list[dict]:
@@ -63,8 +63,8 @@ def mix(small, root, *extra, a="a", b="b") -> list[str]:
 
 
 def stream_of(overrides: list[str]):
-    from training.mixture import build_stream
-    from training.validate import validate
+    from training.data.mixture import build_stream
+    from training.config.validate import validate
     cfg = compose(overrides)
     layout = validate(cfg)
     stream, _ = build_stream(cfg, load_tokenizer(cfg.model), layout.micro_batch_tokens, cfg.trainer.seed, "messages")
@@ -81,8 +81,8 @@ def test_round_counts_follow_weights_or_epochs():
 
 
 def test_same_seed_same_batches_and_every_world_size_sees_one_global_order(small, root):
-    from training.distributed import World
-    from training.trainer import Trainer
+    from training.engine.distributed import World
+    from training.run.trainer import Trainer
     _, s1 = stream_of(mix(small, root))
     _, s2 = stream_of(mix(small, root))
     _, other = stream_of(mix(small, root, "trainer.seed=1"))
@@ -115,7 +115,7 @@ def test_a_sources_draws_do_not_move_when_another_sources_weight_does(small, roo
 
 
 def test_realized_shares_match_the_weights_and_inspect_reports_them(small, root):
-    from launch.data_inspect import inspect_data
+    from launch.inspection.data_inspect import inspect_data
     for weight in (0.2, 0.5):
         cfg = compose(mix(small, root, "data.sources.reverse.weight=1", f"data.sources.arith.weight={weight}",
                           "trainer.max_steps=60"))
@@ -158,8 +158,8 @@ def test_a_preference_mixture_trains_with_dpo(small, root):
 
 
 def test_bad_mixtures_are_refused_with_a_clear_message(small, root, tmp_path):
-    from training.mixture import build_stream
-    from training.validate import validate
+    from training.data.mixture import build_stream
+    from training.config.validate import validate
     with pytest.raises(ConfigError, match=r"data.sources.arith.weight=0.0 must be a finite number > 0"):
         validate(compose(mix(small, root, "data.sources.arith.weight=0")))
     with pytest.raises(ConfigError, match=r"no source named 'arth' \(did you mean arith\?\); its sources are: "
@@ -203,8 +203,8 @@ def test_ladder_data_inspect_prints_each_source(small, root):
 
 
 def test_a_sweep_records_each_points_mixture_in_the_ledger(root):
-    from launch.launch_cmd import ledger_fields, prepare
-    from launch.ledger import Ledger
+    from launch.commands.launch_cmd import ledger_fields, prepare
+    from launch.accounting.ledger import Ledger
     _, jobs = prepare([*FAST, "data=reverse_mix", f"trainer.run_root={root}", "trainer.max_steps=2",
                        "data.sources.arith.weight=0.1,0.3"], multirun=True)
     ledger = Ledger(root / "ledger-test.db")
@@ -217,7 +217,7 @@ def test_a_sweep_records_each_points_mixture_in_the_ledger(root):
 
 
 def test_the_token_cache_hits_and_recomputes_what_is_stale_or_corrupt(small, tmp_path, caplog):
-    from training.token_cache import load_source, paths
+    from training.data.token_cache import load_source, paths
     cfg = compose(FAST)
     tok = load_tokenizer(cfg.model)
     src = tmp_path / "src.jsonl"

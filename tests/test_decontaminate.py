@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 
 from conftest import FAST, ladder_cli
-from evals.decontaminate import decontaminate, write_filtered
-from launch.ledger import Ledger
-from training.chat_data import iter_jsonl
-from training.compose import compose
-from training.errors import ConfigError, DataError
-from training.validate import validate
+from evals.tasks.decontaminate import decontaminate, write_filtered
+from launch.accounting.ledger import Ledger
+from training.data.chat_data import iter_jsonl
+from training.config.compose import compose
+from training.common.errors import ConfigError, DataError
+from training.config.validate import validate
 
 HELDOUT = Path(__file__).resolve().parent.parent / "training" / "assets" / "synthetic" / "reverse_heldout.jsonl"
 IFEVAL = Path(__file__).resolve().parent.parent / "evals" / "assets" / "ifeval_lite.jsonl"

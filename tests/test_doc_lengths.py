@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import pytest
 
-from training.compose import compose
+from training.config.compose import compose
 
 
 def test_the_plan_uses_measured_lengths_when_inspect_saved_them_and_says_so(tmp_path):
-    from launch.data_inspect import inspect_data
-    from launch.doc_lengths import lengths_path, save_lengths
-    from launch.plan import make_plan
-    from training.flops import train_flops
+    from launch.inspection.data_inspect import inspect_data
+    from launch.planning.doc_lengths import lengths_path, save_lengths
+    from launch.planning.plan import make_plan
+    from training.model.flops import train_flops
     overrides = ["rung=tiny", f"trainer.run_root={tmp_path}", "trainer.max_steps=3", "data.max_samples=200"]
     cfg = compose(overrides)
     before = make_plan(cfg)

@@ -12,11 +12,11 @@ import torch.nn.functional as F
 
 from conftest import FAST, losses, train_in_process
 from distributed_helpers import run, torchrun_cmd
-from training import ref_cache
-from training.compose import compose
-from training.modeling import build_model, load_tokenizer
-from training.preference import collate_pairs, load_pairs
-from training.recipes import DPO
+from training.recipes import ref_cache
+from training.config.compose import compose
+from training.model.modeling import build_model, load_tokenizer
+from training.data.preference import collate_pairs, load_pairs
+from training.recipes.registry import DPO
 
 PAIRS = 96
 
@@ -164,8 +164,8 @@ def test_reference_beside_the_policy_matches_the_cache(tmp_path, trained_run):
 
 
 def test_malformed_pair_is_named_by_file_and_line(tmp_path):
-    from training.errors import DataError
-    from training.preference import check_pairs_jsonl
+    from training.common.errors import DataError
+    from training.data.preference import check_pairs_jsonl
     user = {"role": "user", "content": "q"}
     good = {"chosen": [user, {"role": "assistant", "content": "a"}], "rejected": [user, {"role": "assistant", "content": "b"}]}
     other_prompt = {**good, "rejected": [{"role": "user", "content": "other"}, {"role": "assistant", "content": "b"}]}

@@ -24,8 +24,8 @@ import pytest
 
 from conftest import losses
 from distributed_helpers import env, free_port, run, run_overrides, torchrun_cmd
-from training.checkpoint import COMPLETE, complete_checkpoints, latest_checkpoint
-from training.heartbeat import read_heartbeat
+from training.run.checkpoint import COMPLETE, complete_checkpoints, latest_checkpoint
+from training.run.heartbeat import read_heartbeat
 
 TOL = 1e-4
 # The saved weights after 8 steps, by the same argument: measured at most 2e-7 (ddp 0, fsdp2,
@@ -36,7 +36,7 @@ ENGINES = ["ddp", "fsdp2", "deepspeed_zero2", "deepspeed_zero3"]
 
 
 def single_cmd(overrides):
-    return [sys.executable, "-m", "training.trainer", *overrides]
+    return [sys.executable, "-m", "training.run.trainer", *overrides]
 
 
 @pytest.fixture(scope="module")

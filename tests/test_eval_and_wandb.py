@@ -42,7 +42,7 @@ def test_wandb_offline_run_holds_config_losses_artifacts_and_evals(trained_run):
     assert config["trainer"]["max_steps"] == 150 and config["model"]["name"] == "tiny"
 
     rows = history(records)
-    from training.metrics import read_metrics
+    from training.run.metrics import read_metrics
     logged = {r["_step"]: r["train/loss"] for r in rows if "train/loss" in r}
     expected = {r["step"]: r["loss"] for r in read_metrics(trained_run.run_dir / "metrics.jsonl")}
     assert logged == pytest.approx(expected)
@@ -79,7 +79,7 @@ def test_ladder_eval_cli_scores_a_checkpoint_and_logs_it_at_its_step(trained_run
     evals = [r.artifact for r in records if r.WhichOneof("record_type") == "artifact" and r.artifact.type == "eval"]
     assert len(evals) == 1
     meta = json.loads(evals[0].metadata)
-    from evals.content_hash import checkpoint_hash
+    from evals.store.content_hash import checkpoint_hash
     assert meta["checkpoint_artifact"] == "shared-checkpoint:step_75" and meta["checkpoint_step"] == 75
     assert meta["content_hash"] == checkpoint_hash(ckpt) and meta["scores"] == result["scores"]
     assert meta["tasks"]["reverse"]["generation"]["do_sample"] is False

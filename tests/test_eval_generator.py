@@ -1,4 +1,4 @@
-"""The eval tasks generate through the rollout generator component (training/generator.py).
+"""The eval tasks generate through the rollout generator component (training/rl/generator.py).
 
     .venv/bin/python -m pytest -q tests/test_eval_generator.py
 
@@ -14,14 +14,14 @@ import pytest
 import torch
 from conftest import FAST
 
-from evals.generate import greedy_complete
+from evals.tasks.generate import greedy_complete
 from evals.runner import evaluate_checkpoint
-from evals.synthetic import load_heldout
-from training.compose import compose
-from training.errors import ConfigError
-from training.generator import HFGenerator, eval_generator, resolve_backend
-from training.rlvr_data import encode_prompt
-from training.validate import validate
+from evals.tasks.synthetic import load_heldout
+from training.config.compose import compose
+from training.common.errors import ConfigError
+from training.rl.generator import HFGenerator, eval_generator, resolve_backend
+from training.rl.rlvr_data import encode_prompt
+from training.config.validate import validate
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +57,7 @@ def test_the_eval_generator_is_the_rollout_generator_on_a_cpu(trained, trained_r
 
 
 def test_vllm_eval_on_a_cpu_is_refused_before_anything_is_loaded(trained_run, tmp_path):
-    from evals.registry import Registry
+    from evals.store.registry import Registry
     cfg = compose(["eval=cpu", "eval.generator.name=vllm", "eval.device=cpu"])
     reg = Registry(tmp_path / "registry.db")
     with pytest.raises(ConfigError, match=r"eval.generator.name=vllm: generator=vllm runs vLLM on the GPUs"):
@@ -74,7 +74,7 @@ def test_a_training_config_with_a_vllm_eval_on_a_cpu_is_refused():
 
 def test_a_training_run_scores_its_checkpoints_with_hf_unless_told_otherwise():
     """auto beside training is hf: a vLLM engine would claim GPU memory the trainer holds."""
-    from training.generator import eval_beside_training
+    from training.rl.generator import eval_beside_training
     assert eval_beside_training(compose(FAST).eval).generator.name == "hf"
     assert eval_beside_training(compose([*FAST, "eval.generator.name=vllm"]).eval).generator.name == "vllm"
     assert compose(FAST).eval.generator.name == "auto"  # the config itself is left as written

@@ -14,9 +14,9 @@ from conftest import FAST
 
 
 def test_a_local_launch_records_training_until_training_ends_and_evaluates_in_eval_jobs(tmp_path, monkeypatch):
-    from launch.launch_cmd import launch
-    from launch.ledger import Ledger
-    from training.heartbeat import read_heartbeat
+    from launch.commands.launch_cmd import launch
+    from launch.accounting.ledger import Ledger
+    from training.run.heartbeat import read_heartbeat
     monkeypatch.chdir(tmp_path)
     runs = tmp_path / "runs"
     code, _ = launch([*FAST, f"trainer.run_root={runs}", "trainer.run_name=h", "trainer.eval_on_save=true",
@@ -42,8 +42,8 @@ def test_a_local_launch_records_training_until_training_ends_and_evaluates_in_ev
 
 
 def test_the_slurm_script_hands_the_evaluations_to_slurm_eval_jobs(tmp_path):
-    from launch.slurm_script import EVAL, Point, render
-    from training.compose import compose
+    from launch.cluster.slurm_script import EVAL, Point, render
+    from training.config.compose import compose
     cfg = compose(["rung=tiny", "launcher=slurm", f"trainer.run_root={tmp_path / 'runs'}"])
     point = [Point(tmp_path / "runs" / "r", ["launcher=slurm"])]
     script = render(cfg, point, name="r", log_dir=tmp_path / "logs", submit_dir=tmp_path)

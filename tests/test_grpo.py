@@ -13,16 +13,16 @@ import math
 import pytest
 import torch
 
-from training.compose import compose
-from training.errors import ConfigError, DataError
-from training.generator import HFGenerator, sample_key
-from training.grpo import GRPO
-from training.rollouts import group_advantages
-from training.modeling import build_model, load_tokenizer
-from training.rlvr_data import load_prompts
-from training.rollouts import pack
-from training.validate import validate
-from training.verifiers import (
+from training.config.compose import compose
+from training.common.errors import ConfigError, DataError
+from training.rl.generator import HFGenerator, sample_key
+from training.rl.grpo import GRPO
+from training.rl.rollouts import group_advantages
+from training.model.modeling import build_model, load_tokenizer
+from training.rl.rlvr_data import load_prompts
+from training.rl.rollouts import pack
+from training.config.validate import validate
+from training.rl.verifiers.registry import (
     VERIFIERS,
     exact_match,
     final_number,
@@ -309,7 +309,7 @@ def test_bad_configs_are_refused_at_start(override, message):
 
 
 def test_shipped_prompts_are_disjoint_from_the_heldout_split():
-    from training.synthetic import ASSETS
+    from training.data.synthetic import ASSETS
     read = lambda name: [json.loads(line) for line in (ASSETS / name).read_text().splitlines()]
     train, heldout = read("reverse_rlvr_train.jsonl"), read("reverse_rlvr_heldout.jsonl")
     prompt = lambda r: r["messages"][-1]["content"]
@@ -320,7 +320,7 @@ def test_shipped_prompts_are_disjoint_from_the_heldout_split():
 
 
 def test_plan_counts_generation_at_2n_per_token():
-    from launch.plan import make_plan
+    from launch.planning.plan import make_plan
     plan = make_plan(grpo_cfg("rung=8b", "trainer.max_steps=10", "recipe.ppo_epochs=2"))
     rl = plan.rl
     answers = 64 * 8  # the 8b rung's rung.rl_prompts_per_step x recipe.num_generations

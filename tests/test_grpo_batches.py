@@ -15,12 +15,12 @@ import pytest
 import torch
 
 from conftest import ladder_cli
-from training.compose import compose
-from training.errors import ConfigError
-from training.flops import model_matmul_params
-from training.grpo import GRPO
-from training.modeling import build_model, load_tokenizer
-from training.validate import batch_layout, validate
+from training.config.compose import compose
+from training.common.errors import ConfigError
+from training.model.flops import model_matmul_params
+from training.rl.grpo import GRPO
+from training.model.modeling import build_model, load_tokenizer
+from training.config.validate import batch_layout, validate
 
 # "answer in one word": the untrained tiny model's random answers pass about a quarter of the time,
 # so groups have mixed rewards and non-zero advantages (a zero gradient would prove nothing)
@@ -176,18 +176,18 @@ def test_plan_grpo_8b_json_shows_the_rl_batch_and_the_kv_cache():
 
 @pytest.mark.parametrize("rung", ["70b", "405b"])
 def test_big_rungs_plan_grpo_out_of_the_box(rung):
-    from launch.plan import make_plan
+    from launch.planning.plan import make_plan
     plan = make_plan(compose(["recipe=grpo", f"rung={rung}"]))
     assert plan.fits and plan.rl.answers_per_step == plan.rl.prompts_per_step * 8
     assert plan.rl.prompts_per_step % plan.gpus == 0 and plan.memory.generation > 0
 
 
 def test_plan_adds_the_reference_and_vllms_share():
-    from launch.plan import memory_for, model_shape
+    from launch.planning.plan import memory_for, model_shape
     cfg = compose(["recipe=grpo", "rung=8b", "recipe.kl_beta=0.05", "generator=vllm"])
     shape = model_shape(cfg)
     m = memory_for(shape, cfg)
-    # bf16 and sharded over the rung's 8 GPUs (deepspeed_zero3), as training/reference.py loads it
+    # bf16 and sharded over the rung's 8 GPUs (deepspeed_zero3), as training/recipes/reference.py loads it
     assert m.reference == 2 * shape.params / 8
     assert m.generation == 0.3 * 80 * 2**30, "generator.gpu_memory_utilization of the GPU"
     plain = memory_for(shape, compose(["recipe=sft", "rung=8b"]))
@@ -198,7 +198,7 @@ def test_plan_adds_the_reference_and_vllms_share():
 @pytest.mark.parametrize("overrides", [["rung=405b", "rung.nodes=16"], ["rung=8b", "recipe.kl_beta=0.1",
                                                                        "rung.gpu_memory_gb=40"]])
 def test_every_rl_fix_the_planner_offers_validates_and_fits(overrides):
-    from launch.plan import fix_message, make_plan
+    from launch.planning.plan import fix_message, make_plan
     plan = make_plan(compose(["recipe=grpo", *overrides]))
     assert not plan.fits and plan.fixes, fix_message(plan)
     for fix, gib in plan.fixes:

@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import FAST, train_in_process
 
-from training.metrics import read_metrics
+from training.run.metrics import read_metrics
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
@@ -67,11 +67,11 @@ def test_vllm_decodes_the_pushed_weights_like_the_trainer(sft_pair):
     greedy answers are the trained model's (bf16 kernels differ, so most, not all, must agree)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from evals.synthetic import load_heldout
-    from training.compose import compose
-    from training.generator import HFGenerator, Sampling
-    from training.rlvr_data import encode_prompt
-    from training.vllm_generator import VLLMGenerator
+    from evals.tasks.synthetic import load_heldout
+    from training.config.compose import compose
+    from training.rl.generator import HFGenerator, Sampling
+    from training.rl.rlvr_data import encode_prompt
+    from training.rl.vllm_generator import VLLMGenerator
     untrained, trained = sft_pair
     tok = AutoTokenizer.from_pretrained(trained)
     model = AutoModelForCausalLM.from_pretrained(trained, dtype=torch.bfloat16).cuda()
@@ -89,9 +89,9 @@ def test_vllm_decodes_the_pushed_weights_like_the_trainer(sft_pair):
 
 @needs_vllm
 def test_ladder_eval_generates_through_vllm(sft_pair, tmp_path):
-    from evals.registry import Registry
+    from evals.store.registry import Registry
     from evals.runner import evaluate_checkpoint
-    from training.compose import compose
+    from training.config.compose import compose
     scores = {}
     for name in ("hf", "vllm"):
         cfg = compose(["eval=cpu", "eval.device=cuda", f"eval.generator.name={name}", "eval.lm_eval.tasks=[]"])

@@ -25,8 +25,8 @@ import pytest
 from conftest import FAST, losses, train_in_process
 from distributed_helpers import run, torchrun_cmd
 
-from training.checkpoint import COMPLETE, complete_checkpoints
-from training.metrics import read_metrics
+from training.run.checkpoint import COMPLETE, complete_checkpoints
+from training.run.metrics import read_metrics
 
 GOLDEN = Path(__file__).parent / "golden" / "tiny_grpo_rewards.json"
 STEPS = 12
@@ -112,7 +112,7 @@ def test_resume_after_sigkill_reproduces_losses_and_rewards(tmp_path, rl_data):
     steps, extra = 8, ["recipe.ppo_epochs=2", "trainer.save_every=3"]
     reference = train_in_process(grpo_overrides(tmp_path, "whole", rl_data, steps, extra)).run_dir
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "training.trainer",
+    proc = subprocess.Popen([sys.executable, "-m", "training.run.trainer",
                              *grpo_overrides(tmp_path, "killed", rl_data, steps, extra)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
@@ -134,7 +134,7 @@ def test_resume_after_sigkill_reproduces_losses_and_rewards(tmp_path, rl_data):
                                        ("fsdp2", True), ("deepspeed_zero3", True)])
 def test_two_processes_match_one(tmp_path_factory, rl_data, golden_run, engine, kl):
     """Same rollouts, losses and gradient norms as the 1-process golden run, step by step (3 steps).
-    kl: recipe.kl_beta=0.01, whose reference is sharded like the policy (training/reference.py), against
+    kl: recipe.kl_beta=0.01, whose reference is sharded like the policy (training/recipes/reference.py), against
     a 1-process run with the same setting; the kl metric matches too."""
     root = tmp_path_factory.mktemp(f"grpo-{engine}")
     extra = ["recipe.kl_beta=0.01"] if kl else []

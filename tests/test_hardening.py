@@ -15,9 +15,9 @@ import pytest
 from omegaconf import OmegaConf
 
 from conftest import FAST, REPO, ladder_cli
-from training.compose import compose
-from training.errors import ConfigError
-from training.validate import validate
+from training.config.compose import compose
+from training.common.errors import ConfigError
+from training.config.validate import validate
 
 
 # ---- 4. names that become paths -----------------------------------------------------------
@@ -49,7 +49,7 @@ def test_a_path_escaping_run_is_refused_before_anything_is_written(tmp_path):
 # ---- 5. hostile sweep names: the message names the value the user gave -------------------
 @pytest.mark.parametrize("name", ["a$(touch x)", "it's", "a\\nb", "a;b"])
 def test_a_hostile_sweep_name_is_named_not_a_hydra_grammar_error(name):
-    from launch.launch_cmd import prepare
+    from launch.commands.launch_cmd import prepare
     quoted = "'" + name.replace("\\", "\\\\").replace("'", "\\'") + "'"
     with pytest.raises(ConfigError) as e:
         prepare([*FAST, f"sweep.name={quoted}", "optim.lr=1e-3,2e-3"], multirun=True)
@@ -58,7 +58,7 @@ def test_a_hostile_sweep_name_is_named_not_a_hydra_grammar_error(name):
 
 
 def test_names_from_a_users_quoted_run_name_are_not_re_parsed():
-    from launch.launch_cmd import prepare
+    from launch.commands.launch_cmd import prepare
     sweep, jobs = prepare([*FAST, "sweep.name='lr'", "trainer.run_name='base'", "optim.lr=1e-3,2e-3"], multirun=True)
     assert sweep == "lr" and [j.run_name for j in jobs] == ["base-0", "base-1"]
 
@@ -115,7 +115,7 @@ def test_a_planted_secret_reaches_no_file_of_the_run_the_ledger_or_wandb(tmp_pat
     ("launcher.profile", "ib\ntouch x", "launcher.profile="),
 ])
 def test_sbatch_values_are_refused_not_rewritten(key, value, message, tmp_path):
-    from launch.slurm_script import Point, check, render
+    from launch.cluster.slurm_script import Point, check, render
     cfg = compose(["launcher=slurm", f"trainer.run_root={tmp_path}"])
     OmegaConf.set_readonly(cfg, False)  # set what no override could: the value as a YAML file may hold it
     OmegaConf.update(cfg, key, value)
@@ -126,7 +126,7 @@ def test_sbatch_values_are_refused_not_rewritten(key, value, message, tmp_path):
 
 
 def test_an_env_name_with_a_trailing_newline_is_refused(tmp_path):
-    from launch.slurm_script import check
+    from launch.cluster.slurm_script import check
     cfg = OmegaConf.merge(compose(["launcher=slurm"]), {"launcher": {"env": {"NCCL_DEBUG\n": "INFO"}}})
     with pytest.raises(ConfigError, match=r"launcher.env.'NCCL_DEBUG\\n': not an environment variable name"):
         check(cfg, tmp_path)
@@ -150,7 +150,7 @@ def test_numeric_values_out_of_range_or_not_finite_are_refused(override, message
 
 
 def test_every_numeric_field_of_the_schema_has_a_range():
-    from training.validate import RANGES
+    from training.config.validate import RANGES
     cfg = OmegaConf.to_container(compose(["rung=8b"]))
     def walk(node, key=""):
         for k, v in node.items():

@@ -25,9 +25,9 @@ import pytest
 from omegaconf import OmegaConf
 
 from conftest import FAST, ladder_cli, train_in_process
-from training.compose import compose
-from training.errors import ConfigError
-from training.schema import LadderConfig
+from training.config.compose import compose
+from training.common.errors import ConfigError
+from training.config.schema import LadderConfig
 
 SECRET = "secret-value-12345"  # WANDB_API_KEY's value in these tests
 ATTEMPTS = {"refused": 0, "carried": 0}
@@ -79,7 +79,7 @@ def read(cfg, key: str, kind: str):
 
 def compose_refusing(fields: list[tuple[str, str]], payload: str, base: list[str]):
     """Compose with the payload in every field at once. The fields that the rules for names and
-    paths (training/names.py, which others extend) refuse are taken out, and the rest composed
+    paths (training/config/names.py, which others extend) refuse are taken out, and the rest composed
     again: returns the config and the refused keys, each named in a refusal message."""
     refused: set[str] = set()
     while True:
@@ -132,8 +132,8 @@ def test_an_interpolation_outside_the_allow_list_is_refused_in_every_string_fiel
 @pytest.mark.parametrize("name", list(ESCAPED))
 def test_an_escaped_interpolation_is_a_literal_in_every_string_field_and_every_round_trip(secret_env, name,
                                                                                           tmp_path):
-    from training.config_diff import flatten
-    from training.trainer import with_run_name
+    from training.config.config_diff import flatten
+    from training.run.trainer import with_run_name
     payload, text = ESCAPED[name]
     # trainer.run_name is given, so rung/recipe/data.name need not make one; it is tried alone below
     fields = [f for f in string_fields() if f[0] != "trainer.run_name"]
@@ -142,7 +142,7 @@ def test_an_escaped_interpolation_is_a_literal_in_every_string_field_and_every_r
     assert {"sweep.name", "eval.name", "eval.tasks"} <= refused and len(fields) >= 30, refused
     for key, kind in fields:  # as composed: the text itself, not what it would resolve to
         assert read(cfg, key, kind) == text, (key, read(cfg, key, kind))
-    from training.compose import literal, load_saved
+    from training.config.compose import literal, load_saved
     saved = tmp_path / "config.yaml"
     saved.write_text(OmegaConf.to_yaml(cfg))  # as run_files and checkpoint save it
     trips = {
@@ -167,7 +167,7 @@ def test_an_escaped_interpolation_is_a_literal_in_every_string_field_and_every_r
 def test_literal_keeps_any_text_through_create_merge_and_yaml():
     import itertools
 
-    from training.compose import literal
+    from training.config.compose import literal
     parts = ["\\", "$", "{", "}", "${", "\\${", "a:"]
     texts = ["".join(t) for n in range(1, 4) for t in itertools.product(parts, repeat=n)]
     for s in texts + ["C:\\\\${x}\\", "${a}${b}\\${c}", "\\\\\\${x:${y}}"]:
@@ -196,7 +196,7 @@ def test_only_the_allowed_interpolations_resolve(secret_env):
 
 
 def test_a_saved_config_with_a_live_interpolation_is_refused_not_resolved(secret_env, tmp_path):
-    from training.config_diff import saved_config
+    from training.config.config_diff import saved_config
     cfg = compose(["rung=tiny"])
     text = OmegaConf.to_yaml(cfg).replace("project: ladder", "project: ${oc.env:WANDB_API_KEY}")
     assert "${oc.env:WANDB_API_KEY}" in text  # a hand-edited (or older) checkpoint config
@@ -210,9 +210,9 @@ def test_the_configs_the_code_writes_and_reads_back_keep_a_literal(secret_env, t
     """launch_config.yaml, the async evaluator's suite file, the eval suite beside training and the
     ledger's eval_json (promotion-report) each go through a dump and a load or merge."""
     from evals.async_eval import AsyncEvaluator
-    from launch.launch_cmd import prepare, write_launch_record
-    from training.generator import eval_beside_training
-    from training.schema import EvalConfig
+    from launch.commands.launch_cmd import prepare, write_launch_record
+    from training.rl.generator import eval_beside_training
+    from training.config.schema import EvalConfig
     text = "${oc.env:${oc.decode:WANDB_API_KEY}}"
     escaped = "\\${oc.env:\\${oc.decode:WANDB_API_KEY}}"
     _, [job] = prepare([*FAST, f"trainer.run_root={tmp_path}", "trainer.run_name=lit",
@@ -224,7 +224,7 @@ def test_the_configs_the_code_writes_and_reads_back_keep_a_literal(secret_env, t
     with AsyncEvaluator(beside) as ev:  # evals/runner.py merges its suite file into the schema
         suite = OmegaConf.merge(OmegaConf.structured(EvalConfig), OmegaConf.load(ev.suite_file))
         assert suite.lm_eval.include_path == text and SECRET not in ev.suite_file.read_text()
-    from training.compose import literal
+    from training.config.compose import literal
     as_json = json.loads(json.dumps(OmegaConf.to_container(job.cfg.eval, resolve=True, enum_to_str=True)))
     assert OmegaConf.merge(OmegaConf.structured(EvalConfig), literal(as_json)).lm_eval.include_path == text
 
@@ -232,7 +232,7 @@ def test_the_configs_the_code_writes_and_reads_back_keep_a_literal(secret_env, t
 def test_a_tiny_run_carries_literals_and_writes_no_secret_anywhere(secret_env, tmp_path):
     """The issue's `ladder train ... tracker.project="cost\\${USD}"` and a nested interpolation
     escaped in tracker.tags, a real run with W&B offline: every file under the run root is read."""
-    from training.config_diff import check_resume_config, saved_config
+    from training.config.config_diff import check_resume_config, saved_config
     nested = "\\${oc.env:\\${oc.decode:WANDB_API_KEY}}"
     overrides = [*FAST, "tracker.mode=offline", "trainer.max_steps=2", "trainer.save_every=2",
                  f"trainer.run_root={tmp_path}", "trainer.run_name=lit", 'tracker.project="cost\\${USD}"',

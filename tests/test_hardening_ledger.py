@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from conftest import ladder_cli
-from launch.ledger import SCHEMA_VERSION, Ledger, process_start, this_host
-from training.errors import BudgetError, ConfigError
+from launch.accounting.ledger import SCHEMA_VERSION, Ledger, process_start, this_host
+from training.common.errors import BudgetError, ConfigError
 
 CONTROL = ("\x1b", "\x07")  # what must never reach the terminal raw
 TINY = ["rung=tiny", "tracker.mode=disabled"]
@@ -92,9 +92,9 @@ def test_text_another_tool_wrote_into_the_ledger_is_printed_escaped(tmp_path):
 
 
 def test_registry_text_in_the_leaderboard_is_printed_escaped(tmp_path, monkeypatch):
-    from evals.cache import task_specs
-    from evals.registry import Registry
-    from training.compose import compose
+    from evals.store.cache import task_specs
+    from evals.store.registry import Registry
+    from training.config.compose import compose
     cfg = compose([f"trainer.run_root={tmp_path}"])
     reg = Registry(tmp_path / "registry.db")
     now = time.time()
@@ -218,8 +218,8 @@ def test_a_role_with_a_schema_of_its_own_cannot_shadow_team_members_or_budgets(p
     for team mt in it, and asks for its own schema first by every means a role has."""
     import psycopg
 
-    from launch.budget import check_and_record
-    from launch.team_members import change_members
+    from launch.accounting.budget import check_and_record
+    from launch.accounting.team_members import change_members
     owner = Ledger(pg_url)
     role, password = f"intruder_{os.getpid()}", "intruder-pw-" + postgres_server.password[:8]
     with owner.transaction() as db:
@@ -293,7 +293,7 @@ def test_a_libpq_string_or_a_password_in_any_form_is_refused_unechoed_by_every_v
 
 
 def test_url_problems_take_two_forms_and_never_show_a_secret():
-    from training.store_url import parse_store_url, url_problems
+    from training.common.store_url import parse_store_url, url_problems
     fine = ["sqlite:///runs/ladder.db", "sqlite:////abs/x.sqlite3", "runs/ladder.db", "/data/a b/ladder.sqlite",
             "postgresql://ladder@db:5432/team", "postgres://db/team?sslmode=require", None]
     assert all(url_problems("ledger.url", v) == [] for v in fine)

@@ -27,7 +27,7 @@ def assert_replaced(link: Path, outside: Path) -> None:
 
 
 def test_the_eval_cache_replaces_a_planted_link(tmp_path):
-    from evals.cache import EvalCache
+    from evals.store.cache import EvalCache
     cache = EvalCache(tmp_path / "cache")
     key = "ab" + "0" * 30
     link = plant(cache.path(key).parent, cache.path(key).name, tmp_path / "outside.json")
@@ -41,9 +41,9 @@ def test_the_eval_cache_replaces_a_planted_link(tmp_path):
 
 
 def test_the_launch_record_and_the_data_lengths_replace_planted_links(tmp_path):
-    from launch.doc_lengths import lengths_path, save_lengths
-    from launch.launch_cmd import Job, write_launch_record
-    from training.compose import compose
+    from launch.planning.doc_lengths import lengths_path, save_lengths
+    from launch.commands.launch_cmd import Job, write_launch_record
+    from training.config.compose import compose
     cfg = compose([*FAST, f"trainer.run_root={tmp_path / 'runs'}", "trainer.run_name=r"])
     run_dir = tmp_path / "runs" / "r"
     links = {name: plant(run_dir, name, tmp_path / f"outside-{name}") for name in ("launch_config.yaml", "launch.json")}

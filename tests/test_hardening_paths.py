@@ -18,10 +18,10 @@ from omegaconf import OmegaConf
 
 from conftest import FAST
 from launch.cli import main as ladder_main
-from training.compose import compose
-from training.errors import ConfigError
-from training.names import check_names
-from training.validate import validate
+from training.config.compose import compose
+from training.common.errors import ConfigError
+from training.config.names import check_names
+from training.config.validate import validate
 
 HOSTILE_ENV = ["SLURM_JOB_ID", "SLURM_ARRAY_TASK_ID", "PATH", "SHELLOPTS", "SLURM_TASK_PROLOG", "LD_PRELOAD",
                "PYTHONPATH", "BASH_ENV", "IFS", "CUDA_VISIBLE_DEVICES", "MASTER_ADDR", "OMP_NUM_THREADS"]
@@ -30,7 +30,7 @@ HOSTILE_ENV = ["SLURM_JOB_ID", "SLURM_ARRAY_TASK_ID", "PATH", "SHELLOPTS", "SLUR
 # ---- 4. launcher.env: an allow-list of prefixes --------------------------------------------
 @pytest.mark.parametrize("name", HOSTILE_ENV)
 def test_a_launcher_env_key_outside_the_allow_list_is_refused_naming_it(name, tmp_path):
-    from launch.slurm_script import Point, render
+    from launch.cluster.slurm_script import Point, render
     cfg = compose(["launcher=slurm", f"trainer.run_root={tmp_path}", f"+launcher.env.{name}=1"])
     with pytest.raises(ConfigError) as e:
         validate(cfg)
@@ -42,7 +42,7 @@ def test_a_launcher_env_key_outside_the_allow_list_is_refused_naming_it(name, tm
 
 
 def test_allowed_prefixes_and_the_shipped_profiles_are_accepted(tmp_path):
-    from launch.slurm_script import Point, render
+    from launch.cluster.slurm_script import Point, render
     keys = ["NCCL_IB_HCA", "FI_EFA_FORK_SAFE", "OFI_NCCL_PROTOCOL", "UCX_NET_DEVICES", "GLOO_SOCKET_IFNAME",
             "TORCH_DISTRIBUTED_DEBUG", "CUDA_LAUNCH_BLOCKING"]
     for launcher in ("slurm", "slurm_efa"):
@@ -66,7 +66,7 @@ def _stubs(tmp_path: Path) -> tuple[Path, Path]:
 
 @pytest.mark.parametrize("job_id", ["BASH_VERSINFO[$(touch {m})0]", "x[$(touch {m})]"])
 def test_the_script_never_evaluates_a_hostile_slurm_job_id(job_id, tmp_path):
-    from launch.slurm_script import Point, render
+    from launch.cluster.slurm_script import Point, render
     bin_dir, calls = _stubs(tmp_path)
     cfg = compose(["launcher=slurm", "rung.gpus_per_node=2", "rung.engine=ddp", f"trainer.run_root={tmp_path}",
                    f"launcher.python={bin_dir / 'python'}"])
@@ -121,7 +121,7 @@ def test_a_mixture_source_name_that_is_not_one_plain_component_is_refused(value,
 
 
 def test_write_dir_writes_inside_dir_only(tmp_path):
-    from evals.decontaminate import write_filtered
+    from evals.tasks.decontaminate import write_filtered
     cfg = _renamed_source(compose(["data=reverse_mix", f"trainer.run_root={tmp_path}"]), "../escape")
     report = {"sources": [{"source": "../escape", "rows_checked": 10, "matching_rows": []}]}
     with pytest.raises(ConfigError, match=r"--write .*clean: the copy of source '../escape' would be written to "

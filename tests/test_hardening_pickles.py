@@ -34,11 +34,12 @@ import torch
 
 from conftest import FAST, ladder_cli, losses, train_in_process
 from distributed_helpers import run, run_overrides, torchrun_cmd
-from training import ref_cache, token_cache
-from training.checkpoint import COMPLETE, KEY_FILE, STATE_FILE, file_sha256, origin_problem
-from training.errors import CheckpointError
-from training.metrics import MetricsFile, read_metrics
-from training.remote import RemoteCheckpoints
+from training.recipes import ref_cache
+from training.data import token_cache
+from training.run.checkpoint import COMPLETE, KEY_FILE, STATE_FILE, file_sha256, origin_problem
+from training.common.errors import CheckpointError
+from training.run.metrics import MetricsFile, read_metrics
+from training.run.remote import RemoteCheckpoints
 
 STEPS = 3
 BASE = [*FAST, f"trainer.max_steps={STEPS}", "trainer.save_every=1"]

@@ -10,12 +10,12 @@ import json
 
 import pytest
 
-from training.compose import compose
-from training.errors import DataError
-from training.if_functions import IF_FUNCTIONS, call_constraint
-from training.modeling import load_tokenizer
-from training.rlvr_data import load_prompts
-from training.verifiers import check_row_verifier, ifeval, verify
+from training.config.compose import compose
+from training.common.errors import DataError
+from training.rl.verifiers.if_functions import IF_FUNCTIONS, call_constraint
+from training.model.modeling import load_tokenizer
+from training.rl.rlvr_data import load_prompts
+from training.rl.verifiers.registry import check_row_verifier, ifeval, verify
 
 # Every argument name the hub rows carry, null where a function does not take it.
 NULLS = dict.fromkeys(["N", "quantifier", "end_phrase", "keyword_list", "word", "forbidden_words", "letter", "i",

@@ -11,15 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from launch.ledger import Ledger, path_from_url
-from training.errors import ConfigError
-from training.heartbeat import FILE as HEARTBEAT
+from launch.accounting.ledger import Ledger, path_from_url
+from training.common.errors import ConfigError
+from training.run.heartbeat import FILE as HEARTBEAT
 
 REPO = Path(__file__).resolve().parent.parent
 
 WRITER = """
 import sys, time
-from launch.ledger import Ledger
+from launch.accounting.ledger import Ledger
 db, writer, n, start = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
 time.sleep(max(0.0, start - time.time()))  # all writers start together, on a ledger none has created
 ledger = Ledger(db, busy_timeout_s=60)

@@ -1,4 +1,4 @@
-"""The one table of losses (training/losses.py, issue #25): every loss composes and validates with its
+"""The one table of losses (training/recipes/losses.py, issue #25): every loss composes and validates with its
 recipe, make_recipe builds its family's recipe on its data format, and other names are refused.
 
     .venv/bin/python -m pytest -q tests/test_loss_registry.py
@@ -11,12 +11,12 @@ import sys
 
 import pytest
 
-from training.compose import CONFIG_DIR, compose
-from training.errors import ConfigError
-from training.grpo import GRPO
-from training.losses import FAMILIES, LOSSES, is_rl, loss_spec, losses_of
-from training.recipes import DPO, SFT, make_recipe
-from training.validate import validate
+from training.config.compose import CONFIG_DIR, compose
+from training.common.errors import ConfigError
+from training.rl.grpo import GRPO
+from training.recipes.losses import FAMILIES, LOSSES, is_rl, loss_spec, losses_of
+from training.recipes.registry import DPO, SFT, make_recipe
+from training.config.validate import validate
 
 RECIPE_CLASS = {"sft": SFT, "preference": DPO, "rl": GRPO}
 
@@ -54,6 +54,6 @@ def test_an_unknown_loss_is_refused_naming_the_choices():
 
 def test_the_table_imports_nothing_heavy():
     # launch/ and the CLI read it before any torch import; keep it that way
-    code = ("import sys, training.losses; heavy = {'torch', 'omegaconf', 'hydra', 'transformers'} & set(sys.modules); "
+    code = ("import sys, training.recipes.losses; heavy = {'torch', 'omegaconf', 'hydra', 'transformers'} & set(sys.modules); "
             "assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=CONFIG_DIR.parent)

@@ -1,4 +1,4 @@
-r"""The `math` verifier: MATH-style LaTeX answers (training/math_answers.py) and their rows loading.
+r"""The `math` verifier: MATH-style LaTeX answers (training/rl/verifiers/math_answers.py) and their rows loading.
 
     .venv/bin/python -m pytest -q tests/test_math_verifier.py
 
@@ -13,12 +13,12 @@ import json
 
 import pytest
 
-from training.compose import compose
-from training.errors import DataError
-from training.math_answers import final_answer, is_equiv, last_boxed, normalize
-from training.modeling import load_tokenizer
-from training.rlvr_data import load_prompts
-from training.verifiers import VERIFIERS, check_row_verifier, number_match, verify
+from training.config.compose import compose
+from training.common.errors import DataError
+from training.rl.verifiers.math_answers import final_answer, is_equiv, last_boxed, normalize
+from training.model.modeling import load_tokenizer
+from training.rl.rlvr_data import load_prompts
+from training.rl.verifiers.registry import VERIFIERS, check_row_verifier, number_match, verify
 
 # (model response, ground truth, reward)
 CASES = [

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from training.compose import compose
-from training.modeling import build_model, load_tokenizer
-from training.packing import PackedStream, collate
-from training.recipes import SFT
+from training.config.compose import compose
+from training.model.modeling import build_model, load_tokenizer
+from training.data.packing import PackedStream, collate
+from training.recipes.registry import SFT
 
 
 def tiny():
@@ -17,7 +17,7 @@ def tiny():
 
 
 def docs(tok, n=3):
-    from training.chat_data import encode_chat
+    from training.data.chat_data import encode_chat
     rows = [[{"role": "user", "content": f"Reverse: {' '.join('abcdefg'[:k + 3])}"},
              {"role": "assistant", "content": " ".join(reversed('abcdefg'[:k + 3]))}] for k in range(n)]
     return [encode_chat(tok, r, 64) for r in rows]

@@ -9,12 +9,12 @@ import re
 import pytest
 
 from conftest import ladder_cli
-from launch.ledger import Ledger
-from launch.memory import GiB, model_states
-from launch.plan import USABLE_FRACTION, make_plan, model_shape
-from training.compose import compose
-from training.errors import ConfigError
-from training.flops import matmul_params, train_flops
+from launch.accounting.ledger import Ledger
+from launch.planning.memory import GiB, model_states
+from launch.planning.plan import USABLE_FRACTION, make_plan, model_shape
+from training.config.compose import compose
+from training.common.errors import ConfigError
+from training.model.flops import matmul_params, train_flops
 
 # Published Llama 3.1 counts (Meta's model cards, Hugging Face safetensors metadata).
 PUBLISHED = {"8b": 8_030_261_248, "70b": 70_553_706_496, "405b": 405_853_388_800}
@@ -131,7 +131,7 @@ def test_plan_uses_the_median_measured_mfu_of_the_rung(tmp_path):
 
 
 def test_bad_ledger_url_and_bad_batch_are_clear_errors(tmp_path):
-    # a server that cannot be reached: one clear line, no traceback (PostgreSQL ledgers: launch/ledger.py)
+    # a server that cannot be reached: one clear line, no traceback (PostgreSQL ledgers: launch/accounting/ledger.py)
     proc = ladder_cli("plan", "rung=8b", "ledger.url=postgresql://db.invalid/ladder", cwd=tmp_path)
     assert proc.returncode == 2 and "cannot open the ledger at postgresql://db.invalid/ladder" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -147,7 +147,7 @@ def test_bad_ledger_url_and_bad_batch_are_clear_errors(tmp_path):
     ["rung=8b", "rung.engine=single", "rung.nodes=1", "rung.gpus_per_node=1"],
 ])
 def test_every_fix_the_planner_offers_validates_and_fits_when_planned(overrides):
-    from launch.plan import fix_message, make_plan
+    from launch.planning.plan import fix_message, make_plan
     plan = make_plan(compose(overrides))
     assert not plan.fits and plan.fixes, fix_message(plan)
     for fix, gib in plan.fixes:

@@ -19,7 +19,7 @@ from pathlib import Path
 from conftest import FAST
 from rich.console import Console
 
-from training import progress
+from training.run import progress
 
 METRICS = {"loss": 1.23456, "lr": 1e-3, "grad_norm": 0.5, "tokens_per_s": 12345.0}
 
@@ -77,9 +77,9 @@ def test_eval_examples_get_a_bar_of_their_own_or_a_line_under_the_training_bar(m
 
 
 def test_greedy_generation_counts_examples_on_a_terminal(monkeypatch):
-    from evals.generate import greedy_complete
-    from training.compose import compose
-    from training.modeling import build_model, load_tokenizer
+    from evals.tasks.generate import greedy_complete
+    from training.config.compose import compose
+    from training.model.modeling import build_model, load_tokenizer
     cfg = compose(FAST)
     tok = load_tokenizer(cfg.model)
     model = build_model(cfg.model, tok, "cpu", 0)

@@ -54,8 +54,8 @@ def run_promotion(root: Path) -> dict:
     """Sweep 3 tiny runs, evaluate them, promote the best 2 to tiny_wide (which score themselves
     on save), and read the promotion report."""
     from evals.runner import evaluate_checkpoint
-    from launch.launch_cmd import launch
-    from training.compose import compose
+    from launch.commands.launch_cmd import launch
+    from training.config.compose import compose
 
     where = f"trainer.run_root={root}"
     common = [*FAST, where, f"trainer.max_steps={STEPS}", f"trainer.save_every={STEPS}", MICRO,
@@ -85,10 +85,10 @@ def expected_top(parents: dict, k: int) -> list[str]:
 
 
 def test_the_best_two_are_promoted_with_lineage_and_transferred_learning_rates(promoted):
-    from launch.ledger import Ledger
+    from launch.accounting.ledger import Ledger
     from omegaconf import OmegaConf
-    from training.metrics import read_metrics
-    from training.validate import effective_lr
+    from training.run.metrics import read_metrics
+    from training.config.validate import effective_lr
 
     parents = promoted["parents"]
     ledger = Ledger(promoted["root"] / "ladder.db")
@@ -171,12 +171,12 @@ def test_report_compares_ranks_at_both_rungs_with_spearman(promoted):
     ([1], [2], None),
 ])
 def test_spearman_known_values(x, y, rho):
-    from launch.promotion_report import spearman
+    from launch.promotion.promotion_report import spearman
     assert spearman(x, y) == (pytest.approx(rho) if rho is not None else None)
 
 
 def test_spearman_p_value_is_the_exact_permutation_probability():
-    from launch.promotion_report import average_ranks, spearman_p, verdict
+    from launch.promotion.promotion_report import average_ranks, spearman_p, verdict
     assert average_ranks([5.0, 9.0, 5.0, 1.0]) == [2.5, 1.0, 2.5, 4.0]
     # rho >= 0.8 for the identity and the 3 adjacent swaps of 4! = 24 orders.
     assert spearman_p([10, 20, 30, 40], [1, 3, 2, 4]) == pytest.approx(4 / 24)
@@ -187,7 +187,7 @@ def test_spearman_p_value_is_the_exact_permutation_probability():
 
 
 def test_dry_run_prints_the_promoted_jobs_and_records_nothing(promoted):
-    from launch.ledger import Ledger
+    from launch.accounting.ledger import Ledger
     ledger = Ledger(promoted["root"] / "ladder.db")
     before = len(ledger.jobs()), len(ledger.promotions())
     code, out, err = cli("promote", "--sweep", "lr", "--to", "tiny_wide", "--top", "3", "--metric", METRIC,
@@ -209,8 +209,8 @@ def assert_refused(argv: list[str], *needles: str) -> str:
 
 
 def test_promote_refuses_clearly(promoted):
-    from launch.budget import period_key
-    from launch.ledger import Ledger
+    from launch.accounting.budget import period_key
+    from launch.accounting.ledger import Ledger
     where = promoted["where"]
     base = ["promote", "--sweep", "lr", "--metric", METRIC, where, *UP]
     assert_refused(["promote", "--sweep", "nope", "--to", "tiny_wide", "--top", "1", where, *UP],
@@ -252,8 +252,8 @@ def test_promote_refuses_clearly(promoted):
 
 
 def test_an_older_ledger_file_is_migrated_in_place(tmp_path):
-    from launch import ledger as ledger_mod
-    from launch.ledger import Ledger
+    from launch.accounting import ledger as ledger_mod
+    from launch.accounting.ledger import Ledger
     v1 = """CREATE TABLE jobs (id INTEGER PRIMARY KEY AUTOINCREMENT, team TEXT NOT NULL, project TEXT, sweep TEXT,
         rung TEXT NOT NULL, period TEXT NOT NULL, run_name TEXT, run_dir TEXT, config_hash TEXT, launcher TEXT,
         external_id TEXT, gpus INTEGER NOT NULL, planned_gpu_hours REAL NOT NULL, used_gpu_hours REAL NOT NULL DEFAULT 0,

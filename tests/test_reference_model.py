@@ -4,7 +4,7 @@ kept in the training dtype, sharded like the policy under fsdp2 and deepspeed_ze
     .venv/bin/python -m pytest -q tests/test_reference_model.py
 
 The sharding checks run this file as a 2-process torchrun script (gloo on the CPU): each rank loads
-the reference with training/reference.py, checks its parameters and writes what it found; the
+the reference with training/recipes/reference.py, checks its parameters and writes what it found; the
 forward through the sharded reference must give the whole model's logits. The end-to-end check (the
 same GRPO losses and kl as one process) is tests/test_grpo_runs.py's engine test with kl on.
 """
@@ -27,9 +27,9 @@ ROOT = Path(__file__).resolve().parents[1]
 def make_trainer(overrides: list[str]):
     """The few trainer fields load_reference_model reads."""
     from conftest import FAST
-    from training import distributed
-    from training.compose import compose
-    from training.modeling import load_tokenizer
+    from training.engine import distributed
+    from training.config.compose import compose
+    from training.model.modeling import load_tokenizer
     cfg = compose([*FAST, *overrides])
     world = distributed.env_world()
     distributed.init(world, "cpu", 300.0)
@@ -38,7 +38,7 @@ def make_trainer(overrides: list[str]):
 
 
 def test_reference_is_bf16_and_frozen_when_the_rung_is(monkeypatch):
-    from training.reference import load_reference_model
+    from training.recipes.reference import load_reference_model
     for bf16, dtype in ((True, torch.bfloat16), (False, torch.float32)):  # false: the CPU rung, unchanged
         ref = load_reference_model(make_trainer([f"rung.bf16={str(bf16).lower()}"]))
         assert {p.dtype for p in ref.parameters()} == {dtype}
@@ -46,9 +46,9 @@ def test_reference_is_bf16_and_frozen_when_the_rung_is(monkeypatch):
 
 
 def test_plan_70b_grpo_with_kl_fits_with_a_sharded_bf16_reference():
-    from launch.memory import reference_bytes
-    from launch.plan import make_plan
-    from training.compose import compose
+    from launch.planning.memory import reference_bytes
+    from launch.planning.plan import make_plan
+    from training.config.compose import compose
     plan = make_plan(compose(["recipe=grpo", "rung=70b", "recipe.kl_beta=0.01"]))
     assert plan.fits, plan.problem  # 4 bytes x 70B whole on every GPU (262 GiB) did not
     assert plan.gpus == 64 and plan.memory.reference == 2 * plan.params / 64
@@ -96,8 +96,8 @@ def test_dpo_reference_beside_a_sharded_policy_matches_one_process(tmp_path, eng
 
 def probe(out: Path, engine: str) -> None:
     """One rank's checks of the reference under `engine` (run by torchrun, see the test above)."""
-    from training.modeling import build_model
-    from training.reference import load_reference_model
+    from training.model.modeling import build_model
+    from training.recipes.reference import load_reference_model
     t = make_trainer([f"rung.engine={engine}", "rung.gpus_per_node=2", "rung.bf16=false"])
     ref = load_reference_model(t)
     params = list(ref.parameters())

@@ -18,14 +18,14 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import FAST, ladder_cli, losses, train_in_process
-from training.checkpoint import complete_checkpoints, step_of
-from training.compose import compose
-from training.config_diff import differences, is_harmless
-from training.errors import ConfigError, DataError
-from training.heartbeat import read_heartbeat
-from training.metrics import read_metrics
-from training.trainer import Trainer, make_scheduler
-from training.validate import effective_lr
+from training.run.checkpoint import complete_checkpoints, step_of
+from training.config.compose import compose
+from training.config.config_diff import differences, is_harmless
+from training.common.errors import ConfigError, DataError
+from training.run.heartbeat import read_heartbeat
+from training.run.metrics import read_metrics
+from training.run.trainer import Trainer, make_scheduler
+from training.config.validate import effective_lr
 
 STEPS = 8
 
@@ -174,7 +174,7 @@ def test_a_finished_run_trains_nothing_and_launches_nothing(base, tmp_path, capl
 
 
 def test_launch_records_allowed_changes_in_the_ledger(base, tmp_path):
-    from launch.launch_cmd import launch
+    from launch.commands.launch_cmd import launch
     run = copy_run(base, tmp_path, "ledgered", upto=6)
     code, (job,) = launch(overrides(tmp_path, "ledgered", "optim.schedule=constant",
                                     "trainer.allow_config_change=true"))
@@ -197,7 +197,7 @@ def test_a_failed_start_leaves_no_folder(tmp_path):
 def test_a_start_that_fails_after_the_folder_was_made_removes_it(tmp_path, monkeypatch):
     """W&B online without a key fails once the run directory exists (the tracker writes into it):
     a brand-new run's folder goes with it."""
-    from training.tracking import _has_netrc_key
+    from training.run.tracking import _has_netrc_key
     if _has_netrc_key():
         pytest.skip("this machine has a W&B key in ~/.netrc")
     monkeypatch.delenv("WANDB_API_KEY", raising=False)

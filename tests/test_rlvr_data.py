@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from conftest import ladder_cli
 
-from training.compose import compose
-from training.errors import DataError
-from training.modeling import load_tokenizer
-from training.rlvr_data import load_prompts
+from training.config.compose import compose
+from training.common.errors import DataError
+from training.model.modeling import load_tokenizer
+from training.rl.rlvr_data import load_prompts
 
 
 def write(path: Path, rows: list[dict]) -> Path:
@@ -103,7 +103,7 @@ def test_ladder_data_inspect_reports_rlvr_prompts(tmp_path):
     assert lengths["mean"] == pytest.approx(t["mean"] + 8)
     assert len(list((tmp_path / "data_inspect").glob("reverse_rlvr-*.json"))) == 2  # max_new_tokens 16 and 8
     # the plan takes the measured prompts (here about 16 tokens) over the bound (64 - 8 = 56)
-    from launch.plan import make_plan
+    from launch.planning.plan import make_plan
     rl = make_plan(compose(["recipe=grpo", root, "generator.max_new_tokens=8"])).rl
     assert rl.new_tokens == 8 and rl.prompt_tokens == round(lengths["attention_length"]) - 8 < 56
     assert make_plan(compose(["recipe=grpo", f"trainer.run_root={tmp_path}/none"])).rl.prompt_tokens == 48
@@ -117,7 +117,7 @@ def test_ladder_data_inspect_names_a_bad_row(tmp_path):
 
 
 def test_inspect_reports_each_source_of_an_rlvr_mixture():
-    from launch.rlvr_inspect import inspect_rlvr
+    from launch.inspection.rlvr_inspect import inspect_rlvr
     report = inspect_rlvr(compose(["recipe=grpo", "rung=tiny", "data=rlvr_mix"]))
     got = {s["source"]: (s["rows"], s["prompts"], s["verifiers"]) for s in report["sources"]}
     assert got == {"reverse": (2000, 1610, {"reverse": 2000}), "arith": (300, 690, {"arith": 300})}

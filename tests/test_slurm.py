@@ -45,7 +45,7 @@ def status_json(cwd: Path, *args: str) -> list[dict]:
 
 
 def wait_for_step(run_dir: Path, step: int, timeout: float = 120) -> None:
-    from training.heartbeat import read_heartbeat
+    from training.run.heartbeat import read_heartbeat
     deadline = time.time() + timeout
     while time.time() < deadline:
         hb = read_heartbeat(run_dir) or {}
@@ -97,7 +97,7 @@ def test_two_node_job_trains_with_torchrun_and_a_slurm_job_evaluates_its_checkpo
     result = json.loads((ckpt / "eval" / "synthetic.json").read_text())
     assert result["tasks"]["reverse"]["n"] == 40 and "reverse/exact_match" in result["scores"]
     # the eval job is in the ledger, as an eval, charged SLURM's elapsed x 1 device to the same team
-    from launch.ledger import Ledger
+    from launch.accounting.ledger import Ledger
     jobs = Ledger(tmp_path / "runs" / "ladder.db").jobs()
     [ev_job] = [j for j in jobs if j["kind"] == "eval"]
     assert ev_job["external_id"] == eval_job and ev_job["state"] == "completed" and ev_job["team"] == jobs[0]["team"]
@@ -238,7 +238,7 @@ def string_fields() -> list[tuple[str, str]]:
     import dataclasses
     import typing
 
-    from training.schema import EvalConfig, LauncherConfig, LmEvalConfig, SweepConfig, TrainerConfig
+    from training.config.schema import EvalConfig, LauncherConfig, LmEvalConfig, SweepConfig, TrainerConfig
     found = []
     for prefix, cls in (("launcher", LauncherConfig), ("trainer", TrainerConfig), ("sweep", SweepConfig),
                         ("eval", EvalConfig), ("eval.lm_eval", LmEvalConfig)):
@@ -256,7 +256,7 @@ def hostile_config(fields: list[tuple[str, str]], payload: str, markers: Path, r
     overrides a user would have typed for them."""
     from omegaconf import OmegaConf
 
-    from training.compose import compose
+    from training.config.compose import compose
     cfg = compose([*TINY, f"trainer.run_root={run_root}"])
     OmegaConf.set_readonly(cfg, False)
     overrides = []
@@ -277,13 +277,13 @@ def test_hostile_values_in_every_string_field_never_run_in_a_real_job(slurm_clus
     """Every string field, every payload: the renderer refuses the value (naming its key) or the
     script carries it inertly. Scripts pass `bash -n`, and run for real on the cluster (the trainer
     and `ladder eval` then refuse the values): no marker may appear."""
-    from launch.launch_cmd import log_dir_of
-    from launch.slurm import query, submit
+    from launch.commands.launch_cmd import log_dir_of
+    from launch.cluster.slurm import query, submit
     from omegaconf import OmegaConf
 
-    from launch.slurm_script import EVAL, TRAIN, Point, render
-    from training.compose import compose
-    from training.errors import ConfigError
+    from launch.cluster.slurm_script import EVAL, TRAIN, Point, render
+    from training.config.compose import compose
+    from training.common.errors import ConfigError
 
     markers = tmp_path / "markers"
     markers.mkdir()
@@ -459,7 +459,7 @@ def test_a_slurm_job_recorded_in_a_postgres_ledger(slurm_cluster, postgres_serve
     """The SLURM tier once with the team's ledger on PostgreSQL: the launch is checked and
     recorded on the server, `ladder status` finishes the record from sacct, and the password
     (in PGPASSFILE, passed to the job by sbatch with the environment) is in none of its files."""
-    from launch.ledger import Ledger
+    from launch.accounting.ledger import Ledger
     ledger = Ledger(pg_url)
     with ledger.transaction() as db:
         ledger.set_budget(db, "default", "month", 50.0)

@@ -16,8 +16,8 @@ pytestmark = pytest.mark.slurm
 
 
 def test_a_slurm_training_job_hands_its_evaluations_to_slurm_eval_jobs(slurm_cluster, tmp_path):
-    from launch.ledger import Ledger
-    from launch.status_cmd import wait_for
+    from launch.accounting.ledger import Ledger
+    from launch.commands.status_cmd import wait_for
     overrides = [o for o in TINY if not o.startswith("trainer.eval_on_save=")]
     proc = launch(tmp_path, *overrides, "--wait", "trainer.eval_on_save=true", "trainer.run_name=handoff",
                   "trainer.max_steps=4", "trainer.save_every=2", "eval.max_examples=8", "data.max_samples=256")

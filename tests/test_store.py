@@ -6,7 +6,7 @@ PostgreSQL server (tests/cluster/postgres.py, one for the session).
 
 from __future__ import annotations
 
-import launch.ledger as ledger_mod
+import launch.accounting.ledger as ledger_mod
 
 import multiprocessing as mp
 import sqlite3
@@ -14,12 +14,12 @@ import time
 
 import pytest
 
-from evals.registry import Registry
-from launch.budget import check_and_record, check_and_record_many
-from launch.ledger import Ledger
-from training.errors import BudgetError, ConfigError
-from training.store import StoreError
-from training.store_url import mask_url, parse_store_url
+from evals.store.registry import Registry
+from launch.accounting.budget import check_and_record, check_and_record_many
+from launch.accounting.ledger import Ledger
+from training.common.errors import BudgetError, ConfigError
+from training.common.store import StoreError
+from training.common.store_url import mask_url, parse_store_url
 
 JOB = dict(rung="tiny", gpus=1, run_name="r", run_dir="/tmp/none")
 

@@ -15,13 +15,13 @@ from pathlib import Path
 import pytest
 
 from conftest import FAST, ladder_cli
-from evals.registry import Registry
+from evals.store.registry import Registry
 from launch.cli import main
-from launch.ledger import Ledger
-from launch.team_members import change_members
-from training.compose import compose
-from training.errors import BudgetError, ConfigError
-from training.store import StoreError
+from launch.accounting.ledger import Ledger
+from launch.accounting.team_members import change_members
+from training.config.compose import compose
+from training.common.errors import BudgetError, ConfigError
+from training.common.store import StoreError
 
 
 def test_budget_set_records_who_and_when_and_a_job_config_cannot_raise_it(tmp_path, capsys):
@@ -94,7 +94,7 @@ def test_an_unreachable_server_launches_and_records_nothing(tmp_path):
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    from launch.launch_cmd import launch
+    from launch.commands.launch_cmd import launch
     with pytest.raises(StoreError) as e:
         launch([*FAST, f"trainer.run_root={tmp_path}", f"ledger.url=postgresql://ladder@127.0.0.1:{port}/team"])
     assert f"cannot open the ledger at postgresql://ladder@127.0.0.1:{port}/team" in str(e.value)
@@ -115,7 +115,7 @@ def test_a_wrong_or_missing_password_is_a_clear_error(pg_url, monkeypatch, tmp_p
 
 
 def test_a_url_with_a_password_is_refused_before_anything_is_written(tmp_path):
-    from launch.launch_cmd import launch
+    from launch.commands.launch_cmd import launch
     with pytest.raises(ConfigError) as e:
         launch([*FAST, f"trainer.run_root={tmp_path}", "ledger.url=postgresql://ladder:Sw0rdfish99@db/team"])
     assert "Sw0rdfish99" not in str(e.value) and "postgresql://ladder:***@db/team" in str(e.value)
@@ -177,7 +177,7 @@ def test_on_a_server_a_launcher_role_can_launch_but_not_change_an_allocation(pg_
     lock) launches for its own team, and the server refuses, with one clear message, its
     `ladder budget set` and its adding itself to a team that does not list it; launching for that
     team is refused too, with nothing recorded."""
-    from launch.team_members import change_members
+    from launch.accounting.team_members import change_members
     owner = Ledger(pg_url)
     role, password = f"launcher_{os.getpid()}", "launcher-pw-" + postgres_server.password[:8]
     with owner.transaction() as db:
@@ -194,7 +194,7 @@ def test_on_a_server_a_launcher_role_can_launch_but_not_change_an_allocation(pg_
     with postgres_server.pgpass.open("a") as f:
         f.write(f"127.0.0.1:{postgres_server.port}:*:{role}:{password}\n")
     launcher_url = pg_url.replace("//ladder@", f"//{role}@")
-    from launch.budget import check_and_record
+    from launch.accounting.budget import check_and_record
     job = check_and_record(Ledger(launcher_url), "llm", 2.0, dict(rung="tiny", gpus=1))
     assert owner.job(job)["launched_by"].endswith(f"(role {role})")
     assert main(["budget", "set", "--team", "llm", "--period", "month", "--gpu-hours", "1e6",

@@ -7,9 +7,9 @@ import json
 import pytest
 
 from conftest import FAST, ladder_cli
-from launch.ledger import Ledger
-from launch.sweep import expand, name_points
-from training.errors import ConfigError
+from launch.accounting.ledger import Ledger
+from launch.cluster.sweep import expand, name_points
+from training.common.errors import ConfigError
 
 
 def test_expansion_is_hydras_cartesian_product_and_each_point_gets_a_run_name():

@@ -1,5 +1,5 @@
 """Who may charge a team: `ladder budget members` and the check every launch makes, on a real
-SQLite file and a real PostgreSQL server (launch/team_members.py). The limited server role that
+SQLite file and a real PostgreSQL server (launch/accounting/team_members.py). The limited server role that
 can neither add itself nor charge another team is in tests/test_store_cli.py.
 
     .venv/bin/python -m pytest -q tests/test_team_members.py     # -m "not postgres": SQLite only
@@ -12,11 +12,11 @@ import time
 
 import pytest
 
-from launch.budget import check_and_record, check_and_record_many, dry_run_budget_line
+from launch.accounting.budget import check_and_record, check_and_record_many, dry_run_budget_line
 from launch.cli import main
-from launch.ledger import SCHEMA_VERSION, Ledger
-from launch.team_members import member_changes
-from training.errors import BudgetError
+from launch.accounting.ledger import SCHEMA_VERSION, Ledger
+from launch.accounting.team_members import member_changes
+from training.common.errors import BudgetError
 
 JOB = {"rung": "tiny", "gpus": 1, "run_name": "r", "run_dir": "/tmp/none"}
 

@@ -14,8 +14,8 @@ import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import FAST, losses, train_in_process
-from training.checkpoint import COMPLETE, complete_checkpoints
-from training.metrics import read_metrics
+from training.run.checkpoint import COMPLETE, complete_checkpoints
+from training.run.metrics import read_metrics
 
 GOLDEN = Path(__file__).parent / "golden" / "tiny_sft_losses.json"
 GOLDEN_STEPS = 20
@@ -25,7 +25,7 @@ def test_golden_losses(tmp_path):
     """A fixed seed reproduces the checked-in per-step losses.
     After a change that is meant to change the math, regenerate with LADDER_UPDATE_GOLDEN=1.
 
-    The suite pins MKL's code path and the thread count (training/cpu_numerics.py); the goldens
+    The suite pins MKL's code path and the thread count (training/model/cpu_numerics.py); the goldens
     were made with ATen's baseline kernels as well, under which they hold bit for bit on any
     x86-64 CPU (test_the_pinned_golden_run_is_exact_in_a_fresh_process). In process, ATen runs
     the machine's own kernels: measured on an AVX-512 Xeon, its avx2 and avx512 kernels move the
@@ -46,9 +46,9 @@ def test_the_pinned_golden_run_is_exact_in_a_fresh_process(tmp_path):
     CPU numerics forced (not merely defaulted): the losses are the checked-in goldens, bit for bit.
     Unpinned, an AVX2-only EPYC and an AVX-512 Xeon differ by 1.2e-5 at step 16; pinned, MKL runs
     one code path on every x86-64 CPU and ATen its baseline kernels, so any machine gives these."""
-    from training.cpu_numerics import EXACT_ENV, THREADS
+    from training.model.cpu_numerics import EXACT_ENV, THREADS
     env = {**os.environ, **EXACT_ENV, "OMP_NUM_THREADS": str(THREADS)}
-    proc = subprocess.run([sys.executable, "-m", "training.trainer", *FAST, f"trainer.run_root={tmp_path}",
+    proc = subprocess.run([sys.executable, "-m", "training.run.trainer", *FAST, f"trainer.run_root={tmp_path}",
                            "trainer.run_name=golden", f"trainer.max_steps={GOLDEN_STEPS}", "trainer.save_every=100"],
                           env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -88,7 +88,7 @@ def test_resume_after_sigkill_reproduces_the_uninterrupted_losses(tmp_path):
     reference = losses(train_in_process([*common, "trainer.run_name=whole"]).run_dir)
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "training.trainer", *common, "trainer.run_name=killed"],
+    proc = subprocess.Popen([sys.executable, "-m", "training.run.trainer", *common, "trainer.run_name=killed"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while not (killed / "checkpoints" / "step_000010" / COMPLETE).exists():

@@ -1,0 +1,50 @@
+"""`ladder train` run directly on a node, recorded in a shared ledger like a launched job.
+
+    ladder train rung=tiny ledger.url=postgresql://ladder@db-host/ladder   # checked, recorded, charged
+
+With a team's ledger on a server, a run started by hand is charged to its team as well: it is
+planned and checked against the team's allocation (refused over budget, nothing trained),
+recorded with launcher `direct` before it starts, and finished from its heartbeat when it ends,
+however it ends. With the embedded SQLite default it trains unrecorded, as before. `ladder
+launch` runs `python -m training.run.trainer`, not this, so a launched job is never recorded twice.
+Only the first process of a torchrun job (RANK 0) records.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+def records_direct_runs(cfg) -> bool:
+    from training.common.store_url import parse_store_url
+    return (parse_store_url(cfg.ledger.url, "ledger.url").backend == "postgresql"
+            and os.environ.get("RANK", "0") == "0")
+
+
+def recording(train, overrides: list[str]):
+    """`train` (cfg -> result), wrapped to record its run in a shared ledger."""
+    def run(cfg):
+        if not records_direct_runs(cfg):
+            return train(cfg)
+        from launch.accounting.budget import check_and_record_many
+        from launch.commands.launch_cmd import ledger_fields, prepare
+        from launch.accounting.ledger import Ledger
+        _, [job] = prepare(overrides)
+        if job.finished_at is not None:  # nothing to train: nothing to charge
+            return train(cfg)
+        ledger = Ledger.from_config(job.cfg)
+        [job_id] = check_and_record_many(ledger, job.cfg.budget,
+                                         [(job.plan.gpu_hours, {**ledger_fields(job), "launcher": "direct"})])
+        print(f"ladder train: recorded in {ledger.where} as job {job_id} (team {job.cfg.budget.team}, "
+              f"{job.plan.gpu_hours:.3g} GPU-hours planned)", flush=True)
+        ledger.mark_started(job_id, external_id=str(os.getpid()))
+        code = 1
+        try:
+            result = train(cfg)
+            code = 0
+            return result
+        finally:  # a failure or an interrupt is recorded too, from the heartbeat
+            final = ledger.finish_from_heartbeat(job_id, exit_code=code)
+            print(f"ladder train: job {job_id} {final['state']}, {final['used_gpu_hours']:.3g} GPU-hours used",
+                  flush=True)
+    return run

@@ -1,0 +1,1 @@
+"""Data inspection before training: chat and RLVR data statistics and contamination checks against eval tasks."""

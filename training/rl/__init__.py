@@ -1,0 +1,1 @@
+"""RL with verifiable rewards: GRPO, rollouts and their generators (HF, vLLM), RLVR prompts, and the verifiers."""

@@ -1,0 +1,185 @@
+"""Rollout generation: G samples per prompt from the trainer's current weights.
+
+    ladder train recipe=grpo generator=hf generator.temperature=1.0 generator.max_new_tokens=16
+    gen = make_generator(cfg.generator, tokenizer)
+    completions = gen.sample(model, prompt_ids, keys)   # keys: one seed per sample
+
+generator=hf runs transformers `generate` on the training model itself (no copy), on a CPU and
+under every engine. Sampling is seeded per sample, not per batch: each sequence draws its own
+Gumbel noise from a generator seeded by its key (the caller derives it from seed, step, prompt
+and sample index), and the token is argmax(logits / T + noise) over the top-p set, which is a
+draw from the tempered, top-p-filtered softmax. So a sample does not depend on which other
+prompts share its batch, on the rank that generates it, or on the global RNG, and a resumed run
+redraws the same rollouts. Under FSDP2 and ZeRO-3 every rank runs the same number of forward
+passes (`synced_gpus`), because each forward gathers the sharded parameters collectively.
+
+generator=vllm (vLLM colocated on the training GPUs, weights pushed after each update) needs a
+GPU and the `vllm` package; on a CPU it is refused at start-up with the reason.
+
+The same component generates for the eval tasks (evals/tasks/generate.py): `eval.generator.name=auto`
+resolves to vllm on a GPU where vllm imports, else hf (resolve_backend), and greedy decoding is
+keys=None. One sampler, two uses: the GRPO reward and the eval score see answers made one way.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+from transformers import LogitsProcessor, LogitsProcessorList
+
+from training.common.errors import ConfigError
+from training.common.seeds import seed_of
+
+
+def sample_key(*parts) -> int:
+    """One answer's sampling seed, from (seed, step, prompt index, sample index)."""
+    return seed_of(*parts)
+
+
+class SeededSampler(LogitsProcessor):
+    """Temperature, top-p, then per-row Gumbel noise from per-row generators: greedy decoding of the
+    result is a sample. Temperature and top-p are applied here, not by transformers' own warpers,
+    because generate() replaces a passed warper with its own default one of the same type."""
+
+    def __init__(self, keys: list[int], temperature: float = 1.0, top_p: float = 1.0):
+        self.gens = [torch.Generator().manual_seed(k) for k in keys]
+        self.temperature, self.top_p = temperature, top_p
+
+    def __call__(self, input_ids, scores):
+        scores = scores.float() / self.temperature
+        if self.top_p < 1.0:  # keep the smallest set of tokens whose probability reaches top_p
+            sorted_scores, order = scores.sort(dim=-1, descending=True)
+            cum = sorted_scores.softmax(-1).cumsum(-1)
+            drop_sorted = cum - sorted_scores.softmax(-1) >= self.top_p  # the mass before this token already suffices
+            drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+            scores = scores.masked_fill(drop, float("-inf"))
+        u = torch.stack([torch.rand(scores.shape[-1], generator=g, dtype=torch.float64) for g in self.gens])
+        gumbel = -torch.log(-torch.log(u.clamp(1e-300, 1.0 - 1e-16)))
+        return scores + gumbel.to(scores.device, scores.dtype)
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """The settings a generator reads, for callers without a generator config node (the evals decode
+    greedily: keys=None, so temperature and top_p are unused there)."""
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 16
+    gpu_memory_utilization: float = 0.5
+
+
+class HFGenerator:
+    name = "hf"
+
+    def __init__(self, cfg, tokenizer, synced: bool = False):
+        self.cfg, self.tokenizer, self.synced = cfg, tokenizer, synced
+        self.eos = tokenizer.eos_token_id
+        self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos
+
+    @torch.no_grad()
+    def sample(self, model, prompts: list[list[int]], keys: list[int] | None,
+               max_new_tokens: int | None = None, version=None) -> tuple[list[list[int]], float]:
+        """Completion token ids (ending with EOS unless truncated) per prompt, and seconds taken.
+        keys=None decodes greedily (the eval tasks). version (the policy version) matters only to a
+        generator holding its own copy of the weights (vllm); this one runs on the model itself."""
+        t0 = time.perf_counter()
+        n = max_new_tokens or self.cfg.max_new_tokens
+        width = max(len(p) for p in prompts)
+        device = next(model.parameters()).device
+        ids = torch.full((len(prompts), width), self.pad, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for i, p in enumerate(prompts):  # decoder-only: pad on the left
+            ids[i, width - len(p):], mask[i, width - len(p):] = torch.tensor(p), 1
+        procs = LogitsProcessorList()
+        if keys is not None:
+            procs.append(SeededSampler(keys, self.cfg.temperature, self.cfg.top_p))
+        was_training = model.training
+        model.eval()
+        try:
+            out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False,
+                                 max_new_tokens=n, logits_processor=procs, eos_token_id=self.eos,
+                                 pad_token_id=self.pad, synced_gpus=self.synced, use_cache=True,
+                                 temperature=None, top_p=None, top_k=None)
+        finally:
+            model.train(was_training)
+        completions = []
+        for row in out[:, width:].tolist():
+            end = row.index(self.eos) + 1 if self.eos in row else len(row)
+            completions.append(row[:end])
+        return completions, time.perf_counter() - t0
+
+
+def make_generator(gen_cfg, tokenizer, engine: str = "single", world_size: int = 1, max_model_len: int | None = None):
+    """The rollout generator of a training run."""
+    if gen_cfg.name == "vllm":
+        from training.rl.vllm_generator import VLLMGenerator
+        return VLLMGenerator(gen_cfg, tokenizer, max_model_len=max_model_len, colocated=True)
+    if gen_cfg.name != "hf":
+        raise ConfigError(f"generator.name={gen_cfg.name!r}: use hf or vllm")
+    sharded = engine in {"fsdp2", "deepspeed_zero3"} and world_size > 1
+    return HFGenerator(gen_cfg, tokenizer, synced=sharded)
+
+
+def resolve_backend(name: str, device: str) -> str:
+    """auto: vllm on a GPU where vllm imports, else hf; hf and vllm stand as they are."""
+    if name == "auto":
+        from training.rl.vllm_generator import vllm_problem
+        return "vllm" if vllm_problem(device) is None else "hf"
+    return name
+
+
+def eval_generator(name: str, tokenizer, checkpoint, device: str, gpu_memory_utilization: float = 0.5):
+    """The generator of the eval tasks: greedy, on the loaded model (hf) or on an engine that loads
+    the checkpoint directory itself (vllm)."""
+    backend = resolve_backend(name, device)
+    if backend == "vllm":
+        from training.rl.vllm_generator import VLLMGenerator
+        return VLLMGenerator(Sampling(gpu_memory_utilization=gpu_memory_utilization), tokenizer,
+                             model_path=str(checkpoint))
+    return HFGenerator(Sampling(), tokenizer)
+
+
+def eval_beside_training(eval_cfg):
+    """The eval suite as a training run scores its own checkpoints: on the GPU the trainer holds,
+    eval.generator.name=auto means hf, since a vLLM engine would claim a share of memory training
+    already uses (`ladder eval` and eval jobs, on their own GPUs, take vLLM). An explicit name stands."""
+    if eval_cfg.generator.name != "auto":
+        return eval_cfg
+    from omegaconf import OmegaConf
+    out = OmegaConf.create(OmegaConf.to_container(eval_cfg))  # as composed: a literal `${` stays escaped
+    out.generator.name = "hf"
+    return out
+
+
+def eval_generator_problems(name: str, device: str, here: bool = True) -> list[str]:
+    """Start-up checks of eval.generator.name (the device already resolved: cuda or cpu); here:
+    also check this machine (a GPU visible, vllm installed)."""
+    if name not in {"auto", "hf", "vllm"}:
+        return [f"eval.generator.name={name!r}: use auto, hf or vllm"]
+    if name == "vllm":
+        from training.rl.vllm_generator import vllm_problem
+        if (p := vllm_problem(device, here)):
+            return [f"eval.generator.name=vllm: {p}"]
+    return []
+
+
+def generator_problems(cfg, here: bool = False) -> list[str]:
+    """Start-up checks (training/config/validate.py): a vLLM generator needs rung.device=cuda, and where
+    the job runs (here=True) a GPU and vllm installed."""
+    g = cfg.generator
+    problems = []
+    if g.name not in {"hf", "vllm"}:
+        problems.append(f"generator.name={g.name!r}: use hf or vllm")
+    if g.name == "vllm":
+        from training.rl.vllm_generator import vllm_problem
+        if (p := vllm_problem(cfg.rung.device, here)):
+            problems.append(p)
+    if not 0 < g.top_p <= 1:
+        problems.append(f"generator.top_p={g.top_p} must be in (0, 1]")
+    if not g.temperature > 0:
+        problems.append(f"generator.temperature={g.temperature} must be positive")
+    if g.max_new_tokens < 1:
+        problems.append(f"generator.max_new_tokens={g.max_new_tokens} must be at least 1")
+    return problems

@@ -1,0 +1,1 @@
+"""A training run: the trainer loop, its entry point, checkpoints (local and remote), run files, heartbeat, watchdog, faults, metrics, progress and tracking."""

@@ -1,0 +1,59 @@
+"""The run's heartbeat: <run_dir>/heartbeat.json, rewritten atomically after every step.
+
+Launchers and the ledger read it to learn a job's progress and the device-hours it used; the
+trainer knows nothing about them. Fields:
+  state            running | completed | failed | preempted
+  step, max_steps, loss, mfu
+  started_at, updated_at   unix seconds
+  devices          processes x devices in the job (world size)
+  device_hours     devices x wall-clock hours since this process started, summed over restarts
+  last_checkpoint_step, last_checkpoint_at
+  reason           why the run failed or stopped, when it did
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from training.common.safe_files import read_text, write_atomic
+
+FILE = "heartbeat.json"
+
+
+class Heartbeat:
+    def __init__(self, run_dir: Path, devices: int, max_steps: int, enabled: bool = True):
+        self.path = Path(run_dir) / FILE
+        self.enabled = enabled
+        prev = read_heartbeat(run_dir) or {}
+        self.carried_hours = float(prev.get("device_hours", 0.0))  # from earlier segments of a resumed run
+        self.started = time.time()
+        self.state = {"state": "running", "step": prev.get("step", 0), "max_steps": max_steps, "loss": None,
+                      "mfu": None, "started_at": prev.get("started_at", self.started), "devices": devices,
+                      "device_hours": self.carried_hours,
+                      "last_checkpoint_step": prev.get("last_checkpoint_step"),
+                      "last_checkpoint_at": prev.get("last_checkpoint_at"), "reason": None}
+
+    def update(self, **fields) -> None:
+        self.state.update(fields)
+        now = time.time()
+        self.state["updated_at"] = now
+        self.state["device_hours"] = self.carried_hours + self.state["devices"] * (now - self.started) / 3600
+        if not self.enabled:
+            return
+        write_atomic(self.path, json.dumps(self.state) + "\n")  # a link planted there is replaced, not followed
+
+
+def read_heartbeat(run_dir: Path) -> dict | None:
+    path = Path(run_dir) / FILE
+    try:
+        return json.loads(read_text(path))  # O_NOFOLLOW: a link there reads as no heartbeat
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+if __name__ == "__main__":  # `python -m training.run.heartbeat RUN_DIR FIELD`: for launcher scripts
+    import sys
+    hb = read_heartbeat(Path(sys.argv[1])) or {}
+    print(hb.get(sys.argv[2], "") if len(sys.argv) > 2 else json.dumps(hb))

@@ -1,0 +1,484 @@
+"""The one training entry point, shared by every rung, recipe, engine and launcher.
+
+    ladder train rung=tiny recipe=sft trainer.max_steps=200
+    python -m training.run.trainer rung=tiny                       # the same, without the CLI
+    torchrun --nproc-per-node 2 -m training.run.trainer rung.engine=fsdp2 rung.gpus_per_node=2
+
+It validates the config, builds the tokenizer, model and packed data, wraps the model in the
+engine the rung names, resumes from the last complete checkpoint (trainer.resume=auto), trains,
+writes metrics.jsonl and a heartbeat, checkpoints atomically, evaluates each checkpoint when
+asked, and logs to W&B. On SIGTERM or SIGUSR1 it finishes the step, checkpoints and exits with
+status 75 (requeue). It knows nothing of clusters or schedulers.
+
+A resume never silently changes what is trained: the config is compared with the checkpoint's and
+a change to the math is refused unless trainer.allow_config_change=true (training/config/config_diff.py).
+A run that already reached trainer.max_steps trains nothing and writes nothing. The run directory
+(config.yaml, run_meta.json: training/run/run_files.py) is written only once the start is decided.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import logging
+import math
+import random
+import resource
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from transformers import get_scheduler
+
+from training.engine import distributed
+
+from training.run import faults
+from training.data.chat_data import IGNORE
+from training.run.checkpoint import (commit_checkpoint, git_commit, latest_checkpoint, load_trainer_state, staging_dir,
+                                 write_checkpoint)
+from training.config.config_diff import ConfigChanges, check_batch_continues, check_resume_config, continue_schedule
+from training.engine.engines import check_origin, make_engine
+from training.common.errors import EXIT_HUNG, Preempted, TrainingError
+from training.model.flops import model_matmul_params, mfu, train_flops
+from training.rl.generator import eval_beside_training
+from training.run.heartbeat import Heartbeat
+from training.run.metrics import MetricsFile
+from training.model.modeling import build_model, compile_layers, load_tokenizer
+from training.run.progress import StepProgress
+from training.recipes.registry import make_recipe
+from training.run.remote import RemoteCheckpoints, resolve_resume
+from training.run.run_files import finished_message, finished_step, invocation, open_run_dir, remove_if_unstarted
+from training.common.safe_files import fresh_dir
+from training.run.tracking import Tracker
+from training.config.validate import BatchLayout, effective_lr, validate, warmup_steps
+from training.run.watchdog import SETUP_TIMEOUT_S, Watchdog
+
+log = logging.getLogger("ladder.train")
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    checkpoints: list[Path] = field(default_factory=list)
+    evals: dict[int, dict] = field(default_factory=dict)  # checkpoint step -> scores
+    final_loss: float | None = None
+    wandb_dir: str | None = None
+    finished_before: int | None = None  # the step a finished run was at: this call trained nothing
+
+
+def default_run_name(cfg: DictConfig) -> str:
+    return f"{cfg.rung.name}-{cfg.recipe.name}-{cfg.data.name}"
+
+
+def with_run_name(cfg: DictConfig) -> DictConfig:
+    """The config with trainer.run_name filled in when it was null (a derived default)."""
+    if cfg.trainer.run_name:
+        return cfg
+    from training.config.schema import LadderConfig
+    cfg = OmegaConf.merge(OmegaConf.structured(LadderConfig), OmegaConf.to_container(cfg))
+    cfg.trainer.run_name = default_run_name(cfg)
+    OmegaConf.set_readonly(cfg, True)
+    return cfg
+
+
+def rng_state() -> dict:
+    """Every generator's state as tensors, numbers and lists only: the checkpoint loads with
+    torch.load(weights_only=True) and no extra globals (numpy's own state holds an ndarray)."""
+    version, internal, gauss = random.getstate()
+    _, key, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": [version, list(internal), gauss],
+             "numpy": {"key": key.tolist(), "pos": int(pos), "has_gauss": int(has_gauss), "gauss": float(cached)},
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    n = state["numpy"]
+    np.random.set_state(("MT19937", np.array(n["key"], dtype=np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def peak_memory_gb(device: str) -> float:
+    if device == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB, process peak RSS
+
+
+def make_scheduler(cfg: DictConfig, optimizer):
+    if cfg.optim.schedule.value == "cosine":
+        return get_scheduler("cosine_with_min_lr", optimizer, num_warmup_steps=warmup_steps(cfg),
+                             num_training_steps=cfg.trainer.max_steps,
+                             scheduler_specific_kwargs={"min_lr_rate": cfg.optim.min_lr_ratio})
+    return get_scheduler("constant_with_warmup", optimizer, num_warmup_steps=warmup_steps(cfg))
+
+
+class Trainer:
+    def __init__(self, cfg: DictConfig, world: distributed.World | None = None):
+        self.world = world or distributed.env_world()
+        self.layout: BatchLayout = validate(cfg, world_size=self.world.size, here=True)
+        self.cfg = with_run_name(cfg)
+        self.run_dir = Path(self.cfg.trainer.run_root) / self.cfg.trainer.run_name
+        self.store = RemoteCheckpoints.for_run(self.cfg)  # None without trainer.checkpoint_url
+        self.device = self.cfg.rung.device
+        self.recipe = make_recipe(self.cfg)
+        self.reference_pass: dict | None = None  # set by recipes with a reference pass (DPO)
+        t, r = self.cfg.trainer, self.cfg.rung
+        self.save_initial = r.save_initial if t.save_initial is None else t.save_initial
+        self.eval_on_save = r.eval_on_save if t.eval_on_save is None else t.eval_on_save
+        self.stop_signal: str | None = None
+
+    # ---- setup -------------------------------------------------------------------------
+    def setup(self) -> bool:
+        """Build everything; False if the run already reached max_steps. What can refuse the run (data,
+        checkpoint, a config change) runs before the run directory is written: a refusal touches no file."""
+        cfg, t, main = self.cfg, self.cfg.trainer, self.world.main
+        self.watchdog = Watchdog(t.step_timeout_s, self.on_hang)
+        distributed.init(self.world, self.device, t.step_timeout_s or 1800.0)
+        seed_everything(t.seed)
+        self.tokenizer = load_tokenizer(cfg.model)
+        self.watchdog.touch("finding (and downloading) the checkpoint to resume from", setup=True)
+        self.resume_from = resolve_resume(cfg, self.run_dir, self.store, self.world)
+        state = load_trainer_state(self.resume_from) if self.resume_from else None
+        self.changes = ConfigChanges()
+        if state is not None:
+            check_origin(cfg, state, self.resume_from)  # DeepSpeed's loader unpickles: this run's checkpoints only
+            self.changes = check_resume_config(cfg, self.resume_from, state["step"])
+            check_batch_continues(state, self.layout.micro_batches_per_step, self.resume_from)
+        self.finished_at = finished_step(cfg, self.run_dir, state["step"] if state else None)
+        if self.finished_at is not None:
+            return False
+        model = build_model(cfg.model, self.tokenizer, self.device, t.seed, source=self.resume_from)
+        if cfg.rung.activation_checkpointing:  # recompute each layer's activations in backward
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if t.compile:
+            compile_layers(model)
+        self.stream, truncated = self.recipe.build_stream(cfg, self.tokenizer, self.layout.micro_batch_tokens, t.seed)
+        if truncated and main:
+            log.warning("%d of %d examples were longer than data.max_seq_len=%d and were truncated",
+                        truncated, len(self.stream.docs), cfg.data.max_seq_len)
+        o = cfg.optim
+
+        def make_optimizer(params):
+            return torch.optim.AdamW(params, lr=effective_lr(cfg), betas=(o.beta1, o.beta2), eps=o.eps,
+                                     weight_decay=o.weight_decay)
+
+        self.engine = make_engine(cfg, model, make_optimizer, self.world, self.layout)
+        self.scheduler = make_scheduler(cfg, self.engine.torch_optimizer)
+        self.model = model  # the Hugging Face model (FSDP2 shards it in place)
+        self.n_matmul = model_matmul_params(self.model_shape(), model.get_input_embeddings().num_embeddings)
+        self.start_step, self.tokens_seen = 0, 0
+        if state is not None:
+            # its own watchdog window: DeepSpeed may first convert the checkpoint (another world size)
+            self.watchdog.touch(f"loading {self.resume_from}", setup=True)
+            self.engine.load(state, self.resume_from)
+            self.scheduler.load_state_dict(state["scheduler"])
+            set_rng_state(state["rng"])
+            self.start_step, self.tokens_seen = state["step"], state["tokens_seen"]
+            if self.changes.math:  # allowed (trainer.allow_config_change): the new settings from the next step
+                self.scheduler = continue_schedule(cfg, self.engine.torch_optimizer, self.start_step, make_scheduler)
+                if main:
+                    log.warning("applying config changes from step %d on (trainer.allow_config_change=true): %s",
+                                self.start_step + 1, "; ".join(map(str, self.changes.math)))
+            if main:
+                log.info("resumed from %s (step %d, saved by %s on %d process(es))", self.resume_from,
+                         self.start_step, state.get("engine"), state.get("world_size", 1))
+        created = main and open_run_dir(self.run_dir, cfg, invocation(
+            sys.argv, git_commit(), self.world.size, cfg.rung.engine.value, self.resume_from,
+            self.start_step if state is not None else None, self.changes))
+        try:
+            self.open_outputs()
+        except BaseException:
+            if created:  # a brand-new run that never started: no empty folder left behind
+                remove_if_unstarted(self.run_dir)
+            raise
+        return True
+
+    def open_outputs(self) -> None:
+        cfg, t, main = self.cfg, self.cfg.trainer, self.world.main
+        self.recipe.prepare(self)  # e.g. DPO's reference log-probs, before the first step
+        self.metrics = MetricsFile(self.run_dir / "metrics.jsonl")
+        self.tracker = Tracker(cfg, self.run_dir) if main else Tracker.disabled()
+        self.evaluator = None
+        if main and self.eval_on_save and t.eval_async:
+            from evals.async_eval import AsyncEvaluator  # evals depend on training, not the reverse
+            self.evaluator = AsyncEvaluator(eval_beside_training(cfg.eval), registry_url=cfg.registry.url,
+                                            log_dir=self.run_dir / "eval_logs")
+        self.heartbeat = Heartbeat(self.run_dir, self.world.size, t.max_steps, enabled=main)
+        if main:
+            self.metrics.truncate_after(self.start_step)  # steps after the checkpoint are redone
+            # where to look at the run: its W&B page, or the offline run's folder until `wandb sync`
+            link = self.tracker.url or (str(Path(self.tracker.run_path).parent) if self.tracker.run_path else None)
+            self.heartbeat.update(step=self.start_step, tracker_url=link)
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(sig, self.on_signal)
+
+    def model_shape(self):
+        c = self.model.config
+        return OmegaConf.create({"hidden_size": c.hidden_size, "intermediate_size": c.intermediate_size,
+                                 "num_layers": c.num_hidden_layers, "num_heads": c.num_attention_heads,
+                                 "num_kv_heads": c.num_key_value_heads})
+
+    def on_signal(self, signum, _frame) -> None:
+        self.stop_signal = signal.Signals(signum).name  # acted on after the current step
+
+    def on_hang(self, what: str) -> None:
+        step_limit = self.cfg.trainer.step_timeout_s
+        limit = (f"trainer.step_timeout_s={step_limit:g} s" if self.watchdog.limit == step_limit else
+                 f"{self.watchdog.limit:g} s (a set-up phase's limit: the larger of trainer.step_timeout_s "
+                 f"and {SETUP_TIMEOUT_S:g} s)")
+        msg = f"{what} has run for more than {limit}; every thread's stack follows. Exiting instead of waiting forever."
+        log.error(msg)
+        faulthandler.dump_traceback(all_threads=True)
+        if self.world.main and hasattr(self, "heartbeat"):
+            self.heartbeat.update(state="failed", reason=msg)
+        sys.stderr.flush()
+        import os
+        os._exit(EXIT_HUNG)
+
+    # ---- one optimizer step ------------------------------------------------------------
+    def micro_batches(self, step: int) -> list[dict]:
+        """This rank's micro-batches for `step` (1-based): a slice of a global, rank-free order."""
+        per_step, accum = self.layout.micro_batches_per_step, self.layout.grad_accum
+        first = (step - 1) * per_step + self.world.rank * accum
+        return [self.stream.micro_batch(first + j) for j in range(accum)]
+
+    def train_step(self, step: int) -> dict:
+        t0 = time.perf_counter()
+        faults.maybe("hang_at", step)
+        host = self.micro_batches(step)
+        # The step's counts come from the host's tensors, before anything reaches the device, and
+        # cross the ranks in one all-reduce; the loss and statistics stay on the device until one
+        # more after the backward passes (issue #14: each .item() stalls the GPU).
+        c = self.model.config
+        n_units, n_trained, n_processed, flops = distributed.all_sum_many([
+            sum(self.recipe.count(b) for b in host), sum(int((b["labels"] != IGNORE).sum()) for b in host),
+            sum(b["input_ids"].numel() for b in host),
+            sum(train_flops(self.n_matmul, c.num_hidden_layers, c.hidden_size, b["doc_lens"]) for b in host)],
+            self.device)
+        if n_units == 0 or n_trained == 0:
+            raise TrainingError(f"step {step} has no trained tokens: check the data's assistant turns")
+        batches = [{k: (v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in b.items()}
+                   for b in host]
+        t1 = time.perf_counter()
+        self.engine.module.train()
+        # Every engine averages gradients over ranks; scaling by world / units makes the result the
+        # mean over all loss units (tokens for SFT, pairs for DPO) of the step.
+        scale = self.world.size / n_units
+        loss_sum, stat_sums = 0.0, {}
+        for i, b in enumerate(batches):
+            with self.engine.accumulate(last=i == len(batches) - 1):
+                with self.engine.autocast():
+                    loss, stats = self.recipe.loss_sum(self.engine.module, b)
+                if faults.maybe("nan_at", step):
+                    loss = loss * float("nan")
+                self.engine.backward(loss * scale)
+            loss_sum = loss_sum + loss.detach().double()
+            for k, v in stats.items():
+                stat_sums[k] = stat_sums.get(k, 0.0) + (v.detach() if torch.is_tensor(v) else v)
+        per_source = stat_sums.pop("data/per_source", None)  # a mixture's per-source sums (training/data/mixture.py)
+        keys = sorted(stat_sums)
+        sums = distributed.all_sum_many([loss_sum] + [stat_sums[k] for k in keys]
+                                        + ([per_source] if per_source is not None else []), self.device)
+        t2 = time.perf_counter()  # after the transfer, which waits for the device's forward and backward
+        loss_value = sums[0] / n_units
+        extra = {k: sums[1 + i] / n_units for i, k in enumerate(keys)}
+        if per_source is not None:
+            from training.data.mixture import source_metrics
+            extra.update(source_metrics(sums[1 + len(keys):], self.stream.source_names))
+        if self.cfg.trainer.stop_on_nonfinite and not math.isfinite(loss_value):
+            last = latest_checkpoint(self.run_dir)
+            if self.store is not None:  # what resume would use
+                last_step = self.store.latest_step()
+                last = self.store.step_url(last_step) if last_step is not None else None
+            raise TrainingError(f"the loss is {loss_value} at step {step}; stopping before the update. The "
+                                f"last good checkpoint is {last or 'none (no checkpoint yet)'}")
+        lr = self.scheduler.get_last_lr()[0]
+        grad_norm = self.engine.step(self.cfg.optim.max_grad_norm)
+        self.scheduler.step()
+        t3 = time.perf_counter()
+        self.tokens_seen += int(n_trained)
+        # A batch source may report metrics of its own for the step and the FLOPs it spent making the
+        # batches (GRPO: rollouts sampled from the current weights), which count toward MFU.
+        source = self.stream.step_metrics(step) if hasattr(self.stream, "step_metrics") else {}
+        flops += source.pop("flops", 0.0)
+        if getattr(self.recipe, "ref_model", None) is not None:
+            flops *= 4 / 3  # the reference's forward pass on the same tokens: a third of a training step
+        dt = t3 - t0
+        if self.reference_pass is not None:
+            # The reference pass, spread over the run's steps: throughput counting it honestly.
+            ref_s = self.reference_pass["seconds"] / self.cfg.trainer.max_steps
+            extra.update(ref_cached=self.reference_pass["cached"],
+                         tokens_per_s_with_ref=n_processed / (dt + ref_s) / self.world.size,
+                         mfu_with_ref=mfu(flops + self.reference_pass["flops"] / self.cfg.trainer.max_steps,
+                                          dt + ref_s, self.cfg.rung.peak_flops_per_device, self.world.size))
+        return {**extra, **source,
+            "step": step, "loss": loss_value, "lr": lr, "grad_norm": grad_norm,
+            "tokens": self.tokens_seen, "tokens_per_s": n_processed / dt / self.world.size,
+            "mfu": mfu(flops, dt, self.cfg.rung.peak_flops_per_device, self.world.size),
+            "step_time_s": dt, "data_time_s": t1 - t0, "fwd_bwd_time_s": t2 - t1, "optim_time_s": t3 - t2,
+            "goodput": n_trained / n_processed, "peak_mem_gb": peak_memory_gb(self.device),
+            "epoch": self.stream.epoch_of((step - 1) * self.layout.micro_batches_per_step),
+        }
+
+    # ---- checkpoints and evals ---------------------------------------------------------
+    def save(self, step: int, result: RunResult) -> None:
+        """Every rank calls this: gathering the state and sharded saves are collectives."""
+        self.watchdog.touch(f"saving step {step}", setup=True)
+        tmp = staging_dir(self.run_dir, step)
+        if self.world.main:
+            fresh_dir(tmp)  # a leftover, or a link planted under its name, goes first
+        distributed.barrier()
+        self.engine.save_model(tmp, self.model)  # sharded engines gather one tensor at a time
+        optimizer_state = self.engine.optimizer_state()
+        self.engine.save_sharded(tmp)
+        distributed.barrier()
+        if self.world.main:
+            state = {"step": step, "tokens_seen": self.tokens_seen, "optimizer": optimizer_state,
+                     "scheduler": self.scheduler.state_dict(), "rng": rng_state(),
+                     "data": {"next_micro_batch": step * self.layout.micro_batches_per_step,
+                              "micro_batches_per_step": self.layout.micro_batches_per_step},
+                     "engine": self.engine.name, "world_size": self.world.size}
+            write_checkpoint(tmp, step, self.tokenizer, state, self.cfg)
+            pending = self.evaluator.pending_steps if self.evaluator else ()
+            ckpt = commit_checkpoint(tmp, self.run_dir, step, self.cfg.trainer.keep_last, protect=(0, *pending))
+            url = None
+            if self.store is not None:  # the local copy stays: evaluation and W&B read it
+                self.watchdog.touch(f"uploading step {step}", setup=True)
+                url = self.store.upload(ckpt, step)
+                self.store.prune(self.cfg.trainer.keep_last, protect=(0, *pending), newest=step)
+                log.info("uploaded checkpoint %s", url)
+            result.checkpoints.append(ckpt)
+            self.heartbeat.update(last_checkpoint_step=step, last_checkpoint_at=time.time())
+            self.tracker.log_checkpoint(ckpt, step, url=url)
+            log.info("saved checkpoint %s", ckpt)
+            if self.evaluator is not None:
+                self.evaluator.submit(ckpt, step)
+            elif self.eval_on_save:
+                from evals.runner import evaluate_checkpoint  # evals depend on training, not the reverse
+                self.watchdog.touch(f"evaluating step {step}", setup=True)
+                self.record_eval(step, ckpt, evaluate_checkpoint(ckpt, eval_beside_training(self.cfg.eval)), result)
+        distributed.barrier()
+
+    def record_eval(self, step: int, ckpt: Path, res: dict, result: RunResult) -> None:
+        result.evals[step] = res["scores"]
+        self.tracker.log_eval(step, res["scores"])
+        self.tracker.link_eval(ckpt, step, res)
+        if self.store is not None:  # the scores written into the local copy go to the URL too
+            try:
+                self.store.upload_dir(ckpt, step, "eval")
+            except Exception as e:  # losing a copy of the scores must not stop training
+                log.warning("could not upload the eval results of step %d: %s", step, e)
+        log.info("eval at step %d: %s", step, ", ".join(f"{k}={v:.1f}" for k, v in res["scores"].items()))
+
+    def collect_evals(self, result: RunResult, wait: bool = False) -> None:
+        """Record the background evaluations that have finished (all of them, with wait)."""
+        if self.evaluator is None:
+            return
+        if wait and self.cfg.trainer.eval_handoff:  # the launcher runs the rest as eval jobs of their own
+            dones = self.evaluator.hand_off(self.run_dir)
+        else:
+            dones = self.evaluator.drain() if wait else self.evaluator.poll()
+        for done in dones:
+            if done.ok:
+                self.record_eval(done.step, done.checkpoint, done.result, result)
+            else:
+                log.warning("eval of step %d failed: %s (log: %s)", done.step, done.error, done.log_path)
+
+    # ---- the loop ----------------------------------------------------------------------
+    def run(self) -> RunResult:
+        try:
+            return self._run()
+        finally:  # however the run ended (refused in set-up, finished, failed): its watchdog ends with it
+            if hasattr(self, "watchdog"):
+                self.watchdog.stop()
+
+    def _run(self) -> RunResult:
+        t, main = self.cfg.trainer, self.world.main
+        if not self.setup():
+            if main:
+                log.warning(finished_message(t.run_name, self.finished_at, t.max_steps,
+                                             "nothing trained and nothing written"))
+            distributed.shutdown()
+            return RunResult(run_dir=self.run_dir, finished_before=self.finished_at)
+        result = RunResult(run_dir=self.run_dir, wandb_dir=self.tracker.run_path)
+        lay = self.layout
+        if main and lay.answers_per_step:  # RL: the recipe sets the batch, in answers (validate.rl_batch_layout)
+            log.info("run %s: engine %s on %d process(es), %d steps of %d answers (%d micro-batches of at most %d "
+                     "answers and %d tokens = accum %d x dp %d), lr %.2e", t.run_name, self.engine.name,
+                     self.world.size, t.max_steps, lay.answers_per_step, lay.micro_batches_per_step,
+                     lay.answers_per_micro_batch, lay.micro_batch_tokens, lay.grad_accum, lay.dp,
+                     effective_lr(self.cfg))
+        elif main:
+            log.info("run %s: engine %s on %d process(es), %d steps of %d tokens (%d micro-batches of %d tokens "
+                     "= accum %d x dp %d), lr %.2e", t.run_name, self.engine.name, self.world.size, t.max_steps,
+                     lay.global_batch_tokens, lay.micro_batches_per_step,
+                     lay.micro_batch_tokens, lay.grad_accum, lay.dp, effective_lr(self.cfg))
+        exit_code = 1
+        progress = StepProgress(t.max_steps, self.start_step, t.log_every, log, enabled=main)  # a bar on a terminal
+        try:
+            if self.start_step == 0 and self.save_initial:
+                self.save(0, result)
+            for step in range(self.start_step + 1, t.max_steps + 1):
+                self.watchdog.touch(f"step {step}")
+                m = self.train_step(step)
+                if main:
+                    self.metrics.append(m)
+                    self.tracker.log_step(step, m)
+                    # RL: the share of the step spent generating, shown by `ladder status`
+                    gen_share = m["gen_time_s"] / m["step_time_s"] if "gen_time_s" in m else None
+                    self.heartbeat.update(step=step, loss=m["loss"], mfu=m["mfu"], gen_share=gen_share)
+                    progress.update(m)  # the bar, or a log line every trainer.log_every steps
+                    self.collect_evals(result)
+                result.final_loss = m["loss"]
+                stop = distributed.any_rank(self.stop_signal is not None, self.device)
+                if step % t.save_every == 0 or step == t.max_steps or stop:
+                    self.save(step, result)
+                if stop and step < t.max_steps:
+                    if main:
+                        self.heartbeat.update(state="preempted", reason=f"{self.stop_signal or 'signal'} at step {step}")
+                    raise Preempted(f"stopped by {self.stop_signal or 'a signal on another rank'} after step "
+                                    f"{step}; checkpointed, resume with the same command")
+            exit_code = 0
+            if main:  # completed first: the job's hours end with training, not with its evaluations
+                self.heartbeat.update(state="completed")
+                self.watchdog.touch("waiting for the last evaluations", setup=True)
+                self.collect_evals(result, wait=True)
+        except Preempted:
+            exit_code = 0
+            raise
+        except BaseException as e:
+            if main and exit_code != 0:  # an interrupted wait for evals leaves the training completed
+                self.heartbeat.update(state="failed", reason=f"{type(e).__name__}: {e}"[:500])
+            raise
+        finally:
+            progress.close()
+            if self.evaluator is not None:
+                self.evaluator.close()
+            self.tracker.finish(exit_code)
+            distributed.shutdown()
+        return result
+
+
+def train(cfg: DictConfig) -> RunResult:
+    return Trainer(cfg).run()
+
+
+if __name__ == "__main__":
+    from training.run.entry import main  # not launch.cli: training never imports launch
+    sys.exit(main(train))
