@@ -57,6 +57,7 @@ def gather_then_save(engine, model, out: Path) -> None:
     """The consolidation the engines did before streaming: the whole state dict on rank 0."""
     if engine.name == "deepspeed_zero3":
         import deepspeed
+
         sd = {}
         for name, p in engine.module.module.named_parameters():
             with deepspeed.zero.GatheredParameters([p], modifier_rank=None):
@@ -75,15 +76,25 @@ def main() -> int:
     ap.add_argument("--layers", type=int, default=None)
     ap.add_argument("--intermediate", type=int, default=None, help="default: 2.75 x hidden")
     ap.add_argument("--vocab", type=int, default=None, help="default: the tokenizer's")
-    ap.add_argument("--check", action="store_true", help="exit 1 unless both methods write identical files")
+    ap.add_argument(
+        "--check", action="store_true", help="exit 1 unless both methods write identical files"
+    )
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     world = distributed.env_world()
-    over = ["rung=tiny", f"rung.engine={args.engine}", f"rung.gpus_per_node={world.size}", "tracker.mode=disabled"]
+    over = [
+        "rung=tiny",
+        f"rung.engine={args.engine}",
+        f"rung.gpus_per_node={world.size}",
+        "tracker.mode=disabled",
+    ]
     if args.hidden:  # a bigger Llama: 64-dim heads, as in Llama 3
-        over += [f"model.hidden_size={args.hidden}", f"model.num_heads={args.hidden // 64}",
-                 f"model.num_kv_heads={args.hidden // 64}",
-                 f"model.intermediate_size={args.intermediate or int(2.75 * args.hidden)}"]
+        over += [
+            f"model.hidden_size={args.hidden}",
+            f"model.num_heads={args.hidden // 64}",
+            f"model.num_kv_heads={args.hidden // 64}",
+            f"model.intermediate_size={args.intermediate or int(2.75 * args.hidden)}",
+        ]
     if args.layers:
         over.append(f"model.num_layers={args.layers}")
     if args.vocab:
@@ -100,20 +111,33 @@ def main() -> int:
         for d in dirs.values():
             d.mkdir(parents=True, exist_ok=True)
     dist.barrier()
-    params = sum(p.numel() for p in model.parameters()) if args.engine == "fsdp2" else \
-        sum(p.ds_numel for p in engine.module.module.parameters())
+    params = (
+        sum(p.numel() for p in model.parameters())
+        if args.engine == "fsdp2"
+        else sum(p.ds_numel for p in engine.module.module.parameters())
+    )
     largest = max(p.numel() if args.engine == "fsdp2" else p.ds_numel for p in model.parameters())
-    res = {"engine": args.engine, "world_size": world.size, "params": params,
-           "model_mib": params * 4 / 2**20, "largest_tensor_mib": largest * 4 / 2**20}
+    res = {
+        "engine": args.engine,
+        "world_size": world.size,
+        "params": params,
+        "model_mib": params * 4 / 2**20,
+        "largest_tensor_mib": largest * 4 / 2**20,
+    }
     s_time, s_peak = measured(lambda: engine.save_model(dirs["stream"], model))
     g_time, g_peak = measured(lambda: gather_then_save(engine, model, dirs["gather"]))
-    res.update(stream_s=round(s_time, 2), stream_peak_mib=round(s_peak, 1),
-               gather_s=round(g_time, 2), gather_peak_mib=round(g_peak, 1))
+    res.update(
+        stream_s=round(s_time, 2),
+        stream_peak_mib=round(s_peak, 1),
+        gather_s=round(g_time, 2),
+        gather_peak_mib=round(g_peak, 1),
+    )
     ok = True
     if world.main:
         names = sorted(p.name for p in dirs["gather"].iterdir())
         same = names == sorted(p.name for p in dirs["stream"].iterdir()) and all(
-            filecmp.cmp(dirs["gather"] / n, dirs["stream"] / n, shallow=False) for n in names)
+            filecmp.cmp(dirs["gather"] / n, dirs["stream"] / n, shallow=False) for n in names
+        )
         res.update(files=names, identical=same)
         ok = same or not args.check
         print(json.dumps(res), flush=True)

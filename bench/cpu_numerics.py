@@ -40,10 +40,13 @@ print(json.dumps({{"capability": torch.backends.cpu.get_cpu_capability(), "threa
 
 def choices() -> dict[str, dict]:
     from training.model.cpu_numerics import EXACT_ENV, THREADS
+
     pinned = {**EXACT_ENV, "OMP_NUM_THREADS": str(THREADS)}
-    out = {"exact (goldens, fresh test)": pinned,
-           "exact, MKL told AVX2": {**pinned, "MKL_ENABLE_INSTRUCTIONS": "AVX2"},
-           "MKL pinned, ATen avx2": {**pinned, "ATEN_CPU_CAPABILITY": "avx2"}}
+    out = {
+        "exact (goldens, fresh test)": pinned,
+        "exact, MKL told AVX2": {**pinned, "MKL_ENABLE_INSTRUCTIONS": "AVX2"},
+        "MKL pinned, ATen avx2": {**pinned, "ATEN_CPU_CAPABILITY": "avx2"},
+    }
     flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     if "avx512f" in flags:
         out["MKL pinned, ATen avx512"] = {**pinned, "ATEN_CPU_CAPABILITY": "avx512"}
@@ -54,8 +57,12 @@ def choices() -> dict[str, dict]:
 def run(env_over: dict) -> tuple[dict, float, float]:
     # conftest's pin() uses setdefault: the variables given here win; the unpinned case must not
     # inherit the pinned ones either (conftest would set them), so it names them explicitly empty.
-    env = {k: v for k, v in os.environ.items() if k not in ("MKL_CBWR", "ATEN_CPU_CAPABILITY",
-                                                            "MKL_ENABLE_INSTRUCTIONS", "OMP_NUM_THREADS")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k
+        not in ("MKL_CBWR", "ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS", "OMP_NUM_THREADS")
+    }
     env.update(env_over, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1")
     if "ATEN_CPU_CAPABILITY" not in env_over:  # unpinned: the machine's own kernels and MKL path
         env["ATEN_CPU_CAPABILITY"] = native_capability()
@@ -63,8 +70,13 @@ def run(env_over: dict) -> tuple[dict, float, float]:
     with tempfile.TemporaryDirectory() as root:
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-c", RUN.format(tests=str(REPO / "tests"), root=root)], env=env,
-                              capture_output=True, text=True, timeout=1800)
+        proc = subprocess.run(
+            [sys.executable, "-c", RUN.format(tests=str(REPO / "tests"), root=root)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=1800,
+        )
         wall = time.perf_counter() - t0
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
@@ -80,15 +92,25 @@ def native_capability() -> str:
     global _native
     if _native is None:
         env = {k: v for k, v in os.environ.items() if k != "ATEN_CPU_CAPABILITY"}
-        out = subprocess.run([sys.executable, "-c", "import torch; print(torch.backends.cpu.get_cpu_capability())"],
-                             env=env, capture_output=True, text=True, timeout=120)
+        out = subprocess.run(
+            [sys.executable, "-c", "import torch; print(torch.backends.cpu.get_cpu_capability())"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         _native = out.stdout.strip().lower()
     return _native
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--repeat", type=int, default=1, help="runs per choice (alternated); the median time is shown")
+    ap.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="runs per choice (alternated); the median time is shown",
+    )
     args = ap.parse_args()
     golden = json.loads(GOLDEN.read_text())["losses"]
     results: dict[str, list] = {name: [] for name in choices()}
@@ -96,7 +118,9 @@ def main() -> int:
         for name, env in choices().items():
             results[name].append(run(env))
     print(f"golden run, 20 steps; machine: {native_capability()}; load: {os.getloadavg()[0]:.1f}")
-    print(f"{'choice':32} {'ATen':8} {'max |loss - golden|':>20} {'step 16':>18} {'CPU s':>8} {'wall s':>8}")
+    print(
+        f"{'choice':32} {'ATen':8} {'max |loss - golden|':>20} {'step 16':>18} {'CPU s':>8} {'wall s':>8}"
+    )
     pinned_cpu = None
     rows = {}
     for name, runs in results.items():
@@ -105,11 +129,20 @@ def main() -> int:
         cpu = statistics.median(r[2] for r in runs)
         wall = statistics.median(r[1] for r in runs)
         pinned_cpu = pinned_cpu or cpu
-        print(f"{name:32} {got['capability']:8} {diff:20.3g} {got['losses'][16]:18.15f} {cpu:8.1f} {wall:8.1f}")
-        rows[name] = {"capability": got["capability"], "max_diff": diff, "losses": got["losses"], "cpu_s": cpu,
-                      "wall_s": wall}
+        print(
+            f"{name:32} {got['capability']:8} {diff:20.3g} {got['losses'][16]:18.15f} {cpu:8.1f} {wall:8.1f}"
+        )
+        rows[name] = {
+            "capability": got["capability"],
+            "max_diff": diff,
+            "losses": got["losses"],
+            "cpu_s": cpu,
+            "wall_s": wall,
+        }
     unpinned = results["nothing pinned but threads"]
-    print(f"CPU time, pinned / unpinned: {pinned_cpu / statistics.median(r[2] for r in unpinned):.2f}")
+    print(
+        f"CPU time, pinned / unpinned: {pinned_cpu / statistics.median(r[2] for r in unpinned):.2f}"
+    )
     print(json.dumps(rows))
     return 0
 

@@ -26,7 +26,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("checkpoints", nargs=2)
     p.add_argument("--examples", type=int, default=200)
     p.add_argument("--suite", default="cpu")
@@ -49,9 +51,15 @@ def main() -> None:
         if spec.kind == "builtin":
             n = run_builtin(spec, model, tokenizer, cfg.eval)["n"]
         else:
-            n = run_lm_eval(ckpt, cfg.eval.lm_eval, [spec.name], args.examples, "cpu")[spec.name]["n"]
+            n = run_lm_eval(ckpt, cfg.eval.lm_eval, [spec.name], args.examples, "cpu")[spec.name][
+                "n"
+            ]
         dt = time.perf_counter() - t0
-        rates[spec.name] = {"examples": n, "seconds": round(dt, 2), "examples_per_s": round(n / dt, 1)}
+        rates[spec.name] = {
+            "examples": n,
+            "seconds": round(dt, 2),
+            "examples_per_s": round(n / dt, 1),
+        }
 
     with tempfile.TemporaryDirectory() as tmp:
         registry = Registry(Path(tmp) / "registry.db")
@@ -60,9 +68,19 @@ def main() -> None:
             t0 = time.perf_counter()
             compare(list(args.checkpoints), cfg.eval, registry)
             timings.append(round(time.perf_counter() - t0, 2))
-    print(json.dumps({"suite": args.suite, "threads": torch.get_num_threads(), "per_task": rates,
-                      "compare_cold_s": timings[0], "compare_cached_s": timings[1],
-                      "saved_s": round(timings[0] - timings[1], 2)}, indent=1))
+    print(
+        json.dumps(
+            {
+                "suite": args.suite,
+                "threads": torch.get_num_threads(),
+                "per_task": rates,
+                "compare_cold_s": timings[0],
+                "compare_cached_s": timings[1],
+                "saved_s": round(timings[0] - timings[1], 2),
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -37,25 +37,47 @@ def main() -> None:
     from training.config.compose import compose
     from training.run.metrics import read_metrics
     from training.run.trainer import train
+
     with tempfile.TemporaryDirectory() as root:
-        cfg = compose(["recipe=grpo", "rung=tiny", "tracker.mode=disabled", "trainer.eval_on_save=false",
-                       "trainer.save_initial=false", f"trainer.max_steps={a.steps}", f"trainer.save_every={a.steps}",
-                       f"trainer.run_root={root}", "trainer.run_name=bench", f"recipe.prompts_per_step={a.prompts}",
-                       f"recipe.num_generations={a.generations}", f"generator.max_new_tokens={a.new_tokens}",
-                       "recipe.ppo_epochs=2", "recipe.kl_beta=0.01", f"rung.device={a.device}",
-                       "trainer.log_every=1000"])
+        cfg = compose(
+            [
+                "recipe=grpo",
+                "rung=tiny",
+                "tracker.mode=disabled",
+                "trainer.eval_on_save=false",
+                "trainer.save_initial=false",
+                f"trainer.max_steps={a.steps}",
+                f"trainer.save_every={a.steps}",
+                f"trainer.run_root={root}",
+                "trainer.run_name=bench",
+                f"recipe.prompts_per_step={a.prompts}",
+                f"recipe.num_generations={a.generations}",
+                f"generator.max_new_tokens={a.new_tokens}",
+                "recipe.ppo_epochs=2",
+                "recipe.kl_beta=0.01",
+                f"rung.device={a.device}",
+                "trainer.log_every=1000",
+            ]
+        )
         train(cfg)
-        rows = read_metrics(Path(root) / "bench" / "metrics.jsonl")[a.warmup:]
+        rows = read_metrics(Path(root) / "bench" / "metrics.jsonl")[a.warmup :]
     gen_rows = [r for r in rows if r["gen_time_s"] > 0]  # ppo_epochs=2: every other step generates
     mean = lambda key, rs=rows: sum(r[key] for r in rs) / len(rs)
     step, gen, lp = mean("step_time_s"), mean("gen_time_s"), mean("logprob_time_s")
     train_s = mean("fwd_bwd_time_s") + mean("optim_time_s")
     out = {
-        "steps_timed": len(rows), "answers_per_rollout_batch": a.prompts * a.generations,
-        "step_time_s": step, "gen_time_s_per_step": gen, "logprob_time_s_per_step": lp, "train_time_s_per_step": train_s,
-        "generation_share": gen / step, "logprob_share": lp / step, "train_share": train_s / step,
+        "steps_timed": len(rows),
+        "answers_per_rollout_batch": a.prompts * a.generations,
+        "step_time_s": step,
+        "gen_time_s_per_step": gen,
+        "logprob_time_s_per_step": lp,
+        "train_time_s_per_step": train_s,
+        "generation_share": gen / step,
+        "logprob_share": lp / step,
+        "train_share": train_s / step,
         "gen_tokens_per_s": mean("gen_tokens_per_s", gen_rows),
-        "train_tokens_per_s": mean("tokens_per_s"), "response_len_mean": mean("response_len_mean"),
+        "train_tokens_per_s": mean("tokens_per_s"),
+        "response_len_mean": mean("response_len_mean"),
     }
     print(json.dumps(out, indent=1))
 

@@ -36,16 +36,35 @@ def ladder_run(steps: int, warmup: int, n_rows: int, out: Path) -> dict:
     from training.config.compose import compose
     from training.run.metrics import read_metrics
     from training.run.trainer import train
-    cfg = compose(["rung=tiny", "tracker.mode=disabled", "trainer.eval_on_save=false", "trainer.save_initial=false",
-                   f"trainer.max_steps={steps}", f"trainer.save_every={steps}", f"trainer.run_root={out}",
-                   "trainer.run_name=bench", f"data.max_samples={n_rows}", f"rung.micro_batch_tokens={ROW_TOKENS}",
-                   f"trainer.global_batch_tokens={ROW_TOKENS * ROWS_PER_STEP}", "trainer.log_every=1000"])
+
+    cfg = compose(
+        [
+            "rung=tiny",
+            "tracker.mode=disabled",
+            "trainer.eval_on_save=false",
+            "trainer.save_initial=false",
+            f"trainer.max_steps={steps}",
+            f"trainer.save_every={steps}",
+            f"trainer.run_root={out}",
+            "trainer.run_name=bench",
+            f"data.max_samples={n_rows}",
+            f"rung.micro_batch_tokens={ROW_TOKENS}",
+            f"trainer.global_batch_tokens={ROW_TOKENS * ROWS_PER_STEP}",
+            "trainer.log_every=1000",
+        ]
+    )
     train(cfg)
     rows = read_metrics(out / "bench" / "metrics.jsonl")[warmup:]
-    trained = rows[-1]["tokens"] - read_metrics(out / "bench" / "metrics.jsonl")[warmup - 1]["tokens"]
+    trained = (
+        rows[-1]["tokens"] - read_metrics(out / "bench" / "metrics.jsonl")[warmup - 1]["tokens"]
+    )
     seconds = sum(r["step_time_s"] for r in rows)
     processed = sum(r["tokens_per_s"] * r["step_time_s"] for r in rows)
-    return {"useful_tokens_per_s": trained / seconds, "goodput": trained / processed, "steps": len(rows)}
+    return {
+        "useful_tokens_per_s": trained / seconds,
+        "goodput": trained / processed,
+        "steps": len(rows),
+    }
 
 
 def trl_run(steps: int, warmup: int, n_rows: int, out: Path) -> dict:
@@ -61,13 +80,32 @@ def trl_run(steps: int, warmup: int, n_rows: int, out: Path) -> dict:
     model = build_model(cfg.model, tok, seed=cfg.trainer.seed)
     rows = [json.loads(line) for line in open(cfg.data.train_files[0])][:n_rows]
     # prompt-completion format: TRL trains on the completion (the assistant turn) only.
-    ds = Dataset.from_list([{"prompt": r["messages"][:-1], "completion": r["messages"][-1:]} for r in rows])
-    args = SFTConfig(output_dir=str(out / "trl"), max_steps=steps, per_device_train_batch_size=1,
-                     gradient_accumulation_steps=ROWS_PER_STEP, learning_rate=cfg.rung.lr, lr_scheduler_type="cosine",
-                     warmup_steps=max(1, steps // 10), max_grad_norm=1.0, weight_decay=0.0, adam_beta2=0.95, packing=True,
-                     padding_free=True, max_length=ROW_TOKENS, completion_only_loss=True, logging_steps=10_000,
-                     save_strategy="no", report_to="none", use_cpu=not torch.cuda.is_available(),
-                     dataloader_num_workers=0, seed=cfg.trainer.seed, disable_tqdm=True)
+    ds = Dataset.from_list(
+        [{"prompt": r["messages"][:-1], "completion": r["messages"][-1:]} for r in rows]
+    )
+    args = SFTConfig(
+        output_dir=str(out / "trl"),
+        max_steps=steps,
+        per_device_train_batch_size=1,
+        gradient_accumulation_steps=ROWS_PER_STEP,
+        learning_rate=cfg.rung.lr,
+        lr_scheduler_type="cosine",
+        warmup_steps=max(1, steps // 10),
+        max_grad_norm=1.0,
+        weight_decay=0.0,
+        adam_beta2=0.95,
+        packing=True,
+        padding_free=True,
+        max_length=ROW_TOKENS,
+        completion_only_loss=True,
+        logging_steps=10_000,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=not torch.cuda.is_available(),
+        dataloader_num_workers=0,
+        seed=cfg.trainer.seed,
+        disable_tqdm=True,
+    )
     trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok)
 
     counts = {"trained": 0, "processed": 0}
@@ -103,8 +141,11 @@ def trl_run(steps: int, warmup: int, n_rows: int, out: Path) -> dict:
     # start of step `warmup` include that step's batches, so subtract what came before it.
     trained = counts["trained"] - timer.start_counts["trained"]
     processed = counts["processed"] - timer.start_counts["processed"]
-    return {"useful_tokens_per_s": trained / timer.seconds, "goodput": trained / processed,
-            "steps": steps - warmup}
+    return {
+        "useful_tokens_per_s": trained / timer.seconds,
+        "goodput": trained / processed,
+        "steps": steps - warmup,
+    }
 
 
 def main() -> None:
@@ -119,13 +160,21 @@ def main() -> None:
         out = Path(d)
         trl = trl_run(a.steps, a.warmup, a.rows, out)
         ladder = ladder_run(a.steps, a.warmup, a.rows, out)
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU x {torch.get_num_threads()} threads"
-    print(f"device: {device}; {a.steps} steps ({a.warmup} warm-up steps not timed), "
-          f"{ROWS_PER_STEP} x {ROW_TOKENS}-token packed rows per step")
+    device = (
+        torch.cuda.get_device_name()
+        if torch.cuda.is_available()
+        else f"CPU x {torch.get_num_threads()} threads"
+    )
+    print(
+        f"device: {device}; {a.steps} steps ({a.warmup} warm-up steps not timed), "
+        f"{ROWS_PER_STEP} x {ROW_TOKENS}-token packed rows per step"
+    )
     print(f"{'':8} {'useful tok/s':>14} {'goodput':>9}")
     for name, r in (("ladder", ladder), ("trl", trl)):
         print(f"{name:8} {r['useful_tokens_per_s']:14.0f} {r['goodput']:9.3f}")
-    print(f"ratio ladder/trl (useful tokens/s): {ladder['useful_tokens_per_s'] / trl['useful_tokens_per_s']:.2f}")
+    print(
+        f"ratio ladder/trl (useful tokens/s): {ladder['useful_tokens_per_s'] / trl['useful_tokens_per_s']:.2f}"
+    )
 
 
 if __name__ == "__main__":

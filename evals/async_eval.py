@@ -69,14 +69,25 @@ class _Job:
 
 
 class AsyncEvaluator:
-    def __init__(self, eval_cfg: DictConfig, registry_url: str | None = None, log_dir: str | Path | None = None,
-                 max_parallel: int = 1, nice: int = 10, env: dict | None = None):
+    def __init__(
+        self,
+        eval_cfg: DictConfig,
+        registry_url: str | None = None,
+        log_dir: str | Path | None = None,
+        max_parallel: int = 1,
+        nice: int = 10,
+        env: dict | None = None,
+    ):
         self.registry_url = registry_url
         self.log_dir = Path(log_dir) if log_dir else None
         self.max_parallel = max(1, max_parallel)
         self.nice = nice
-        self.env = {**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"),
-                    "TOKENIZERS_PARALLELISM": "false", **(env or {})}
+        self.env = {
+            **os.environ,
+            "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"),
+            "TOKENIZERS_PARALLELISM": "false",
+            **(env or {}),
+        }
         self._tmp = tempfile.TemporaryDirectory(prefix="ladder-async-eval-")
         self.suite_file = Path(self._tmp.name) / "suite.yaml"
         # As composed (resolved, a literal `${` kept escaped): resolve=True would make it live in the job.
@@ -99,8 +110,14 @@ class AsyncEvaluator:
         ckpt = Path(ckpt_dir).resolve()
         log_dir = self.log_dir or ckpt.parent.parent / "eval_logs"
         log_dir.mkdir(parents=True, exist_ok=True)
-        self._queue.append(_Job(ckpt, step, Path(self._tmp.name) / f"step_{step:06d}-{len(self._queue)}.json",
-                                log_dir / f"eval_step_{step:06d}.log"))
+        self._queue.append(
+            _Job(
+                ckpt,
+                step,
+                Path(self._tmp.name) / f"step_{step:06d}-{len(self._queue)}.json",
+                log_dir / f"eval_step_{step:06d}.log",
+            )
+        )
         self._start_queued()
 
     def poll(self) -> list[EvalDone]:
@@ -111,8 +128,10 @@ class AsyncEvaluator:
                 self._held.append(self._collect(job))
         self._start_queued()
         first_pending = min(self.pending_steps, default=None)
-        done = sorted((d for d in self._held if first_pending is None or d.step < first_pending),
-                      key=lambda d: d.step)
+        done = sorted(
+            (d for d in self._held if first_pending is None or d.step < first_pending),
+            key=lambda d: d.step,
+        )
         self._held = [d for d in self._held if all(d is not r for r in done)]
         return done
 
@@ -150,9 +169,15 @@ class AsyncEvaluator:
         left = [{"step": d.step, "checkpoint": str(d.checkpoint)} for d in done if not d.ok]
         path = Path(run_dir) / PENDING_FILE
         if left:
-            write_atomic(path, json.dumps({"checkpoints": left, "written_at": time.time()}, indent=1) + "\n")
-            log.info("evaluation of step(s) %s handed off: %s lists them for `ladder eval --pending %s`",
-                     ", ".join(str(x["step"]) for x in left), path, run_dir)
+            write_atomic(
+                path, json.dumps({"checkpoints": left, "written_at": time.time()}, indent=1) + "\n"
+            )
+            log.info(
+                "evaluation of step(s) %s handed off: %s lists them for `ladder eval --pending %s`",
+                ", ".join(str(x["step"]) for x in left),
+                path,
+                run_dir,
+            )
         return [d for d in done if d.ok]
 
     def __enter__(self) -> "AsyncEvaluator":
@@ -166,13 +191,29 @@ class AsyncEvaluator:
     def _start_queued(self) -> None:
         while self._queue and len(self._running) < self.max_parallel:
             job = self._queue.popleft()
-            cmd = [sys.executable, "-m", "evals.runner", str(job.ckpt), "--eval-config", str(self.suite_file),
-                   "--out", str(job.out), "--nice", str(self.nice)]
+            cmd = [
+                sys.executable,
+                "-m",
+                "evals.runner",
+                str(job.ckpt),
+                "--eval-config",
+                str(self.suite_file),
+                "--out",
+                str(job.out),
+                "--nice",
+                str(self.nice),
+            ]
             if self.registry_url:
                 cmd += ["--registry", self.registry_url]
             with open(job.log_path, "w") as log:
-                job.proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL)
+                job.proc = subprocess.Popen(
+                    cmd,
+                    cwd=REPO_ROOT,
+                    env=self.env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                )
             job.started = time.monotonic()
             self._running.append(job)
 
@@ -180,10 +221,18 @@ class AsyncEvaluator:
         seconds = round(time.monotonic() - job.started, 2)
         if job.proc.returncode == 0 and job.out.exists():
             result = json.loads(job.out.read_text())
-            return EvalDone(job.step, job.ckpt, True, result["scores"], result, None, seconds, job.log_path)
+            return EvalDone(
+                job.step, job.ckpt, True, result["scores"], result, None, seconds, job.log_path
+            )
         try:
             tail = "\n".join(job.log_path.read_text().strip().splitlines()[-5:])
         except OSError:
             tail = ""
-        return EvalDone(job.step, job.ckpt, False, error=f"exit status {job.proc.returncode}: {tail}",
-                        seconds=seconds, log_path=job.log_path)
+        return EvalDone(
+            job.step,
+            job.ckpt,
+            False,
+            error=f"exit status {job.proc.returncode}: {tail}",
+            seconds=seconds,
+            log_path=job.log_path,
+        )

@@ -44,6 +44,7 @@ def resolve_device(eval_cfg: DictConfig) -> str:
     if eval_cfg.device != "auto":
         return eval_cfg.device
     import torch
+
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
@@ -51,6 +52,7 @@ def load_model(ckpt: Path, device: str):
     """The one place a checkpoint's weights are loaded for the built-in tasks."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
     log.info("loading model from %s on %s", ckpt, device)
     tokenizer = AutoTokenizer.from_pretrained(ckpt)
     dtype = torch.float32 if device == "cpu" else torch.bfloat16
@@ -67,19 +69,39 @@ def load_model(ckpt: Path, device: str):
 def run_builtin(spec: TaskSpec, model, tokenizer, eval_cfg: DictConfig, generator=None) -> dict:
     if spec.name == "reverse":
         from evals.tasks.synthetic import score_heldout
-        return score_heldout(model, tokenizer, eval_cfg.heldout_file, eval_cfg.max_examples,
-                             eval_cfg.max_new_tokens, eval_cfg.batch_size, generator)
+
+        return score_heldout(
+            model,
+            tokenizer,
+            eval_cfg.heldout_file,
+            eval_cfg.max_examples,
+            eval_cfg.max_new_tokens,
+            eval_cfg.batch_size,
+            generator,
+        )
     from evals.tasks.instructions import score_instructions
-    return score_instructions(model, tokenizer, eval_cfg.instructions_file, eval_cfg.max_examples,
-                              eval_cfg.max_new_tokens, eval_cfg.batch_size, generator)
+
+    return score_instructions(
+        model,
+        tokenizer,
+        eval_cfg.instructions_file,
+        eval_cfg.max_examples,
+        eval_cfg.max_new_tokens,
+        eval_cfg.batch_size,
+        generator,
+    )
 
 
 def generation_backend(eval_cfg: DictConfig, device: str) -> str:
     """hf or vllm, checked before anything is loaded: vllm asked for where it cannot run is an error."""
     from training.common.errors import ConfigError
     from training.rl.generator import eval_generator_problems, resolve_backend
-    name, kind = eval_cfg.generator.name, "cuda" if device.startswith("cuda") else device  # cuda:1 is cuda
-    if (problems := eval_generator_problems(name, kind)):
+
+    name, kind = (
+        eval_cfg.generator.name,
+        "cuda" if device.startswith("cuda") else device,
+    )  # cuda:1 is cuda
+    if problems := eval_generator_problems(name, kind):
         raise ConfigError("; ".join(problems))
     return resolve_backend(name, kind)
 
@@ -90,12 +112,18 @@ def default_registry(ckpt: CheckpointRef | Path) -> Registry:
     url = ref.select("registry.url")
     timeout = ref.select("registry.busy_timeout_s") or 60.0
     run_root = ref.select("trainer.run_root") or "runs"
-    return Registry(registry_path(url, ref.path, run_root), timeout, cache_root=run_root_of(ref.path, run_root))
+    return Registry(
+        registry_path(url, ref.path, run_root), timeout, cache_root=run_root_of(ref.path, run_root)
+    )
 
 
-def evaluate_checkpoint(ckpt: str | Path | CheckpointRef, eval_cfg: DictConfig, registry: Registry | None = None) -> dict:
+def evaluate_checkpoint(
+    ckpt: str | Path | CheckpointRef, eval_cfg: DictConfig, registry: Registry | None = None
+) -> dict:
     """Score `ckpt` on the suite; returns scores, per-task results and whether the model was loaded."""
-    ref = resolve_checkpoint(ckpt)  # once: sizes checked (a missing or truncated file stops it here)
+    ref = resolve_checkpoint(
+        ckpt
+    )  # once: sizes checked (a missing or truncated file stops it here)
     ckpt = ref.path
     device = resolve_device(eval_cfg)
     backend = generation_backend(eval_cfg, device)
@@ -121,20 +149,32 @@ def evaluate_checkpoint(ckpt: str | Path | CheckpointRef, eval_cfg: DictConfig, 
     row = registry.register_checkpoint(ref)  # once it is known to be whole
     if builtin:
         from training.rl.generator import eval_generator
-        model, tokenizer = load_model(ckpt, device)  # the reverse task's held-out loss needs it, whatever generates
+
+        model, tokenizer = load_model(
+            ckpt, device
+        )  # the reverse task's held-out loss needs it, whatever generates
         model_loaded = True
-        generator = eval_generator(backend, tokenizer, ckpt, device, eval_cfg.generator.gpu_memory_utilization)
+        generator = eval_generator(
+            backend, tokenizer, ckpt, device, eval_cfg.generator.gpu_memory_utilization
+        )
         for s in builtin:
             t = time.time()
-            tasks[s.name] = {**run_builtin(s, model, tokenizer, eval_cfg, generator), "seconds": round(time.time() - t, 2)}
+            tasks[s.name] = {
+                **run_builtin(s, model, tokenizer, eval_cfg, generator),
+                "seconds": round(time.time() - t, 2),
+            }
         del model, generator  # lm-eval loads its own copy next: free this one first
         if device.startswith("cuda"):
             import torch
+
             torch.cuda.empty_cache()
     if harness:
         from evals.tasks.lm_harness import run_lm_eval
+
         t = time.time()
-        out = run_lm_eval(ckpt, eval_cfg.lm_eval, [s.name for s in harness], lm_limit(eval_cfg), device)
+        out = run_lm_eval(
+            ckpt, eval_cfg.lm_eval, [s.name for s in harness], lm_limit(eval_cfg), device
+        )
         model_loaded = True
         for s in harness:
             tasks[s.name] = {**out[s.name], "seconds": round((time.time() - t) / len(harness), 2)}
@@ -143,13 +183,24 @@ def evaluate_checkpoint(ckpt: str | Path | CheckpointRef, eval_cfg: DictConfig, 
         res.update(cache_key=keys[s.name], settings=s.settings)
         if not res.get("cached"):
             res["cached"] = False
-            res["examples_path"] = str(cache.put(keys[s.name], {k: v for k, v in res.items() if k != "cached"}))
-        registry.record_result(keys[s.name], content_hash, s, res, Path(res["examples_path"]), eval_cfg.name,
-                               replace=not res["cached"])
+            res["examples_path"] = str(
+                cache.put(keys[s.name], {k: v for k, v in res.items() if k != "cached"})
+            )
+        registry.record_result(
+            keys[s.name],
+            content_hash,
+            s,
+            res,
+            Path(res["examples_path"]),
+            eval_cfg.name,
+            replace=not res["cached"],
+        )
     tasks = {s.name: tasks[s.name] for s in specs}  # suite order, whichever came from the cache
     cached = [s.name for s in specs if tasks[s.name]["cached"]]
     if len(cached) == len(specs):
-        log.info("eval of %s: all %d task(s) answered from the cache; no model loaded", ckpt, len(specs))
+        log.info(
+            "eval of %s: all %d task(s) answered from the cache; no model loaded", ckpt, len(specs)
+        )
     elif cached:
         log.info("eval of %s: %s answered from the cache", ckpt, ", ".join(cached))
     result = {
@@ -171,7 +222,9 @@ def evaluate_checkpoint(ckpt: str | Path | CheckpointRef, eval_cfg: DictConfig, 
     out = result_path(ckpt, eval_cfg.name)
     try:
         out.parent.mkdir(exist_ok=True)
-        write_atomic(out, json.dumps(result, indent=1) + "\n")  # a temporary name of its own, renamed: never through a planted link (training/common/safe_files.py)
+        write_atomic(
+            out, json.dumps(result, indent=1) + "\n"
+        )  # a temporary name of its own, renamed: never through a planted link (training/common/safe_files.py)
         result["path"] = str(out)
     except OSError:  # a read-only checkpoint: the cache and the registry still hold everything
         result["path"] = tasks[specs[0].name]["examples_path"]
@@ -182,25 +235,51 @@ def main(argv: list[str] | None = None) -> int:
     """A background evaluation (evals/async_eval.py): one checkpoint, one suite, a JSON result."""
     from training.common.errors import EXIT_USER_ERROR, LadderError
     from training.config.schema import EvalConfig
-    p = argparse.ArgumentParser(prog="python -m evals.runner", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    p = argparse.ArgumentParser(
+        prog="python -m evals.runner",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("checkpoint")
-    p.add_argument("--eval-config", required=True, help="a YAML file holding the eval node (an EvalConfig)")
-    p.add_argument("--registry", default=None, help="registry path or sqlite:/// URL (default: beside the runs)")
-    p.add_argument("--out", default=None, help="write the result (without per-example rows) here as JSON")
-    p.add_argument("--nice", type=int, default=0, help="lower this process's CPU priority (beside a training run)")
+    p.add_argument(
+        "--eval-config", required=True, help="a YAML file holding the eval node (an EvalConfig)"
+    )
+    p.add_argument(
+        "--registry",
+        default=None,
+        help="registry path or sqlite:/// URL (default: beside the runs)",
+    )
+    p.add_argument(
+        "--out", default=None, help="write the result (without per-example rows) here as JSON"
+    )
+    p.add_argument(
+        "--nice",
+        type=int,
+        default=0,
+        help="lower this process's CPU priority (beside a training run)",
+    )
     args = p.parse_args(argv)
     if args.nice:
         os.nice(args.nice)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
     try:
-        eval_cfg = OmegaConf.merge(OmegaConf.structured(EvalConfig), OmegaConf.load(args.eval_config))
+        eval_cfg = OmegaConf.merge(
+            OmegaConf.structured(EvalConfig), OmegaConf.load(args.eval_config)
+        )
         registry = Registry(registry_path(args.registry)) if args.registry else None
         result = evaluate_checkpoint(args.checkpoint, eval_cfg, registry)
     except LadderError as e:
         print(f"evals.runner: error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
-    slim = {**result, "tasks": {k: {f: v for f, v in t.items() if f != "examples"} for k, t in result["tasks"].items()}}
+    slim = {
+        **result,
+        "tasks": {
+            k: {f: v for f, v in t.items() if f != "examples"} for k, t in result["tasks"].items()
+        },
+    }
     if args.out:
         write_atomic(args.out, json.dumps(slim, indent=1) + "\n")
     print(json.dumps(slim["scores"]))

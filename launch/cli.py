@@ -22,7 +22,13 @@ os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from launch.cli_args import add_ledger_overrides  # noqa: E402
-from training.common.errors import EXIT_REQUEUE, EXIT_USER_ERROR, ConfigError, LadderError, Preempted  # noqa: E402
+from training.common.errors import (
+    EXIT_REQUEUE,
+    EXIT_USER_ERROR,
+    ConfigError,
+    LadderError,
+    Preempted,
+)  # noqa: E402
 
 OVERRIDES_HELP = """\
 overrides are Hydra overrides: group=option picks a config file, key.path=value sets a value.
@@ -35,6 +41,7 @@ Examples:
 
 def groups_help() -> str:
     from training.config.compose import group_options
+
     lines = ["config groups (configs/<group>/<option>.yaml):"]
     for group, options in group_options().items():
         lines.append(f"  {group:<9} {', '.join(options)}")
@@ -45,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.RawDescriptionHelpFormatter
     overrides_help = OVERRIDES_HELP + "\n" + _lazy_groups()  # scans configs/ once, not per verb
     p = argparse.ArgumentParser(
-        prog="ladder", formatter_class=fmt,
+        prog="ladder",
+        formatter_class=fmt,
         description="Ladder: a compute-efficient experiment harness for LLM post-training.",
         epilog=textwrap.dedent("""\
             verbs:
@@ -65,144 +73,276 @@ def build_parser() -> argparse.ArgumentParser:
               data    `ladder data inspect`: rows, tokens, shares and epochs per source; `data decontaminate`
 
             Run `ladder VERB --help` for a verb's options and the config groups.
-            Quick start: `ladder train rung=tiny` trains the tiny model on a CPU in about a minute."""))
-    p.add_argument("-v", "--verbose", action="store_true",
-                   help="also show third-party libraries' notices (DeepSpeed, lm-eval, matplotlib, ...)")
+            Quick start: `ladder train rung=tiny` trains the tiny model on a CPU in about a minute."""),
+    )
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="also show third-party libraries' notices (DeepSpeed, lm-eval, matplotlib, ...)",
+    )
     sub = p.add_subparsers(dest="verb", metavar="VERB")
 
-    tr = sub.add_parser("train", formatter_class=fmt, help="train a model from the composed config",
-                        description="Train a model. Validates the whole config first; resumes from the last "
-                                    "complete checkpoint of the run (trainer.resume=auto).",
-                        epilog=overrides_help)
+    tr = sub.add_parser(
+        "train",
+        formatter_class=fmt,
+        help="train a model from the composed config",
+        description="Train a model. Validates the whole config first; resumes from the last "
+        "complete checkpoint of the run (trainer.resume=auto).",
+        epilog=overrides_help,
+    )
     tr.add_argument("overrides", nargs="*", help="Hydra overrides")
 
-    ev = sub.add_parser("eval", formatter_class=fmt, help="evaluate a checkpoint",
-                        description="Evaluate a checkpoint on an eval suite; writes <checkpoint>/eval/<suite>.json "
-                                    "and logs the scores to the checkpoint's W&B run at its step.",
-                        epilog=overrides_help)
-    ev.add_argument("args", nargs="*", metavar="CHECKPOINT|OVERRIDE",
-                    help="checkpoint directories (runs/<name>/checkpoints/step_NNNNNN), and Hydra overrides, "
-                         "e.g. eval=synthetic eval.max_examples=100; launcher=slurm submits one SLURM job per "
-                         "checkpoint instead of evaluating here")
-    ev.add_argument("--wait", action="store_true", help="with launcher=slurm: wait until the eval jobs finish")
-    ev.add_argument("--pending", metavar="RUN_DIR", default=None,
-                    help="evaluate what a finished run handed off (RUN_DIR/pending_evals.json, written when "
-                         "trainer.eval_handoff=true, as `ladder launch` sets it) as eval jobs recorded in the ledger")
+    ev = sub.add_parser(
+        "eval",
+        formatter_class=fmt,
+        help="evaluate a checkpoint",
+        description="Evaluate a checkpoint on an eval suite; writes <checkpoint>/eval/<suite>.json "
+        "and logs the scores to the checkpoint's W&B run at its step.",
+        epilog=overrides_help,
+    )
+    ev.add_argument(
+        "args",
+        nargs="*",
+        metavar="CHECKPOINT|OVERRIDE",
+        help="checkpoint directories (runs/<name>/checkpoints/step_NNNNNN), and Hydra overrides, "
+        "e.g. eval=synthetic eval.max_examples=100; launcher=slurm submits one SLURM job per "
+        "checkpoint instead of evaluating here",
+    )
+    ev.add_argument(
+        "--wait", action="store_true", help="with launcher=slurm: wait until the eval jobs finish"
+    )
+    ev.add_argument(
+        "--pending",
+        metavar="RUN_DIR",
+        default=None,
+        help="evaluate what a finished run handed off (RUN_DIR/pending_evals.json, written when "
+        "trainer.eval_handoff=true, as `ladder launch` sets it) as eval jobs recorded in the ledger",
+    )
 
-    co = sub.add_parser("compare", formatter_class=fmt, help="compare checkpoints with confidence intervals",
-                        description="Score each target on the eval suite (from the eval cache where it can) and\n"
-                                    "print per task the score, the delta vs the baseline and its 95% CI from a\n"
-                                    "paired bootstrap over examples; significant deltas are marked. A target is a\n"
-                                    "checkpoint, a run directory (its latest checkpoint) or sweep:NAME (the latest\n"
-                                    "registered checkpoint of each of the sweep's runs). Options go before or after the\n"
-                                    "targets and overrides, not between them.",
-                        epilog=overrides_help)
-    co.add_argument("items", nargs="+", metavar="TARGET_OR_OVERRIDE",
-                    help="checkpoints, runs or sweep:NAME, then Hydra overrides (eval=cpu registry.url=...)")
-    co.add_argument("--baseline", default=None, help="the target the deltas are taken against (default: the first)")
-    co.add_argument("--html", metavar="FILE", default=None,
-                    help="also write an offline HTML report: plots vs step, GPU-hours and time, config diffs")
-    co.add_argument("--json", metavar="FILE", default=None, help="also write the comparison as JSON")
+    co = sub.add_parser(
+        "compare",
+        formatter_class=fmt,
+        help="compare checkpoints with confidence intervals",
+        description="Score each target on the eval suite (from the eval cache where it can) and\n"
+        "print per task the score, the delta vs the baseline and its 95% CI from a\n"
+        "paired bootstrap over examples; significant deltas are marked. A target is a\n"
+        "checkpoint, a run directory (its latest checkpoint) or sweep:NAME (the latest\n"
+        "registered checkpoint of each of the sweep's runs). Options go before or after the\n"
+        "targets and overrides, not between them.",
+        epilog=overrides_help,
+    )
+    co.add_argument(
+        "items",
+        nargs="+",
+        metavar="TARGET_OR_OVERRIDE",
+        help="checkpoints, runs or sweep:NAME, then Hydra overrides (eval=cpu registry.url=...)",
+    )
+    co.add_argument(
+        "--baseline",
+        default=None,
+        help="the target the deltas are taken against (default: the first)",
+    )
+    co.add_argument(
+        "--html",
+        metavar="FILE",
+        default=None,
+        help="also write an offline HTML report: plots vs step, GPU-hours and time, config diffs",
+    )
+    co.add_argument(
+        "--json", metavar="FILE", default=None, help="also write the comparison as JSON"
+    )
 
-    lb = sub.add_parser("leaderboard", formatter_class=fmt, help="rank registered checkpoints by eval score",
-                        description="Rank the checkpoints in the registry by their scores on the eval suite "
-                                    "(results with the suite's current settings only), optionally filtered.",
-                        epilog=overrides_help)
-    lb.add_argument("overrides", nargs="*", help="Hydra overrides: eval=SUITE, trainer.run_root=..., registry.url=...")
+    lb = sub.add_parser(
+        "leaderboard",
+        formatter_class=fmt,
+        help="rank registered checkpoints by eval score",
+        description="Rank the checkpoints in the registry by their scores on the eval suite "
+        "(results with the suite's current settings only), optionally filtered.",
+        epilog=overrides_help,
+    )
+    lb.add_argument(
+        "overrides",
+        nargs="*",
+        help="Hydra overrides: eval=SUITE, trainer.run_root=..., registry.url=...",
+    )
     lb.add_argument("--sweep", default=None, help="only checkpoints of runs with this sweep.name")
     lb.add_argument("--rung", default=None, help="only this rung, e.g. tiny or 8b")
     lb.add_argument("--recipe", default=None, help="only this recipe, e.g. sft or dpo")
     lb.add_argument("--data", default=None, help="only this data mix (data.name)")
-    lb.add_argument("--lr", type=float, default=None, help="only this learning rate (the effective one)")
+    lb.add_argument(
+        "--lr", type=float, default=None, help="only this learning rate (the effective one)"
+    )
     lb.add_argument("--run", default=None, help="only this run name")
-    lb.add_argument("--task", default=None, help="rank by this task instead of the average over tasks")
+    lb.add_argument(
+        "--task", default=None, help="rank by this task instead of the average over tasks"
+    )
     lb.add_argument("--top", type=int, default=None, help="show the best N")
     lb.add_argument("--json", metavar="FILE", default=None, help="also write the ranking as JSON")
 
-    cf = sub.add_parser("config", formatter_class=fmt, help="print the composed config",
-                        epilog=overrides_help)
+    cf = sub.add_parser(
+        "config", formatter_class=fmt, help="print the composed config", epilog=overrides_help
+    )
     cf.add_argument("overrides", nargs="*", help="Hydra overrides")
 
-    pl = sub.add_parser("plan", formatter_class=fmt, help="print the compute plan of a job",
-                        description="Plan a job without running it: parameters (meta-device build), training "
-                                    "FLOPs, memory per GPU by engine, whether it fits and what to change if not, "
-                                    "GPU-hours, wall-clock and cost. Exit status 1 when it does not fit.",
-                        epilog=overrides_help)
+    pl = sub.add_parser(
+        "plan",
+        formatter_class=fmt,
+        help="print the compute plan of a job",
+        description="Plan a job without running it: parameters (meta-device build), training "
+        "FLOPs, memory per GPU by engine, whether it fits and what to change if not, "
+        "GPU-hours, wall-clock and cost. Exit status 1 when it does not fit.",
+        epilog=overrides_help,
+    )
     pl.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. rung=405b rung.nodes=16")
     pl.add_argument("--json", action="store_true", help="print the plan as one JSON object")
 
-    la = sub.add_parser("launch", formatter_class=fmt, help="plan, check the budget, record and run a job or sweep",
-                        description="Validate and plan the job (every point of a sweep), check the planned GPU-hours "
-                                    "against the team's allocation in the ledger (budget.team) as a whole, record the jobs in the "
-                                    "ledger and run them with the launcher: launcher=local runs them here and records "
-                                    "the hours used, final state and waste; launcher=slurm submits an sbatch script "
-                                    "(a job array for a sweep) and `ladder status` follows it.",
-                        epilog=overrides_help + "\n\nexamples:\n  ladder launch rung=tiny trainer.max_steps=200\n"
-                               "  ladder launch -m optim.lr=1e-5,2e-5,5e-6 trainer.seed=1,2\n"
-                               "  ladder launch rung=70b launcher=slurm launcher.account=llm --dry-run")
+    la = sub.add_parser(
+        "launch",
+        formatter_class=fmt,
+        help="plan, check the budget, record and run a job or sweep",
+        description="Validate and plan the job (every point of a sweep), check the planned GPU-hours "
+        "against the team's allocation in the ledger (budget.team) as a whole, record the jobs in the "
+        "ledger and run them with the launcher: launcher=local runs them here and records "
+        "the hours used, final state and waste; launcher=slurm submits an sbatch script "
+        "(a job array for a sweep) and `ladder status` follows it.",
+        epilog=overrides_help + "\n\nexamples:\n  ladder launch rung=tiny trainer.max_steps=200\n"
+        "  ladder launch -m optim.lr=1e-5,2e-5,5e-6 trainer.seed=1,2\n"
+        "  ladder launch rung=70b launcher=slurm launcher.account=llm --dry-run",
+    )
     la.add_argument("overrides", nargs="*", help="Hydra overrides, passed unchanged to the trainer")
-    la.add_argument("-m", "--multirun", action="store_true",
-                    help="a sweep: expand comma lists and range() in the overrides into one job per point")
-    la.add_argument("--dry-run", action="store_true",
-                    help="print the plan and the command or sbatch script; submit and record nothing")
-    la.add_argument("--wait", action="store_true", help="with launcher=slurm: wait until every job has finished")
-    la.add_argument("--override-budget", metavar="REASON", default=None,
-                    help="launch even if the job exceeds the team's budget; the reason is recorded in the ledger")
-    la.add_argument("--allow-contamination", action="store_true",
-                    help="launch even if the data overlaps the prompts of the job's eval suite (`ladder data "
-                         "decontaminate`); recorded in the ledger")
+    la.add_argument(
+        "-m",
+        "--multirun",
+        action="store_true",
+        help="a sweep: expand comma lists and range() in the overrides into one job per point",
+    )
+    la.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the plan and the command or sbatch script; submit and record nothing",
+    )
+    la.add_argument(
+        "--wait", action="store_true", help="with launcher=slurm: wait until every job has finished"
+    )
+    la.add_argument(
+        "--override-budget",
+        metavar="REASON",
+        default=None,
+        help="launch even if the job exceeds the team's budget; the reason is recorded in the ledger",
+    )
+    la.add_argument(
+        "--allow-contamination",
+        action="store_true",
+        help="launch even if the data overlaps the prompts of the job's eval suite (`ladder data "
+        "decontaminate`); recorded in the ledger",
+    )
 
-    for verb, text in (("status", "show each job's state, step, loss, GPU-hours and W&B link"),
-                       ("cancel", "stop jobs or a sweep and record their GPU-hours as waste")):
-        sp = sub.add_parser(verb, formatter_class=fmt, help=text,
-                            description=text[0].upper() + text[1:] + ". Jobs are ledger ids or SLURM ids; "
-                            "SLURM jobs are read from accounting (sacct) and the runs' heartbeats.",
-                            epilog=overrides_help)
-        sp.add_argument("args", nargs="*", metavar="JOB|OVERRIDE",
-                        help="job ids, and Hydra overrides that locate the ledger (trainer.run_root=...)")
+    for verb, text in (
+        ("status", "show each job's state, step, loss, GPU-hours and W&B link"),
+        ("cancel", "stop jobs or a sweep and record their GPU-hours as waste"),
+    ):
+        sp = sub.add_parser(
+            verb,
+            formatter_class=fmt,
+            help=text,
+            description=text[0].upper() + text[1:] + ". Jobs are ledger ids or SLURM ids; "
+            "SLURM jobs are read from accounting (sacct) and the runs' heartbeats.",
+            epilog=overrides_help,
+        )
+        sp.add_argument(
+            "args",
+            nargs="*",
+            metavar="JOB|OVERRIDE",
+            help="job ids, and Hydra overrides that locate the ledger (trainer.run_root=...)",
+        )
         sp.add_argument("--sweep", default=None, help="every job of this sweep")
         if verb == "status":
             sp.add_argument("--json", action="store_true", help="print the rows as JSON")
 
     # ---- promotion up the ladder (launch/promotion/promote.py, launch/promotion/promotion_report.py) ----
-    pr = sub.add_parser("promote", formatter_class=fmt, help="launch a sweep's best K configurations at another rung",
-                        description="Rank the finished points of a sweep by their eval score in the registry, and "
-                                    "launch the best K at another rung with transferred hyperparameters (the "
-                                    "learning rate keeps its ratio to the rung's rate), as a new sweep, recording "
-                                    "in the ledger which run each promoted job came from. The K jobs are "
-                                    "planned and budget-checked together; nothing is launched if they do not fit.",
-                        epilog=overrides_help + "\nThe overrides locate the ledger and registry, pick the eval suite "
-                               "the sweep was scored with, and are passed on to every promoted job (last, so "
-                               "they win).\n\nexamples:\n  ladder promote --sweep lr --to 70b --top 3 --metric reverse "
-                               "launcher=slurm --dry-run\n  ladder promote --sweep lr --to tiny_wide --top 2 "
-                               "--metric ladder_reverse_mc eval=cpu eval.max_examples=100")
-    pr.add_argument("overrides", nargs="*", help="Hydra overrides (trainer.run_root=..., eval=..., launcher=...)")
-    pr.add_argument("--sweep", required=True, help="the finished sweep (sweep.name) to promote from")
+    pr = sub.add_parser(
+        "promote",
+        formatter_class=fmt,
+        help="launch a sweep's best K configurations at another rung",
+        description="Rank the finished points of a sweep by their eval score in the registry, and "
+        "launch the best K at another rung with transferred hyperparameters (the "
+        "learning rate keeps its ratio to the rung's rate), as a new sweep, recording "
+        "in the ledger which run each promoted job came from. The K jobs are "
+        "planned and budget-checked together; nothing is launched if they do not fit.",
+        epilog=overrides_help
+        + "\nThe overrides locate the ledger and registry, pick the eval suite "
+        "the sweep was scored with, and are passed on to every promoted job (last, so "
+        "they win).\n\nexamples:\n  ladder promote --sweep lr --to 70b --top 3 --metric reverse "
+        "launcher=slurm --dry-run\n  ladder promote --sweep lr --to tiny_wide --top 2 "
+        "--metric ladder_reverse_mc eval=cpu eval.max_examples=100",
+    )
+    pr.add_argument(
+        "overrides",
+        nargs="*",
+        help="Hydra overrides (trainer.run_root=..., eval=..., launcher=...)",
+    )
+    pr.add_argument(
+        "--sweep", required=True, help="the finished sweep (sweep.name) to promote from"
+    )
     pr.add_argument("--to", required=True, metavar="RUNG", help="the rung to promote to, e.g. 70b")
-    pr.add_argument("--top", required=True, type=int, metavar="K", help="how many of the best configurations")
-    pr.add_argument("--metric", default="average", metavar="EVAL",
-                    help="rank by this task of the eval suite (reverse, or task/metric), or `average` over its "
-                         "tasks (default)")
-    pr.add_argument("--as", dest="as_name", default=None, metavar="NAME",
-                    help="the promoted sweep's name (default: SWEEP@RUNG)")
-    pr.add_argument("--dry-run", action="store_true", help="print the ranking, each promoted job's overrides and "
-                                                            "the budget check; launch and record nothing (exit "
-                                                            "status 1 if the budget would refuse them)")
-    pr.add_argument("--allow-running", action="store_true",
-                    help="rank the finished points even though some of the sweep's jobs are still running")
-    pr.add_argument("--override-budget", metavar="REASON", default=None,
-                    help="launch even if the jobs exceed the team's budget; the reason is recorded in the ledger")
-    rr = sub.add_parser("promotion-report", formatter_class=fmt,
-                        help="how well a lower rung's ranking predicted the higher rung's (Spearman)",
-                        description="For each promotion from or to a sweep: every promoted configuration's score "
-                                    "and rank at the lower rung and at the higher rung, Spearman's rank "
-                                    "correlation with n and a permutation p-value, and a verdict on the lower "
-                                    "rung as a proxy. Reads the ledger and the registry; evaluates nothing.",
-                        epilog=overrides_help)
+    pr.add_argument(
+        "--top", required=True, type=int, metavar="K", help="how many of the best configurations"
+    )
+    pr.add_argument(
+        "--metric",
+        default="average",
+        metavar="EVAL",
+        help="rank by this task of the eval suite (reverse, or task/metric), or `average` over its "
+        "tasks (default)",
+    )
+    pr.add_argument(
+        "--as",
+        dest="as_name",
+        default=None,
+        metavar="NAME",
+        help="the promoted sweep's name (default: SWEEP@RUNG)",
+    )
+    pr.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the ranking, each promoted job's overrides and "
+        "the budget check; launch and record nothing (exit "
+        "status 1 if the budget would refuse them)",
+    )
+    pr.add_argument(
+        "--allow-running",
+        action="store_true",
+        help="rank the finished points even though some of the sweep's jobs are still running",
+    )
+    pr.add_argument(
+        "--override-budget",
+        metavar="REASON",
+        default=None,
+        help="launch even if the jobs exceed the team's budget; the reason is recorded in the ledger",
+    )
+    rr = sub.add_parser(
+        "promotion-report",
+        formatter_class=fmt,
+        help="how well a lower rung's ranking predicted the higher rung's (Spearman)",
+        description="For each promotion from or to a sweep: every promoted configuration's score "
+        "and rank at the lower rung and at the higher rung, Spearman's rank "
+        "correlation with n and a permutation p-value, and a verdict on the lower "
+        "rung as a proxy. Reads the ledger and the registry; evaluates nothing.",
+        epilog=overrides_help,
+    )
     add_ledger_overrides(rr)
-    rr.add_argument("--sweep", default=None, help="the lower- or higher-rung sweep (default: every promotion)")
+    rr.add_argument(
+        "--sweep", default=None, help="the lower- or higher-rung sweep (default: every promotion)"
+    )
     rr.add_argument("--json", action="store_true", help="print the report as JSON")
-    from launch.commands import bench_cmd, budget_cmd, data_cmd, ledger_cmd  # verbs that declare their own arguments and handler (DESIGN.md)
+    from launch.commands import (
+        bench_cmd,
+        budget_cmd,
+        data_cmd,
+        ledger_cmd,
+    )  # verbs that declare their own arguments and handler (DESIGN.md)
+
     data_cmd.register(sub, overrides_help)
     budget_cmd.register(sub, overrides_help)
     ledger_cmd.register(sub, overrides_help)
@@ -224,16 +364,20 @@ def cmd_train(args) -> int:
     from launch.accounting.train_record import recording  # a shared ledger records direct runs too
     from training.run.entry import run_train
     from training.run.trainer import train
+
     return run_train(recording(train, args.overrides), args.overrides)
 
 
 def cmd_eval(args) -> int:
     from launch.commands.eval_cmd import run_eval, run_pending, submit_evals
     from training.config.compose import compose
+
     _split_jobs(args)
     if args.pending is not None:
         if args.jobs:
-            raise ConfigError("--pending RUN_DIR evaluates that run's pending checkpoints: name no others")
+            raise ConfigError(
+                "--pending RUN_DIR evaluates that run's pending checkpoints: name no others"
+            )
         return run_pending(args.pending, args.overrides, wait=args.wait)
     if not args.jobs:
         raise ConfigError("name at least one checkpoint directory to evaluate")
@@ -246,11 +390,13 @@ def cmd_eval(args) -> int:
 
 def cmd_compare(args) -> int:
     from launch.commands.compare_cmd import cmd_compare as run
+
     return run(args)
 
 
 def cmd_leaderboard(args) -> int:
     from launch.commands.compare_cmd import cmd_leaderboard as run
+
     return run(args)
 
 
@@ -258,6 +404,7 @@ def cmd_config(args) -> int:
     from omegaconf import OmegaConf
     from training.config.compose import compose
     from training.config.validate import validate
+
     cfg = compose(args.overrides)
     validate(cfg)
     print(OmegaConf.to_yaml(cfg), end="")
@@ -266,11 +413,13 @@ def cmd_config(args) -> int:
 
 def cmd_plan(args) -> int:
     from launch.planning.plan import cmd_plan as run
+
     return run(args)
 
 
 def cmd_launch(args) -> int:
     from launch.commands.launch_cmd import cmd_launch as run
+
     return run(args)
 
 
@@ -281,23 +430,27 @@ def _split_jobs(args) -> None:
 
 def cmd_status(args) -> int:
     from launch.commands.status_cmd import cmd_status as run
+
     _split_jobs(args)
     return run(args)
 
 
 def cmd_cancel(args) -> int:
     from launch.commands.status_cmd import cmd_cancel as run
+
     _split_jobs(args)
     return run(args)
 
 
 def cmd_promote(args) -> int:
     from launch.promotion.promote import cmd_promote as run
+
     return run(args)
 
 
 def cmd_promotion_report(args) -> int:
     from launch.promotion.promotion_report import cmd_promotion_report as run
+
     return run(args)
 
 
@@ -321,6 +474,7 @@ def check_argv(argv: list[str]) -> None:
     (run_meta.json, W&B, the ledger, launch.json, job scripts), options and ignored overrides too.
     compose() checks the overrides again, for `python -m training.run.trainer` and in-process callers."""
     from training.config.secret_guard import argv_problems
+
     problems = argv_problems(argv)
     if problems:
         raise ConfigError("invalid command line:\n  - " + "\n  - ".join(problems))
@@ -332,7 +486,9 @@ def _main(argv: list[str] | None = None) -> int:
     # stops a positional list at the first option, so the rest is collected here.
     args, extra = parser.parse_known_args(argv)
     if extra:
-        field = next((f for f in ("overrides", "args") if isinstance(getattr(args, f, None), list)), None)
+        field = next(
+            (f for f in ("overrides", "args") if isinstance(getattr(args, f, None), list)), None
+        )
         stray = [e for e in extra if e.startswith("-")]
         if field is None or stray:
             parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
@@ -347,10 +503,19 @@ def _main(argv: list[str] | None = None) -> int:
         check_argv(sys.argv[1:] if argv is None else argv)
         if getattr(args, "handler", None):  # a verb module's handler (register(subparsers))
             return args.handler(args)
-        return {"train": cmd_train, "eval": cmd_eval, "config": cmd_config, "plan": cmd_plan,
-                "launch": cmd_launch, "status": cmd_status, "cancel": cmd_cancel, "compare": cmd_compare,
-                "leaderboard": cmd_leaderboard, "promote": cmd_promote,
-                "promotion-report": cmd_promotion_report}[args.verb](args)
+        return {
+            "train": cmd_train,
+            "eval": cmd_eval,
+            "config": cmd_config,
+            "plan": cmd_plan,
+            "launch": cmd_launch,
+            "status": cmd_status,
+            "cancel": cmd_cancel,
+            "compare": cmd_compare,
+            "leaderboard": cmd_leaderboard,
+            "promote": cmd_promote,
+            "promotion-report": cmd_promotion_report,
+        }[args.verb](args)
     except LadderError as e:
         print(f"ladder {args.verb}: error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR

@@ -21,6 +21,7 @@ def make_console():
     """A rich console; when stdout is not a terminal (a pipe, a log, a test) it is wide enough
     that no table column is cut, and it writes no colour codes."""
     from rich.console import Console
+
     # emoji=False: a team called ":fire:" is shown as written, not as a picture
     if sys.stdout.isatty():
         return Console(emoji=False)

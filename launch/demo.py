@@ -31,10 +31,13 @@ DPO_PAIRS = 1000
 
 def main(argv: list[str] | None = None) -> int:
     args = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    args.add_argument("--pipeline", action="store_true", help="also run DPO and compare it with SFT")
+    args.add_argument(
+        "--pipeline", action="store_true", help="also run DPO and compare it with SFT"
+    )
     opts = args.parse_args(argv)
     # The demo's losses are the suite's: the same pinned CPU numerics on every x86-64 machine.
     from training.model.cpu_numerics import pin
+
     pin()
 
     from launch.cli import main as ladder
@@ -56,8 +59,15 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = [("untrained", untrained), ("SFT", trained)]
     if opts.pipeline:
-        dpo_args = ["train", "recipe=dpo", f"model.name_or_path={trained}", f"trainer.run_name={name}-dpo",
-                    f"trainer.max_steps={DPO_STEPS}", f"trainer.save_every={DPO_STEPS}", f"data.max_samples={DPO_PAIRS}"]
+        dpo_args = [
+            "train",
+            "recipe=dpo",
+            f"model.name_or_path={trained}",
+            f"trainer.run_name={name}-dpo",
+            f"trainer.max_steps={DPO_STEPS}",
+            f"trainer.save_every={DPO_STEPS}",
+            f"data.max_samples={DPO_PAIRS}",
+        ]
         console.rule("[bold]ladder " + " ".join(dpo_args))
         rc = ladder(dpo_args)
         if rc:
@@ -65,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         dpo_dir = Path("runs") / f"{name}-dpo"
         rows.append(("SFT + DPO", complete_checkpoints(dpo_dir)[-1]))
         from launch.demo_grpo import run_grpo
+
         grpo = run_grpo(console, ladder, name)
         if grpo is None:
             return 1
@@ -80,21 +91,30 @@ def main(argv: list[str] | None = None) -> int:
     for col, just in (("model", "left"), ("step", "right"), ("exact match (%)", "right")):
         table.add_column(col, justify=just)
     for label, ckpt in rows:
-        table.add_row(label, str(scores[ckpt]["step"]), f"{scores[ckpt]['scores']['reverse/exact_match']:.1f}")
-    gain = scores[trained]["scores"]["reverse/exact_match"] - scores[untrained]["scores"]["reverse/exact_match"]
+        table.add_row(
+            label, str(scores[ckpt]["step"]), f"{scores[ckpt]['scores']['reverse/exact_match']:.1f}"
+        )
+    gain = (
+        scores[trained]["scores"]["reverse/exact_match"]
+        - scores[untrained]["scores"]["reverse/exact_match"]
+    )
     console.rule("[bold]result")
     console.print(table)
     console.print(f"SFT gain: [bold]{gain:+.1f}[/bold] points after {train_s:.0f} s of training")
     if opts.pipeline:
         metrics = [json.loads(line) for line in open(dpo_dir / "metrics.jsonl")]
         first, last = metrics[0], metrics[-1]
-        console.print(f"DPO preference accuracy (chosen over rejected, vs the reference): "
-                      f"{first['rewards/accuracy']:.2f} at step 1 -> {last['rewards/accuracy']:.2f} at step "
-                      f"{last['step']}; loss {first['loss']:.3f} -> {last['loss']:.3f}")
+        console.print(
+            f"DPO preference accuracy (chosen over rejected, vs the reference): "
+            f"{first['rewards/accuracy']:.2f} at step 1 -> {last['rewards/accuracy']:.2f} at step "
+            f"{last['step']}; loss {first['loss']:.3f} -> {last['loss']:.3f}"
+        )
         compare(console, ladder, trained, rows[2][1])
         em = {ckpt: scores[ckpt]["scores"]["reverse/exact_match"] for _, ckpt in rows}
-        console.print(f"GRPO gain over its under-trained start: [bold]{em[rows[-1][1]] - em[rows[-2][1]]:+.1f}"
-                      "[/bold] points of held-out exact match")
+        console.print(
+            f"GRPO gain over its under-trained start: [bold]{em[rows[-1][1]] - em[rows[-2][1]]:+.1f}"
+            "[/bold] points of held-out exact match"
+        )
         compare(console, ladder, rows[-2][1], rows[-1][1])
 
     wandb_dirs = sorted((run_dir / "wandb").glob("offline-run-*"))
@@ -102,14 +122,20 @@ def main(argv: list[str] | None = None) -> int:
     console.print(f"  run directory     {run_dir}/")
     console.print(f"  resolved config   {run_dir}/config.yaml")
     console.print(f"  per-step metrics  {run_dir}/metrics.jsonl")
-    console.print(f"  checkpoints       {run_dir}/checkpoints/ (Hugging Face format; {len(ckpts)} complete)")
+    console.print(
+        f"  checkpoints       {run_dir}/checkpoints/ (Hugging Face format; {len(ckpts)} complete)"
+    )
     console.print(f"  untrained model   {untrained}")
     console.print(f"  trained model     {trained}")
     console.print(f"  eval results      {trained}/eval/synthetic.json")
     if opts.pipeline:
-        console.print(f"  DPO run           {dpo_dir}/ (reference log-probs cached under runs/cache/ref_logps/)")
+        console.print(
+            f"  DPO run           {dpo_dir}/ (reference log-probs cached under runs/cache/ref_logps/)"
+        )
     if wandb_dirs:
-        console.print(f"  W&B offline run   {wandb_dirs[-1]}  (upload: wandb sync {wandb_dirs[-1]})")
+        console.print(
+            f"  W&B offline run   {wandb_dirs[-1]}  (upload: wandb sync {wandb_dirs[-1]})"
+        )
     return 0
 
 

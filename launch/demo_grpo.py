@@ -18,17 +18,33 @@ from __future__ import annotations
 
 from pathlib import Path
 
-SHORT_SFT = ["trainer.max_steps=64", "trainer.save_every=64", "optim.schedule=constant", "optim.warmup_ratio=0.3125"]
+SHORT_SFT = [
+    "trainer.max_steps=64",
+    "trainer.save_every=64",
+    "optim.schedule=constant",
+    "optim.warmup_ratio=0.3125",
+]
 # dapo (token-level loss, dynamic sampling) at temperature 0.5: more groups with a right answer, so more
 # signal per step; a short warmup, because Adam's first steps move every weight by ~lr whatever its
 # gradient (without it, lr 1e-3 wrecked the model in two steps).
-GRPO = ["recipe=grpo", "recipe.loss=dapo", "recipe.clip_high=0.28", "generator.temperature=0.5",
-        "trainer.max_steps=40", "trainer.save_every=40", "recipe.prompts_per_step=16", "recipe.num_generations=8",
-        "optim.lr=3e-4", "optim.schedule=constant", "optim.warmup_ratio=0.2"]
+GRPO = [
+    "recipe=grpo",
+    "recipe.loss=dapo",
+    "recipe.clip_high=0.28",
+    "generator.temperature=0.5",
+    "trainer.max_steps=40",
+    "trainer.save_every=40",
+    "recipe.prompts_per_step=16",
+    "recipe.num_generations=8",
+    "optim.lr=3e-4",
+    "optim.schedule=constant",
+    "optim.warmup_ratio=0.2",
+]
 
 
 def run_grpo(console, ladder, name: str) -> list[tuple[str, Path]] | None:
     from training.run.checkpoint import complete_checkpoints
+
     short_args = ["train", "rung=tiny", f"trainer.run_name={name}-sft-short", *SHORT_SFT]
     console.rule("[bold]ladder " + " ".join(short_args))
     if ladder(short_args):
@@ -38,4 +54,7 @@ def run_grpo(console, ladder, name: str) -> list[tuple[str, Path]] | None:
     console.rule("[bold]ladder " + " ".join(grpo_args))
     if ladder(grpo_args):
         return None
-    return [("under-trained SFT", start), ("+ GRPO", complete_checkpoints(Path("runs") / f"{name}-grpo")[-1])]
+    return [
+        ("under-trained SFT", start),
+        ("+ GRPO", complete_checkpoints(Path("runs") / f"{name}-grpo")[-1]),
+    ]

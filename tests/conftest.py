@@ -10,8 +10,13 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
-                  WANDB_SILENT="true", TOKENIZERS_PARALLELISM="false")
+os.environ.update(
+    HF_HUB_OFFLINE="1",
+    HF_DATASETS_OFFLINE="1",
+    TRANSFORMERS_OFFLINE="1",
+    WANDB_SILENT="true",
+    TOKENIZERS_PARALLELISM="false",
+)
 os.environ.pop("WANDB_API_KEY", None)
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -23,23 +28,34 @@ from training.model.cpu_numerics import pin  # noqa: E402
 pin(exact=os.environ.get("LADDER_UPDATE_GOLDEN") == "1")
 
 # A fast tiny run: no in-process evals, no step-0 checkpoint, no W&B, unless a test asks.
-FAST = ["rung=tiny", "tracker.mode=disabled", "trainer.eval_on_save=false", "trainer.save_initial=false"]
+FAST = [
+    "rung=tiny",
+    "tracker.mode=disabled",
+    "trainer.eval_on_save=false",
+    "trainer.save_initial=false",
+]
 
 
-def ladder_cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+def ladder_cli(
+    *args: str, cwd: Path | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess:
     """Run the installed `ladder` command as a user would."""
     exe = Path(sys.executable).parent / "ladder"
-    return subprocess.run([str(exe), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [str(exe), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def train_in_process(overrides: list[str]):
     from training.config.compose import compose
     from training.run.trainer import train
+
     return train(compose(overrides))
 
 
 def losses(run_dir: Path) -> list[float]:
     from training.run.metrics import read_metrics
+
     return [r["loss"] for r in read_metrics(Path(run_dir) / "metrics.jsonl")]
 
 
@@ -48,9 +64,17 @@ def trained_run(tmp_path_factory):
     """One real tiny run shared by the checkpoint, eval and W&B tests: 150 steps with W&B
     offline, the untrained model saved as step 0, and every checkpoint scored as it is saved."""
     root = tmp_path_factory.mktemp("runs")
-    result = train_in_process([
-        "rung=tiny", f"trainer.run_root={root}", "trainer.run_name=shared", "trainer.max_steps=150",
-        "trainer.save_every=75", "eval.max_examples=100", "tracker.mode=offline"])
+    result = train_in_process(
+        [
+            "rung=tiny",
+            f"trainer.run_root={root}",
+            "trainer.run_name=shared",
+            "trainer.max_steps=150",
+            "trainer.save_every=75",
+            "eval.max_examples=100",
+            "tracker.mode=offline",
+        ]
+    )
     return result
 
 
@@ -63,20 +87,29 @@ def slurm_cluster(tmp_path_factory):
     state = tmp_path_factory.mktemp("slurm")
     script = REPO / "tests" / "cluster" / "slurm_cluster.sh"
     env = {**os.environ, "LADDER_SLURM_PORT": str(20000 + (os.getpid() % 400) * 25)}
-    up = subprocess.run(["bash", str(script), "up", str(state), "2"], env=env, capture_output=True, text=True,
-                        timeout=600)
+    up = subprocess.run(
+        ["bash", str(script), "up", str(state), "2"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     if up.returncode != 0:
         subprocess.run(["bash", str(script), "down", str(state)], env=env, capture_output=True)
-        pytest.fail(f"could not start the test SLURM cluster:\n{up.stderr[-3000:]}\n"
-                    "It needs root and Debian's slurm packages (the script installs them); "
-                    "run `pytest -m 'not slurm'` to leave these tests out.")
+        pytest.fail(
+            f"could not start the test SLURM cluster:\n{up.stderr[-3000:]}\n"
+            "It needs root and Debian's slurm packages (the script installs them); "
+            "run `pytest -m 'not slurm'` to leave these tests out."
+        )
     previous = os.environ.get("SLURM_CONF")
     os.environ["SLURM_CONF"] = str(state / "etc" / "slurm.conf")
     os.environ["PATH"] = os.environ["PATH"] + ":/usr/sbin"
     try:
         yield state
     finally:
-        subprocess.run(["bash", str(script), "down", str(state)], env=env, capture_output=True, timeout=120)
+        subprocess.run(
+            ["bash", str(script), "down", str(state)], env=env, capture_output=True, timeout=120
+        )
         if previous is None:
             os.environ.pop("SLURM_CONF", None)
         else:
@@ -90,11 +123,14 @@ def postgres_server():
     is in a pgpass file that PGPASSFILE names, the libpq convention a user's login follows."""
     sys.path.insert(0, str(REPO / "tests" / "cluster"))
     from postgres import PostgresServer
+
     try:
         server = PostgresServer.start()
     except RuntimeError as e:
-        pytest.fail(f"could not start the test PostgreSQL server: {e}\n"
-                    "run `pytest -m 'not postgres'` to leave these tests out.")
+        pytest.fail(
+            f"could not start the test PostgreSQL server: {e}\n"
+            "run `pytest -m 'not postgres'` to leave these tests out."
+        )
     previous = os.environ.get("PGPASSFILE")
     os.environ["PGPASSFILE"] = str(server.pgpass)
     try:
@@ -111,5 +147,9 @@ def postgres_server():
 def pg_url(postgres_server, request):
     """A fresh, empty database on the shared server, for one test."""
     import re
-    name = re.sub(r"[^a-z0-9_]", "_", request.node.name.lower())[:40] + f"_{os.getpid()}_{id(request) % 10000}"
+
+    name = (
+        re.sub(r"[^a-z0-9_]", "_", request.node.name.lower())[:40]
+        + f"_{os.getpid()}_{id(request) % 10000}"
+    )
     return postgres_server.create_database(name)

@@ -27,13 +27,21 @@ def test_gpu_bench_smoke_runs_every_configuration(tmp_path):
     out = tmp_path / "bench.json"
     cases = bench.main(["--smoke", "--out", str(out)])
     results = {c.name: c.result for c in cases}
-    assert {"ladder sdpa", "ladder full logits", "ladder act-ckpt", "ladder dpo", "trl sdpa"} <= set(results)
+    assert {
+        "ladder sdpa",
+        "ladder full logits",
+        "ladder act-ckpt",
+        "ladder dpo",
+        "trl sdpa",
+    } <= set(results)
     for name, r in results.items():
         assert "error" not in r, (name, r)
         assert r["useful_tokens_per_s"] > 0 and r["tokens_per_s"] >= r["useful_tokens_per_s"]
         assert r["mfu"] is None  # a CPU has no datasheet peak: no MFU is made up
     # the loss variants compute the same function on the same first rows
-    sft = [results[n]["first_loss"] for n in ("ladder sdpa", "ladder full logits", "ladder act-ckpt")]
+    sft = [
+        results[n]["first_loss"] for n in ("ladder sdpa", "ladder full logits", "ladder act-ckpt")
+    ]
     assert max(sft) - min(sft) < 1e-4, sft
     saved = json.loads(out.read_text())
     assert saved["micro_batch_tokens"] == 256 and len(saved["cases"]) == len(cases)
@@ -48,7 +56,7 @@ def test_packed_rows_are_exactly_the_micro_batch_and_documents_restart_positions
         pos = r["position_ids"][0].tolist()
         assert pos.count(0) == len(r["doc_lens"])
         # no label crosses into the next document: each document's last label is untrained
-        ends = [sum(r["doc_lens"][:i + 1]) - 1 for i in range(len(r["doc_lens"]))]
+        ends = [sum(r["doc_lens"][: i + 1]) - 1 for i in range(len(r["doc_lens"]))]
         assert all(r["labels"][0, e] == -100 for e in ends)
 
 

@@ -31,7 +31,9 @@ def test_check_refuses_over_budget_and_records_an_override(tmp_path):
     assert len(ledger.jobs()) == 1  # nothing recorded for the refused job
     with pytest.raises(BudgetError, match="needs a reason"):
         check_and_record(ledger, cfg.budget, 50.0, JOB, override_reason="  ")
-    job = check_and_record(ledger, cfg.budget, 50.0, JOB, override_reason="paper deadline, approved by J.")
+    job = check_and_record(
+        ledger, cfg.budget, 50.0, JOB, override_reason="paper deadline, approved by J."
+    )
     assert ledger.job(job)["override_reason"] == "paper deadline, approved by J."
     assert ledger.job(job)["period"] == period_key("month")
 
@@ -41,7 +43,11 @@ def test_launch_over_budget_is_refused_then_runs_with_an_override(tmp_path):
     allocate(Ledger(tmp_path / "runs" / "ladder.db"), 0.00001)
     proc = ladder_cli(*args, cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr
-    assert "over budget" in proc.stderr and "it is over by" in proc.stderr and "Traceback" not in proc.stderr
+    assert (
+        "over budget" in proc.stderr
+        and "it is over by" in proc.stderr
+        and "Traceback" not in proc.stderr
+    )
     assert not (tmp_path / "runs" / "tiny-sft-reverse").exists()  # nothing ran
 
     proc = ladder_cli(*args, "--override-budget", "CI smoke test", cwd=tmp_path)
@@ -60,7 +66,9 @@ def test_launch_over_budget_is_refused_then_runs_with_an_override(tmp_path):
     assert dry.returncode == 0, dry.stderr
     assert "budget: would be REFUSED: over budget" in dry.stdout and "over by" in dry.stdout
     allocate(Ledger(tmp_path / "runs" / "ladder.db"), 10000.0)
-    roomy = ladder_cli("launch", *FAST, "trainer.max_steps=2", "trainer.run_name=dry", "--dry-run", cwd=tmp_path)
+    roomy = ladder_cli(
+        "launch", *FAST, "trainer.max_steps=2", "trainer.run_name=dry", "--dry-run", cwd=tmp_path
+    )
     assert "budget: would pass: team 'default' has" in roomy.stdout, roomy.stdout + roomy.stderr
     assert len(Ledger(tmp_path / "runs" / "ladder.db").jobs()) == 1
 
@@ -81,8 +89,17 @@ def fill(ledger: Ledger, now: float) -> None:
         ("other", this, "completed", 3.0, 3.0, 0.0, 0.5),
     ]
     for team, period, state, planned, used, waste, mfu in rows:
-        ledger.add_job(team=team, period=period, rung="8b", gpus=8, planned_gpu_hours=planned, state=state,
-                       used_gpu_hours=used, waste_gpu_hours=waste, mfu=mfu)
+        ledger.add_job(
+            team=team,
+            period=period,
+            rung="8b",
+            gpus=8,
+            planned_gpu_hours=planned,
+            state=state,
+            used_gpu_hours=used,
+            waste_gpu_hours=waste,
+            mfu=mfu,
+        )
 
 
 def test_budget_report_numbers(tmp_path):
@@ -95,13 +112,31 @@ def test_budget_report_numbers(tmp_path):
     assert (r.allocated, r.jobs, r.used, r.running, r.wasted) == (100.0, 4, 20.0, 30.0, 3.5)
     assert r.useful == pytest.approx(8 * 0.4 + 6 * 0.2)
     assert r.left == pytest.approx(100 - (8 + 6 + 2) - 30)  # the running job holds its whole plan
-    assert rows[("other", period_key("month", now))].allocated is None  # a team without an allocation
+    assert (
+        rows[("other", period_key("month", now))].allocated is None
+    )  # a team without an allocation
 
     plot = tmp_path / "budget.png"
     proc = ladder_cli("budget", "report", "--plot", str(plot), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    line = next(l for l in proc.stdout.splitlines() if re.search(rf"default\s.*{period_key('month', now)}", l))
+    line = next(
+        l
+        for l in proc.stdout.splitlines()
+        if re.search(rf"default\s.*{period_key('month', now)}", l)
+    )
     cells = [c.strip() for c in line.strip("│ ").split("│")]
-    assert cells == ["default", period_key("month", now), "4", "100.0", "20.0", "0.0", "30.0", "3.5", "4.4", "54.0",
-                     "46%", "$40.0"]
+    assert cells == [
+        "default",
+        period_key("month", now),
+        "4",
+        "100.0",
+        "20.0",
+        "0.0",
+        "30.0",
+        "3.5",
+        "4.4",
+        "54.0",
+        "46%",
+        "$40.0",
+    ]
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

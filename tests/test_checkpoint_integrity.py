@@ -31,7 +31,11 @@ def base(tmp_path_factory):
     """The uninterrupted run: checkpoints at steps 2, 4 and 6, and its per-step losses."""
     root = tmp_path_factory.mktemp("integrity")
     result = train_in_process([*BASE, f"trainer.run_root={root}", "trainer.run_name=base"])
-    assert [p.name for p in result.checkpoints[-3:]] == ["step_000002", "step_000004", "step_000006"]
+    assert [p.name for p in result.checkpoints[-3:]] == [
+        "step_000002",
+        "step_000004",
+        "step_000006",
+    ]
     return result.run_dir, losses(result.run_dir)
 
 
@@ -71,11 +75,18 @@ def damaged_copy(base, tmp_path, case):
 def test_complete_lists_every_file_with_its_size_and_sha256(base):
     ckpt = base[0] / "checkpoints" / "step_000004"
     manifest = json.loads((ckpt / COMPLETE).read_text())
-    on_disk = {p.relative_to(ckpt).as_posix(): p for p in ckpt.rglob("*") if p.is_file() and p.name != COMPLETE}
+    on_disk = {
+        p.relative_to(ckpt).as_posix(): p
+        for p in ckpt.rglob("*")
+        if p.is_file() and p.name != COMPLETE
+    }
     assert set(manifest["files"]) == set(on_disk) and "model.safetensors" in on_disk
     for rel, p in on_disk.items():
         data = p.read_bytes()
-        assert manifest["files"][rel] == {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}, rel
+        assert manifest["files"][rel] == {
+            "size": len(data),
+            "sha256": hashlib.sha256(data).hexdigest(),
+        }, rel
     # the unique token of each save stays (remote.py tells saves apart by COMPLETE's bytes)
     other = json.loads((base[0] / "checkpoints" / "step_000002" / COMPLETE).read_text())
     assert manifest["token"] and manifest["token"] != other["token"]
@@ -97,12 +108,20 @@ def test_hashing_streams_in_chunks(tmp_path):
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_resume_auto_skips_a_damaged_checkpoint_and_reproduces_the_losses(base, tmp_path, case, caplog):
+def test_resume_auto_skips_a_damaged_checkpoint_and_reproduces_the_losses(
+    base, tmp_path, case, caplog
+):
     run_dir, newest = damaged_copy(base, tmp_path, case)
     name, _, why = CASES[case]
     caplog.set_level(logging.INFO, logger="ladder")  # ladder.train and ladder.checkpoint
-    train_in_process([*BASE, f"trainer.run_root={tmp_path}", "trainer.run_name=base", "trainer.resume=auto"])
-    skipped = [r.getMessage() for r in caplog.records if r.name == "ladder.checkpoint" and r.levelno == logging.WARNING]
+    train_in_process(
+        [*BASE, f"trainer.run_root={tmp_path}", "trainer.run_name=base", "trainer.resume=auto"]
+    )
+    skipped = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "ladder.checkpoint" and r.levelno == logging.WARNING
+    ]
     assert any("step_000006" in m and name in m and why in m for m in skipped), skipped
     assert f"resumed from {run_dir / 'checkpoints' / 'step_000004'} (step 4" in caplog.text
     assert losses(run_dir) == pytest.approx(base[1], abs=1e-6, rel=0)
@@ -114,22 +133,36 @@ def test_an_explicit_damaged_checkpoint_is_refused_naming_the_file(base, tmp_pat
     _, newest = damaged_copy(base, tmp_path, case)
     name, _, why = CASES[case]
     with pytest.raises(CheckpointError, match=rf"corrupt checkpoint .*step_000006: {name} .*{why}"):
-        train_in_process([*BASE, f"trainer.run_root={tmp_path}", "trainer.run_name=again",
-                          f"trainer.resume={newest}"])
+        train_in_process(
+            [
+                *BASE,
+                f"trainer.run_root={tmp_path}",
+                "trainer.run_name=again",
+                f"trainer.resume={newest}",
+            ]
+        )
 
 
 @pytest.mark.parametrize("case", CASES)
 def test_ladder_eval_refuses_a_damaged_checkpoint_naming_the_file(base, tmp_path, case):
     _, newest = damaged_copy(base, tmp_path, case)
     name, _, why = CASES[case]
-    proc = ladder_cli("eval", str(newest), "tracker.mode=disabled", f"trainer.run_root={tmp_path}",
-                      "eval.max_examples=2", "eval.max_new_tokens=2")
+    proc = ladder_cli(
+        "eval",
+        str(newest),
+        "tracker.mode=disabled",
+        f"trainer.run_root={tmp_path}",
+        "eval.max_examples=2",
+        "eval.max_new_tokens=2",
+    )
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr + proc.stdout
     assert f"{newest}: {name}" in proc.stderr and why in proc.stderr, proc.stderr[-3000:]
 
 
-def test_files_added_after_the_commit_are_not_checked_and_old_checkpoints_still_load(base, tmp_path, caplog):
+def test_files_added_after_the_commit_are_not_checked_and_old_checkpoints_still_load(
+    base, tmp_path, caplog
+):
     ckpt = tmp_path / "step_000004"
     shutil.copytree(base[0] / "checkpoints" / "step_000004", ckpt)
     (ckpt / "eval").mkdir()
@@ -149,9 +182,13 @@ def test_a_legacy_checkpoint_resumes(base, tmp_path):
     run_dir = tmp_path / "base"
     shutil.copytree(base[0], run_dir)
     # Step 4 as an older Ladder wrote it (a one-line COMPLETE); step 6 never happened.
-    (run_dir / "checkpoints" / "step_000004" / COMPLETE).write_text("2025-01-01T00:00:00Z 0123456789abcdef\n")
+    (run_dir / "checkpoints" / "step_000004" / COMPLETE).write_text(
+        "2025-01-01T00:00:00Z 0123456789abcdef\n"
+    )
     shutil.rmtree(run_dir / "checkpoints" / "step_000006")
-    train_in_process([*BASE, f"trainer.run_root={tmp_path}", "trainer.run_name=base", "trainer.resume=auto"])
+    train_in_process(
+        [*BASE, f"trainer.run_root={tmp_path}", "trainer.run_name=base", "trainer.resume=auto"]
+    )
     assert losses(run_dir) == pytest.approx(base[1], abs=1e-6, rel=0)
     assert "files" in json.loads((run_dir / "checkpoints" / "step_000006" / COMPLETE).read_text())
 
@@ -162,17 +199,30 @@ def test_a_damaged_remote_checkpoint_is_caught_after_download_and_skipped(base, 
     for step in (4, 6):
         store.upload(base[0] / "checkpoints" / f"step_{step:06d}", step)
     truncate(tmp_path / "bucket" / "base" / "checkpoints" / "step_000006" / "model.safetensors")
-    cfg = compose([*BASE, f"trainer.run_root={tmp_path}", "trainer.run_name=base", f"trainer.checkpoint_url={url}",
-                   "trainer.resume=auto"])
+    cfg = compose(
+        [
+            *BASE,
+            f"trainer.run_root={tmp_path}",
+            "trainer.run_name=base",
+            f"trainer.checkpoint_url={url}",
+            "trainer.resume=auto",
+        ]
+    )
     run_dir = tmp_path / "base"
     caplog.set_level(logging.WARNING, logger="ladder.checkpoint")
-    assert resolve_resume(cfg, run_dir, RemoteCheckpoints.for_run(cfg)) == run_dir / "checkpoints" / "step_000004"
+    assert (
+        resolve_resume(cfg, run_dir, RemoteCheckpoints.for_run(cfg))
+        == run_dir / "checkpoints" / "step_000004"
+    )
     assert f"{store.step_url(6)}: model.safetensors is" in caplog.text
     # the bad download never took the checkpoint's name, and left nothing behind
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step_000004"]
     # named explicitly, it is refused
     with pytest.raises(CheckpointError, match="model.safetensors is"):
-        resolve_resume(compose([*BASE, f"trainer.run_root={tmp_path}", f"trainer.resume={store.step_url(6)}"]), run_dir)
+        resolve_resume(
+            compose([*BASE, f"trainer.run_root={tmp_path}", f"trainer.resume={store.step_url(6)}"]),
+            run_dir,
+        )
 
 
 def test_prune_leaves_checkpoints_after_the_one_just_saved(base, tmp_path):
@@ -181,8 +231,13 @@ def test_prune_leaves_checkpoints_after_the_one_just_saved(base, tmp_path):
     run_dir = tmp_path / "base"
     shutil.copytree(base[0], run_dir)
     prune(run_dir, keep_last=1, protect=(), newest=4)
-    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step_000004", "step_000006"]
-    store = RemoteCheckpoints(f"{(tmp_path / 'bucket').as_uri()}/base/checkpoints")  # the same rule at a URL
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [
+        "step_000004",
+        "step_000006",
+    ]
+    store = RemoteCheckpoints(
+        f"{(tmp_path / 'bucket').as_uri()}/base/checkpoints"
+    )  # the same rule at a URL
     for step in (2, 4, 6):
         store.upload(base[0] / "checkpoints" / f"step_{step:06d}", step)
     store.prune(keep_last=1, protect=(), newest=4)
@@ -193,7 +248,9 @@ def test_two_processes_agree_on_the_checkpoint_to_fall_back_to(base, tmp_path):
     """Only rank 0 hashes; a flipped byte passes the size check the other rank makes, so rank 1
     must take rank 0's choice (step 4), not find step 6 itself."""
     run_dir, _ = damaged_copy(base, tmp_path, "flipped")
-    over = run_overrides(tmp_path, "base", STEPS, engine="ddp", procs=2, save_every=EVERY) + ["trainer.resume=auto"]
+    over = run_overrides(tmp_path, "base", STEPS, engine="ddp", procs=2, save_every=EVERY) + [
+        "trainer.resume=auto"
+    ]
     proc = run(torchrun_cmd(2, over))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "model.safetensors does not match its SHA-256" in proc.stderr
@@ -202,8 +259,13 @@ def test_two_processes_agree_on_the_checkpoint_to_fall_back_to(base, tmp_path):
 
 
 def test_an_unsupported_resume_protocol_is_named(tmp_path):
-    proc = ladder_cli("train", "rung=tiny", "tracker.mode=disabled", "trainer.resume=ftp://x/y",
-                      f"trainer.run_root={tmp_path}")
+    proc = ladder_cli(
+        "train",
+        "rung=tiny",
+        "tracker.mode=disabled",
+        "trainer.resume=ftp://x/y",
+        f"trainer.run_root={tmp_path}",
+    )
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "trainer.resume='ftp://x/y': ftp:// is not supported for checkpoints" in proc.stderr
     assert "Traceback" not in proc.stderr

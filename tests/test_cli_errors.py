@@ -28,9 +28,13 @@ def test_inconsistent_batch(tmp_path):
 
 def test_malformed_data_row(tmp_path):
     data = tmp_path / "bad.jsonl"
-    good = json.dumps({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]})
+    good = json.dumps(
+        {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}
+    )
     data.write_text(good + "\n" + '{"messages": [{"role": "user"}]}\n')
-    proc = ladder_cli("train", *FAST, f"data.train_files=[{data}]", "trainer.max_steps=1", cwd=tmp_path)
+    proc = ladder_cli(
+        "train", *FAST, f"data.train_files=[{data}]", "trainer.max_steps=1", cwd=tmp_path
+    )
     assert_clean_error(proc, f"{data}:2:")
 
 
@@ -46,13 +50,25 @@ def test_help_lists_verbs_and_config_groups():
     assert top.returncode == 0 and "train" in top.stdout and "eval" in top.stdout
     train = ladder_cli("train", "--help")
     assert train.returncode == 0
-    for group in ("rung", "model", "recipe", "data", "eval", "tracker", "launcher", "budget", "sweep"):
+    for group in (
+        "rung",
+        "model",
+        "recipe",
+        "data",
+        "eval",
+        "tracker",
+        "launcher",
+        "budget",
+        "sweep",
+    ):
         assert f"  {group} " in train.stdout
 
 
 def test_an_unknown_key_gets_a_did_you_mean_from_the_schema_not_a_plus_that_fails_too(tmp_path):
     proc = ladder_cli("config", "trainer.max_stpes=3", cwd=tmp_path)
-    assert_clean_error(proc, "trainer.max_stpes is not a config key; did you mean trainer.max_steps?")
+    assert_clean_error(
+        proc, "trainer.max_stpes is not a config key; did you mean trainer.max_steps?"
+    )
     assert "+trainer.max_stpes" not in proc.stderr
 
 
@@ -64,6 +80,7 @@ def test_a_value_that_needs_quotes_is_told_how_and_the_advice_works():
 
     from training.config.compose import compose
     from training.common.errors import ConfigError
+
     for value in ("é", "a$(b)", "it's", 'say "hi"'):
         with pytest.raises(ConfigError) as e:
             compose([f"tracker.project={value}"])

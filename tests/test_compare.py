@@ -56,14 +56,18 @@ def test_a_checkpoint_compared_with_itself_is_no_different(trained_run, tmp_path
     assert d["delta"] == 0 and d["lo"] == 0 and d["hi"] == 0 and not d["significant"]
     printed = capsys.readouterr().out
     rows = [line for line in printed.splitlines() if line.startswith("│")]
-    assert len(rows) == 4 and "shared@150 (2)" in rows[1] and "·" in rows[1]  # reverse, then the average
+    assert (
+        len(rows) == 4 and "shared@150 (2)" in rows[1] and "·" in rows[1]
+    )  # reverse, then the average
     assert not any("▲" in r or "▼" in r for r in rows)
     assert "are the same checkpoint (same content hash)" in " ".join(printed.split())
 
 
 def test_paired_bootstrap_detects_a_small_consistent_gain_and_is_reproducible():
     base = [{"id": str(i), "score": float(i % 2)} for i in range(400)]
-    cand = [dict(e, score=1.0) if i % 20 == 0 else e for i, e in enumerate(base)]  # 20 of 400 flip 0 -> 1
+    cand = [
+        dict(e, score=1.0) if i % 20 == 0 else e for i, e in enumerate(base)
+    ]  # 20 of 400 flip 0 -> 1
     d = paired_delta(base, cand)
     assert d.delta == pytest.approx(5.0) and d.significant
     again = paired_delta(base, cand)
@@ -96,11 +100,17 @@ def sweep(trained_run):
     """Two more runs beside the shared one (same run root, so the same registry and cache)."""
     root = Path(trained_run.run_dir).parent
     cfg = compose([SUITE])
-    a = copy_as_run(trained_run.checkpoints[0], root, "lrs-a", **{"sweep.name": "lrs", "optim.lr": 0.003})
-    b = copy_as_run(trained_run.checkpoints[-1], root, "lrs-b", **{"sweep.name": "lrs", "optim.lr": 0.001})
+    a = copy_as_run(
+        trained_run.checkpoints[0], root, "lrs-a", **{"sweep.name": "lrs", "optim.lr": 0.003}
+    )
+    b = copy_as_run(
+        trained_run.checkpoints[-1], root, "lrs-b", **{"sweep.name": "lrs", "optim.lr": 0.001}
+    )
     for ckpt in (a, b):  # runs register their checkpoints as they evaluate them
         evaluate_checkpoint(ckpt, cfg.eval)
-    shutil.copy(Path(trained_run.run_dir) / "metrics.jsonl", root / "lrs-b" / "metrics.jsonl")  # its loss curve
+    shutil.copy(
+        Path(trained_run.run_dir) / "metrics.jsonl", root / "lrs-b" / "metrics.jsonl"
+    )  # its loss curve
     return root
 
 
@@ -108,7 +118,12 @@ def sweep(trained_run):
 def report(sweep, tmp_path_factory):
     """`ladder compare sweep:lrs --html`: the sweep's two runs, their plots and config differences."""
     html_file = tmp_path_factory.mktemp("report") / "report.html"
-    assert ladder_main(["compare", "--html", str(html_file), "sweep:lrs", SUITE, f"trainer.run_root={sweep}"]) == 0
+    assert (
+        ladder_main(
+            ["compare", "--html", str(html_file), "sweep:lrs", SUITE, f"trainer.run_root={sweep}"]
+        )
+        == 0
+    )
     return html_file
 
 
@@ -116,14 +131,25 @@ def test_compare_a_sweep_writes_an_offline_html_report(report):
     html = report.read_text()
     assert "lrs-a@0" in html and "lrs-b@150" in html
     pngs = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)
-    assert len(pngs) == 2 and all(base64.b64decode(p)[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)  # loss, task
+    assert len(pngs) == 2 and all(
+        base64.b64decode(p)[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs
+    )  # loss, task
     assert not re.search(r'(src|href)="https?://', html)  # one file, nothing fetched
-    for title in ("reverse/exact_match", "Config differences", "optim.lr", "trainer.run_name",
-                  "training and held-out loss vs step"):
+    for title in (
+        "reverse/exact_match",
+        "Config differences",
+        "optim.lr",
+        "trainer.run_name",
+        "training and held-out loss vs step",
+    ):
         assert title in html, title
-    assert "<td>lr=0.003</td>" in html and "<td>lr=0.001</td>" in html  # each point labelled by what it tried
+    assert (
+        "<td>lr=0.003</td>" in html and "<td>lr=0.001</td>" in html
+    )  # each point labelled by what it tried
     # lrs-a is the untrained step 0 and lrs-b the trained step 150: examples flip from wrong to right
-    flipped = re.search(r"lrs-b@150 against lrs-a@0: (\d+) example\(s\) flipped better, (\d+) worse", html)
+    flipped = re.search(
+        r"lrs-b@150 against lrs-a@0: (\d+) example\(s\) flipped better, (\d+) worse", html
+    )
     assert flipped and int(flipped.group(1)) > 0, html[-3000:]
 
 
@@ -135,7 +161,10 @@ def test_leaderboard_ranks_and_filters(sweep, tmp_path, capsys):
     assert [(r["run_name"], r["step"]) for r in rows] == [("lrs-b", 150), ("lrs-a", 0)]
     assert rows[0]["scores"]["reverse"] > rows[1]["scores"]["reverse"]
     assert "lrs-b" in capsys.readouterr().out
-    assert ladder_main(["leaderboard", "--sweep", "lrs", "--lr", "0.001", "--rung", "tiny", *args]) == 0
+    assert (
+        ladder_main(["leaderboard", "--sweep", "lrs", "--lr", "0.001", "--rung", "tiny", *args])
+        == 0
+    )
     assert [r["run_name"] for r in json.loads(out.read_text())["rows"]] == ["lrs-b"]
 
 
@@ -144,7 +173,20 @@ def test_leaderboard_marks_checkpoints_pruned_from_disk(sweep, tmp_path, capsys,
     evaluate_checkpoint(gone, compose([SUITE]).eval)
     shutil.rmtree(gone)  # as keep_last would
     out = tmp_path / "lb.json"
-    assert ladder_main(["leaderboard", "--sweep", "pruned", SUITE, f"trainer.run_root={sweep}", "--json", str(out)]) == 0
+    assert (
+        ladder_main(
+            [
+                "leaderboard",
+                "--sweep",
+                "pruned",
+                SUITE,
+                f"trainer.run_root={sweep}",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     [row] = json.loads(out.read_text())["rows"]
     assert row["run_name"] == "pruned-run" and row["on_disk"] is False
     assert "(pruned from disk)" in capsys.readouterr().out
@@ -156,27 +198,51 @@ def test_compare_and_leaderboard_errors_are_clear(sweep, capsys):
     assert "sweep 'nope' has no checkpoints" in err and "'lrs'" in err
     assert ladder_main(["leaderboard", "--recipe", "dpo", f"trainer.run_root={sweep}"]) == 2
     err = capsys.readouterr().err
-    assert "no checkpoints in the registry" in err and "match --recipe dpo" in err and "{" not in err
+    assert (
+        "no checkpoints in the registry" in err and "match --recipe dpo" in err and "{" not in err
+    )
     assert ladder_main(["leaderboard", "--sweep", "nope", f"trainer.run_root={sweep}"]) == 2
     assert "match --sweep nope; the sweeps it knows: lrs" in capsys.readouterr().err
     assert ladder_main(["compare", str(sweep / "lrs-a" / "checkpoints" / "step_000123")]) == 2
     assert "no checkpoint at" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium package (apt install chromium)")
+@pytest.mark.skipif(
+    shutil.which("chromium") is None,
+    reason="needs Debian's chromium package (apt install chromium)",
+)
 def test_html_report_renders_in_headless_chromium(report, tmp_path):
     html_file = report
     shot = tmp_path / "shot.png"
-    chrome = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-              f"--user-data-dir={tmp_path / 'profile'}"]
-    subprocess.run([*chrome, f"--screenshot={shot}", "--window-size=1300,1400", html_file.as_uri()],
-                   capture_output=True, timeout=120, check=True)
-    dom = subprocess.run([*chrome, "--dump-dom", html_file.as_uri()], capture_output=True, text=True,
-                         timeout=120, check=True).stdout
-    for title in ("Ladder comparison: eval suite synthetic", "reverse/exact_match vs training step, GPU-hours",
-                  "Config differences"):
+    chrome = [
+        "chromium",
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--hide-scrollbars",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ]
+    subprocess.run(
+        [*chrome, f"--screenshot={shot}", "--window-size=1300,1400", html_file.as_uri()],
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
+    dom = subprocess.run(
+        [*chrome, "--dump-dom", html_file.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+    for title in (
+        "Ladder comparison: eval suite synthetic",
+        "reverse/exact_match vs training step, GPU-hours",
+        "Config differences",
+    ):
         assert title in dom, title
     from PIL import Image
+
     img = Image.open(shot).convert("RGB")
     assert img.size == (1300, 1400)
     # The plot region must hold many colours (lines, text, markers), not a blank page.

@@ -27,7 +27,17 @@ def test_every_config_file_composes(path):
 
 
 def test_config_groups_match_design():
-    assert {"model", "rung", "recipe", "data", "eval", "tracker", "launcher", "budget", "sweep"} <= set(group_options())
+    assert {
+        "model",
+        "rung",
+        "recipe",
+        "data",
+        "eval",
+        "tracker",
+        "launcher",
+        "budget",
+        "sweep",
+    } <= set(group_options())
 
 
 def test_rung_picks_its_model_and_model_can_be_overridden():
@@ -35,12 +45,15 @@ def test_rung_picks_its_model_and_model_can_be_overridden():
     assert compose(["rung=70b", "model=tiny"]).model.name == "tiny"
 
 
-@pytest.mark.parametrize("override,key", [
-    (["model.hidden_sizes=3"], "model.hidden_sizes"),
-    (["+trainer.nonsense=1"], "nonsense"),
-    (["optim.lr=fast"], "optim.lr"),
-    (["tracker.mode=sometimes"], "tracker.mode"),
-])
+@pytest.mark.parametrize(
+    "override,key",
+    [
+        (["model.hidden_sizes=3"], "model.hidden_sizes"),
+        (["+trainer.nonsense=1"], "nonsense"),
+        (["optim.lr=fast"], "optim.lr"),
+        (["tracker.mode=sometimes"], "tracker.mode"),
+    ],
+)
 def test_bad_keys_and_types_fail_at_compose_time_naming_the_key(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         compose(override)

@@ -15,13 +15,18 @@ from training.data.synthetic import ASSETS, generate
 @pytest.fixture(scope="module")
 def tok():
     from transformers import AutoTokenizer
+
     return AutoTokenizer.from_pretrained(TINY_TOKENIZER)
 
 
 def test_labels_cover_exactly_the_assistant_turns(tok):
-    msgs = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "Reverse: a b c"},
-            {"role": "assistant", "content": "c b a"}, {"role": "user", "content": "again"},
-            {"role": "assistant", "content": "ok"}]
+    msgs = [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "Reverse: a b c"},
+        {"role": "assistant", "content": "c b a"},
+        {"role": "user", "content": "again"},
+        {"role": "assistant", "content": "ok"},
+    ]
     ids, labels = encode_chat(tok, msgs, 512)
     targets = [t for t in labels if t != IGNORE]
     decoded = tok.decode(targets)
@@ -30,22 +35,30 @@ def test_labels_cover_exactly_the_assistant_turns(tok):
 
 
 def test_truncation_keeps_labels_aligned(tok):
-    msgs = [{"role": "user", "content": "Reverse: a b c"}, {"role": "assistant", "content": "c b a"}]
+    msgs = [
+        {"role": "user", "content": "Reverse: a b c"},
+        {"role": "assistant", "content": "c b a"},
+    ]
     ids, labels = encode_chat(tok, msgs, 16)
     assert len(ids) == len(labels) == 16
     for j in range(15):
         assert labels[j] in (IGNORE, ids[j + 1])
 
 
-@pytest.mark.parametrize("line,reason", [
-    ('{"messages": [{"role": "user", "content": "hi"}', "not valid JSON"),
-    ('{"messages": [{"role": "robot", "content": "hi"}]}', "role='robot'"),
-    ('{"messages": [{"role": "user", "content": 3}]}', "content must be a string"),
-    ('{"msgs": []}', "'messages' must be a non-empty list"),
-    ('{"messages": [{"role": "user", "content": "hi"}]}', "no assistant message"),
-])
+@pytest.mark.parametrize(
+    "line,reason",
+    [
+        ('{"messages": [{"role": "user", "content": "hi"}', "not valid JSON"),
+        ('{"messages": [{"role": "robot", "content": "hi"}]}', "role='robot'"),
+        ('{"messages": [{"role": "user", "content": 3}]}', "content must be a string"),
+        ('{"msgs": []}', "'messages' must be a non-empty list"),
+        ('{"messages": [{"role": "user", "content": "hi"}]}', "no assistant message"),
+    ],
+)
 def test_malformed_row_is_named_by_file_and_line(tmp_path, line, reason):
-    good = json.dumps({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]})
+    good = json.dumps(
+        {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}
+    )
     path = tmp_path / "data.jsonl"
     path.write_text(f"{good}\n{good}\n{line}\n{good}\n")
     with pytest.raises(DataError, match=rf"{path}:3: .*{reason}"):
@@ -70,6 +83,7 @@ def test_a_byte_order_mark_is_not_a_json_error_and_columns_count_characters(tmp_
 
     from training.data.chat_data import iter_jsonl
     from training.common.errors import DataError
+
     row = {"messages": [{"role": "user", "content": "é"}, {"role": "assistant", "content": "a"}]}
     bom = tmp_path / "bom.jsonl"
     bom.write_bytes(b"\xef\xbb\xbf" + _json.dumps(row, ensure_ascii=False).encode() + b"\n")

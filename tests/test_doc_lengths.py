@@ -16,14 +16,24 @@ def test_the_plan_uses_measured_lengths_when_inspect_saved_them_and_says_so(tmp_
     from launch.planning.doc_lengths import lengths_path, save_lengths
     from launch.planning.plan import make_plan
     from training.model.flops import train_flops
-    overrides = ["rung=tiny", f"trainer.run_root={tmp_path}", "trainer.max_steps=3", "data.max_samples=200"]
+
+    overrides = [
+        "rung=tiny",
+        f"trainer.run_root={tmp_path}",
+        "trainer.max_steps=3",
+        "data.max_samples=200",
+    ]
     cfg = compose(overrides)
     before = make_plan(cfg)
-    assert before.doc_tokens == cfg.data.max_seq_len and before.doc_source.startswith("data.max_seq_len")
+    assert before.doc_tokens == cfg.data.max_seq_len and before.doc_source.startswith(
+        "data.max_seq_len"
+    )
 
     report = inspect_data(cfg)
     lengths = report["doc_lengths"]
-    assert 0 < lengths["mean"] <= lengths["attention_length"] <= lengths["max"] <= cfg.data.max_seq_len
+    assert (
+        0 < lengths["mean"] <= lengths["attention_length"] <= lengths["max"] <= cfg.data.max_seq_len
+    )
     path = save_lengths(cfg, lengths)
     assert path == lengths_path(cfg) and path.is_file()
     after = make_plan(cfg)

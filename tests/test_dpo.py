@@ -22,9 +22,19 @@ PAIRS = 96
 
 
 def dpo_overrides(root: Path, name: str, start: Path, steps: int = 6, extra=()) -> list[str]:
-    return [*FAST, "recipe=dpo", f"model.name_or_path={start}", f"trainer.run_root={root}",
-            f"trainer.run_name={name}", f"trainer.max_steps={steps}", f"trainer.save_every={steps}",
-            f"data.max_samples={PAIRS}", "rung.micro_batch_tokens=512", "trainer.global_batch_tokens=1024", *extra]
+    return [
+        *FAST,
+        "recipe=dpo",
+        f"model.name_or_path={start}",
+        f"trainer.run_root={root}",
+        f"trainer.run_name={name}",
+        f"trainer.max_steps={steps}",
+        f"trainer.save_every={steps}",
+        f"data.max_samples={PAIRS}",
+        "rung.micro_batch_tokens=512",
+        "trainer.global_batch_tokens=1024",
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +52,9 @@ def direct_logps(model, ids, labels):
         logits = model(input_ids=torch.tensor([ids]), use_cache=False).logits[0].float()
     lab = torch.tensor(labels)
     keep = lab != -100
-    return float(F.log_softmax(logits, -1)[keep].gather(1, lab[keep][:, None]).sum()), int(keep.sum())
+    return float(F.log_softmax(logits, -1)[keep].gather(1, lab[keep][:, None]).sum()), int(
+        keep.sum()
+    )
 
 
 def test_loss_is_ln2_when_policy_equals_reference(setup):
@@ -58,7 +70,9 @@ def test_loss_is_ln2_when_policy_equals_reference(setup):
     assert stats["rewards/accuracy"] == 0 and abs(stats["rewards/margin"]) < 1e-4
 
 
-@pytest.mark.parametrize("kind,eps", [("dpo_sigmoid", 0.0), ("dpo_sigmoid", 0.1), ("dpo_norm", 0.0), ("simpo", 0.0)])
+@pytest.mark.parametrize(
+    "kind,eps", [("dpo_sigmoid", 0.0), ("dpo_sigmoid", 0.1), ("dpo_norm", 0.0), ("simpo", 0.0)]
+)
 def test_loss_and_rewards_match_the_formula(setup, kind, eps):
     model, _, pairs = setup
     beta, gamma = 0.7, 0.4
@@ -93,9 +107,15 @@ def test_cache_key_covers_tokenizer_and_sample_limit(setup):
     _, tok, _ = setup
     cfg = compose(["recipe=dpo", "data.max_samples=10"])
     base = ref_cache.cache_key("ref", tok, cfg.data)
-    assert base == ref_cache.cache_key("ref", tok, compose(["recipe=dpo", "data.max_samples=10"]).data)
-    assert base != ref_cache.cache_key("ref", tok, compose(["recipe=dpo", "data.max_samples=11"]).data)
-    assert base != ref_cache.cache_key("ref", tok, compose(["recipe=dpo", "data.max_seq_len=63"]).data)
+    assert base == ref_cache.cache_key(
+        "ref", tok, compose(["recipe=dpo", "data.max_samples=10"]).data
+    )
+    assert base != ref_cache.cache_key(
+        "ref", tok, compose(["recipe=dpo", "data.max_samples=11"]).data
+    )
+    assert base != ref_cache.cache_key(
+        "ref", tok, compose(["recipe=dpo", "data.max_seq_len=63"]).data
+    )
     assert base != ref_cache.cache_key("other-ref", tok, cfg.data)
     other = load_tokenizer(cfg.model)
     other.chat_template = tok.chat_template.replace("<|im_start|>", "<|im_start|> ")
@@ -120,15 +140,23 @@ def test_corrupt_cache_entry_is_recomputed_not_used(tmp_path):
 def test_sweep_runs_share_the_reference_cache_and_limits_invalidate_it(tmp_path, trained_run):
     start = trained_run.checkpoints[-1]
     first = train_in_process(dpo_overrides(tmp_path, "lr-a", start, steps=2))
-    second = train_in_process(dpo_overrides(tmp_path, "lr-b", start, steps=2, extra=["recipe.lr_scale=0.2"]))
+    second = train_in_process(
+        dpo_overrides(tmp_path, "lr-b", start, steps=2, extra=["recipe.lr_scale=0.2"])
+    )
     a = json.loads((first.run_dir / "reference_pass.json").read_text())
     b = json.loads((second.run_dir / "reference_pass.json").read_text())
     assert a["cached"] is False and a["tokens"] > 0
-    assert b["cached"] is True and b["tokens"] == 0 and b["cache_key"] == a["cache_key"]  # no reference forward pass
+    assert (
+        b["cached"] is True and b["tokens"] == 0 and b["cache_key"] == a["cache_key"]
+    )  # no reference forward pass
     rows = [json.loads(line) for line in open(second.run_dir / "metrics.jsonl")]
     assert rows[0]["ref_cached"] is True
-    assert rows[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)  # the cached log-probs are the policy's
-    fewer = train_in_process(dpo_overrides(tmp_path, "fewer", start, steps=2, extra=[f"data.max_samples={PAIRS - 8}"]))
+    assert rows[0]["loss"] == pytest.approx(
+        math.log(2), abs=1e-6
+    )  # the cached log-probs are the policy's
+    fewer = train_in_process(
+        dpo_overrides(tmp_path, "fewer", start, steps=2, extra=[f"data.max_samples={PAIRS - 8}"])
+    )
     c = json.loads((fewer.run_dir / "reference_pass.json").read_text())
     assert c["cached"] is False and c["cache_key"] != a["cache_key"]
 
@@ -147,7 +175,13 @@ def test_preference_accuracy_rises(tmp_path, trained_run):
 def test_dpo_zero3_two_processes_match_one(tmp_path, trained_run):
     start = trained_run.checkpoints[-1]
     single = train_in_process(dpo_overrides(tmp_path, "one", start, steps=4))
-    over = dpo_overrides(tmp_path, "zero3", start, steps=4, extra=["rung.engine=deepspeed_zero3", "rung.gpus_per_node=2"])
+    over = dpo_overrides(
+        tmp_path,
+        "zero3",
+        start,
+        steps=4,
+        extra=["rung.engine=deepspeed_zero3", "rung.gpus_per_node=2"],
+    )
     proc = run(torchrun_cmd(2, over))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert losses(tmp_path / "zero3") == pytest.approx(losses(single.run_dir), abs=1e-4, rel=0)
@@ -157,8 +191,11 @@ def test_reference_beside_the_policy_matches_the_cache(tmp_path, trained_run):
     """precompute_reference=false (no cache, a reference forward per batch) gives the same losses."""
     start = trained_run.checkpoints[-1]
     cached = train_in_process(dpo_overrides(tmp_path, "cached", start, steps=3))
-    online = train_in_process(dpo_overrides(tmp_path, "online", start, steps=3,
-                                            extra=["recipe.precompute_reference=false"]))
+    online = train_in_process(
+        dpo_overrides(
+            tmp_path, "online", start, steps=3, extra=["recipe.precompute_reference=false"]
+        )
+    )
     assert not (online.run_dir / "reference_pass.json").exists()
     assert losses(online.run_dir) == pytest.approx(losses(cached.run_dir), abs=1e-5, rel=0)
 
@@ -166,9 +203,16 @@ def test_reference_beside_the_policy_matches_the_cache(tmp_path, trained_run):
 def test_malformed_pair_is_named_by_file_and_line(tmp_path):
     from training.common.errors import DataError
     from training.data.preference import check_pairs_jsonl
+
     user = {"role": "user", "content": "q"}
-    good = {"chosen": [user, {"role": "assistant", "content": "a"}], "rejected": [user, {"role": "assistant", "content": "b"}]}
-    other_prompt = {**good, "rejected": [{"role": "user", "content": "other"}, {"role": "assistant", "content": "b"}]}
+    good = {
+        "chosen": [user, {"role": "assistant", "content": "a"}],
+        "rejected": [user, {"role": "assistant", "content": "b"}],
+    }
+    other_prompt = {
+        **good,
+        "rejected": [{"role": "user", "content": "other"}, {"role": "assistant", "content": "b"}],
+    }
     path = tmp_path / "pairs.jsonl"
     path.write_text(json.dumps(good) + "\n" + json.dumps(other_prompt) + "\n")
     with pytest.raises(DataError, match=rf"{path}:2: chosen and rejected must share"):

@@ -61,15 +61,19 @@ def test_two_processes_match_one(root, reference, engine):
     assert got == pytest.approx(reference, abs=TOL, rel=0)
     # the consolidated Hugging Face weights load with plain transformers
     from transformers import AutoModelForCausalLM
+
     model = AutoModelForCausalLM.from_pretrained(latest_checkpoint(root / engine))
     assert sum(p.numel() for p in model.parameters()) > 1e6
     # and are the 1-process run's weights (fsdp2 and ZeRO-3 stream them from their shards)
     from safetensors.torch import load_file
+
     want = load_file(latest_checkpoint(root / "single") / "model.safetensors")
     got = load_file(latest_checkpoint(root / engine) / "model.safetensors")
     assert got.keys() == want.keys()
     worst = max(float((got[k] - want[k]).abs().max()) for k in want)
-    assert worst <= WEIGHT_TOL, f"{engine}: weights differ from the 1-process run by up to {worst:.2e}"
+    assert worst <= WEIGHT_TOL, (
+        f"{engine}: weights differ from the 1-process run by up to {worst:.2e}"
+    )
 
 
 def descendants(pid: int) -> list[int]:
@@ -90,11 +94,18 @@ def descendants(pid: int) -> list[int]:
 def test_sigkill_two_processes_then_resume_reproduces_losses(root, reference):
     steps = 16
     over = run_overrides(root, "killed2", steps, engine="ddp", procs=2)
-    proc = subprocess.Popen(torchrun_cmd(2, over), env=env(), start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        torchrun_cmd(2, over),
+        env=env(),
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 180
     while not (root / "killed2" / "checkpoints" / "step_000008" / COMPLETE).exists():
-        assert proc.poll() is None and time.time() < deadline, "the run ended before it could be killed"
+        assert proc.poll() is None and time.time() < deadline, (
+            "the run ended before it could be killed"
+        )
         time.sleep(0.02)
     # torchrun and both ranks at once, like a lost node. torchrun starts each worker in a session of
     # its own (start_new_session), so killing torchrun's process group would leave the ranks running.
@@ -150,7 +161,9 @@ def test_deepspeed_two_process_checkpoint_resumes_on_one_process(root, reference
 
 def test_sigterm_checkpoints_exits_for_requeue_and_resumes(root, reference):
     over = run_overrides(root, "term", STEPS, save_every=100)
-    proc = subprocess.Popen(single_cmd(over), env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        single_cmd(over), env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     metrics = root / "term" / "metrics.jsonl"
     deadline = time.time() + 120
     while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
@@ -176,7 +189,9 @@ def test_half_written_checkpoint_is_never_resumed(root, reference):
     died = run(single_cmd(over), env=env(LADDER_FAULT="kill_in_save:6"))
     assert died.returncode == -signal.SIGKILL
     ckpts = root / "halfsave" / "checkpoints"
-    assert (ckpts / ".tmp-step_000006" / "model.safetensors").exists()  # the weights were half-way there
+    assert (
+        ckpts / ".tmp-step_000006" / "model.safetensors"
+    ).exists()  # the weights were half-way there
     assert not (ckpts / "step_000006").exists()
     assert latest_checkpoint(root / "halfsave").name == "step_000004"
     again = run(single_cmd(over))
@@ -190,8 +205,12 @@ def test_two_rendezvous_nodes_train_together(root, reference):
     port = free_port()
     over = run_overrides(root, "twonodes", STEPS, engine="ddp", procs=1, nodes=2)
     cmd = torchrun_cmd(1, over, port=port, nnodes=2)
-    nodes = [subprocess.Popen(cmd, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-             for _ in range(2)]
+    nodes = [
+        subprocess.Popen(
+            cmd, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
     errs = [n.communicate(timeout=300)[1] for n in nodes]
     assert [n.returncode for n in nodes] == [0, 0], errs[0][-2000:] + errs[1][-2000:]
     assert losses(root / "twonodes") == pytest.approx(reference, abs=TOL, rel=0)

@@ -32,7 +32,8 @@ def test_eval_result_is_written_beside_the_checkpoint(trained_run):
     assert task["n"] == 100 and len(task["examples"]) == 100
     assert task["generation"]["do_sample"] is False
     assert result["scores"]["reverse/exact_match"] == pytest.approx(
-        100 * sum(e["correct"] for e in task["examples"]) / 100)
+        100 * sum(e["correct"] for e in task["examples"]) / 100
+    )
 
 
 def test_wandb_offline_run_holds_config_losses_artifacts_and_evals(trained_run):
@@ -43,6 +44,7 @@ def test_wandb_offline_run_holds_config_losses_artifacts_and_evals(trained_run):
 
     rows = history(records)
     from training.run.metrics import read_metrics
+
     logged = {r["_step"]: r["train/loss"] for r in rows if "train/loss" in r}
     expected = {r["step"]: r["loss"] for r in read_metrics(trained_run.run_dir / "metrics.jsonl")}
     assert logged == pytest.approx(expected)
@@ -50,7 +52,9 @@ def test_wandb_offline_run_holds_config_losses_artifacts_and_evals(trained_run):
     all_arts = [r.artifact for r in records if r.WhichOneof("record_type") == "artifact"]
     arts = [a for a in all_arts if a.type == "model"]
     steps = sorted(int(json.loads(a.metadata)["step"]) for a in arts)
-    evals_linked = sorted(json.loads(a.metadata)["checkpoint_step"] for a in all_arts if a.type == "eval")
+    evals_linked = sorted(
+        json.loads(a.metadata)["checkpoint_step"] for a in all_arts if a.type == "eval"
+    )
     assert evals_linked == [0, 75, 150]  # each eval names its checkpoint's artifact
     assert steps == [0, 75, 150]
     for a in arts:
@@ -58,8 +62,14 @@ def test_wandb_offline_run_holds_config_losses_artifacts_and_evals(trained_run):
         refs = [m.ref for m in a.manifest.contents]
         assert refs and all(ref.startswith("file://") for ref in refs)  # references, not uploads
 
-    evals = {r["eval/checkpoint_step"]: r["eval/reverse/exact_match"] for r in rows if "eval/checkpoint_step" in r}
-    assert evals == pytest.approx(trained_run.evals and {k: v["reverse/exact_match"] for k, v in trained_run.evals.items()})
+    evals = {
+        r["eval/checkpoint_step"]: r["eval/reverse/exact_match"]
+        for r in rows
+        if "eval/checkpoint_step" in r
+    }
+    assert evals == pytest.approx(
+        trained_run.evals and {k: v["reverse/exact_match"] for k, v in trained_run.evals.items()}
+    )
 
 
 def test_ladder_eval_cli_scores_a_checkpoint_and_logs_it_at_its_step(trained_run):
@@ -73,17 +83,29 @@ def test_ladder_eval_cli_scores_a_checkpoint_and_logs_it_at_its_step(trained_run
     assert len(runs) == 2  # the eval appended to the same W&B run id, in a second offline segment
     records = read_records(runs[-1])
     rows = history(records)
-    assert any(r.get("eval/checkpoint_step") == 75 and r.get("eval/reverse/exact_match") == result["scores"][
-        "reverse/exact_match"] for r in rows)
+    assert any(
+        r.get("eval/checkpoint_step") == 75
+        and r.get("eval/reverse/exact_match") == result["scores"]["reverse/exact_match"]
+        for r in rows
+    )
     # The eval is linked to the checkpoint's artifact: an `eval` artifact names it and its content.
-    evals = [r.artifact for r in records if r.WhichOneof("record_type") == "artifact" and r.artifact.type == "eval"]
+    evals = [
+        r.artifact
+        for r in records
+        if r.WhichOneof("record_type") == "artifact" and r.artifact.type == "eval"
+    ]
     assert len(evals) == 1
     meta = json.loads(evals[0].metadata)
     from evals.store.content_hash import checkpoint_hash
-    assert meta["checkpoint_artifact"] == "shared-checkpoint:step_75" and meta["checkpoint_step"] == 75
+
+    assert (
+        meta["checkpoint_artifact"] == "shared-checkpoint:step_75" and meta["checkpoint_step"] == 75
+    )
     assert meta["content_hash"] == checkpoint_hash(ckpt) and meta["scores"] == result["scores"]
     assert meta["tasks"]["reverse"]["generation"]["do_sample"] is False
-    assert [m.ref for m in evals[0].manifest.contents] == [(ckpt / "eval" / "synthetic.json").resolve().as_uri()]
+    assert [m.ref for m in evals[0].manifest.contents] == [
+        (ckpt / "eval" / "synthetic.json").resolve().as_uri()
+    ]
 
     # The same eval again comes from the cache and is not logged to the run a second time.
     again = ladder_cli("eval", str(ckpt), "eval.max_examples=20")

@@ -27,8 +27,11 @@ from training.config.validate import validate
 @pytest.fixture(scope="module")
 def trained(trained_run):
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
     ckpt = trained_run.checkpoints[-1]
-    return AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.float32), AutoTokenizer.from_pretrained(ckpt)
+    return AutoModelForCausalLM.from_pretrained(
+        ckpt, dtype=torch.float32
+    ), AutoTokenizer.from_pretrained(ckpt)
 
 
 def test_batched_greedy_answers_equal_each_prompt_alone(trained):
@@ -41,12 +44,20 @@ def test_batched_greedy_answers_equal_each_prompt_alone(trained):
     alone = []
     for c in convs:
         ids = torch.tensor([encode_prompt(tok, c)])
-        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=20, do_sample=False,
-                             eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id or tok.eos_token_id)
-        alone.append(tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=20,
+            do_sample=False,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id or tok.eos_token_id,
+        )
+        alone.append(tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True))
     assert batched == alone
     answers = [next(m["content"] for m in r["messages"] if m["role"] == "assistant") for r in rows]
-    assert sum(a.strip() == b.strip() for a, b in zip(batched, answers)) >= 6  # a trained model, not noise
+    assert (
+        sum(a.strip() == b.strip() for a, b in zip(batched, answers)) >= 6
+    )  # a trained model, not noise
 
 
 def test_the_eval_generator_is_the_rollout_generator_on_a_cpu(trained, trained_run):
@@ -58,9 +69,12 @@ def test_the_eval_generator_is_the_rollout_generator_on_a_cpu(trained, trained_r
 
 def test_vllm_eval_on_a_cpu_is_refused_before_anything_is_loaded(trained_run, tmp_path):
     from evals.store.registry import Registry
+
     cfg = compose(["eval=cpu", "eval.generator.name=vllm", "eval.device=cpu"])
     reg = Registry(tmp_path / "registry.db")
-    with pytest.raises(ConfigError, match=r"eval.generator.name=vllm: generator=vllm runs vLLM on the GPUs"):
+    with pytest.raises(
+        ConfigError, match=r"eval.generator.name=vllm: generator=vllm runs vLLM on the GPUs"
+    ):
         evaluate_checkpoint(trained_run.checkpoints[-1], cfg.eval, reg)
     assert reg.checkpoints() == []  # refused before the checkpoint was registered
 
@@ -75,6 +89,10 @@ def test_a_training_config_with_a_vllm_eval_on_a_cpu_is_refused():
 def test_a_training_run_scores_its_checkpoints_with_hf_unless_told_otherwise():
     """auto beside training is hf: a vLLM engine would claim GPU memory the trainer holds."""
     from training.rl.generator import eval_beside_training
+
     assert eval_beside_training(compose(FAST).eval).generator.name == "hf"
-    assert eval_beside_training(compose([*FAST, "eval.generator.name=vllm"]).eval).generator.name == "vllm"
+    assert (
+        eval_beside_training(compose([*FAST, "eval.generator.name=vllm"]).eval).generator.name
+        == "vllm"
+    )
     assert compose(FAST).eval.generator.name == "auto"  # the config itself is left as written

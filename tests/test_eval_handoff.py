@@ -13,14 +13,27 @@ from pathlib import Path
 from conftest import FAST
 
 
-def test_a_local_launch_records_training_until_training_ends_and_evaluates_in_eval_jobs(tmp_path, monkeypatch):
+def test_a_local_launch_records_training_until_training_ends_and_evaluates_in_eval_jobs(
+    tmp_path, monkeypatch
+):
     from launch.commands.launch_cmd import launch
     from launch.accounting.ledger import Ledger
     from training.run.heartbeat import read_heartbeat
+
     monkeypatch.chdir(tmp_path)
     runs = tmp_path / "runs"
-    code, _ = launch([*FAST, f"trainer.run_root={runs}", "trainer.run_name=h", "trainer.eval_on_save=true",
-                      "trainer.max_steps=4", "trainer.save_every=2", "eval.max_examples=16", "data.max_samples=256"])
+    code, _ = launch(
+        [
+            *FAST,
+            f"trainer.run_root={runs}",
+            "trainer.run_name=h",
+            "trainer.eval_on_save=true",
+            "trainer.max_steps=4",
+            "trainer.save_every=2",
+            "eval.max_examples=16",
+            "data.max_samples=256",
+        ]
+    )
     assert code == 0
     run_dir = runs / "h"
     jobs = Ledger(runs / "ladder.db").jobs()
@@ -31,8 +44,13 @@ def test_a_local_launch_records_training_until_training_ends_and_evaluates_in_ev
     # no eval ran inside it (the step-4 checkpoint was saved at the very end, so it was left over).
     hb = read_heartbeat(run_dir)
     assert hb["state"] == "completed" and train["used_gpu_hours"] == hb["device_hours"]
-    assert evals and all(e["state"] == "completed" and e["launcher"] == "local" and e["used_gpu_hours"] > 0
-                         and e["team"] == train["team"] for e in evals)
+    assert evals and all(
+        e["state"] == "completed"
+        and e["launcher"] == "local"
+        and e["used_gpu_hours"] > 0
+        and e["team"] == train["team"]
+        for e in evals
+    )
     assert all(e["started_at"] >= train["finished_at"] for e in evals)
     assert any(e["run_name"].endswith("h@4") for e in evals)
     assert not (run_dir / "pending_evals.json").exists()  # handed on and done
@@ -44,6 +62,7 @@ def test_a_local_launch_records_training_until_training_ends_and_evaluates_in_ev
 def test_the_slurm_script_hands_the_evaluations_to_slurm_eval_jobs(tmp_path):
     from launch.cluster.slurm_script import EVAL, Point, render
     from training.config.compose import compose
+
     cfg = compose(["rung=tiny", "launcher=slurm", f"trainer.run_root={tmp_path / 'runs'}"])
     point = [Point(tmp_path / "runs" / "r", ["launcher=slurm"])]
     script = render(cfg, point, name="r", log_dir=tmp_path / "logs", submit_dir=tmp_path)
@@ -51,7 +70,9 @@ def test_the_slurm_script_hands_the_evaluations_to_slurm_eval_jobs(tmp_path):
     assert srun.endswith('"${overrides[@]}" trainer.eval_handoff=true &')
     assert '-m launch.cli eval --pending "$run_dir" "${overrides[@]}"' in script
     assert script.index("eval --pending") < script.index('exit "$status"')
-    assert subprocess.run(["bash", "-n"], input=script, text=True).returncode == 0  # the script parses
+    assert (
+        subprocess.run(["bash", "-n"], input=script, text=True).returncode == 0
+    )  # the script parses
     # an eval job's own script hands nothing off
     ev = render(cfg, point, name="e", log_dir=tmp_path / "logs", submit_dir=tmp_path, entry=EVAL)
     assert "--pending" not in ev and "eval_handoff" not in ev

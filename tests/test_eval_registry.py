@@ -39,7 +39,10 @@ def cpu_results(trained_run):
     """The early (untrained) and the late checkpoint on the CPU suite: built-in tasks and lm-eval."""
     cfg = compose(CPU_SUITE)
     reg = registry_of(trained_run)
-    return {step: evaluate_checkpoint(trained_run.checkpoints[i], cfg.eval, reg) for step, i in ((0, 0), (150, -1))}
+    return {
+        step: evaluate_checkpoint(trained_run.checkpoints[i], cfg.eval, reg)
+        for step, i in ((0, 0), (150, -1))
+    }
 
 
 def test_early_and_late_checkpoints_on_the_builtin_suite_and_lm_eval(cpu_results):
@@ -52,8 +55,14 @@ def test_early_and_late_checkpoints_on_the_builtin_suite_and_lm_eval(cpu_results
     assert late["scores"]["reverse/exact_match"] >= early["scores"]["reverse/exact_match"] + 50
     assert late["scores"]["ladder_reverse_mc/acc"] > early["scores"]["ladder_reverse_mc/acc"]
     mc = late["tasks"]["ladder_reverse_mc"]
-    assert mc["prompt_format"]["harness"] == "lm-evaluation-harness" and mc["prompt_format"]["apply_chat_template"]
-    assert mc["prompt_format"]["num_fewshot"] == 0 and mc["generation"]["output_type"] == "multiple_choice"
+    assert (
+        mc["prompt_format"]["harness"] == "lm-evaluation-harness"
+        and mc["prompt_format"]["apply_chat_template"]
+    )
+    assert (
+        mc["prompt_format"]["num_fewshot"] == 0
+        and mc["generation"]["output_type"] == "multiple_choice"
+    )
     assert mc["score"] == pytest.approx(100 * sum(e["score"] for e in mc["examples"]) / 10)
     ife = late["tasks"]["ifeval_lite"]
     assert all("checks" in e and "output" in e for e in ife["examples"])
@@ -67,11 +76,21 @@ def test_registry_holds_checkpoints_scores_and_per_example_results(trained_run, 
     db.row_factory = sqlite3.Row
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     ck = db.execute("SELECT * FROM checkpoints WHERE path = ?", (late["checkpoint"],)).fetchone()
-    assert ck["content_hash"] == checkpoint_hash(trained_run.checkpoints[-1]) == late["content_hash"]
-    assert (ck["run_name"], ck["rung"], ck["recipe"], ck["data"], ck["step"]) == ("shared", "tiny", "sft", "reverse", 150)
+    assert (
+        ck["content_hash"] == checkpoint_hash(trained_run.checkpoints[-1]) == late["content_hash"]
+    )
+    assert (ck["run_name"], ck["rung"], ck["recipe"], ck["data"], ck["step"]) == (
+        "shared",
+        "tiny",
+        "sft",
+        "reverse",
+        150,
+    )
     assert ck["lr"] == pytest.approx(3e-3) and ck["device_hours"] > 0
     assert json.loads(ck["config_json"])["trainer"]["max_steps"] == 150
-    rows = db.execute("SELECT * FROM results WHERE content_hash = ? AND suite = 'cpu'", (late["content_hash"],)).fetchall()
+    rows = db.execute(
+        "SELECT * FROM results WHERE content_hash = ? AND suite = 'cpu'", (late["content_hash"],)
+    ).fetchall()
     assert {f"{r['task']}/{r['metric']}": r["score"] for r in rows} == pytest.approx(late["scores"])
     for r in rows:
         stored = json.loads(Path(r["examples_path"]).read_text())
@@ -97,8 +116,13 @@ def test_content_hash_covers_weights_and_tokenizer_only(trained_run, tmp_path):
 
 def test_second_ladder_eval_is_answered_from_the_cache_without_loading_the_model(trained_run):
     ckpt = trained_run.checkpoints[1]
-    settings = ["eval.max_examples=12", "eval.name=quick"]  # eval/quick.json: leaves eval/synthetic.json be
-    first = evaluate_checkpoint(ckpt, compose(settings).eval)  # computes: these settings were never used
+    settings = [
+        "eval.max_examples=12",
+        "eval.name=quick",
+    ]  # eval/quick.json: leaves eval/synthetic.json be
+    first = evaluate_checkpoint(
+        ckpt, compose(settings).eval
+    )  # computes: these settings were never used
     assert first["model_loaded"] and first["cached_tasks"] == []
     proc = ladder_cli("eval", str(ckpt), *settings, "tracker.mode=disabled")
     assert proc.returncode == 0, proc.stderr
@@ -122,7 +146,9 @@ def test_async_evaluator_returns_at_once_and_hands_back_results(trained_run, tmp
     assert done[150].ok, done[150].error
     assert not done[999].ok and "no checkpoint at" in done[999].error
     assert (tmp_path / "eval_step_000150.log").exists()
-    direct = evaluate_checkpoint(trained_run.checkpoints[-1], cfg.eval)  # the job's result is in the cache
+    direct = evaluate_checkpoint(
+        trained_run.checkpoints[-1], cfg.eval
+    )  # the job's result is in the cache
     assert direct["model_loaded"] is False and direct["scores"] == done[150].scores
     assert done[150].scores["reverse/exact_match"] > 50
 
@@ -130,26 +156,36 @@ def test_async_evaluator_returns_at_once_and_hands_back_results(trained_run, tmp
 def test_tulu3_dev_suite_composes_and_names_real_lm_eval_tasks():
     cfg = compose(["eval=tulu3_dev"])
     specs = task_specs(cfg.eval)
-    assert [s.name for s in specs] == ["mmlu", "gsm8k_cot", "ifeval", "bbh_cot_fewshot", "minerva_math", "humaneval"]
+    assert [s.name for s in specs] == [
+        "mmlu",
+        "gsm8k_cot",
+        "ifeval",
+        "bbh_cot_fewshot",
+        "minerva_math",
+        "humaneval",
+    ]
     assert all(s.kind == "lm_eval" for s in specs)
     with pytest.raises(ConfigError, match="unknown lm-eval task"):
         task_specs(compose(["eval=tulu3_dev", "eval.lm_eval.tasks=[mmlu,no_such_benchmark]"]).eval)
 
 
-@pytest.mark.parametrize("answer,constraint,ok", [
-    ("hello there", {"type": "lowercase"}, True),
-    ("Hello there", {"type": "lowercase"}, False),
-    ("ONE TWO", {"type": "uppercase"}, True),
-    ("a b c", {"type": "word_count", "n": 3}, True),
-    ("a b c d", {"type": "word_count", "n": 3}, False),
-    ("a b", {"type": "max_words", "n": 2}, True),
-    ("all is done.", {"type": "ends_with", "word": "done"}, True),
-    ("done is all", {"type": "ends_with", "word": "done"}, False),
-    ("Yes, indeed", {"type": "starts_with", "word": "yes"}, True),
-    ("the fox ran", {"type": "include_word", "word": "fox"}, True),
-    ("a, b", {"type": "no_commas"}, False),
-    ("one\ntwo", {"type": "single_line"}, False),
-])
+@pytest.mark.parametrize(
+    "answer,constraint,ok",
+    [
+        ("hello there", {"type": "lowercase"}, True),
+        ("Hello there", {"type": "lowercase"}, False),
+        ("ONE TWO", {"type": "uppercase"}, True),
+        ("a b c", {"type": "word_count", "n": 3}, True),
+        ("a b c d", {"type": "word_count", "n": 3}, False),
+        ("a b", {"type": "max_words", "n": 2}, True),
+        ("all is done.", {"type": "ends_with", "word": "done"}, True),
+        ("done is all", {"type": "ends_with", "word": "done"}, False),
+        ("Yes, indeed", {"type": "starts_with", "word": "yes"}, True),
+        ("the fox ran", {"type": "include_word", "word": "fox"}, True),
+        ("a, b", {"type": "no_commas"}, False),
+        ("one\ntwo", {"type": "single_line"}, False),
+    ],
+)
 def test_instruction_checks(answer, constraint, ok):
     assert check(answer, constraint) is ok
 

@@ -50,34 +50,56 @@ def tiny():
 def two_groups(tiny):
     """Two prompts, two fixed answers each: the batch every loss is checked on."""
     tok, _ = tiny
-    enc = lambda m: tok(tok.apply_chat_template(m, tokenize=False, add_generation_prompt=True),
-                        add_special_tokens=False)["input_ids"]
-    prompts = [enc([{"role": "user", "content": "Reverse: a b c"}]), enc([{"role": "user", "content": "Reverse: d e"}])]
+    enc = lambda m: tok(
+        tok.apply_chat_template(m, tokenize=False, add_generation_prompt=True),
+        add_special_tokens=False,
+    )["input_ids"]
+    prompts = [
+        enc([{"role": "user", "content": "Reverse: a b c"}]),
+        enc([{"role": "user", "content": "Reverse: d e"}]),
+    ]
     eos = tok.eos_token_id
-    answers = [tok("c b a", add_special_tokens=False)["input_ids"] + [eos],
-               tok("a b", add_special_tokens=False)["input_ids"],  # truncated: no EOS
-               tok("e d", add_special_tokens=False)["input_ids"] + [eos],
-               tok("d e e e", add_special_tokens=False)["input_ids"] + [eos]]
+    answers = [
+        tok("c b a", add_special_tokens=False)["input_ids"] + [eos],
+        tok("a b", add_special_tokens=False)["input_ids"],  # truncated: no EOS
+        tok("e d", add_special_tokens=False)["input_ids"] + [eos],
+        tok("d e e e", add_special_tokens=False)["input_ids"] + [eos],
+    ]
     inputs = [prompts[0], prompts[0], prompts[1], prompts[1]]
     return inputs, answers, torch.tensor([[1.0, 0.0], [1.0, 0.0]])
 
 
-def make_batch(recipe, inputs, answers, rewards, old_shift=0.0, ref_shift=None, first_pass=True, model=None):
+def make_batch(
+    recipe, inputs, answers, rewards, old_shift=0.0, ref_shift=None, first_pass=True, model=None
+):
     b = pack(inputs, answers)
     adv, flat = group_advantages(rewards, recipe.name)
     w = torch.ones_like(rewards)
     if recipe.name == "dapo" and not bool(flat.all()):
         w[flat] = 0.0
     lens = torch.tensor([len(a) for a in answers])
-    b.update(advantages=adv.flatten().float(), weights=w.flatten().float(), first_pass=first_pass,
-             n_units=float((w.flatten() * recipe.sequence_units(lens)).sum()))
+    b.update(
+        advantages=adv.flatten().float(),
+        weights=w.flatten().float(),
+        first_pass=first_pass,
+        n_units=float((w.flatten() * recipe.sequence_units(lens)).sum()),
+    )
     if model is not None:
         with torch.no_grad():
             lp = direct_logps(model, inputs, answers)
-        flat_lp = torch.cat([torch.cat([torch.zeros(len(p) - 1), x, torch.zeros(1)]) for p, x in zip(inputs, lp)])
-        if not first_pass:  # a later pass: the rollout policy's log-probs, a little away from the current
+        flat_lp = torch.cat(
+            [torch.cat([torch.zeros(len(p) - 1), x, torch.zeros(1)]) for p, x in zip(inputs, lp)]
+        )
+        if (
+            not first_pass
+        ):  # a later pass: the rollout policy's log-probs, a little away from the current
             # the shift depends on each token's place in its own document, so it survives repacking
-            wave = torch.cat([torch.sin(torch.arange(len(p) + len(a), dtype=torch.float32)) for p, a in zip(inputs, answers)])
+            wave = torch.cat(
+                [
+                    torch.sin(torch.arange(len(p) + len(a), dtype=torch.float32))
+                    for p, a in zip(inputs, answers)
+                ]
+            )
             b["old_logps"] = flat_lp + old_shift * wave
         if ref_shift is not None:
             b["ref_logps"] = flat_lp + ref_shift
@@ -90,12 +112,14 @@ def direct_logps(model, inputs, answers) -> list[torch.Tensor]:
     for p, a in zip(inputs, answers):
         ids = torch.tensor([p + a])
         logits = model(input_ids=ids, use_cache=False).logits[0].float()
-        lp = torch.log_softmax(logits, -1)[len(p) - 1:len(p) + len(a) - 1]
+        lp = torch.log_softmax(logits, -1)[len(p) - 1 : len(p) + len(a) - 1]
         out.append(lp.gather(1, torch.tensor(a)[:, None])[:, 0])
     return out
 
 
-def hand_loss(name, model, inputs, answers, rewards, old_shift, ref_shift, beta, lo, hi, max_new, first_pass):
+def hand_loss(
+    name, model, inputs, answers, rewards, old_shift, ref_shift, beta, lo, hi, max_new, first_pass
+):
     """The loss per the paper formulas, answer by answer, token by token, in plain Python."""
     lps = direct_logps(model, inputs, answers)
     groups = rewards.tolist()
@@ -128,8 +152,14 @@ def hand_loss(name, model, inputs, answers, rewards, old_shift, ref_shift, beta,
 
 
 def recipe_for(name, clip_low=0.2, clip_high=0.28, kl_beta=0.0):
-    return GRPO(grpo_cfg(f"recipe.loss={name}", f"recipe.clip_low={clip_low}", f"recipe.clip_high={clip_high}",
-                         f"recipe.kl_beta={kl_beta}"))
+    return GRPO(
+        grpo_cfg(
+            f"recipe.loss={name}",
+            f"recipe.clip_low={clip_low}",
+            f"recipe.clip_high={clip_high}",
+            f"recipe.kl_beta={kl_beta}",
+        )
+    )
 
 
 @pytest.mark.parametrize("name", ["grpo", "dr_grpo", "dapo"])
@@ -141,14 +171,37 @@ def test_loss_equals_the_hand_computation_on_two_groups(tiny, two_groups, name, 
         rewards = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
     beta = 0.05
     recipe = recipe_for(name, kl_beta=beta)
-    b = make_batch(recipe, inputs, answers, rewards, old_shift=0.8, ref_shift=0.3, first_pass=first_pass, model=model)
+    b = make_batch(
+        recipe,
+        inputs,
+        answers,
+        rewards,
+        old_shift=0.8,
+        ref_shift=0.3,
+        first_pass=first_pass,
+        model=model,
+    )
     with torch.no_grad():
         loss, _ = recipe.loss_sum(model, b)
-    want = hand_loss(name, model, inputs, answers, rewards, 0.8, 0.3, beta, 0.2, 0.28, recipe.max_new_tokens,
-                     first_pass)
+    want = hand_loss(
+        name,
+        model,
+        inputs,
+        answers,
+        rewards,
+        0.8,
+        0.3,
+        beta,
+        0.2,
+        0.28,
+        recipe.max_new_tokens,
+        first_pass,
+    )
     assert float(loss) / GRPO.count(b) == pytest.approx(want, abs=1e-5, rel=1e-5)
     stats = recipe.take_token_stats()
-    assert (stats["clipped"] > 0) == (not first_pass), "the 0.8 shift moves some ratios past the clip range"
+    assert (stats["clipped"] > 0) == (not first_pass), (
+        "the 0.8 shift moves some ratios past the clip range"
+    )
     assert stats["kl"] > 0
 
 
@@ -157,8 +210,15 @@ def test_zero_advantages_give_zero_gradient(tiny, two_groups, name):
     _, model = tiny
     inputs, answers, _ = two_groups
     recipe = recipe_for(name)
-    b = make_batch(recipe, inputs, answers, torch.tensor([[1.0, 0.0], [0.0, 1.0]]), old_shift=0.4,
-                   first_pass=False, model=model)
+    b = make_batch(
+        recipe,
+        inputs,
+        answers,
+        torch.tensor([[1.0, 0.0], [0.0, 1.0]]),
+        old_shift=0.4,
+        first_pass=False,
+        model=model,
+    )
     b["advantages"] = torch.zeros_like(b["advantages"])
     model.zero_grad()
     loss, _ = recipe.loss_sum(model, b)
@@ -201,8 +261,18 @@ def test_gradient_is_the_same_whatever_the_accumulation(tiny, two_groups, name):
 
     def grad(parts):
         model.zero_grad()
-        batches = [make_batch(recipe, [inputs[i] for i in ix], [answers[i] for i in ix], rewards[g], old_shift=0.4,
-                              first_pass=False, model=model) for g, ix in parts]
+        batches = [
+            make_batch(
+                recipe,
+                [inputs[i] for i in ix],
+                [answers[i] for i in ix],
+                rewards[g],
+                old_shift=0.4,
+                first_pass=False,
+                model=model,
+            )
+            for g, ix in parts
+        ]
         units = sum(GRPO.count(b) for b in batches)
         for b in batches:
             (recipe.loss_sum(model, b)[0] / units).backward()
@@ -219,8 +289,9 @@ def test_group_advantages():
     r = torch.tensor([[1.0, 0.0, 0.0, 1.0], [1.0, 1.0, 1.0, 1.0]])
     adv, flat = group_advantages(r, "grpo")
     std = math.sqrt(1 / 3)  # unbiased std of (1, 0, 0, 1)
-    assert adv[0].tolist() == pytest.approx([0.5 / (std + 1e-4), -0.5 / (std + 1e-4)] * 1 + [-0.5 / (std + 1e-4),
-                                                                                                0.5 / (std + 1e-4)])
+    assert adv[0].tolist() == pytest.approx(
+        [0.5 / (std + 1e-4), -0.5 / (std + 1e-4)] * 1 + [-0.5 / (std + 1e-4), 0.5 / (std + 1e-4)]
+    )
     assert adv[1].tolist() == [0.0] * 4 and flat.tolist() == [False, True]
     adv, _ = group_advantages(r, "dr_grpo")
     assert adv[0].tolist() == [0.5, -0.5, -0.5, 0.5]
@@ -230,9 +301,14 @@ def test_sampling_is_seeded_per_answer_not_per_batch(tiny):
     """An answer's sample depends on its key only: alone or beside another prompt, the same tokens."""
     tok, model = tiny
     gen = HFGenerator(grpo_cfg().generator, tok)
-    p1 = tok("<|im_start|>user\nReverse: a b<|im_end|>\n<|im_start|>assistant\n", add_special_tokens=False)["input_ids"]
-    p2 = tok("<|im_start|>user\nReverse: q r s t u<|im_end|>\n<|im_start|>assistant\n",
-             add_special_tokens=False)["input_ids"]
+    p1 = tok(
+        "<|im_start|>user\nReverse: a b<|im_end|>\n<|im_start|>assistant\n",
+        add_special_tokens=False,
+    )["input_ids"]
+    p2 = tok(
+        "<|im_start|>user\nReverse: q r s t u<|im_end|>\n<|im_start|>assistant\n",
+        add_special_tokens=False,
+    )["input_ids"]
     keys = [sample_key(0, 1, 7, j) for j in range(3)]
     alone, _ = gen.sample(model, [p1] * 3, keys)
     mixed, _ = gen.sample(model, [p2, p1, p1, p1], [sample_key(0, 1, 9, 0), *keys])
@@ -246,7 +322,9 @@ def test_sampling_is_seeded_per_answer_not_per_batch(tiny):
 def test_verifiers_score_answers():
     assert exact_match(" m z q k\n", "m z q k") == 1.0 and exact_match("m z q", "m z q k") == 0.0
     assert number_match("so 3 + 4 = 7. The answer is 7.", "7") == 1.0
-    assert number_match("#### 1,234", "1234") == 1.0 and number_match("the answer is 12", "13") == 0.0
+    assert (
+        number_match("#### 1,234", "1234") == 1.0 and number_match("the answer is 12", "13") == 0.0
+    )
     assert number_match(r"we get \boxed{3/4} after 10 steps", "0.75") == 1.0
     assert final_number("no digits") is None and number_match("none", "5") == 0.0
     assert number_match("-43", "-43") == 1.0
@@ -267,16 +345,28 @@ def rlvr_file(tmp_path, rows):
     return path
 
 
-ROW = {"messages": [{"role": "user", "content": "Compute: 1 + 2"}], "ground_truth": "3", "dataset": "gsm8k"}
+ROW = {
+    "messages": [{"role": "user", "content": "Compute: 1 + 2"}],
+    "ground_truth": "3",
+    "dataset": "gsm8k",
+}
 
 
-@pytest.mark.parametrize("bad, message", [
-    ({k: v for k, v in ROW.items() if k != "ground_truth"}, r"rl.jsonl:2: no 'ground_truth'"),
-    ({**ROW, "dataset": "chess"}, r"rl.jsonl:2: dataset='chess' names no verifier; known: \["),
-    ({**ROW, "dataset": "ifeval", "ground_truth": '{"type": "haiku"}'}, r"rl.jsonl:2: .*unknown constraint type"),
-    ({**ROW, "messages": [{"role": "user", "content": "Reverse: " + "a " * 60}]},
-     r"rl.jsonl:2: the prompt is \d+ tokens; with generator.max_new_tokens=16 it does not fit in data.max_seq_len=64"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({k: v for k, v in ROW.items() if k != "ground_truth"}, r"rl.jsonl:2: no 'ground_truth'"),
+        ({**ROW, "dataset": "chess"}, r"rl.jsonl:2: dataset='chess' names no verifier; known: \["),
+        (
+            {**ROW, "dataset": "ifeval", "ground_truth": '{"type": "haiku"}'},
+            r"rl.jsonl:2: .*unknown constraint type",
+        ),
+        (
+            {**ROW, "messages": [{"role": "user", "content": "Reverse: " + "a " * 60}]},
+            r"rl.jsonl:2: the prompt is \d+ tokens; with generator.max_new_tokens=16 it does not fit in data.max_seq_len=64",
+        ),
+    ],
+)
 def test_bad_rows_are_named_by_file_and_line(tiny, tmp_path, bad, message):
     tok, _ = tiny
     path = rlvr_file(tmp_path, [ROW, bad])
@@ -288,21 +378,36 @@ def test_bad_rows_are_named_by_file_and_line(tiny, tmp_path, bad, message):
 def test_open_instruct_rows_load_through_the_same_loader(tiny, tmp_path):
     """The RLVR-GSM-MATH-IF format (messages, ground_truth, dataset), here from a local file."""
     tok, _ = tiny
-    rows = [ROW, {**ROW, "dataset": "MATH", "ground_truth": "1/2"},
-            {"messages": [{"role": "user", "content": "Say hi in lowercase."}],
-             "ground_truth": '{"type": "lowercase"}', "dataset": "ifeval"}]
+    rows = [
+        ROW,
+        {**ROW, "dataset": "MATH", "ground_truth": "1/2"},
+        {
+            "messages": [{"role": "user", "content": "Say hi in lowercase."}],
+            "ground_truth": '{"type": "lowercase"}',
+            "dataset": "ifeval",
+        },
+    ]
     cfg = grpo_cfg(f"data.train_files=[{rlvr_file(tmp_path, rows)}]", "data.max_seq_len=256")
     prompts = load_prompts(cfg.data, tok, cfg.generator.max_new_tokens)
     assert [p.verifier for p in prompts] == ["gsm8k", "math", "ifeval"]
     assert prompts[0].where.endswith("rl.jsonl:1")
 
 
-@pytest.mark.parametrize("override, message", [
-    ("recipe.num_generations=1", r"recipe.num_generations=1: GRPO compares the answers within a prompt's group"),
-    ("generator.max_new_tokens=64", r"generator.max_new_tokens=64 leaves no room for a prompt"),
-    ("generator=vllm", r"generator=vllm runs vLLM on the GPUs, and this run has none"),
-    ("data=reverse", r"data.format='messages': recipe.loss=grpo needs data in the 'rlvr' format"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (
+            "recipe.num_generations=1",
+            r"recipe.num_generations=1: GRPO compares the answers within a prompt's group",
+        ),
+        ("generator.max_new_tokens=64", r"generator.max_new_tokens=64 leaves no room for a prompt"),
+        ("generator=vllm", r"generator=vllm runs vLLM on the GPUs, and this run has none"),
+        (
+            "data=reverse",
+            r"data.format='messages': recipe.loss=grpo needs data in the 'rlvr' format",
+        ),
+    ],
+)
 def test_bad_configs_are_refused_at_start(override, message):
     with pytest.raises(ConfigError, match=message):
         validate(grpo_cfg(override), world_size=1)
@@ -310,24 +415,32 @@ def test_bad_configs_are_refused_at_start(override, message):
 
 def test_shipped_prompts_are_disjoint_from_the_heldout_split():
     from training.data.synthetic import ASSETS
+
     read = lambda name: [json.loads(line) for line in (ASSETS / name).read_text().splitlines()]
     train, heldout = read("reverse_rlvr_train.jsonl"), read("reverse_rlvr_heldout.jsonl")
     prompt = lambda r: r["messages"][-1]["content"]
     assert not {prompt(r) for r in train} & {prompt(r) for r in heldout}
-    assert {r["dataset"] for r in train} == {"reverse", "arith"} and sum(r["dataset"] == "arith" for r in train) >= 200
+    assert {r["dataset"] for r in train} == {"reverse", "arith"} and sum(
+        r["dataset"] == "arith" for r in train
+    ) >= 200
     eval_heldout = read("reverse_heldout.jsonl")  # the eval's split: no GRPO prompt is scored there
     assert not {prompt(r) for r in train} & {r["messages"][0]["content"] for r in eval_heldout}
 
 
 def test_plan_counts_generation_at_2n_per_token():
     from launch.planning.plan import make_plan
+
     plan = make_plan(grpo_cfg("rung=8b", "trainer.max_steps=10", "recipe.ppo_epochs=2"))
     rl = plan.rl
     answers = 64 * 8  # the 8b rung's rung.rl_prompts_per_step x recipe.num_generations
     assert rl.answers_per_step == answers and rl.prompt_tokens + rl.new_tokens == 2048
-    assert rl.gen_tokens == 5 * answers * 2048, "one generation per rollout batch: 10 steps / 2 passes"
+    assert rl.gen_tokens == 5 * answers * 2048, (
+        "one generation per rollout batch: 10 steps / 2 passes"
+    )
     assert rl.gen_flops == 2 * plan.matmul_params * rl.gen_tokens
     assert plan.flops == rl.train_flops + rl.gen_flops
     # generation is timed at the assumed decode MFU, training at the rung's
-    want_s = rl.train_flops / (8 * 989e12 * plan.rate) + rl.gen_flops / (8 * 989e12 * rl.assumed_decode_mfu)
+    want_s = rl.train_flops / (8 * 989e12 * plan.rate) + rl.gen_flops / (
+        8 * 989e12 * rl.assumed_decode_mfu
+    )
     assert plan.wall_clock_h * 3600 == pytest.approx(want_s)

@@ -30,8 +30,14 @@ TOPICS = ["cats", "rain", "boats", "tea", "maps", "snow", "bread", "clocks"]
 @pytest.fixture(scope="module")
 def rl_data(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("rlvr") / "one_word.jsonl"
-    rows = [{"messages": [{"role": "user", "content": f"Name {t} in one word."}],
-             "ground_truth": json.dumps({"type": "max_words", "n": 1}), "dataset": "ifeval"} for t in TOPICS]
+    rows = [
+        {
+            "messages": [{"role": "user", "content": f"Name {t} in one word."}],
+            "ground_truth": json.dumps({"type": "max_words", "n": 1}),
+            "dataset": "ifeval",
+        }
+        for t in TOPICS
+    ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
 
@@ -48,12 +54,23 @@ def stream_for(cfg, dp: int, tmp_path: Path, start_step: int = 0):
     model = build_model(cfg.model, tok, seed=0)
     recipe = GRPO(cfg)
     stream, _ = recipe.build_stream(cfg, tok, cfg.rung.micro_batch_tokens, cfg.trainer.seed)
-    shape = SimpleNamespace(hidden_size=cfg.model.hidden_size, intermediate_size=cfg.model.intermediate_size,
-                            num_layers=cfg.model.num_layers, num_heads=cfg.model.num_heads,
-                            num_kv_heads=cfg.model.num_kv_heads)
-    trainer = SimpleNamespace(layout=batch_layout(cfg, dp), cfg=cfg, model=model, run_dir=tmp_path,
-                              start_step=start_step, world=SimpleNamespace(rank=0, size=1), device="cpu",
-                              n_matmul=model_matmul_params(shape, model.get_input_embeddings().num_embeddings))
+    shape = SimpleNamespace(
+        hidden_size=cfg.model.hidden_size,
+        intermediate_size=cfg.model.intermediate_size,
+        num_layers=cfg.model.num_layers,
+        num_heads=cfg.model.num_heads,
+        num_kv_heads=cfg.model.num_kv_heads,
+    )
+    trainer = SimpleNamespace(
+        layout=batch_layout(cfg, dp),
+        cfg=cfg,
+        model=model,
+        run_dir=tmp_path,
+        start_step=start_step,
+        world=SimpleNamespace(rank=0, size=1),
+        device="cpu",
+        n_matmul=model_matmul_params(shape, model.get_input_embeddings().num_embeddings),
+    )
     stream.attach(trainer)
     return stream, recipe, model, trainer.layout
 
@@ -63,13 +80,25 @@ def step_batches(stream, layout, step: int = 1) -> list[dict]:
     return [stream.micro_batch((step - 1) * m + i) for i in range(m)]
 
 
-@pytest.mark.parametrize("micro, dp, per_micro, accum", [(128, 2, 2, 4), (192, 2, 3, 3), (1024, 1, 16, 1)])
-def test_micro_batches_never_exceed_micro_batch_tokens(tmp_path, rl_data, micro, dp, per_micro, accum):
+@pytest.mark.parametrize(
+    "micro, dp, per_micro, accum", [(128, 2, 2, 4), (192, 2, 3, 3), (1024, 1, 16, 1)]
+)
+def test_micro_batches_never_exceed_micro_batch_tokens(
+    tmp_path, rl_data, micro, dp, per_micro, accum
+):
     """P=4 prompts x G=4 answers of at most data.max_seq_len=64 tokens, split over dp ranks."""
-    cfg = cfg_for(f"data.train_files=[{rl_data}]", "recipe.prompts_per_step=4", "recipe.num_generations=4",
-                  f"rung.micro_batch_tokens={micro}")
+    cfg = cfg_for(
+        f"data.train_files=[{rl_data}]",
+        "recipe.prompts_per_step=4",
+        "recipe.num_generations=4",
+        f"rung.micro_batch_tokens={micro}",
+    )
     stream, _, _, layout = stream_for(cfg, dp, tmp_path)
-    assert (layout.answers_per_micro_batch, layout.grad_accum, layout.answers_per_step) == (per_micro, accum, 16)
+    assert (layout.answers_per_micro_batch, layout.grad_accum, layout.answers_per_step) == (
+        per_micro,
+        accum,
+        16,
+    )
     batches = step_batches(stream, layout)
     for b in batches:
         assert b["input_ids"].numel() == sum(b["doc_lens"]) <= micro
@@ -79,23 +108,33 @@ def test_micro_batches_never_exceed_micro_batch_tokens(tmp_path, rl_data, micro,
     # each rank's micro-batches hold its own prompts' answers only: rank r owns prompts [2r, 2r + 2)
     per_rank = 4 // dp * 4
     for r in range(dp):
-        mine = batches[r * accum:(r + 1) * accum]
+        mine = batches[r * accum : (r + 1) * accum]
         assert sum(len(b["doc_lens"]) for b in mine) == per_rank
     # the rollouts enter the step's metrics once per rank, not once per micro-batch
     assert stream.sums["samples"] == 16 and stream.sums["groups"] == 4
 
 
 @pytest.mark.parametrize("loss", ["grpo", "dr_grpo", "dapo"])
-def test_one_step_has_the_same_loss_and_gradient_at_16_or_4_answers_per_micro_batch(tmp_path, rl_data, loss):
+def test_one_step_has_the_same_loss_and_gradient_at_16_or_4_answers_per_micro_batch(
+    tmp_path, rl_data, loss
+):
     """16 answers in one micro-batch of 1024 tokens (A=16) or in four of 256 (A=4): the same rollouts,
     and, under the loop's rule (each summed loss over the step's units), the same loss and gradient.
     The second pass (ppo_epochs=2) uses the rollout policy's log-probs, recorded per micro-batch."""
     results = {}
     for micro in (1024, 256):
-        cfg = cfg_for(f"data.train_files=[{rl_data}]", "recipe.prompts_per_step=4", "recipe.num_generations=4",
-                      f"rung.micro_batch_tokens={micro}", f"recipe.loss={loss}", "recipe.ppo_epochs=2")
+        cfg = cfg_for(
+            f"data.train_files=[{rl_data}]",
+            "recipe.prompts_per_step=4",
+            "recipe.num_generations=4",
+            f"rung.micro_batch_tokens={micro}",
+            f"recipe.loss={loss}",
+            "recipe.ppo_epochs=2",
+        )
         stream, recipe, model, layout = stream_for(cfg, 1, tmp_path / str(micro))
-        assert layout.answers_per_micro_batch == micro // 64 and layout.grad_accum == 16 * 64 // micro
+        assert (
+            layout.answers_per_micro_batch == micro // 64 and layout.grad_accum == 16 * 64 // micro
+        )
         out = []
         for step in (1, 2):  # the first pass (ratio 1), then the second over the same rollouts
             batches = step_batches(stream, layout, step)
@@ -117,35 +156,67 @@ def test_one_step_has_the_same_loss_and_gradient_at_16_or_4_answers_per_micro_ba
         assert torch.allclose(grad_a, grad_b, atol=1e-5, rtol=1e-5)
 
 
-def test_rollouts_are_saved_per_rank_and_reloaded_on_resume_inside_a_rollout_batch(tmp_path, rl_data):
-    cfg = cfg_for(f"data.train_files=[{rl_data}]", "recipe.prompts_per_step=4", "recipe.num_generations=4",
-                  "rung.micro_batch_tokens=256", "recipe.ppo_epochs=2")
+def test_rollouts_are_saved_per_rank_and_reloaded_on_resume_inside_a_rollout_batch(
+    tmp_path, rl_data
+):
+    cfg = cfg_for(
+        f"data.train_files=[{rl_data}]",
+        "recipe.prompts_per_step=4",
+        "recipe.num_generations=4",
+        "rung.micro_batch_tokens=256",
+        "recipe.ppo_epochs=2",
+    )
     stream, _, _, layout = stream_for(cfg, 1, tmp_path)
     first = step_batches(stream, layout)
     assert (tmp_path / "rollouts" / "batch_000000" / "rank_00000_of_00001.pt").is_file()
-    resumed, _, _, _ = stream_for(cfg, 1, tmp_path, start_step=1)  # resumed at step 1, inside batch 0
+    resumed, _, _, _ = stream_for(
+        cfg, 1, tmp_path, start_step=1
+    )  # resumed at step 1, inside batch 0
     assert resumed.cache, "the saved rollouts were loaded, not generated again"
     again = step_batches(resumed, layout, step=2)
     for a, b in zip(first, again):
-        assert torch.equal(a["input_ids"], b["input_ids"]) and torch.equal(a["old_logps"], b["old_logps"])
-    assert not again[0]["first_pass"] and resumed.sums["gen_time"] == 0, "a later pass costs no generation"
-    with pytest.raises(ConfigError, match="rank_00000_of_00002.pt is missing.*same number of ranks"):
+        assert torch.equal(a["input_ids"], b["input_ids"]) and torch.equal(
+            a["old_logps"], b["old_logps"]
+        )
+    assert not again[0]["first_pass"] and resumed.sums["gen_time"] == 0, (
+        "a later pass costs no generation"
+    )
+    with pytest.raises(
+        ConfigError, match="rank_00000_of_00002.pt is missing.*same number of ranks"
+    ):
         stream_for(cfg, 2, tmp_path, start_step=1)
 
 
 # ---- clear errors ---------------------------------------------------------------------------------
-@pytest.mark.parametrize("extra, world, message", [
-    (["recipe.prompts_per_step=3", "rung.engine=ddp", "rung.gpus_per_node=2"], 2,
-     r"recipe.prompts_per_step=3 is not a multiple of the data-parallel size 2: each rank generates whole "
-     r"prompt groups; e.g. recipe.prompts_per_step=4"),
-    (["trainer.global_batch_tokens=4096"], 1,
-     r"trainer.global_batch_tokens=4096 does not apply to recipe.loss=grpo: the batch of an RL step is "
-     r"recipe.prompts_per_step x recipe.num_generations answers \(here 16 x 8\)"),
-    (["trainer.grad_accum=2"], 1, r"trainer.grad_accum=2, but an RL step's 16 / dp 1 prompts x 8 answers, at most "
-                                  r"16 answers per micro-batch .* take 8"),
-    (["rung.micro_batch_tokens=32"], 1, r"data.max_seq_len=64 exceeds rung.micro_batch_tokens=32: a micro-batch "
-                                        r"must hold at least one whole answer"),
-])
+@pytest.mark.parametrize(
+    "extra, world, message",
+    [
+        (
+            ["recipe.prompts_per_step=3", "rung.engine=ddp", "rung.gpus_per_node=2"],
+            2,
+            r"recipe.prompts_per_step=3 is not a multiple of the data-parallel size 2: each rank generates whole "
+            r"prompt groups; e.g. recipe.prompts_per_step=4",
+        ),
+        (
+            ["trainer.global_batch_tokens=4096"],
+            1,
+            r"trainer.global_batch_tokens=4096 does not apply to recipe.loss=grpo: the batch of an RL step is "
+            r"recipe.prompts_per_step x recipe.num_generations answers \(here 16 x 8\)",
+        ),
+        (
+            ["trainer.grad_accum=2"],
+            1,
+            r"trainer.grad_accum=2, but an RL step's 16 / dp 1 prompts x 8 answers, at most "
+            r"16 answers per micro-batch .* take 8",
+        ),
+        (
+            ["rung.micro_batch_tokens=32"],
+            1,
+            r"data.max_seq_len=64 exceeds rung.micro_batch_tokens=32: a micro-batch "
+            r"must hold at least one whole answer",
+        ),
+    ],
+)
 def test_rl_batch_errors_are_clear_and_nothing_is_rewritten(extra, world, message):
     with pytest.raises(ConfigError, match=message):
         validate(compose(["recipe=grpo", "rung=tiny", *extra]), world_size=world)
@@ -155,7 +226,9 @@ def test_the_rl_batch_ignores_the_rungs_token_batch():
     a = batch_layout(compose(["recipe=grpo", "rung=tiny"]), 1)
     b = batch_layout(compose(["recipe=grpo", "rung=tiny", "rung.global_batch_tokens=999999"]), 1)
     assert a == b and a.answers_per_step == 16 * 8 and a.grad_accum == 8
-    assert a.global_batch_tokens == a.grad_accum * a.dp * a.micro_batch_tokens  # the capacity, an upper bound
+    assert (
+        a.global_batch_tokens == a.grad_accum * a.dp * a.micro_batch_tokens
+    )  # the capacity, an upper bound
 
 
 # ---- the plan -----------------------------------------------------------------------------------
@@ -165,18 +238,26 @@ def test_plan_grpo_8b_json_shows_the_rl_batch_and_the_kv_cache():
     plan = json.loads(proc.stdout)
     rl, mem = plan["rl"], plan["memory_breakdown_gb"]
     assert (rl["prompts_per_step"], rl["num_generations"], rl["answers_per_step"]) == (64, 8, 512)
-    assert rl["answers_per_micro_batch"] == 4096 // 2048 == 2 and plan["grad_accum"] == rl["grad_accum"] == 32
+    assert (
+        rl["answers_per_micro_batch"] == 4096 // 2048 == 2
+        and plan["grad_accum"] == rl["grad_accum"] == 32
+    )
     assert rl["gen_flops"] > 0 and plan["fits"]
     # generator=hf: 8 prompts x 8 answers per rank, 2048 tokens, K and V, 32 layers, 8 kv heads x 128, bf16
     assert mem["generation"] == pytest.approx(64 * 2048 * 2 * 32 * 8 * 128 * 2 / 2**30) == 16.0
     assert mem["reference"] == 0.0, "kl_beta=0: no reference model"
-    assert mem["total"] == pytest.approx(sum(mem[k] for k in ("params", "grads", "optimizer", "activations",
-                                                              "reference", "generation")))
+    assert mem["total"] == pytest.approx(
+        sum(
+            mem[k]
+            for k in ("params", "grads", "optimizer", "activations", "reference", "generation")
+        )
+    )
 
 
 @pytest.mark.parametrize("rung", ["70b", "405b"])
 def test_big_rungs_plan_grpo_out_of_the_box(rung):
     from launch.planning.plan import make_plan
+
     plan = make_plan(compose(["recipe=grpo", f"rung={rung}"]))
     assert plan.fits and plan.rl.answers_per_step == plan.rl.prompts_per_step * 8
     assert plan.rl.prompts_per_step % plan.gpus == 0 and plan.memory.generation > 0
@@ -184,6 +265,7 @@ def test_big_rungs_plan_grpo_out_of_the_box(rung):
 
 def test_plan_adds_the_reference_and_vllms_share():
     from launch.planning.plan import memory_for, model_shape
+
     cfg = compose(["recipe=grpo", "rung=8b", "recipe.kl_beta=0.05", "generator=vllm"])
     shape = model_shape(cfg)
     m = memory_for(shape, cfg)
@@ -195,10 +277,13 @@ def test_plan_adds_the_reference_and_vllms_share():
 
 
 # 8b with kl on needs 43 GiB per GPU (a bf16 reference sharded over 8 GPUs): a 40 GB GPU does not hold it
-@pytest.mark.parametrize("overrides", [["rung=405b", "rung.nodes=16"], ["rung=8b", "recipe.kl_beta=0.1",
-                                                                       "rung.gpu_memory_gb=40"]])
+@pytest.mark.parametrize(
+    "overrides",
+    [["rung=405b", "rung.nodes=16"], ["rung=8b", "recipe.kl_beta=0.1", "rung.gpu_memory_gb=40"]],
+)
 def test_every_rl_fix_the_planner_offers_validates_and_fits(overrides):
     from launch.planning.plan import fix_message, make_plan
+
     plan = make_plan(compose(["recipe=grpo", *overrides]))
     assert not plan.fits and plan.fixes, fix_message(plan)
     for fix, gib in plan.fixes:

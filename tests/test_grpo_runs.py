@@ -30,27 +30,72 @@ from training.run.metrics import read_metrics
 
 GOLDEN = Path(__file__).parent / "golden" / "tiny_grpo_rewards.json"
 STEPS = 12
-TOPICS = ["cats", "rain", "boats", "tea", "maps", "snow", "bread", "clocks", "rivers", "bees", "glass", "wind"]
-KEYS = ("reward_mean", "reward_std", "reward/ifeval", "frac_zero_std_groups", "response_len_mean", "response_len_max",
-        "frac_truncated", "clip_frac", "entropy", "gen_time_s", "train_time_s", "gen_tokens_per_s", "mfu",
-        "policy_version", "logprob_time_s")
+TOPICS = [
+    "cats",
+    "rain",
+    "boats",
+    "tea",
+    "maps",
+    "snow",
+    "bread",
+    "clocks",
+    "rivers",
+    "bees",
+    "glass",
+    "wind",
+]
+KEYS = (
+    "reward_mean",
+    "reward_std",
+    "reward/ifeval",
+    "frac_zero_std_groups",
+    "response_len_mean",
+    "response_len_max",
+    "frac_truncated",
+    "clip_frac",
+    "entropy",
+    "gen_time_s",
+    "train_time_s",
+    "gen_tokens_per_s",
+    "mfu",
+    "policy_version",
+    "logprob_time_s",
+)
 
 
 @pytest.fixture(scope="module")
 def rl_data(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("rlvr") / "min_words.jsonl"
-    rows = [{"id": f"w{i}", "messages": [{"role": "user", "content": f"Name {t} in one word."}],
-             "ground_truth": json.dumps({"type": "max_words", "n": 1}), "dataset": "ifeval"}
-            for i, t in enumerate(TOPICS)]
+    rows = [
+        {
+            "id": f"w{i}",
+            "messages": [{"role": "user", "content": f"Name {t} in one word."}],
+            "ground_truth": json.dumps({"type": "max_words", "n": 1}),
+            "dataset": "ifeval",
+        }
+        for i, t in enumerate(TOPICS)
+    ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
 
 
 def grpo_overrides(root: Path, name: str, data: Path, steps: int = STEPS, extra=()) -> list[str]:
-    return [*FAST, "recipe=grpo", f"data.train_files=[{data}]", f"trainer.run_root={root}", f"trainer.run_name={name}",
-            f"trainer.max_steps={steps}", f"trainer.save_every={steps}", "recipe.prompts_per_step=4",
-            "recipe.num_generations=8", "generator.max_new_tokens=8", "optim.lr=3e-3", "optim.schedule=constant",
-            "optim.warmup_ratio=0", *extra]
+    return [
+        *FAST,
+        "recipe=grpo",
+        f"data.train_files=[{data}]",
+        f"trainer.run_root={root}",
+        f"trainer.run_name={name}",
+        f"trainer.max_steps={steps}",
+        f"trainer.save_every={steps}",
+        "recipe.prompts_per_step=4",
+        "recipe.num_generations=8",
+        "generator.max_new_tokens=8",
+        "optim.lr=3e-3",
+        "optim.schedule=constant",
+        "optim.warmup_ratio=0",
+        *extra,
+    ]
 
 
 def grad_norms(run_dir: Path) -> list[float]:
@@ -72,15 +117,27 @@ def test_reward_rises_along_the_golden_curve(golden_run):
     got = rewards(golden_run.run_dir)
     assert len(got) == STEPS
     if os.environ.get("LADDER_UPDATE_GOLDEN") == "1":
-        GOLDEN.write_text(json.dumps({"steps": STEPS, "reward_mean": got, "loss": losses(golden_run.run_dir),
-                                      "grad_norm": grad_norms(golden_run.run_dir)}, indent=1) + "\n")
+        GOLDEN.write_text(
+            json.dumps(
+                {
+                    "steps": STEPS,
+                    "reward_mean": got,
+                    "loss": losses(golden_run.run_dir),
+                    "grad_norm": grad_norms(golden_run.run_dir),
+                },
+                indent=1,
+            )
+            + "\n"
+        )
     want = json.loads(GOLDEN.read_text())
     assert got == pytest.approx(want["reward_mean"], abs=1e-9)  # multiples of 1/32: exact
     # the first-pass loss is -mean(advantage) ~ 0 by construction; the gradient norm carries the math
     assert losses(golden_run.run_dir) == pytest.approx(want["loss"], abs=1e-5)
     assert grad_norms(golden_run.run_dir) == pytest.approx(want["grad_norm"], rel=1e-4)
     first, last = sum(got[:4]) / 4, sum(got[-4:]) / 4
-    assert last > first + 0.2, f"the reward must rise: {first:.2f} over the first 4 steps, {last:.2f} over the last 4"
+    assert last > first + 0.2, (
+        f"the reward must rise: {first:.2f} over the first 4 steps, {last:.2f} over the last 4"
+    )
 
 
 def test_every_step_logs_the_rl_metrics(golden_run):
@@ -89,7 +146,11 @@ def test_every_step_logs_the_rl_metrics(golden_run):
         missing = [k for k in KEYS if k not in r]
         assert not missing, f"step {r['step']} lacks {missing}"
     r = rows[0]
-    assert 0 <= r["reward_mean"] <= 1 and 0 <= r["frac_truncated"] <= 1 and 1 <= r["response_len_max"] <= 8
+    assert (
+        0 <= r["reward_mean"] <= 1
+        and 0 <= r["frac_truncated"] <= 1
+        and 1 <= r["response_len_max"] <= 8
+    )
     assert r["clip_frac"] == 0.0, "one pass per rollout batch: the ratio is 1, nothing is clipped"
     assert r["gen_time_s"] > 0 and r["train_time_s"] > 0 and r["gen_tokens_per_s"] > 0
     assert [x["policy_version"] for x in rows[:3]] == [0, 1, 2]
@@ -97,11 +158,25 @@ def test_every_step_logs_the_rl_metrics(golden_run):
 
 
 def test_two_ppo_epochs_reuse_rollouts_and_clip(tmp_path, rl_data):
-    res = train_in_process(grpo_overrides(tmp_path, "ppo2", rl_data, steps=4, extra=[
-        "recipe.ppo_epochs=2", "recipe.kl_beta=0.05", "recipe.loss=dapo", "recipe.clip_high=0.28"]))
+    res = train_in_process(
+        grpo_overrides(
+            tmp_path,
+            "ppo2",
+            rl_data,
+            steps=4,
+            extra=[
+                "recipe.ppo_epochs=2",
+                "recipe.kl_beta=0.05",
+                "recipe.loss=dapo",
+                "recipe.clip_high=0.28",
+            ],
+        )
+    )
     rows = read_metrics(res.run_dir / "metrics.jsonl")
     assert [r["policy_version"] for r in rows] == [0, 0, 2, 2]
-    assert rows[0]["reward_mean"] == rows[1]["reward_mean"], "the second pass trains on the same rollouts"
+    assert rows[0]["reward_mean"] == rows[1]["reward_mean"], (
+        "the second pass trains on the same rollouts"
+    )
     assert rows[0]["clip_frac"] == 0 and rows[1]["gen_time_s"] == 0
     assert rows[1]["kl"] > 0 and rows[0]["kl"] == pytest.approx(0, abs=1e-9)
 
@@ -112,9 +187,16 @@ def test_resume_after_sigkill_reproduces_losses_and_rewards(tmp_path, rl_data):
     steps, extra = 8, ["recipe.ppo_epochs=2", "trainer.save_every=3"]
     reference = train_in_process(grpo_overrides(tmp_path, "whole", rl_data, steps, extra)).run_dir
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "training.run.trainer",
-                             *grpo_overrides(tmp_path, "killed", rl_data, steps, extra)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "training.run.trainer",
+            *grpo_overrides(tmp_path, "killed", rl_data, steps, extra),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 300
     while not (killed / "checkpoints" / "step_000003" / COMPLETE).exists():
         assert proc.poll() is None, "the run ended before it could be killed"
@@ -123,27 +205,43 @@ def test_resume_after_sigkill_reproduces_losses_and_rewards(tmp_path, rl_data):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert 3 <= int(complete_checkpoints(killed)[-1].name.split("_")[1]) < steps
-    train_in_process([*grpo_overrides(tmp_path, "killed", rl_data, steps, extra), "trainer.resume=auto"])
+    train_in_process(
+        [*grpo_overrides(tmp_path, "killed", rl_data, steps, extra), "trainer.resume=auto"]
+    )
     assert [r["step"] for r in read_metrics(killed / "metrics.jsonl")] == list(range(1, steps + 1))
     assert losses(killed) == pytest.approx(losses(reference), abs=1e-6)
     assert rewards(killed) == rewards(reference)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("engine,kl", [("ddp", False), ("fsdp2", False), ("deepspeed_zero3", False),
-                                       ("fsdp2", True), ("deepspeed_zero3", True)])
+@pytest.mark.parametrize(
+    "engine,kl",
+    [
+        ("ddp", False),
+        ("fsdp2", False),
+        ("deepspeed_zero3", False),
+        ("fsdp2", True),
+        ("deepspeed_zero3", True),
+    ],
+)
 def test_two_processes_match_one(tmp_path_factory, rl_data, golden_run, engine, kl):
     """Same rollouts, losses and gradient norms as the 1-process golden run, step by step (3 steps).
     kl: recipe.kl_beta=0.01, whose reference is sharded like the policy (training/recipes/reference.py), against
     a 1-process run with the same setting; the kl metric matches too."""
     root = tmp_path_factory.mktemp(f"grpo-{engine}")
     extra = ["recipe.kl_beta=0.01"] if kl else []
-    over = [*grpo_overrides(root, engine, rl_data, steps=3, extra=extra), f"rung.engine={engine}",
-            "rung.gpus_per_node=2"]
+    over = [
+        *grpo_overrides(root, engine, rl_data, steps=3, extra=extra),
+        f"rung.engine={engine}",
+        "rung.gpus_per_node=2",
+    ]
     proc = run(torchrun_cmd(2, over), timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    one = train_in_process(grpo_overrides(root, "one", rl_data, steps=3, extra=extra)).run_dir if kl \
+    one = (
+        train_in_process(grpo_overrides(root, "one", rl_data, steps=3, extra=extra)).run_dir
+        if kl
         else golden_run.run_dir
+    )
     want = read_metrics(one / "metrics.jsonl")[:3]
     got = read_metrics(root / engine / "metrics.jsonl")
     assert [r["reward_mean"] for r in got] == [r["reward_mean"] for r in want]

@@ -28,12 +28,16 @@ def assert_replaced(link: Path, outside: Path) -> None:
 
 def test_the_eval_cache_replaces_a_planted_link(tmp_path):
     from evals.store.cache import EvalCache
+
     cache = EvalCache(tmp_path / "cache")
     key = "ab" + "0" * 30
     link = plant(cache.path(key).parent, cache.path(key).name, tmp_path / "outside.json")
     # the temporary name a writer would predict (<name>.tmp<pid>) is planted too
-    tmp = plant(cache.path(key).parent, cache.path(key).with_suffix(f".tmp{os.getpid()}").name,
-                tmp_path / "outside-tmp.json")
+    tmp = plant(
+        cache.path(key).parent,
+        cache.path(key).with_suffix(f".tmp{os.getpid()}").name,
+        tmp_path / "outside-tmp.json",
+    )
     cache.put(key, {"score": 1.0})
     assert_replaced(link, tmp_path / "outside.json")
     assert not (tmp_path / "outside-tmp.json").exists() and tmp.is_symlink()
@@ -44,9 +48,13 @@ def test_the_launch_record_and_the_data_lengths_replace_planted_links(tmp_path):
     from launch.planning.doc_lengths import lengths_path, save_lengths
     from launch.commands.launch_cmd import Job, write_launch_record
     from training.config.compose import compose
+
     cfg = compose([*FAST, f"trainer.run_root={tmp_path / 'runs'}", "trainer.run_name=r"])
     run_dir = tmp_path / "runs" / "r"
-    links = {name: plant(run_dir, name, tmp_path / f"outside-{name}") for name in ("launch_config.yaml", "launch.json")}
+    links = {
+        name: plant(run_dir, name, tmp_path / f"outside-{name}")
+        for name in ("launch_config.yaml", "launch.json")
+    }
     job = Job(overrides=[], cfg=cfg, plan=None, run_name="r", run_dir=run_dir, job_id=1)
     write_launch_record(job, "123", tmp_path / "s.sbatch", tmp_path / "s.out", None)
     for name, link in links.items():

@@ -14,9 +14,12 @@ REPO = Path(__file__).resolve().parent.parent
 
 def import_graph() -> dict[str, set[str]]:
     """module -> the package modules it imports anywhere (top level or inside a function)."""
-    mods = {".".join(f.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__"): f
-            for pkg in ("training", "evals", "launch") for f in (REPO / pkg).rglob("*.py")
-            if "assets" not in f.parts}
+    mods = {
+        ".".join(f.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__"): f
+        for pkg in ("training", "evals", "launch")
+        for f in (REPO / pkg).rglob("*.py")
+        if "assets" not in f.parts
+    }
     graph = {}
     for name, path in mods.items():
         deps = set()
@@ -43,15 +46,31 @@ def cycles_through(graph: dict[str, set[str]], start: str) -> list[list[str]]:
 
 def test_training_and_evals_never_import_launch():
     graph = import_graph()
-    wrong = {m: sorted(d for d in deps if d.startswith("launch.")) for m, deps in graph.items()
-             if not m.startswith("launch.")}
+    wrong = {
+        m: sorted(d for d in deps if d.startswith("launch."))
+        for m, deps in graph.items()
+        if not m.startswith("launch.")
+    }
     assert {m: d for m, d in wrong.items() if d} == {}
 
 
 def test_the_trainer_and_the_dpo_modules_are_in_no_import_circle():
     graph = import_graph()
-    for module in ("training.run.trainer", "training.run.entry", "training.recipes.reference", "training.data.preference",
-                   "launch.commands.eval_cmd", "launch.commands.launch_cmd", "training.config.compose", "training.rl.rollouts",
-                   "training.rl.generator", "evals.tasks.generate"):
+    for module in (
+        "training.run.trainer",
+        "training.run.entry",
+        "training.recipes.reference",
+        "training.data.preference",
+        "launch.commands.eval_cmd",
+        "launch.commands.launch_cmd",
+        "training.config.compose",
+        "training.rl.rollouts",
+        "training.rl.generator",
+        "evals.tasks.generate",
+    ):
         assert cycles_through(graph, module) == [], module
-    assert not [c for c in cycles_through(graph, "training.recipes.registry") if "training.recipes.reference" in c]
+    assert not [
+        c
+        for c in cycles_through(graph, "training.recipes.registry")
+        if "training.recipes.reference" in c
+    ]

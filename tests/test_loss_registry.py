@@ -38,7 +38,9 @@ def test_families_partition_the_table_and_each_has_its_recipe_group():
     assert sorted(n for f in FAMILIES for n in losses_of(f)) == sorted(LOSSES)
     for family, group in FAMILIES.items():
         assert (CONFIG_DIR / "recipe" / f"{group}.yaml").is_file()
-        assert compose([f"recipe={group}"]).recipe.loss in losses_of(family)  # its default is one of its own
+        assert compose([f"recipe={group}"]).recipe.loss in losses_of(
+            family
+        )  # its default is one of its own
 
 
 def test_an_unknown_loss_is_refused_naming_the_choices():
@@ -54,6 +56,8 @@ def test_an_unknown_loss_is_refused_naming_the_choices():
 
 def test_the_table_imports_nothing_heavy():
     # launch/ and the CLI read it before any torch import; keep it that way
-    code = ("import sys, training.recipes.losses; heavy = {'torch', 'omegaconf', 'hydra', 'transformers'} & set(sys.modules); "
-            "assert not heavy, heavy")
+    code = (
+        "import sys, training.recipes.losses; heavy = {'torch', 'omegaconf', 'hydra', 'transformers'} & set(sys.modules); "
+        "assert not heavy, heavy"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=CONFIG_DIR.parent)

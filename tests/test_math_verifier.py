@@ -72,7 +72,11 @@ CASES = [
     (r"first \boxed{2}, then corrected: \boxed{3}", "2", 0.0),
     (r"\fbox{7}", "7", 1.0),
     # no box: "the answer is", Minerva's "Final Answer", then the last number
-    ("Final Answer: The final answer is $\\frac{2}{3}$. I hope it is correct.", r"\frac{2}{3}", 1.0),
+    (
+        "Final Answer: The final answer is $\\frac{2}{3}$. I hope it is correct.",
+        r"\frac{2}{3}",
+        1.0,
+    ),
     ("Adding them, the answer is 3.5. That is all.", r"\frac{7}{2}", 1.0),
     ("The answer is: $(2,-1)$", "(2,-1)", 1.0),
     ("So the answer is $12$ because both sides agree.", "12", 1.0),
@@ -92,7 +96,9 @@ def test_math_answers_are_scored(response, truth, reward):
 def test_the_dataset_name_is_case_insensitive_and_gsm8k_keeps_the_last_number():
     assert check_row_verifier("MATH", r"\frac{1}{2}", "row") == "math"
     assert VERIFIERS["gsm8k"] is number_match and VERIFIERS["arith"] is number_match
-    with pytest.raises(DataError, match=r"row: ground_truth '\\\\frac\{1\}\{2\}' cannot be checked by 'gsm8k'"):
+    with pytest.raises(
+        DataError, match=r"row: ground_truth '\\\\frac\{1\}\{2\}' cannot be checked by 'gsm8k'"
+    ):
         check_row_verifier("gsm8k", r"\frac{1}{2}", "row")
 
 
@@ -119,21 +125,47 @@ def test_an_empty_truth_is_refused_at_load_and_at_scoring(truth):
         verify("math", r"\boxed{1}", truth, "rl.jsonl:4")
 
 
-TRUTHS = [r"\frac{1}{2}", r"\sqrt{3}", "(2, -1)", "x^2+1", r"\text{(B)}", r"10\%", r"\$5", r"90^\circ",
-          r"\pi/4", "[0, 1)", "42"]
+TRUTHS = [
+    r"\frac{1}{2}",
+    r"\sqrt{3}",
+    "(2, -1)",
+    "x^2+1",
+    r"\text{(B)}",
+    r"10\%",
+    r"\$5",
+    r"90^\circ",
+    r"\pi/4",
+    "[0, 1)",
+    "42",
+]
 
 
 def test_hub_style_math_rows_with_latex_truths_load(tmp_path):
     """Rows in allenai/RLVR-GSM-MATH-IF-Mixed-Constraints' format, from a local file."""
     path = tmp_path / "math.jsonl"
-    rows = [{"messages": [{"role": "user", "content": f"Problem {i}: put the answer in \\boxed{{}}."}],
-             "ground_truth": truth, "dataset": "MATH"} for i, truth in enumerate(TRUTHS)]
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": f"Problem {i}: put the answer in \\boxed{{}}."}
+            ],
+            "ground_truth": truth,
+            "dataset": "MATH",
+        }
+        for i, truth in enumerate(TRUTHS)
+    ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    cfg = compose(["recipe=grpo", "rung=tiny", f"data.train_files=[{path}]", "data.max_seq_len=256"])
+    cfg = compose(
+        ["recipe=grpo", "rung=tiny", f"data.train_files=[{path}]", "data.max_seq_len=256"]
+    )
     prompts = load_prompts(cfg.data, load_tokenizer(cfg.model), cfg.generator.max_new_tokens)
     assert [p.verifier for p in prompts] == ["math"] * len(TRUTHS)
     assert [p.ground_truth for p in prompts] == TRUTHS
-    assert verify(prompts[2].verifier, r"so $\boxed{(2,-1)}$", prompts[2].ground_truth, prompts[2].where) == 1.0
+    assert (
+        verify(
+            prompts[2].verifier, r"so $\boxed{(2,-1)}$", prompts[2].ground_truth, prompts[2].where
+        )
+        == 1.0
+    )
 
     path.write_text(json.dumps({**rows[0], "ground_truth": "$\\text{}$"}) + "\n")
     with pytest.raises(DataError, match=rf"{path}:1: ground_truth .* cannot be checked by 'math'"):

@@ -18,8 +18,14 @@ def tiny():
 
 def docs(tok, n=3):
     from training.data.chat_data import encode_chat
-    rows = [[{"role": "user", "content": f"Reverse: {' '.join('abcdefg'[:k + 3])}"},
-             {"role": "assistant", "content": " ".join(reversed('abcdefg'[:k + 3]))}] for k in range(n)]
+
+    rows = [
+        [
+            {"role": "user", "content": f"Reverse: {' '.join('abcdefg'[: k + 3])}"},
+            {"role": "assistant", "content": " ".join(reversed("abcdefg"[: k + 3]))},
+        ]
+        for k in range(n)
+    ]
     return [encode_chat(tok, r, 64) for r in rows]
 
 
@@ -30,12 +36,16 @@ def test_no_attention_crosses_documents():
     packed = collate(d)
     with torch.no_grad():
         # use_cache=False as in training: with a KV cache, transformers does not detect packing.
-        base = model(input_ids=packed["input_ids"], position_ids=packed["position_ids"], use_cache=False).logits
+        base = model(
+            input_ids=packed["input_ids"], position_ids=packed["position_ids"], use_cache=False
+        ).logits
         # Change every token of the first document: the later documents must not notice.
         changed = packed["input_ids"].clone()
         n0 = len(d[0][0])
         changed[0, :n0] = (changed[0, :n0] + 7) % 300 + 3
-        after = model(input_ids=changed, position_ids=packed["position_ids"], use_cache=False).logits
+        after = model(
+            input_ids=changed, position_ids=packed["position_ids"], use_cache=False
+        ).logits
     assert not torch.allclose(base[0, :n0], after[0, :n0])
     torch.testing.assert_close(base[0, n0:], after[0, n0:], rtol=0, atol=1e-5)
 

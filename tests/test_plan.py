@@ -26,13 +26,23 @@ def test_every_rung_builds_on_meta_with_the_right_parameter_count(rung):
     shape = model_shape(cfg)
     if rung in PUBLISHED:
         assert shape.params == PUBLISHED[rung] == cfg.model.published_params
-        assert shape.largest_module_params == 128256 * cfg.model.hidden_size  # the embedding / LM head
+        assert (
+            shape.largest_module_params == 128256 * cfg.model.hidden_size
+        )  # the embedding / LM head
     else:  # the tiny shape, counted by hand: embedding + matmuls (with LM head) + 2 norms a layer + final norm
         m = cfg.model
-        expected = (shape.vocab * m.hidden_size
-                    + matmul_params(m.hidden_size, m.intermediate_size, m.num_layers, m.num_heads,
-                                    m.num_kv_heads, shape.vocab)
-                    + (2 * m.num_layers + 1) * m.hidden_size)
+        expected = (
+            shape.vocab * m.hidden_size
+            + matmul_params(
+                m.hidden_size,
+                m.intermediate_size,
+                m.num_layers,
+                m.num_heads,
+                m.num_kv_heads,
+                shape.vocab,
+            )
+            + (2 * m.num_layers + 1) * m.hidden_size
+        )
         assert shape.params == expected and 1e6 < expected < 5e6
 
 
@@ -50,10 +60,13 @@ def _deepspeed_printout(fn, *args, capsys) -> dict[str, tuple[float, float]]:
     return rows
 
 
-@pytest.mark.parametrize("rung,nodes,gpus_per_node", [("8b", 1, 8), ("70b", 8, 8), ("405b", 32, 8), ("405b", 1, 8)])
+@pytest.mark.parametrize(
+    "rung,nodes,gpus_per_node", [("8b", 1, 8), ("70b", 8, 8), ("405b", 32, 8), ("405b", 1, 8)]
+)
 def test_model_state_memory_matches_deepspeed_estimators(rung, nodes, gpus_per_node, capsys):
     from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs_all_cold
     from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs_all_cold
+
     shape = model_shape(compose([f"rung={rung}"]))
     P, big, gpus = shape.params, shape.largest_module_params, nodes * gpus_per_node
 
@@ -61,13 +74,17 @@ def test_model_state_memory_matches_deepspeed_estimators(rung, nodes, gpus_per_n
         p, g, o, cpu = model_states(engine, P, big, gpus, nodes, offload)
         return round((p + g + o) / GiB, 2), round(cpu / GiB, 2)
 
-    z2 = _deepspeed_printout(estimate_zero2_model_states_mem_needs_all_cold, P, gpus_per_node, nodes, capsys=capsys)
+    z2 = _deepspeed_printout(
+        estimate_zero2_model_states_mem_needs_all_cold, P, gpus_per_node, nodes, capsys=capsys
+    )
     assert ours("deepspeed_zero2")[0] == pytest.approx(z2["offload_optimizer=none"][1], abs=0.011)
 
-    z3 = _deepspeed_printout(estimate_zero3_model_states_mem_needs_all_cold, P, big, gpus_per_node, nodes,
-                             capsys=capsys)
+    z3 = _deepspeed_printout(
+        estimate_zero3_model_states_mem_needs_all_cold, P, big, gpus_per_node, nodes, capsys=capsys
+    )
     assert ours("deepspeed_zero3")[0] == pytest.approx(
-        z3["offload_param=none,offload_optimizer=none,zero_init=1"][1], abs=0.011)
+        z3["offload_param=none,offload_optimizer=none,zero_init=1"][1], abs=0.011
+    )
     gpu, cpu = ours("deepspeed_zero3", offload=True)
     ds_cpu, ds_gpu = z3["offload_param=cpu,offload_optimizer=cpu,zero_init=1"]
     assert gpu == pytest.approx(ds_gpu, abs=0.011) and cpu == pytest.approx(ds_cpu, abs=0.011)
@@ -78,7 +95,9 @@ def test_plan_flops_use_the_shared_definition_with_attention():
     plan = make_plan(cfg)
     docs = [cfg.data.max_seq_len] * (plan.tokens // cfg.data.max_seq_len)
     assert plan.tokens == 3 * 2048
-    assert plan.flops == pytest.approx(train_flops(plan.matmul_params, cfg.model.num_layers, cfg.model.hidden_size, docs))
+    assert plan.flops == pytest.approx(
+        train_flops(plan.matmul_params, cfg.model.num_layers, cfg.model.hidden_size, docs)
+    )
     assert plan.flops > 6 * plan.matmul_params * plan.tokens  # attention is counted
 
 
@@ -87,7 +106,9 @@ def test_405b_on_one_node_does_not_fit_and_names_the_fix(tmp_path):
     assert proc.returncode == 1, proc.stderr
     out = proc.stdout
     assert "DOES NOT FIT" in out and "Traceback" not in out + proc.stderr
-    assert "rung.nodes=32" in out  # the smallest node count that fits and keeps the global batch whole
+    assert (
+        "rung.nodes=32" in out
+    )  # the smallest node count that fits and keeps the global batch whole
     assert "rung.offload=true rung.nodes=8" in out  # or offload, with enough host memory
 
 
@@ -95,7 +116,15 @@ def test_plan_json_has_the_keys_and_the_rung_fits(tmp_path):
     proc = ladder_cli("plan", "rung=405b", "--json", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     plan = json.loads(proc.stdout)
-    for key in ("params", "flops", "memory_per_gpu_gb", "fits", "gpus", "gpu_hours", "wall_clock_h"):
+    for key in (
+        "params",
+        "flops",
+        "memory_per_gpu_gb",
+        "fits",
+        "gpus",
+        "gpu_hours",
+        "wall_clock_h",
+    ):
         assert key in plan
     assert plan["params"] == PUBLISHED["405b"] and plan["gpus"] == 256 and plan["fits"] is True
     assert plan["memory_per_gpu_gb"] <= 80 * USABLE_FRACTION
@@ -122,8 +151,24 @@ def test_plan_uses_the_median_measured_mfu_of_the_rung(tmp_path):
     assert assumed.rate == cfg.rung.assumed_mfu and "assumed" in assumed.rate_source
     ledger = Ledger.from_config(cfg)
     for mfu in (0.2, 0.3, 0.5):
-        ledger.add_job(team="t", period="2026-01", rung="8b", gpus=8, planned_gpu_hours=1.0, state="completed", mfu=mfu)
-    ledger.add_job(team="t", period="2026-01", rung="70b", gpus=64, planned_gpu_hours=1.0, state="completed", mfu=0.9)
+        ledger.add_job(
+            team="t",
+            period="2026-01",
+            rung="8b",
+            gpus=8,
+            planned_gpu_hours=1.0,
+            state="completed",
+            mfu=mfu,
+        )
+    ledger.add_job(
+        team="t",
+        period="2026-01",
+        rung="70b",
+        gpus=64,
+        planned_gpu_hours=1.0,
+        state="completed",
+        mfu=0.9,
+    )
     measured = make_plan(cfg, ledger)
     assert measured.rate == 0.3 and measured.rate_source.startswith("measured (3 runs")
     assert measured.gpu_hours == pytest.approx(assumed.gpu_hours * cfg.rung.assumed_mfu / 0.3)
@@ -133,33 +178,54 @@ def test_plan_uses_the_median_measured_mfu_of_the_rung(tmp_path):
 def test_bad_ledger_url_and_bad_batch_are_clear_errors(tmp_path):
     # a server that cannot be reached: one clear line, no traceback (PostgreSQL ledgers: launch/accounting/ledger.py)
     proc = ladder_cli("plan", "rung=8b", "ledger.url=postgresql://db.invalid/ladder", cwd=tmp_path)
-    assert proc.returncode == 2 and "cannot open the ledger at postgresql://db.invalid/ladder" in proc.stderr
+    assert (
+        proc.returncode == 2
+        and "cannot open the ledger at postgresql://db.invalid/ladder" in proc.stderr
+    )
     assert "Traceback" not in proc.stderr
-    with pytest.raises(ConfigError, match=r"rung.global_batch_tokens=524288 is not a multiple .* trainer.global_batch_tokens"):
+    with pytest.raises(
+        ConfigError,
+        match=r"rung.global_batch_tokens=524288 is not a multiple .* trainer.global_batch_tokens",
+    ):
         make_plan(compose(["rung=8b", "rung.nodes=3"]))
 
 
-@pytest.mark.parametrize("overrides", [
-    ["rung=70b", "rung.engine=deepspeed_zero2", "rung.nodes=1"],  # offload is refused with ZeRO-2
-    ["rung=70b", "rung.engine=ddp"],
-    ["rung=405b", "rung.nodes=1"],
-    ["rung=8b", "rung.gpu_memory_gb=10"],
-    ["rung=8b", "rung.engine=single", "rung.nodes=1", "rung.gpus_per_node=1"],
-])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        [
+            "rung=70b",
+            "rung.engine=deepspeed_zero2",
+            "rung.nodes=1",
+        ],  # offload is refused with ZeRO-2
+        ["rung=70b", "rung.engine=ddp"],
+        ["rung=405b", "rung.nodes=1"],
+        ["rung=8b", "rung.gpu_memory_gb=10"],
+        ["rung=8b", "rung.engine=single", "rung.nodes=1", "rung.gpus_per_node=1"],
+    ],
+)
 def test_every_fix_the_planner_offers_validates_and_fits_when_planned(overrides):
     from launch.planning.plan import fix_message, make_plan
+
     plan = make_plan(compose(overrides))
     assert not plan.fits and plan.fixes, fix_message(plan)
     for fix, gib in plan.fixes:
-        fixed = make_plan(compose([*overrides, *fix.split()]))  # validates, as `ladder launch` would
+        fixed = make_plan(
+            compose([*overrides, *fix.split()])
+        )  # validates, as `ladder launch` would
         assert fixed.fits, (overrides, fix, fix_message(fixed))
         assert fixed.memory.total / 2**30 == pytest.approx(gib)
 
 
-@pytest.mark.parametrize("rung, recipe, hub_name, seq", [
-    ("8b", "sft", "allenai/tulu-3-sft-mixture", 4096), ("70b", "sft", "allenai/tulu-3-sft-mixture", 4096),
-    ("405b", "sft", "allenai/tulu-3-sft-mixture", 4096),
-    ("8b", "dpo", "allenai/llama-3.1-tulu-3-8b-preference-mixture", 2048)])
+@pytest.mark.parametrize(
+    "rung, recipe, hub_name, seq",
+    [
+        ("8b", "sft", "allenai/tulu-3-sft-mixture", 4096),
+        ("70b", "sft", "allenai/tulu-3-sft-mixture", 4096),
+        ("405b", "sft", "allenai/tulu-3-sft-mixture", 4096),
+        ("8b", "dpo", "allenai/llama-3.1-tulu-3-8b-preference-mixture", 2048),
+    ],
+)
 def test_big_rungs_plan_on_the_tulu3_mixtures_not_on_the_toy_task(rung, recipe, hub_name, seq):
     cfg = compose([f"rung={rung}", f"recipe={recipe}"])
     assert cfg.data.hub_name == hub_name and cfg.data.max_seq_len == seq
@@ -168,5 +234,9 @@ def test_big_rungs_plan_on_the_tulu3_mixtures_not_on_the_toy_task(rung, recipe, 
     # the textbook figure, written out here independently: 6N per token plus causal attention,
     # 6 x layers x hidden x sequence length per token
     n, m = plan.matmul_params, cfg.model
-    assert plan.flops == pytest.approx(plan.tokens * (6 * n + 6 * m.num_layers * m.hidden_size * seq), rel=1e-9)
-    assert compose(["rung=tiny", f"recipe={recipe}"]).data.name.startswith("reverse")  # the CPU rungs keep it
+    assert plan.flops == pytest.approx(
+        plan.tokens * (6 * n + 6 * m.num_layers * m.hidden_size * seq), rel=1e-9
+    )
+    assert compose(["rung=tiny", f"recipe={recipe}"]).data.name.startswith(
+        "reverse"
+    )  # the CPU rungs keep it

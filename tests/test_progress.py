@@ -1,6 +1,6 @@
 """Progress display (issue #13 item 8): a bar on a terminal, log lines otherwise, evals in step order.
 
-    .venv/bin/python -m pytest -q tests/test_progress.py
+.venv/bin/python -m pytest -q tests/test_progress.py
 """
 
 from __future__ import annotations
@@ -52,7 +52,11 @@ def test_not_a_terminal_gets_the_plain_step_lines_every_log_every(caplog):
     for step in range(1, 6):
         bar.update({**METRICS, "step": step})
     bar.close()
-    assert [r.getMessage().split(" loss")[0] for r in caplog.records] == ["step 2/5", "step 4/5", "step 5/5"]
+    assert [r.getMessage().split(" loss")[0] for r in caplog.records] == [
+        "step 2/5",
+        "step 4/5",
+        "step 5/5",
+    ]
 
 
 def test_eval_examples_get_a_bar_of_their_own_or_a_line_under_the_training_bar(monkeypatch):
@@ -63,7 +67,9 @@ def test_eval_examples_get_a_bar_of_their_own_or_a_line_under_the_training_bar(m
             advance(2)
     assert "eval reverse" in buf.getvalue() and "10/10 examples" in buf.getvalue()
     train_console, train_buf = terminal()
-    bar = progress.StepProgress(total=2, start=0, log_every=1, log=logging.getLogger("x"), console=train_console)
+    bar = progress.StepProgress(
+        total=2, start=0, log_every=1, log=logging.getLogger("x"), console=train_console
+    )
     try:
         with progress.example_progress(3, "eval ifeval_lite") as advance:
             advance(3)
@@ -71,7 +77,9 @@ def test_eval_examples_get_a_bar_of_their_own_or_a_line_under_the_training_bar(m
             assert "3/3 examples" in train_buf.getvalue()  # drawn by the one live display
     finally:
         bar.close()
-    monkeypatch.setattr(progress, "make_console", lambda: Console(file=io.StringIO(), force_terminal=False))
+    monkeypatch.setattr(
+        progress, "make_console", lambda: Console(file=io.StringIO(), force_terminal=False)
+    )
     with progress.example_progress(3) as advance:  # not a terminal: counting does nothing
         advance(3)
 
@@ -80,13 +88,16 @@ def test_greedy_generation_counts_examples_on_a_terminal(monkeypatch):
     from evals.tasks.generate import greedy_complete
     from training.config.compose import compose
     from training.model.modeling import build_model, load_tokenizer
+
     cfg = compose(FAST)
     tok = load_tokenizer(cfg.model)
     model = build_model(cfg.model, tok, "cpu", 0)
     console, buf = terminal()
     monkeypatch.setattr(progress, "make_console", lambda: console)
     convs = [[{"role": "user", "content": f"abc {i}"}] for i in range(5)]
-    outs = greedy_complete(model, tok, convs, max_new_tokens=2, batch_size=2, description="eval reverse")
+    outs = greedy_complete(
+        model, tok, convs, max_new_tokens=2, batch_size=2, description="eval reverse"
+    )
     assert len(outs) == 5 and "5/5 examples" in buf.getvalue()
 
 
@@ -95,9 +106,21 @@ def test_ladder_train_under_a_pseudo_terminal_draws_the_bar(tmp_path):
     master, slave = pty.openpty()
     exe = Path(sys.executable).parent / "ladder"
     env = {**os.environ, "COLUMNS": "160", "TERM": "xterm"}
-    proc = subprocess.Popen([str(exe), "train", *FAST, "trainer.max_steps=3", "trainer.save_every=3",
-                             "trainer.log_every=1"], cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=slave,
-                            stderr=slave, env=env)
+    proc = subprocess.Popen(
+        [
+            str(exe),
+            "train",
+            *FAST,
+            "trainer.max_steps=3",
+            "trainer.save_every=3",
+            "trainer.log_every=1",
+        ],
+        cwd=tmp_path,
+        stdin=subprocess.DEVNULL,
+        stdout=slave,
+        stderr=slave,
+        env=env,
+    )
     os.close(slave)
     chunks, deadline = [], time.time() + 300
     while time.time() < deadline:
@@ -126,20 +149,27 @@ def test_background_eval_results_come_back_in_step_order(monkeypatch, tmp_path):
     from omegaconf import OmegaConf
 
     from evals import async_eval
+
     real_popen = async_eval.subprocess.Popen
 
     def fake_eval(cmd, **kw):  # instead of `python -m evals.runner`: sleep by step, write a result
         out, step = cmd[cmd.index("--out") + 1], int(Path(cmd[3]).name.split("_")[1])
-        code = (f"import json, time; time.sleep({1.5 if step == 1 else 0.0}); "
-                f"open({out!r}, 'w').write(json.dumps({{'scores': {{'s': {step}}}}}))")
+        code = (
+            f"import json, time; time.sleep({1.5 if step == 1 else 0.0}); "
+            f"open({out!r}, 'w').write(json.dumps({{'scores': {{'s': {step}}}}}))"
+        )
         return real_popen([sys.executable, "-c", code], **kw)
 
     monkeypatch.setattr(async_eval.subprocess, "Popen", fake_eval)
-    with async_eval.AsyncEvaluator(OmegaConf.create({"name": "x"}), log_dir=tmp_path, max_parallel=2) as ev:
+    with async_eval.AsyncEvaluator(
+        OmegaConf.create({"name": "x"}), log_dir=tmp_path, max_parallel=2
+    ) as ev:
         for step in (1, 2):
             ev.submit(tmp_path / "checkpoints" / f"step_{step}", step)
         deadline = time.time() + 30
-        while ev._running[-1].proc.poll() is None and time.time() < deadline:  # step 2 done, step 1 not
+        while (
+            ev._running[-1].proc.poll() is None and time.time() < deadline
+        ):  # step 2 done, step 1 not
             time.sleep(0.05)
         assert ev.poll() == [] and ev.pending_steps == (1,)  # step 2 is held back
         done = ev.drain(timeout=60)

@@ -36,10 +36,17 @@ def test_urls_parse_and_a_password_in_one_is_refused_unshown():
     assert parse_store_url("sqlite:////data/l.db", "ledger.url").path.as_posix() == "/data/l.db"
     assert parse_store_url("runs/l.db", "ledger.url").backend == "sqlite"
     assert parse_store_url("postgresql://ladder@db:5432/team", "ledger.url").backend == "postgresql"
-    for bad in ("postgresql://ladder:hunter2secret@db/team", "postgresql://ladder@db/team?password=hunter2secret"):
+    for bad in (
+        "postgresql://ladder:hunter2secret@db/team",
+        "postgresql://ladder@db/team?password=hunter2secret",
+    ):
         with pytest.raises(ConfigError) as e:
             parse_store_url(bad, "ledger.url")
-        assert "hunter2secret" not in str(e.value) and "db/team" not in str(e.value) and "pgpass" in str(e.value)
+        assert (
+            "hunter2secret" not in str(e.value)
+            and "db/team" not in str(e.value)
+            and "pgpass" in str(e.value)
+        )
     assert mask_url("postgresql://u:pw@h/d") == "postgresql://u:***@h/d"
     assert mask_url("postgresql://u@h/d?pass%77ord=pw&a=1") == "postgresql://u@h/d?password=***&a=1"
     with pytest.raises(ConfigError, match="name the database"):
@@ -52,12 +59,18 @@ def test_ledger_and_registry_behave_the_same_on_both_backends(url, tmp_path):
     ledger = Ledger(url)
     with ledger.transaction() as db:
         ledger.set_budget(db, "llm", "month", 10.0, note="grant 7")
-        a = ledger.insert_job(db, team="llm", period="2026-11", planned_gpu_hours=2.0, state="running", **JOB)
+        a = ledger.insert_job(
+            db, team="llm", period="2026-11", planned_gpu_hours=2.0, state="running", **JOB
+        )
         b = ledger.insert_job(db, team="llm", period="2026-11", planned_gpu_hours=1.0, **JOB)
     ledger.update_job(b, state="completed", used_gpu_hours=1.25)
     ledger.update_job(a, used_gpu_hours=3.5)  # a running job over its plan counts its used hours
     with ledger.transaction() as db:
-        assert ledger.committed_hours(db, "llm", "2026-11") == {"used": 1.25, "running": 3.5, "committed": 4.75}
+        assert ledger.committed_hours(db, "llm", "2026-11") == {
+            "used": 1.25,
+            "running": 3.5,
+            "committed": 4.75,
+        }
     with pytest.raises(KeyError):
         ledger.update_job(999, state="failed")
     assert [j["id"] for j in ledger.jobs(team="llm")] == [a, b]
@@ -71,7 +84,11 @@ def test_ledger_and_registry_behave_the_same_on_both_backends(url, tmp_path):
     assert [c["content_hash"] for c in reg.checkpoints()] == ["hash2"]
     reg.mark_logged("w1", ["k1", "k2"], 2)
     reg.mark_logged("w1", ["k1"], 2)  # already there: kept once
-    assert reg.was_logged("w1", ["k1", "k2"]) and not reg.was_logged("w1", ["k3"]) and not reg.was_logged("w1", [])
+    assert (
+        reg.was_logged("w1", ["k1", "k2"])
+        and not reg.was_logged("w1", ["k3"])
+        and not reg.was_logged("w1", [])
+    )
     assert reg.query("SELECT COUNT(*) AS n FROM wandb_logged")[0]["n"] == 2
 
 
@@ -82,7 +99,9 @@ def test_a_new_sqlite_ledger_gives_the_default_team_its_allocation_and_a_server_
         assert "initial allocation" in ledger.budget_changes()[0]["set_by"]
     else:
         assert ledger.budgets() == {}
-        with pytest.raises(BudgetError, match="team 'default' has no GPU-hour allocation.*ladder budget set"):
+        with pytest.raises(
+            BudgetError, match="team 'default' has no GPU-hour allocation.*ladder budget set"
+        ):
             check_and_record(ledger, "default", 1.0, JOB)
         assert ledger.jobs() == []
 
@@ -103,21 +122,33 @@ def test_an_old_sqlite_ledger_is_migrated_step_by_step(tmp_path):
     ledger = Ledger(path)
     assert ledger.schema_version() == ledger_mod.SCHEMA_VERSION
     [job] = ledger.jobs()
-    assert job["kind"] == "train" and job["allow_contamination"] == 0 and job["planned_gpu_hours"] == 0.5
+    assert (
+        job["kind"] == "train"
+        and job["allow_contamination"] == 0
+        and job["planned_gpu_hours"] == 0.5
+    )
     assert "default" in ledger.budgets()  # an upgraded local ledger keeps working out of the box
 
 
 def test_a_schema_from_a_newer_ladder_is_refused_naming_its_version(url):
     ledger = Ledger(url)
     with ledger.transaction() as db:
-        db.execute("UPDATE ladder_schema SET version = 42, written_by = '9.1.0' WHERE component = 'ledger'")
-    with pytest.raises(StoreError, match=r"schema version 42, written by Ladder 9\.1\.0; this Ladder .* knows "
-                                         rf"versions up to {ledger_mod.SCHEMA_VERSION}\. Upgrade Ladder"):
+        db.execute(
+            "UPDATE ladder_schema SET version = 42, written_by = '9.1.0' WHERE component = 'ledger'"
+        )
+    with pytest.raises(
+        StoreError,
+        match=r"schema version 42, written by Ladder 9\.1\.0; this Ladder .* knows "
+        rf"versions up to {ledger_mod.SCHEMA_VERSION}\. Upgrade Ladder",
+    ):
         Ledger(url)
-    Registry(url)  # the registry's own version is its own: a shared database keeps one per component
+    Registry(
+        url
+    )  # the registry's own version is its own: a shared database keeps one per component
 
 
 # ---- concurrency: launcher processes racing for the last hours ----------------------------------
+
 
 def _launch_one(url: str, team: str, hours: float, start_at: float, results) -> None:
     while time.time() < start_at:  # all processes open the ledger first, then go at once
@@ -131,7 +162,9 @@ def _launch_one(url: str, team: str, hours: float, start_at: float, results) -> 
 
 
 def _race(target, args_of, n: int) -> list[tuple]:
-    ctx = mp.get_context("fork")  # real processes, each with its own connection; fork is the cheap start
+    ctx = mp.get_context(
+        "fork"
+    )  # real processes, each with its own connection; fork is the cheap start
     results = ctx.Queue()
     start_at = time.time() + 1.5
     procs = [ctx.Process(target=target, args=(*args_of(i), start_at, results)) for i in range(n)]
@@ -152,19 +185,27 @@ def test_sixteen_concurrent_launches_admit_exactly_what_fits(url):
     assert [o for o in out if o[0] == "error"] == []
     passed = sorted(o[1] for o in out if o[0] == "ok")
     assert len(passed) == 6 and sum(o[0] == "refused" for o in out) == 10
-    assert all("@" in j["launched_by"] for j in Ledger(url).jobs())  # who launched each, beside its team
+    assert all(
+        "@" in j["launched_by"] for j in Ledger(url).jobs()
+    )  # who launched each, beside its team
     jobs = ledger.jobs(team="race")
-    assert sorted(j["id"] for j in jobs) == passed  # every admitted launch is recorded, nothing else
+    assert (
+        sorted(j["id"] for j in jobs) == passed
+    )  # every admitted launch is recorded, nothing else
     assert sum(j["planned_gpu_hours"] for j in jobs) == pytest.approx(9.0)
     with ledger.transaction() as db:
-        assert ledger.committed_hours(db, "race", jobs[0]["period"])["committed"] == pytest.approx(9.0)
+        assert ledger.committed_hours(db, "race", jobs[0]["period"])["committed"] == pytest.approx(
+            9.0
+        )
 
 
 def _promote_one(url: str, team: str, start_at: float, results) -> None:
     while time.time() < start_at:
         time.sleep(0.001)
     try:
-        ids = check_and_record_many(Ledger(url), team, [(0.1, {**JOB, "sweep": "lr@big"})] * 2, new_sweep="lr@big")
+        ids = check_and_record_many(
+            Ledger(url), team, [(0.1, {**JOB, "sweep": "lr@big"})] * 2, new_sweep="lr@big"
+        )
         results.put(("ok", ids))
     except ConfigError as e:
         results.put(("refused", str(e)))
@@ -174,7 +215,9 @@ def _promote_one(url: str, team: str, start_at: float, results) -> None:
 
 def test_concurrent_promotions_to_one_sweep_are_serialised(url):
     ledger = Ledger(url)
-    with ledger.transaction() as db:  # two teams: their budget rows do not serialise them, the sweep lock does
+    with (
+        ledger.transaction() as db
+    ):  # two teams: their budget rows do not serialise them, the sweep lock does
         ledger.set_budget(db, "a", "month", 100.0)
         ledger.set_budget(db, "b", "month", 100.0)
     out = _race(_promote_one, lambda i: (url, "ab"[i % 2]), 4)
@@ -194,12 +237,18 @@ def test_a_writer_held_up_past_the_busy_timeout_gets_one_clear_line(url):
         blocker.execute("BEGIN IMMEDIATE")
     else:
         import psycopg
-        blocker = psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True)
+
+        blocker = psycopg.connect(
+            url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True
+        )
         blocker.execute("SELECT pg_advisory_lock(hashtext('budget:default'))")
     try:
         t0 = time.time()
-        with pytest.raises(StoreError, match=r"stayed locked by another writer for 0.5 s \(ledger.busy_timeout_s\); "
-                                             r"nothing was changed"):
+        with pytest.raises(
+            StoreError,
+            match=r"stayed locked by another writer for 0.5 s \(ledger.busy_timeout_s\); "
+            r"nothing was changed",
+        ):
             check_and_record(ledger, "default", 0.1, JOB)
         assert time.time() - t0 < 10
     finally:

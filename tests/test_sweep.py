@@ -17,7 +17,11 @@ def test_expansion_is_hydras_cartesian_product_and_each_point_gets_a_run_name():
     assert len(points) == 6
     assert points[0] == ["optim.lr=1e-05", "trainer.seed=1", "rung=tiny"]
     assert {p[1] for p in points} == {"trainer.seed=1", "trainer.seed=2"}
-    assert expand(["trainer.seed=range(3)"]) == [["trainer.seed=0"], ["trainer.seed=1"], ["trainer.seed=2"]]
+    assert expand(["trainer.seed=range(3)"]) == [
+        ["trainer.seed=0"],
+        ["trainer.seed=1"],
+        ["trainer.seed=2"],
+    ]
     name, named = name_points(points, "lr", "tiny-sft-reverse")
     assert name == "lr"
     assert named[0][-2:] == ["sweep.name=lr", "trainer.run_name=lr-0"]
@@ -38,19 +42,31 @@ def test_a_sweep_is_checked_against_the_budget_as_a_whole(tmp_path):
     ledger = Ledger(tmp_path / "runs" / "ladder.db")
     with ledger.transaction() as db:  # the team's allocation, in the ledger where launches read it
         ledger.set_budget(db, "default", "month", 2.5 * one)
-    proc = ladder_cli("launch", "-m", *FAST, "trainer.max_steps=2", "optim.lr=1e-3,2e-3,3e-3", cwd=tmp_path)
+    proc = ladder_cli(
+        "launch", "-m", *FAST, "trainer.max_steps=2", "optim.lr=1e-3,2e-3,3e-3", cwd=tmp_path
+    )
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "these 3 jobs plan" in proc.stderr and "Nothing was launched" in proc.stderr
     assert ledger.jobs() == []
 
 
 def test_a_local_sweep_runs_every_point_under_one_sweep_name(tmp_path):
-    proc = ladder_cli("launch", "-m", *FAST, "trainer.max_steps=2", "trainer.save_every=2",
-                      "optim.lr=1e-3,2e-3", "sweep.name=two-lrs", cwd=tmp_path)
+    proc = ladder_cli(
+        "launch",
+        "-m",
+        *FAST,
+        "trainer.max_steps=2",
+        "trainer.save_every=2",
+        "optim.lr=1e-3,2e-3",
+        "sweep.name=two-lrs",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     jobs = Ledger(tmp_path / "runs" / "ladder.db").jobs()
     assert [(j["sweep"], j["run_name"], j["state"]) for j in jobs] == [
-        ("two-lrs", "two-lrs-0", "completed"), ("two-lrs", "two-lrs-1", "completed")]
+        ("two-lrs", "two-lrs-0", "completed"),
+        ("two-lrs", "two-lrs-1", "completed"),
+    ]
     status = ladder_cli("status", "--json", "--sweep", "two-lrs", cwd=tmp_path)
     rows = json.loads(status.stdout)
     assert [r["step"] for r in rows] == [2, 2] and all(r["used_gpu_hours"] > 0 for r in rows)

@@ -25,10 +25,19 @@ def packed_batch(vocab: int, lens=(37, 80, 11, 64), seed: int = 0) -> dict:
     return {"input_ids": ids, "labels": labels, "position_ids": pos, "doc_lens": list(lens)}
 
 
-def llama(attn: str, vocab: int = 512, hidden: int = 64, layers: int = 2, seed: int = 0) -> LlamaForCausalLM:
+def llama(
+    attn: str, vocab: int = 512, hidden: int = 64, layers: int = 2, seed: int = 0
+) -> LlamaForCausalLM:
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)
+    cfg = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+    )
     cfg._attn_implementation = attn
     return LlamaForCausalLM(cfg)
 
@@ -54,7 +63,9 @@ def test_attention_choices_and_refusals():
 def test_every_cpu_attention_gives_sdpas_loss_on_a_packed_batch(attn):
     batch = packed_batch(512)
     ref, ref_grads = loss_and_grads(llama("sdpa"), batch, 0)
-    if attn == "flex_attention":  # FlexAttention has no backward on a CPU: its loss only (gradients: bench/gpu.py)
+    if (
+        attn == "flex_attention"
+    ):  # FlexAttention has no backward on a CPU: its loss only (gradients: bench/gpu.py)
         with torch.no_grad():
             got, _ = SFT(0).loss_sum(llama(attn), batch)
         torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
@@ -87,8 +98,13 @@ def test_chunked_loss_and_gradient_equal_full_logits(chunk):
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     assert not a[~mask].any()  # untrained tokens contribute exactly 0
     sums, counts = DPO.sequence_logps(model, batch, chunk)
-    assert counts.tolist() == [float(x) for x in [sum(1 for i in range(s, s + n) if i % 5) for s, n in
-                                                  zip([0, 37, 117, 128], batch["doc_lens"])]]
+    assert counts.tolist() == [
+        float(x)
+        for x in [
+            sum(1 for i in range(s, s + n) if i % 5)
+            for s, n in zip([0, 37, 117, 128], batch["doc_lens"])
+        ]
+    ]
 
 
 def saved_bytes(model, loss_fn) -> int:
@@ -115,15 +131,21 @@ def test_chunked_loss_keeps_no_full_vocabulary_logits_with_a_128k_vocabulary():
     batch = packed_batch(vocab, lens)
     logits_fp32 = sum(lens) * vocab * 4
     full = saved_bytes(model, lambda: SFT(0).loss_sum(model, batch)[0])
-    summed = saved_bytes(model, lambda: SFT(128).loss_sum(model, batch)[0])  # gradients made in forward
+    summed = saved_bytes(
+        model, lambda: SFT(128).loss_sum(model, batch)[0]
+    )  # gradients made in forward
     # any loss of the per-token log-probs (DPO, GRPO): chunks recomputed in backward
-    recomputed = saved_bytes(model, lambda: DPO.sequence_logps(model, batch, 128)[0].sigmoid().sum())
+    recomputed = saved_bytes(
+        model, lambda: DPO.sequence_logps(model, batch, 128)[0].sigmoid().sum()
+    )
     assert full > logits_fp32  # the plain path keeps at least the fp32 log-softmax
     # the summed path keeps one weight-sized fp32 gradient (vocab x hidden), no logits
     assert summed < vocab * 32 * 4 + logits_fp32 / 20, (full, summed)
     assert recomputed < logits_fp32 / 20, (full, recomputed)
-    print(f"saved for backward: full logits {full / 2**20:.1f} MiB, summed {summed / 2**20:.1f} MiB, "
-          f"recomputed {recomputed / 2**20:.1f} MiB")
+    print(
+        f"saved for backward: full logits {full / 2**20:.1f} MiB, summed {summed / 2**20:.1f} MiB, "
+        f"recomputed {recomputed / 2**20:.1f} MiB"
+    )
 
 
 def test_loss_chunk_tokens_is_validated():
@@ -141,7 +163,9 @@ def test_compiled_layers_give_eagers_loss_and_gradient():
     got, grads = loss_and_grads(model, batch, 64)
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
     for n, g in grads.items():
-        torch.testing.assert_close(g, ref_grads[n], rtol=1e-4, atol=1e-5, msg=n.replace("._orig_mod", ""))
+        torch.testing.assert_close(
+            g, ref_grads[n], rtol=1e-4, atol=1e-5, msg=n.replace("._orig_mod", "")
+        )
 
 
 def test_chunked_loss_under_bf16_autocast_matches_the_plain_path():

@@ -30,12 +30,21 @@ def test_golden_losses(tmp_path):
     x86-64 CPU (test_the_pinned_golden_run_is_exact_in_a_fresh_process). In process, ATen runs
     the machine's own kernels: measured on an AVX-512 Xeon, its avx2 and avx512 kernels move the
     20 losses by at most 8.3e-6 (bench/RESULTS.md, "CPU numerics"), hence 1e-5."""
-    result = train_in_process([*FAST, f"trainer.run_root={tmp_path}", "trainer.run_name=golden",
-                               f"trainer.max_steps={GOLDEN_STEPS}", "trainer.save_every=100"])
+    result = train_in_process(
+        [
+            *FAST,
+            f"trainer.run_root={tmp_path}",
+            "trainer.run_name=golden",
+            f"trainer.max_steps={GOLDEN_STEPS}",
+            "trainer.save_every=100",
+        ]
+    )
     got = losses(result.run_dir)
     assert len(got) == GOLDEN_STEPS
     if os.environ.get("LADDER_UPDATE_GOLDEN") == "1":
-        GOLDEN.write_text(json.dumps({"overrides": FAST, "steps": GOLDEN_STEPS, "losses": got}, indent=1) + "\n")
+        GOLDEN.write_text(
+            json.dumps({"overrides": FAST, "steps": GOLDEN_STEPS, "losses": got}, indent=1) + "\n"
+        )
     want = json.loads(GOLDEN.read_text())["losses"]
     assert got == pytest.approx(want, abs=1e-5, rel=0)
     assert got[-1] < got[0] - 0.5, "the loss must fall over the golden run"
@@ -47,16 +56,32 @@ def test_the_pinned_golden_run_is_exact_in_a_fresh_process(tmp_path):
     Unpinned, an AVX2-only EPYC and an AVX-512 Xeon differ by 1.2e-5 at step 16; pinned, MKL runs
     one code path on every x86-64 CPU and ATen its baseline kernels, so any machine gives these."""
     from training.model.cpu_numerics import EXACT_ENV, THREADS
+
     env = {**os.environ, **EXACT_ENV, "OMP_NUM_THREADS": str(THREADS)}
-    proc = subprocess.run([sys.executable, "-m", "training.run.trainer", *FAST, f"trainer.run_root={tmp_path}",
-                           "trainer.run_name=golden", f"trainer.max_steps={GOLDEN_STEPS}", "trainer.save_every=100"],
-                          env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "training.run.trainer",
+            *FAST,
+            f"trainer.run_root={tmp_path}",
+            "trainer.run_name=golden",
+            f"trainer.max_steps={GOLDEN_STEPS}",
+            "trainer.save_every=100",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert losses(tmp_path / "golden") == json.loads(GOLDEN.read_text())["losses"]
 
 
 def test_metrics_file_has_the_documented_fields(tmp_path):
-    result = train_in_process([*FAST, f"trainer.run_root={tmp_path}", "trainer.run_name=m", "trainer.max_steps=2"])
+    result = train_in_process(
+        [*FAST, f"trainer.run_root={tmp_path}", "trainer.run_name=m", "trainer.max_steps=2"]
+    )
     rows = read_metrics(result.run_dir / "metrics.jsonl")
     assert [r["step"] for r in rows] == [1, 2]
     for key in ("step", "loss", "lr", "grad_norm", "tokens", "tokens_per_s", "mfu"):
@@ -68,7 +93,9 @@ def test_metrics_file_has_the_documented_fields(tmp_path):
     # the run's watchdog ended with it, and so does that of a run with nothing left to do: a live one
     # would end this process once the run's last phase aged past its limit (it did, 30 min into a CI run)
     assert live_watchdogs() == []
-    train_in_process([*FAST, f"trainer.run_root={tmp_path}", "trainer.run_name=m", "trainer.max_steps=2"])
+    train_in_process(
+        [*FAST, f"trainer.run_root={tmp_path}", "trainer.run_name=m", "trainer.max_steps=2"]
+    )
     assert live_watchdogs() == []
 
 
@@ -76,6 +103,7 @@ def live_watchdogs() -> list:
     """Watchdog threads still running once each has had a second to see its stop (a stopped one ends
     at once; one never stopped watches forever)."""
     import threading
+
     dogs = [t for t in threading.enumerate() if t.name == "ladder-watchdog"]
     for t in dogs:
         t.join(timeout=1.0)
@@ -84,12 +112,20 @@ def live_watchdogs() -> list:
 
 def test_resume_after_sigkill_reproduces_the_uninterrupted_losses(tmp_path):
     steps = 30
-    common = [*FAST, f"trainer.run_root={tmp_path}", f"trainer.max_steps={steps}", "trainer.save_every=5"]
+    common = [
+        *FAST,
+        f"trainer.run_root={tmp_path}",
+        f"trainer.max_steps={steps}",
+        "trainer.save_every=5",
+    ]
     reference = losses(train_in_process([*common, "trainer.run_name=whole"]).run_dir)
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "training.run.trainer", *common, "trainer.run_name=killed"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "training.run.trainer", *common, "trainer.run_name=killed"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 120
     while not (killed / "checkpoints" / "step_000010" / COMPLETE).exists():
         assert proc.poll() is None, "the run ended before it could be killed"
@@ -109,24 +145,40 @@ def test_resume_after_sigkill_reproduces_the_uninterrupted_losses(tmp_path):
 
 def test_checkpoint_loads_with_plain_transformers_and_generates(trained_run):
     ckpt = trained_run.checkpoints[-1]
-    for name in ("model.safetensors", "config.json", "tokenizer.json", "trainer_state.pt",
-                 "ladder_config.yaml", "ladder_meta.json", COMPLETE):
+    for name in (
+        "model.safetensors",
+        "config.json",
+        "tokenizer.json",
+        "trainer_state.pt",
+        "ladder_config.yaml",
+        "ladder_meta.json",
+        COMPLETE,
+    ):
         assert (ckpt / name).is_file(), name
     meta = json.loads((ckpt / "ladder_meta.json").read_text())
     assert meta["step"] == 150 and meta["git_commit"]
     tok = AutoTokenizer.from_pretrained(ckpt)
     model = AutoModelForCausalLM.from_pretrained(ckpt)
-    prompt = tok.apply_chat_template([{"role": "user", "content": "Reverse: q w e r"}],
-                                     tokenize=False, add_generation_prompt=True)
+    prompt = tok.apply_chat_template(
+        [{"role": "user", "content": "Reverse: q w e r"}],
+        tokenize=False,
+        add_generation_prompt=True,
+    )
     enc = tok(prompt, return_tensors="pt", add_special_tokens=False)
-    out = model.generate(**enc, max_new_tokens=12, do_sample=False, eos_token_id=tok.eos_token_id,
-                         pad_token_id=tok.pad_token_id)
-    text = tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    out = model.generate(
+        **enc,
+        max_new_tokens=12,
+        do_sample=False,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    text = tok.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)
     assert text.strip() == "r e w q"
 
 
 def test_only_complete_checkpoints_count(tmp_path, trained_run):
     import shutil
+
     run = tmp_path / "run"
     shutil.copytree(trained_run.run_dir / "checkpoints", run / "checkpoints")
     newest = complete_checkpoints(run)[-1]
@@ -143,9 +195,17 @@ def test_a_real_model_loads_from_a_local_directory(tmp_path, trained_run):
     local = tmp_path / "my-model"
     AutoModelForCausalLM.from_pretrained(src).save_pretrained(local)
     AutoTokenizer.from_pretrained(src).save_pretrained(local)
-    result = train_in_process([*FAST, f"model.name_or_path={local}", f"trainer.run_root={tmp_path}",
-                               "trainer.run_name=real", "trainer.max_steps=3", "optim.lr=1e-4",
-                               "optim.warmup_ratio=0"])
+    result = train_in_process(
+        [
+            *FAST,
+            f"model.name_or_path={local}",
+            f"trainer.run_root={tmp_path}",
+            "trainer.run_name=real",
+            "trainer.max_steps=3",
+            "optim.lr=1e-4",
+            "optim.warmup_ratio=0",
+        ]
+    )
     got = losses(result.run_dir)
     assert len(got) == 3 and got[0] < 0.5  # it starts from the trained weights, not from scratch
     loaded = AutoModelForCausalLM.from_pretrained(result.checkpoints[-1])
@@ -154,7 +214,12 @@ def test_a_real_model_loads_from_a_local_directory(tmp_path, trained_run):
 
 def test_saving_the_untrained_model_does_not_change_training(tmp_path):
     """The step-0 checkpoint must not touch the optimizer (e.g. by creating its state)."""
-    common = [*FAST, f"trainer.run_root={tmp_path}", "trainer.max_steps=4", "trainer.save_every=100"]
+    common = [
+        *FAST,
+        f"trainer.run_root={tmp_path}",
+        "trainer.max_steps=4",
+        "trainer.save_every=100",
+    ]
     plain = losses(train_in_process([*common, "trainer.run_name=plain"]).run_dir)
     saved = train_in_process([*common, "trainer.run_name=saved", "trainer.save_initial=true"])
     assert saved.checkpoints[0].name == "step_000000"

@@ -26,10 +26,10 @@ def read_records(path: str | Path) -> list[pb.Record]:
         if left_in_block < HEADER:  # trailer padding: the next chunk starts in the next block
             pos += left_in_block
             continue
-        _crc, length, kind = struct.unpack("<IHB", data[pos:pos + HEADER])
+        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + HEADER])
         if kind == 0 and length == 0:  # zero padding at the end of a file still being written
             break
-        chunk = data[pos + HEADER:pos + HEADER + length]
+        chunk = data[pos + HEADER : pos + HEADER + length]
         pos += HEADER + length
         if kind == FULL:
             pending = chunk
@@ -50,8 +50,14 @@ def read_records(path: str | Path) -> list[pb.Record]:
 
 def history(records: list[pb.Record]) -> list[dict]:
     import json
+
     rows = []
     for r in records:
         if r.WhichOneof("record_type") == "history":
-            rows.append({(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in r.history.item})
+            rows.append(
+                {
+                    (i.key or "/".join(i.nested_key)): json.loads(i.value_json)
+                    for i in r.history.item
+                }
+            )
     return rows

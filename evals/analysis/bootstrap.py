@@ -43,7 +43,9 @@ def paired_scores(base: list[dict], cand: list[dict]) -> tuple[np.ndarray, np.nd
     return np.array([b[i] for i in ids]), np.array([c[i] for i in ids])
 
 
-def paired_delta(base: list[dict], cand: list[dict], resamples: int = RESAMPLES, seed: int = SEED) -> Delta | None:
+def paired_delta(
+    base: list[dict], cand: list[dict], resamples: int = RESAMPLES, seed: int = SEED
+) -> Delta | None:
     b, c = paired_scores(base, cand)
     if len(b) == 0:
         return None
@@ -62,5 +64,10 @@ def average_delta(deltas: list[Delta]) -> Delta | None:
         return None
     samples = np.mean([d.samples for d in deltas], axis=0)
     lo, hi = np.quantile(samples, [(1 - LEVEL) / 2, 1 - (1 - LEVEL) / 2])
-    return Delta(float(np.mean([d.delta for d in deltas])), float(lo), float(hi),
-                 sum(d.n for d in deltas), samples)
+    return Delta(
+        float(np.mean([d.delta for d in deltas])),
+        float(lo),
+        float(hi),
+        sum(d.n for d in deltas),
+        samples,
+    )

@@ -55,15 +55,39 @@ class Comparison:
 
     def to_json(self) -> dict:
         def d(x: Delta | None):
-            return None if x is None else {"delta": x.delta, "lo": x.lo, "hi": x.hi, "n": x.n,
-                                           "significant": x.significant}
-        return {"suite": self.suite, "baseline": self.entries[self.baseline].label, "tasks": self.tasks,
-                "bootstrap": {"resamples": RESAMPLES, "seed": SEED, "level": 0.95},
-                "entries": [{"label": e.label, "target": e.target, "checkpoint": str(e.checkpoint),
-                             "step": e.result["step"], "run_name": e.result["run_name"],
-                             "content_hash": e.result["content_hash"], "scores": e.scores, "average": e.average,
-                             "deltas": {t: d(x) for t, x in e.deltas.items()},
-                             "average_delta": d(e.average_delta)} for e in self.entries]}
+            return (
+                None
+                if x is None
+                else {
+                    "delta": x.delta,
+                    "lo": x.lo,
+                    "hi": x.hi,
+                    "n": x.n,
+                    "significant": x.significant,
+                }
+            )
+
+        return {
+            "suite": self.suite,
+            "baseline": self.entries[self.baseline].label,
+            "tasks": self.tasks,
+            "bootstrap": {"resamples": RESAMPLES, "seed": SEED, "level": 0.95},
+            "entries": [
+                {
+                    "label": e.label,
+                    "target": e.target,
+                    "checkpoint": str(e.checkpoint),
+                    "step": e.result["step"],
+                    "run_name": e.result["run_name"],
+                    "content_hash": e.result["content_hash"],
+                    "scores": e.scores,
+                    "average": e.average,
+                    "deltas": {t: d(x) for t, x in e.deltas.items()},
+                    "average_delta": d(e.average_delta),
+                }
+                for e in self.entries
+            ],
+        }
 
 
 def resolve_target(target: str, registry: Registry) -> list[Path]:
@@ -77,8 +101,10 @@ def resolve_target(target: str, registry: Registry) -> list[Path]:
                 latest[r["run_dir"] or r["path"]] = r
         if not latest:
             known = sorted({r["sweep"] for r in registry.checkpoints() if r["sweep"]})
-            raise EvalError(f"sweep {name!r} has no checkpoints on disk in the registry {registry.path}; "
-                            f"sweeps there: {known or 'none'} (a sweep's runs set sweep.name)")
+            raise EvalError(
+                f"sweep {name!r} has no checkpoints on disk in the registry {registry.path}; "
+                f"sweeps there: {known or 'none'} (a sweep's runs set sweep.name)"
+            )
         return [Path(r["path"]) for r in latest.values()]
     p = Path(target)
     if p.is_dir() and not (p / COMPLETE).is_file() and (p / "checkpoints").is_dir():
@@ -89,14 +115,18 @@ def resolve_target(target: str, registry: Registry) -> list[Path]:
     return [check_checkpoint(p)]
 
 
-def compare(targets: list[str], eval_cfg: DictConfig, registry: Registry, baseline: str | None = None) -> Comparison:
+def compare(
+    targets: list[str], eval_cfg: DictConfig, registry: Registry, baseline: str | None = None
+) -> Comparison:
     if not targets:
         raise EvalError("name at least one checkpoint, run or sweep:NAME to compare")
     named: list[tuple[str, Path]] = [(t, c) for t in targets for c in resolve_target(t, registry)]
     base_idx = 0
     if baseline is not None:
         base_paths = {c.resolve() for c in resolve_target(baseline, registry)}
-        matches = [i for i, (t, c) in enumerate(named) if t == baseline or c.resolve() in base_paths]
+        matches = [
+            i for i, (t, c) in enumerate(named) if t == baseline or c.resolve() in base_paths
+        ]
         if not matches:
             raise EvalError(f"--baseline {baseline} is not one of the compared targets")
         base_idx = matches[0]
@@ -105,14 +135,24 @@ def compare(targets: list[str], eval_cfg: DictConfig, registry: Registry, baseli
         result = evaluate_checkpoint(ckpt, eval_cfg, registry)
         label = f"{result['run_name']}@{result['step']}"
         seen[label] = seen.get(label, 0) + 1
-        entries.append(Entry(label if seen[label] == 1 else f"{label} ({seen[label]})", target, ckpt, result))
+        entries.append(
+            Entry(label if seen[label] == 1 else f"{label} ({seen[label]})", target, ckpt, result)
+        )
     tasks = list(entries[0].result["tasks"])
     base = entries[base_idx]
     for e in entries:
         for t in tasks:
-            e.deltas[t] = paired_delta(base.result["tasks"][t]["examples"], e.result["tasks"][t]["examples"])
+            e.deltas[t] = paired_delta(
+                base.result["tasks"][t]["examples"], e.result["tasks"][t]["examples"]
+            )
         e.average_delta = average_delta([d for d in e.deltas.values() if d is not None])
-    return Comparison(eval_cfg.name, tasks, {t: base.result["tasks"][t]["metric"] for t in tasks}, entries, base_idx)
+    return Comparison(
+        eval_cfg.name,
+        tasks,
+        {t: base.result["tasks"][t]["metric"] for t in tasks},
+        entries,
+        base_idx,
+    )
 
 
 def mark(d: Delta | None) -> str:
@@ -130,12 +170,17 @@ def delta_text(d: Delta | None) -> str:
 def table(c: Comparison) -> Table:
     """One row per task and checkpoint: narrow enough for a terminal however many are compared."""
     base = c.entries[c.baseline]
-    t = Table(title=f"eval suite {c.suite!r}: deltas vs {base.label}, 95% CI from a paired bootstrap")
+    t = Table(
+        title=f"eval suite {c.suite!r}: deltas vs {base.label}, 95% CI from a paired bootstrap"
+    )
     t.add_column("task", overflow="fold")
     t.add_column("checkpoint", overflow="fold")
     t.add_column("score", justify="right")
     t.add_column("Δ vs baseline [95% CI]", justify="right")
-    groups = [(f"{task}/{c.metrics[task]}", [(e.scores[task], e.deltas[task]) for e in c.entries]) for task in c.tasks]
+    groups = [
+        (f"{task}/{c.metrics[task]}", [(e.scores[task], e.deltas[task]) for e in c.entries])
+        for task in c.tasks
+    ]
     groups.append(("average", [(e.average, e.average_delta) for e in c.entries]))
     for name, cells in groups:
         for j, (e, (score, d)) in enumerate(zip(c.entries, cells)):
@@ -152,12 +197,18 @@ def print_comparison(c: Comparison, console: Console | None = None) -> None:
     console = console or Console()
     console.print(table(c))
     n = {t: c.entries[c.baseline].result["tasks"][t]["n"] for t in c.tasks}
-    console.print(f"▲ / ▼: significantly better / worse (the 95% CI of the paired-bootstrap delta excludes 0; "
-                  f"{RESAMPLES} resamples over examples, seed {SEED}); · : no significant difference. "
-                  f"Examples per task: {', '.join(f'{t} {k}' for t, k in n.items())}.", highlight=False)
+    console.print(
+        f"▲ / ▼: significantly better / worse (the 95% CI of the paired-bootstrap delta excludes 0; "
+        f"{RESAMPLES} resamples over examples, seed {SEED}); · : no significant difference. "
+        f"Examples per task: {', '.join(f'{t} {k}' for t, k in n.items())}.",
+        highlight=False,
+    )
     for group in same_checkpoints(c):
-        console.print(f"{' and '.join(group)} are the same checkpoint (same content hash): their deltas are 0 by "
-                      "construction, not a finding", highlight=False)
+        console.print(
+            f"{' and '.join(group)} are the same checkpoint (same content hash): their deltas are 0 by "
+            "construction, not a finding",
+            highlight=False,
+        )
     cached = sum(len(e.result["cached_tasks"]) for e in c.entries)
     total = sum(len(e.result["tasks"]) for e in c.entries)
     console.print(f"{cached} of {total} task results came from the eval cache.", highlight=False)

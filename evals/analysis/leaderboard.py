@@ -26,12 +26,23 @@ from training.common.errors import ConfigError, EvalError
 from training.common.store import safe_text
 
 # the command-line flag of each filter, to say in words what matched nothing
-FLAGS = {"sweep": "--sweep", "rung": "--rung", "recipe": "--recipe", "data": "--data", "lr": "--lr",
-         "run_name": "--run"}
+FLAGS = {
+    "sweep": "--sweep",
+    "rung": "--rung",
+    "recipe": "--recipe",
+    "data": "--data",
+    "lr": "--lr",
+    "run_name": "--run",
+}
 
 
-def leaderboard(registry: Registry, eval_cfg: DictConfig, task: str | None = None, top: int | None = None,
-                **filters) -> tuple[list[str], list[dict]]:
+def leaderboard(
+    registry: Registry,
+    eval_cfg: DictConfig,
+    task: str | None = None,
+    top: int | None = None,
+    **filters,
+) -> tuple[list[str], list[dict]]:
     """Returns (task names, ranked rows); filters: sweep, rung, recipe, data, lr, run_name."""
     keys = {s.name: s.settings_key for s in task_specs(eval_cfg)}
     if task is not None and task not in keys:
@@ -41,29 +52,46 @@ def leaderboard(registry: Registry, eval_cfg: DictConfig, task: str | None = Non
         active = [f"{FLAGS.get(k, k)} {v}" for k, v in filters.items() if v is not None]
         known = ""
         if filters.get("sweep") is not None:
-            sweeps = sorted({safe_text(c["sweep"], markup=False) for c in registry.checkpoints() if c["sweep"]})
+            sweeps = sorted(
+                {safe_text(c["sweep"], markup=False) for c in registry.checkpoints() if c["sweep"]}
+            )
             known = f"; the sweeps it knows: {', '.join(sweeps) if sweeps else 'none'}"
-        raise EvalError(f"no checkpoints in the registry {registry.path}"
-                        + (f" match {' and '.join(active)}" if active else "") + known
-                        + "; evaluate some with `ladder eval`")
+        raise EvalError(
+            f"no checkpoints in the registry {registry.path}"
+            + (f" match {' and '.join(active)}" if active else "")
+            + known
+            + "; evaluate some with `ladder eval`"
+        )
     by_hash: dict[str, dict] = {}
     rows = []
     for ck in checkpoints:
         if ck["content_hash"] not in by_hash:
-            by_hash[ck["content_hash"]] = {r["settings_key"]: r for r in registry.results(ck["content_hash"])}
+            by_hash[ck["content_hash"]] = {
+                r["settings_key"]: r for r in registry.results(ck["content_hash"])
+            }
         res = by_hash[ck["content_hash"]]
         scores = {t: res[k]["score"] for t, k in keys.items() if k in res}
         if not scores:
             continue
         complete = len(scores) == len(keys)
-        rows.append({**{k: ck[k] for k in ("run_name", "step", "rung", "recipe", "data", "lr", "sweep", "path")},
-                     # keep_last prunes old checkpoints: their scores stay, but they cannot be promoted or reloaded
-                     "on_disk": Path(ck["path"], COMPLETE).is_file(),
-                     "scores": scores, "complete": complete,
-                     "average": sum(scores.values()) / len(scores) if complete else None})
+        rows.append(
+            {
+                **{
+                    k: ck[k]
+                    for k in ("run_name", "step", "rung", "recipe", "data", "lr", "sweep", "path")
+                },
+                # keep_last prunes old checkpoints: their scores stay, but they cannot be promoted or reloaded
+                "on_disk": Path(ck["path"], COMPLETE).is_file(),
+                "scores": scores,
+                "complete": complete,
+                "average": sum(scores.values()) / len(scores) if complete else None,
+            }
+        )
     if not rows:
-        raise EvalError(f"none of the {len(checkpoints)} matching checkpoint(s) has results for suite "
-                        f"{eval_cfg.name!r} with its current settings; run `ladder eval CKPT eval={eval_cfg.name}`")
+        raise EvalError(
+            f"none of the {len(checkpoints)} matching checkpoint(s) has results for suite "
+            f"{eval_cfg.name!r} with its current settings; run `ladder eval CKPT eval={eval_cfg.name}`"
+        )
 
     def rank_key(r):
         value = r["scores"].get(task) if task else r["average"]
@@ -73,8 +101,9 @@ def leaderboard(registry: Registry, eval_cfg: DictConfig, task: str | None = Non
     return list(keys), rows[:top] if top else rows
 
 
-def print_leaderboard(tasks: list[str], rows: list[dict], suite: str, by: str | None,
-                      console: Console | None = None) -> None:
+def print_leaderboard(
+    tasks: list[str], rows: list[dict], suite: str, by: str | None, console: Console | None = None
+) -> None:
     t = Table(title=f"leaderboard: suite {suite!r}, ranked by {by or 'the average over tasks'}")
     t.add_column("#", justify="right", no_wrap=True)
     t.add_column("checkpoint", overflow="fold")
@@ -88,9 +117,15 @@ def print_leaderboard(tasks: list[str], rows: list[dict], suite: str, by: str | 
     for i, r in enumerate(rows, 1):  # registry rows may have been written by other tools: safe_text
         lr = f"{r['lr']:.0e}" if r["lr"] is not None else "?"
         meta = " ".join(safe_text(r[k] or "?") for k in ("rung", "recipe", "data")) + f" {lr}"
-        name = (f"{safe_text(r['run_name'])}@{safe_text(r['step'])}"
-                + ("" if r["on_disk"] else " [dim](pruned from disk)[/dim]"))
-        t.add_row(str(i), name, meta, *([safe_text(r["sweep"] or "")] if show_sweep else []),
-                  *[f"{r['scores'][k]:.1f}" if k in r["scores"] else "—" for k in tasks],
-                  f"{r['average']:.1f}" if r["average"] is not None else "—")
+        name = f"{safe_text(r['run_name'])}@{safe_text(r['step'])}" + (
+            "" if r["on_disk"] else " [dim](pruned from disk)[/dim]"
+        )
+        t.add_row(
+            str(i),
+            name,
+            meta,
+            *([safe_text(r["sweep"] or "")] if show_sweep else []),
+            *[f"{r['scores'][k]:.1f}" if k in r["scores"] else "—" for k in tasks],
+            f"{r['average']:.1f}" if r["average"] is not None else "—",
+        )
     (console or Console()).print(t)

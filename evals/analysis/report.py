@@ -50,9 +50,12 @@ def _series(registry: Registry, settings_key: str, rows: list[dict]) -> list[tup
     return out
 
 
-def task_figure(task: str, metric: str, settings_key: str, c: Comparison, registry: Registry) -> str:
+def task_figure(
+    task: str, metric: str, settings_key: str, c: Comparison, registry: Registry
+) -> str:
     """One PNG (base64) with the three plots of a task."""
     import matplotlib
+
     matplotlib.use("Agg")  # no display on clusters and CI
     import matplotlib.pyplot as plt
 
@@ -69,19 +72,32 @@ def task_figure(task: str, metric: str, settings_key: str, c: Comparison, regist
         if hrs:
             ax_hours.plot([h for h, _ in hrs], [s for _, s in hrs], marker="o", label=label)
     for e in c.entries:  # the compared checkpoints themselves, ringed
-        ax_step.scatter([e.result["step"]], [e.result["tasks"][task]["score"]], s=140, facecolors="none",
-                        edgecolors="black", zorder=5)
-    everything = [(r, s) for r, s in _series(registry, settings_key, registry.checkpoints()) if r["saved_at"]]
+        ax_step.scatter(
+            [e.result["step"]],
+            [e.result["tasks"][task]["score"]],
+            s=140,
+            facecolors="none",
+            edgecolors="black",
+            zorder=5,
+        )
+    everything = [
+        (r, s) for r, s in _series(registry, settings_key, registry.checkpoints()) if r["saved_at"]
+    ]
     everything.sort(key=lambda p: p[0]["saved_at"])
     if everything:
         times = [datetime.strptime(r["saved_at"], "%Y-%m-%dT%H:%M:%SZ") for r, _ in everything]
         scores = [s for _, s in everything]
-        best = [max(scores[:i + 1]) for i in range(len(scores))]
+        best = [max(scores[: i + 1]) for i in range(len(scores))]
         ax_time.scatter(times, scores, s=18, alpha=0.6, label="checkpoints")
         ax_time.step(times, best, where="post", color="black", label="best so far")
-        ax_time.tick_params(axis="x", labelrotation=20)  # dates are long; the other axes keep theirs
-    titles = [f"{task}/{metric} vs training step", f"{task}/{metric} vs GPU-hours",
-              f"project: {task}/{metric} over time"]
+        ax_time.tick_params(
+            axis="x", labelrotation=20
+        )  # dates are long; the other axes keep theirs
+    titles = [
+        f"{task}/{metric} vs training step",
+        f"{task}/{metric} vs GPU-hours",
+        f"project: {task}/{metric} over time",
+    ]
     xlabels = ["step", "GPU-hours (device-hours)", "checkpoint saved at (UTC)"]
     for ax, title, xlabel in zip(axes, titles, xlabels):
         _label(ax, title, xlabel, metric)
@@ -100,6 +116,7 @@ def _label(ax, title: str, xlabel: str, ylabel: str) -> None:
 def _png(fig) -> str:
     """The figure as a base64 PNG for a data URI; the figure is closed."""
     import matplotlib.pyplot as plt
+
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90)
@@ -131,13 +148,24 @@ def config_diff(c: Comparison) -> tuple[list[str], list[dict]]:
 
 def _comparison_table(c: Comparison) -> str:
     esc = html.escape
-    head = "".join(f"<th>{esc(e.label)}{' (baseline)' if i == c.baseline else ''}</th>"
-                   + ("" if i == c.baseline else f"<th>Δ {esc(e.label)} [95% CI]</th>")
-                   for i, e in enumerate(c.entries))
+    head = "".join(
+        f"<th>{esc(e.label)}{' (baseline)' if i == c.baseline else ''}</th>"
+        + ("" if i == c.baseline else f"<th>Δ {esc(e.label)} [95% CI]</th>")
+        for i, e in enumerate(c.entries)
+    )
     rows = []
-    lines = [(f"{t}/{c.metrics[t]}", [e.scores[t] for e in c.entries], [e.deltas[t] for e in c.entries], "")
-             for t in c.tasks]
-    lines.append(("average", [e.average for e in c.entries], [e.average_delta for e in c.entries], "avg"))
+    lines = [
+        (
+            f"{t}/{c.metrics[t]}",
+            [e.scores[t] for e in c.entries],
+            [e.deltas[t] for e in c.entries],
+            "",
+        )
+        for t in c.tasks
+    ]
+    lines.append(
+        ("average", [e.average for e in c.entries], [e.average_delta for e in c.entries], "avg")
+    )
     for name, scores, deltas, cls in lines:
         cells = ""
         for i, (s, d) in enumerate(zip(scores, deltas)):
@@ -150,8 +178,19 @@ def _comparison_table(c: Comparison) -> str:
 
 
 # Keys that differ between any two runs but say nothing about what was tried.
-NOT_SETTINGS = ("trainer.run_name", "trainer.run_root", "trainer.resume", "sweep.", "tracker.", "ledger.", "registry.",
-                "launcher.", "eval.", "trainer.checkpoint_url", "trainer.log_every")
+NOT_SETTINGS = (
+    "trainer.run_name",
+    "trainer.run_root",
+    "trainer.resume",
+    "sweep.",
+    "tracker.",
+    "ledger.",
+    "registry.",
+    "launcher.",
+    "eval.",
+    "trainer.checkpoint_url",
+    "trainer.log_every",
+)
 MAX_FLIPS = 40  # example rows shown per task and checkpoint; the counts are always complete
 
 
@@ -168,6 +207,7 @@ def loss_figure(c: Comparison) -> str | None:
     eval results on disk) against step, one line per compared run."""
     from training.run.metrics import read_metrics
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -177,22 +217,31 @@ def loss_figure(c: Comparison) -> str | None:
         metrics = Path(run_dir) / "metrics.jsonl"
         if metrics.exists():
             rows = read_metrics(metrics)
-            ax_train.plot([r["step"] for r in rows], [r["loss"] for r in rows], label=Path(run_dir).name)
+            ax_train.plot(
+                [r["step"] for r in rows], [r["loss"] for r in rows], label=Path(run_dir).name
+            )
             drew = True
         held = []
         for f in sorted(Path(run_dir).glob("checkpoints/step_*/eval/*.json")):
             tasks = json.loads(f.read_text()).get("tasks", {})
-            losses = [t["heldout_loss"] for t in tasks.values() if t.get("heldout_loss") is not None]
+            losses = [
+                t["heldout_loss"] for t in tasks.values() if t.get("heldout_loss") is not None
+            ]
             if losses:
                 held.append((int(f.parent.parent.name.split("_")[1]), losses[0]))
         if held:
             held.sort()
-            ax_held.plot([s for s, _ in held], [v for _, v in held], marker="o", label=Path(run_dir).name)
+            ax_held.plot(
+                [s for s, _ in held], [v for _, v in held], marker="o", label=Path(run_dir).name
+            )
             drew = True
     if not drew:
         plt.close(fig)
         return None
-    for ax, title in ((ax_train, "training loss vs step"), (ax_held, "held-out loss vs step (checkpoints on disk)")):
+    for ax, title in (
+        (ax_train, "training loss vs step"),
+        (ax_held, "held-out loss vs step (checkpoints on disk)"),
+    ):
         _label(ax, title, "step", "loss per trained token")
     return _png(fig)
 
@@ -209,9 +258,16 @@ def flips(c: Comparison, task: str) -> list[tuple[str, list[dict], int, int]]:
         for ex in e.result["tasks"][task]["examples"]:
             b = esc_base.get(ex["id"])
             if b is not None and b["score"] != ex["score"]:
-                changed.append({"id": ex["id"], "baseline": b["score"], "candidate": ex["score"],
-                                "target": ex.get("target"), "baseline_output": b.get("output"),
-                                "candidate_output": ex.get("output")})
+                changed.append(
+                    {
+                        "id": ex["id"],
+                        "baseline": b["score"],
+                        "candidate": ex["score"],
+                        "target": ex.get("target"),
+                        "baseline_output": b.get("output"),
+                        "candidate_output": ex.get("output"),
+                    }
+                )
         up = sum(x["candidate"] > x["baseline"] for x in changed)
         out.append((e.label, changed, up, len(changed) - up))
     return out
@@ -222,17 +278,23 @@ def _flips_html(c: Comparison, task: str) -> str:
     parts = []
     base = c.entries[c.baseline].label
     for label, changed, up, down in flips(c, task):
-        parts.append(f"<h3>{esc(label)} against {esc(base)}: {up} example(s) flipped better, {down} worse</h3>")
+        parts.append(
+            f"<h3>{esc(label)} against {esc(base)}: {up} example(s) flipped better, {down} worse</h3>"
+        )
         if not changed:
             continue
-        rows = "".join(f"<tr><td>{esc(str(x['id']))}</td><td>{x['baseline']:g} → {x['candidate']:g}</td>"
-                       f"<td>{esc(str(x['target'] if x['target'] is not None else ''))}</td>"
-                       f"<td>{esc(str(x['baseline_output'] if x['baseline_output'] is not None else ''))}</td>"
-                       f"<td>{esc(str(x['candidate_output'] if x['candidate_output'] is not None else ''))}</td></tr>"
-                       for x in changed[:MAX_FLIPS])
+        rows = "".join(
+            f"<tr><td>{esc(str(x['id']))}</td><td>{x['baseline']:g} → {x['candidate']:g}</td>"
+            f"<td>{esc(str(x['target'] if x['target'] is not None else ''))}</td>"
+            f"<td>{esc(str(x['baseline_output'] if x['baseline_output'] is not None else ''))}</td>"
+            f"<td>{esc(str(x['candidate_output'] if x['candidate_output'] is not None else ''))}</td></tr>"
+            for x in changed[:MAX_FLIPS]
+        )
         more = f"<p>… and {len(changed) - MAX_FLIPS} more.</p>" if len(changed) > MAX_FLIPS else ""
-        parts.append("<table><tr><th>example</th><th>score</th><th>target</th><th>baseline output</th>"
-                     f"<th>candidate output</th></tr>{rows}</table>{more}")
+        parts.append(
+            "<table><tr><th>example</th><th>score</th><th>target</th><th>baseline output</th>"
+            f"<th>candidate output</th></tr>{rows}</table>{more}"
+        )
     return "".join(parts)
 
 
@@ -248,39 +310,54 @@ def report_html(c: Comparison, eval_cfg: DictConfig, registry: Registry) -> str:
     esc = html.escape
     keys = {s.name: s.settings_key for s in task_specs(eval_cfg)}
     base = c.entries[c.baseline]
-    parts = [f"<h1>Ladder comparison: eval suite {esc(c.suite)}</h1>",
-             f"<p>Baseline <b>{esc(base.label)}</b>. Deltas are in points with 95% confidence intervals from a "
-             "paired bootstrap over examples (2000 resamples, seed 0); ▲/▼ mark intervals that exclude 0. "
-             f"Registry: <code>{esc(str(registry.path))}</code>. Generated {datetime.now():%Y-%m-%d %H:%M}.</p>",
-             "<h2>Scores</h2>", _comparison_table(c),
-             "<h2>Checkpoints</h2><table><tr><th>label</th><th>settings that differ</th><th>checkpoint</th>"
-             "<th>step</th><th>content hash</th></tr>"
-             + "".join(f"<tr><td>{esc(e.label)}</td><td>{esc(setting)}</td><td>{esc(str(e.checkpoint))}</td>"
-                       f"<td>{e.result['step']}</td><td><code>{e.result['content_hash'][:16]}</code></td></tr>"
-                       for e, setting in zip(c.entries, swept_settings(c))) + "</table>"]
+    parts = [
+        f"<h1>Ladder comparison: eval suite {esc(c.suite)}</h1>",
+        f"<p>Baseline <b>{esc(base.label)}</b>. Deltas are in points with 95% confidence intervals from a "
+        "paired bootstrap over examples (2000 resamples, seed 0); ▲/▼ mark intervals that exclude 0. "
+        f"Registry: <code>{esc(str(registry.path))}</code>. Generated {datetime.now():%Y-%m-%d %H:%M}.</p>",
+        "<h2>Scores</h2>",
+        _comparison_table(c),
+        "<h2>Checkpoints</h2><table><tr><th>label</th><th>settings that differ</th><th>checkpoint</th>"
+        "<th>step</th><th>content hash</th></tr>"
+        + "".join(
+            f"<tr><td>{esc(e.label)}</td><td>{esc(setting)}</td><td>{esc(str(e.checkpoint))}</td>"
+            f"<td>{e.result['step']}</td><td><code>{e.result['content_hash'][:16]}</code></td></tr>"
+            for e, setting in zip(c.entries, swept_settings(c))
+        )
+        + "</table>",
+    ]
     losses = loss_figure(c)
     if losses:
-        parts.append('<h2>Loss</h2><img alt="training and held-out loss vs step" '
-                     f'src="data:image/png;base64,{losses}">')
+        parts.append(
+            '<h2>Loss</h2><img alt="training and held-out loss vs step" '
+            f'src="data:image/png;base64,{losses}">'
+        )
     for task in c.tasks:
         metric = c.metrics[task]
         png = task_figure(task, metric, keys[task], c, registry)
         info = base.result["tasks"][task]
-        parts.append(f"<h2>{esc(task)}/{esc(metric)}</h2>"
-                     f'<img alt="{esc(task)}/{esc(metric)} vs training step, GPU-hours and time" '
-                     f'src="data:image/png;base64,{png}">'
-                     f"<p>{info['n']} examples, task version {esc(str(info.get('task_version')))}; generation "
-                     f"<code>{esc(json.dumps(info.get('generation')))}</code>; prompt format "
-                     f"<code>{esc(json.dumps(info.get('prompt_format')))}</code></p>"
-                     + _flips_html(c, task))
+        parts.append(
+            f"<h2>{esc(task)}/{esc(metric)}</h2>"
+            f'<img alt="{esc(task)}/{esc(metric)} vs training step, GPU-hours and time" '
+            f'src="data:image/png;base64,{png}">'
+            f"<p>{info['n']} examples, task version {esc(str(info.get('task_version')))}; generation "
+            f"<code>{esc(json.dumps(info.get('generation')))}</code>; prompt format "
+            f"<code>{esc(json.dumps(info.get('prompt_format')))}</code></p>" + _flips_html(c, task)
+        )
     differ, flats = config_diff(c)
     parts.append("<h2>Config differences</h2>")
     if differ:
         head = "".join(f"<th>{esc(e.label)}</th>" for e in c.entries)
-        rows = "".join(f"<tr><td>{esc(k)}</td>" + "".join(f"<td>{esc(str(f.get(k, '—')))}</td>" for f in flats)
-                       + "</tr>" for k in differ)
+        rows = "".join(
+            f"<tr><td>{esc(k)}</td>"
+            + "".join(f"<td>{esc(str(f.get(k, '—')))}</td>" for f in flats)
+            + "</tr>"
+            for k in differ
+        )
         parts.append(f"<table><tr><th>key</th>{head}</tr>{rows}</table>")
     else:
         parts.append("<p>The compared checkpoints come from runs with identical configs.</p>")
-    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>Ladder comparison: {esc(c.suite)}</title>"
-            f"<style>{CSS}</style></head><body>{''.join(parts)}</body></html>\n")
+    return (
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>Ladder comparison: {esc(c.suite)}</title>"
+        f"<style>{CSS}</style></head><body>{''.join(parts)}</body></html>\n"
+    )

@@ -48,6 +48,7 @@ def _digest(obj) -> str:
 @dataclass
 class TaskSpec:
     """One task of a suite, as it would run: enough to key its result without a model."""
+
     name: str
     kind: str  # builtin | lm_eval
     version: str
@@ -56,8 +57,14 @@ class TaskSpec:
     @property
     def settings_key(self) -> str:
         """The same for every checkpoint: results with equal settings keys are comparable."""
-        return _digest({"task": self.name, "version": self.version, "settings": self.settings,
-                        "eval_code_version": EVAL_CODE_VERSION})
+        return _digest(
+            {
+                "task": self.name,
+                "version": self.version,
+                "settings": self.settings,
+                "eval_code_version": EVAL_CODE_VERSION,
+            }
+        )
 
     def key(self, content_hash: str) -> str:
         return _digest({"checkpoint": content_hash, "settings": self.settings_key})
@@ -72,25 +79,49 @@ def task_specs(eval_cfg: DictConfig) -> list[TaskSpec]:
     versions = {"reverse": REVERSE_VERSION, "ifeval_lite": IFEVAL_VERSION}
     for task in eval_cfg.tasks:
         if task not in BUILTIN_TASKS:
-            raise ConfigError(f"eval.tasks: unknown task {task!r}; built-in tasks are {sorted(BUILTIN_TASKS)} "
-                              "(lm-evaluation-harness tasks go under eval.lm_eval.tasks)")
+            raise ConfigError(
+                f"eval.tasks: unknown task {task!r}; built-in tasks are {sorted(BUILTIN_TASKS)} "
+                "(lm-evaluation-harness tasks go under eval.lm_eval.tasks)"
+            )
         data_file = eval_cfg[BUILTIN_TASKS[task]]
         if not data_file:
             raise ConfigError(f"eval.tasks has {task!r} but eval.{BUILTIN_TASKS[task]} is not set")
-        specs.append(TaskSpec(task, "builtin", str(versions[task]), {
-            "data": _file_digest(data_file), "max_examples": eval_cfg.max_examples,
-            "max_new_tokens": eval_cfg.max_new_tokens}))
+        specs.append(
+            TaskSpec(
+                task,
+                "builtin",
+                str(versions[task]),
+                {
+                    "data": _file_digest(data_file),
+                    "max_examples": eval_cfg.max_examples,
+                    "max_new_tokens": eval_cfg.max_new_tokens,
+                },
+            )
+        )
     lm = eval_cfg.lm_eval
     if lm.tasks:
         from evals.tasks.lm_harness import check_lm_eval_tasks, include_dir_digest, lm_eval_version
+
         check_lm_eval_tasks(list(lm.tasks), lm.include_path)
         local = include_dir_digest(lm.include_path)
         for task in lm.tasks:
-            specs.append(TaskSpec(task, "lm_eval", f"lm_eval-{lm_eval_version()}", {
-                "local_tasks": local, "num_fewshot": lm.num_fewshot, "limit": lm_limit(eval_cfg),
-                "apply_chat_template": lm.apply_chat_template}))
+            specs.append(
+                TaskSpec(
+                    task,
+                    "lm_eval",
+                    f"lm_eval-{lm_eval_version()}",
+                    {
+                        "local_tasks": local,
+                        "num_fewshot": lm.num_fewshot,
+                        "limit": lm_limit(eval_cfg),
+                        "apply_chat_template": lm.apply_chat_template,
+                    },
+                )
+            )
     if not specs:
-        raise ConfigError(f"eval suite {eval_cfg.name!r} has no tasks (eval.tasks and eval.lm_eval.tasks are empty)")
+        raise ConfigError(
+            f"eval suite {eval_cfg.name!r} has no tasks (eval.tasks and eval.lm_eval.tasks are empty)"
+        )
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
         raise ConfigError(f"eval suite {eval_cfg.name!r} names a task twice: {names}")

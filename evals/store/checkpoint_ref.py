@@ -33,7 +33,9 @@ class CheckpointRef:
     path: Path  # absolute
     step: int | None  # ladder_meta.json's step, else the directory name's
     run_dir: Path | None  # None for a checkpoint outside a run directory
-    config: DictConfig | None = None  # ladder_config.yaml on the schema (untyped if the schema moved on)
+    config: DictConfig | None = (
+        None  # ladder_config.yaml on the schema (untyped if the schema moved on)
+    )
     meta: dict = field(default_factory=dict)  # ladder_meta.json
     known_hash: str | None = None  # a hash the caller already has (registry rows, tests)
 
@@ -42,6 +44,7 @@ class CheckpointRef:
         if self.known_hash is not None:
             return self.known_hash
         from evals.store.content_hash import checkpoint_hash
+
         return checkpoint_hash(self.path)
 
     @property
@@ -66,6 +69,7 @@ def read_ref(ckpt: str | Path, content_hash: str | None = None) -> CheckpointRef
     if cfg_file.exists():
         from training.config.schema import LadderConfig
         from training.config.compose import load_saved
+
         saved = load_saved(cfg_file)  # a shared checkpoint is input: never resolve what it says
         try:
             config = OmegaConf.merge(OmegaConf.structured(LadderConfig), saved)

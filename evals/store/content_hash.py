@@ -23,16 +23,30 @@ from training.common.errors import CheckpointError
 from training.common.safe_files import write_atomic
 
 PATTERNS = (
-    "*.safetensors", "*.safetensors.index.json", "pytorch_model*.bin", "config.json", "generation_config.json",
-    "tokenizer*", "special_tokens_map.json", "added_tokens.json", "chat_template.jinja", "chat_template.json",
-    "vocab.*", "merges.txt", "*.model", "*.tiktoken",
+    "*.safetensors",
+    "*.safetensors.index.json",
+    "pytorch_model*.bin",
+    "config.json",
+    "generation_config.json",
+    "tokenizer*",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "chat_template.json",
+    "vocab.*",
+    "merges.txt",
+    "*.model",
+    "*.tiktoken",
 )
 MEMO = "content_hash.json"
 
 
 def hashed_files(ckpt: Path) -> list[Path]:
-    return sorted(p for p in Path(ckpt).iterdir()
-                  if p.is_file() and any(fnmatch.fnmatch(p.name, pat) for pat in PATTERNS))
+    return sorted(
+        p
+        for p in Path(ckpt).iterdir()
+        if p.is_file() and any(fnmatch.fnmatch(p.name, pat) for pat in PATTERNS)
+    )
 
 
 def _stats(files: list[Path]) -> dict[str, list[int]]:
@@ -43,7 +57,9 @@ def checkpoint_hash(ckpt: str | Path) -> str:
     ckpt = Path(ckpt)
     files = hashed_files(ckpt)
     if not any(p.name.endswith((".safetensors", ".bin")) for p in files):
-        raise CheckpointError(f"{ckpt} holds no model weights (*.safetensors or pytorch_model*.bin)")
+        raise CheckpointError(
+            f"{ckpt} holds no model weights (*.safetensors or pytorch_model*.bin)"
+        )
     stats = _stats(files)
     memo = ckpt / "eval" / MEMO
     try:
@@ -61,7 +77,9 @@ def checkpoint_hash(ckpt: str | Path) -> str:
     digest = h.hexdigest()
     try:  # a read-only checkpoint still evaluates; it only rehashes next time
         memo.parent.mkdir(exist_ok=True)
-        write_atomic(memo, json.dumps({"sha256": digest, "files": stats}) + "\n")  # a temporary name of its own, renamed: never through a planted link (training/common/safe_files.py)
+        write_atomic(
+            memo, json.dumps({"sha256": digest, "files": stats}) + "\n"
+        )  # a temporary name of its own, renamed: never through a planted link (training/common/safe_files.py)
     except OSError:
         pass
     return digest

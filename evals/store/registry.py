@@ -63,14 +63,14 @@ def path_from_url(url: str) -> Path | str:
     return where.path if where.path is not None else where.url
 
 
-
-
 def run_root_of(ckpt: Path | None, run_root: str | Path = "runs") -> Path:
     run_dir = run_dir_of(ckpt) if ckpt is not None else None
     return run_dir.parent if run_dir is not None else Path(run_root)
 
 
-def registry_path(url: str | None, ckpt: Path | None = None, run_root: str | Path = "runs") -> Path | str:
+def registry_path(
+    url: str | None, ckpt: Path | None = None, run_root: str | Path = "runs"
+) -> Path | str:
     """registry.url (a SQLite Path, or a server URL), else registry.db in the checkpoint's run root."""
     if url:
         return path_from_url(url)
@@ -90,8 +90,11 @@ class Registry(Store):
 
     @classmethod
     def from_config(cls, cfg, ckpt: Path | None = None) -> "Registry":
-        return cls(registry_path(cfg.registry.url, ckpt, cfg.trainer.run_root), cfg.registry.busy_timeout_s,
-                   cache_root=run_root_of(ckpt, cfg.trainer.run_root))
+        return cls(
+            registry_path(cfg.registry.url, ckpt, cfg.trainer.run_root),
+            cfg.registry.busy_timeout_s,
+            cache_root=run_root_of(ckpt, cfg.trainer.run_root),
+        )
 
     @property
     def cache_dir(self) -> Path:
@@ -100,49 +103,92 @@ class Registry(Store):
         return (self.cache_root or Path("runs")) / "eval_cache"
 
     # ---- writes ------------------------------------------------------------------------
-    def register_checkpoint(self, ckpt: CheckpointRef | Path, content_hash: str | None = None) -> dict:
+    def register_checkpoint(
+        self, ckpt: CheckpointRef | Path, content_hash: str | None = None
+    ) -> dict:
         """ckpt: the resolved checkpoint (evals/store/checkpoint_ref.py), or a path and its content hash."""
-        row = checkpoint_metadata(ckpt if isinstance(ckpt, CheckpointRef) else read_ref(ckpt, content_hash))
+        row = checkpoint_metadata(
+            ckpt if isinstance(ckpt, CheckpointRef) else read_ref(ckpt, content_hash)
+        )
         cols = ", ".join(row)
         update = ", ".join(f"{c} = excluded.{c}" for c in row if c != "path")
         with self.transaction() as db:
-            db.execute(f"INSERT INTO checkpoints ({cols}) VALUES ({', '.join('?' * len(row))}) "
-                       f"ON CONFLICT (path) DO UPDATE SET {update}", tuple(row.values()))
+            db.execute(
+                f"INSERT INTO checkpoints ({cols}) VALUES ({', '.join('?' * len(row))}) "
+                f"ON CONFLICT (path) DO UPDATE SET {update}",
+                tuple(row.values()),
+            )
         return row
 
-    def record_result(self, cache_key: str, content_hash: str, spec, result: dict, examples_path: Path,
-                      suite: str, replace: bool = True) -> None:
+    def record_result(
+        self,
+        cache_key: str,
+        content_hash: str,
+        spec,
+        result: dict,
+        examples_path: Path,
+        suite: str,
+        replace: bool = True,
+    ) -> None:
         """replace=False (a cache hit) keeps an existing row and its evaluated_at time."""
         from evals.store.cache import EVAL_CODE_VERSION
-        cols = ("cache_key, content_hash, task, metric, score, n, task_version, settings_key, eval_code_version, "
-                "suite, examples_path, seconds, generation_json, prompt_format_json, evaluated_at")
-        on_conflict = ("DO UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in cols.split(", ")[1:])
-                       if replace else "DO NOTHING")
+
+        cols = (
+            "cache_key, content_hash, task, metric, score, n, task_version, settings_key, eval_code_version, "
+            "suite, examples_path, seconds, generation_json, prompt_format_json, evaluated_at"
+        )
+        on_conflict = (
+            "DO UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in cols.split(", ")[1:])
+            if replace
+            else "DO NOTHING"
+        )
         with self.transaction() as db:
             db.execute(
                 f"INSERT INTO results ({cols}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) "
                 f"ON CONFLICT (cache_key) {on_conflict}",
-                (cache_key, content_hash, spec.name, result["metric"], result["score"], result["n"],
-                 str(result.get("task_version")), spec.settings_key, EVAL_CODE_VERSION, suite, str(examples_path),
-                 result.get("seconds"), json.dumps(result.get("generation")),
-                 json.dumps(result.get("prompt_format")), time.time()))
+                (
+                    cache_key,
+                    content_hash,
+                    spec.name,
+                    result["metric"],
+                    result["score"],
+                    result["n"],
+                    str(result.get("task_version")),
+                    spec.settings_key,
+                    EVAL_CODE_VERSION,
+                    suite,
+                    str(examples_path),
+                    result.get("seconds"),
+                    json.dumps(result.get("generation")),
+                    json.dumps(result.get("prompt_format")),
+                    time.time(),
+                ),
+            )
 
     def mark_logged(self, wandb_run_id: str, keys: list[str], step: int) -> None:
         with self.transaction() as db:
             for k in keys:
-                db.execute("INSERT INTO wandb_logged (wandb_run_id, cache_key, step) VALUES (?, ?, ?) "
-                           "ON CONFLICT DO NOTHING", (wandb_run_id, k, step))
+                db.execute(
+                    "INSERT INTO wandb_logged (wandb_run_id, cache_key, step) VALUES (?, ?, ?) "
+                    "ON CONFLICT DO NOTHING",
+                    (wandb_run_id, k, step),
+                )
 
     # ---- reads -------------------------------------------------------------------------
     def was_logged(self, wandb_run_id: str, keys: list[str]) -> bool:
         if not keys:  # `IN ()` is not SQL PostgreSQL accepts
             return False
         marks = "?" * len(keys)
-        rows = self.query(f"SELECT COUNT(*) AS n FROM wandb_logged WHERE wandb_run_id = ? AND cache_key IN "
-                          f"({', '.join(marks)})", (wandb_run_id, *keys))
+        rows = self.query(
+            f"SELECT COUNT(*) AS n FROM wandb_logged WHERE wandb_run_id = ? AND cache_key IN "
+            f"({', '.join(marks)})",
+            (wandb_run_id, *keys),
+        )
         return bool(keys) and rows[0]["n"] == len(keys)
 
-    def checkpoints(self, sweep: str | None = None, run_dir: str | None = None, **equal) -> list[dict]:
+    def checkpoints(
+        self, sweep: str | None = None, run_dir: str | None = None, **equal
+    ) -> list[dict]:
         where, args = [], []
         for col, value in [("sweep", sweep), ("run_dir", run_dir), *equal.items()]:
             if value is None:
@@ -168,13 +214,23 @@ def checkpoint_metadata(ref: CheckpointRef) -> dict:
     if lr is None and sel("rung.lr") is not None:
         lr = sel("rung.lr") * (sel("recipe.lr_scale") or 1.0)
     return {
-        "path": str(ref.path), "content_hash": ref.content_hash,
+        "path": str(ref.path),
+        "content_hash": ref.content_hash,
         "run_name": ref.run_name,
         "run_dir": str(run_dir) if run_dir else None,
-        "rung": sel("rung.name"), "recipe": sel("recipe.name"), "data": sel("data.name"), "sweep": sel("sweep.name"),
-        "lr": lr, "step": step, "saved_at": ref.meta.get("saved_at"),
-        "device_hours": device_hours_at(run_dir, step) if run_dir is not None and step is not None else None,
-        "config_json": json.dumps(OmegaConf.to_container(cfg, enum_to_str=True)) if cfg is not None else None,
+        "rung": sel("rung.name"),
+        "recipe": sel("recipe.name"),
+        "data": sel("data.name"),
+        "sweep": sel("sweep.name"),
+        "lr": lr,
+        "step": step,
+        "saved_at": ref.meta.get("saved_at"),
+        "device_hours": device_hours_at(run_dir, step)
+        if run_dir is not None and step is not None
+        else None,
+        "config_json": json.dumps(OmegaConf.to_container(cfg, enum_to_str=True))
+        if cfg is not None
+        else None,
         "registered_at": time.time(),
     }
 
@@ -184,6 +240,7 @@ def device_hours_at(run_dir: Path, step: int) -> float | None:
     device_hours, or the ledger's used hours) shared out over steps by metrics.jsonl's step times."""
     from training.run.heartbeat import read_heartbeat
     from training.run.metrics import read_metrics
+
     hb = read_heartbeat(run_dir) or {}
     total, upto_step = hb.get("device_hours"), hb.get("step")
     if total is None:

@@ -22,22 +22,28 @@ from training.common.errors import ConfigError
 @dataclass
 class Metric:
     """--metric resolved against the eval suite: the tasks it averages and their settings keys."""
+
     name: str
     keys: dict[str, str]  # task -> settings key of the suite's current settings
     metric: str | None = None  # `task/metric` names the metric too
-    suite_keys: set[str] = field(default_factory=set)  # every task of the suite (for "other settings")
+    suite_keys: set[str] = field(
+        default_factory=set
+    )  # every task of the suite (for "other settings")
 
 
 def parse_metric(metric: str, eval_cfg: DictConfig) -> Metric:
     from evals.store.cache import task_specs
+
     specs = {s.name: s.settings_key for s in task_specs(eval_cfg)}
     if metric == "average":
         return Metric(metric, specs, None, set(specs.values()))
     task, _, name = metric.partition("/")
     if task not in specs:
-        raise ConfigError(f"--metric {metric}: not a task of the eval suite {eval_cfg.name!r} (its tasks: "
-                          f"{', '.join(specs)}; or `average`). Give the eval overrides the sweep was scored "
-                          "with, e.g. eval=cpu")
+        raise ConfigError(
+            f"--metric {metric}: not a task of the eval suite {eval_cfg.name!r} (its tasks: "
+            f"{', '.join(specs)}; or `average`). Give the eval overrides the sweep was scored "
+            "with, e.g. eval=cpu"
+        )
     return Metric(metric, {task: specs[task]}, name or None, set(specs.values()))
 
 
@@ -45,6 +51,7 @@ def registry_for(run_dir: str | Path, cfg: DictConfig, cache: dict | None = None
     """The registry a run's checkpoints are registered in (registry.url, else beside the run);
     None when that file does not exist (nothing was ever evaluated there)."""
     from evals.store.registry import Registry, registry_path
+
     path = registry_path(cfg.registry.url, Path(run_dir) / "checkpoints" / "step_0")
     if isinstance(path, Path) and not path.is_file():  # a server URL always exists
         return None
@@ -70,7 +77,9 @@ def score_of(registry, checkpoint: dict, metric: Metric) -> float | None:
     return sum(values) / len(values)
 
 
-def run_score(run_dir: str, cfg: DictConfig, metric: Metric, cache: dict) -> tuple[dict | None, float | None]:
+def run_score(
+    run_dir: str, cfg: DictConfig, metric: Metric, cache: dict
+) -> tuple[dict | None, float | None]:
     """(the run's last registered checkpoint, its score on the metric), either None when missing."""
     registry = registry_for(run_dir, cfg, cache)
     ckpt = last_checkpoint(registry, run_dir)
@@ -92,4 +101,5 @@ def available_metrics(run_dirs: list[str], cfg: DictConfig, metric: Metric, cach
         return "the registry holds no scores for them"
     return "the registry holds: " + "; ".join(
         f"{label} (suite {suite}{'' if current else ', other settings than this eval config'})"
-        for (label, suite), current in sorted(seen.items()))
+        for (label, suite), current in sorted(seen.items())
+    )

@@ -47,7 +47,7 @@ def words(text: str) -> tuple[str, ...]:
 
 
 def ngrams(ws: tuple[str, ...], n: int) -> set[tuple[str, ...]]:
-    return {ws[i:i + n] for i in range(len(ws) - n + 1)}
+    return {ws[i : i + n] for i in range(len(ws) - n + 1)}
 
 
 # ---- the eval suite's prompts -------------------------------------------------------------
@@ -67,14 +67,21 @@ def eval_prompts(eval_cfg: DictConfig) -> tuple[list[tuple[str, str, str]], list
     lm = eval_cfg.lm_eval
     if lm.tasks:
         from evals.tasks.lm_harness import _task_names_in
+
         local = _task_names_in(Path(lm.include_path)) if lm.include_path else set()
         mine = [t for t in lm.tasks if t in local]
-        skipped += [{"task": t, "reason": "an lm-eval catalogue task: its documents are not local"}
-                    for t in lm.tasks if t not in local]
+        skipped += [
+            {"task": t, "reason": "an lm-eval catalogue task: its documents are not local"}
+            for t in lm.tasks
+            if t not in local
+        ]
         if mine:
             from lm_eval.tasks import TaskManager
+
             logging.getLogger("lm_eval").setLevel(logging.ERROR)
-            tasks = TaskManager(include_path=lm.include_path, include_defaults=False).load(mine)["tasks"]
+            tasks = TaskManager(include_path=lm.include_path, include_defaults=False).load(mine)[
+                "tasks"
+            ]
             for name, task in tasks.items():
                 for i, doc in enumerate(task.eval_docs):
                     ex_id = doc.get("id", i) if isinstance(doc, dict) else i
@@ -128,6 +135,7 @@ def row_texts(row: dict) -> list[str]:
 def iter_rows(spec: SourceSpec, fmt: str, prefix: str = ""):
     """(where, row) of a source in training order, checked as training checks them, up to max_samples."""
     from training.data.token_cache import row_check
+
     check = row_check(fmt, prefix)
     n = 0
     if spec.train_files:
@@ -140,6 +148,7 @@ def iter_rows(spec: SourceSpec, fmt: str, prefix: str = ""):
                 yield f"{path}:{line}", row
         return
     import datasets
+
     for i, row in enumerate(datasets.load_dataset(spec.hub_name, split=spec.hub_split)):
         if spec.max_samples is not None and i >= spec.max_samples:
             return
@@ -149,11 +158,17 @@ def iter_rows(spec: SourceSpec, fmt: str, prefix: str = ""):
 
 def _source_key(spec: SourceSpec) -> list:
     from training.recipes.ref_cache import file_hash
+
     if spec.train_files:
         return [[file_hash(f) for f in spec.train_files], spec.max_samples]
     import datasets
-    return [spec.hub_name, spec.hub_split, datasets.load_dataset(spec.hub_name, split=spec.hub_split)._fingerprint,
-            spec.max_samples]
+
+    return [
+        spec.hub_name,
+        spec.hub_split,
+        datasets.load_dataset(spec.hub_name, split=spec.hub_split)._fingerprint,
+        spec.max_samples,
+    ]
 
 
 def check_source(spec: SourceSpec, fmt: str, index: PromptIndex, prefix: str) -> dict:
@@ -169,8 +184,13 @@ def check_source(spec: SourceSpec, fmt: str, index: PromptIndex, prefix: str) ->
                 by_task.setdefault(task, []).append(ex_id)
             matches.append({"where": where, "id": row.get("id"), "tasks": by_task})
     by_task = Counter(t for m in matches for t in m["tasks"])
-    return {"source": spec.name, "data": spec.describe(), "rows_checked": n, "matching_rows": matches,
-            "rows_by_task": dict(by_task)}
+    return {
+        "source": spec.name,
+        "data": spec.describe(),
+        "rows_checked": n,
+        "matching_rows": matches,
+        "rows_by_task": dict(by_task),
+    }
 
 
 def decontaminate(cfg: DictConfig, use_cache: bool = True, write_cache: bool = True) -> dict:
@@ -178,7 +198,9 @@ def decontaminate(cfg: DictConfig, use_cache: bool = True, write_cache: bool = T
     reads the cache but does not write it (write_cache=False): a refused launch leaves no file."""
     d = cfg.data.decontamination
     if d.ngram < 1 or not 0 < d.threshold <= 1:
-        raise DataError(f"data.decontamination: ngram={d.ngram} must be >= 1 and threshold={d.threshold} in (0, 1]")
+        raise DataError(
+            f"data.decontamination: ngram={d.ngram} must be >= 1 and threshold={d.threshold} in (0, 1]"
+        )
     fmt = row_format(cfg)
     prompts, skipped = eval_prompts(cfg.eval)
     sources, unchecked = [], []
@@ -189,26 +211,64 @@ def decontaminate(cfg: DictConfig, use_cache: bool = True, write_cache: bool = T
         try:
             sources.append((spec, _source_key(spec)))
         except Exception as e:  # noqa: BLE001 (datasets raises many kinds): a hub dataset not on this machine
-            unchecked.append({"source": spec.name, "data": spec.describe(), "reason": f"cannot read it here ({e})"})
-    digest = hashlib.sha256(json.dumps([prompts, [k for _, k in sources], [(s.name, s.describe()) for s, _ in sources],
-                                        fmt, d.ngram, d.threshold, VERSION]).encode()).hexdigest()[:32]
+            unchecked.append(
+                {
+                    "source": spec.name,
+                    "data": spec.describe(),
+                    "reason": f"cannot read it here ({e})",
+                }
+            )
+    digest = hashlib.sha256(
+        json.dumps(
+            [
+                prompts,
+                [k for _, k in sources],
+                [(s.name, s.describe()) for s, _ in sources],
+                fmt,
+                d.ngram,
+                d.threshold,
+                VERSION,
+            ]
+        ).encode()
+    ).hexdigest()[:32]
     cache = Path(cfg.trainer.run_root) / "cache" / "decontam" / f"{digest}.json"
     report = _load(cache) if use_cache else None
     if report is None:
         index = PromptIndex(prompts, d.ngram, d.threshold)
         mixture = is_mixture(cfg.data)
-        report = {"eval": cfg.eval.name, "ngram": d.ngram, "threshold": d.threshold,
-                  "eval_prompts": dict(Counter(t for t, _, _ in prompts)),
-                  "sources": [check_source(s, fmt, index, f"data.sources.{s.name}: " if mixture else "")
-                              for s, _ in sources]}
-        report["prompts_by_task"] = dict(Counter(t for t, i in {(t, i) for src in report["sources"]
-                                                               for m in src["matching_rows"]
-                                                               for t, ids in m["tasks"].items() for i in ids}))
+        report = {
+            "eval": cfg.eval.name,
+            "ngram": d.ngram,
+            "threshold": d.threshold,
+            "eval_prompts": dict(Counter(t for t, _, _ in prompts)),
+            "sources": [
+                check_source(s, fmt, index, f"data.sources.{s.name}: " if mixture else "")
+                for s, _ in sources
+            ],
+        }
+        report["prompts_by_task"] = dict(
+            Counter(
+                t
+                for t, i in {
+                    (t, i)
+                    for src in report["sources"]
+                    for m in src["matching_rows"]
+                    for t, ids in m["tasks"].items()
+                    for i in ids
+                }
+            )
+        )
         if use_cache and write_cache:
             _store(cache, report)
-    report.update(data=cfg.data.name, not_checked_tasks=skipped, not_checked_sources=unchecked,
-                  matching_rows=sum(len(s["matching_rows"]) for s in report["sources"]))
-    report["rows_by_task"] = dict(sum((Counter(s["rows_by_task"]) for s in report["sources"]), Counter()))
+    report.update(
+        data=cfg.data.name,
+        not_checked_tasks=skipped,
+        not_checked_sources=unchecked,
+        matching_rows=sum(len(s["matching_rows"]) for s in report["sources"]),
+    )
+    report["rows_by_task"] = dict(
+        sum((Counter(s["rows_by_task"]) for s in report["sources"]), Counter())
+    )
     return report
 
 
@@ -229,7 +289,9 @@ def _load(path: Path) -> dict | None:
 def _store(path: Path, report: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     body = json.dumps(report, sort_keys=True)
-    write_atomic(path, json.dumps({"sha256": hashlib.sha256(body.encode()).hexdigest(), "report": report}))
+    write_atomic(
+        path, json.dumps({"sha256": hashlib.sha256(body.encode()).hexdigest(), "report": report})
+    )
 
 
 # ---- output ---------------------------------------------------------------------------------
@@ -238,6 +300,7 @@ def write_filtered(cfg: DictConfig, report: dict, out_dir: str) -> dict[str, str
     Only inside DIR: a source name is one plain path component (training/config/names.py), and each path
     is checked again once resolved, so neither a name nor a link planted in DIR writes elsewhere."""
     from training.common.errors import ConfigError
+
     fmt = row_format(cfg)
     out = Path(out_dir)
     try:
@@ -252,15 +315,21 @@ def write_filtered(cfg: DictConfig, report: dict, out_dir: str) -> dict[str, str
             continue
         drop = {m["where"] for m in checked[spec.name]["matching_rows"]}
         if checked[spec.name]["rows_checked"] == len(drop):
-            raise DataError(f"source {spec.name}: every one of its {len(drop)} rows matches the eval suite, so a "
-                            "filtered copy would have no rows; leave the source out instead")
+            raise DataError(
+                f"source {spec.name}: every one of its {len(drop)} rows matches the eval suite, so a "
+                "filtered copy would have no rows; leave the source out instead"
+            )
         path = out / f"{spec.name}.jsonl"
         tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
         for p in (path, tmp):
             if p.resolve().parent != root:
-                raise ConfigError(f"--write {out_dir}: the copy of source {spec.name!r} would be written to "
-                                  f"{p.resolve()}, outside {root}; nothing of it was written")
-        with atomic_file(path, text=True) as f:  # a random temporary name, renamed: never through a link
+                raise ConfigError(
+                    f"--write {out_dir}: the copy of source {spec.name!r} would be written to "
+                    f"{p.resolve()}, outside {root}; nothing of it was written"
+                )
+        with atomic_file(
+            path, text=True
+        ) as f:  # a random temporary name, renamed: never through a link
             for where, row in iter_rows(spec, fmt):
                 if where not in drop:
                     f.write(json.dumps(row, ensure_ascii=False) + "\n")
@@ -270,35 +339,51 @@ def write_filtered(cfg: DictConfig, report: dict, out_dir: str) -> dict[str, str
 
 def summary_lines(report: dict) -> list[str]:
     """One line per contaminated source: what `ladder launch` says when it refuses."""
-    return [f"{s['source']}: {len(s['matching_rows'])} of {s['rows_checked']} rows match "
-            + ", ".join(f"{t} ({n} rows)" for t, n in sorted(s["rows_by_task"].items()))
-            + f", e.g. {s['matching_rows'][0]['where']}"
-            for s in report["sources"] if s["matching_rows"]]
+    return [
+        f"{s['source']}: {len(s['matching_rows'])} of {s['rows_checked']} rows match "
+        + ", ".join(f"{t} ({n} rows)" for t, n in sorted(s["rows_by_task"].items()))
+        + f", e.g. {s['matching_rows'][0]['where']}"
+        for s in report["sources"]
+        if s["matching_rows"]
+    ]
 
 
 def print_report(report: dict, console) -> None:
     """The report on `console` (launch/console.make_console: evals never import launch)."""
     from rich.table import Table
+
     tasks = sorted(report["eval_prompts"])
-    table = Table(title=f"data={report['data']} against eval={report['eval']}: rows matching its prompts "
-                        f"({report['ngram']}-grams, threshold {report['threshold']:g})")
+    table = Table(
+        title=f"data={report['data']} against eval={report['eval']}: rows matching its prompts "
+        f"({report['ngram']}-grams, threshold {report['threshold']:g})"
+    )
     table.add_column("source")
     table.add_column("rows checked", justify="right")
     for t in tasks:
         table.add_column(f"{t} ({report['eval_prompts'][t]} prompts)", justify="right")
     table.add_column("matching rows", justify="right")
     for s in report["sources"]:
-        table.add_row(s["source"], f"{s['rows_checked']:,}", *(f"{s['rows_by_task'].get(t, 0):,}" for t in tasks),
-                      f"{len(s['matching_rows']):,}")
+        table.add_row(
+            s["source"],
+            f"{s['rows_checked']:,}",
+            *(f"{s['rows_by_task'].get(t, 0):,}" for t in tasks),
+            f"{len(s['matching_rows']):,}",
+        )
     console.print(table)
     for t, n in sorted(report.get("prompts_by_task", {}).items()):
-        console.print(f"{t}: {n} of its {report['eval_prompts'][t]} prompts occur in the training data")
+        console.print(
+            f"{t}: {n} of its {report['eval_prompts'][t]} prompts occur in the training data"
+        )
     for s in report["sources"]:
         for m in s["matching_rows"][:5]:
-            console.print(f"  {s['source']}: {m['where']} matches " + "; ".join(
-                f"{t} {', '.join(ids[:3])}" for t, ids in m["tasks"].items()))
+            console.print(
+                f"  {s['source']}: {m['where']} matches "
+                + "; ".join(f"{t} {', '.join(ids[:3])}" for t, ids in m["tasks"].items())
+            )
         if len(s["matching_rows"]) > 5:
-            console.print(f"  {s['source']}: ... {len(s['matching_rows']) - 5} more (--json lists them all)")
+            console.print(
+                f"  {s['source']}: ... {len(s['matching_rows']) - 5} more (--json lists them all)"
+            )
     for x in report["not_checked_tasks"] + report["not_checked_sources"]:
         console.print(f"not checked: {x.get('task') or x.get('source')}: {x['reason']}")
     for name, path in report.get("written", {}).items():

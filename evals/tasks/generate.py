@@ -21,17 +21,28 @@ from training.run.progress import example_progress
 from training.rl.rlvr_data import encode_prompt
 
 
-def greedy_complete(model, tokenizer, conversations: list[list[dict]], max_new_tokens: int,
-                    batch_size: int = 64, description: str = "generating", generator=None) -> list[str]:
+def greedy_complete(
+    model,
+    tokenizer,
+    conversations: list[list[dict]],
+    max_new_tokens: int,
+    batch_size: int = 64,
+    description: str = "generating",
+    generator=None,
+) -> list[str]:
     gen = generator or HFGenerator(Sampling(), tokenizer)
     prompts = [encode_prompt(tokenizer, c) for c in conversations]
     # vLLM schedules its own batches: hand it every prompt at once; transformers takes batch_size
     step = len(prompts) if gen.name == "vllm" else batch_size
-    model_arg = None if gen.name == "vllm" else model  # vllm generates from the checkpoint it loaded
+    model_arg = (
+        None if gen.name == "vllm" else model
+    )  # vllm generates from the checkpoint it loaded
     out: list[str] = []
     with example_progress(len(prompts), description) as advance:
         for i in range(0, len(prompts), max(step, 1)):
-            ids, _ = gen.sample(model_arg, prompts[i:i + step], keys=None, max_new_tokens=max_new_tokens)
+            ids, _ = gen.sample(
+                model_arg, prompts[i : i + step], keys=None, max_new_tokens=max_new_tokens
+            )
             out.extend(tokenizer.batch_decode(ids, skip_special_tokens=True))
             advance(len(ids))
     return out

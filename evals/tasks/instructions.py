@@ -25,8 +25,14 @@ VERSION = 1  # bump when the prompts or a checker change: it keys the eval cache
 def load_prompts(path: str, max_examples: int | None = None) -> list[dict]:
     rows = []
     for i, row in iter_jsonl(path):
-        if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or not row.get("checks"):
-            raise DataError(f"{path}:{i}: expected an object with 'prompt' and a non-empty 'checks' list")
+        if (
+            not isinstance(row, dict)
+            or not isinstance(row.get("prompt"), str)
+            or not row.get("checks")
+        ):
+            raise DataError(
+                f"{path}:{i}: expected an object with 'prompt' and a non-empty 'checks' list"
+            )
         unknown = [c.get("type") for c in row["checks"] if c.get("type") not in CHECKS]
         if unknown:
             raise DataError(f"{path}:{i}: unknown check type(s) {unknown}; known: {sorted(CHECKS)}")
@@ -34,25 +40,50 @@ def load_prompts(path: str, max_examples: int | None = None) -> list[dict]:
     return rows[:max_examples] if max_examples else rows
 
 
-def score_instructions(model, tokenizer, path: str, max_examples: int | None = None,
-                       max_new_tokens: int = 24, batch_size: int = 64, generator=None) -> dict:
+def score_instructions(
+    model,
+    tokenizer,
+    path: str,
+    max_examples: int | None = None,
+    max_new_tokens: int = 24,
+    batch_size: int = 64,
+    generator=None,
+) -> dict:
     rows = load_prompts(path, max_examples)
-    outputs = greedy_complete(model, tokenizer, [[{"role": "user", "content": r["prompt"]}] for r in rows],
-                              max_new_tokens, batch_size, description="eval ifeval_lite", generator=generator)
+    outputs = greedy_complete(
+        model,
+        tokenizer,
+        [[{"role": "user", "content": r["prompt"]}] for r in rows],
+        max_new_tokens,
+        batch_size,
+        description="eval ifeval_lite",
+        generator=generator,
+    )
     examples, met, total = [], 0, 0
     for i, (row, out) in enumerate(zip(rows, outputs)):
         passed = [check(out, c) for c in row["checks"]]
         met, total = met + sum(passed), total + len(passed)
-        examples.append({"id": row.get("id", str(i)), "prompt": row["prompt"], "output": out,
-                         "checks": [{**c, "passed": p} for c, p in zip(row["checks"], passed)],
-                         "correct": all(passed), "score": float(all(passed))})
+        examples.append(
+            {
+                "id": row.get("id", str(i)),
+                "prompt": row["prompt"],
+                "output": out,
+                "checks": [{**c, "passed": p} for c, p in zip(row["checks"], passed)],
+                "correct": all(passed),
+                "score": float(all(passed)),
+            }
+        )
     return {
         "metric": "prompt_strict",
         "score": 100.0 * sum(e["correct"] for e in examples) / len(examples),
         "instruction_accuracy": 100.0 * met / total,
         "n": len(examples),
         "task_version": VERSION,
-        "generation": {"do_sample": False, "max_new_tokens": max_new_tokens, "generator": generator_name(generator)},
+        "generation": {
+            "do_sample": False,
+            "max_new_tokens": max_new_tokens,
+            "generator": generator_name(generator),
+        },
         "prompt_format": "chat_template: one user turn holding the prompt, then the assistant header",
         "examples": examples,
     }

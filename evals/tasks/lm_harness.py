@@ -43,7 +43,9 @@ def _task_names_in(directory: Path) -> set[str]:
     """Task, group and tag names declared in the YAMLs under a directory, read as text (fast:
     lm-eval's own TaskManager indexes its 14,000 tasks in about half a minute)."""
     names: set[str] = set()
-    pat = re.compile(r"^(?:task|group|tag):\s*['\"]?([\w.\-]+)['\"]?\s*$|^\s+-\s+([\w.\-]+)\s*$", re.M)
+    pat = re.compile(
+        r"^(?:task|group|tag):\s*['\"]?([\w.\-]+)['\"]?\s*$|^\s+-\s+([\w.\-]+)\s*$", re.M
+    )
     for p in directory.rglob("*.yaml"):
         text = p.read_text(errors="ignore")
         for m in pat.finditer(text):
@@ -61,17 +63,25 @@ def check_lm_eval_tasks(tasks: list[str], include_path: str | None) -> None:
     missing = [t for t in tasks if t not in known]
     if missing:
         import lm_eval
+
         known |= _task_names_in(Path(lm_eval.__file__).parent / "tasks")
         unknown = [t for t in missing if t not in known]
         if unknown:
-            raise ConfigError(f"eval.lm_eval.tasks: unknown lm-eval task(s) {unknown}; name tasks from "
-                              "lm-eval's task list (`lm_eval ls tasks`) or a YAML under eval.lm_eval.include_path")
+            raise ConfigError(
+                f"eval.lm_eval.tasks: unknown lm-eval task(s) {unknown}; name tasks from "
+                "lm-eval's task list (`lm_eval ls tasks`) or a YAML under eval.lm_eval.include_path"
+            )
 
 
 def _headline_metric(task_results: dict) -> tuple[str, str]:
     """The first metric lm-eval reports for a task, e.g. ('acc', 'none') or ('exact_match', 'strict-match')."""
     for key, value in task_results.items():
-        if key in _SKIP or "_stderr" in key or "," not in key or not isinstance(value, (int, float)):
+        if (
+            key in _SKIP
+            or "_stderr" in key
+            or "," not in key
+            or not isinstance(value, (int, float))
+        ):
             continue
         metric, _, filt = key.partition(",")
         return metric, filt
@@ -85,7 +95,9 @@ def _leaves(name: str, group_subtasks: dict) -> list[str]:
     return [leaf for s in subs for leaf in _leaves(s, group_subtasks)]
 
 
-def run_lm_eval(ckpt: Path, lm_cfg, tasks: list[str], limit: int | None, device: str) -> dict[str, dict]:
+def run_lm_eval(
+    ckpt: Path, lm_cfg, tasks: list[str], limit: int | None, device: str
+) -> dict[str, dict]:
     import lm_eval
     from lm_eval.tasks import TaskManager
 
@@ -97,9 +109,19 @@ def run_lm_eval(ckpt: Path, lm_cfg, tasks: list[str], limit: int | None, device:
     model_args = {"pretrained": str(ckpt), "dtype": "float32" if device == "cpu" else "bfloat16"}
     log.info("lm-eval %s: tasks %s on %s (%s)", lm_eval_version(), tasks, ckpt, device)
     out = lm_eval.simple_evaluate(
-        model="hf", model_args=model_args, tasks=list(tasks), task_manager=tm, num_fewshot=lm_cfg.num_fewshot,
-        batch_size=lm_cfg.batch_size, device=device, limit=limit, log_samples=True, bootstrap_iters=0,
-        apply_chat_template=lm_cfg.apply_chat_template, confirm_run_unsafe_code=lm_cfg.confirm_run_unsafe_code)
+        model="hf",
+        model_args=model_args,
+        tasks=list(tasks),
+        task_manager=tm,
+        num_fewshot=lm_cfg.num_fewshot,
+        batch_size=lm_cfg.batch_size,
+        device=device,
+        limit=limit,
+        log_samples=True,
+        bootstrap_iters=0,
+        apply_chat_template=lm_cfg.apply_chat_template,
+        confirm_run_unsafe_code=lm_cfg.confirm_run_unsafe_code,
+    )
     results = {}
     for name in tasks:
         metric, filt = _headline_metric(out["results"][name])
@@ -109,22 +131,38 @@ def run_lm_eval(ckpt: Path, lm_cfg, tasks: list[str], limit: int | None, device:
                 if s.get("filter", "none") != filt or metric not in s:
                     continue
                 doc = s.get("doc") or {}
-                ex_id = str(doc.get("id", s["doc_id"])) if isinstance(doc, dict) else str(s["doc_id"])
-                examples.append({"id": ex_id if leaf == name else f"{leaf}/{ex_id}", "score": float(s[metric]),
-                                 "target": str(s.get("target")), "output": _short(s.get("filtered_resps"))})
-        cfg = out["configs"].get(name) or out["configs"].get(_leaves(name, out.get("group_subtasks", {}))[0], {})
+                ex_id = (
+                    str(doc.get("id", s["doc_id"])) if isinstance(doc, dict) else str(s["doc_id"])
+                )
+                examples.append(
+                    {
+                        "id": ex_id if leaf == name else f"{leaf}/{ex_id}",
+                        "score": float(s[metric]),
+                        "target": str(s.get("target")),
+                        "output": _short(s.get("filtered_resps")),
+                    }
+                )
+        cfg = out["configs"].get(name) or out["configs"].get(
+            _leaves(name, out.get("group_subtasks", {}))[0], {}
+        )
         results[name] = {
             "metric": metric if filt == "none" else f"{metric}_{filt}",
             "score": 100.0 * float(out["results"][name][f"{metric},{filt}"]),
             "n": len(examples),
             "task_version": f"{out['versions'].get(name, 'group')}/lm_eval-{lm_eval_version()}",
-            "generation": {"output_type": cfg.get("output_type"), "do_sample": False,
-                           **(cfg.get("generation_kwargs") or {})},
-            "prompt_format": {"harness": "lm-evaluation-harness", "apply_chat_template": lm_cfg.apply_chat_template,
-                              "num_fewshot": out["n-shot"].get(name, cfg.get("num_fewshot")),
-                              "doc_to_text": str(cfg.get("doc_to_text")),
-                              "target_delimiter": cfg.get("target_delimiter"),
-                              "fewshot_delimiter": cfg.get("fewshot_delimiter")},
+            "generation": {
+                "output_type": cfg.get("output_type"),
+                "do_sample": False,
+                **(cfg.get("generation_kwargs") or {}),
+            },
+            "prompt_format": {
+                "harness": "lm-evaluation-harness",
+                "apply_chat_template": lm_cfg.apply_chat_template,
+                "num_fewshot": out["n-shot"].get(name, cfg.get("num_fewshot")),
+                "doc_to_text": str(cfg.get("doc_to_text")),
+                "target_delimiter": cfg.get("target_delimiter"),
+                "fewshot_delimiter": cfg.get("fewshot_delimiter"),
+            },
             "examples": examples,
         }
     return results

@@ -24,10 +24,20 @@ IFEVAL_FILE = ASSETS / "ifeval_lite.jsonl"
 REVERSE_MC_FILE = ASSETS / "lm_eval" / "reverse_mc.jsonl"
 
 REQUESTS = [
-    "Reverse: k q z m", "Reverse: a b c d e", "Name three colors.", "Describe the sea.",
-    "Say hello to a friend.", "List some fruits.", "Give a short answer: what is two plus two?",
-    "Tell me about the weather.", "Write a greeting.", "Explain what a list is.",
-    "Reverse: x y z", "Name an animal.", "Describe a quick brown fox.", "Answer the question: is the sky blue?",
+    "Reverse: k q z m",
+    "Reverse: a b c d e",
+    "Name three colors.",
+    "Describe the sea.",
+    "Say hello to a friend.",
+    "List some fruits.",
+    "Give a short answer: what is two plus two?",
+    "Tell me about the weather.",
+    "Write a greeting.",
+    "Explain what a list is.",
+    "Reverse: x y z",
+    "Name an animal.",
+    "Describe a quick brown fox.",
+    "Answer the question: is the sky blue?",
 ]
 WORDS = ["done", "yes", "ok", "end", "fox", "blue", "stop"]
 
@@ -65,7 +75,13 @@ def ifeval_rows(n: int = 120, seed: int = 6) -> list[dict]:
             else:
                 phrases.append(template)
             checks.append(check)
-        rows.append({"id": f"ifeval_lite-{i:04d}", "prompt": " ".join([request, *phrases]), "checks": checks})
+        rows.append(
+            {
+                "id": f"ifeval_lite-{i:04d}",
+                "prompt": " ".join([request, *phrases]),
+                "checks": checks,
+            }
+        )
     return rows
 
 
@@ -93,8 +109,14 @@ def reverse_mc_rows(n: int = 200, seed: int = 7) -> list[dict]:
         choices = [" ".join(right), *wrong]
         order = list(range(len(choices)))
         rng.shuffle(order)
-        rows.append({"id": row["id"], "prompt": prompt, "choices": [choices[k] for k in order],
-                     "label": order.index(0)})
+        rows.append(
+            {
+                "id": row["id"],
+                "prompt": prompt,
+                "choices": [choices[k] for k in order],
+                "label": order.index(0),
+            }
+        )
     return rows
 
 

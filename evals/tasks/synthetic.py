@@ -1,6 +1,6 @@
 """The synthetic task's held-out split, scored by greedy generation and exact match.
 
-    result = score_heldout(model, tokenizer, "training/assets/synthetic/reverse_heldout.jsonl")
+result = score_heldout(model, tokenizer, "training/assets/synthetic/reverse_heldout.jsonl")
 """
 
 from __future__ import annotations
@@ -24,15 +24,34 @@ def load_heldout(path: str, max_examples: int | None = None) -> list[dict]:
     return rows[:max_examples] if max_examples else rows
 
 
-def score_heldout(model, tokenizer, path: str, max_examples: int | None = None,
-                  max_new_tokens: int = 24, batch_size: int = 64, generator=None) -> dict:
+def score_heldout(
+    model,
+    tokenizer,
+    path: str,
+    max_examples: int | None = None,
+    max_new_tokens: int = 24,
+    batch_size: int = 64,
+    generator=None,
+) -> dict:
     rows = load_heldout(path, max_examples)
     prompts = [[m for m in r["messages"] if m["role"] != "assistant"] for r in rows]
-    answers = [next(m["content"] for m in reversed(r["messages"]) if m["role"] == "assistant") for r in rows]
-    outputs = greedy_complete(model, tokenizer, prompts, max_new_tokens, batch_size, description="eval reverse",
-                              generator=generator)
-    examples = [{"id": r.get("id", str(i)), "target": a, "output": o, "correct": exact_match(o, a) == 1.0}
-                for i, (r, a, o) in enumerate(zip(rows, answers, outputs))]
+    answers = [
+        next(m["content"] for m in reversed(r["messages"]) if m["role"] == "assistant")
+        for r in rows
+    ]
+    outputs = greedy_complete(
+        model,
+        tokenizer,
+        prompts,
+        max_new_tokens,
+        batch_size,
+        description="eval reverse",
+        generator=generator,
+    )
+    examples = [
+        {"id": r.get("id", str(i)), "target": a, "output": o, "correct": exact_match(o, a) == 1.0}
+        for i, (r, a, o) in enumerate(zip(rows, answers, outputs))
+    ]
     for e in examples:
         e["score"] = float(e["correct"])  # per example, for paired bootstraps in `ladder compare`
     correct = sum(e["correct"] for e in examples)
@@ -43,7 +62,11 @@ def score_heldout(model, tokenizer, path: str, max_examples: int | None = None,
         "exact_match": 100.0 * correct / len(examples),
         "n": len(examples),
         "task_version": VERSION,
-        "generation": {"do_sample": False, "max_new_tokens": max_new_tokens, "generator": generator_name(generator)},
+        "generation": {
+            "do_sample": False,
+            "max_new_tokens": max_new_tokens,
+            "generator": generator_name(generator),
+        },
         "prompt_format": "chat_template: the row's messages up to the answer, then the assistant header",
         "examples": examples,
         # the training objective on the held-out answers: its curve beside the training loss tells
@@ -60,7 +83,13 @@ def heldout_loss(model, tokenizer, rows: list[dict], max_len: int = 4096) -> flo
     for r in rows:
         ids, labels = encode_chat(tokenizer, r["messages"], max_len)
         labels_t = torch.tensor([labels], device=model.device)
-        logits = model(input_ids=torch.tensor([ids], device=model.device), use_cache=False).logits.float()
-        total += float(torch.nn.functional.cross_entropy(logits[0], labels_t[0], ignore_index=IGNORE, reduction="sum"))
+        logits = model(
+            input_ids=torch.tensor([ids], device=model.device), use_cache=False
+        ).logits.float()
+        total += float(
+            torch.nn.functional.cross_entropy(
+                logits[0], labels_t[0], ignore_index=IGNORE, reduction="sum"
+            )
+        )
         count += int((labels_t != IGNORE).sum())
     return total / max(count, 1)

@@ -23,7 +23,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from launch.console import make_console, num, safe_text
-from launch.accounting.ledger import ACTIVE, LOCAL_DEFAULT_BUDGET, NOTE_MAX, Ledger, check_name, identity
+from launch.accounting.ledger import (
+    ACTIVE,
+    LOCAL_DEFAULT_BUDGET,
+    NOTE_MAX,
+    Ledger,
+    check_name,
+    identity,
+)
 from launch.accounting.team_members import require_member
 from training.common.errors import BudgetError, ConfigError
 from training.common.store import Db
@@ -47,30 +54,46 @@ def _team(budget) -> str:
 
 
 def no_allocation_message(ledger: Ledger, team: str) -> str:
-    teams = [safe_text(t, markup=False) for t in sorted(ledger.budgets())]  # rows any tool may have written
-    return (f"team {team!r} has no GPU-hour allocation in the ledger {ledger.where}"
-            + (f" (teams with one: {', '.join(teams)})" if teams else "")
-            + f". Whoever owns the allocation sets it: ladder budget set --team {safe_text(team, markup=False)} "
-              "--period month --gpu-hours H (with the same ledger.url)")
+    teams = [
+        safe_text(t, markup=False) for t in sorted(ledger.budgets())
+    ]  # rows any tool may have written
+    return (
+        f"team {team!r} has no GPU-hour allocation in the ledger {ledger.where}"
+        + (f" (teams with one: {', '.join(teams)})" if teams else "")
+        + f". Whoever owns the allocation sets it: ladder budget set --team {safe_text(team, markup=False)} "
+        "--period month --gpu-hours H (with the same ledger.url)"
+    )
 
 
-def check_and_record(ledger: Ledger, budget, planned_gpu_hours: float, job: dict,
-                     override_reason: str | None = None, now: float | None = None) -> int:
+def check_and_record(
+    ledger: Ledger,
+    budget,
+    planned_gpu_hours: float,
+    job: dict,
+    override_reason: str | None = None,
+    now: float | None = None,
+) -> int:
     """Refuse a job whose planned hours exceed what its team has left this period (BudgetError),
     unless an override reason is given; otherwise record it in the ledger. Returns the job id."""
-    return check_and_record_many(ledger, budget, [(planned_gpu_hours, job)], override_reason, now)[0]
+    return check_and_record_many(ledger, budget, [(planned_gpu_hours, job)], override_reason, now)[
+        0
+    ]
 
 
-def over_budget_message(allocation: dict, period: str, charged: dict, planned: float, n_jobs: int) -> str | None:
+def over_budget_message(
+    allocation: dict, period: str, charged: dict, planned: float, n_jobs: int
+) -> str | None:
     """Why `planned` more GPU-hours do not fit the team's period, or None when they do."""
     left = allocation["gpu_hours"] - charged["committed"]
     if planned <= left:
         return None
     what = "this job plans" if n_jobs == 1 else f"these {n_jobs} jobs plan"
-    return (f"over budget: {what} {num(planned)} GPU-hours, but team '{safe_text(allocation['team'], markup=False)}' "
-            f"has {num(max(left, 0))} of its {num(allocation['gpu_hours'])} GPU-hours left in {period} "
-            f"(used {num(charged['used'])}, pending or running {num(charged['running'])}); "
-            f"it is over by {num(planned - left)} GPU-hours")
+    return (
+        f"over budget: {what} {num(planned)} GPU-hours, but team '{safe_text(allocation['team'], markup=False)}' "
+        f"has {num(max(left, 0))} of its {num(allocation['gpu_hours'])} GPU-hours left in {period} "
+        f"(used {num(charged['used'])}, pending or running {num(charged['running'])}); "
+        f"it is over by {num(planned - left)} GPU-hours"
+    )
 
 
 def locked_allocation(ledger: Ledger, db: Db, team: str) -> dict:
@@ -85,14 +108,21 @@ def locked_allocation(ledger: Ledger, db: Db, team: str) -> dict:
     return row
 
 
-def check_and_record_many(ledger: Ledger, budget, jobs: list[tuple[float, dict]],
-                          override_reason: str | None = None, now: float | None = None,
-                          new_sweep: str | None = None) -> list[int]:
+def check_and_record_many(
+    ledger: Ledger,
+    budget,
+    jobs: list[tuple[float, dict]],
+    override_reason: str | None = None,
+    now: float | None = None,
+    new_sweep: str | None = None,
+) -> list[int]:
     """The same for the jobs of a sweep, as a whole: all of them are recorded or none is.
     `budget` is the job's cfg.budget (only its team is read) or a team name. `new_sweep`: refuse
     if that sweep already has jobs, checked under the same lock (two promotions to one target)."""
     if override_reason is not None and not override_reason.strip():
-        raise BudgetError("--override-budget needs a reason, e.g. --override-budget \"deadline, approved by X\"")
+        raise BudgetError(
+            '--override-budget needs a reason, e.g. --override-budget "deadline, approved by X"'
+        )
     now = time.time() if now is None else now
     team = _team(budget)
     check_name("budget.team", team)  # where a job's team enters the ledger
@@ -101,36 +131,68 @@ def check_and_record_many(ledger: Ledger, budget, jobs: list[tuple[float, dict]]
     planned = sum(hours for hours, _ in jobs)
     with ledger.transaction() as db:
         if new_sweep is not None:
-            db.lock(f"sweep:{new_sweep}")  # a promotion to a sweep of another team still meets this lock
+            db.lock(
+                f"sweep:{new_sweep}"
+            )  # a promotion to a sweep of another team still meets this lock
             if db.one("SELECT id FROM jobs WHERE sweep = ? LIMIT 1", (new_sweep,)):
-                raise ConfigError(f"sweep {new_sweep!r} already has jobs in the ledger (another promotion got "
-                                  "there first?); name the new one with --as NAME. Nothing was launched")
+                raise ConfigError(
+                    f"sweep {new_sweep!r} already has jobs in the ledger (another promotion got "
+                    "there first?); name the new one with --as NAME. Nothing was launched"
+                )
         allocation = locked_allocation(ledger, db, team)
-        require_member(ledger, db, team)  # under the lock: a removal waits for this launch, or it sees the removal
+        require_member(
+            ledger, db, team
+        )  # under the lock: a removal waits for this launch, or it sees the removal
         period = period_key(allocation["period"], now)
-        over = over_budget_message(allocation, period, ledger.committed_hours(db, team, period), planned, len(jobs))
+        over = over_budget_message(
+            allocation, period, ledger.committed_hours(db, team, period), planned, len(jobs)
+        )
         if over and override_reason is None:
             raise BudgetError(
                 f"{over}. Nothing was launched. Make the job smaller "
-                "(trainer.max_steps, rung.nodes, fewer sweep points) or pass --override-budget \"reason\" "
-                "to launch it anyway (the reason is recorded in the ledger).")
-        launched_by = identity(db)  # the team is the job's word; who launched it is recorded beside it
-        return [ledger.insert_job(db, team=team, period=period, planned_gpu_hours=hours, launched_by=launched_by,
-                                  override_reason=override_reason, created_at=now, updated_at=now, **job)
-                for hours, job in jobs]
+                '(trainer.max_steps, rung.nodes, fewer sweep points) or pass --override-budget "reason" '
+                "to launch it anyway (the reason is recorded in the ledger)."
+            )
+        launched_by = identity(
+            db
+        )  # the team is the job's word; who launched it is recorded beside it
+        return [
+            ledger.insert_job(
+                db,
+                team=team,
+                period=period,
+                planned_gpu_hours=hours,
+                launched_by=launched_by,
+                override_reason=override_reason,
+                created_at=now,
+                updated_at=now,
+                **job,
+            )
+            for hours, job in jobs
+        ]
 
 
-def team_standing(ledger: Ledger | None, budget, now: float | None = None) -> tuple[dict, str, dict]:
+def team_standing(
+    ledger: Ledger | None, budget, now: float | None = None
+) -> tuple[dict, str, dict]:
     """(allocation, period, charged) of a team, read-only: what a launch would see (dry runs)."""
     team = _team(budget)
     allocation = ledger.budgets().get(team) if ledger is not None else None
-    if ledger is None:  # no local ledger file yet: the launch creates it, with the default team's allocation
+    if (
+        ledger is None
+    ):  # no local ledger file yet: the launch creates it, with the default team's allocation
         if team != LOCAL_DEFAULT_BUDGET["team"]:
-            raise BudgetError(f"team {team!r} has no GPU-hour allocation: a new local ledger gives one to team "
-                              f"{LOCAL_DEFAULT_BUDGET['team']!r} only; set one with ladder budget set --team "
-                              f"{safe_text(team, markup=False)}")
+            raise BudgetError(
+                f"team {team!r} has no GPU-hour allocation: a new local ledger gives one to team "
+                f"{LOCAL_DEFAULT_BUDGET['team']!r} only; set one with ladder budget set --team "
+                f"{safe_text(team, markup=False)}"
+            )
         allocation = LOCAL_DEFAULT_BUDGET
-        return allocation, period_key(allocation["period"], now), {"used": 0.0, "running": 0.0, "committed": 0.0}
+        return (
+            allocation,
+            period_key(allocation["period"], now),
+            {"used": 0.0, "running": 0.0, "committed": 0.0},
+        )
     if allocation is None:
         raise BudgetError(no_allocation_message(ledger, team))
     period = period_key(allocation["period"], now)
@@ -140,8 +202,9 @@ def team_standing(ledger: Ledger | None, budget, now: float | None = None) -> tu
     return allocation, period, charged
 
 
-def dry_run_budget_line(ledger: Ledger | None, budget, planned: float, n_jobs: int,
-                        override_reason: str | None = None) -> str:
+def dry_run_budget_line(
+    ledger: Ledger | None, budget, planned: float, n_jobs: int, override_reason: str | None = None
+) -> str:
     """What the budget check of a real launch would say, read-only (`ladder launch --dry-run`)."""
     try:
         allocation, period, charged = team_standing(ledger, budget)
@@ -150,11 +213,13 @@ def dry_run_budget_line(ledger: Ledger | None, budget, planned: float, n_jobs: i
     over = over_budget_message(allocation, period, charged, planned, n_jobs)
     if over is None:
         left = allocation["gpu_hours"] - charged["committed"]
-        return (f"budget: would pass: team '{safe_text(allocation['team'], markup=False)}' has {num(left)} of "
-                f"{num(allocation['gpu_hours'])} GPU-hours left in {period}, {num(left - planned)} after this launch")
+        return (
+            f"budget: would pass: team '{safe_text(allocation['team'], markup=False)}' has {num(left)} of "
+            f"{num(allocation['gpu_hours'])} GPU-hours left in {period}, {num(left - planned)} after this launch"
+        )
     if override_reason is not None:
         return f"budget: {over}; --override-budget would launch it anyway, recording the reason"
-    return f"budget: would be REFUSED: {over} (--override-budget \"reason\" to launch anyway)"
+    return f'budget: would be REFUSED: {over} (--override-budget "reason" to launch anyway)'
 
 
 @dataclass
@@ -164,7 +229,9 @@ class BudgetRow:
     allocated: float | None  # None: the team has no allocation in the ledger
     jobs: int
     used: float
-    eval_used: float  # of `used`, the hours of eval jobs (kind eval: `ladder eval ... launcher=slurm`)
+    eval_used: (
+        float  # of `used`, the hours of eval jobs (kind eval: `ladder eval ... launcher=slurm`)
+    )
     running: float  # planned hours of jobs still pending or running
     wasted: float
     useful: float  # used hours weighted by measured MFU
@@ -173,8 +240,12 @@ class BudgetRow:
     cost: float
 
 
-def report_rows(ledger: Ledger | None, price_per_gpu_hour: float = 0.0, team: str | None = None,
-                now: float | None = None) -> list[BudgetRow]:
+def report_rows(
+    ledger: Ledger | None,
+    price_per_gpu_hour: float = 0.0,
+    team: str | None = None,
+    now: float | None = None,
+) -> list[BudgetRow]:
     """Per team and period; allocations from the ledger (those are per period: the current one
     is the same number for every period of the team's kind)."""
     jobs = ledger.jobs(team=team) if ledger is not None else []
@@ -190,17 +261,26 @@ def report_rows(ledger: Ledger | None, price_per_gpu_hour: float = 0.0, team: st
         done = [j for j in mine if j["state"] not in ACTIVE]
         used = sum(j["used_gpu_hours"] for j in mine)
         committed = sum(j["used_gpu_hours"] for j in done) + sum(
-            max(j["planned_gpu_hours"], j["used_gpu_hours"]) for j in active)
+            max(j["planned_gpu_hours"], j["used_gpu_hours"]) for j in active
+        )
         b = budgets.get(t)
         price = price_per_gpu_hour
-        rows.append(BudgetRow(
-            team=t, period=period, allocated=b["gpu_hours"] if b is not None else None, jobs=len(mine),
-            used=used, eval_used=sum(j["used_gpu_hours"] for j in mine if j.get("kind") == "eval"),
-            running=sum(j["planned_gpu_hours"] for j in active),
-            wasted=sum(j["waste_gpu_hours"] for j in mine),
-            useful=sum(j["used_gpu_hours"] * j["mfu"] for j in mine if j["mfu"] is not None),
-            left=(b["gpu_hours"] - committed) if b is not None else None, committed=committed,
-            cost=used * price))
+        rows.append(
+            BudgetRow(
+                team=t,
+                period=period,
+                allocated=b["gpu_hours"] if b is not None else None,
+                jobs=len(mine),
+                used=used,
+                eval_used=sum(j["used_gpu_hours"] for j in mine if j.get("kind") == "eval"),
+                running=sum(j["planned_gpu_hours"] for j in active),
+                wasted=sum(j["waste_gpu_hours"] for j in mine),
+                useful=sum(j["used_gpu_hours"] * j["mfu"] for j in mine if j["mfu"] is not None),
+                left=(b["gpu_hours"] - committed) if b is not None else None,
+                committed=committed,
+                cost=used * price,
+            )
+        )
     return rows
 
 
@@ -211,58 +291,111 @@ def plan_accuracy(ledger: Ledger | None, team: str | None = None) -> list[dict]:
     """Completed training jobs with the GPU-hours planned at launch and those charged: how far
     `ladder plan` is from what the jobs used (launch/planning/rates.py measures the rate that closes the gap)."""
     jobs = ledger.jobs(team=team) if ledger is not None else []
-    return [{"id": j["id"], "run": j["run_name"] or "-", "rung": j["rung"], "planned": j["planned_gpu_hours"],
-             "used": j["used_gpu_hours"], "ratio": j["used_gpu_hours"] / j["planned_gpu_hours"]}
-            for j in jobs if j["state"] == "completed" and (j.get("kind") or "train") == "train"
-            and j["planned_gpu_hours"] > 0]
+    return [
+        {
+            "id": j["id"],
+            "run": j["run_name"] or "-",
+            "rung": j["rung"],
+            "planned": j["planned_gpu_hours"],
+            "used": j["used_gpu_hours"],
+            "ratio": j["used_gpu_hours"] / j["planned_gpu_hours"],
+        }
+        for j in jobs
+        if j["state"] == "completed"
+        and (j.get("kind") or "train") == "train"
+        and j["planned_gpu_hours"] > 0
+    ]
 
 
 def render_plan_accuracy(rows: list[dict], console=None, last: int = 15) -> None:
     from rich.table import Table
+
     if not rows:
         return
     console = console or make_console()
-    table = Table(title="Planned against used GPU-hours, completed training jobs", title_justify="left")
+    table = Table(
+        title="Planned against used GPU-hours, completed training jobs", title_justify="left"
+    )
     for col in ("job", "run", "rung", "planned", "used", "used / planned"):
         table.add_column(col, justify="left" if col in ("run", "rung") else "right", no_wrap=True)
     for r in rows[-last:]:
         off = abs(r["ratio"] - 1) > PLAN_TOLERANCE
         ratio = f"{r['ratio']:.2f}"
-        table.add_row(str(r["id"]), safe_text(r["run"]), safe_text(r["rung"]), num(r["planned"]), num(r["used"]),
-                      f"[red]{ratio}[/red]" if off else ratio)
+        table.add_row(
+            str(r["id"]),
+            safe_text(r["run"]),
+            safe_text(r["rung"]),
+            num(r["planned"]),
+            num(r["used"]),
+            f"[red]{ratio}[/red]" if off else ratio,
+        )
     console.print(table)
     within = sum(abs(r["ratio"] - 1) <= PLAN_TOLERANCE for r in rows)
     ratios = sorted(r["ratio"] for r in rows)
-    console.print(f"{within} of {len(rows)} completed jobs used within {PLAN_TOLERANCE:.0%} of their plan "
-                  f"(median used / planned {ratios[len(ratios) // 2]:.2f}"
-                  + (f"; the last {last} shown" if len(rows) > last else "") + ")", style="dim")
+    console.print(
+        f"{within} of {len(rows)} completed jobs used within {PLAN_TOLERANCE:.0%} of their plan "
+        f"(median used / planned {ratios[len(ratios) // 2]:.2f}"
+        + (f"; the last {last} shown" if len(rows) > last else "")
+        + ")",
+        style="dim",
+    )
 
 
 def render_report(rows: list[BudgetRow], ledger_path: Path | str, console=None) -> None:
     from rich.table import Table
+
     console = console or make_console()
     table = Table(title="GPU-hours by team and period", title_justify="left")
-    for col in ("team", "period", "jobs", "allocated", "used", "eval", "running (planned)", "wasted",
-                "useful (MFU x used)", "left", "committed", "cost"):
-        table.add_column(col, justify="left" if col in ("team", "period") else "right", no_wrap=True)
+    for col in (
+        "team",
+        "period",
+        "jobs",
+        "allocated",
+        "used",
+        "eval",
+        "running (planned)",
+        "wasted",
+        "useful (MFU x used)",
+        "left",
+        "committed",
+        "cost",
+    ):
+        table.add_column(
+            col, justify="left" if col in ("team", "period") else "right", no_wrap=True
+        )
     for r in rows:
         committed = None if not r.allocated else r.committed / r.allocated
-        left = "-" if r.left is None else (f"[red]{num(r.left)}[/red]" if r.left < 0 else num(r.left))
-        table.add_row(safe_text(r.team), safe_text(r.period), str(r.jobs),
-                      "-" if r.allocated is None else num(r.allocated), num(r.used), num(r.eval_used),
-                      num(r.running), num(r.wasted), num(r.useful), left,
-                      "-" if committed is None else f"{committed:.0%}", f"${num(r.cost)}")
+        left = (
+            "-" if r.left is None else (f"[red]{num(r.left)}[/red]" if r.left < 0 else num(r.left))
+        )
+        table.add_row(
+            safe_text(r.team),
+            safe_text(r.period),
+            str(r.jobs),
+            "-" if r.allocated is None else num(r.allocated),
+            num(r.used),
+            num(r.eval_used),
+            num(r.running),
+            num(r.wasted),
+            num(r.useful),
+            left,
+            "-" if committed is None else f"{committed:.0%}",
+            f"${num(r.cost)}",
+        )
     console.print(table)
-    console.print(f"ledger: {safe_text(ledger_path)}\n"
-                  "committed: hours used by finished jobs + max(planned, used) of running ones, over allocated\n"
-                  "useful: used x measured MFU (jobs without a measured MFU count 0)\n"
-                  "eval: of the used hours, those of SLURM eval jobs (`ladder eval ... launcher=slurm`), charged to the same team",
-                  style="dim")
+    console.print(
+        f"ledger: {safe_text(ledger_path)}\n"
+        "committed: hours used by finished jobs + max(planned, used) of running ones, over allocated\n"
+        "useful: used x measured MFU (jobs without a measured MFU count 0)\n"
+        "eval: of the used hours, those of SLURM eval jobs (`ladder eval ... launcher=slurm`), charged to the same team",
+        style="dim",
+    )
 
 
 def plot_report(rows: list[BudgetRow], path: str | Path) -> Path:
     """A horizontal bar per team and period: used (less waste), wasted, running, left; allocation marked."""
     import matplotlib
+
     matplotlib.use("Agg")  # no display on clusters and CI
     import matplotlib.pyplot as plt
 

@@ -61,13 +61,15 @@ SCHEMA_VERSION = 9  # 2: jobs.overrides and the promotions table (launch/promoti
 # 7: the bench_rates table (launch/planning/rates.py: `ladder bench import`)
 # 8: the team_members and team_member_changes tables (launch/accounting/team_members.py; SCHEMA creates them)
 # 9: jobs.host and jobs.process_start: where a local job's PID means something, and which process it is
-MIGRATIONS = {2: "ALTER TABLE jobs ADD COLUMN overrides TEXT",
-              3: "ALTER TABLE jobs ADD COLUMN config_changes TEXT",
-              4: "ALTER TABLE jobs ADD COLUMN data_mixture TEXT; "
-                 "ALTER TABLE jobs ADD COLUMN allow_contamination INTEGER NOT NULL DEFAULT 0",
-              5: "ALTER TABLE jobs ADD COLUMN kind TEXT NOT NULL DEFAULT 'train'",
-              6: "ALTER TABLE jobs ADD COLUMN launched_by TEXT",
-              9: "ALTER TABLE jobs ADD COLUMN host TEXT; ALTER TABLE jobs ADD COLUMN process_start TEXT"}
+MIGRATIONS = {
+    2: "ALTER TABLE jobs ADD COLUMN overrides TEXT",
+    3: "ALTER TABLE jobs ADD COLUMN config_changes TEXT",
+    4: "ALTER TABLE jobs ADD COLUMN data_mixture TEXT; "
+    "ALTER TABLE jobs ADD COLUMN allow_contamination INTEGER NOT NULL DEFAULT 0",
+    5: "ALTER TABLE jobs ADD COLUMN kind TEXT NOT NULL DEFAULT 'train'",
+    6: "ALTER TABLE jobs ADD COLUMN launched_by TEXT",
+    9: "ALTER TABLE jobs ADD COLUMN host TEXT; ALTER TABLE jobs ADD COLUMN process_start TEXT",
+}
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -210,12 +212,16 @@ def text_problem(what: str, value, max_len: int = NAME_MAX) -> str | None:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
-        return (f"{what} '{shown}' holds bytes that are not UTF-8 text (shown escaped); give it in UTF-8; "
-                "nothing was changed")
+        return (
+            f"{what} '{shown}' holds bytes that are not UTF-8 text (shown escaped); give it in UTF-8; "
+            "nothing was changed"
+        )
     bad = invisible_chars(text)
     if bad:
-        return (f"{what} '{shown}' holds control characters ({', '.join(sorted({repr(c) for c in bad}))}); "
-                "use printable text; nothing was changed")
+        return (
+            f"{what} '{shown}' holds control characters ({', '.join(sorted({repr(c) for c in bad}))}); "
+            "use printable text; nothing was changed"
+        )
     if len(text) > max_len:
         return f"{what} is {len(text)} characters long; use at most {max_len}; nothing was changed"
     return None
@@ -240,7 +246,9 @@ def process_start(pid: int | str | None) -> str | None:
         boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
     except (OSError, TypeError, ValueError):
         return None
-    fields = stat.rpartition(")")[2].split()  # after the command name, which may hold spaces and ')'
+    fields = stat.rpartition(")")[
+        2
+    ].split()  # after the command name, which may hold spaces and ')'
     return f"{boot}:{fields[19]}" if len(fields) > 19 else None  # field 22 of proc(5): starttime
 
 
@@ -249,6 +257,7 @@ def path_from_url(url: str) -> Path:
     where = parse_store_url(url, "ledger.url")
     if where.path is None:
         from training.common.errors import ConfigError
+
         raise ConfigError(f"ledger.url={url!r} is a server, not a SQLite file")
     return where.path
 
@@ -259,6 +268,7 @@ def os_user() -> str:
         return getpass.getuser()
     except Exception:  # no name for this uid (a container): the uid says who it was
         import os
+
         return f"uid {os.getuid()}"
 
 
@@ -303,12 +313,23 @@ class Ledger(Store):
 
     def on_upgrade(self, db: Db, from_version: int) -> None:
         if self.backend == "sqlite" and db.one("SELECT COUNT(*) AS n FROM budgets")["n"] == 0:
-            self.set_budget(db, **LOCAL_DEFAULT_BUDGET, set_by="ladder (the initial allocation of a new local ledger)")
+            self.set_budget(
+                db,
+                **LOCAL_DEFAULT_BUDGET,
+                set_by="ladder (the initial allocation of a new local ledger)",
+            )
 
     # ---- budgets (launch/accounting/budget.py, `ladder budget set`) ----------------------------------------
     @staticmethod
-    def set_budget(db: Db, team: str, period: str, gpu_hours: float, set_by: str | None = None,
-                   note: str | None = None, now: float | None = None) -> dict:
+    def set_budget(
+        db: Db,
+        team: str,
+        period: str,
+        gpu_hours: float,
+        set_by: str | None = None,
+        note: str | None = None,
+        now: float | None = None,
+    ) -> dict:
         """Set a team's allocation and record the change; returns the previous allocation (or {})."""
         if period not in PERIODS:
             raise ValueError(f"period {period!r}: use {', '.join(PERIODS)}")
@@ -317,15 +338,32 @@ class Ledger(Store):
             check_name("note", note, NOTE_MAX)
         now = time.time() if now is None else now
         set_by = set_by or identity(db)
-        db.lock(f"budget:{team}")  # the lock a launch of the team holds while it checks (launch/accounting/budget.py)
+        db.lock(
+            f"budget:{team}"
+        )  # the lock a launch of the team holds while it checks (launch/accounting/budget.py)
         before = db.one("SELECT * FROM budgets WHERE team = ?", (team,)) or {}
-        row = {"team": team, "period": period, "gpu_hours": float(gpu_hours), "set_by": set_by, "set_at": now,
-               "note": note}
-        db.execute("INSERT INTO budgets (team, period, gpu_hours, set_by, set_at, note) VALUES (?, ?, ?, ?, ?, ?) "
-                   "ON CONFLICT (team) DO UPDATE SET period = excluded.period, gpu_hours = excluded.gpu_hours, "
-                   "set_by = excluded.set_by, set_at = excluded.set_at, note = excluded.note", tuple(row.values()))
-        db.insert("budget_changes", {**row, "previous_period": before.get("period"),
-                                     "previous_gpu_hours": before.get("gpu_hours")})
+        row = {
+            "team": team,
+            "period": period,
+            "gpu_hours": float(gpu_hours),
+            "set_by": set_by,
+            "set_at": now,
+            "note": note,
+        }
+        db.execute(
+            "INSERT INTO budgets (team, period, gpu_hours, set_by, set_at, note) VALUES (?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (team) DO UPDATE SET period = excluded.period, gpu_hours = excluded.gpu_hours, "
+            "set_by = excluded.set_by, set_at = excluded.set_at, note = excluded.note",
+            tuple(row.values()),
+        )
+        db.insert(
+            "budget_changes",
+            {
+                **row,
+                "previous_period": before.get("period"),
+                "previous_gpu_hours": before.get("gpu_hours"),
+            },
+        )
         return before
 
     def budgets(self) -> dict[str, dict]:
@@ -366,16 +404,25 @@ class Ledger(Store):
         the run's hours so far (a resumed run has some)."""
         job = self.job(job_id)
         hb = read_heartbeat(Path(job["run_dir"])) if job["run_dir"] else None
-        self.update_job(job_id, state="running", started_at=time.time(), external_id=external_id,
-                        host=this_host(), process_start=process_start(external_id),
-                        hours_before=float((hb or {}).get("device_hours", 0.0)))
+        self.update_job(
+            job_id,
+            state="running",
+            started_at=time.time(),
+            external_id=external_id,
+            host=this_host(),
+            process_start=process_start(external_id),
+            hours_before=float((hb or {}).get("device_hours", 0.0)),
+        )
 
     def record_pid(self, job_id: int, pid: int | str) -> None:
         """A local job's process, started on this host: its PID, the host and which process it is."""
-        self.update_job(job_id, external_id=str(pid), host=this_host(), process_start=process_start(pid))
+        self.update_job(
+            job_id, external_id=str(pid), host=this_host(), process_start=process_start(pid)
+        )
 
-    def finish_from_heartbeat(self, job_id: int, exit_code: int | None = None, cancelled: bool = False,
-                              accounted=None) -> dict:
+    def finish_from_heartbeat(
+        self, job_id: int, exit_code: int | None = None, cancelled: bool = False, accounted=None
+    ) -> dict:
         """Record used hours, the final state, waste and measured MFU.
 
         `accounted` is SLURM's word on the job (launch/slurm.SlurmState from sacct): then its start
@@ -407,9 +454,21 @@ class Ledger(Store):
         waste = self.waste_hours(state, used, hb, started, job["gpus"])
         mfu, tok_s = measured_rates(Path(job["run_dir"])) if job["run_dir"] else (None, None)
         ended = accounted.end if accounted is not None and accounted.end is not None else now
-        self.update_job(job_id, state=state, reason=reason, used_gpu_hours=used, waste_gpu_hours=waste,
-                        mfu=mfu, tokens_per_s=tok_s, finished_at=ended,
-                        **({"started_at": started} if accounted is not None and accounted.start is not None else {}))
+        self.update_job(
+            job_id,
+            state=state,
+            reason=reason,
+            used_gpu_hours=used,
+            waste_gpu_hours=waste,
+            mfu=mfu,
+            tokens_per_s=tok_s,
+            finished_at=ended,
+            **(
+                {"started_at": started}
+                if accounted is not None and accounted.start is not None
+                else {}
+            ),
+        )
         return self.job(job_id)
 
     @staticmethod
@@ -438,7 +497,11 @@ class Ledger(Store):
             if val is not None:
                 where.append(f"{col} = ?")
                 args.append(val)
-        sql = "SELECT * FROM jobs" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id"
+        sql = (
+            "SELECT * FROM jobs"
+            + (" WHERE " + " AND ".join(where) if where else "")
+            + " ORDER BY id"
+        )
         return self.query(sql, tuple(args))
 
     @staticmethod
@@ -451,17 +514,24 @@ class Ledger(Store):
                   COALESCE(SUM(CASE WHEN state IN ({marks})
                                     THEN CASE WHEN planned_gpu_hours > used_gpu_hours THEN planned_gpu_hours
                                               ELSE used_gpu_hours END ELSE 0 END), 0) AS running
-                FROM jobs WHERE team = ? AND period = ?""", (*ACTIVE, *ACTIVE, team, period)).fetchone()
-        return {"used": row["used"], "running": row["running"], "committed": row["used"] + row["running"]}
+                FROM jobs WHERE team = ? AND period = ?""",
+            (*ACTIVE, *ACTIVE, team, period),
+        ).fetchone()
+        return {
+            "used": row["used"],
+            "running": row["running"],
+            "committed": row["used"] + row["running"],
+        }
 
     def median_rate(self, rung: str, column: str) -> tuple[float | None, int]:
         """Median of a measured rate (mfu or tokens_per_s) over finished runs of a rung, and how many."""
         if column not in ("mfu", "tokens_per_s"):
             raise ValueError(column)
-        rows = self.query(f"SELECT {column} AS v FROM jobs WHERE rung = ? AND {column} IS NOT NULL", (rung,))
+        rows = self.query(
+            f"SELECT {column} AS v FROM jobs WHERE rung = ? AND {column} IS NOT NULL", (rung,)
+        )
         values = [r["v"] for r in rows]
         return (statistics.median(values) if values else None), len(values)
-
 
     # ---- sweeps and promotions (launch/promotion/promote.py) --------------------------------------
     def sweep_jobs(self, sweep: str) -> list[dict]:
@@ -469,7 +539,9 @@ class Ledger(Store):
 
     def sweeps(self) -> dict[str, int]:
         """Every sweep name in the ledger and its number of jobs."""
-        rows = self.query("SELECT sweep, COUNT(*) AS n FROM jobs WHERE sweep IS NOT NULL GROUP BY sweep ORDER BY sweep")
+        rows = self.query(
+            "SELECT sweep, COUNT(*) AS n FROM jobs WHERE sweep IS NOT NULL GROUP BY sweep ORDER BY sweep"
+        )
         return {r["sweep"]: r["n"] for r in rows}
 
     @staticmethod
@@ -481,12 +553,16 @@ class Ledger(Store):
         """Lineage rows whose lower-rung or higher-rung sweep is `sweep` (all of them for None)."""
         if sweep is None:
             return self.query("SELECT * FROM promotions ORDER BY id")
-        return self.query("SELECT * FROM promotions WHERE from_sweep = ? OR to_sweep = ? ORDER BY id", (sweep, sweep))
+        return self.query(
+            "SELECT * FROM promotions WHERE from_sweep = ? OR to_sweep = ? ORDER BY id",
+            (sweep, sweep),
+        )
 
 
 def measured_rates(run_dir: Path) -> tuple[float | None, float | None]:
     """Median MFU and tokens/s per device over the steps in the run's metrics.jsonl."""
     from training.run.metrics import read_metrics
+
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
         return None, None
@@ -495,4 +571,5 @@ def measured_rates(run_dir: Path) -> tuple[float | None, float | None]:
     def median(key):
         vals = [r[key] for r in rows if r.get(key) is not None]
         return statistics.median(vals) if vals else None
+
     return median("mfu"), median("tokens_per_s")

@@ -58,8 +58,9 @@ def member_changes(ledger: Ledger, team: str) -> list[dict]:
     return ledger.query("SELECT * FROM team_member_changes WHERE team = ? ORDER BY id", (team,))
 
 
-def change_members(db: Db, team: str, add=(), remove=(), changed_by: str | None = None,
-                   now: float | None = None) -> dict[str, list[str]]:
+def change_members(
+    db: Db, team: str, add=(), remove=(), changed_by: str | None = None, now: float | None = None
+) -> dict[str, list[str]]:
     """Add and remove members of a team, recording each change; all or nothing (ConfigError).
     Returns {"added", "already", "removed"}."""
     check_name("team", team)
@@ -67,28 +68,43 @@ def change_members(db: Db, team: str, add=(), remove=(), changed_by: str | None 
         check_name("member", m)
     bad = [m for m in [*add, *remove] if not MEMBER_NAME.fullmatch(m)]
     if bad:
-        raise ConfigError(f"member {bad[0]!r}: name the user alone (no '@host', no spaces): the OS user on a "
-                          "SQLite ledger, the database role on PostgreSQL; nothing was changed")
+        raise ConfigError(
+            f"member {bad[0]!r}: name the user alone (no '@host', no spaces): the OS user on a "
+            "SQLite ledger, the database role on PostgreSQL; nothing was changed"
+        )
     both = sorted(set(add) & set(remove))
     if both:
         raise ConfigError(f"{both[0]!r} is both added and removed; nothing was changed")
     now = time.time() if now is None else now
     changed_by = changed_by or identity(db)
-    db.lock(f"budget:{team}")  # the lock a launch holds while it checks membership (launch/accounting/budget.py)
+    db.lock(
+        f"budget:{team}"
+    )  # the lock a launch holds while it checks membership (launch/accounting/budget.py)
     have = {r["member"] for r in members(db, team)}
     missing = sorted(set(remove) - have)
     if missing:
         raise ConfigError(f"{missing[0]!r} is not a member of team {team!r}; nothing was changed")
     added = sorted(set(add) - have)
     for m in added:
-        db.insert("team_members", {"team": team, "member": m, "added_by": changed_by, "added_at": now},
-                  returning_id=False)
+        db.insert(
+            "team_members",
+            {"team": team, "member": m, "added_by": changed_by, "added_at": now},
+            returning_id=False,
+        )
     for m in sorted(set(remove)):
         db.execute("DELETE FROM team_members WHERE team = ? AND member = ?", (team, m))
     for action, names in (("add", added), ("remove", sorted(set(remove)))):
         for m in names:
-            db.insert("team_member_changes", {"team": team, "member": m, "action": action,
-                                              "changed_by": changed_by, "changed_at": now})
+            db.insert(
+                "team_member_changes",
+                {
+                    "team": team,
+                    "member": m,
+                    "action": action,
+                    "changed_by": changed_by,
+                    "changed_at": now,
+                },
+            )
     return {"added": added, "already": sorted(set(add) & have), "removed": sorted(set(remove))}
 
 
@@ -103,6 +119,8 @@ def require_member(ledger: Ledger, db: Db, team: str, launching: bool = True) ->
     shown = [safe_text(m, markup=False) for m in listed]  # rows other tools may have written
     raise BudgetError(
         f"team {team!r} admits launches by its members only ({', '.join(shown)}), and you are {name!r} "
-        f"(the ledger {ledger.where} matches {matched_as(db)}). " + ("Nothing was launched. " if launching else "")
+        f"(the ledger {ledger.where} matches {matched_as(db)}). "
+        + ("Nothing was launched. " if launching else "")
         + f"A member or the ledger's owner adds you: ladder budget members --team {safe_text(team, markup=False)} "
-          f"--add {safe_text(name, markup=False)}")
+        f"--add {safe_text(name, markup=False)}"
+    )

@@ -17,26 +17,37 @@ import os
 
 def records_direct_runs(cfg) -> bool:
     from training.common.store_url import parse_store_url
-    return (parse_store_url(cfg.ledger.url, "ledger.url").backend == "postgresql"
-            and os.environ.get("RANK", "0") == "0")
+
+    return (
+        parse_store_url(cfg.ledger.url, "ledger.url").backend == "postgresql"
+        and os.environ.get("RANK", "0") == "0"
+    )
 
 
 def recording(train, overrides: list[str]):
     """`train` (cfg -> result), wrapped to record its run in a shared ledger."""
+
     def run(cfg):
         if not records_direct_runs(cfg):
             return train(cfg)
         from launch.accounting.budget import check_and_record_many
         from launch.commands.launch_cmd import ledger_fields, prepare
         from launch.accounting.ledger import Ledger
+
         _, [job] = prepare(overrides)
         if job.finished_at is not None:  # nothing to train: nothing to charge
             return train(cfg)
         ledger = Ledger.from_config(job.cfg)
-        [job_id] = check_and_record_many(ledger, job.cfg.budget,
-                                         [(job.plan.gpu_hours, {**ledger_fields(job), "launcher": "direct"})])
-        print(f"ladder train: recorded in {ledger.where} as job {job_id} (team {job.cfg.budget.team}, "
-              f"{job.plan.gpu_hours:.3g} GPU-hours planned)", flush=True)
+        [job_id] = check_and_record_many(
+            ledger,
+            job.cfg.budget,
+            [(job.plan.gpu_hours, {**ledger_fields(job), "launcher": "direct"})],
+        )
+        print(
+            f"ladder train: recorded in {ledger.where} as job {job_id} (team {job.cfg.budget.team}, "
+            f"{job.plan.gpu_hours:.3g} GPU-hours planned)",
+            flush=True,
+        )
         ledger.mark_started(job_id, external_id=str(os.getpid()))
         code = 1
         try:
@@ -45,6 +56,9 @@ def recording(train, overrides: list[str]):
             return result
         finally:  # a failure or an interrupt is recorded too, from the heartbeat
             final = ledger.finish_from_heartbeat(job_id, exit_code=code)
-            print(f"ladder train: job {job_id} {final['state']}, {final['used_gpu_hours']:.3g} GPU-hours used",
-                  flush=True)
+            print(
+                f"ladder train: job {job_id} {final['state']}, {final['used_gpu_hours']:.3g} GPU-hours used",
+                flush=True,
+            )
+
     return run

@@ -22,7 +22,15 @@ from dataclasses import dataclass
 from training.common.errors import LadderError
 
 # SLURM states, as the ledger sees them.
-PENDING = {"PENDING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "CONFIGURING", "RESIZING", "SUSPENDED"}
+PENDING = {
+    "PENDING",
+    "REQUEUED",
+    "REQUEUE_FED",
+    "REQUEUE_HOLD",
+    "CONFIGURING",
+    "RESIZING",
+    "SUSPENDED",
+}
 RUNNING = {"RUNNING", "COMPLETING", "STAGE_OUT", "SIGNALING"}
 FAILED = {"FAILED", "NODE_FAIL", "OUT_OF_MEMORY", "TIMEOUT", "BOOT_FAIL", "DEADLINE", "PREEMPTED"}
 DONE = {"COMPLETED"}
@@ -62,12 +70,21 @@ class SlurmState:
         return int(m.group(1)) if m else None
 
 
-def _run(cmd: list[str], timeout: float = 60, env: dict | None = None) -> subprocess.CompletedProcess:
+def _run(
+    cmd: list[str], timeout: float = 60, env: dict | None = None
+) -> subprocess.CompletedProcess:
     if shutil.which(cmd[0]) is None:
-        raise SlurmError(f"`{cmd[0]}` is not on PATH: launcher=slurm needs the SLURM client tools "
-                         "(sbatch, sacct, squeue, scancel) on the machine you launch from")
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                          env=None if env is None else {**os.environ, **env})
+        raise SlurmError(
+            f"`{cmd[0]}` is not on PATH: launcher=slurm needs the SLURM client tools "
+            "(sbatch, sacct, squeue, scancel) on the machine you launch from"
+        )
+    return subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=None if env is None else {**os.environ, **env},
+    )
 
 
 def _epoch(text: str) -> float | None:
@@ -89,9 +106,15 @@ def submit(script_path: str, what: str = "") -> str:
     """Submit with sbatch; returns the job id, or raises with sbatch's own words and `what` was asked."""
     proc = _run(["sbatch", "--parsable", str(script_path)])
     if proc.returncode != 0:
-        msg = proc.stderr.strip().removeprefix("sbatch: error: ").removeprefix("Batch job submission failed: ")
-        raise SlurmError(f"SLURM refused the job: {msg}" + (f" ({what}; see `sinfo` for what the cluster has)"
-                                                            if what else ""))
+        msg = (
+            proc.stderr.strip()
+            .removeprefix("sbatch: error: ")
+            .removeprefix("Batch job submission failed: ")
+        )
+        raise SlurmError(
+            f"SLURM refused the job: {msg}"
+            + (f" ({what}; see `sinfo` for what the cluster has)" if what else "")
+        )
     return proc.stdout.strip().split(";")[0]
 
 
@@ -101,8 +124,20 @@ def query(job_ids: list[str]) -> dict[str, SlurmState]:
         return {}
     states: dict[str, SlurmState] = {}
     # -D: every segment of a requeued job (otherwise only the last), times as unix seconds
-    proc = _run(["sacct", "-X", "-D", "-n", "-P", "-o", "JobID,State,ExitCode,Reason,Start,End,ElapsedRaw,AllocTRES",
-                 "-j", _base_ids(job_ids)], env={"SLURM_TIME_FORMAT": "%s"})
+    proc = _run(
+        [
+            "sacct",
+            "-X",
+            "-D",
+            "-n",
+            "-P",
+            "-o",
+            "JobID,State,ExitCode,Reason,Start,End,ElapsedRaw,AllocTRES",
+            "-j",
+            _base_ids(job_ids),
+        ],
+        env={"SLURM_TIME_FORMAT": "%s"},
+    )
     if proc.returncode == 0:
         for line in proc.stdout.splitlines():  # oldest segment first
             parts = line.split("|")
@@ -112,9 +147,14 @@ def query(job_ids: list[str]) -> dict[str, SlurmState]:
             elapsed = float(parts[6]) if parts[6].strip().isdigit() else 0.0
             prev = states.get(parts[0])
             states[parts[0]] = SlurmState(
-                parts[1].split()[0], parts[2], parts[3],
-                start=prev.start if prev is not None and prev.start is not None else start, end=end,
-                elapsed_s=(prev.elapsed_s if prev is not None else 0.0) + elapsed, gpus=_alloc_gpus(parts[7]))
+                parts[1].split()[0],
+                parts[2],
+                parts[3],
+                start=prev.start if prev is not None and prev.start is not None else start,
+                end=end,
+                elapsed_s=(prev.elapsed_s if prev is not None else 0.0) + elapsed,
+                gpus=_alloc_gpus(parts[7]),
+            )
     missing = [j for j in job_ids if j not in states]
     if missing:  # not yet in accounting (or no accounting): ask the controller
         proc = _run(["squeue", "-h", "-r", "-o", "%i|%T|%r", "-j", _base_ids(missing)])

@@ -49,14 +49,21 @@ def varied_keys(points: list[list[str]]) -> list[str]:
     return keys
 
 
-def name_points(points: list[list[str]], sweep_name: str | None, default_prefix: str,
-                now: float | None = None, run_name: str | None = None) -> tuple[str, list[list[str]]]:
+def name_points(
+    points: list[list[str]],
+    sweep_name: str | None,
+    default_prefix: str,
+    now: float | None = None,
+    run_name: str | None = None,
+) -> tuple[str, list[list[str]]]:
     """Give the sweep a name (sweep.name, or `<prefix>-<UTC time>`) and each point its run name
     (`<run_name or sweep name>-<i>`). sweep_name and run_name are the composed values, already
     checked by training/config/names.py, so the overrides added here need no quoting: a user's quoted
     value never comes back as an override the user did not write."""
-    if override_value(points[0], "sweep.name") is not None and len(
-            {override_value(p, "sweep.name") for p in points}) > 1:
+    if (
+        override_value(points[0], "sweep.name") is not None
+        and len({override_value(p, "sweep.name") for p in points}) > 1
+    ):
         raise ConfigError("a sweep cannot vary sweep.name: every point is recorded under one sweep")
     name = sweep_name or f"{default_prefix}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime(now))}"
     varies_run_name = len({override_value(p, "trainer.run_name") for p in points}) > 1

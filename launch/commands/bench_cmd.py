@@ -16,15 +16,24 @@ from pathlib import Path
 
 from launch.cli_args import add_ledger_overrides
 
+
 def register(subparsers, epilog: str = "") -> None:
     fmt = argparse.RawDescriptionHelpFormatter
-    bench = subparsers.add_parser("bench", formatter_class=fmt, help="import bench/gpu.py's figures for planning",
-                                  description="Record measured throughput in the ledger.")
+    bench = subparsers.add_parser(
+        "bench",
+        formatter_class=fmt,
+        help="import bench/gpu.py's figures for planning",
+        description="Record measured throughput in the ledger.",
+    )
     sub = bench.add_subparsers(dest="bench_verb", metavar="SUBVERB", required=True)
-    imp = sub.add_parser("import", formatter_class=fmt, help="record a bench/gpu.py result file in the ledger",
-                         description="Record the MFU of each Ladder configuration in a bench/gpu.py --out file, "
-                                     "so that `ladder plan` uses it for rungs of the same model shape.",
-                         epilog=epilog + "\nexample:\n  ladder bench import runs/bench_gpu.json")
+    imp = sub.add_parser(
+        "import",
+        formatter_class=fmt,
+        help="record a bench/gpu.py result file in the ledger",
+        description="Record the MFU of each Ladder configuration in a bench/gpu.py --out file, "
+        "so that `ladder plan` uses it for rungs of the same model shape.",
+        epilog=epilog + "\nexample:\n  ladder bench import runs/bench_gpu.json",
+    )
     imp.add_argument("file", type=Path, help="the JSON file bench/gpu.py --out wrote")
     add_ledger_overrides(imp)
     imp.set_defaults(handler=cmd_import)
@@ -34,10 +43,13 @@ def cmd_import(args) -> int:
     from launch.accounting.ledger import Ledger
     from launch.planning.rates import import_bench
     from training.config.compose import compose
+
     cfg = compose(args.overrides)
     ledger = Ledger.from_config(cfg)
     rows = import_bench(ledger, args.file)
     shapes = sorted({r["shape"] for r in rows})
-    print(f"ladder bench: recorded {len(rows)} measured configuration(s) of {args.file} ({rows[0]['device']}) "
-          f"at {len(shapes)} shape(s) in {ledger.where}: {', '.join(shapes)}")
+    print(
+        f"ladder bench: recorded {len(rows)} measured configuration(s) of {args.file} ({rows[0]['device']}) "
+        f"at {len(shapes)} shape(s) in {ledger.where}: {', '.join(shapes)}"
+    )
     return 0

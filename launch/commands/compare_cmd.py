@@ -29,11 +29,19 @@ def split_overrides(items: list[str]) -> tuple[list[str], list[str]]:
 
 
 def registry_for_targets(cfg, overrides: list[str], targets: list[str]) -> Registry:
-    explicit = any(o.lstrip("+").startswith(("registry.url=", "trainer.run_root=")) for o in overrides)
+    explicit = any(
+        o.lstrip("+").startswith(("registry.url=", "trainer.run_root=")) for o in overrides
+    )
     if not explicit:
         for t in targets:
             p = Path(t)
-            run_dir = p.resolve() if (p / "checkpoints").is_dir() else run_dir_of(p) if p.is_dir() else None
+            run_dir = (
+                p.resolve()
+                if (p / "checkpoints").is_dir()
+                else run_dir_of(p)
+                if p.is_dir()
+                else None
+            )
             if run_dir is not None:
                 return Registry(run_dir.parent / "registry.db", cfg.registry.busy_timeout_s)
     return Registry.from_config(cfg)
@@ -44,6 +52,7 @@ def check_outputs(**files: str | None) -> None:
     command evaluates anything; files={"--json": path, ...}."""
     from training.common.errors import ConfigError
     from training.config.paths import output_problem
+
     problems = [p for flag, path in files.items() if path and (p := output_problem(flag, path))]
     if problems:
         raise ConfigError("; ".join(problems))
@@ -53,6 +62,7 @@ def write_output(flag: str, path: str, text: str) -> None:
     """Write an output option's file; what check_outputs could not foresee (no permission, a full
     disk) is an error naming the option, not a traceback."""
     from training.common.errors import ConfigError
+
     try:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(text)
@@ -62,6 +72,7 @@ def write_output(flag: str, path: str, text: str) -> None:
 
 def cmd_compare(args) -> int:
     from evals.analysis.compare import compare, print_comparison
+
     check_outputs(**{"--json": args.json, "--html": args.html})
     targets, overrides = split_overrides(args.items)
     cfg = compose(overrides)
@@ -74,6 +85,7 @@ def cmd_compare(args) -> int:
         console.print(f"json: {args.json}")
     if args.html:
         from evals.analysis.report import report_html
+
         write_output("--html", args.html, report_html(c, cfg.eval, registry))
         console.print(f"report: {args.html}")
     return 0
@@ -81,13 +93,22 @@ def cmd_compare(args) -> int:
 
 def cmd_leaderboard(args) -> int:
     from evals.analysis.leaderboard import leaderboard, print_leaderboard
+
     check_outputs(**{"--json": args.json})
     cfg = compose(args.overrides)
     registry = Registry.from_config(cfg)
-    filters = {"sweep": args.sweep, "rung": args.rung, "recipe": args.recipe, "data": args.data, "lr": args.lr,
-               "run_name": args.run}
+    filters = {
+        "sweep": args.sweep,
+        "rung": args.rung,
+        "recipe": args.recipe,
+        "data": args.data,
+        "lr": args.lr,
+        "run_name": args.run,
+    }
     tasks, rows = leaderboard(registry, cfg.eval, task=args.task, top=args.top, **filters)
     print_leaderboard(tasks, rows, cfg.eval.name, args.task)
     if args.json:
-        write_output("--json", args.json, json.dumps({"tasks": tasks, "rows": rows}, indent=1) + "\n")
+        write_output(
+            "--json", args.json, json.dumps({"tasks": tasks, "rows": rows}, indent=1) + "\n"
+        )
     return 0

@@ -57,8 +57,12 @@ def run_eval(checkpoint: str | CheckpointRef, overrides: list[str]) -> dict:
     table.add_column("n", justify="right")
     table.add_column("source")
     for name, task in result["tasks"].items():
-        table.add_row(f"{name}/{task['metric']}", f"{task['score']:.1f}", str(task["n"]),
-                      "cache" if task["cached"] else f"computed in {task.get('seconds', 0):.1f}s")
+        table.add_row(
+            f"{name}/{task['metric']}",
+            f"{task['score']:.1f}",
+            str(task["n"]),
+            "cache" if task["cached"] else f"computed in {task.get('seconds', 0):.1f}s",
+        )
     console.print(table)
     if not result["model_loaded"]:
         console.print("every task was answered from the eval cache; the model was not loaded")
@@ -66,13 +70,17 @@ def run_eval(checkpoint: str | CheckpointRef, overrides: list[str]) -> dict:
     return result
 
 
-def log_to_wandb(ref: CheckpointRef, result: dict, run_cfg, registry: Registry, console: Console) -> None:
+def log_to_wandb(
+    ref: CheckpointRef, result: dict, run_cfg, registry: Registry, console: Console
+) -> None:
     ckpt, run_dir, step = ref.path, ref.run_dir, ref.step
     id_file = run_dir / "wandb_id"
     run_id = id_file.read_text().strip() if id_file.exists() else None
     keys = [t["cache_key"] for t in result["tasks"].values()]
     if run_id and registry.was_logged(run_id, keys):
-        console.print(f"W&B run {run_id} already holds these scores at step {step}; not logged again")
+        console.print(
+            f"W&B run {run_id} already holds these scores at step {step}; not logged again"
+        )
         return
     tracker = Tracker(run_cfg, run_dir, job_type="eval")
     try:
@@ -113,35 +121,53 @@ def submit_evals(checkpoints: list[str], overrides: list[str], wait: bool = Fals
     check(cfg, log_dir)
     ledger = Ledger.from_config(cfg)
     gpus = 1  # an eval job is one process on one device of one node (slurm_script's EVAL entry)
-    records = [(0.0, eval_job_fields(c, cfg, gpus, json.dumps([str(c), *overrides]))) for c in ckpts]
+    records = [
+        (0.0, eval_job_fields(c, cfg, gpus, json.dumps([str(c), *overrides]))) for c in ckpts
+    ]
     job_ids = check_and_record_many(ledger, cfg.budget, records)
     points = [Point(c.path, [str(c.path), *overrides, "launcher=local"]) for c in ckpts]
     try:
-        _, ids = submit_script(cfg, points, f"eval-{cfg.eval.name}", log_dir, git_commit(), entry=EVAL)
+        _, ids = submit_script(
+            cfg, points, f"eval-{cfg.eval.name}", log_dir, git_commit(), entry=EVAL
+        )
     except Exception as e:
         for j in job_ids:
             ledger.update_job(j, state="failed", reason=str(e), finished_at=_time.time())
         raise
     for c, i, j in zip(ckpts, ids, job_ids):
         ledger.update_job(j, external_id=i)
-        print(f"ladder eval: SLURM job {i} (ledger job {j}) evaluates {c} (log {log_dir / (i + '.out')})", flush=True)
+        print(
+            f"ladder eval: SLURM job {i} (ledger job {j}) evaluates {c} (log {log_dir / (i + '.out')})",
+            flush=True,
+        )
     if not wait:
         return 0
     from launch.commands.status_cmd import wait_for
+
     finals = wait_for(ledger, job_ids)
     for f in finals:
-        print(f"ladder eval: SLURM job {f['external_id']} {f['state']}: {f['used_gpu_hours']:.4f} GPU-hours"
-              + (f" ({f['reason']})" if f["state"] != "completed" and f.get("reason") else ""), flush=True)
+        print(
+            f"ladder eval: SLURM job {f['external_id']} {f['state']}: {f['used_gpu_hours']:.4f} GPU-hours"
+            + (f" ({f['reason']})" if f["state"] != "completed" and f.get("reason") else ""),
+            flush=True,
+        )
     return 0 if all(f["state"] == "completed" for f in finals) else 1
 
 
 def eval_job_fields(ref: CheckpointRef, cfg, gpus: int, overrides_json: str) -> dict:
     """The ledger record of one eval job: named after the checkpoint it scores."""
     run = ref.run_dir.name if ref.run_dir else ref.path.parent.name
-    return dict(kind="eval", project=cfg.tracker.project, sweep=ref.select("sweep.name"),
-                rung=ref.select("rung.name") if ref.config is not None else cfg.rung.name,
-                run_name=f"eval {cfg.eval.name}: {run}@{ref.step}",
-                run_dir=str(ref.path), launcher=cfg.launcher.name, gpus=gpus, overrides=overrides_json)
+    return dict(
+        kind="eval",
+        project=cfg.tracker.project,
+        sweep=ref.select("sweep.name"),
+        rung=ref.select("rung.name") if ref.config is not None else cfg.rung.name,
+        run_name=f"eval {cfg.eval.name}: {run}@{ref.step}",
+        run_dir=str(ref.path),
+        launcher=cfg.launcher.name,
+        gpus=gpus,
+        overrides=overrides_json,
+    )
 
 
 def run_pending(run_dir: str | Path, overrides: list[str], wait: bool = False) -> int:
@@ -151,6 +177,7 @@ def run_pending(run_dir: str | Path, overrides: list[str], wait: bool = False) -
     removed once the jobs are recorded; a local evaluation that fails stays on it, to retry."""
     from evals.async_eval import PENDING_FILE, read_pending
     from training.common.errors import ConfigError
+
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ConfigError(f"--pending {run_dir}: not a run directory")
@@ -165,13 +192,18 @@ def run_pending(run_dir: str | Path, overrides: list[str], wait: bool = False) -
         return 0
     cfg = compose(overrides)
     if cfg.launcher.name == "slurm":
-        code = submit_evals([str(c) for c in ckpts], overrides, wait=wait)  # raises if nothing was submitted
+        code = submit_evals(
+            [str(c) for c in ckpts], overrides, wait=wait
+        )  # raises if nothing was submitted
         (run_dir / PENDING_FILE).unlink(missing_ok=True)
         return code
     failed = run_local_eval_jobs(ckpts, overrides, cfg)
     left = [p for p in pending if Path(p["checkpoint"]) in failed]
     if left:
-        write_atomic(run_dir / PENDING_FILE, json.dumps({"checkpoints": left, "written_at": time.time()}) + "\n")
+        write_atomic(
+            run_dir / PENDING_FILE,
+            json.dumps({"checkpoints": left, "written_at": time.time()}) + "\n",
+        )
     else:
         (run_dir / PENDING_FILE).unlink(missing_ok=True)
     return 1 if failed else 0
@@ -182,9 +214,12 @@ def run_local_eval_jobs(ckpts: list[Path], overrides: list[str], cfg) -> list[Pa
     SLURM eval job); returns the checkpoints whose evaluation failed."""
     from launch.accounting.budget import check_and_record_many
     from launch.accounting.ledger import Ledger
+
     ledger = Ledger.from_config(cfg)
     gpus = 1
-    refs = [resolve_checkpoint(c) for c in ckpts]  # a damaged checkpoint is refused before anything is recorded
+    refs = [
+        resolve_checkpoint(c) for c in ckpts
+    ]  # a damaged checkpoint is refused before anything is recorded
     records = [(0.0, eval_job_fields(r, cfg, gpus, json.dumps([str(r), *overrides]))) for r in refs]
     ids = check_and_record_many(ledger, cfg.budget, records)
     failed = []
@@ -196,16 +231,33 @@ def run_local_eval_jobs(ckpts: list[Path], overrides: list[str], cfg) -> list[Pa
             run_eval(ref, overrides)
         except KeyboardInterrupt:
             used = gpus * (time.time() - t0) / 3600
-            ledger.update_job(job_id, state="cancelled", reason="interrupted", used_gpu_hours=used,
-                              waste_gpu_hours=used, finished_at=time.time())
-            for rest in ids[i + 1:]:
-                ledger.update_job(rest, state="cancelled", reason="interrupted before it ran", finished_at=time.time())
+            ledger.update_job(
+                job_id,
+                state="cancelled",
+                reason="interrupted",
+                used_gpu_hours=used,
+                waste_gpu_hours=used,
+                finished_at=time.time(),
+            )
+            for rest in ids[i + 1 :]:
+                ledger.update_job(
+                    rest,
+                    state="cancelled",
+                    reason="interrupted before it ran",
+                    finished_at=time.time(),
+                )
             raise
         except Exception as e:  # one checkpoint's failure must not cost the others their scores
             state, reason = "failed", f"{type(e).__name__}: {e}"[:500]
             failed.append(ckpt)
             print(f"ladder eval: evaluation of {ckpt} failed: {safe_text(reason, markup=False)}")
         used = gpus * (time.time() - t0) / 3600
-        ledger.update_job(job_id, state=state, reason=reason, used_gpu_hours=used,
-                          waste_gpu_hours=0.0 if state == "completed" else used, finished_at=time.time())
+        ledger.update_job(
+            job_id,
+            state=state,
+            reason=reason,
+            used_gpu_hours=used,
+            waste_gpu_hours=0.0 if state == "completed" else used,
+            finished_at=time.time(),
+        )
     return failed

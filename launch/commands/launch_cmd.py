@@ -50,6 +50,7 @@ STOP_GRACE_S = 60  # after Ctrl-C, how long the trainer gets to write its last h
 @dataclass
 class Job:
     """One job of a launch: its overrides, composed config, plan and ledger id."""
+
     overrides: list[str]
     cfg: DictConfig
     plan: object
@@ -57,8 +58,12 @@ class Job:
     run_dir: Path
     job_id: int | None = None
     finished_at: int | None = None  # the step an already finished run is at: nothing to launch
-    config_changes: list = field(default_factory=list)  # what a resume applies (trainer.allow_config_change)
-    allow_contamination: bool = False  # --allow-contamination: launched although its data leaks into its evals
+    config_changes: list = field(
+        default_factory=list
+    )  # what a resume applies (trainer.allow_config_change)
+    allow_contamination: bool = (
+        False  # --allow-contamination: launched although its data leaks into its evals
+    )
 
 
 class Launcher:
@@ -73,12 +78,15 @@ class Launcher:
 
 class LocalLauncher(Launcher):
     """The trainer as a subprocess of this one, torchrun for several devices on this node."""
+
     name = "local"
 
     def check(self, cfg: DictConfig) -> None:
         if cfg.rung.nodes > 1:
-            raise ConfigError(f"launcher=local runs on this machine only, but rung.nodes={cfg.rung.nodes}; "
-                              "use rung.nodes=1 or launcher=slurm")
+            raise ConfigError(
+                f"launcher=local runs on this machine only, but rung.nodes={cfg.rung.nodes}; "
+                "use rung.nodes=1 or launcher=slurm"
+            )
 
     @staticmethod
     def command(cfg: DictConfig, overrides: list[str]) -> list[str]:
@@ -87,8 +95,16 @@ class LocalLauncher(Launcher):
         overrides = [*overrides, "trainer.eval_handoff=true"]
         if cfg.rung.gpus_per_node == 1:
             return [sys.executable, "-m", "training.run.trainer", *overrides]
-        return [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                f"--nproc_per_node={cfg.rung.gpus_per_node}", "-m", "training.run.trainer", *overrides]
+        return [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={cfg.rung.gpus_per_node}",
+            "-m",
+            "training.run.trainer",
+            *overrides,
+        ]
 
     def start(self, jobs: list[Job], ledger, dry_run: bool = False) -> int:
         if dry_run:
@@ -99,16 +115,21 @@ class LocalLauncher(Launcher):
         for i, job in enumerate(jobs):
             try:
                 ledger.mark_started(job.job_id)
-                code = self.run(job.cfg, job.overrides,
-                                on_start=lambda pid: ledger.record_pid(job.job_id, pid))  # with its host
+                code = self.run(
+                    job.cfg, job.overrides, on_start=lambda pid: ledger.record_pid(job.job_id, pid)
+                )  # with its host
                 final = ledger.job(job.job_id)
                 if final["state"] != "cancelled":  # `ladder cancel` has already recorded it
                     final = ledger.finish_from_heartbeat(job.job_id, exit_code=code)
             except KeyboardInterrupt:
                 ledger.finish_from_heartbeat(job.job_id, cancelled=True)
-                for rest in jobs[i + 1:]:  # never started: cancelled, nothing used
-                    ledger.update_job(rest.job_id, state="cancelled", reason="launch interrupted before it ran",
-                                      finished_at=time.time())
+                for rest in jobs[i + 1 :]:  # never started: cancelled, nothing used
+                    ledger.update_job(
+                        rest.job_id,
+                        state="cancelled",
+                        reason="launch interrupted before it ran",
+                        finished_at=time.time(),
+                    )
                 raise
             report_final(final)
             worst = worst or code
@@ -122,14 +143,21 @@ class LocalLauncher(Launcher):
         failure is reported, not raised: the training job itself succeeded."""
         from evals.async_eval import read_pending
         from launch.commands.eval_cmd import run_pending
+
         if not read_pending(job.run_dir):
             return
-        print(f"ladder launch: job {job.job_id}: evaluating what the run left (eval jobs of their own)", flush=True)
+        print(
+            f"ladder launch: job {job.job_id}: evaluating what the run left (eval jobs of their own)",
+            flush=True,
+        )
         try:
             run_pending(job.run_dir, job.overrides)
         except LadderError as e:
-            print(f"ladder launch: the evaluations of {job.run_dir} were not run ({e}); run them with "
-                  f"`ladder eval --pending {job.run_dir} ...`", flush=True)
+            print(
+                f"ladder launch: the evaluations of {job.run_dir} were not run ({e}); run them with "
+                f"`ladder eval --pending {job.run_dir} ...`",
+                flush=True,
+            )
 
     def run(self, cfg: DictConfig, overrides: list[str], on_start: Callable[[str], None]) -> int:
         proc = subprocess.Popen(self.command(cfg, overrides))
@@ -153,40 +181,69 @@ class LocalLauncher(Launcher):
 
 class SlurmLauncher(Launcher):
     """sbatch: one script per job, or one job array per group of sweep points of the same shape."""
+
     name = "slurm"
 
     def check(self, cfg: DictConfig) -> None:
         from launch.cluster.slurm_script import check
+
         check(cfg, log_dir_of(cfg))
 
     def start(self, jobs: list[Job], ledger, dry_run: bool = False) -> int:
         from launch.cluster.slurm_script import Point, render, submit_script
         from training.run.checkpoint import git_commit
+
         commit = git_commit()
         for group in shape_groups(jobs):
             cfg = group[0].cfg
             name = cfg.sweep.name if len(group) > 1 and cfg.sweep.name else group[0].run_name
-            plan_line = "; ".join(f"{j.run_name}: {num(j.plan.gpu_hours, 2)} GPU-hours, "
-                                  f"{num(j.plan.wall_clock_h, 2)} h" for j in group)
+            plan_line = "; ".join(
+                f"{j.run_name}: {num(j.plan.gpu_hours, 2)} GPU-hours, "
+                f"{num(j.plan.wall_clock_h, 2)} h"
+                for j in group
+            )
             log_dir = log_dir_of(cfg)
             points = [Point(j.run_dir, j.overrides) for j in group]
             if dry_run:
-                print(render(cfg, points, name=name, log_dir=log_dir, submit_dir=Path.cwd(), commit=commit,
-                             plan_line=plan_line))
+                print(
+                    render(
+                        cfg,
+                        points,
+                        name=name,
+                        log_dir=log_dir,
+                        submit_dir=Path.cwd(),
+                        commit=commit,
+                        plan_line=plan_line,
+                    )
+                )
                 continue
             r = cfg.rung
             try:
-                script_path, ids = submit_script(cfg, points, name, log_dir, commit, plan_line, what=(
-                    f"asked for rung.nodes={r.nodes} x rung.gpus_per_node={r.gpus_per_node} on partition "
-                    f"{cfg.launcher.partition or '(default)'}, time {cfg.launcher.time or '(default)'}"))
+                script_path, ids = submit_script(
+                    cfg,
+                    points,
+                    name,
+                    log_dir,
+                    commit,
+                    plan_line,
+                    what=(
+                        f"asked for rung.nodes={r.nodes} x rung.gpus_per_node={r.gpus_per_node} on partition "
+                        f"{cfg.launcher.partition or '(default)'}, time {cfg.launcher.time or '(default)'}"
+                    ),
+                )
             except Exception as e:
                 for j in group:
-                    ledger.update_job(j.job_id, state="failed", reason=str(e), finished_at=time.time())
+                    ledger.update_job(
+                        j.job_id, state="failed", reason=str(e), finished_at=time.time()
+                    )
                 raise
             for j, ext in zip(group, ids):
                 ledger.update_job(j.job_id, external_id=ext)
                 write_launch_record(j, ext, script_path, log_dir / f"{ext}.out", commit)
-                print(f"ladder launch: job {j.job_id} submitted as SLURM job {ext}: run {j.run_dir}", flush=True)
+                print(
+                    f"ladder launch: job {j.job_id} submitted as SLURM job {ext}: run {j.run_dir}",
+                    flush=True,
+                )
         return 0
 
 
@@ -196,7 +253,9 @@ LAUNCHERS: dict[str, type[Launcher]] = {"local": LocalLauncher, "slurm": SlurmLa
 def get_launcher(cfg: DictConfig) -> Launcher:
     name = cfg.launcher.name
     if name not in LAUNCHERS:
-        raise ConfigError(f"launcher={name} is not available in this version; available: {', '.join(LAUNCHERS)}")
+        raise ConfigError(
+            f"launcher={name} is not available in this version; available: {', '.join(LAUNCHERS)}"
+        )
     return LAUNCHERS[name]()
 
 
@@ -210,16 +269,31 @@ def shape_groups(jobs: list[Job]) -> list[list[Job]]:
     return list(groups.values())
 
 
-def write_launch_record(job: Job, external_id: str, script: Path, log: Path, commit: str | None) -> None:
+def write_launch_record(
+    job: Job, external_id: str, script: Path, log: Path, commit: str | None
+) -> None:
     """The submission, beside the run: config snapshot, commit, script and log paths."""
     job.run_dir.mkdir(parents=True, exist_ok=True)
     # As composed (every value resolved, a literal `${` escaped): resolve=True would write it live.
     # Under the run folder: a temporary name, renamed, never through a planted link.
     write_atomic(job.run_dir / "launch_config.yaml", OmegaConf.to_yaml(job.cfg))
-    write_atomic(job.run_dir / "launch.json", json.dumps(
-        {"ledger_job": job.job_id, "launcher": job.cfg.launcher.name, "external_id": external_id,
-         "script": str(script), "log": str(log), "git_commit": commit, "overrides": job.overrides,
-         "submitted_at": time.time()}, indent=2) + "\n")
+    write_atomic(
+        job.run_dir / "launch.json",
+        json.dumps(
+            {
+                "ledger_job": job.job_id,
+                "launcher": job.cfg.launcher.name,
+                "external_id": external_id,
+                "script": str(script),
+                "log": str(log),
+                "git_commit": commit,
+                "overrides": job.overrides,
+                "submitted_at": time.time(),
+            },
+            indent=2,
+        )
+        + "\n",
+    )
 
 
 def config_hash(cfg: DictConfig) -> str:
@@ -241,8 +315,9 @@ def prepare(overrides: list[str], multirun: bool = False) -> tuple[str | None, l
     if multirun:
         points = expand(overrides)
         first = compose(points[0])
-        sweep_name, points = name_points(points, first.sweep.name, default_run_name(first),
-                                         run_name=first.trainer.run_name)
+        sweep_name, points = name_points(
+            points, first.sweep.name, default_run_name(first), run_name=first.trainer.run_name
+        )
     jobs, launchers = [], set()
     for point in points:
         cfg = compose(point)
@@ -262,12 +337,23 @@ def prepare(overrides: list[str], multirun: bool = False) -> tuple[str | None, l
             if not multirun:
                 raise
             raise type(e)(f"sweep point {' '.join(point)}: {e}") from None
-        jobs.append(Job(point, cfg, plan, run_name, run_dir, finished_at=finished_step(cfg, run_dir, step),
-                        config_changes=[c.as_json() for c in changes.math]))
+        jobs.append(
+            Job(
+                point,
+                cfg,
+                plan,
+                run_name,
+                run_dir,
+                finished_at=finished_step(cfg, run_dir, step),
+                config_changes=[c.as_json() for c in changes.math],
+            )
+        )
     if len(launchers) > 1:
         raise ConfigError(f"a sweep cannot mix launchers ({', '.join(sorted(launchers))})")
     if len({j.run_dir for j in jobs}) < len(jobs):
-        raise ConfigError("two jobs of this launch would share a run directory; give each its own trainer.run_name")
+        raise ConfigError(
+            "two jobs of this launch would share a run directory; give each its own trainer.run_name"
+        )
     return sweep_name, jobs
 
 
@@ -275,17 +361,33 @@ def ledger_fields(j: Job, sweep: str | None = None) -> dict:
     """What the ledger records of a job when it is launched (launch and promote)."""
     from training.run.heartbeat import read_heartbeat
     from training.data.mixture_config import mixture_record
+
     hb = read_heartbeat(j.run_dir) or {}  # a resumed run: its earlier hours are not this job's
-    return dict(project=j.cfg.tracker.project, sweep=sweep or j.cfg.sweep.name, rung=j.cfg.rung.name,
-                run_name=j.run_name, run_dir=str(j.run_dir), config_hash=config_hash(j.cfg),
-                launcher=j.cfg.launcher.name, gpus=j.plan.gpus, hours_before=float(hb.get("device_hours", 0.0)),
-                overrides=json.dumps(j.overrides),
-                config_changes=json.dumps(j.config_changes) if j.config_changes else None,
-                data_mixture=json.dumps(mixture_record(j.cfg.data)), allow_contamination=int(j.allow_contamination))
+    return dict(
+        project=j.cfg.tracker.project,
+        sweep=sweep or j.cfg.sweep.name,
+        rung=j.cfg.rung.name,
+        run_name=j.run_name,
+        run_dir=str(j.run_dir),
+        config_hash=config_hash(j.cfg),
+        launcher=j.cfg.launcher.name,
+        gpus=j.plan.gpus,
+        hours_before=float(hb.get("device_hours", 0.0)),
+        overrides=json.dumps(j.overrides),
+        config_changes=json.dumps(j.config_changes) if j.config_changes else None,
+        data_mixture=json.dumps(mixture_record(j.cfg.data)),
+        allow_contamination=int(j.allow_contamination),
+    )
 
 
-def launch(overrides: list[str], override_reason: str | None = None, multirun: bool = False,
-           dry_run: bool = False, wait: bool = False, allow_contamination: bool = False) -> tuple[int, list[dict]]:
+def launch(
+    overrides: list[str],
+    override_reason: str | None = None,
+    multirun: bool = False,
+    dry_run: bool = False,
+    wait: bool = False,
+    allow_contamination: bool = False,
+) -> tuple[int, list[dict]]:
     """Launch a job or a sweep; returns the exit status and the jobs' ledger records."""
     from launch.accounting.budget import check_and_record_many
     from launch.accounting.ledger import Ledger
@@ -295,44 +397,66 @@ def launch(overrides: list[str], override_reason: str | None = None, multirun: b
     sweep_name, jobs = prepare(overrides, multirun)
     for j in jobs:  # exit status 0: what was asked for (the run trained to max_steps) already holds
         if j.finished_at is not None:
-            print("ladder launch: " + finished_message(j.run_name, j.finished_at, j.cfg.trainer.max_steps,
-                                                       "nothing launched"), flush=True)
+            print(
+                "ladder launch: "
+                + finished_message(
+                    j.run_name, j.finished_at, j.cfg.trainer.max_steps, "nothing launched"
+                ),
+                flush=True,
+            )
     jobs = [j for j in jobs if j.finished_at is None]
     if not jobs:
         return 0, []
     from launch.inspection.contamination import check_jobs
-    check_jobs(jobs, allow_contamination)  # data against its own eval suite, before anything is recorded
+
+    check_jobs(
+        jobs, allow_contamination
+    )  # data against its own eval suite, before anything is recorded
     cfg = jobs[0].cfg
     launcher = get_launcher(cfg)
     total = sum(j.plan.gpu_hours for j in jobs)
     what = f"sweep {sweep_name}: {len(jobs)} jobs" if multirun else f"job {jobs[0].run_name}"
     if dry_run:
-        print(f"ladder launch --dry-run: {what}, {num(total, 3)} GPU-hours planned; nothing submitted or recorded")
+        print(
+            f"ladder launch --dry-run: {what}, {num(total, 3)} GPU-hours planned; nothing submitted or recorded"
+        )
         for j in jobs:
-            print(f"  {j.run_name}: {' '.join(j.overrides) or '(defaults)'}: {j.plan.gpus} device(s), "
-                  f"{num(j.plan.gpu_hours, 3)} GPU-hours, {num(j.plan.wall_clock_h, 2)} h wall-clock")
+            print(
+                f"  {j.run_name}: {' '.join(j.overrides) or '(defaults)'}: {j.plan.gpus} device(s), "
+                f"{num(j.plan.gpu_hours, 3)} GPU-hours, {num(j.plan.wall_clock_h, 2)} h wall-clock"
+            )
         from launch.accounting.budget import dry_run_budget_line
-        print(dry_run_budget_line(Ledger.existing(cfg), cfg.budget, total, len(jobs), override_reason))
+
+        print(
+            dry_run_budget_line(Ledger.existing(cfg), cfg.budget, total, len(jobs), override_reason)
+        )
         return launcher.start(jobs, None, dry_run=True), []
     ledger = Ledger.from_config(cfg)
     records = [(j.plan.gpu_hours, ledger_fields(j)) for j in jobs]
     ids = check_and_record_many(ledger, cfg.budget, records, override_reason=override_reason)
     for j, job_id in zip(jobs, ids):
         j.job_id = job_id
-    print(f"ladder launch: {what} recorded in {ledger.where} as job(s) {', '.join(map(str, ids))}: team "
-          f"{cfg.budget.team}, {ledger.job(ids[0])['period']}, {num(total, 3)} GPU-hours planned"
-          + (f", budget overridden: {override_reason}" if override_reason else ""), flush=True)
+    print(
+        f"ladder launch: {what} recorded in {ledger.where} as job(s) {', '.join(map(str, ids))}: team "
+        f"{cfg.budget.team}, {ledger.job(ids[0])['period']}, {num(total, 3)} GPU-hours planned"
+        + (f", budget overridden: {override_reason}" if override_reason else ""),
+        flush=True,
+    )
     for j in jobs:
         if j.config_changes:
-            print(f"ladder launch: job {j.job_id} resumes {j.run_name} with config changes applied from the next "
-                  "step (trainer.allow_config_change=true): "
-                  + "; ".join(str(Change(**c)) for c in j.config_changes), flush=True)
+            print(
+                f"ladder launch: job {j.job_id} resumes {j.run_name} with config changes applied from the next "
+                "step (trainer.allow_config_change=true): "
+                + "; ".join(str(Change(**c)) for c in j.config_changes),
+                flush=True,
+            )
     try:
         code = launcher.start(jobs, ledger)
     except KeyboardInterrupt:
         code = 130
     if wait and launcher.name != "local":
         from launch.commands.status_cmd import wait_for
+
         finals = wait_for(ledger, ids)
         for f in finals:
             report_final(f)
@@ -341,12 +465,25 @@ def launch(overrides: list[str], override_reason: str | None = None, multirun: b
 
 
 def report_final(job: dict) -> None:
-    print(f"ladder launch: job {job['id']} {job['state']}: used {num(job['used_gpu_hours'], 3)} of "
-          f"{num(job['planned_gpu_hours'], 3)} planned GPU-hours, wasted {num(job['waste_gpu_hours'], 3)}"
-          + (f" ({safe_text(job['reason'], markup=False)})" if job["state"] != "completed" and job.get("reason") else ""), flush=True)
+    print(
+        f"ladder launch: job {job['id']} {job['state']}: used {num(job['used_gpu_hours'], 3)} of "
+        f"{num(job['planned_gpu_hours'], 3)} planned GPU-hours, wasted {num(job['waste_gpu_hours'], 3)}"
+        + (
+            f" ({safe_text(job['reason'], markup=False)})"
+            if job["state"] != "completed" and job.get("reason")
+            else ""
+        ),
+        flush=True,
+    )
 
 
 def cmd_launch(args) -> int:
-    code, _ = launch(args.overrides, args.override_budget, multirun=args.multirun, dry_run=args.dry_run,
-                     wait=args.wait, allow_contamination=args.allow_contamination)
+    code, _ = launch(
+        args.overrides,
+        args.override_budget,
+        multirun=args.multirun,
+        dry_run=args.dry_run,
+        wait=args.wait,
+        allow_contamination=args.allow_contamination,
+    )
     return code

@@ -76,15 +76,21 @@ def pid_here(ledger: Ledger, job: dict) -> str:
 
 
 def elsewhere_message(job: dict, verb: str) -> str:
-    where = (f"on host {safe_text(job['host'], markup=False)}" if job.get("host")
-             else "on a host the ledger did not record (it was launched before hosts were)")
-    return (f"job {job['id']} runs {where} (pid {safe_text(job['external_id'], markup=False)}); "
-            f"run `ladder {verb}` there")
+    where = (
+        f"on host {safe_text(job['host'], markup=False)}"
+        if job.get("host")
+        else "on a host the ledger did not record (it was launched before hosts were)"
+    )
+    return (
+        f"job {job['id']} runs {where} (pid {safe_text(job['external_id'], markup=False)}); "
+        f"run `ladder {verb}` there"
+    )
 
 
 def refresh(ledger: Ledger, jobs: list[dict]) -> list[dict]:
     """Bring the active jobs among `jobs` up to date; returns the jobs as now recorded."""
     from launch.cluster import slurm
+
     active = [j for j in jobs if j["state"] in ACTIVE]
     slurm_jobs = [j for j in active if j["launcher"] == "slurm" and j["external_id"]]
     states = slurm.query([j["external_id"] for j in slurm_jobs]) if slurm_jobs else {}
@@ -93,9 +99,13 @@ def refresh(ledger: Ledger, jobs: list[dict]) -> list[dict]:
         if s is None:
             hb = read_heartbeat(Path(j["run_dir"])) or {}
             if hb.get("state") in ("completed", "failed", "preempted") or j["state"] == "running":
-                ledger.finish_from_heartbeat(j["id"])  # SLURM has forgotten it: the heartbeat is all there is
+                ledger.finish_from_heartbeat(
+                    j["id"]
+                )  # SLURM has forgotten it: the heartbeat is all there is
             continue
-        if s.state in slurm.RUNNING and j["state"] == "pending":  # started when SLURM says, not when we looked
+        if (
+            s.state in slurm.RUNNING and j["state"] == "pending"
+        ):  # started when SLURM says, not when we looked
             ledger.update_job(j["id"], state="running", started_at=s.start or time.time())
         elif s.state in slurm.PENDING and j["state"] == "running":
             ledger.update_job(j["id"], state="pending")  # requeued: waiting to resume
@@ -109,17 +119,30 @@ def refresh(ledger: Ledger, jobs: list[dict]) -> list[dict]:
 
 def finish_slurm_job(ledger: Ledger, job: dict, s) -> dict:
     from launch.cluster import slurm
+
     if job.get("kind") == "eval":
         return finish_eval_job(ledger, job, s)
     cancelled = s.state in slurm.CANCELLED
-    final = ledger.finish_from_heartbeat(job["id"], exit_code=s.exit_status, cancelled=cancelled, accounted=s)
+    final = ledger.finish_from_heartbeat(
+        job["id"], exit_code=s.exit_status, cancelled=cancelled, accounted=s
+    )
     if s.state in slurm.FAILED or (final["state"] == "failed" and not cancelled):
         tail = log_tail(job)
-        reason = f"SLURM {s.state}, exit code {s.exit_code or '?'}" + (f": {final['reason']}" if final["reason"] else "")
-        ledger.update_job(job["id"], state="failed" if final["state"] != "preempted" else "preempted",
-                          reason=reason + (f"\n--- last lines of the log ---\n{tail}" if tail else ""))
+        reason = f"SLURM {s.state}, exit code {s.exit_code or '?'}" + (
+            f": {final['reason']}" if final["reason"] else ""
+        )
+        ledger.update_job(
+            job["id"],
+            state="failed" if final["state"] != "preempted" else "preempted",
+            reason=reason + (f"\n--- last lines of the log ---\n{tail}" if tail else ""),
+        )
     elif cancelled and not final.get("reason", "").startswith("cancelled"):
-        ledger.update_job(job["id"], reason=f"cancelled ({s.state}" + (f", {s.reason}" if s.reason and s.reason != "None" else "") + ")")
+        ledger.update_job(
+            job["id"],
+            reason=f"cancelled ({s.state}"
+            + (f", {s.reason}" if s.reason and s.reason != "None" else "")
+            + ")",
+        )
     return ledger.job(job["id"])
 
 
@@ -128,19 +151,34 @@ def finish_eval_job(ledger: Ledger, job: dict, s) -> dict:
     them are waste unless it completed (a failed eval's partial results are cached, but the
     scores the hours were for do not exist)."""
     from launch.cluster import slurm
+
     used = s.charged_hours(job["gpus"]) or 0.0
-    state = "completed" if s.state in slurm.DONE else "cancelled" if s.state in slurm.CANCELLED else "failed"
+    state = (
+        "completed"
+        if s.state in slurm.DONE
+        else "cancelled"
+        if s.state in slurm.CANCELLED
+        else "failed"
+    )
     reason = None if state == "completed" else f"SLURM {s.state}, exit code {s.exit_code or '?'}"
     if state == "failed":
         tail = log_tail(job)
         reason += f"\n--- last lines of the log ---\n{tail}" if tail else ""
-    ledger.update_job(job["id"], state=state, reason=reason, used_gpu_hours=used,
-                      waste_gpu_hours=0.0 if state == "completed" else used, started_at=s.start,
-                      finished_at=s.end or time.time())
+    ledger.update_job(
+        job["id"],
+        state=state,
+        reason=reason,
+        used_gpu_hours=used,
+        waste_gpu_hours=0.0 if state == "completed" else used,
+        started_at=s.start,
+        finished_at=s.end or time.time(),
+    )
     return ledger.job(job["id"])
 
 
-def wait_for(ledger: Ledger, job_ids: list[int], timeout_s: float | None = None, poll_s: float = 2.0) -> list[dict]:
+def wait_for(
+    ledger: Ledger, job_ids: list[int], timeout_s: float | None = None, poll_s: float = 2.0
+) -> list[dict]:
     """Poll until every job is final; returns their records."""
     deadline = None if timeout_s is None else time.time() + timeout_s
     while True:
@@ -148,19 +186,27 @@ def wait_for(ledger: Ledger, job_ids: list[int], timeout_s: float | None = None,
         if all(j["state"] not in ACTIVE for j in jobs):
             return jobs
         if deadline is not None and time.time() > deadline:
-            raise TimeoutError(f"jobs still active after {timeout_s} s: "
-                               + ", ".join(f"{j['id']} ({j['state']})" for j in jobs if j["state"] in ACTIVE))
+            raise TimeoutError(
+                f"jobs still active after {timeout_s} s: "
+                + ", ".join(f"{j['id']} ({j['state']})" for j in jobs if j["state"] in ACTIVE)
+            )
         time.sleep(poll_s)
 
 
-def select(ledger: Ledger, sweep: str | None, ids: list[str] | None = None, limit: int = 20) -> list[dict]:
+def select(
+    ledger: Ledger, sweep: str | None, ids: list[str] | None = None, limit: int = 20
+) -> list[dict]:
     jobs = ledger.jobs()
     if sweep is not None:
         chosen = [j for j in jobs if j["sweep"] == sweep]
         if not chosen:
             sweeps = sorted({j["sweep"] for j in jobs if j["sweep"]})
-            shown = ", ".join(safe_text(s, markup=False) for s in sweeps)  # rows other tools may have written
-            raise ConfigError(f"no jobs of sweep {sweep!r} in {ledger.path}; sweeps: {shown or 'none'}")
+            shown = ", ".join(
+                safe_text(s, markup=False) for s in sweeps
+            )  # rows other tools may have written
+            raise ConfigError(
+                f"no jobs of sweep {sweep!r} in {ledger.path}; sweeps: {shown or 'none'}"
+            )
         return chosen
     if ids:
         by_id = {str(j["id"]): j for j in jobs}
@@ -169,7 +215,9 @@ def select(ledger: Ledger, sweep: str | None, ids: list[str] | None = None, limi
         for i in ids:
             j = by_id.get(i) or by_ext.get(i)
             if j is None:
-                raise ConfigError(f"no job {i} in {ledger.path} (give a ledger job id or a SLURM job id)")
+                raise ConfigError(
+                    f"no job {i} in {ledger.path} (give a ledger job id or a SLURM job id)"
+                )
             chosen.append(j)
         return chosen
     return jobs[-limit:]
@@ -180,50 +228,108 @@ def rows(jobs: list[dict]) -> list[dict]:
     for j in jobs:
         hb = (read_heartbeat(Path(j["run_dir"])) if j["run_dir"] else None) or {}
         live = j["state"] in ACTIVE
-        used = max(0.0, float(hb.get("device_hours", 0.0)) - j["hours_before"]) if live else j["used_gpu_hours"]
-        out.append({"job": j["id"], "slurm_id": j["external_id"] if j["launcher"] == "slurm" else None,
-                    "run": j["run_name"], "sweep": j["sweep"], "rung": j["rung"], "state": j["state"],
-                    "step": hb.get("step"), "max_steps": hb.get("max_steps"), "loss": hb.get("loss"),
-                    "used_gpu_hours": used, "planned_gpu_hours": j["planned_gpu_hours"],
-                    "waste_gpu_hours": j["waste_gpu_hours"], "reason": j["reason"], "wandb": hb.get("tracker_url") or "",
-                    "gen_share": hb.get("gen_share"), "host": j.get("host")})
+        used = (
+            max(0.0, float(hb.get("device_hours", 0.0)) - j["hours_before"])
+            if live
+            else j["used_gpu_hours"]
+        )
+        out.append(
+            {
+                "job": j["id"],
+                "slurm_id": j["external_id"] if j["launcher"] == "slurm" else None,
+                "run": j["run_name"],
+                "sweep": j["sweep"],
+                "rung": j["rung"],
+                "state": j["state"],
+                "step": hb.get("step"),
+                "max_steps": hb.get("max_steps"),
+                "loss": hb.get("loss"),
+                "used_gpu_hours": used,
+                "planned_gpu_hours": j["planned_gpu_hours"],
+                "waste_gpu_hours": j["waste_gpu_hours"],
+                "reason": j["reason"],
+                "wandb": hb.get("tracker_url") or "",
+                "gen_share": hb.get("gen_share"),
+                "host": j.get("host"),
+            }
+        )
     return out
 
 
 def render(table_rows: list[dict], title: str) -> None:
     from rich.table import Table
-    colour = {"completed": "green", "running": "cyan", "pending": "yellow", "failed": "red",
-              "preempted": "magenta", "cancelled": "dim"}
+
+    colour = {
+        "completed": "green",
+        "running": "cyan",
+        "pending": "yellow",
+        "failed": "red",
+        "preempted": "magenta",
+        "cancelled": "dim",
+    }
     t = Table(title=title, title_justify="left")
-    for col in ("job", "SLURM id", "run", "state", "step", "loss", "GPU-h used/planned", "waste", "W&B"):
-        t.add_column(col, no_wrap=col not in ("run", "W&B"),
-                     justify="right" if col in ("job", "step", "loss", "waste") else "left")
+    for col in (
+        "job",
+        "SLURM id",
+        "run",
+        "state",
+        "step",
+        "loss",
+        "GPU-h used/planned",
+        "waste",
+        "W&B",
+    ):
+        t.add_column(
+            col,
+            no_wrap=col not in ("run", "W&B"),
+            justify="right" if col in ("job", "step", "loss", "waste") else "left",
+        )
     for r in table_rows:
         step = f"{r['step']}/{r['max_steps']}" if r["step"] is not None else "-"
         loss = f"{r['loss']:.4f}" if isinstance(r["loss"], (int, float)) else "-"
         # ledger rows and heartbeats may have been written by other tools: safe_text
-        t.add_row(str(r["job"]), safe_text(r["slurm_id"]), safe_text(r["run"]),
-                  f"[{colour.get(r['state'], 'white')}]{safe_text(r['state'])}[/]", safe_text(step), loss,
-                  f"{num(r['used_gpu_hours'], 3)}/{num(r['planned_gpu_hours'], 3)}",
-                  num(r["waste_gpu_hours"], 3), safe_text(r["wandb"] or None))
+        t.add_row(
+            str(r["job"]),
+            safe_text(r["slurm_id"]),
+            safe_text(r["run"]),
+            f"[{colour.get(r['state'], 'white')}]{safe_text(r['state'])}[/]",
+            safe_text(step),
+            loss,
+            f"{num(r['used_gpu_hours'], 3)}/{num(r['planned_gpu_hours'], 3)}",
+            num(r["waste_gpu_hours"], 3),
+            safe_text(r["wandb"] or None),
+        )
     console = make_console()
     console.print(t)
-    for r in table_rows:  # RL jobs: generation is where GPUs idle, so say how much of each step it takes
+    for r in (
+        table_rows
+    ):  # RL jobs: generation is where GPUs idle, so say how much of each step it takes
         if r.get("gen_share") is not None:
-            console.print(f"job {r['job']} ({safe_text(r['run'])}): generation takes {r['gen_share']:.0%} of step "
-                          f"time at step {safe_text(r['step'])}")
+            console.print(
+                f"job {r['job']} ({safe_text(r['run'])}): generation takes {r['gen_share']:.0%} of step "
+                f"time at step {safe_text(r['step'])}"
+            )
     for r in table_rows:
         if r["state"] in ("failed", "cancelled", "preempted") and r["reason"]:
             from rich.text import Text  # not markup; control characters still shown escaped
-            console.print(Text.assemble((f"job {r['job']}", "bold"), f" {safe_text(r['state'], markup=False)}: "
-                                        + safe_text(r["reason"], markup=False, lines=True)))
+
+            console.print(
+                Text.assemble(
+                    (f"job {r['job']}", "bold"),
+                    f" {safe_text(r['state'], markup=False)}: "
+                    + safe_text(r["reason"], markup=False, lines=True),
+                )
+            )
 
 
 def _ledger(overrides: list[str]) -> Ledger:
     from training.config.compose import compose
+
     ledger = Ledger.existing(compose(overrides))
     if ledger is None:
-        raise ConfigError("no ledger yet: nothing has been launched with this trainer.run_root / ledger.url")
+        raise ConfigError(
+            "no ledger yet: nothing has been launched with this trainer.run_root / ledger.url"
+        )
     return ledger
 
 
@@ -234,9 +340,16 @@ def cmd_status(args) -> int:
     if args.json:
         print(json.dumps(table_rows, indent=2))
     else:
-        render(table_rows, safe_text(f"Jobs in {ledger.path}" + (f", sweep {args.sweep}" if args.sweep else "")))
+        render(
+            table_rows,
+            safe_text(f"Jobs in {ledger.path}" + (f", sweep {args.sweep}" if args.sweep else "")),
+        )
         for j in jobs:
-            if j["state"] in ACTIVE and j["launcher"] == "local" and pid_here(ledger, j) == "elsewhere":
+            if (
+                j["state"] in ACTIVE
+                and j["launcher"] == "local"
+                and pid_here(ledger, j) == "elsewhere"
+            ):
                 print(elsewhere_message(j, "status"))
     return 0
 
@@ -245,10 +358,15 @@ def cancel_jobs(ledger: Ledger, jobs: list[dict], wait_s: float = CANCEL_WAIT_S)
     """Stop the active jobs among `jobs` and record them as cancelled, their hours as waste."""
     import signal as sig
     from launch.cluster import slurm
+
     jobs = refresh(ledger, jobs)
     # a local job of another host is left alone: its PID names nothing here (cmd_cancel says where it runs)
-    active = [j for j in jobs if j["state"] in ACTIVE
-              and not (j["launcher"] == "local" and pid_here(ledger, j) == "elsewhere")]
+    active = [
+        j
+        for j in jobs
+        if j["state"] in ACTIVE
+        and not (j["launcher"] == "local" and pid_here(ledger, j) == "elsewhere")
+    ]
     slurm_ids = [j["external_id"] for j in active if j["launcher"] == "slurm" and j["external_id"]]
     slurm.cancel(slurm_ids)
     for j in active:
@@ -257,7 +375,9 @@ def cancel_jobs(ledger: Ledger, jobs: list[dict], wait_s: float = CANCEL_WAIT_S)
     deadline = time.time() + wait_s
     pending = {j["id"]: j for j in active}
     while pending and time.time() < deadline:
-        queued = slurm.in_queue([j["external_id"] for j in pending.values() if j["launcher"] == "slurm"])
+        queued = slurm.in_queue(
+            [j["external_id"] for j in pending.values() if j["launcher"] == "slurm"]
+        )
         for jid, j in list(pending.items()):
             if j["launcher"] == "slurm":
                 if j["external_id"] not in queued:  # gone from the queue: its processes have ended
@@ -281,13 +401,18 @@ def cmd_cancel(args) -> int:
         raise ConfigError("name the jobs to cancel (ledger or SLURM ids) or --sweep NAME")
     ledger = _ledger(args.overrides)
     jobs = cancel_jobs(ledger, select(ledger, args.sweep, args.jobs))
-    left = [j for j in jobs if j["state"] in ACTIVE and j["launcher"] == "local"
-            and pid_here(ledger, j) == "elsewhere"]
+    left = [
+        j
+        for j in jobs
+        if j["state"] in ACTIVE and j["launcher"] == "local" and pid_here(ledger, j) == "elsewhere"
+    ]
     for j in jobs:
         if j in left:
             print(f"ladder cancel: {elsewhere_message(j, 'cancel ' + str(j['id']))}; left as it is")
             continue
-        print(f"ladder cancel: job {j['id']} ({safe_text(j['run_name'], markup=False)}) "
-              f"{safe_text(j['state'], markup=False)}: used {num(j['used_gpu_hours'], 3)} "
-              f"GPU-hours, recorded as waste {num(j['waste_gpu_hours'], 3)}")
+        print(
+            f"ladder cancel: job {j['id']} ({safe_text(j['run_name'], markup=False)}) "
+            f"{safe_text(j['state'], markup=False)}: used {num(j['used_gpu_hours'], 3)} "
+            f"GPU-hours, recorded as waste {num(j['waste_gpu_hours'], 3)}"
+        )
     return 1 if left else 0

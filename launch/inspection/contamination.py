@@ -24,26 +24,48 @@ def check_jobs(jobs: list, allow: bool) -> None:
     from omegaconf import OmegaConf
 
     from evals.tasks.decontaminate import decontaminate, summary_lines
+
     seen: dict[str, dict] = {}
     for j in jobs:
         j.allow_contamination = allow
-        key = json.dumps([OmegaConf.to_container(j.cfg.data), OmegaConf.to_container(j.cfg.eval), j.cfg.recipe.loss,
-                          j.cfg.trainer.run_root], sort_keys=True, default=str)
+        key = json.dumps(
+            [
+                OmegaConf.to_container(j.cfg.data),
+                OmegaConf.to_container(j.cfg.eval),
+                j.cfg.recipe.loss,
+                j.cfg.trainer.run_root,
+            ],
+            sort_keys=True,
+            default=str,
+        )
         first = key not in seen
         if first:
             seen[key] = decontaminate(j.cfg, write_cache=False)  # a refused launch writes no file
         report = seen[key]
         if first:
             for x in report["not_checked_tasks"] + report["not_checked_sources"]:
-                print(f"ladder launch: note: {x.get('task') or x.get('source')} was not checked for contamination: "
-                      f"{x['reason']}", file=sys.stderr, flush=True)
+                print(
+                    f"ladder launch: note: {x.get('task') or x.get('source')} was not checked for contamination: "
+                    f"{x['reason']}",
+                    file=sys.stderr,
+                    flush=True,
+                )
         if not report["matching_rows"]:
             continue
         lines = summary_lines(report)
-        what = (f"the data of job {j.run_name} (data={j.cfg.data.name}) overlaps the prompts of its eval suite "
-                f"eval={j.cfg.eval.name}: " + "; ".join(lines))
+        what = (
+            f"the data of job {j.run_name} (data={j.cfg.data.name}) overlaps the prompts of its eval suite "
+            f"eval={j.cfg.eval.name}: " + "; ".join(lines)
+        )
         if not allow:
-            raise DataError(what + f". `ladder data decontaminate {' '.join(j.overrides)} --write DIR` writes copies "
-                                   "without those rows; --allow-contamination launches anyway (recorded in the ledger)")
+            raise DataError(
+                what
+                + f". `ladder data decontaminate {' '.join(j.overrides)} --write DIR` writes copies "
+                "without those rows; --allow-contamination launches anyway (recorded in the ledger)"
+            )
         if first:
-            print(f"ladder launch: warning: {what} (launched with --allow-contamination)", file=sys.stderr, flush=True)
+            print(
+                f"ladder launch: warning: {what} (launched with --allow-contamination)",
+                file=sys.stderr,
+                flush=True,
+            )

@@ -27,17 +27,21 @@ from training.recipes.losses import loss_spec
 def _doc_stats(doc: tuple, fmt: str) -> tuple[int, int]:
     """(tokens, trained tokens) of one document (a preference pair: both sides)."""
     sides = [(doc[0], doc[1])] if fmt == "messages" else [(doc[0], doc[1]), (doc[2], doc[3])]
-    return sum(len(i) for i, _ in sides), sum(sum(1 for t in lab if t != IGNORE) for _, lab in sides)
+    return sum(len(i) for i, _ in sides), sum(
+        sum(1 for t in lab if t != IGNORE) for _, lab in sides
+    )
 
 
 def inspect_data(cfg: DictConfig) -> dict:
     if cfg.data.format == "rlvr":  # prompts, not documents to pack: no stream to walk
         from launch.inspection.rlvr_inspect import inspect_rlvr
+
         return inspect_rlvr(cfg)
     from training.data.mixture import load_sources, make_stream
     from training.data.mixture_config import is_mixture
     from training.model.modeling import load_tokenizer
     from training.config.validate import validate
+
     layout = validate(cfg)
     fmt = loss_spec(cfg.recipe.loss).data_format  # messages or preference: rlvr data went above
     tokenizer = load_tokenizer(cfg.model)
@@ -67,56 +71,111 @@ def inspect_data(cfg: DictConfig) -> dict:
     rows = []
     for s, st, c, (d_docs, d_tok, d_trained) in zip(sources, stats, counts, drawn):
         spec = s.spec
-        rows.append({
-            "source": spec.name, "data": spec.describe(), "weight": spec.weight, "epochs": spec.epochs,
-            "max_samples": spec.max_samples, "rows": s.rows, "documents": len(s.docs), "dropped": s.dropped,
-            "truncated": s.truncated, "truncated_share": s.truncated / s.rows if s.rows else 0.0,
-            "tokens": sum(t for t, _ in st), "trained_tokens": sum(t for _, t in st), "per_round": c,
-            "drawn_documents": d_docs, "drawn_tokens": d_tok, "drawn_trained_tokens": d_trained,
-            "document_share": d_docs / tot_docs, "token_share": d_tok / tot_tok,
-            "trained_token_share": d_trained / tot_trained,
-            "epochs_seen": d_docs / len(s.docs), "from_cache": s.cached,
-        })
+        rows.append(
+            {
+                "source": spec.name,
+                "data": spec.describe(),
+                "weight": spec.weight,
+                "epochs": spec.epochs,
+                "max_samples": spec.max_samples,
+                "rows": s.rows,
+                "documents": len(s.docs),
+                "dropped": s.dropped,
+                "truncated": s.truncated,
+                "truncated_share": s.truncated / s.rows if s.rows else 0.0,
+                "tokens": sum(t for t, _ in st),
+                "trained_tokens": sum(t for _, t in st),
+                "per_round": c,
+                "drawn_documents": d_docs,
+                "drawn_tokens": d_tok,
+                "drawn_trained_tokens": d_trained,
+                "document_share": d_docs / tot_docs,
+                "token_share": d_tok / tot_tok,
+                "trained_token_share": d_trained / tot_trained,
+                "epochs_seen": d_docs / len(s.docs),
+                "from_cache": s.cached,
+            }
+        )
     stream._locate(0)  # plans the first round (an epoch for plain data)
     return {
-        "data": cfg.data.name, "recipe": cfg.recipe.name, "format": fmt, "mixture": mixture,
-        "max_seq_len": cfg.data.max_seq_len, "seed": cfg.trainer.seed, "steps": cfg.trainer.max_steps,
-        "micro_batches_per_step": layout.micro_batches_per_step, "micro_batch_tokens": layout.micro_batch_tokens,
-        "global_batch_tokens": layout.global_batch_tokens, "round_documents": sum(counts),
+        "data": cfg.data.name,
+        "recipe": cfg.recipe.name,
+        "format": fmt,
+        "mixture": mixture,
+        "max_seq_len": cfg.data.max_seq_len,
+        "seed": cfg.trainer.seed,
+        "steps": cfg.trainer.max_steps,
+        "micro_batches_per_step": layout.micro_batches_per_step,
+        "micro_batch_tokens": layout.micro_batch_tokens,
+        "global_batch_tokens": layout.global_batch_tokens,
+        "round_documents": sum(counts),
         "rounds_seen": stream.epoch_of(n_mb - 1) + 1 if n_mb else 0,
         "steps_per_round": len(stream._epochs[0]) / layout.micro_batches_per_step,
-        "sources": rows, "doc_lengths": summarize(lengths),
+        "sources": rows,
+        "doc_lengths": summarize(lengths),
     }
 
 
 def print_report(report: dict) -> None:
     if report["format"] == "rlvr":
         from launch.inspection.rlvr_inspect import print_rlvr_report
+
         return print_rlvr_report(report)
     from rich.table import Table
 
     from launch.console import make_console, num, si
+
     console = make_console()
     kind = "mixture" if report["mixture"] else "single-source data"
-    table = Table(title=f"data={report['data']} ({kind}, {report['format']}, max_seq_len {report['max_seq_len']}): "
-                        f"{report['steps']} steps of {report['micro_batches_per_step']} micro-batches of "
-                        f"{report['micro_batch_tokens']} tokens, seed {report['seed']}")
-    for col, right in (("source", False), ("weight", True), ("rows", True), ("tokens", True),
-                       ("trained tokens", True), ("truncated", True), ("dropped", True), ("per round", True),
-                       ("docs/step", True), ("tokens/step", True), ("epochs seen", True)):
+    table = Table(
+        title=f"data={report['data']} ({kind}, {report['format']}, max_seq_len {report['max_seq_len']}): "
+        f"{report['steps']} steps of {report['micro_batches_per_step']} micro-batches of "
+        f"{report['micro_batch_tokens']} tokens, seed {report['seed']}"
+    )
+    for col, right in (
+        ("source", False),
+        ("weight", True),
+        ("rows", True),
+        ("tokens", True),
+        ("trained tokens", True),
+        ("truncated", True),
+        ("dropped", True),
+        ("per round", True),
+        ("docs/step", True),
+        ("tokens/step", True),
+        ("epochs seen", True),
+    ):
         table.add_column(col, justify="right" if right else "left")
     for r in report["sources"]:
-        how = (num(r["weight"], 2) if r["weight"] is not None else
-               f"{num(r['epochs'], 2)} ep" if r["epochs"] is not None else "-")
-        table.add_row(r["source"], how, f"{r['rows']:,}", si(r["tokens"]), si(r["trained_tokens"]),
-                      f"{r['truncated']:,} ({100 * r['truncated_share']:.1f}%)", f"{r['dropped']:,}",
-                      f"{r['per_round']:,}", f"{100 * r['document_share']:.1f}%", f"{100 * r['token_share']:.1f}%",
-                      num(r["epochs_seen"], 3))
+        how = (
+            num(r["weight"], 2)
+            if r["weight"] is not None
+            else f"{num(r['epochs'], 2)} ep"
+            if r["epochs"] is not None
+            else "-"
+        )
+        table.add_row(
+            r["source"],
+            how,
+            f"{r['rows']:,}",
+            si(r["tokens"]),
+            si(r["trained_tokens"]),
+            f"{r['truncated']:,} ({100 * r['truncated_share']:.1f}%)",
+            f"{r['dropped']:,}",
+            f"{r['per_round']:,}",
+            f"{100 * r['document_share']:.1f}%",
+            f"{100 * r['token_share']:.1f}%",
+            num(r["epochs_seen"], 3),
+        )
     console.print(table)
-    console.print("weight: relative share of a round's documents; per round: documents each round takes; docs/step "
-                  "and tokens/step: the source's share of a step over the run (tokens after the chat template); "
-                  "epochs seen: documents the run draws from it / documents it has.")
+    console.print(
+        "weight: relative share of a round's documents; per round: documents each round takes; docs/step "
+        "and tokens/step: the source's share of a step over the run (tokens after the chat template); "
+        "epochs seen: documents the run draws from it / documents it has."
+    )
     if report["mixture"]:
-        console.print(f"a round is {report['round_documents']:,} documents, about "
-                      f"{num(report['steps_per_round'], 1)} steps; the run's {report['steps']} steps draw from "
-                      f"{report['rounds_seen']} round(s).")
+        console.print(
+            f"a round is {report['round_documents']:,} documents, about "
+            f"{num(report['steps_per_round'], 1)} steps; the run's {report['steps']} steps draw from "
+            f"{report['rounds_seen']} round(s)."
+        )

@@ -27,8 +27,11 @@ from launch.planning.doc_lengths import summarize
 
 
 def _tokens(lengths: list[int]) -> dict:
-    return {"min": min(lengths, default=0), "mean": sum(lengths) / len(lengths) if lengths else 0.0,
-            "max": max(lengths, default=0)}
+    return {
+        "min": min(lengths, default=0),
+        "mean": sum(lengths) / len(lengths) if lengths else 0.0,
+        "max": max(lengths, default=0),
+    }
 
 
 def inspect_rlvr(cfg: DictConfig) -> dict:
@@ -36,33 +39,56 @@ def inspect_rlvr(cfg: DictConfig) -> dict:
     from training.model.modeling import load_tokenizer
     from training.rl.rlvr_data import load_sources, mix
     from training.config.validate import validate
+
     validate(cfg)
     max_new = cfg.generator.max_new_tokens
     tokenizer = load_tokenizer(cfg.model)
     sources = load_sources(cfg.data, tokenizer, max_new)
-    prompts = mix(cfg.data, sources, cfg.trainer.seed)  # the set the GRPO batch source draws (its seed)
+    prompts = mix(
+        cfg.data, sources, cfg.trainer.seed
+    )  # the set the GRPO batch source draws (its seed)
     in_set = Counter(p.source for p in prompts)
     rows = []
     for spec, src in zip(source_specs(cfg.data), sources):
         lengths = [len(p.prompt_ids) for p in src]
         longest = max(src, key=lambda p: len(p.prompt_ids))
-        rows.append({
-            "source": spec.name, "data": spec.describe(), "weight": spec.weight, "epochs": spec.epochs,
-            "max_samples": spec.max_samples, "rows": len(src), "prompts": in_set[spec.name],
-            "share": in_set[spec.name] / len(prompts), "prompt_tokens": _tokens(lengths),
-            "longest": longest.where, "verifiers": dict(sorted(Counter(p.verifier for p in src).items())),
-        })
+        rows.append(
+            {
+                "source": spec.name,
+                "data": spec.describe(),
+                "weight": spec.weight,
+                "epochs": spec.epochs,
+                "max_samples": spec.max_samples,
+                "rows": len(src),
+                "prompts": in_set[spec.name],
+                "share": in_set[spec.name] / len(prompts),
+                "prompt_tokens": _tokens(lengths),
+                "longest": longest.where,
+                "verifiers": dict(sorted(Counter(p.verifier for p in src).items())),
+            }
+        )
     batches = math.ceil(cfg.trainer.max_steps / cfg.recipe.ppo_epochs)
     drawn = batches * cfg.recipe.prompts_per_step
     return {
-        "data": cfg.data.name, "recipe": cfg.recipe.name, "format": "rlvr", "mixture": is_mixture(cfg.data),
-        "max_seq_len": cfg.data.max_seq_len, "max_new_tokens": max_new, "prompt_limit": cfg.data.max_seq_len - max_new,
-        "seed": cfg.trainer.seed, "steps": cfg.trainer.max_steps, "prompts": len(prompts),
-        "prompts_per_step": cfg.recipe.prompts_per_step, "num_generations": cfg.recipe.num_generations,
-        "ppo_epochs": cfg.recipe.ppo_epochs, "prompts_drawn": drawn, "epochs_seen": drawn / len(prompts),
+        "data": cfg.data.name,
+        "recipe": cfg.recipe.name,
+        "format": "rlvr",
+        "mixture": is_mixture(cfg.data),
+        "max_seq_len": cfg.data.max_seq_len,
+        "max_new_tokens": max_new,
+        "prompt_limit": cfg.data.max_seq_len - max_new,
+        "seed": cfg.trainer.seed,
+        "steps": cfg.trainer.max_steps,
+        "prompts": len(prompts),
+        "prompts_per_step": cfg.recipe.prompts_per_step,
+        "num_generations": cfg.recipe.num_generations,
+        "ppo_epochs": cfg.recipe.ppo_epochs,
+        "prompts_drawn": drawn,
+        "epochs_seen": drawn / len(prompts),
         "prompt_tokens": _tokens([len(p.prompt_ids) for p in prompts]),
         "verifiers": dict(sorted(Counter(p.verifier for p in prompts).items())),
-        "sources": rows, "doc_lengths": summarize([len(p.prompt_ids) + max_new for p in prompts]),
+        "sources": rows,
+        "doc_lengths": summarize([len(p.prompt_ids) + max_new for p in prompts]),
     }
 
 
@@ -70,29 +96,57 @@ def print_rlvr_report(report: dict) -> None:
     from rich.table import Table
 
     from launch.console import make_console, num
+
     console = make_console()
     kind = "mixture" if report["mixture"] else "single-source data"
-    table = Table(title=f"data={report['data']} ({kind}, rlvr, recipe={report['recipe']}): {report['prompts']:,} "
-                        f"prompts; a prompt may take {report['prompt_limit']} tokens (data.max_seq_len "
-                        f"{report['max_seq_len']} - generator.max_new_tokens {report['max_new_tokens']})")
-    for col, right in (("source", False), ("weight", True), ("rows", True), ("prompts", True), ("share", True),
-                       ("prompt tokens min/mean/max", True), ("verifiers (rows)", False), ("longest", False)):
+    table = Table(
+        title=f"data={report['data']} ({kind}, rlvr, recipe={report['recipe']}): {report['prompts']:,} "
+        f"prompts; a prompt may take {report['prompt_limit']} tokens (data.max_seq_len "
+        f"{report['max_seq_len']} - generator.max_new_tokens {report['max_new_tokens']})"
+    )
+    for col, right in (
+        ("source", False),
+        ("weight", True),
+        ("rows", True),
+        ("prompts", True),
+        ("share", True),
+        ("prompt tokens min/mean/max", True),
+        ("verifiers (rows)", False),
+        ("longest", False),
+    ):
         table.add_column(col, justify="right" if right else "left")
     for r in report["sources"]:
-        how = (num(r["weight"], 2) if r["weight"] is not None else
-               f"{num(r['epochs'], 2)} ep" if r["epochs"] is not None else "-")
+        how = (
+            num(r["weight"], 2)
+            if r["weight"] is not None
+            else f"{num(r['epochs'], 2)} ep"
+            if r["epochs"] is not None
+            else "-"
+        )
         t = r["prompt_tokens"]
-        table.add_row(r["source"], how, f"{r['rows']:,}", f"{r['prompts']:,}", f"{100 * r['share']:.1f}%",
-                      f"{t['min']} / {t['mean']:.1f} / {t['max']}",
-                      ", ".join(f"{v} {n:,}" for v, n in r["verifiers"].items()),
-                      r["longest"].rsplit("/", 1)[-1])  # file:line; --json has the full path
+        table.add_row(
+            r["source"],
+            how,
+            f"{r['rows']:,}",
+            f"{r['prompts']:,}",
+            f"{100 * r['share']:.1f}%",
+            f"{t['min']} / {t['mean']:.1f} / {t['max']}",
+            ", ".join(f"{v} {n:,}" for v, n in r["verifiers"].items()),
+            r["longest"].rsplit("/", 1)[-1],
+        )  # file:line; --json has the full path
     console.print(table)
     t = report["prompt_tokens"]
-    console.print(f"prompt set: {report['prompts']:,} prompts, tokens {t['min']} / {t['mean']:.1f} / {t['max']} "
-                  f"(limit {report['prompt_limit']}); per verifier: "
-                  + ", ".join(f"{v} {n:,}" for v, n in report["verifiers"].items()))
-    console.print(f"the run's {report['steps']} steps draw {report['prompts_drawn']:,} prompts "
-                  f"({report['prompts_per_step']} per rollout batch, {report['num_generations']} answers each, "
-                  f"{report['ppo_epochs']} step(s) per batch): {num(report['epochs_seen'], 3)} epochs of the set.")
-    console.print("rows: read from the source; prompts: its places in the prompt set (a mixture's weights share "
-                  "them out); share: of the set; longest: the row of its longest prompt.")
+    console.print(
+        f"prompt set: {report['prompts']:,} prompts, tokens {t['min']} / {t['mean']:.1f} / {t['max']} "
+        f"(limit {report['prompt_limit']}); per verifier: "
+        + ", ".join(f"{v} {n:,}" for v, n in report["verifiers"].items())
+    )
+    console.print(
+        f"the run's {report['steps']} steps draw {report['prompts_drawn']:,} prompts "
+        f"({report['prompts_per_step']} per rollout batch, {report['num_generations']} answers each, "
+        f"{report['ppo_epochs']} step(s) per batch): {num(report['epochs_seen'], 3)} epochs of the set."
+    )
+    console.print(
+        "rows: read from the source; prompts: its places in the prompt set (a mixture's weights share "
+        "them out); share: of the set; longest: the row of its longest prompt."
+    )

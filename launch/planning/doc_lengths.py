@@ -24,9 +24,13 @@ from training.common.safe_files import write_atomic
 def summarize(lengths: list[int]) -> dict:
     """The lengths, in tokens, of the packed documents a run draws (each side of a pair is one)."""
     total = sum(lengths)
-    return {"documents": len(lengths), "tokens": total, "mean": total / len(lengths) if lengths else 0.0,
-            "max": max(lengths, default=0),
-            "attention_length": sum(s * s for s in lengths) / total if total else 0.0}
+    return {
+        "documents": len(lengths),
+        "tokens": total,
+        "mean": total / len(lengths) if lengths else 0.0,
+        "max": max(lengths, default=0),
+        "attention_length": sum(s * s for s in lengths) / total if total else 0.0,
+    }
 
 
 def lengths_key(cfg: DictConfig) -> str:
@@ -47,8 +51,13 @@ def lengths_path(cfg: DictConfig) -> Path:
 def save_lengths(cfg: DictConfig, summary: dict) -> Path:
     path = lengths_path(cfg)
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, json.dumps({"data": cfg.data.name, "max_seq_len": cfg.data.max_seq_len, **summary},
-                                  indent=1) + "\n")  # a temporary name of its own, renamed: never through a planted link (training/common/safe_files.py)
+    write_atomic(
+        path,
+        json.dumps(
+            {"data": cfg.data.name, "max_seq_len": cfg.data.max_seq_len, **summary}, indent=1
+        )
+        + "\n",
+    )  # a temporary name of its own, renamed: never through a planted link (training/common/safe_files.py)
     return path
 
 
@@ -60,8 +69,11 @@ def planning_length(cfg: DictConfig) -> tuple[float, str]:
         if saved.get("attention_length"):
             return float(saved["attention_length"]), (
                 f"measured by `ladder data inspect` ({saved['documents']:,} documents, mean {saved['mean']:,.0f} "
-                f"tokens; {path})")
+                f"tokens; {path})"
+            )
     except (OSError, ValueError, KeyError):
         pass
-    return float(cfg.data.max_seq_len), ("data.max_seq_len for every document, an upper bound (`ladder data "
-                                         "inspect` with these overrides measures the real lengths)")
+    return float(cfg.data.max_seq_len), (
+        "data.max_seq_len for every document, an upper bound (`ladder data "
+        "inspect` with these overrides measures the real lengths)"
+    )

@@ -62,19 +62,29 @@ class ModelShape:
 @dataclass(frozen=True)
 class Memory:
     """Bytes per GPU by kind, and bytes of host memory per node (offload only)."""
+
     params: float
     grads: float
     optimizer: float
     activations: float
     cpu_per_node: float = 0.0
     reference: float = 0.0  # RL with recipe.kl_beta > 0: the KL reference's weights
-    generation: float = 0.0  # RL: the generation KV cache (generator=hf) or vLLM's share (generator=vllm)
+    generation: float = (
+        0.0  # RL: the generation KV cache (generator=hf) or vLLM's share (generator=vllm)
+    )
 
     @property
     def total(self) -> float:
         # RL's generation memory is counted beside training's activations, as if both were held at
         # once: an upper bound (the KV cache is freed before the step's forward passes)
-        return self.params + self.grads + self.optimizer + self.activations + self.reference + self.generation
+        return (
+            self.params
+            + self.grads
+            + self.optimizer
+            + self.activations
+            + self.reference
+            + self.generation
+        )
 
     def gib(self) -> dict[str, float]:
         d = {k: v / GiB for k, v in asdict(self).items()}
@@ -82,8 +92,9 @@ class Memory:
         return d
 
 
-def model_states(engine: str, params: int, largest: int, gpus: int, nodes: int,
-                 offload: bool = False) -> tuple[float, float, float, float]:
+def model_states(
+    engine: str, params: int, largest: int, gpus: int, nodes: int, offload: bool = False
+) -> tuple[float, float, float, float]:
     """(params, grads, optimizer) bytes per GPU and host bytes per node, as in the table above."""
     P, N, big = float(params), gpus, float(largest)
     if offload and engine != "deepspeed_zero3":
@@ -107,7 +118,9 @@ def reference_bytes(engine: str, params: int, gpus: int, bf16: bool) -> float:
     return whole / gpus if engine in ("fsdp2", "deepspeed_zero3") else whole
 
 
-def activation_bytes(shape: ModelShape, micro_batch_tokens: int, bf16: bool, checkpointing: bool) -> float:
+def activation_bytes(
+    shape: ModelShape, micro_batch_tokens: int, bf16: bool, checkpointing: bool
+) -> float:
     a = 2 if bf16 else 4
     m = micro_batch_tokens
     per_layer = a * m * (7 * shape.hidden + 3 * shape.kv_hidden + 4 * shape.intermediate)
@@ -119,8 +132,23 @@ def activation_bytes(shape: ModelShape, micro_batch_tokens: int, bf16: bool, che
     return float(layers + logits)
 
 
-def estimate(shape: ModelShape, engine: str, gpus: int, nodes: int, micro_batch_tokens: int,
-             bf16: bool, checkpointing: bool, offload: bool = False) -> Memory:
-    p, g, o, cpu = model_states(engine, shape.params, shape.largest_module_params, gpus, nodes, offload)
-    return Memory(params=p, grads=g, optimizer=o, cpu_per_node=cpu,
-                  activations=activation_bytes(shape, micro_batch_tokens, bf16, checkpointing))
+def estimate(
+    shape: ModelShape,
+    engine: str,
+    gpus: int,
+    nodes: int,
+    micro_batch_tokens: int,
+    bf16: bool,
+    checkpointing: bool,
+    offload: bool = False,
+) -> Memory:
+    p, g, o, cpu = model_states(
+        engine, shape.params, shape.largest_module_params, gpus, nodes, offload
+    )
+    return Memory(
+        params=p,
+        grads=g,
+        optimizer=o,
+        cpu_per_node=cpu,
+        activations=activation_bytes(shape, micro_batch_tokens, bf16, checkpointing),
+    )

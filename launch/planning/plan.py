@@ -69,7 +69,9 @@ class Plan:
     gpu_hours: float
     price_per_gpu_hour: float
     doc_source: str = "data.max_seq_len"  # where doc_tokens (the attention length) came from
-    rl: RLPlan | None = None  # recipe=grpo: generation and training on rollouts (launch/planning/plan_rl.py)
+    rl: RLPlan | None = (
+        None  # recipe=grpo: generation and training on rollouts (launch/planning/plan_rl.py)
+    )
     cost: float = field(init=False)
 
     def __post_init__(self):
@@ -85,7 +87,9 @@ class Plan:
         d["memory_per_gpu_gb"] = self.memory.total / GiB
         d["cpu_memory_per_node_gb"] = self.memory.cpu_per_node / GiB
         d["usable_gpu_memory_gb"] = self.usable_gb
-        d["by_engine_gb"] = {k: (None if m is None else m.total / GiB) for k, m in self.by_engine.items()}
+        d["by_engine_gb"] = {
+            k: (None if m is None else m.total / GiB) for k, m in self.by_engine.items()
+        }
         d["fixes"] = [{"overrides": o, "memory_per_gpu_gb": g} for o, g in self.fixes]
         del d["memory"], d["by_engine"]
         return d
@@ -97,31 +101,55 @@ def model_shape(cfg: DictConfig) -> ModelShape:
     from transformers import LlamaForCausalLM
 
     from training.model.modeling import llama_config, load_tokenizer
+
     vocab = cfg.model.vocab_size or len(load_tokenizer(cfg.model))
     with torch.device("meta"):
         model = LlamaForCausalLM(llama_config(cfg.model, vocab))
     m = cfg.model
     return ModelShape(
         params=sum(p.numel() for p in model.parameters()),
-        largest_module_params=max(sum(p.numel() for p in mod.parameters(recurse=False)) for mod in model.modules()),
-        layers=m.num_layers, hidden=m.hidden_size, kv_hidden=m.num_kv_heads * (m.hidden_size // m.num_heads),
-        intermediate=m.intermediate_size, vocab=vocab)
+        largest_module_params=max(
+            sum(p.numel() for p in mod.parameters(recurse=False)) for mod in model.modules()
+        ),
+        layers=m.num_layers,
+        hidden=m.hidden_size,
+        kv_hidden=m.num_kv_heads * (m.hidden_size // m.num_heads),
+        intermediate=m.intermediate_size,
+        vocab=vocab,
+    )
 
 
 def memory_for(shape: ModelShape, cfg: DictConfig, **changes) -> Memory:
     """Memory per GPU for the config's rung with some of its fields changed; an RL recipe adds its
     reference and generator (launch/planning/plan_rl.py)."""
     r = cfg.rung
-    v = {"engine": r.engine.value, "nodes": r.nodes, "micro_batch_tokens": r.micro_batch_tokens,
-         "activation_checkpointing": r.activation_checkpointing, "offload": r.offload, **changes}
+    v = {
+        "engine": r.engine.value,
+        "nodes": r.nodes,
+        "micro_batch_tokens": r.micro_batch_tokens,
+        "activation_checkpointing": r.activation_checkpointing,
+        "offload": r.offload,
+        **changes,
+    }
     gpus = v["nodes"] * r.gpus_per_node
-    m = estimate(shape, v["engine"], gpus, v["nodes"], v["micro_batch_tokens"],
-                 r.bf16, v["activation_checkpointing"], v["offload"])
+    m = estimate(
+        shape,
+        v["engine"],
+        gpus,
+        v["nodes"],
+        v["micro_batch_tokens"],
+        r.bf16,
+        v["activation_checkpointing"],
+        v["offload"],
+    )
     return replace(m, **rl_memory(cfg, shape, gpus, v["engine"])) if is_rl(cfg) else m
 
 
 def fits(m: Memory, r) -> bool:
-    return m.total <= r.gpu_memory_gb * USABLE_FRACTION * GiB and m.cpu_per_node <= r.cpu_memory_gb * GiB
+    return (
+        m.total <= r.gpu_memory_gb * USABLE_FRACTION * GiB
+        and m.cpu_per_node <= r.cpu_memory_gb * GiB
+    )
 
 
 def find_fixes(cfg: DictConfig, shape: ModelShape) -> list[tuple[str, float]]:
@@ -151,7 +179,9 @@ def find_fixes(cfg: DictConfig, shape: ModelShape) -> list[tuple[str, float]]:
             parts += [f"rung.nodes={n}"] if n != r.nodes else []
             if not batch_ok(n) and rl:
                 dp = n * r.gpus_per_node
-                parts.append(f"recipe.prompts_per_step={-(-cfg.recipe.prompts_per_step // dp) * dp}")
+                parts.append(
+                    f"recipe.prompts_per_step={-(-cfg.recipe.prompts_per_step // dp) * dp}"
+                )
             elif not batch_ok(n):
                 glob, _ = global_batch_tokens(cfg)
                 dp_tokens = r.micro_batch_tokens * n * r.gpus_per_node
@@ -188,6 +218,7 @@ def find_fixes(cfg: DictConfig, shape: ModelShape) -> list[tuple[str, float]]:
 def verified_fix(cfg: DictConfig, shape: ModelShape, overrides: str) -> tuple[str, float] | None:
     """(overrides, GiB per GPU) if the config with these overrides validates and fits, else None."""
     from omegaconf import OmegaConf
+
     try:
         fixed = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides.split()))
         validate(fixed)
@@ -202,7 +233,9 @@ def make_plan(cfg: DictConfig, ledger=None) -> Plan:
     r = cfg.rung
     shape = model_shape(cfg)
     tokens = cfg.trainer.max_steps * layout.global_batch_tokens
-    doc, doc_source = planning_length(cfg)  # measured by `ladder data inspect`, else data.max_seq_len
+    doc, doc_source = planning_length(
+        cfg
+    )  # measured by `ladder data inspect`, else data.max_seq_len
     n_matmul = model_matmul_params(cfg.model, shape.vocab)
     flops = train_flops(n_matmul, shape.layers, shape.hidden, [doc]) * tokens / doc
     memory = memory_for(shape, cfg)
@@ -211,11 +244,15 @@ def make_plan(cfg: DictConfig, ledger=None) -> Plan:
     if not ok:
         over = []
         if memory.total > r.gpu_memory_gb * USABLE_FRACTION * GiB:
-            over.append(f"{memory.total / GiB:,.1f} GiB per GPU, but each {r.gpu_type} has "
-                        f"{r.gpu_memory_gb * USABLE_FRACTION:,.1f} usable ({USABLE_FRACTION:.0%} of {r.gpu_memory_gb:g})")
+            over.append(
+                f"{memory.total / GiB:,.1f} GiB per GPU, but each {r.gpu_type} has "
+                f"{r.gpu_memory_gb * USABLE_FRACTION:,.1f} usable ({USABLE_FRACTION:.0%} of {r.gpu_memory_gb:g})"
+            )
         if memory.cpu_per_node > r.cpu_memory_gb * GiB:
-            over.append(f"{memory.cpu_per_node / GiB:,.1f} GiB of host memory per node for offload, "
-                        f"but a node has {r.cpu_memory_gb:g} (rung.cpu_memory_gb)")
+            over.append(
+                f"{memory.cpu_per_node / GiB:,.1f} GiB of host memory per node for offload, "
+                f"but a node has {r.cpu_memory_gb:g} (rung.cpu_memory_gb)"
+            )
         problem = "needs " + "; and ".join(over)
     by_engine = {}
     for engine in ENGINES:
@@ -232,64 +269,114 @@ def make_plan(cfg: DictConfig, ledger=None) -> Plan:
     else:
         seconds = tokens / (gpus * rate)
     rl = None
-    if is_rl(cfg):  # GRPO trains on rollouts it generates: both are planned (launch/planning/plan_rl.py)
-        measured = doc if doc < cfg.data.max_seq_len else None  # planning_length fell back to the bound
+    if is_rl(
+        cfg
+    ):  # GRPO trains on rollouts it generates: both are planned (launch/planning/plan_rl.py)
+        measured = (
+            doc if doc < cfg.data.max_seq_len else None
+        )  # planning_length fell back to the bound
         rl = rl_plan(cfg, layout, n_matmul, shape.layers, shape.hidden, measured)
         tokens, flops = rl.train_tokens, rl.train_flops + rl.gen_flops
         seconds = rl_seconds(rl, gpus, r.peak_flops_per_device, rate, kind)
     return Plan(
-        rung=r.name, model=cfg.model.name, gpu_type=r.gpu_type, engine=r.engine.value, nodes=r.nodes,
-        gpus_per_node=r.gpus_per_node, gpus=gpus, offload=r.offload,
-        activation_checkpointing=r.activation_checkpointing, micro_batch_tokens=layout.micro_batch_tokens,
-        grad_accum=layout.grad_accum, global_batch_tokens=layout.global_batch_tokens,
-        steps=cfg.trainer.max_steps, tokens=tokens, doc_tokens=round(doc), doc_source=doc_source, params=shape.params,
-        matmul_params=n_matmul, flops=flops, memory=memory, gpu_memory_gb=r.gpu_memory_gb,
-        cpu_memory_gb=r.cpu_memory_gb, fits=ok, problem=problem, fixes=[] if ok else find_fixes(cfg, shape),
-        by_engine=by_engine, rate=rate, rate_kind=kind, rate_source=source, wall_clock_h=seconds / 3600,
-        gpu_hours=gpus * seconds / 3600, price_per_gpu_hour=cfg.budget.price_per_gpu_hour, rl=rl)
+        rung=r.name,
+        model=cfg.model.name,
+        gpu_type=r.gpu_type,
+        engine=r.engine.value,
+        nodes=r.nodes,
+        gpus_per_node=r.gpus_per_node,
+        gpus=gpus,
+        offload=r.offload,
+        activation_checkpointing=r.activation_checkpointing,
+        micro_batch_tokens=layout.micro_batch_tokens,
+        grad_accum=layout.grad_accum,
+        global_batch_tokens=layout.global_batch_tokens,
+        steps=cfg.trainer.max_steps,
+        tokens=tokens,
+        doc_tokens=round(doc),
+        doc_source=doc_source,
+        params=shape.params,
+        matmul_params=n_matmul,
+        flops=flops,
+        memory=memory,
+        gpu_memory_gb=r.gpu_memory_gb,
+        cpu_memory_gb=r.cpu_memory_gb,
+        fits=ok,
+        problem=problem,
+        fixes=[] if ok else find_fixes(cfg, shape),
+        by_engine=by_engine,
+        rate=rate,
+        rate_kind=kind,
+        rate_source=source,
+        wall_clock_h=seconds / 3600,
+        gpu_hours=gpus * seconds / 3600,
+        price_per_gpu_hour=cfg.budget.price_per_gpu_hour,
+        rl=rl,
+    )
 
 
 def fix_message(plan: Plan) -> str:
     if plan.fits:
         return "fits"
     if not plan.fixes:
-        return (f"does not fit: {plan.problem}. No change of nodes, engine, offload, activation checkpointing "
-                f"or micro-batch up to {MAX_NODES} nodes makes it fit; it needs a smaller model or devices with "
-                "more memory")
+        return (
+            f"does not fit: {plan.problem}. No change of nodes, engine, offload, activation checkpointing "
+            f"or micro-batch up to {MAX_NODES} nodes makes it fit; it needs a smaller model or devices with "
+            "more memory"
+        )
     options = "\n".join(f"  {o}   ({g:,.1f} GiB per GPU)" for o, g in plan.fixes)
     return f"does not fit: {plan.problem}. Any one of these fixes it (each checked: it validates and fits):\n{options}"
 
 
 def render(plan: Plan, console=None) -> None:
     from rich.table import Table
+
     console = console or make_console()
     p = plan
     unit = "device" if p.gpu_type == "cpu" else "GPU"
-    console.print(f"[bold]Plan[/bold]: rung {p.rung} · model {p.model} · {p.nodes} node(s) x {p.gpus_per_node} "
-                  f"{p.gpu_type} = {p.gpus} {unit}(s) · {p.engine}{' + offload' if p.offload else ''}"
-                  f"{' · activation checkpointing' if p.activation_checkpointing else ''}")
+    console.print(
+        f"[bold]Plan[/bold]: rung {p.rung} · model {p.model} · {p.nodes} node(s) x {p.gpus_per_node} "
+        f"{p.gpu_type} = {p.gpus} {unit}(s) · {p.engine}{' + offload' if p.offload else ''}"
+        f"{' · activation checkpointing' if p.activation_checkpointing else ''}"
+    )
 
     work = Table(title="Model and work", title_justify="left", show_header=False)
     work.add_column(no_wrap=True)
     work.add_column(justify="right", no_wrap=True)
     work.add_column(style="dim")
     work.add_row("parameters", si(p.params), f"{p.params:,} (meta-device build)")
-    work.add_row("global batch", f"{p.global_batch_tokens:,} tokens",
-                 f"micro-batch {p.micro_batch_tokens:,} x accum {p.grad_accum} x dp {p.gpus}"
-                 + (": the RL step's capacity, an upper bound; its batch is answers (below)" if p.rl else ""))
-    work.add_row("planned tokens", si(p.tokens), f"{p.steps:,} steps (trainer.max_steps) x "
-                 + ("rollout tokens per step" if p.rl else "global batch"))
-    work.add_row("training FLOPs", f"{p.flops:.3e}",
-                 f"6 x {si(p.matmul_params)} matmul params x tokens + attention at {p.doc_tokens:,}-token documents")
+    work.add_row(
+        "global batch",
+        f"{p.global_batch_tokens:,} tokens",
+        f"micro-batch {p.micro_batch_tokens:,} x accum {p.grad_accum} x dp {p.gpus}"
+        + (
+            ": the RL step's capacity, an upper bound; its batch is answers (below)" if p.rl else ""
+        ),
+    )
+    work.add_row(
+        "planned tokens",
+        si(p.tokens),
+        f"{p.steps:,} steps (trainer.max_steps) x "
+        + ("rollout tokens per step" if p.rl else "global batch"),
+    )
+    work.add_row(
+        "training FLOPs",
+        f"{p.flops:.3e}",
+        f"6 x {si(p.matmul_params)} matmul params x tokens + attention at {p.doc_tokens:,}-token documents",
+    )
     work.add_row("document length", f"{p.doc_tokens:,} tokens", p.doc_source)
     if p.rl is not None:
         render_rows(work, p.rl)
     console.print(work)
 
-    mem = Table(title=f"Memory per {unit}, GiB (usable: {p.usable_gb:,.1f} of {p.gpu_memory_gb:g} per {p.gpu_type})",
-                title_justify="left")
+    mem = Table(
+        title=f"Memory per {unit}, GiB (usable: {p.usable_gb:,.1f} of {p.gpu_memory_gb:g} per {p.gpu_type})",
+        title_justify="left",
+    )
     kinds = ["params", "grads", "optimizer", "activations"]
-    if p.rl is not None:  # what RL adds (launch/planning/plan_rl.py): the KL reference, the generator's memory
+    if (
+        p.rl is not None
+    ):  # what RL adds (launch/planning/plan_rl.py): the KL reference, the generator's memory
         kinds += ["reference", "generation"]
     for col in ("engine", *kinds, "total", "host/node", "fits"):
         mem.add_column(col, justify="left" if col == "engine" else "right", no_wrap=True)
@@ -301,22 +388,38 @@ def render(plan: Plan, console=None) -> None:
         g = m.gib()
         ok = g["total"] <= p.usable_gb and g["cpu_per_node"] <= p.cpu_memory_gb
         label = f"[bold]{name}[/bold] <- this job" if chosen else name
-        mem.add_row(label, *(num(g[k]) for k in (*kinds, "total")),
-                    f"{g['cpu_per_node']:,.0f}" if g["cpu_per_node"] else "-",
-                    "[green]yes[/green]" if ok else "[red]no[/red]")
+        mem.add_row(
+            label,
+            *(num(g[k]) for k in (*kinds, "total")),
+            f"{g['cpu_per_node']:,.0f}" if g["cpu_per_node"] else "-",
+            "[green]yes[/green]" if ok else "[red]no[/red]",
+        )
     console.print(mem)
     if p.rl is not None:
-        gen = ("vLLM's share, generator.gpu_memory_utilization of the GPU" if p.rl.generator == "vllm" else
-               f"KV cache of {p.rl.sequences_per_rank:,} sequences x {p.rl.prompt_tokens + p.rl.new_tokens:,} tokens")
-        ref = ("weights in the training dtype, sharded under fsdp2 and deepspeed_zero3, whole otherwise "
-               "(recipe.kl_beta > 0)" if p.rl.kl_reference else "none (recipe.kl_beta=0)")
-        console.print(f"[dim]RL: reference = {ref}; generation = {gen}; counted beside the activations "
-                      "(an upper bound)[/dim]")
+        gen = (
+            "vLLM's share, generator.gpu_memory_utilization of the GPU"
+            if p.rl.generator == "vllm"
+            else f"KV cache of {p.rl.sequences_per_rank:,} sequences x {p.rl.prompt_tokens + p.rl.new_tokens:,} tokens"
+        )
+        ref = (
+            "weights in the training dtype, sharded under fsdp2 and deepspeed_zero3, whole otherwise "
+            "(recipe.kl_beta > 0)"
+            if p.rl.kl_reference
+            else "none (recipe.kl_beta=0)"
+        )
+        console.print(
+            f"[dim]RL: reference = {ref}; generation = {gen}; counted beside the activations "
+            "(an upper bound)[/dim]"
+        )
 
     if p.fits:
-        console.print(f"[green bold]FITS[/green bold]: {num(p.memory.total / GiB)} of {p.usable_gb:,.1f} GiB per {unit}")
+        console.print(
+            f"[green bold]FITS[/green bold]: {num(p.memory.total / GiB)} of {p.usable_gb:,.1f} GiB per {unit}"
+        )
     else:
-        console.print(f"[red bold]DOES NOT FIT[/red bold]: {fix_message(p)[len('does not fit: '):]}")
+        console.print(
+            f"[red bold]DOES NOT FIT[/red bold]: {fix_message(p)[len('does not fit: ') :]}"
+        )
 
     cost = Table(title="Time and cost", title_justify="left", show_header=False)
     cost.add_column(no_wrap=True)
@@ -326,7 +429,11 @@ def render(plan: Plan, console=None) -> None:
     cost.add_row("MFU" if p.rate_kind == "mfu" else "throughput", rate, p.rate_source)
     cost.add_row("wall-clock", f"{p.wall_clock_h:,.2f} h", f"{p.wall_clock_h / 24:,.2f} days")
     cost.add_row(f"{unit}-hours", num(p.gpu_hours), f"{p.gpus} {unit}(s) x wall-clock")
-    cost.add_row("cost", f"${num(p.cost, 0)}", f"at ${p.price_per_gpu_hour:g} per GPU-hour (budget.price_per_gpu_hour)")
+    cost.add_row(
+        "cost",
+        f"${num(p.cost, 0)}",
+        f"at ${p.price_per_gpu_hour:g} per GPU-hour (budget.price_per_gpu_hour)",
+    )
     console.print(cost)
 
 
@@ -335,6 +442,7 @@ def cmd_plan(args) -> int:
 
     from launch.accounting.ledger import Ledger
     from training.config.compose import compose
+
     # A plan takes 6-20 s, mostly importing torch and building the model on the meta device: say
     # what is going on (a spinner on stderr when it is a terminal; nothing in a pipe or a log).
     with Console(stderr=True).status("composing and validating the config") as status:
@@ -342,9 +450,12 @@ def cmd_plan(args) -> int:
         status.update("importing torch and transformers")
         import torch  # noqa: F401
         import transformers  # noqa: F401
+
         status.update("reading measured MFU of earlier runs from the ledger")
         ledger = Ledger.existing(cfg)
-        status.update(f"building {cfg.model.name} on the meta device; planning memory, FLOPs and GPU-hours")
+        status.update(
+            f"building {cfg.model.name} on the meta device; planning memory, FLOPs and GPU-hours"
+        )
         plan = make_plan(cfg, ledger)
     if args.json:
         print(json.dumps(plan.to_json(), indent=2))

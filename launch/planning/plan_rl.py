@@ -62,7 +62,9 @@ def is_rl(cfg) -> bool:
     return is_rl_loss(cfg.recipe.loss)  # family "rl" in training/recipes/losses.py
 
 
-def rl_plan(cfg, layout, n_matmul: int, layers: int, hidden: int, seq_len: float | None = None) -> RLPlan:
+def rl_plan(
+    cfg, layout, n_matmul: int, layers: int, hidden: int, seq_len: float | None = None
+) -> RLPlan:
     """seq_len: the sequence length to plan at, when `ladder data inspect` measured the prompts (their
     token-weighted length plus generator.max_new_tokens, still an upper bound on the answers); else
     data.max_seq_len, the bound the loader enforces."""
@@ -76,13 +78,23 @@ def rl_plan(cfg, layout, n_matmul: int, layers: int, hidden: int, seq_len: float
     passes = (1 if r.ppo_epochs > 1 else 0) + (1 if r.kl_beta > 0 else 0)
     extra = passes * forward_flops(n_matmul, layers, hidden, [seq] * answers) * rollout_batches
     gen_tokens = rollout_batches * answers * seq
-    return RLPlan(prompts_per_step=r.prompts_per_step, num_generations=r.num_generations, answers_per_step=answers,
-                  answers_per_micro_batch=layout.answers_per_micro_batch, grad_accum=layout.grad_accum,
-                  sequences_per_rank=r.prompts_per_step // layout.dp * r.num_generations,
-                  generator=g.name, kl_reference=r.kl_beta > 0, prompt_tokens=prompt, new_tokens=new,
-                  train_tokens=steps * answers * seq,
-                  gen_tokens=gen_tokens, train_flops=per_step_train * steps + extra,
-                  gen_flops=generate_flops(n_matmul, gen_tokens), assumed_decode_mfu=g.assumed_decode_mfu)
+    return RLPlan(
+        prompts_per_step=r.prompts_per_step,
+        num_generations=r.num_generations,
+        answers_per_step=answers,
+        answers_per_micro_batch=layout.answers_per_micro_batch,
+        grad_accum=layout.grad_accum,
+        sequences_per_rank=r.prompts_per_step // layout.dp * r.num_generations,
+        generator=g.name,
+        kl_reference=r.kl_beta > 0,
+        prompt_tokens=prompt,
+        new_tokens=new,
+        train_tokens=steps * answers * seq,
+        gen_tokens=gen_tokens,
+        train_flops=per_step_train * steps + extra,
+        gen_flops=generate_flops(n_matmul, gen_tokens),
+        assumed_decode_mfu=g.assumed_decode_mfu,
+    )
 
 
 def rl_memory(cfg, shape, gpus: int, engine: str | None = None) -> dict[str, float]:
@@ -90,11 +102,15 @@ def rl_memory(cfg, shape, gpus: int, engine: str | None = None) -> dict[str, flo
     `engine` (the rung's by default)."""
     r, g = cfg.recipe, cfg.generator
     engine = engine or cfg.rung.engine.value
-    reference = reference_bytes(engine, shape.params, gpus, bool(cfg.rung.bf16)) if r.kl_beta > 0 else 0.0
+    reference = (
+        reference_bytes(engine, shape.params, gpus, bool(cfg.rung.bf16)) if r.kl_beta > 0 else 0.0
+    )
     if g.name == "vllm":
         generation = g.gpu_memory_utilization * cfg.rung.gpu_memory_gb * 2**30
     else:
-        sequences = -(-r.prompts_per_step // gpus) * r.num_generations  # a fix may try a dp that P does not divide
+        sequences = (
+            -(-r.prompts_per_step // gpus) * r.num_generations
+        )  # a fix may try a dp that P does not divide
         per_token = 2 * shape.layers * shape.kv_hidden * (2 if cfg.rung.bf16 else 4)
         generation = float(sequences * cfg.data.max_seq_len * per_token)
     return {"reference": reference, "generation": generation}
@@ -102,20 +118,39 @@ def rl_memory(cfg, shape, gpus: int, engine: str | None = None) -> dict[str, flo
 
 def rl_seconds(p: RLPlan, gpus: int, peak: float | None, rate: float, kind: str) -> float:
     if kind == "mfu":
-        return p.train_flops / (gpus * peak * rate) + p.gen_flops / (gpus * peak * p.assumed_decode_mfu)
+        return p.train_flops / (gpus * peak * rate) + p.gen_flops / (
+            gpus * peak * p.assumed_decode_mfu
+        )
     return (p.train_tokens + p.gen_tokens) / (gpus * rate)
 
 
 def render_rows(table, p: RLPlan) -> None:
-    table.add_row("RL answers per step", f"{p.answers_per_step:,}",
-                  f"recipe.prompts_per_step {p.prompts_per_step} x num_generations {p.num_generations}, each planned "
-                  f"at {p.prompt_tokens:,} prompt + {p.new_tokens:,} sampled tokens; "
-                  "rung.global_batch_tokens is not used")
-    table.add_row("micro-batch answers", f"{p.answers_per_micro_batch:,}",
-                  f"rung.micro_batch_tokens // data.max_seq_len; grad_accum {p.grad_accum} per rank = "
-                  f"ceil({p.sequences_per_rank} answers / {p.answers_per_micro_batch})")
-    table.add_row("generation batch", f"{p.sequences_per_rank:,} sequences",
-                  f"per rank and rollout batch, one generator={p.generator} call")
-    table.add_row("generation FLOPs", f"{p.gen_flops:.3e}", f"2 x matmul params x {p.gen_tokens:.3e} prompt + sampled "
-                  f"tokens; timed at decode MFU {p.assumed_decode_mfu:.0%} (assumed: generator.assumed_decode_mfu)")
-    table.add_row("RL training FLOPs", f"{p.train_flops:.3e}", "6N per rollout token + attention + log-prob passes")
+    table.add_row(
+        "RL answers per step",
+        f"{p.answers_per_step:,}",
+        f"recipe.prompts_per_step {p.prompts_per_step} x num_generations {p.num_generations}, each planned "
+        f"at {p.prompt_tokens:,} prompt + {p.new_tokens:,} sampled tokens; "
+        "rung.global_batch_tokens is not used",
+    )
+    table.add_row(
+        "micro-batch answers",
+        f"{p.answers_per_micro_batch:,}",
+        f"rung.micro_batch_tokens // data.max_seq_len; grad_accum {p.grad_accum} per rank = "
+        f"ceil({p.sequences_per_rank} answers / {p.answers_per_micro_batch})",
+    )
+    table.add_row(
+        "generation batch",
+        f"{p.sequences_per_rank:,} sequences",
+        f"per rank and rollout batch, one generator={p.generator} call",
+    )
+    table.add_row(
+        "generation FLOPs",
+        f"{p.gen_flops:.3e}",
+        f"2 x matmul params x {p.gen_tokens:.3e} prompt + sampled "
+        f"tokens; timed at decode MFU {p.assumed_decode_mfu:.0%} (assumed: generator.assumed_decode_mfu)",
+    )
+    table.add_row(
+        "RL training FLOPs",
+        f"{p.train_flops:.3e}",
+        "6N per rollout token + attention + log-prob passes",
+    )

@@ -41,17 +41,25 @@ def job_settings(cfg) -> dict:
     """The settings a bench result must share with the job to stand for it."""
     # bench rows name the recipe group of the loss's family (sft, dpo: bench/gpu.py); RL losses their own
     spec = LOSSES.get(cfg.recipe.loss)
-    return {"recipe": spec.recipe if spec and spec.family != "rl" else cfg.recipe.loss,
-            "compile": bool(cfg.trainer.compile),
-            "ckpt": bool(cfg.rung.activation_checkpointing), "chunked": cfg.trainer.loss_chunk_tokens > 0,
-            "attn": cfg.model.attn_implementation}
+    return {
+        "recipe": spec.recipe if spec and spec.family != "rl" else cfg.recipe.loss,
+        "compile": bool(cfg.trainer.compile),
+        "ckpt": bool(cfg.rung.activation_checkpointing),
+        "chunked": cfg.trainer.loss_chunk_tokens > 0,
+        "attn": cfg.model.attn_implementation,
+    }
 
 
 def matches(row: dict, want: dict) -> bool:
     s = json.loads(row["settings"])
     attn_ok = s["attn"] in AUTO_ON_GPU if want["attn"] == "auto" else s["attn"] == want["attn"]
-    return (row["recipe"] == want["recipe"] and attn_ok and s["compile"] == want["compile"]
-            and s["ckpt"] == want["ckpt"] and s["chunked"] == want["chunked"])
+    return (
+        row["recipe"] == want["recipe"]
+        and attn_ok
+        and s["compile"] == want["compile"]
+        and s["ckpt"] == want["ckpt"]
+        and s["chunked"] == want["chunked"]
+    )
 
 
 def planning_rate(cfg, ledger) -> tuple[float, str, str]:
@@ -61,21 +69,35 @@ def planning_rate(cfg, ledger) -> tuple[float, str, str]:
     if ledger is not None:
         value, n = ledger.median_rate(r.name, kind)
         if value:
-            return value, kind, f"measured ({n} run{'s' if n != 1 else ''} of rung {r.name} in the ledger, median)"
+            return (
+                value,
+                kind,
+                f"measured ({n} run{'s' if n != 1 else ''} of rung {r.name} in the ledger, median)",
+            )
         shape = cfg_shape(cfg)
-        if kind == "mfu" and shape:  # a bench's MFU carries to the rung's GPUs; its tokens/s would not
+        if (
+            kind == "mfu" and shape
+        ):  # a bench's MFU carries to the rung's GPUs; its tokens/s would not
             want = job_settings(cfg)
-            rows = [row for row in ledger.query("SELECT * FROM bench_rates WHERE shape = ?", (shape,))
-                    if matches(row, want)]
+            rows = [
+                row
+                for row in ledger.query("SELECT * FROM bench_rates WHERE shape = ?", (shape,))
+                if matches(row, want)
+            ]
             if rows:
                 devices = sorted({row["device"] for row in rows})
-                return (statistics.median(row["mfu"] for row in rows), kind,
-                        f"measured ({len(rows)} run{'s' if len(rows) != 1 else ''} of bench/gpu.py at this shape "
-                        f"on {', '.join(devices)}, median)")
+                return (
+                    statistics.median(row["mfu"] for row in rows),
+                    kind,
+                    f"measured ({len(rows)} run{'s' if len(rows) != 1 else ''} of bench/gpu.py at this shape "
+                    f"on {', '.join(devices)}, median)",
+                )
     assumed = r.assumed_mfu if kind == "mfu" else r.assumed_tokens_per_s
     if not assumed:
-        raise ConfigError(f"rung {r.name} has no peak_flops_per_device and no assumed_tokens_per_s, and the "
-                          "ledger has no measured run of it: set rung.assumed_tokens_per_s to plan its time")
+        raise ConfigError(
+            f"rung {r.name} has no peak_flops_per_device and no assumed_tokens_per_s, and the "
+            "ledger has no measured run of it: set rung.assumed_tokens_per_s to plan its time"
+        )
     return assumed, kind, f"assumed (rung.assumed_{'mfu' if kind == 'mfu' else 'tokens_per_s'})"
 
 
@@ -85,20 +107,41 @@ def import_bench(ledger, path: Path) -> list[dict]:
         data = json.loads(path.read_text())
         cases, device = data["cases"], data["device"]
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise ConfigError(f"{path}: not a bench/gpu.py result file ({type(e).__name__}: {e})") from None
+        raise ConfigError(
+            f"{path}: not a bench/gpu.py result file ({type(e).__name__}: {e})"
+        ) from None
     rows = []
     for c in cases:
         res = c.get("result") or {}
         if c.get("harness") != "ladder" or res.get("mfu") is None or "hidden" not in res:
             continue  # TRL's baseline, a failed or skipped configuration, or a CPU run (no MFU)
-        rows.append({"shape": shape_key(res["hidden"], res["intermediate"], res["heads"], res["kv_heads"], res["vocab"]),
-                     "device": device, "recipe": c["recipe"], "mfu": float(res["mfu"]),
-                     "tokens_per_s": float(res["tokens_per_s"]), "measured_on": data.get("date"),
-                     "settings": json.dumps({"attn": c["attn"], "compile": c["compile"], "ckpt": c["ckpt"],
-                                             "chunked": c["chunk_tokens"] > 0, "layers": res.get("layers")}),
-                     "source": f"{path.name}: {c['name']}", "imported_at": time.time()})
+        rows.append(
+            {
+                "shape": shape_key(
+                    res["hidden"], res["intermediate"], res["heads"], res["kv_heads"], res["vocab"]
+                ),
+                "device": device,
+                "recipe": c["recipe"],
+                "mfu": float(res["mfu"]),
+                "tokens_per_s": float(res["tokens_per_s"]),
+                "measured_on": data.get("date"),
+                "settings": json.dumps(
+                    {
+                        "attn": c["attn"],
+                        "compile": c["compile"],
+                        "ckpt": c["ckpt"],
+                        "chunked": c["chunk_tokens"] > 0,
+                        "layers": res.get("layers"),
+                    }
+                ),
+                "source": f"{path.name}: {c['name']}",
+                "imported_at": time.time(),
+            }
+        )
     if not rows:
-        raise ConfigError(f"{path}: no Ladder configuration with a measured MFU (a --smoke run on a CPU has none)")
+        raise ConfigError(
+            f"{path}: no Ladder configuration with a measured MFU (a --smoke run on a CPU has none)"
+        )
     with ledger.transaction() as db:
         for row in rows:
             db.insert("bench_rates", row)

@@ -56,13 +56,22 @@ from training.common.errors import BudgetError, ConfigError, EvalError
 from training.common.store import safe_text  # run names read back from the ledger may hold anything
 
 SCALE_GROUPS = ("rung", "model")  # their overrides belong to the rung, not to the point
-REPLACED = ("trainer.run_name", "trainer.resume", "sweep", "optim.lr")  # set anew for the promoted job
-RESERVED = ("sweep", "trainer.run_name")  # with `rung=`: not given to promote, --to and --as set them
+REPLACED = (
+    "trainer.run_name",
+    "trainer.resume",
+    "sweep",
+    "optim.lr",
+)  # set anew for the promoted job
+RESERVED = (
+    "sweep",
+    "trainer.run_name",
+)  # with `rung=`: not given to promote, --to and --as set them
 
 
 @dataclass
 class Point:
     """One run of the sweep: its run directory, its latest job and, once scored, its score and rank."""
+
     run_dir: str
     job: dict
     checkpoint: dict | None = None
@@ -81,6 +90,7 @@ class Point:
 @dataclass
 class Transfer:
     """What a point becomes at the target rung."""
+
     overrides: list[str]
     point_lr: float
     child_lr: float
@@ -98,15 +108,19 @@ def _in(key: str, names: tuple[str, ...]) -> bool:
 
 # ---- the sweep's points ---------------------------------------------------------------------
 
+
 def sweep_points(ledger: Ledger, sweep: str) -> list[Point]:
     jobs = ledger.sweep_jobs(sweep)
     if not jobs:
         known = ledger.sweeps()
-        raise ConfigError(f"--sweep {sweep}: no jobs of that sweep in the ledger {ledger.path}; sweeps there: "
-                          + (", ".join(f"{s} ({n} jobs)" for s, n in known.items()) or "none"))
+        raise ConfigError(
+            f"--sweep {sweep}: no jobs of that sweep in the ledger {ledger.path}; sweeps there: "
+            + (", ".join(f"{s} ({n} jobs)" for s, n in known.items()) or "none")
+        )
     if any(j["state"] in ACTIVE for j in jobs):
         try:  # a job whose process has died is recorded from its heartbeat first (launch/commands/status_cmd.py)
             from launch.commands.status_cmd import refresh
+
             jobs = refresh(ledger, jobs)
         except (ImportError, OSError):
             pass
@@ -116,17 +130,25 @@ def sweep_points(ledger: Ledger, sweep: str) -> list[Point]:
     return [Point(run_dir, job) for run_dir, job in latest.items()]
 
 
-def rank_points(ledger: Ledger, sweep: str, top: int, metric: Metric, cfg: DictConfig,
-                allow_running: bool = False) -> tuple[list[Point], list[str]]:
+def rank_points(
+    ledger: Ledger,
+    sweep: str,
+    top: int,
+    metric: Metric,
+    cfg: DictConfig,
+    allow_running: bool = False,
+) -> tuple[list[Point], list[str]]:
     """The sweep's finished points ranked by score (1 = best), and notes for the user; raises
     ConfigError or EvalError when the sweep cannot be promoted as asked."""
     points = sweep_points(ledger, sweep)
     active = [p for p in points if p.state in ACTIVE]
     if active and not allow_running:
-        raise ConfigError(f"sweep {sweep!r} has {len(active)} job(s) still pending or running: "
-                          + ", ".join(f"job {p.job['id']} {p.run_name} ({p.state})" for p in active)
-                          + "; wait for them (`ladder status --sweep`), cancel them, or pass --allow-running "
-                          "to rank the finished points only")
+        raise ConfigError(
+            f"sweep {sweep!r} has {len(active)} job(s) still pending or running: "
+            + ", ".join(f"job {p.job['id']} {p.run_name} ({p.state})" for p in active)
+            + "; wait for them (`ladder status --sweep`), cancel them, or pass --allow-running "
+            "to rank the finished points only"
+        )
     finished = [p for p in points if p.state == "completed"]
     left_out = [p for p in points if p.state not in ACTIVE and p.state != "completed"]
     if top < 1:
@@ -134,15 +156,19 @@ def rank_points(ledger: Ledger, sweep: str, top: int, metric: Metric, cfg: DictC
     if top > len(finished):
         why = f"--top {top}, but sweep {sweep!r} has {len(finished)} finished point(s)"
         if left_out:
-            why += (f"; {len(left_out)} more ended {'/'.join(sorted({p.state for p in left_out}))}: "
-                    + ", ".join(p.run_name for p in left_out))
+            why += (
+                f"; {len(left_out)} more ended {'/'.join(sorted({p.state for p in left_out}))}: "
+                + ", ".join(p.run_name for p in left_out)
+            )
         if active:
             why += f"; {len(active)} still running"
         raise ConfigError(why + (f"; use --top {len(finished)} or less" if finished else ""))
     rungs = sorted({p.job["rung"] for p in finished})
     if len(rungs) > 1:
-        raise ConfigError(f"sweep {sweep!r} has finished runs at several rungs ({', '.join(rungs)}); "
-                          "a promotion goes from one rung to the next")
+        raise ConfigError(
+            f"sweep {sweep!r} has finished runs at several rungs ({', '.join(rungs)}); "
+            "a promotion goes from one rung to the next"
+        )
     cache: dict = {}
     for p in finished:
         p.checkpoint, p.score = run_score(p.run_dir, cfg, metric, cache)
@@ -151,29 +177,39 @@ def rank_points(ledger: Ledger, sweep: str, top: int, metric: Metric, cfg: DictC
         if len(unscored) == len(finished):
             which = f"none of the sweep's {len(finished)} finished run(s) has a score for it"
         else:
-            which = (f"{len(unscored)} of the sweep's {len(finished)} finished runs have no score for it: "
-                     + ", ".join(f"{p.run_name} ({p.checkpoint['path'] if p.checkpoint else 'no registered checkpoint'})"
-                                 for p in unscored))
+            which = (
+                f"{len(unscored)} of the sweep's {len(finished)} finished runs have no score for it: "
+                + ", ".join(
+                    f"{p.run_name} ({p.checkpoint['path'] if p.checkpoint else 'no registered checkpoint'})"
+                    for p in unscored
+                )
+            )
         raise EvalError(
             f"--metric {metric.name} with eval suite {cfg.eval.name!r}: {which}. For the last checkpoints of "
             f"these runs {available_metrics([p.run_dir for p in finished], cfg, metric, cache)}. Pick one of those, with the eval "
             "overrides the runs were scored with, or score the runs' last checkpoints first: "
-            f"`ladder eval CKPT eval={cfg.eval.name} ...`")
+            f"`ladder eval CKPT eval={cfg.eval.name} ...`"
+        )
     ranked = sorted(finished, key=lambda p: (-p.score, p.run_name))
     for i, p in enumerate(ranked, 1):
         p.rank = i
     notes = []
     if top < len(ranked) and ranked[top - 1].score == ranked[top].score:
-        notes.append(f"points ranked {top} and {top + 1} tie at {ranked[top].score:.4g}; the tie was broken "
-                     "by run name")
+        notes.append(
+            f"points ranked {top} and {top + 1} tie at {ranked[top].score:.4g}; the tie was broken "
+            "by run name"
+        )
     if left_out:
-        notes.append("left out (not completed): " + ", ".join(f"{p.run_name} ({p.state})" for p in left_out))
+        notes.append(
+            "left out (not completed): " + ", ".join(f"{p.run_name} ({p.state})" for p in left_out)
+        )
     if active:
         notes.append("still running, not ranked: " + ", ".join(p.run_name for p in active))
     return ranked, notes
 
 
 # ---- transfer ----------------------------------------------------------------------------------
+
 
 def job_overrides(job: dict) -> list[str]:
     """The overrides a job was launched with: the ledger's record, else the run's own files."""
@@ -190,28 +226,36 @@ def job_overrides(job: dict) -> list[str]:
             return list(argv[1:])
     except (OSError, KeyError, ValueError):
         pass
-    raise ConfigError(f"job {job['id']} ({job['run_name']}) was recorded without its overrides (an older "
-                      f"ledger) and {run_dir} does not name them either; relaunch the point with `ladder launch`")
+    raise ConfigError(
+        f"job {job['id']} ({job['run_name']}) was recorded without its overrides (an older "
+        f"ledger) and {run_dir} does not name them either; relaunch the point with `ladder launch`"
+    )
 
 
 def run_config(point: Point) -> DictConfig:
     """The point's resolved config: the run's config.yaml, else its registered checkpoint's."""
     path = Path(point.run_dir) / "config.yaml"
     if path.is_file():
-        return load_saved(path)  # a run folder is input: a live interpolation is refused, not resolved
+        return load_saved(
+            path
+        )  # a run folder is input: a live interpolation is refused, not resolved
     if point.checkpoint and point.checkpoint.get("config_json"):
         return OmegaConf.create(json.loads(point.checkpoint["config_json"]))
-    raise ConfigError(f"{point.run_name}: no resolved config at {path}; cannot transfer its learning rate")
+    raise ConfigError(
+        f"{point.run_name}: no resolved config at {path}; cannot transfer its learning rate"
+    )
 
 
 def point_lr(point: Point) -> float:
     from training.config.validate import effective_lr
+
     return effective_lr(run_config(point))
 
 
 def configured_rung_lr(rung: str, fallback: float, cache: dict) -> float:
     """rung.lr as configs/rung/<rung>.yaml sets it (the point may have overridden it)."""
     from training.config.compose import compose
+
     if rung not in cache:
         try:
             cache[rung] = compose([f"rung={rung}"]).rung.lr
@@ -220,9 +264,12 @@ def configured_rung_lr(rung: str, fallback: float, cache: dict) -> float:
     return cache[rung]
 
 
-def transfer(point: Point, to: str, to_sweep: str, run_name: str, extra: list[str], lr_cache: dict) -> Transfer:
+def transfer(
+    point: Point, to: str, to_sweep: str, run_name: str, extra: list[str], lr_cache: dict
+) -> Transfer:
     from training.config.compose import compose
     from training.config.validate import effective_lr
+
     given = job_overrides(point.job)
     extra_keys = {override_key(ov) for ov in extra}
     keep, not_carried = [], []
@@ -254,8 +301,18 @@ def transfer(point: Point, to: str, to_sweep: str, run_name: str, extra: list[st
 
 # ---- promote -------------------------------------------------------------------------------------
 
-def promote(sweep: str, to: str, top: int, metric: str, overrides: list[str], as_name: str | None = None,
-            dry_run: bool = False, allow_running: bool = False, override_reason: str | None = None) -> int:
+
+def promote(
+    sweep: str,
+    to: str,
+    top: int,
+    metric: str,
+    overrides: list[str],
+    as_name: str | None = None,
+    dry_run: bool = False,
+    allow_running: bool = False,
+    override_reason: str | None = None,
+) -> int:
     from launch.accounting.budget import check_and_record_many, team_standing
     from launch.commands.launch_cmd import get_launcher, ledger_fields, prepare
     from training.config.compose import compose, group_options
@@ -263,28 +320,42 @@ def promote(sweep: str, to: str, top: int, metric: str, overrides: list[str], as
     cfg = compose(overrides)
     rungs = group_options().get("rung", [])
     if to not in rungs:
-        raise ConfigError(f"--to {to}: no such rung; the rungs are {', '.join(rungs)} (configs/rung/)")
-    reserved = [ov for ov in overrides if override_key(ov) == "rung" or _in(override_key(ov), RESERVED)]
+        raise ConfigError(
+            f"--to {to}: no such rung; the rungs are {', '.join(rungs)} (configs/rung/)"
+        )
+    reserved = [
+        ov for ov in overrides if override_key(ov) == "rung" or _in(override_key(ov), RESERVED)
+    ]
     if reserved:
-        raise ConfigError(f"{' '.join(reserved)}: promote sets the rung (--to), the sweep name (--as) and the "
-                          "run names itself")
+        raise ConfigError(
+            f"{' '.join(reserved)}: promote sets the rung (--to), the sweep name (--as) and the "
+            "run names itself"
+        )
     ledger = Ledger.existing(cfg)
     if ledger is None:
-        raise ConfigError(f"no ledger at {cfg.ledger.url}: launch the sweep with `ladder launch` first, or point "
-                          "at its run root (trainer.run_root=...)")
+        raise ConfigError(
+            f"no ledger at {cfg.ledger.url}: launch the sweep with `ladder launch` first, or point "
+            "at its run root (trainer.run_root=...)"
+        )
     m = parse_metric(metric, cfg.eval)
     ranked, notes = rank_points(ledger, sweep, top, m, cfg, allow_running)
     from_rung = ranked[0].job["rung"]
     if from_rung == to:
-        raise ConfigError(f"--to {to}: sweep {sweep!r} already ran at rung {to}; promote to another rung")
+        raise ConfigError(
+            f"--to {to}: sweep {sweep!r} already ran at rung {to}; promote to another rung"
+        )
     to_sweep = as_name or f"{sweep}@{to}"
     if ledger.sweep_jobs(to_sweep):
-        raise ConfigError(f"sweep {to_sweep!r} already has jobs in the ledger (an earlier promotion?); "
-                          "name the new one with --as NAME")
+        raise ConfigError(
+            f"sweep {to_sweep!r} already has jobs in the ledger (an earlier promotion?); "
+            "name the new one with --as NAME"
+        )
     chosen = ranked[:top]
     lr_cache: dict = {}
     suffix = to if as_name is None else as_name  # each promotion its own run directories
-    transfers = [transfer(p, to, to_sweep, f"{p.run_name}-{suffix}", overrides, lr_cache) for p in chosen]
+    transfers = [
+        transfer(p, to, to_sweep, f"{p.run_name}-{suffix}", overrides, lr_cache) for p in chosen
+    ]
     jobs = []
     for p, t in zip(chosen, transfers):
         try:
@@ -296,13 +367,19 @@ def promote(sweep: str, to: str, top: int, metric: str, overrides: list[str], as
         if job.run_dir.exists():
             problems.append(f"{job.run_dir} already exists (its run would be resumed, not started)")
         if not ledger.same_as(job.cfg.ledger.url):
-            problems.append(f"{job.run_name} would be recorded in another ledger ({job.cfg.ledger.url}); "
-                            "give promote the sweep's trainer.run_root / ledger.url")
+            problems.append(
+                f"{job.run_name} would be recorded in another ledger ({job.cfg.ledger.url}); "
+                "give promote the sweep's trainer.run_root / ledger.url"
+            )
     if len({j.run_dir for j in jobs}) < len(jobs):
-        problems.append("two promoted jobs would share a run directory; their points' run names collide")
+        problems.append(
+            "two promoted jobs would share a run directory; their points' run names collide"
+        )
     if len({j.cfg.launcher.name for j in jobs}) > 1 or len({j.cfg.budget.team for j in jobs}) > 1:
-        problems.append("the promoted jobs would use different launchers or budgets; set launcher= and budget= "
-                        "for all of them")
+        problems.append(
+            "the promoted jobs would use different launchers or budgets; set launcher= and budget= "
+            "for all of them"
+        )
     if problems:
         raise ConfigError("cannot promote:\n  - " + "\n  - ".join(problems))
 
@@ -310,13 +387,24 @@ def promote(sweep: str, to: str, top: int, metric: str, overrides: list[str], as
     planned = sum(j.plan.gpu_hours for j in jobs)
     allocation, period, charged = team_standing(ledger, budget)
     left = allocation["gpu_hours"] - charged["committed"]
-    render_plan(sweep, to_sweep, from_rung, to, m, cfg.eval.name, ranked, chosen, transfers, jobs, notes)
+    render_plan(
+        sweep, to_sweep, from_rung, to, m, cfg.eval.name, ranked, chosen, transfers, jobs, notes
+    )
     fits = planned <= left
-    print(f"budget: {len(jobs)} job(s) plan {num(planned, 3)} GPU-hours together; team '{budget.team}' has "
-          f"{num(max(left, 0.0), 3)} of {num(allocation['gpu_hours'])} left in {period}: "
-          + ("fits" if fits else f"over by {num(planned - left, 3)}"
-             + (f", launched anyway: --override-budget {override_reason!r}" if override_reason else
-                ", so nothing would be launched (pass --override-budget REASON)")))
+    print(
+        f"budget: {len(jobs)} job(s) plan {num(planned, 3)} GPU-hours together; team '{budget.team}' has "
+        f"{num(max(left, 0.0), 3)} of {num(allocation['gpu_hours'])} left in {period}: "
+        + (
+            "fits"
+            if fits
+            else f"over by {num(planned - left, 3)}"
+            + (
+                f", launched anyway: --override-budget {override_reason!r}"
+                if override_reason
+                else ", so nothing would be launched (pass --override-budget REASON)"
+            )
+        )
+    )
     if dry_run:
         print("--dry-run: nothing launched or recorded")
         return 0 if fits or override_reason else 1
@@ -326,7 +414,9 @@ def promote(sweep: str, to: str, top: int, metric: str, overrides: list[str], as
     try:
         # new_sweep: checked again under a lock with the insert, so two promotions to one target
         # sweep at the same moment are serialised: the second finds the first's jobs and stops.
-        ids = check_and_record_many(ledger, budget, records, override_reason=override_reason, new_sweep=to_sweep)
+        ids = check_and_record_many(
+            ledger, budget, records, override_reason=override_reason, new_sweep=to_sweep
+        )
     except BudgetError as e:
         raise BudgetError(f"promoting the top {top} of {sweep!r} to {to}: {e}") from None
     eval_json = json.dumps(OmegaConf.to_container(cfg.eval, resolve=True, enum_to_str=True))
@@ -334,50 +424,109 @@ def promote(sweep: str, to: str, top: int, metric: str, overrides: list[str], as
         for p, t, job, job_id in zip(chosen, transfers, jobs, ids):
             job.job_id = job_id
             ledger.insert_promotion(
-                db, from_sweep=sweep, to_sweep=to_sweep, from_rung=from_rung, to_rung=to, metric=m.name,
-                suite=cfg.eval.name, eval_json=eval_json, points=len(ranked), parent_job_id=p.job["id"],
-                parent_run_name=p.run_name, parent_run_dir=p.run_dir, parent_checkpoint=p.checkpoint["path"],
-                parent_score=p.score, parent_rank=p.rank, parent_lr=t.point_lr, child_job_id=job_id,
-                child_run_name=job.run_name, child_run_dir=str(job.run_dir), child_lr=t.child_lr,
-                overrides=json.dumps(job.overrides))
-    print(f"ladder promote: sweep {to_sweep} recorded in {ledger.where} as job(s) {', '.join(map(str, ids))}, "
-          f"with their lineage; {num(planned, 3)} GPU-hours planned", flush=True)
+                db,
+                from_sweep=sweep,
+                to_sweep=to_sweep,
+                from_rung=from_rung,
+                to_rung=to,
+                metric=m.name,
+                suite=cfg.eval.name,
+                eval_json=eval_json,
+                points=len(ranked),
+                parent_job_id=p.job["id"],
+                parent_run_name=p.run_name,
+                parent_run_dir=p.run_dir,
+                parent_checkpoint=p.checkpoint["path"],
+                parent_score=p.score,
+                parent_rank=p.rank,
+                parent_lr=t.point_lr,
+                child_job_id=job_id,
+                child_run_name=job.run_name,
+                child_run_dir=str(job.run_dir),
+                child_lr=t.child_lr,
+                overrides=json.dumps(job.overrides),
+            )
+    print(
+        f"ladder promote: sweep {to_sweep} recorded in {ledger.where} as job(s) {', '.join(map(str, ids))}, "
+        f"with their lineage; {num(planned, 3)} GPU-hours planned",
+        flush=True,
+    )
     try:
         code = launcher.start(jobs, ledger)
     except KeyboardInterrupt:
         code = 130
-    where = [ov for ov in overrides if _in(override_key(ov), ("trainer.run_root", "ledger", "registry"))]
-    print(f"ladder promote: once the promoted runs are evaluated: ladder promotion-report --sweep {sweep}"
-          + "".join(f" {ov}" for ov in where), flush=True)
+    where = [
+        ov for ov in overrides if _in(override_key(ov), ("trainer.run_root", "ledger", "registry"))
+    ]
+    print(
+        f"ladder promote: once the promoted runs are evaluated: ladder promotion-report --sweep {sweep}"
+        + "".join(f" {ov}" for ov in where),
+        flush=True,
+    )
     return code
 
 
-def render_plan(sweep, to_sweep, from_rung, to, metric: Metric, suite, ranked, chosen, transfers, jobs, notes) -> None:
+def render_plan(
+    sweep, to_sweep, from_rung, to, metric: Metric, suite, ranked, chosen, transfers, jobs, notes
+) -> None:
     from rich.table import Table
+
     console = make_console()
-    console.print(f"promote the top {len(chosen)} of {len(ranked)}: sweep {sweep} ({from_rung}) -> sweep {to_sweep} "
-                  f"({to}), ranked by {metric.name} (suite {suite})", highlight=False)
+    console.print(
+        f"promote the top {len(chosen)} of {len(ranked)}: sweep {sweep} ({from_rung}) -> sweep {to_sweep} "
+        f"({to}), ranked by {metric.name} (suite {suite})",
+        highlight=False,
+    )
     t = Table()
-    for col, right in (("rank", True), ("point", False), (metric.name, True), ("lr", True),
-                       ("promoted run", False), (f"lr at {to}", True), ("GPU-hours", True)):
+    for col, right in (
+        ("rank", True),
+        ("point", False),
+        (metric.name, True),
+        ("lr", True),
+        ("promoted run", False),
+        (f"lr at {to}", True),
+        ("GPU-hours", True),
+    ):
         t.add_column(col, justify="right" if right else "left", overflow="fold")
     by_point = {p.run_dir: (tr, j) for p, tr, j in zip(chosen, transfers, jobs)}
     for p in ranked:
         tr, job = by_point.get(p.run_dir, (None, None))
-        t.add_row(str(p.rank), safe_text(p.run_name), f"{p.score:.4g}", f"{point_lr(p):.3g}",
-                  safe_text(job.run_name) if job else "-",
-                  f"{tr.child_lr:.3g}" if tr else "-", num(job.plan.gpu_hours, 3) if job else "-",
-                  style=None if job else "dim")
+        t.add_row(
+            str(p.rank),
+            safe_text(p.run_name),
+            f"{p.score:.4g}",
+            f"{point_lr(p):.3g}",
+            safe_text(job.run_name) if job else "-",
+            f"{tr.child_lr:.3g}" if tr else "-",
+            num(job.plan.gpu_hours, 3) if job else "-",
+            style=None if job else "dim",
+        )
     console.print(t)
     for p, tr, job in zip(chosen, transfers, jobs):
-        console.print(f"{job.run_name} (from job {p.job['id']}, lr: {tr.rule}):\n  ladder launch "
-                      + " ".join(shlex.quote(ov) for ov in tr.overrides), soft_wrap=True, highlight=False)
+        console.print(
+            f"{job.run_name} (from job {p.job['id']}, lr: {tr.rule}):\n  ladder launch "
+            + " ".join(shlex.quote(ov) for ov in tr.overrides),
+            soft_wrap=True,
+            highlight=False,
+        )
         if tr.not_carried:
-            console.print(f"  not carried (they belong to the rung): {' '.join(tr.not_carried)}", highlight=False)
+            console.print(
+                f"  not carried (they belong to the rung): {' '.join(tr.not_carried)}",
+                highlight=False,
+            )
     for note in notes:
         console.print(f"note: {note}", highlight=False)
 
 
 def cmd_promote(args) -> int:
-    return promote(args.sweep, args.to, args.top, args.metric, args.overrides, as_name=args.as_name,
-                   dry_run=args.dry_run, allow_running=args.allow_running, override_reason=args.override_budget)
+    return promote(
+        args.sweep,
+        args.to,
+        args.top,
+        args.metric,
+        args.overrides,
+        as_name=args.as_name,
+        dry_run=args.dry_run,
+        allow_running=args.allow_running,
+        override_reason=args.override_budget,
+    )

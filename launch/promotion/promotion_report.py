@@ -88,11 +88,17 @@ def spearman_p(x: list[float], y: list[float]) -> float | None:
 
 def verdict(rho: float | None, n: int, p: float | None, lower: str, higher: str) -> str:
     if n < 2 or rho is None:
-        why = "fewer than 2 configurations are scored at both rungs" if n < 2 else "every score at one rung is tied"
+        why = (
+            "fewer than 2 configurations are scored at both rungs"
+            if n < 2
+            else "every score at one rung is tied"
+        )
         return f"not computable: {why}."
     if n < 3:
-        return (f"not meaningful: with n = {n} rho can only be +1 or -1, whatever the models do. Promote at "
-                f"least 3 configurations (5 or more to trust the answer).")
+        return (
+            f"not meaningful: with n = {n} rho can only be +1 or -1, whatever the models do. Promote at "
+            f"least 3 configurations (5 or more to trust the answer)."
+        )
     if rho >= 0.8:
         text = f"strong agreement: the {lower} ranking predicted the {higher} ranking; {lower} looks like a trustworthy proxy for this kind of sweep"
     elif rho >= 0.5:
@@ -110,10 +116,14 @@ def promotion_groups(ledger: Ledger, sweep: str | None) -> list[list[dict]]:
     rows = ledger.promotions(sweep)
     if not rows:
         if sweep is None:
-            raise ConfigError(f"no promotions in the ledger {ledger.path}; run `ladder promote` first")
+            raise ConfigError(
+                f"no promotions in the ledger {ledger.path}; run `ladder promote` first"
+            )
         promoted = sorted({safe_text(r["from_sweep"], markup=False) for r in ledger.promotions()})
-        raise ConfigError(f"no promotion from or to sweep {sweep!r} in the ledger {ledger.path}; promoted "
-                          f"sweeps there: {', '.join(promoted) or 'none'}")
+        raise ConfigError(
+            f"no promotion from or to sweep {sweep!r} in the ledger {ledger.path}; promoted "
+            f"sweeps there: {', '.join(promoted) or 'none'}"
+        )
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in rows:
         groups.setdefault((r["from_sweep"], r["to_sweep"]), []).append(r)
@@ -130,10 +140,14 @@ def report(ledger: Ledger, cfg, sweep: str | None) -> list[dict]:
     for rows in promotion_groups(ledger, sweep):
         first = rows[0]
         # plain values (JSON): escaped, so a literal `${` in one is not read as an interpolation
-        eval_cfg = OmegaConf.merge(OmegaConf.structured(EvalConfig), literal(json.loads(first["eval_json"])))
+        eval_cfg = OmegaConf.merge(
+            OmegaConf.structured(EvalConfig), literal(json.loads(first["eval_json"]))
+        )
         try:
             metric = parse_metric(first["metric"], eval_cfg)
-        except ConfigError as e:  # the suite's files moved: say so instead of failing the whole report
+        except (
+            ConfigError
+        ) as e:  # the suite's files moved: say so instead of failing the whole report
             metric = Metric(first["metric"], {}, None)
             error = str(e)
         else:
@@ -143,6 +157,7 @@ def report(ledger: Ledger, cfg, sweep: str | None) -> list[dict]:
         if any(j["state"] in ACTIVE for j in jobs.values()):
             try:
                 from launch.commands.status_cmd import refresh
+
                 jobs = {j["id"]: j for j in refresh(ledger, list(jobs.values()))}
             except (ImportError, OSError):
                 pass
@@ -153,29 +168,53 @@ def report(ledger: Ledger, cfg, sweep: str | None) -> list[dict]:
             ckpt, score = (None, None)
             if metric.keys and job["state"] == "completed":
                 ckpt, score = run_score(r["child_run_dir"], cfg, metric, cache)
-            entries.append({
-                "configuration": r["parent_run_name"], "parent_job_id": r["parent_job_id"],
-                "lower_score": r["parent_score"], "lower_rank": r["parent_rank"], "lower_points": r["points"],
-                "lower_lr": r["parent_lr"], "lower_checkpoint": r["parent_checkpoint"],
-                "run": r["child_run_name"], "job_id": r["child_job_id"], "state": job["state"],
-                "higher_score": score, "higher_rank": None, "higher_lr": r["child_lr"],
-                "higher_checkpoint": ckpt["path"] if ckpt else None,
-                "status": job["state"] if job["state"] != "completed" else ("scored" if score is not None else
-                                                                             "not evaluated"),
-            })
+            entries.append(
+                {
+                    "configuration": r["parent_run_name"],
+                    "parent_job_id": r["parent_job_id"],
+                    "lower_score": r["parent_score"],
+                    "lower_rank": r["parent_rank"],
+                    "lower_points": r["points"],
+                    "lower_lr": r["parent_lr"],
+                    "lower_checkpoint": r["parent_checkpoint"],
+                    "run": r["child_run_name"],
+                    "job_id": r["child_job_id"],
+                    "state": job["state"],
+                    "higher_score": score,
+                    "higher_rank": None,
+                    "higher_lr": r["child_lr"],
+                    "higher_checkpoint": ckpt["path"] if ckpt else None,
+                    "status": job["state"]
+                    if job["state"] != "completed"
+                    else ("scored" if score is not None else "not evaluated"),
+                }
+            )
         both = [e for e in entries if e["higher_score"] is not None]
         for e, rank in zip(both, average_ranks([e["higher_score"] for e in both])):
             e["higher_rank"] = rank
         lower, higher = [e["lower_score"] for e in both], [e["higher_score"] for e in both]
         rho, p = spearman(lower, higher), spearman_p(lower, higher)
         n = len(both)
-        out.append({
-            "from_sweep": first["from_sweep"], "to_sweep": first["to_sweep"], "from_rung": first["from_rung"],
-            "to_rung": first["to_rung"], "metric": first["metric"], "suite": first["suite"],
-            "promoted": len(rows), "rows": entries, "eval_error": error,
-            "spearman": {"rho": rho, "n": n, "p_value": p, "meaningful": n >= 3 and rho is not None,
-                         "verdict": verdict(rho, n, p, first["from_rung"], first["to_rung"])},
-        })
+        out.append(
+            {
+                "from_sweep": first["from_sweep"],
+                "to_sweep": first["to_sweep"],
+                "from_rung": first["from_rung"],
+                "to_rung": first["to_rung"],
+                "metric": first["metric"],
+                "suite": first["suite"],
+                "promoted": len(rows),
+                "rows": entries,
+                "eval_error": error,
+                "spearman": {
+                    "rho": rho,
+                    "n": n,
+                    "p_value": p,
+                    "meaningful": n >= 3 and rho is not None,
+                    "verdict": verdict(rho, n, p, first["from_rung"], first["to_rung"]),
+                },
+            }
+        )
     return out
 
 
@@ -185,54 +224,83 @@ def _fmt(x: float | None, digits: str = ".4g") -> str:
 
 def render(promotions: list[dict], ledger_path: Path | str, console=None) -> None:
     from rich.table import Table
+
     console = console or make_console()
     show = safe_text  # every string below comes from the ledger's rows, which other tools may have written
     for pr in promotions:
         lo, hi = show(pr["from_rung"]), show(pr["to_rung"])
-        console.print(f"promotion {show(pr['from_sweep'])} ({lo}) -> {show(pr['to_sweep'])} ({hi}): "
-                      f"{pr['promoted']} configuration(s), scored by {show(pr['metric'])} (suite {show(pr['suite'])})",
-                      highlight=False)
+        console.print(
+            f"promotion {show(pr['from_sweep'])} ({lo}) -> {show(pr['to_sweep'])} ({hi}): "
+            f"{pr['promoted']} configuration(s), scored by {show(pr['metric'])} (suite {show(pr['suite'])})",
+            highlight=False,
+        )
         t = Table()
-        for col, right in (("configuration", False), (f"score @ {lo}", True), (f"rank @ {lo}", True),
-                           ("promoted run", False), (f"score @ {hi}", True), (f"rank @ {hi}", True),
-                           ("lr", True), ("job", False)):
+        for col, right in (
+            ("configuration", False),
+            (f"score @ {lo}", True),
+            (f"rank @ {lo}", True),
+            ("promoted run", False),
+            (f"score @ {hi}", True),
+            (f"rank @ {hi}", True),
+            ("lr", True),
+            ("job", False),
+        ):
             t.add_column(col, justify="right" if right else "left", overflow="fold")
         scored = sum(1 for e in pr["rows"] if e["higher_rank"] is not None)
         for e in pr["rows"]:
-            t.add_row(show(e["configuration"]), _fmt(e["lower_score"]),
-                      f"{e['lower_rank']} of {e['lower_points']}",
-                      show(e["run"]), _fmt(e["higher_score"]),
-                      "-" if e["higher_rank"] is None else f"{e['higher_rank']:g} of {scored}",
-                      f"{_fmt(e['lower_lr'], '.3g')} -> {_fmt(e['higher_lr'], '.3g')}",
-                      f"{e['job_id']}: {show(e['status'])}")
+            t.add_row(
+                show(e["configuration"]),
+                _fmt(e["lower_score"]),
+                f"{e['lower_rank']} of {e['lower_points']}",
+                show(e["run"]),
+                _fmt(e["higher_score"]),
+                "-" if e["higher_rank"] is None else f"{e['higher_rank']:g} of {scored}",
+                f"{_fmt(e['lower_lr'], '.3g')} -> {_fmt(e['higher_lr'], '.3g')}",
+                f"{e['job_id']}: {show(e['status'])}",
+            )
         console.print(t)
         s = pr["spearman"]
         if s["rho"] is None:
             console.print(f"Spearman's rho: undefined over n = {s['n']}", highlight=False)
         else:
-            console.print(f"Spearman's rho = {s['rho']:+.2f} over n = {s['n']} configuration(s) scored at both "
-                          f"rungs (one-sided permutation p = {s['p_value']:.2f})", highlight=False)
+            console.print(
+                f"Spearman's rho = {s['rho']:+.2f} over n = {s['n']} configuration(s) scored at both "
+                f"rungs (one-sided permutation p = {s['p_value']:.2f})",
+                highlight=False,
+            )
         console.print(f"verdict: {show(s['verdict'])}", highlight=False)  # it names the rungs
         missing = [e for e in pr["rows"] if e["higher_score"] is None]
         if missing:
             left = ", ".join(f"{show(e['run'])} ({show(e['status'])})" for e in missing)
-            console.print(f"left out: {left}; score finished runs with `ladder eval CKPT eval={show(pr['suite'])} "
-                          "...` (the settings of the lower rung's scores)", highlight=False)
+            console.print(
+                f"left out: {left}; score finished runs with `ladder eval CKPT eval={show(pr['suite'])} "
+                "...` (the settings of the lower rung's scores)",
+                highlight=False,
+            )
         if pr["eval_error"]:
-            console.print(f"the promotion's eval settings no longer load: {show(pr['eval_error'])}",
-                          highlight=False)
+            console.print(
+                f"the promotion's eval settings no longer load: {show(pr['eval_error'])}",
+                highlight=False,
+            )
     lower = show(promotions[0]["from_rung"]) if promotions else "the lower rung"
-    console.print(f"ledger: {show(ledger_path)}. Ranks at {lower} "
-                  "are over the whole sweep; rho compares the order of the promoted configurations only "
-                  "(ties get average ranks); n < 3 is not meaningful.", style="dim", highlight=False)
+    console.print(
+        f"ledger: {show(ledger_path)}. Ranks at {lower} "
+        "are over the whole sweep; rho compares the order of the promoted configurations only "
+        "(ties get average ranks); n < 3 is not meaningful.",
+        style="dim",
+        highlight=False,
+    )
 
 
 def cmd_promotion_report(args) -> int:
     from training.config.compose import compose
+
     cfg = compose(args.overrides)
     ledger = Ledger.existing(cfg)
     if ledger is None:
-        raise ConfigError(f"no ledger at {cfg.ledger.url}; point at the run root (trainer.run_root=...)")
+        raise ConfigError(
+            f"no ledger at {cfg.ledger.url}; point at the run root (trainer.run_root=...)"
+        )
     promotions = report(ledger, cfg, args.sweep)
     if args.json:
         print(json.dumps({"ledger": str(ledger.path), "promotions": promotions}, indent=1))

@@ -28,7 +28,9 @@ ROLE = "ladder"
 
 def postgres_bin() -> Path | None:
     """Debian's server binaries (the newest installed version), or None."""
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"), key=lambda p: int(Path(p).parent.parent.name))
+    found = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"), key=lambda p: int(Path(p).parent.parent.name)
+    )
     return Path(found[-1]).parent if found else None
 
 
@@ -56,8 +58,10 @@ class PostgresServer:
     def start(cls, password: str | None = None) -> "PostgresServer":
         bindir = postgres_bin()
         if bindir is None:
-            raise RuntimeError("no PostgreSQL server installed (/usr/lib/postgresql/*/bin); "
-                               "tests/system_packages.sh installs Debian's postgresql as root")
+            raise RuntimeError(
+                "no PostgreSQL server installed (/usr/lib/postgresql/*/bin); "
+                "tests/system_packages.sh installs Debian's postgresql as root"
+            )
         user = "postgres" if os.getuid() == 0 else None
         base = Path(tempfile.mkdtemp(prefix="ladder-pg-"))
         password = password or os.urandom(12).hex()
@@ -66,19 +70,55 @@ class PostgresServer:
             ent = pwd.getpwnam(user)
             for p in (base, base / "pwfile"):
                 os.chown(p, ent.pw_uid, ent.pw_gid)
-        run = dict(user=user, capture_output=True, text=True, timeout=120, cwd=base,
-                   env={**os.environ, "LC_ALL": "C.UTF-8"})
-        init = subprocess.run([str(bindir / "initdb"), "-D", str(base / "data"), "-U", ROLE, "--pwfile",
-                               str(base / "pwfile"), "--auth-local=scram-sha-256", "--auth-host=scram-sha-256",
-                               "-E", "UTF8", "--no-sync"], **run)
+        run = dict(
+            user=user,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=base,
+            env={**os.environ, "LC_ALL": "C.UTF-8"},
+        )
+        init = subprocess.run(
+            [
+                str(bindir / "initdb"),
+                "-D",
+                str(base / "data"),
+                "-U",
+                ROLE,
+                "--pwfile",
+                str(base / "pwfile"),
+                "--auth-local=scram-sha-256",
+                "--auth-host=scram-sha-256",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ],
+            **run,
+        )
         (base / "pwfile").unlink()
         if init.returncode != 0:
             raise RuntimeError(f"initdb failed:\n{init.stderr[-2000:]}")
         server = cls(base, free_port(), password, user)
-        opts = (f"-p {server.port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off "
-                "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
-        up = subprocess.run([str(bindir / "pg_ctl"), "-D", str(base / "data"), "-l", str(base / "server.log"),
-                             "-o", opts, "-w", "-t", "60", "start"], **run)
+        opts = (
+            f"-p {server.port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off "
+            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
+        )
+        up = subprocess.run(
+            [
+                str(bindir / "pg_ctl"),
+                "-D",
+                str(base / "data"),
+                "-l",
+                str(base / "server.log"),
+                "-o",
+                opts,
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ],
+            **run,
+        )
         if up.returncode != 0:
             log = (base / "server.log").read_text() if (base / "server.log").exists() else ""
             server.stop()
@@ -95,8 +135,10 @@ class PostgresServer:
 
     def create_database(self, name: str) -> str:
         import psycopg
-        with psycopg.connect(self.url(), autocommit=True,
-                             password=self.password) as conn:  # the test harness's own login
+
+        with psycopg.connect(
+            self.url(), autocommit=True, password=self.password
+        ) as conn:  # the test harness's own login
             conn.execute(f'CREATE DATABASE "{name}"')
         return self.url(name)
 

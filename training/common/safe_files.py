@@ -51,7 +51,9 @@ def atomic_file(path: str | Path, text: bool = False, fsync: bool = False, mode:
         raise
 
 
-def write_atomic(path: str | Path, data: str | bytes, fsync: bool = False, mode: int = 0o666) -> None:
+def write_atomic(
+    path: str | Path, data: str | bytes, fsync: bool = False, mode: int = 0o666
+) -> None:
     with atomic_file(path, text=isinstance(data, str), fsync=fsync, mode=mode) as f:
         f.write(data)
 
@@ -66,8 +68,11 @@ def open_append(path: str | Path):
     except OSError as e:
         if e.errno != errno.ELOOP:
             raise
-        log.warning("%s is a symlink (to %s); Ladder does not follow links in a run folder: replacing it",
-                    path, os.readlink(path))
+        log.warning(
+            "%s is a symlink (to %s); Ladder does not follow links in a run folder: replacing it",
+            path,
+            os.readlink(path),
+        )
         os.unlink(path)
         fd = os.open(path, flags | os.O_EXCL, 0o666)
     return os.fdopen(fd, "a", encoding="utf-8")

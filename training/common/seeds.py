@@ -16,4 +16,7 @@ import hashlib
 
 def seed_of(*parts) -> int:
     """A 63-bit seed (fits torch.Generator.manual_seed) from the parts' text, joined by '/'."""
-    return int.from_bytes(hashlib.sha256("/".join(map(str, parts)).encode()).digest()[:8], "little") >> 1
+    return (
+        int.from_bytes(hashlib.sha256("/".join(map(str, parts)).encode()).digest()[:8], "little")
+        >> 1
+    )

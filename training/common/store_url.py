@@ -32,8 +32,10 @@ SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
 # password= (or sslpassword=, the key file's) at the start, after a space (a key=value string) or
 # as a query parameter; matched on the percent-decoded text, so ?pass%77ord= is found too
 _PASSWORD_KEY = re.compile(r"(?:^|[\s?&;])(?:ssl)?password\s*=", re.I)
-FORMS = ("a SQLite path (sqlite:///path/to/ladder.db, or a path ending in .db, .sqlite or .sqlite3) or a "
-         "PostgreSQL URL (postgresql://user@host:5432/dbname)")
+FORMS = (
+    "a SQLite path (sqlite:///path/to/ladder.db, or a path ending in .db, .sqlite or .sqlite3) or a "
+    "PostgreSQL URL (postgresql://user@host:5432/dbname)"
+)
 
 
 # Control (ESC, BEL, CR), format (bidi overrides, zero-width), surrogate (undecodable bytes) and
@@ -81,8 +83,18 @@ def mask_url(url: str) -> str:
         user = userinfo.split(":", 1)[0]
         netloc = f"{user}:***@{host}" if ":" in userinfo else netloc
     # the key compared percent-decoded: ?pass%77ord=S is libpq's password too
-    query = "&".join(("password=***" if _PASSWORD_KEY.match("&" + unquote_plus(q.split("=", 1)[0]) + "=") else q)
-                     for q in parts.query.split("&")) if parts.query else ""
+    query = (
+        "&".join(
+            (
+                "password=***"
+                if _PASSWORD_KEY.match("&" + unquote_plus(q.split("=", 1)[0]) + "=")
+                else q
+            )
+            for q in parts.query.split("&")
+        )
+        if parts.query
+        else ""
+    )
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
@@ -94,10 +106,14 @@ def url_problems(key: str, value) -> list[str]:
         return []
     text = str(value)
     if has_password(text):
-        return [f"{key} carries a password; use a pgpass file or PGPASSFILE (or the PGPASSWORD variable) "
-                "instead: the URL is copied into run configs, logs, W&B and the ledger (its value is not shown)"]
+        return [
+            f"{key} carries a password; use a pgpass file or PGPASSFILE (or the PGPASSWORD variable) "
+            "instead: the URL is copied into run configs, logs, W&B and the ledger (its value is not shown)"
+        ]
     if invisible_chars(text):  # surrogates (undecodable argv bytes) included
-        return [f"{key} holds control characters or bytes that are not UTF-8 (its value is not shown); use {FORMS}"]
+        return [
+            f"{key} holds control characters or bytes that are not UTF-8 (its value is not shown); use {FORMS}"
+        ]
     scheme = text.partition("://")[0].lower() if "://" in text else None
     if scheme in POSTGRES_SCHEMES:
         try:
@@ -108,23 +124,31 @@ def url_problems(key: str, value) -> list[str]:
         if not parts.hostname and "host=" not in parts.query:
             return [f"{key}={text!r}: name the server, e.g. postgresql://user@db-host:5432/ladder"]
         if not parts.path.strip("/"):
-            return [f"{key}={text!r}: name the database, e.g. postgresql://user@{parts.hostname}/ladder"]
+            return [
+                f"{key}={text!r}: name the database, e.g. postgresql://user@{parts.hostname}/ladder"
+            ]
         return []
     if scheme == "sqlite":
         path = text.partition("://")[2]
         if not path.startswith("/"):
-            return [f"{key}: write a SQLite URL as sqlite:///relative/path.db or sqlite:////absolute/path.db"]
+            return [
+                f"{key}: write a SQLite URL as sqlite:///relative/path.db or sqlite:////absolute/path.db"
+            ]
         path = path[1:]
     elif scheme is not None:
-        return [f"{key} is a URL of a kind Ladder cannot store in (its value is not shown); use {FORMS}"]
+        return [
+            f"{key} is a URL of a kind Ladder cannot store in (its value is not shown); use {FORMS}"
+        ]
     else:
         path = text
     # "=" is what a libpq key=value string holds and no ledger path needs; the suffix tells a file from
     # a word that was meant as something else
     if "=" in path or not path.lower().endswith(SQLITE_SUFFIXES):
-        return [f"{key} is neither a PostgreSQL URL nor the path of a SQLite file (its value is not shown); use "
-                f"{FORMS}. A libpq \"host=... dbname=...\" string is not accepted: write it as a URL, with the "
-                "password in a pgpass file"]
+        return [
+            f"{key} is neither a PostgreSQL URL nor the path of a SQLite file (its value is not shown); use "
+            f'{FORMS}. A libpq "host=... dbname=..." string is not accepted: write it as a URL, with the '
+            "password in a pgpass file"
+        ]
     return []
 
 

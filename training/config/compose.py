@@ -25,8 +25,13 @@ from training.common.errors import ConfigError
 from training.config.names import check_names
 from training.config.schema import LadderConfig
 from training.common.store_url import config_url_problems
-from training.config.secret_guard import (argv_problems, interpolated_keys, secret_values, source_problems,
-                                   value_problems)
+from training.config.secret_guard import (
+    argv_problems,
+    interpolated_keys,
+    secret_values,
+    source_problems,
+    value_problems,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIG_DIR = REPO_ROOT / "configs"
@@ -49,7 +54,9 @@ def compose(overrides: list[str] | None = None, config_name: str = "config") -> 
     # one is refused even where the config ends up without it.
     in_argv = argv_problems(overrides, what="override")
     problems = hydra_overrides(overrides)
-    if problems:  # before Hydra reads anything: hydra.searchpath=... would read config files from elsewhere
+    if (
+        problems
+    ):  # before Hydra reads anything: hydra.searchpath=... would read config files from elsewhere
         raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems + in_argv))
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
@@ -60,7 +67,9 @@ def compose(overrides: list[str] | None = None, config_name: str = "config") -> 
         # Resolved once, here: the checks below see the values every command after uses.
         values = OmegaConf.to_container(cfg, resolve=True)
         problems = value_problems(values) + in_argv
-        problems += config_url_problems(values, problems)  # ledger.url, registry.url: a store's two forms only
+        problems += config_url_problems(
+            values, problems
+        )  # ledger.url, registry.url: a store's two forms only
         # `+key=value` overrides bypass the schema; merging into a fresh schema catches them. The
         # values go in escaped, so a `${` that is text (from `\\${`, or a variable's value) stays text
         # in every later merge, dump and load instead of becoming an interpolation again.
@@ -84,10 +93,14 @@ def hydra_overrides(overrides: list[str]) -> list[str]:
     problems = []
     for ov in overrides:
         key = ov.strip().lstrip("+~").partition("=")[0].strip()
-        if any(part == "hydra" or part.startswith(("hydra.", "hydra/")) for part in key.split("@")):  # group@package
+        if any(
+            part == "hydra" or part.startswith(("hydra.", "hydra/")) for part in key.split("@")
+        ):  # group@package
             shown = "a hydra override" if any(s in key for s in secrets) else key
-            problems.append(f"{shown}: Hydra's own settings are not part of ladder's config (they set nothing here, "
-                            "and would be recorded with the run); remove it")
+            problems.append(
+                f"{shown}: Hydra's own settings are not part of ladder's config (they set nothing here, "
+                "and would be recorded with the run); remove it"
+            )
     return problems
 
 
@@ -113,8 +126,10 @@ def load_saved(path: Path) -> DictConfig:
     cfg = OmegaConf.load(path)
     live = interpolated_keys(OmegaConf.to_container(cfg, resolve=False))
     if live:
-        raise ConfigError(f"{path} holds interpolations ({', '.join(live)}): a saved config holds values only, "
-                          "so it is not read")
+        raise ConfigError(
+            f"{path} holds interpolations ({', '.join(live)}): a saved config holds values only, "
+            "so it is not read"
+        )
     return cfg
 
 
@@ -122,5 +137,6 @@ def group_options() -> dict[str, list[str]]:
     """The config groups and their options, as found on disk (for --help)."""
     return {
         d.name: sorted(p.stem for p in d.glob("*.yaml"))
-        for d in sorted(CONFIG_DIR.iterdir()) if d.is_dir()
+        for d in sorted(CONFIG_DIR.iterdir())
+        if d.is_dir()
     }

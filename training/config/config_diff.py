@@ -36,25 +36,53 @@ from training.config.validate import effective_lr
 # recipe, seed, the global and micro batch, precision) and needs trainer.allow_config_change.
 HARMLESS = (
     # where results are logged, evaluated, recorded and kept: never an input to an update
-    "eval", "tracker", "launcher", "budget", "sweep", "ledger", "registry",
+    "eval",
+    "tracker",
+    "launcher",
+    "budget",
+    "sweep",
+    "ledger",
+    "registry",
     "data.decontamination",  # a check before launch, never an input to an update
-    "trainer.run_root", "trainer.log_every", "trainer.resume", "trainer.step_timeout_s", "trainer.save_every",
-    "trainer.keep_last", "trainer.save_initial", "trainer.eval_on_save", "trainer.eval_async",
+    "trainer.run_root",
+    "trainer.log_every",
+    "trainer.resume",
+    "trainer.step_timeout_s",
+    "trainer.save_every",
+    "trainer.keep_last",
+    "trainer.save_initial",
+    "trainer.eval_on_save",
+    "trainer.eval_async",
     "trainer.eval_handoff",
-    "trainer.checkpoint_url", "trainer.allow_config_change", "trainer.trust_checkpoint",
+    "trainer.checkpoint_url",
+    "trainer.allow_config_change",
+    "trainer.trust_checkpoint",
     "trainer.stop_on_nonfinite",  # only decides whether a NaN loss stops the run
     # a label: trainer.resume=<another run's checkpoint> continues that run under a new name
     "trainer.run_name",
     # read by `ladder plan`, MFU and the defaults of the trainer.* keys above, never by the math
-    "rung.gpu_type", "rung.gpu_memory_gb", "rung.cpu_memory_gb", "rung.assumed_mfu", "rung.assumed_tokens_per_s",
-    "rung.peak_flops_per_device", "rung.save_initial", "rung.eval_on_save", "model.published_params",
+    "rung.gpu_type",
+    "rung.gpu_memory_gb",
+    "rung.cpu_memory_gb",
+    "rung.assumed_mfu",
+    "rung.assumed_tokens_per_s",
+    "rung.peak_flops_per_device",
+    "rung.save_initial",
+    "rung.eval_on_save",
+    "model.published_params",
     # the hardware the same math runs on: resume across engines and world sizes is supported
     # (engines.py). grad_accum follows from the global batch, the micro-batch and the world size;
     # the first two are compared on their own keys.
-    "rung.engine", "rung.nodes", "rung.gpus_per_node", "rung.device", "rung.offload",
-    "rung.activation_checkpointing", "trainer.grad_accum",
+    "rung.engine",
+    "rung.nodes",
+    "rung.gpus_per_node",
+    "rung.device",
+    "rung.offload",
+    "rung.activation_checkpointing",
+    "trainer.grad_accum",
     # how the same function is computed: kernels and loss chunking change only the rounding
-    "trainer.loss_chunk_tokens", "trainer.compile",
+    "trainer.loss_chunk_tokens",
+    "trainer.compile",
 )
 # Math changes that even trainer.allow_config_change=true cannot apply: on resume the weights are
 # loaded from the checkpoint, whatever model.* says. (How attention is computed can change.)
@@ -90,7 +118,9 @@ class Change:
 
 @dataclass
 class ConfigChanges:
-    math: list[Change] = field(default_factory=list)  # applied only with trainer.allow_config_change=true
+    math: list[Change] = field(
+        default_factory=list
+    )  # applied only with trainer.allow_config_change=true
     harmless: list[Change] = field(default_factory=list)
 
 
@@ -116,6 +146,7 @@ def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
 def schema_defaults() -> dict[str, Any]:
     """Every schema key's default, for keys a checkpoint's config predates."""
     from training.config.schema import GROUP_SCHEMAS, LadderConfig
+
     root = OmegaConf.structured(LadderConfig)
     out: dict[str, Any] = {}
     for name in LadderConfig.__dataclass_fields__:
@@ -140,18 +171,31 @@ def differences(old: dict[str, Any], new: dict[str, Any]) -> list[Change]:
 def saved_config(ckpt: Path) -> dict[str, Any]:
     path = Path(ckpt) / "ladder_config.yaml"
     if not path.is_file():
-        raise CheckpointError(f"{ckpt} holds no ladder_config.yaml, so whether this config trains the same "
-                              "thing cannot be checked; start a new run (a new trainer.run_name) or start this "
-                              "one over (trainer.resume=none)")
-    from training.config.compose import load_saved  # refuses a live interpolation: the file is read as values
-    return flatten(OmegaConf.to_container(load_saved(path), resolve=True, enum_to_str=True, throw_on_missing=False))
+        raise CheckpointError(
+            f"{ckpt} holds no ladder_config.yaml, so whether this config trains the same "
+            "thing cannot be checked; start a new run (a new trainer.run_name) or start this "
+            "one over (trainer.resume=none)"
+        )
+    from training.config.compose import (
+        load_saved,
+    )  # refuses a live interpolation: the file is read as values
+
+    return flatten(
+        OmegaConf.to_container(
+            load_saved(path), resolve=True, enum_to_str=True, throw_on_missing=False
+        )
+    )
 
 
-def check_resume_config(cfg: DictConfig, ckpt: Path, step: int, run_name: str | None = None) -> ConfigChanges:
+def check_resume_config(
+    cfg: DictConfig, ckpt: Path, step: int, run_name: str | None = None
+) -> ConfigChanges:
     """Compare cfg with the config checkpoint `ckpt` (at `step`) was trained with. Raises
     ConfigError for a math change without trainer.allow_config_change=true, and for a model change
     in any case; returns the differences otherwise."""
-    new = flatten(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True, throw_on_missing=False))
+    new = flatten(
+        OmegaConf.to_container(cfg, resolve=True, enum_to_str=True, throw_on_missing=False)
+    )
     old = saved_config(ckpt)
     found = ConfigChanges()
     for c in differences(old, new):
@@ -161,18 +205,22 @@ def check_resume_config(cfg: DictConfig, ckpt: Path, step: int, run_name: str | 
     fixed = [c for c in found.math if is_fixed(c.key)]
     if fixed:
         raise ConfigError(
-            f"{run}: {where} with another model:\n  - " + "\n  - ".join(map(str, fixed)) +
-            "\nA resumed run's weights are the checkpoint's, so this cannot be applied, not even with "
+            f"{run}: {where} with another model:\n  - "
+            + "\n  - ".join(map(str, fixed))
+            + "\nA resumed run's weights are the checkpoint's, so this cannot be applied, not even with "
             "trainer.allow_config_change=true. Nothing was trained or written. Start a new run "
             "(a new trainer.run_name; model.name_or_path=<checkpoint> starts it from these weights) or start "
-            "this one over (trainer.resume=none).")
+            "this one over (trainer.resume=none)."
+        )
     if found.math and not cfg.trainer.get("allow_config_change", False):
         raise ConfigError(
-            f"{run}: {where} with a config that changes what is trained:\n  - " +
-            "\n  - ".join(map(str, found.math)) + _lr_note(old, new) +
-            f"\nNothing was trained or written. Start a new run (a new trainer.run_name), start this one over "
+            f"{run}: {where} with a config that changes what is trained:\n  - "
+            + "\n  - ".join(map(str, found.math))
+            + _lr_note(old, new)
+            + f"\nNothing was trained or written. Start a new run (a new trainer.run_name), start this one over "
             f"(trainer.resume=none), or apply the change from step {step + 1} on, recorded in the run's "
-            "run_meta.json and the ledger (trainer.allow_config_change=true).")
+            "run_meta.json and the ledger (trainer.allow_config_change=true)."
+        )
     return found
 
 
@@ -184,14 +232,17 @@ def check_batch_continues(state: dict, micro_batches_per_step: int, ckpt: Path) 
         raise CheckpointError(
             f"{ckpt} was trained with {saved} micro-batches per step, this run has {micro_batches_per_step}: "
             "the global batch or the micro-batch changed, so the data order would not continue. Keep them, "
-            "or start a new run (trainer.resume=none)")
+            "or start a new run (trainer.resume=none)"
+        )
 
 
 def _lr_note(old: dict, new: dict) -> str:
     """optim.lr null means the rung's rate times the recipe's scale: say which rate that was."""
+
     def rate(flat):
         lr = flat.get("optim.lr")
         return lr if lr is not None else flat.get("rung.lr", 0.0) * flat.get("recipe.lr_scale", 1.0)
+
     a, b = rate(old), rate(new)
     return f"\n  (the learning rate used: {a:g} -> {b:g})" if a != b else ""
 
@@ -203,9 +254,13 @@ def continue_schedule(cfg: DictConfig, optimizer, step: int, make_scheduler: Cal
     hyperparameters, which loading the checkpoint set to the old run's, are replaced."""
     o, lr = cfg.optim, effective_lr(cfg)
     for group in optimizer.param_groups:
-        group.update(lr=lr, initial_lr=lr, betas=(o.beta1, o.beta2), eps=o.eps, weight_decay=o.weight_decay)
+        group.update(
+            lr=lr, initial_lr=lr, betas=(o.beta1, o.beta2), eps=o.eps, weight_decay=o.weight_decay
+        )
     scheduler = make_scheduler(cfg, optimizer)  # base rate lr, at step 0
-    lrs = [base * fn(step) for fn, base in zip(scheduler.lr_lambdas, scheduler.base_lrs)]  # LambdaLR's rule
+    lrs = [
+        base * fn(step) for fn, base in zip(scheduler.lr_lambdas, scheduler.base_lrs)
+    ]  # LambdaLR's rule
     state = scheduler.state_dict()
     state.update(last_epoch=step, _step_count=step + 1, _last_lr=lrs)
     scheduler.load_state_dict(state)

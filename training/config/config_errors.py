@@ -22,8 +22,13 @@ import typing
 
 from training.config.schema import LadderConfig
 
-GRAMMAR_HINTS = ("LexerNoViableAltException", "mismatched input", "token recognition error", "extraneous input",
-                 "no viable alternative")
+GRAMMAR_HINTS = (
+    "LexerNoViableAltException",
+    "mismatched input",
+    "token recognition error",
+    "extraneous input",
+    "no viable alternative",
+)
 
 
 def schema_keys(cls=LadderConfig, prefix: str = "") -> list[str]:
@@ -59,13 +64,16 @@ def unknown_key(e: BaseException) -> str | None:
 
 def suggest(key: str) -> str:
     if key in ("budget.gpu_hours", "budget.period"):  # keys of older configs, moved into the ledger
-        return (f"{key} is no longer a config key: a team's allocation lives in the ledger, set by whoever owns "
-                "it with `ladder budget set --team T --period P --gpu-hours H`; a job names only budget.team")
+        return (
+            f"{key} is no longer a config key: a team's allocation lives in the ledger, set by whoever owns "
+            "it with `ladder budget set --team T --period P --gpu-hours H`; a job names only budget.team"
+        )
     keys = schema_keys()
     parent = key.rpartition(".")[0]
     siblings = [k for k in keys if k.rpartition(".")[0] == parent]
-    close = difflib.get_close_matches(key, siblings, n=2, cutoff=0.8) or difflib.get_close_matches(key, keys, n=2,
-                                                                                                   cutoff=0.7)
+    close = difflib.get_close_matches(key, siblings, n=2, cutoff=0.8) or difflib.get_close_matches(
+        key, keys, n=2, cutoff=0.7
+    )
     hint = f"; did you mean {' or '.join(close)}?" if close else ""
     return f"{key} is not a config key{hint} (`ladder config` prints every key and its value)"
 
@@ -74,6 +82,7 @@ def bad_override(overrides: list[str]) -> str | None:
     """The first override Hydra's grammar cannot read."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
+
     parser = OverridesParser.create()
     for ov in overrides:
         try:
@@ -85,26 +94,35 @@ def bad_override(overrides: list[str]) -> str | None:
 
 def quoting_help(override: str) -> str:
     import shlex
+
     key, _, value = override.partition("=")
     hydra = key + '="' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    return (f"Hydra's override grammar cannot read the value of {override!r} unquoted (unicode, spaces, $(, "
-            f"quotes and brackets need quotes): write {hydra}; in a shell, {shlex.quote(hydra)} keeps the quotes "
-            "for Hydra and keeps the shell from expanding the value")
+    return (
+        f"Hydra's override grammar cannot read the value of {override!r} unquoted (unicode, spaces, $(, "
+        f"quotes and brackets need quotes): write {hydra}; in a shell, {shlex.quote(hydra)} keeps the quotes "
+        "for Hydra and keeps the shell from expanding the value"
+    )
 
 
 def describe(e: BaseException, overrides: list[str] | None = None, recompose=None) -> str:
     """One clear line for a composition error. recompose(overrides) -> config: compose passes itself,
     so an unknown mixture source can be listed against the sources there are (this module does not
     import compose, which imports it)."""
-    for err in _chain(e):  # data.sources.<x>: a mixture has no source x (a map, so not a schema key)
+    for err in _chain(
+        e
+    ):  # data.sources.<x>: a mixture has no source x (a map, so not a schema key)
         full_key = str(getattr(err, "full_key", None) or "")
         if full_key.startswith("data.sources.") and "not in struct" in str(err):
             from training.data.mixture_config import unknown_source
+
             return unknown_source(full_key, list(overrides or []), recompose) or _hydra_text(e)
         if "DataSourceConfig" in str(err):  # +data.sources.x...: a new source from the command line
             from training.data.mixture_config import unknown_source
+
             added = [o[1:].split("=")[0] for o in overrides or [] if o.startswith("+data.sources.")]
-            return (unknown_source(added[0], list(overrides or []), recompose) if added else None) or _hydra_text(e)
+            return (
+                unknown_source(added[0], list(overrides or []), recompose) if added else None
+            ) or _hydra_text(e)
     key = unknown_key(e)
     if key:
         return suggest(key)
@@ -114,8 +132,12 @@ def describe(e: BaseException, overrides: list[str] | None = None, recompose=Non
         if bad is not None:
             return quoting_help(bad)
     from omegaconf.errors import InterpolationKeyError
+
     if any(isinstance(x, InterpolationKeyError) for x in _chain(e)):  # `cost${USD}` meant as text
-        return _hydra_text(e) + "\n(`${...}` names another key of the config; write \\${ for a literal ${)"
+        return (
+            _hydra_text(e)
+            + "\n(`${...}` names another key of the config; write \\${ for a literal ${)"
+        )
     return _hydra_text(e)
 
 

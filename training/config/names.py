@@ -29,8 +29,10 @@ from training.config.paths import path_problems
 
 MAX_LEN = 128
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+@-]*")
-RULE = (f"use 1 to {MAX_LEN} characters from letters, digits and . _ - + @, starting with a letter or digit, "
-        "without '..'")
+RULE = (
+    f"use 1 to {MAX_LEN} characters from letters, digits and . _ - + @, starting with a letter or digit, "
+    "without '..'"
+)
 
 
 def name_problem(key: str, value) -> str | None:
@@ -60,7 +62,9 @@ def names_of(cfg: DictConfig) -> dict[str, str]:
     # a source's name is a key of data.sources; data.sources[i] is the i-th, in config order
     names.update({f"data.sources[{i}]": name for i, name in enumerate(cfg.data.sources or {})})
     names.update({f"eval.tasks[{i}]": task for i, task in enumerate(cfg.eval.tasks)})
-    names.update({f"eval.lm_eval.tasks[{i}]": task for i, task in enumerate(cfg.eval.lm_eval.tasks)})
+    names.update(
+        {f"eval.lm_eval.tasks[{i}]": task for i, task in enumerate(cfg.eval.lm_eval.tasks)}
+    )
     return names
 
 
@@ -68,7 +72,11 @@ def check_names(cfg: DictConfig) -> None:
     problems = [p for key, value in names_of(cfg).items() if (p := name_problem(key, value))]
     problems += path_problems(cfg)
     if not cfg.trainer.run_name:  # say where a derived run name came from
-        problems = [p + " (derived as <rung.name>-<recipe.name>-<data.name>; set trainer.run_name)"
-                    if p.startswith("trainer.run_name") else p for p in problems]
+        problems = [
+            p + " (derived as <rung.name>-<recipe.name>-<data.name>; set trainer.run_name)"
+            if p.startswith("trainer.run_name")
+            else p
+            for p in problems
+        ]
     if problems:
         raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))

@@ -21,9 +21,20 @@ from omegaconf import DictConfig, OmegaConf
 # transformers try a local folder first). A value a file system cannot take is a ConfigError
 # naming the key here, not an OSError ("File name too long") or a ValueError ("embedded null
 # byte") from whichever command first touches it.
-PATH_KEYS = ("trainer.run_root", "trainer.resume", "trainer.checkpoint_url", "model.name_or_path",
-             "model.tokenizer", "recipe.reference", "data.train_files", "data.hub_name", "eval.heldout_file",
-             "eval.instructions_file", "eval.lm_eval.include_path", "launcher.python")
+PATH_KEYS = (
+    "trainer.run_root",
+    "trainer.resume",
+    "trainer.checkpoint_url",
+    "model.name_or_path",
+    "model.tokenizer",
+    "recipe.reference",
+    "data.train_files",
+    "data.hub_name",
+    "eval.heldout_file",
+    "eval.instructions_file",
+    "eval.lm_eval.include_path",
+    "launcher.python",
+)
 # (ledger.url and registry.url, which may carry a password, are checked by training/common/store_url.py.)
 NAME_MAX, PATH_MAX = 255, 4096  # bytes: a path component, a whole path (Linux)
 # Runs, checkpoints and caches are folders below trainer.run_root: leave room for the longest
@@ -45,12 +56,16 @@ def path_problem(key: str, value, room: int = 0) -> str | None:
     raw = text.encode("utf-8", "surrogatepass")
     longest = max(raw.split(b"/"), key=len)
     if len(longest) > NAME_MAX:
-        return (f"{key}={shown} has a part of {len(longest)} bytes; a file or folder name is at most "
-                f"{NAME_MAX} bytes")
+        return (
+            f"{key}={shown} has a part of {len(longest)} bytes; a file or folder name is at most "
+            f"{NAME_MAX} bytes"
+        )
     whole = raw if "://" in text else os.path.abspath(text).encode("utf-8", "surrogatepass")
     if len(whole) > PATH_MAX - room:
-        return (f"{key}={shown} is {len(whole)} bytes long as an absolute path; at most {PATH_MAX - room}"
-                + (f" (PATH_MAX {PATH_MAX} less {room} for what goes below it)" if room else ""))
+        return (
+            f"{key}={shown} is {len(whole)} bytes long as an absolute path; at most {PATH_MAX - room}"
+            + (f" (PATH_MAX {PATH_MAX} less {room} for what goes below it)" if room else "")
+        )
     return None
 
 
@@ -65,7 +80,10 @@ def path_problems(cfg: DictConfig) -> list[str]:
         elif value is not None:
             values.append((key, value, RUN_ROOT_ROOM if key == "trainer.run_root" else 0))
     for name, source in (OmegaConf.select(cfg, "data.sources") or {}).items():
-        values += [(f"data.sources.{name}.train_files[{i}]", v, 0) for i, v in enumerate(source.train_files)]
+        values += [
+            (f"data.sources.{name}.train_files[{i}]", v, 0)
+            for i, v in enumerate(source.train_files)
+        ]
     return [p for key, value, room in values if (p := path_problem(key, value, room))]
 
 

@@ -38,6 +38,7 @@ class Schedule(str, Enum):
 class ModelConfig:
     """A model shape. With `name_or_path` unset it is built from these fields (no hub access);
     with it set, weights and tokenizer load from that hub name or local directory."""
+
     name: str = MISSING
     name_or_path: Optional[str] = None
     tokenizer: Optional[str] = None  # default: name_or_path, else the checked-in tiny tokenizer
@@ -59,6 +60,7 @@ class ModelConfig:
 @dataclass
 class RungConfig:
     """Hardware and parallelism for one scale of the ladder."""
+
     name: str = MISSING
     nodes: int = 1
     gpus_per_node: int = 1
@@ -93,6 +95,7 @@ class RungConfig:
 @dataclass
 class RecipeConfig:
     """A recipe is a loss and a batch format; the training loop is shared."""
+
     name: str = MISSING
     loss: str = "sft"  # a name in training/recipes/losses.py (sft, dpo_sigmoid, ..., dapo); validation refuses others
     beta: float = 0.1  # DPO / SimPO inverse temperature
@@ -106,8 +109,12 @@ class RecipeConfig:
     precompute_reference: bool = True
     # -- GRPO (recipe=grpo; training/rl/grpo.py) --
     num_generations: int = 8  # G, answers sampled per prompt (a group); at least 2
-    prompts_per_step: int = 16  # prompts per rollout batch (recipe=grpo: the rung's); a multiple of data-parallel size
-    ppo_epochs: int = 1  # optimizer steps (passes) per rollout batch; the ratio is exactly 1 on the first
+    prompts_per_step: int = (
+        16  # prompts per rollout batch (recipe=grpo: the rung's); a multiple of data-parallel size
+    )
+    ppo_epochs: int = (
+        1  # optimizer steps (passes) per rollout batch; the ratio is exactly 1 on the first
+    )
     clip_low: float = 0.2  # the ratio is clipped to [1 - clip_low, 1 + clip_high]
     clip_high: float = 0.2  # dapo's asymmetric clipping raises this (0.28 in the paper)
     kl_beta: float = 0.0  # k3 KL penalty to the reference; 0 loads no reference model
@@ -118,6 +125,7 @@ class DataSourceConfig:
     """One source of a mixture (data.sources.<name>; training/data/mixture.py). Its documents per mixture
     round: `weight` (a share of the round's documents, relative to the other sources' weights; every
     source has one or none does), else `epochs` passes over its rows (default 1)."""
+
     train_files: list[str] = field(default_factory=list)  # local .jsonl files
     hub_name: Optional[str] = None
     hub_split: str = "train"
@@ -130,14 +138,18 @@ class DataSourceConfig:
 class DecontaminationConfig:
     """`ladder data decontaminate` and the check of `ladder launch` (evals/tasks/decontaminate.py): a training
     row matches an eval prompt when at least `threshold` of the prompt's word n-grams occur in the row."""
+
     ngram: int = 8  # Tulu 3 used 8-grams
-    threshold: float = 0.5  # share of the eval prompt's n-grams; prompts shorter than ngram words match whole
+    threshold: float = (
+        0.5  # share of the eval prompt's n-grams; prompts shorter than ngram words match whole
+    )
 
 
 @dataclass
 class DataConfig:
     """Chat data in the `messages` format: local jsonl files or a hub dataset by name, or a mixture
     of named sources (`sources`; then train_files and hub_name stay empty)."""
+
     name: str = MISSING
     format: str = "messages"
     train_files: list[str] = field(default_factory=list)  # local .jsonl files
@@ -153,8 +165,11 @@ class DataConfig:
 @dataclass
 class LmEvalConfig:
     """Tasks run through lm-evaluation-harness with its Hugging Face model on the checkpoint."""
+
     tasks: list[str] = field(default_factory=list)  # lm-eval task names, e.g. [gsm8k_cot, ifeval]
-    include_path: Optional[str] = None  # a directory of local task YAMLs, searched before lm-eval's own
+    include_path: Optional[str] = (
+        None  # a directory of local task YAMLs, searched before lm-eval's own
+    )
     num_fewshot: Optional[int] = None  # null: each task's own default
     apply_chat_template: bool = True  # prompts go through the checkpoint's chat template
     limit: Optional[int] = None  # examples per task; null: eval.max_examples
@@ -166,6 +181,7 @@ class LmEvalConfig:
 class EvalGeneratorConfig:
     """What generates the built-in tasks' answers (training/rl/generator.py, the component GRPO samples
     with): auto is vllm on a GPU where vllm imports, else hf (transformers generate)."""
+
     name: str = "auto"
     gpu_memory_utilization: float = 0.5  # vllm only: its share of the GPU beside the loaded model
 
@@ -173,6 +189,7 @@ class EvalGeneratorConfig:
 @dataclass
 class EvalConfig:
     """An eval suite: the tasks to score each checkpoint on (evals/runner.py)."""
+
     name: str = MISSING
     tasks: list[str] = field(default_factory=list)  # built-in tasks: reverse, ifeval_lite
     heldout_file: Optional[str] = None  # the reverse task's held-out split
@@ -189,6 +206,7 @@ class EvalConfig:
 class GeneratorConfig:
     """How rollouts are sampled (training/rl/generator.py): hf (transformers generate on the trainer's
     weights; CPU and every engine) or vllm (colocated on the training GPUs; needs vllm)."""
+
     name: str = "hf"
     temperature: float = 1.0
     top_p: float = 1.0
@@ -201,6 +219,7 @@ class GeneratorConfig:
 @dataclass
 class RegistryConfig:
     """The local registry of checkpoints and eval scores (evals/store/registry.py)."""
+
     # sqlite:///<path> or a plain path; null: registry.db in the run root, the one a checkpoint
     # lives in (runs/ for runs/<name>/checkpoints/step_N), else trainer.run_root.
     url: Optional[str] = None
@@ -219,6 +238,7 @@ class TrackerConfig:
 @dataclass
 class LauncherConfig:
     """Where a job runs: `local` (this machine) or `slurm` (launch/cluster/slurm.py). The trainer never reads it."""
+
     name: str = MISSING
     # SLURM only: the #SBATCH resources; null leaves the cluster's default.
     partition: Optional[str] = None
@@ -245,6 +265,7 @@ class LauncherConfig:
 class BudgetConfig:
     """The team a job is charged to. Its allocation (GPU-hours per period) is data in the ledger,
     set with `ladder budget set` (launch/commands/budget_cmd.py), never by a job's own config."""
+
     name: str = MISSING
     team: str = "default"
     price_per_gpu_hour: float = 2.0  # for the cost in plans and reports
@@ -258,6 +279,7 @@ class SweepConfig:
 @dataclass
 class LedgerConfig:
     """Where launches, GPU-hours and waste are recorded (launch/accounting/ledger.py)."""
+
     # sqlite:///<path> (relative or, with a fourth slash, absolute) or a plain file path.
     url: str = "sqlite:///${trainer.run_root}/ladder.db"
     busy_timeout_s: float = 60.0  # how long a writer waits for another process's lock
@@ -288,7 +310,9 @@ class TrainerConfig:
     grad_accum: Optional[int] = None  # null: derived; set, it must agree with the rule above
     save_every: int = 50
     keep_last: int = 3
-    save_initial: Optional[bool] = None  # also checkpoint the untrained model as step 0; null: the rung's
+    save_initial: Optional[bool] = (
+        None  # also checkpoint the untrained model as step 0; null: the rung's
+    )
     resume: str = "auto"  # auto | none | a checkpoint directory (or its URL)
     # On resume, a config that changes the math (optimizer, schedule, steps, data, recipe, seed,
     # batch, precision) against the checkpoint's is refused; true applies it from the next step

@@ -42,13 +42,17 @@ SECRET_NAME = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH)", 
 MIN_SECRET_LEN = 8
 # `${oc.env:NAME}`, `${oc.env:NAME,default}`, `${env:NAME}` (Hydra's older resolver), with spaces.
 # scheme://user:password@host..., or ?password=... in a URL's query
-_URL_PASSWORD = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://([^/@?#]*:[^/@?#]*@|[^?#]*\?(.*&)?password=)", re.I)
+_URL_PASSWORD = re.compile(
+    r"^[A-Za-z][A-Za-z0-9+.-]*://([^/@?#]*:[^/@?#]*@|[^?#]*\?(.*&)?password=)", re.I
+)
 _ENV_INTERPOLATION = re.compile(r"\$\{\s*(?:oc\.)?env\s*:\s*['\"]?([A-Za-z_][A-Za-z0-9_]*)")
 # What each resolver a config may use is for. configs/ uses ladder_root (files shipped in the
 # repo); oc.env reads a non-secret variable (a cluster's scratch path, say). Nothing else.
 ALLOWED_RESOLVERS = ("ladder_root", "oc.env")
-_INTERPOLATION_HELP = ("only ${key.path}, ${ladder_root:} and ${oc.env:NAME} of a variable that is not secret-looking, "
-                       "with literal arguments, are accepted; write \\${ for a literal ${")
+_INTERPOLATION_HELP = (
+    "only ${key.path}, ${ladder_root:} and ${oc.env:NAME} of a variable that is not secret-looking, "
+    "with literal arguments, are accepted; write \\${ for a literal ${"
+)
 
 
 def is_secret_name(name: str) -> bool:
@@ -82,15 +86,19 @@ def source_problems(unresolved: dict) -> list[str]:
     env_names = (unresolved.get("launcher") or {}).get("env") or {}
     for name in env_names if isinstance(env_names, dict) else ():
         if is_secret_name(str(name)):
-            problems.append(f"launcher.env.{name}: secrets never go in configs or generated scripts; export it "
-                            "in the shell you launch from (sbatch passes it to the job)")
+            problems.append(
+                f"launcher.env.{name}: secrets never go in configs or generated scripts; export it "
+                "in the shell you launch from (sbatch passes it to the job)"
+            )
     for key, value in _leaves(unresolved):
         if isinstance(value, str):
             for var in _ENV_INTERPOLATION.findall(value):
                 if is_secret_name(var):
-                    problems.append(f"{key} interpolates the secret-looking variable {var} (oc.env): secrets "
-                                    "never go in configs, which are copied into run directories, checkpoints, "
-                                    "W&B and job scripts; jobs read it from their environment")
+                    problems.append(
+                        f"{key} interpolates the secret-looking variable {var} (oc.env): secrets "
+                        "never go in configs, which are copied into run directories, checkpoints, "
+                        "W&B and job scripts; jobs read it from their environment"
+                    )
             if "${" in value:
                 problems += interpolation_problems(key, value)
     return problems
@@ -107,10 +115,13 @@ def interpolation_problems(key: str, value: str) -> list[str]:
     from omegaconf.errors import GrammarParseError
     from omegaconf.grammar.gen.OmegaConfGrammarParser import OmegaConfGrammarParser as P
     from omegaconf.grammar_parser import parse
+
     try:
         tree = parse(value)
     except GrammarParseError:
-        return [f"{key} holds a `${{` that does not start a valid interpolation: {_INTERPOLATION_HELP}"]
+        return [
+            f"{key} holds a `${{` that does not start a valid interpolation: {_INTERPOLATION_HELP}"
+        ]
     problems = []
     for ctx in _walk(tree):
         if isinstance(ctx, P.InterpolationResolverContext):
@@ -120,15 +131,23 @@ def interpolation_problems(key: str, value: str) -> list[str]:
                 continue
             args = ctx.sequence()
             if args is not None and any(isinstance(c, P.InterpolationContext) for c in _walk(args)):
-                problems.append(f"{key} nests an interpolation in the arguments of {name}: {_INTERPOLATION_HELP}")
+                problems.append(
+                    f"{key} nests an interpolation in the arguments of {name}: {_INTERPOLATION_HELP}"
+                )
             elif name == "oc.env" and args is not None:  # the name as written, quoted or not
                 var = args.getText().split(",")[0].strip().strip("'\"")
-                if is_secret_name(var) and var not in _ENV_INTERPOLATION.findall(value):  # not said twice
-                    problems.append(f"{key} interpolates the secret-looking variable {var} (oc.env): secrets "
-                                    "never go in configs; jobs read it from their environment")
+                if is_secret_name(var) and var not in _ENV_INTERPOLATION.findall(
+                    value
+                ):  # not said twice
+                    problems.append(
+                        f"{key} interpolates the secret-looking variable {var} (oc.env): secrets "
+                        "never go in configs; jobs read it from their environment"
+                    )
         elif isinstance(ctx, P.InterpolationNodeContext):
             if any(isinstance(c, P.InterpolationContext) for c in list(_walk(ctx))[1:]):
-                problems.append(f"{key} nests an interpolation in a key (${{a.${{b}}}}): {_INTERPOLATION_HELP}")
+                problems.append(
+                    f"{key} nests an interpolation in a key (${{a.${{b}}}}): {_INTERPOLATION_HELP}"
+                )
     return problems[:1]  # the outermost: one line per key
 
 
@@ -137,6 +156,7 @@ def interpolated_keys(container: dict) -> list[str]:
     from omegaconf.errors import GrammarParseError
     from omegaconf.grammar.gen.OmegaConfGrammarParser import OmegaConfGrammarParser as P
     from omegaconf.grammar_parser import parse
+
     found = []
     for key, value in _leaves(container):
         if isinstance(value, str) and "${" in value:
@@ -149,12 +169,15 @@ def interpolated_keys(container: dict) -> list[str]:
     return found
 
 
-def argv_problems(argv: list[str], environ: dict[str, str] | None = None, what: str = "argument") -> list[str]:
+def argv_problems(
+    argv: list[str], environ: dict[str, str] | None = None, what: str = "argument"
+) -> list[str]:
     """Command-line arguments that hold a secret's value or a password in a URL. Every record of a
     run keeps its argv (run_meta.json, W&B, the ledger's overrides, launch.json, the SLURM script),
     so an argument is checked whether or not the config reads it. Arguments are named by position
     and key (`argument 3 (hydra.job.name=...)`), never by value; `what` names them (override)."""
     from training.common.store_url import has_password, mask_url
+
     problems = []
     secrets = secret_values(environ)
     for i, arg in enumerate(argv, 1):
@@ -163,18 +186,22 @@ def argv_problems(argv: list[str], environ: dict[str, str] | None = None, what: 
         where = f"{what} {i} ({name}=...)" if shown else f"{what} {i}"
         for var, secret in secrets.items():
             if secret in arg:
-                problems.append(f"{where} holds the value of the environment variable {var}, a secret: the "
-                                "command line is recorded in run_meta.json, W&B, the ledger and job scripts; "
-                                "jobs read it from their environment")
+                problems.append(
+                    f"{where} holds the value of the environment variable {var}, a secret: the "
+                    "command line is recorded in run_meta.json, W&B, the ledger and job scripts; "
+                    "jobs read it from their environment"
+                )
                 break
         else:
             text = value.strip().strip("'\"")  # a URL as Hydra reads it, quoted or not
             if has_password(arg) or has_password(text):
                 masked = mask_url(text)
                 shown = f" ({name}={masked!r})" if shown and masked != text else ""
-                problems.append(f"{what} {i}{shown} holds a password: the command line is recorded in run_meta.json, "
-                                "W&B, the ledger and job scripts; give it the way libpq reads it, in ~/.pgpass "
-                                "(PGPASSFILE names another file) or PGPASSWORD")
+                problems.append(
+                    f"{what} {i}{shown} holds a password: the command line is recorded in run_meta.json, "
+                    "W&B, the ledger and job scripts; give it the way libpq reads it, in ~/.pgpass "
+                    "(PGPASSFILE names another file) or PGPASSWORD"
+                )
     return problems
 
 
@@ -188,15 +215,20 @@ def value_problems(resolved: dict, environ: dict[str, str] | None = None) -> lis
             continue
         if _URL_PASSWORD.match(value.strip()):
             from training.common.store_url import mask_url
+
             seen.add(key)
-            problems.append(f"{key}={mask_url(value.strip())!r} holds a password: configs are copied into run "
-                            "directories, logs, W&B and the ledger, so remove it from the URL and give it the way "
-                            "libpq reads it, in ~/.pgpass (PGPASSFILE names another file) or PGPASSWORD")
+            problems.append(
+                f"{key}={mask_url(value.strip())!r} holds a password: configs are copied into run "
+                "directories, logs, W&B and the ledger, so remove it from the URL and give it the way "
+                "libpq reads it, in ~/.pgpass (PGPASSFILE names another file) or PGPASSWORD"
+            )
             continue
         for var, secret in secrets.items():
             if secret in value:
                 seen.add(key)
-                problems.append(f"{key} holds the value of the environment variable {var}, a secret: remove it "
-                                "from the config (jobs read it from their environment)")
+                problems.append(
+                    f"{key} holds the value of the environment variable {var}, a secret: remove it "
+                    "from the config (jobs read it from their environment)"
+                )
                 break
     return problems

@@ -28,7 +28,9 @@ class BatchLayout:
     dp: int
     micro_batch_tokens: int
     grad_accum: int
-    global_batch_tokens: int  # RL: the step's capacity, micro_batch_tokens x grad_accum x dp (an upper bound)
+    global_batch_tokens: (
+        int  # RL: the step's capacity, micro_batch_tokens x grad_accum x dp (an upper bound)
+    )
     answers_per_step: int | None = None  # RL only: recipe.prompts_per_step x recipe.num_generations
     answers_per_micro_batch: int | None = None  # RL only: micro_batch_tokens // data.max_seq_len
 
@@ -60,13 +62,15 @@ def batch_layout(cfg: DictConfig, dp: int | None = None) -> BatchLayout:
             f"inconsistent batch: {key}={glob} is not a multiple of "
             f"rung.micro_batch_tokens={micro} x data-parallel size {dp} = {per_accum}; "
             f"set trainer.global_batch_tokens to one that is, e.g. {max(1, glob // per_accum) * per_accum}, "
-            "or change rung.micro_batch_tokens")
+            "or change rung.micro_batch_tokens"
+        )
     accum = glob // per_accum
     if cfg.trainer.grad_accum is not None and cfg.trainer.grad_accum != accum:
         raise ConfigError(
             f"inconsistent batch: trainer.grad_accum={cfg.trainer.grad_accum}, but "
             f"global_batch_tokens={glob} / (micro_batch_tokens={micro} x dp={dp}) = {accum}; "
-            "set trainer.grad_accum=null to derive it, or change the global batch")
+            "set trainer.grad_accum=null to derive it, or change the global batch"
+        )
     return BatchLayout(dp=dp, micro_batch_tokens=micro, grad_accum=accum, global_batch_tokens=glob)
 
 
@@ -82,18 +86,24 @@ def rl_batch_layout(cfg: DictConfig, dp: int) -> BatchLayout:
         raise ConfigError(
             f"trainer.global_batch_tokens={cfg.trainer.global_batch_tokens} does not apply to recipe.loss={r.loss}: "
             "the batch of an RL step is recipe.prompts_per_step x recipe.num_generations answers "
-            f"(here {r.prompts_per_step} x {r.num_generations}); set those and trainer.global_batch_tokens=null")
+            f"(here {r.prompts_per_step} x {r.num_generations}); set those and trainer.global_batch_tokens=null"
+        )
     if micro <= 0 or seq <= 0 or r.prompts_per_step < 1 or r.num_generations < 1:
-        raise ConfigError("rung.micro_batch_tokens, data.max_seq_len, recipe.prompts_per_step and "
-                          "recipe.num_generations must be positive")
+        raise ConfigError(
+            "rung.micro_batch_tokens, data.max_seq_len, recipe.prompts_per_step and "
+            "recipe.num_generations must be positive"
+        )
     if seq > micro:
-        raise ConfigError(f"data.max_seq_len={seq} exceeds rung.micro_batch_tokens={micro}: a micro-batch must "
-                          "hold at least one whole answer (prompt + generator.max_new_tokens)")
+        raise ConfigError(
+            f"data.max_seq_len={seq} exceeds rung.micro_batch_tokens={micro}: a micro-batch must "
+            "hold at least one whole answer (prompt + generator.max_new_tokens)"
+        )
     if r.prompts_per_step % dp:
         raise ConfigError(
             f"recipe.prompts_per_step={r.prompts_per_step} is not a multiple of the data-parallel size {dp}: "
             "each rank generates whole prompt groups; e.g. "
-            f"recipe.prompts_per_step={-(-r.prompts_per_step // dp) * dp}")
+            f"recipe.prompts_per_step={-(-r.prompts_per_step // dp) * dp}"
+        )
     per_micro = micro // seq
     accum = -(-(r.prompts_per_step // dp) * r.num_generations // per_micro)
     if cfg.trainer.grad_accum is not None and cfg.trainer.grad_accum != accum:
@@ -101,9 +111,16 @@ def rl_batch_layout(cfg: DictConfig, dp: int) -> BatchLayout:
             f"inconsistent batch: trainer.grad_accum={cfg.trainer.grad_accum}, but an RL step's "
             f"{r.prompts_per_step} / dp {dp} prompts x {r.num_generations} answers, at most {per_micro} answers "
             f"per micro-batch (rung.micro_batch_tokens={micro} // data.max_seq_len={seq}), take {accum}; "
-            "set trainer.grad_accum=null to derive it")
-    return BatchLayout(dp=dp, micro_batch_tokens=micro, grad_accum=accum, global_batch_tokens=accum * dp * micro,
-                       answers_per_step=r.prompts_per_step * r.num_generations, answers_per_micro_batch=per_micro)
+            "set trainer.grad_accum=null to derive it"
+        )
+    return BatchLayout(
+        dp=dp,
+        micro_batch_tokens=micro,
+        grad_accum=accum,
+        global_batch_tokens=accum * dp * micro,
+        answers_per_step=r.prompts_per_step * r.num_generations,
+        answers_per_micro_batch=per_micro,
+    )
 
 
 def effective_lr(cfg: DictConfig) -> float:
@@ -121,40 +138,76 @@ def warmup_steps(cfg: DictConfig) -> int:
 # comparison, so it is refused explicitly). None of these is ever clamped into range.
 INF = math.inf
 RANGES: dict[str, tuple[float, float, str]] = {
-    "model.vocab_size": (0, INF, "()"), "model.hidden_size": (0, INF, "()"),
-    "model.intermediate_size": (0, INF, "()"), "model.num_layers": (0, INF, "()"),
-    "model.num_heads": (0, INF, "()"), "model.num_kv_heads": (0, INF, "()"),
-    "model.max_position_embeddings": (0, INF, "()"), "model.rope_theta": (0, INF, "()"),
+    "model.vocab_size": (0, INF, "()"),
+    "model.hidden_size": (0, INF, "()"),
+    "model.intermediate_size": (0, INF, "()"),
+    "model.num_layers": (0, INF, "()"),
+    "model.num_heads": (0, INF, "()"),
+    "model.num_kv_heads": (0, INF, "()"),
+    "model.max_position_embeddings": (0, INF, "()"),
+    "model.rope_theta": (0, INF, "()"),
     "model.published_params": (0, INF, "()"),
-    "rung.nodes": (1, INF, "[)"), "rung.gpus_per_node": (1, INF, "[)"),
-    "rung.micro_batch_tokens": (0, INF, "()"), "rung.lr": (0, INF, "()"),
-    "rung.peak_flops_per_device": (0, INF, "()"), "rung.global_batch_tokens": (0, INF, "()"),
-    "rung.gpu_memory_gb": (0, INF, "()"), "rung.cpu_memory_gb": (0, INF, "()"),
-    "rung.assumed_mfu": (0, 1, "(]"), "rung.assumed_tokens_per_s": (0, INF, "()"),
+    "rung.nodes": (1, INF, "[)"),
+    "rung.gpus_per_node": (1, INF, "[)"),
+    "rung.micro_batch_tokens": (0, INF, "()"),
+    "rung.lr": (0, INF, "()"),
+    "rung.peak_flops_per_device": (0, INF, "()"),
+    "rung.global_batch_tokens": (0, INF, "()"),
+    "rung.gpu_memory_gb": (0, INF, "()"),
+    "rung.cpu_memory_gb": (0, INF, "()"),
+    "rung.assumed_mfu": (0, 1, "(]"),
+    "rung.assumed_tokens_per_s": (0, INF, "()"),
     "rung.rl_prompts_per_step": (1, INF, "[)"),
-    "recipe.beta": (0, INF, "()"), "recipe.label_smoothing": (0, 0.5, "[)"),
-    "recipe.simpo_gamma": (-INF, INF, "()"), "recipe.lr_scale": (0, INF, "()"),
-    "data.max_seq_len": (0, INF, "()"), "data.max_samples": (0, INF, "()"),
-    "data.decontamination.ngram": (1, INF, "[)"), "data.decontamination.threshold": (0, 1, "(]"),
-    "eval.max_examples": (0, INF, "()"), "eval.max_new_tokens": (0, INF, "()"), "eval.batch_size": (0, INF, "()"),
-    "eval.lm_eval.num_fewshot": (0, INF, "[)"), "eval.lm_eval.limit": (0, INF, "()"),
-    "eval.lm_eval.batch_size": (0, INF, "()"), "eval.generator.gpu_memory_utilization": (0, 1, "(]"),
-    "registry.busy_timeout_s": (0, INF, "[)"), "ledger.busy_timeout_s": (0, INF, "[)"),
-    "launcher.cpus_per_task": (1, INF, "[)"), "launcher.signal_before_s": (0, INF, "[)"),
-    "launcher.max_parallel": (1, INF, "[)"), "launcher.rdzv_port": (1024, 64535, "[]"),
+    "recipe.beta": (0, INF, "()"),
+    "recipe.label_smoothing": (0, 0.5, "[)"),
+    "recipe.simpo_gamma": (-INF, INF, "()"),
+    "recipe.lr_scale": (0, INF, "()"),
+    "data.max_seq_len": (0, INF, "()"),
+    "data.max_samples": (0, INF, "()"),
+    "data.decontamination.ngram": (1, INF, "[)"),
+    "data.decontamination.threshold": (0, 1, "(]"),
+    "eval.max_examples": (0, INF, "()"),
+    "eval.max_new_tokens": (0, INF, "()"),
+    "eval.batch_size": (0, INF, "()"),
+    "eval.lm_eval.num_fewshot": (0, INF, "[)"),
+    "eval.lm_eval.limit": (0, INF, "()"),
+    "eval.lm_eval.batch_size": (0, INF, "()"),
+    "eval.generator.gpu_memory_utilization": (0, 1, "(]"),
+    "registry.busy_timeout_s": (0, INF, "[)"),
+    "ledger.busy_timeout_s": (0, INF, "[)"),
+    "launcher.cpus_per_task": (1, INF, "[)"),
+    "launcher.signal_before_s": (0, INF, "[)"),
+    "launcher.max_parallel": (1, INF, "[)"),
+    "launcher.rdzv_port": (1024, 64535, "[]"),
     "budget.price_per_gpu_hour": (0, INF, "[)"),
-    "optim.lr": (0, INF, "()"), "optim.weight_decay": (0, INF, "[)"), "optim.beta1": (0, 1, "[)"),
-    "optim.beta2": (0, 1, "[)"), "optim.eps": (0, INF, "[)"), "optim.warmup_ratio": (0, 1, "[]"),
-    "optim.min_lr_ratio": (0, 1, "[]"), "optim.max_grad_norm": (0, INF, "()"),
-    "trainer.seed": (0, 2**32 - 1, "[]"), "trainer.max_steps": (0, INF, "()"),
-    "trainer.global_batch_tokens": (0, INF, "()"), "trainer.grad_accum": (1, INF, "[)"),
-    "trainer.save_every": (0, INF, "()"), "trainer.keep_last": (1, INF, "[)"), "trainer.log_every": (0, INF, "()"),
-    "trainer.step_timeout_s": (0, INF, "[)"), "trainer.loss_chunk_tokens": (0, INF, "[)"),
-    "recipe.num_generations": (1, INF, "[)"), "recipe.prompts_per_step": (1, INF, "[)"),
-    "recipe.ppo_epochs": (1, INF, "[)"), "recipe.clip_low": (0, 1, "[)"), "recipe.clip_high": (0, INF, "[)"),
+    "optim.lr": (0, INF, "()"),
+    "optim.weight_decay": (0, INF, "[)"),
+    "optim.beta1": (0, 1, "[)"),
+    "optim.beta2": (0, 1, "[)"),
+    "optim.eps": (0, INF, "[)"),
+    "optim.warmup_ratio": (0, 1, "[]"),
+    "optim.min_lr_ratio": (0, 1, "[]"),
+    "optim.max_grad_norm": (0, INF, "()"),
+    "trainer.seed": (0, 2**32 - 1, "[]"),
+    "trainer.max_steps": (0, INF, "()"),
+    "trainer.global_batch_tokens": (0, INF, "()"),
+    "trainer.grad_accum": (1, INF, "[)"),
+    "trainer.save_every": (0, INF, "()"),
+    "trainer.keep_last": (1, INF, "[)"),
+    "trainer.log_every": (0, INF, "()"),
+    "trainer.step_timeout_s": (0, INF, "[)"),
+    "trainer.loss_chunk_tokens": (0, INF, "[)"),
+    "recipe.num_generations": (1, INF, "[)"),
+    "recipe.prompts_per_step": (1, INF, "[)"),
+    "recipe.ppo_epochs": (1, INF, "[)"),
+    "recipe.clip_low": (0, 1, "[)"),
+    "recipe.clip_high": (0, INF, "[)"),
     "recipe.kl_beta": (0, INF, "[)"),
-    "generator.temperature": (0, INF, "()"), "generator.top_p": (0, 1, "(]"), "generator.max_new_tokens": (1, INF, "[)"),
-    "generator.gpu_memory_utilization": (0, 1, "(]"), "generator.assumed_decode_mfu": (0, 1, "(]"),
+    "generator.temperature": (0, INF, "()"),
+    "generator.top_p": (0, 1, "(]"),
+    "generator.max_new_tokens": (1, INF, "[)"),
+    "generator.gpu_memory_utilization": (0, 1, "(]"),
+    "generator.assumed_decode_mfu": (0, 1, "(]"),
 }
 
 
@@ -169,7 +222,10 @@ def range_problems(cfg: DictConfig) -> list[str]:
         interval = f"{ends[0]}{lo:g}, {hi:g}{ends[1]}"
         if isinstance(value, float) and not math.isfinite(value):
             problems.append(f"{key}={value} must be a finite number in {interval}")
-        elif not ((lo < value if ends[0] == "(" else lo <= value) and (value < hi if ends[1] == ")" else value <= hi)):
+        elif not (
+            (lo < value if ends[0] == "(" else lo <= value)
+            and (value < hi if ends[1] == ")" else value <= hi)
+        ):
             problems.append(f"{key}={value} must be in {interval}")
     return problems
 
@@ -203,11 +259,15 @@ def env_problems(env) -> list[str]:
     for name in env or {}:
         name = str(name)
         if name in ENV_JOB_OWNED:
-            problems.append(f"launcher.env.{name}: SLURM sets it for each job; a launcher profile cannot")
+            problems.append(
+                f"launcher.env.{name}: SLURM sets it for each job; a launcher profile cannot"
+            )
         elif not name.startswith(tuple(ENV_PREFIXES)):
-            problems.append(f"launcher.env.{name}: not a network or library setting a cluster profile may set; "
-                            f"launcher.env keys start with {', '.join(ENV_PREFIXES)} (training/config/validate.py "
-                            "ENV_PREFIXES says why each)")
+            problems.append(
+                f"launcher.env.{name}: not a network or library setting a cluster profile may set; "
+                f"launcher.env keys start with {', '.join(ENV_PREFIXES)} (training/config/validate.py "
+                "ENV_PREFIXES says why each)"
+            )
     return problems
 
 
@@ -228,12 +288,17 @@ def validate(cfg: DictConfig, world_size: int | None = None, here: bool = False)
     if world_size is not None and world_size != r.nodes * r.gpus_per_node:
         problems.append(
             f"the job has {world_size} process(es) but rung.nodes x rung.gpus_per_node = "
-            f"{r.nodes} x {r.gpus_per_node}; make them agree")
+            f"{r.nodes} x {r.gpus_per_node}; make them agree"
+        )
 
     if m.hidden_size % m.num_heads:
-        problems.append(f"model.hidden_size={m.hidden_size} is not divisible by model.num_heads={m.num_heads}")
+        problems.append(
+            f"model.hidden_size={m.hidden_size} is not divisible by model.num_heads={m.num_heads}"
+        )
     if m.num_heads % m.num_kv_heads:
-        problems.append(f"model.num_heads={m.num_heads} is not divisible by model.num_kv_heads={m.num_kv_heads}")
+        problems.append(
+            f"model.num_heads={m.num_heads} is not divisible by model.num_kv_heads={m.num_kv_heads}"
+        )
     attn_problem = attention_problem(m.attn_implementation, cfg.rung.device)
     if attn_problem:
         problems.append(attn_problem)
@@ -241,45 +306,68 @@ def validate(cfg: DictConfig, world_size: int | None = None, here: bool = False)
     if r.device not in {"cpu", "cuda"}:
         problems.append(f"rung.device={r.device!r}: use cpu or cuda")
     if r.engine.value in SINGLE_PROCESS_ENGINES and r.nodes * r.gpus_per_node > 1:
-        problems.append(f"rung.engine=single runs one process, but the rung asks for {r.nodes} x "
-                        f"{r.gpus_per_node} devices; pick ddp, fsdp2, deepspeed_zero2 or deepspeed_zero3")
+        problems.append(
+            f"rung.engine=single runs one process, but the rung asks for {r.nodes} x "
+            f"{r.gpus_per_node} devices; pick ddp, fsdp2, deepspeed_zero2 or deepspeed_zero3"
+        )
     if r.offload and r.engine.value != "deepspeed_zero3":
-        problems.append(f"rung.offload=true needs rung.engine=deepspeed_zero3 (it is {r.engine.value})")
+        problems.append(
+            f"rung.offload=true needs rung.engine=deepspeed_zero3 (it is {r.engine.value})"
+        )
 
     rc = cfg.recipe
     if rc.loss not in LOSSES:  # training/recipes/losses.py: the one table of losses
         problems.append(unknown_loss(rc.loss))
     elif d.format != (want := LOSSES[rc.loss].data_format):
-        problems.append(f"data.format={d.format!r}: recipe.loss={rc.loss} needs data in the {want!r} format")
+        problems.append(
+            f"data.format={d.format!r}: recipe.loss={rc.loss} needs data in the {want!r} format"
+        )
     if is_rl(rc.loss):
         from training.rl.grpo import grpo_problems
+
         problems += grpo_problems(cfg, layout, here)
     if d.sources:  # a mixture: its own rules (training/data/mixture_config.py)
         from training.data.mixture_config import mixture_problems
+
         problems += mixture_problems(d)
     elif bool(d.train_files) == bool(d.hub_name):
-        problems.append("set exactly one of data.train_files (local jsonl) and data.hub_name, or data.sources")
+        problems.append(
+            "set exactly one of data.train_files (local jsonl) and data.hub_name, or data.sources"
+        )
     for f in d.train_files:
         if not Path(f).is_file():
             problems.append(f"data.train_files: no such file: {f}")
     if d.max_seq_len > r.micro_batch_tokens and not is_rl(rc.loss):  # RL: rl_batch_layout says it
         problems.append(
             f"data.max_seq_len={d.max_seq_len} exceeds rung.micro_batch_tokens={r.micro_batch_tokens}: "
-            "a packed micro-batch must hold at least one whole document")
+            "a packed micro-batch must hold at least one whole document"
+        )
     if d.max_seq_len > m.max_position_embeddings:
-        problems.append(f"data.max_seq_len={d.max_seq_len} exceeds model.max_position_embeddings={m.max_position_embeddings}")
+        problems.append(
+            f"data.max_seq_len={d.max_seq_len} exceeds model.max_position_embeddings={m.max_position_embeddings}"
+        )
 
-    urls = {"trainer.checkpoint_url": t.checkpoint_url, "trainer.resume": t.resume if "://" in t.resume else None}
+    urls = {
+        "trainer.checkpoint_url": t.checkpoint_url,
+        "trainer.resume": t.resume if "://" in t.resume else None,
+    }
     if any(urls.values()):
-        from training.run.remote import url_problem  # imports fsspec and torch: only when a URL is given
+        from training.run.remote import (
+            url_problem,
+        )  # imports fsspec and torch: only when a URL is given
+
         problems += [p for key, url in urls.items() if url and (p := url_problem(url, key))]
     # the learning rate (optim.lr, or rung.lr x recipe.lr_scale) is positive: RANGES checks all three
 
     if cfg.eval.heldout_file is not None and not Path(cfg.eval.heldout_file).is_file():
         problems.append(f"eval.heldout_file: no such file: {cfg.eval.heldout_file}")
     from training.rl.generator import eval_generator_problems
-    problems += eval_generator_problems(cfg.eval.generator.name,
-                                        cfg.rung.device if cfg.eval.device == "auto" else cfg.eval.device, here)
+
+    problems += eval_generator_problems(
+        cfg.eval.generator.name,
+        cfg.rung.device if cfg.eval.device == "auto" else cfg.eval.device,
+        here,
+    )
 
     if problems:
         raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))

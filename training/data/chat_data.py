@@ -24,15 +24,21 @@ IGNORE = -100
 
 def check_messages(row: object, where: str) -> None:
     if not isinstance(row, dict):
-        raise DataError(f"{where}: expected a JSON object with a 'messages' list, got {type(row).__name__}")
+        raise DataError(
+            f"{where}: expected a JSON object with a 'messages' list, got {type(row).__name__}"
+        )
     msgs = row.get("messages")
     if not isinstance(msgs, list) or not msgs:
-        raise DataError(f"{where}: 'messages' must be a non-empty list of {{role, content}} objects")
+        raise DataError(
+            f"{where}: 'messages' must be a non-empty list of {{role, content}} objects"
+        )
     for i, m in enumerate(msgs):
         if not isinstance(m, dict) or set(m) - {"role", "content"} - {"name"}:
             raise DataError(f"{where}: messages[{i}] must be an object with 'role' and 'content'")
         if m.get("role") not in ROLES:
-            raise DataError(f"{where}: messages[{i}].role={m.get('role')!r}; expected one of {sorted(ROLES)}")
+            raise DataError(
+                f"{where}: messages[{i}].role={m.get('role')!r}; expected one of {sorted(ROLES)}"
+            )
         if not isinstance(m.get("content"), str):
             raise DataError(f"{where}: messages[{i}].content must be a string")
     if not any(m["role"] == "assistant" for m in msgs):
@@ -53,7 +59,9 @@ def iter_jsonl(path: str):
             try:
                 yield lineno, json.loads(line)
             except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+                raise DataError(
+                    f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})"
+                ) from None
 
 
 def check_jsonl(path: str, check=None) -> int:
@@ -99,17 +107,22 @@ def assistant_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[in
     for i, m in enumerate(messages):
         if m["role"] != "assistant":
             continue
-        before = tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
+        before = tokenizer.apply_chat_template(
+            messages[:i], tokenize=False, add_generation_prompt=True
+        )
         through = tokenizer.apply_chat_template(messages[: i + 1], tokenize=False)
         if not (through.startswith(before) and text.startswith(through)):
-            raise DataError("the chat template does not render a prefix of a conversation as a prefix "
-                            "of its text, so assistant tokens cannot be located")
+            raise DataError(
+                "the chat template does not render a prefix of a conversation as a prefix "
+                "of its text, so assistant tokens cannot be located"
+            )
         spans.append((len(before), len(through)))
     return text, spans
 
 
-def encode_chat(tokenizer, messages: list[dict], max_len: int, last_turn_only: bool = False
-                ) -> tuple[list[int], list[int]]:
+def encode_chat(
+    tokenizer, messages: list[dict], max_len: int, last_turn_only: bool = False
+) -> tuple[list[int], list[int]]:
     """Token ids and next-token labels; labels are IGNORE except where the target is an assistant
     token (of the last assistant turn only, with last_turn_only: preference pairs)."""
     text, spans = assistant_spans(tokenizer, messages)
@@ -117,12 +130,16 @@ def encode_chat(tokenizer, messages: list[dict], max_len: int, last_turn_only: b
         spans = spans[-1:]
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids = enc["input_ids"][:max_len]
-    trained = [any(a <= start < b for a, b in spans) for start, _ in enc["offset_mapping"][:max_len]]
+    trained = [
+        any(a <= start < b for a, b in spans) for start, _ in enc["offset_mapping"][:max_len]
+    ]
     labels = [ids[j + 1] if trained[j + 1] else IGNORE for j in range(len(ids) - 1)] + [IGNORE]
     return ids, labels
 
 
-def encode_all(tokenizer, rows: Iterable[dict], max_len: int) -> tuple[list[tuple[list[int], list[int]]], int]:
+def encode_all(
+    tokenizer, rows: Iterable[dict], max_len: int
+) -> tuple[list[tuple[list[int], list[int]]], int]:
     """Encode every row; return the documents and how many were truncated to max_len."""
     docs, truncated = [], 0
     for row in rows:
@@ -133,5 +150,7 @@ def encode_all(tokenizer, rows: Iterable[dict], max_len: int) -> tuple[list[tupl
     return docs, truncated
 
 
-def load_documents(data_cfg: DictConfig, tokenizer) -> tuple[list[tuple[list[int], list[int]]], int]:
+def load_documents(
+    data_cfg: DictConfig, tokenizer
+) -> tuple[list[tuple[list[int], list[int]]], int]:
     return encode_all(tokenizer, load_rows(data_cfg), data_cfg.max_seq_len)

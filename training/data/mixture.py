@@ -43,8 +43,16 @@ def token_cache_dir(cfg) -> Path:
 class MixtureStream(PackedStream):
     """A PackedStream whose epochs are mixture rounds (see the module doc)."""
 
-    def __init__(self, sources: list[SourceDocs], counts: list[int], micro_batch_tokens: int, seed: int,
-                 shuffle: bool, length, collate_fn):
+    def __init__(
+        self,
+        sources: list[SourceDocs],
+        counts: list[int],
+        micro_batch_tokens: int,
+        seed: int,
+        shuffle: bool,
+        length,
+        collate_fn,
+    ):
         self.sources = sources
         self.source_names = [s.spec.name for s in sources]
         self.counts = counts
@@ -55,17 +63,27 @@ class MixtureStream(PackedStream):
             docs.extend(s.docs)
             self.source_of.extend([i] * len(s.docs))
         self._perms: dict[tuple[int, int], list[int]] = {}
-        super().__init__(docs, micro_batch_tokens, seed, shuffle, length=length,
-                         collate_fn=lambda items, idx: collate_fn(items, idx, self))
+        super().__init__(
+            docs,
+            micro_batch_tokens,
+            seed,
+            shuffle,
+            length=length,
+            collate_fn=lambda items, idx: collate_fn(items, idx, self),
+        )
 
     def _perm(self, s: int, e: int) -> list[int]:
         """Pass e over source s: a permutation of its documents seeded by (seed, name, e)."""
         if (s, e) not in self._perms:
             n = len(self.sources[s].docs)
-            if len(self._perms) > 4 * len(self.sources):  # rounds move forward: keep only recent passes
+            if len(self._perms) > 4 * len(
+                self.sources
+            ):  # rounds move forward: keep only recent passes
                 self._perms.clear()
             g = torch.Generator().manual_seed(seed_of(self.seed, self.source_names[s], e))
-            self._perms[(s, e)] = torch.randperm(n, generator=g).tolist() if self.shuffle else list(range(n))
+            self._perms[(s, e)] = (
+                torch.randperm(n, generator=g).tolist() if self.shuffle else list(range(n))
+            )
         return self._perms[(s, e)]
 
     def round_documents(self, r: int) -> list[int]:
@@ -92,21 +110,25 @@ class MixtureStream(PackedStream):
 def collate_sft(items: list, indices: list[int], stream: MixtureStream) -> dict:
     b = collate(items)
     lens = torch.tensor(b["doc_lens"], dtype=torch.long)
-    b["token_sources"] = torch.repeat_interleave(torch.tensor(stream.sources_of(indices), dtype=torch.long), lens)
+    b["token_sources"] = torch.repeat_interleave(
+        torch.tensor(stream.sources_of(indices), dtype=torch.long), lens
+    )
     b["n_sources"] = len(stream.sources)
     return b
 
 
 def collate_dpo(items: list, indices: list[int], stream: MixtureStream) -> dict:
     from training.data.preference import collate_pairs
+
     b = collate_pairs(items, indices)
     b["pair_sources"] = torch.tensor(stream.sources_of(indices), dtype=torch.long)
     b["n_sources"] = len(stream.sources)
     return b
 
 
-def source_sums(loss: torch.Tensor, units: torch.Tensor, tokens: torch.Tensor, sources: torch.Tensor,
-                n: int) -> torch.Tensor:
+def source_sums(
+    loss: torch.Tensor, units: torch.Tensor, tokens: torch.Tensor, sources: torch.Tensor, n: int
+) -> torch.Tensor:
     """[n, 3] per source: summed loss, loss units, trained tokens. Stays on the device (no sync)."""
     out = torch.zeros(n, 3, dtype=torch.float32, device=loss.device)
     vals = torch.stack([loss.detach().float(), units.float(), tokens.float()], dim=1)
@@ -118,9 +140,11 @@ def source_metrics(sums: list[float], names: list[str]) -> dict:
     and ranks (the trainer reduces them with its other statistics) and flattened."""
     out = {}
     for i, name in enumerate(names):
-        loss, units, tokens = sums[3 * i:3 * i + 3]
+        loss, units, tokens = sums[3 * i : 3 * i + 3]
         out[f"data/{name}/tokens"] = round(tokens)
-        out[f"data/{name}/loss"] = loss / units if units else None  # None: no document of it this step
+        out[f"data/{name}/loss"] = (
+            loss / units if units else None
+        )  # None: no document of it this step
     return out
 
 
@@ -131,38 +155,70 @@ def load_sources(cfg, tokenizer, fmt: str, cache: bool = True) -> list[SourceDoc
     out = []
     for spec in source_specs(cfg.data):
         prefix = f"data.sources.{spec.name}: " if mixture else ""
-        src = load_source(spec, tokenizer, cfg.data.max_seq_len, fmt, token_cache_dir(cfg) if cache else None,
-                          drop_untrained=mixture, prefix=prefix)
+        src = load_source(
+            spec,
+            tokenizer,
+            cfg.data.max_seq_len,
+            fmt,
+            token_cache_dir(cfg) if cache else None,
+            drop_untrained=mixture,
+            prefix=prefix,
+        )
         if mixture and not src.docs:
-            raise DataError(f"data.sources.{spec.name}: no rows left after filtering ({src.rows} read, {src.dropped} "
-                            f"with no trained token after truncation to data.max_seq_len={cfg.data.max_seq_len})")
+            raise DataError(
+                f"data.sources.{spec.name}: no rows left after filtering ({src.rows} read, {src.dropped} "
+                f"with no trained token after truncation to data.max_seq_len={cfg.data.max_seq_len})"
+            )
         out.append(src)
     return out
 
 
-def make_stream(cfg, sources: list[SourceDocs], micro_batch_tokens: int, seed: int, fmt: str) -> PackedStream:
+def make_stream(
+    cfg, sources: list[SourceDocs], micro_batch_tokens: int, seed: int, fmt: str
+) -> PackedStream:
     from training.data.preference import collate_pairs, pair_length
+
     length = (lambda d: len(d[0])) if fmt == "messages" else pair_length
     if not is_mixture(cfg.data):  # plain data: the packing every run used before mixtures
         docs = sources[0].docs
         if fmt == "messages":
             return PackedStream(docs, micro_batch_tokens, seed, cfg.data.shuffle)
-        return PackedStream(docs, micro_batch_tokens, seed, cfg.data.shuffle, length=pair_length,
-                            collate_fn=collate_pairs)
+        return PackedStream(
+            docs,
+            micro_batch_tokens,
+            seed,
+            cfg.data.shuffle,
+            length=pair_length,
+            collate_fn=collate_pairs,
+        )
     specs = [s.spec for s in sources]
     counts = round_counts(specs, [len(s.docs) for s in sources])
     problems = count_problems(specs, [len(s.docs) for s in sources], counts)
     if problems:
         raise DataError("; ".join(problems))
-    return MixtureStream(sources, counts, micro_batch_tokens, seed, cfg.data.shuffle, length,
-                         collate_sft if fmt == "messages" else collate_dpo)
+    return MixtureStream(
+        sources,
+        counts,
+        micro_batch_tokens,
+        seed,
+        cfg.data.shuffle,
+        length,
+        collate_sft if fmt == "messages" else collate_dpo,
+    )
 
 
-def build_stream(cfg, tokenizer, micro_batch_tokens: int, seed: int, fmt: str) -> tuple[PackedStream, int]:
+def build_stream(
+    cfg, tokenizer, micro_batch_tokens: int, seed: int, fmt: str
+) -> tuple[PackedStream, int]:
     """The recipe's stream and how many documents were truncated."""
     sources = load_sources(cfg, tokenizer, fmt)
     stream = make_stream(cfg, sources, micro_batch_tokens, seed, fmt)
     if is_mixture(cfg.data):
-        log.info("mixture %s: %s documents per round", cfg.data.name,
-                 ", ".join(f"{s.spec.name} {c} of {len(s.docs)}" for s, c in zip(sources, stream.counts)))
+        log.info(
+            "mixture %s: %s documents per round",
+            cfg.data.name,
+            ", ".join(
+                f"{s.spec.name} {c} of {len(s.docs)}" for s, c in zip(sources, stream.counts)
+            ),
+        )
     return stream, sum(s.truncated for s in sources)

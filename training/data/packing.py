@@ -20,8 +20,15 @@ import torch
 
 
 class PackedStream:
-    def __init__(self, docs: list, micro_batch_tokens: int, seed: int, shuffle: bool = True,
-                 length=lambda item: len(item[0]), collate_fn=None):
+    def __init__(
+        self,
+        docs: list,
+        micro_batch_tokens: int,
+        seed: int,
+        shuffle: bool = True,
+        length=lambda item: len(item[0]),
+        collate_fn=None,
+    ):
         """`docs` are SFT documents (input_ids, labels) by default; a recipe with another batch
         format (DPO pairs) passes its own item `length` and `collate_fn(items, indices)`."""
         if not docs:

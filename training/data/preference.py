@@ -28,7 +28,9 @@ def check_pair(row: object, where: str) -> None:
         if row[side][-1]["role"] != "assistant":
             raise DataError(f"{where}: {side} must end with an assistant turn")
     if row["chosen"][:-1] != row["rejected"][:-1]:
-        raise DataError(f"{where}: chosen and rejected must share the conversation before the last turn")
+        raise DataError(
+            f"{where}: chosen and rejected must share the conversation before the last turn"
+        )
 
 
 def check_pairs_jsonl(path: str) -> int:
@@ -68,12 +70,16 @@ def collate_pairs(pairs: list[tuple], indices: list[int]) -> dict:
     }
 
 
-def sequence_logps(model, batch: dict, chunk_tokens: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+def sequence_logps(
+    model, batch: dict, chunk_tokens: int = 1024
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed log-probs and trained lengths per document, in packing order (chosen, rejected, ...):
     DPO's policy terms and the reference pass's (training/recipes/reference.py) both come from here."""
     logp, mask = token_logps(model, batch, chunk_tokens)
     lens = torch.tensor(batch["doc_lens"], device=logp.device)
     doc = torch.repeat_interleave(torch.arange(len(lens), device=logp.device), lens)
     sums = torch.zeros(len(lens), device=logp.device, dtype=logp.dtype).index_add_(0, doc, logp)
-    counts = torch.zeros(len(lens), device=logp.device, dtype=logp.dtype).index_add_(0, doc, mask.to(logp.dtype))
+    counts = torch.zeros(len(lens), device=logp.device, dtype=logp.dtype).index_add_(
+        0, doc, mask.to(logp.dtype)
+    )
     return sums, counts

@@ -36,8 +36,9 @@ def make_answer(letters: list[str]) -> str:
     return " ".join(reversed(letters))
 
 
-def generate(n_train: int = 20000, n_heldout: int = 500, seed: int = 1234,
-             min_len: int = 3, max_len: int = 6) -> tuple[list[dict], list[dict]]:
+def generate(
+    n_train: int = 20000, n_heldout: int = 500, seed: int = 1234, min_len: int = 3, max_len: int = 6
+) -> tuple[list[dict], list[dict]]:
     """Draw unique prompts; the first n_heldout go to the held-out split, the rest to train."""
     rng = random.Random(seed)
     seen: set[str] = set()
@@ -48,13 +49,15 @@ def generate(n_train: int = 20000, n_heldout: int = 500, seed: int = 1234,
         if prompt in seen:
             continue
         seen.add(prompt)
-        rows.append({
-            "id": f"{TASK}-{len(rows):06d}",
-            "messages": [
-                {"role": "user", "content": prompt},
-                {"role": "assistant", "content": make_answer(letters)},
-            ],
-        })
+        rows.append(
+            {
+                "id": f"{TASK}-{len(rows):06d}",
+                "messages": [
+                    {"role": "user", "content": prompt},
+                    {"role": "assistant", "content": make_answer(letters)},
+                ],
+            }
+        )
     return rows[n_heldout:], rows[:n_heldout]
 
 
@@ -88,30 +91,44 @@ def generate_arith(n: int = 2000, seed: int = 4321, max_operand: int = 99) -> li
         if prompt in seen:
             continue
         seen.add(prompt)
-        rows.append({"id": f"arith-{len(rows):06d}",
-                     "messages": [{"role": "user", "content": prompt},
-                                  {"role": "assistant", "content": str(a + b if op == "+" else a - b)}]})
+        rows.append(
+            {
+                "id": f"arith-{len(rows):06d}",
+                "messages": [
+                    {"role": "user", "content": prompt},
+                    {"role": "assistant", "content": str(a + b if op == "+" else a - b)},
+                ],
+            }
+        )
     return rows
-
-
 
 
 def rlvr_row(row: dict, dataset: str) -> dict:
     """open-instruct's RLVR format: the prompt's messages, the answer to check, the verifier's name."""
-    return {"id": row["id"], "messages": row["messages"][:-1], "ground_truth": row["messages"][-1]["content"],
-            "dataset": dataset}
+    return {
+        "id": row["id"],
+        "messages": row["messages"][:-1],
+        "ground_truth": row["messages"][-1]["content"],
+        "dataset": dataset,
+    }
 
 
-def main_rlvr(n_reverse: int = 2000, n_arith: int = 300, n_heldout_reverse: int = 200,
-              n_heldout_arith: int = 100) -> None:
+def main_rlvr(
+    n_reverse: int = 2000,
+    n_arith: int = 300,
+    n_heldout_reverse: int = 200,
+    n_heldout_arith: int = 100,
+) -> None:
     """GRPO prompts: reverse prompts from the reverse train split (held-out ones from its held-out
     split) and arithmetic prompts (held-out ones are later draws), so the splits are disjoint."""
     train, heldout = generate()
     arith = generate_arith()
-    rl_train = [rlvr_row(r, "reverse") for r in train[:n_reverse]] + \
-        [rlvr_row(r, "arith") for r in arith[:n_arith]]
-    rl_heldout = [rlvr_row(r, "reverse") for r in heldout[:n_heldout_reverse]] + \
-        [rlvr_row(r, "arith") for r in arith[n_arith:n_arith + n_heldout_arith]]
+    rl_train = [rlvr_row(r, "reverse") for r in train[:n_reverse]] + [
+        rlvr_row(r, "arith") for r in arith[:n_arith]
+    ]
+    rl_heldout = [rlvr_row(r, "reverse") for r in heldout[:n_heldout_reverse]] + [
+        rlvr_row(r, "arith") for r in arith[n_arith : n_arith + n_heldout_arith]
+    ]
     write_jsonl(ASSETS / f"{TASK}_rlvr_train.jsonl", rl_train)
     write_jsonl(ASSETS / f"{TASK}_rlvr_heldout.jsonl", rl_heldout)
     # the same train prompts split by verifier, as two sources of an RLVR mixture (data=rlvr_mix)
@@ -140,9 +157,13 @@ def preference_pairs(rows: list[dict], seed: int = 99) -> list[dict]:
     for r in rows:
         prompt = r["messages"][:-1]
         letters = prompt[-1]["content"].split(": ", 1)[1].split()
-        pairs.append({"id": r["id"].replace(TASK, f"{TASK}-pref"),
-                      "chosen": prompt + [{"role": "assistant", "content": make_answer(letters)}],
-                      "rejected": prompt + [{"role": "assistant", "content": wrong_answer(letters, rng)}]})
+        pairs.append(
+            {
+                "id": r["id"].replace(TASK, f"{TASK}-pref"),
+                "chosen": prompt + [{"role": "assistant", "content": make_answer(letters)}],
+                "rejected": prompt + [{"role": "assistant", "content": wrong_answer(letters, rng)}],
+            }
+        )
     return pairs
 
 

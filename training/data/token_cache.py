@@ -61,12 +61,27 @@ def row_check(fmt: str, prefix: str = ""):
 
     def check(row, where):
         where = prefix + where
-        if isinstance(row, dict) and fmt == "messages" and "messages" not in row and "chosen" in row:
-            raise DataError(f"{where}: a preference pair (chosen/rejected) in SFT data; recipe.loss=sft trains on "
-                            "rows with `messages`; preference sources belong to recipe=dpo")
-        if isinstance(row, dict) and fmt == "preference" and "chosen" not in row and "messages" in row:
-            raise DataError(f"{where}: a `messages` row in preference data; recipe=dpo needs chosen/rejected pairs")
+        if (
+            isinstance(row, dict)
+            and fmt == "messages"
+            and "messages" not in row
+            and "chosen" in row
+        ):
+            raise DataError(
+                f"{where}: a preference pair (chosen/rejected) in SFT data; recipe.loss=sft trains on "
+                "rows with `messages`; preference sources belong to recipe=dpo"
+            )
+        if (
+            isinstance(row, dict)
+            and fmt == "preference"
+            and "chosen" not in row
+            and "messages" in row
+        ):
+            raise DataError(
+                f"{where}: a `messages` row in preference data; recipe=dpo needs chosen/rejected pairs"
+            )
         (check_messages if fmt == "messages" else check_pair)(row, where)
+
     return check
 
 
@@ -74,14 +89,21 @@ def _data_fingerprint(spec: SourceSpec) -> dict:
     if spec.train_files:
         return {"files": [file_hash(f) for f in spec.train_files]}
     import datasets  # the hub copy in the local `datasets` cache; its fingerprint follows its revision
+
     ds = datasets.load_dataset(spec.hub_name, split=spec.hub_split)
     return {"hub": spec.hub_name, "split": spec.hub_split, "fingerprint": ds._fingerprint}
 
 
 def cache_key(spec: SourceSpec, tokenizer, max_seq_len: int, fmt: str, drop_untrained: bool) -> str:
-    parts = {"data": _data_fingerprint(spec), "max_samples": spec.max_samples,
-             "tokenizer": tokenizer_fingerprint(tokenizer), "max_seq_len": max_seq_len, "format": fmt,
-             "drop_untrained": drop_untrained, "code_version": CODE_VERSION}
+    parts = {
+        "data": _data_fingerprint(spec),
+        "max_samples": spec.max_samples,
+        "tokenizer": tokenizer_fingerprint(tokenizer),
+        "max_seq_len": max_seq_len,
+        "format": fmt,
+        "drop_untrained": drop_untrained,
+        "code_version": CODE_VERSION,
+    }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
 
 
@@ -89,8 +111,9 @@ def _trains(labels: list[int]) -> bool:
     return any(t != IGNORE for t in labels)
 
 
-def encode_source(spec: SourceSpec, tokenizer, max_seq_len: int, fmt: str, drop_untrained: bool,
-                  prefix: str = "") -> tuple[list, int, int, int]:
+def encode_source(
+    spec: SourceSpec, tokenizer, max_seq_len: int, fmt: str, drop_untrained: bool, prefix: str = ""
+) -> tuple[list, int, int, int]:
     """Read, check and tokenise a source's rows: (docs, rows, truncated, dropped)."""
     ds = load_rows(spec, row_check(fmt, prefix))
     docs, truncated, dropped = [], 0, 0
@@ -116,17 +139,28 @@ def _pack(docs: list, fmt: str) -> bytes:
     offsets = np.zeros(len(flat) + 1, dtype=np.int64)
     np.cumsum([len(d[0]) for d in flat], out=offsets[1:])
     buf = io.BytesIO()
-    np.savez(buf, ids=np.fromiter((t for d in flat for t in d[0]), np.int32, int(offsets[-1])),
-             labels=np.fromiter((t for d in flat for t in d[1]), np.int32, int(offsets[-1])), offsets=offsets)
+    np.savez(
+        buf,
+        ids=np.fromiter((t for d in flat for t in d[0]), np.int32, int(offsets[-1])),
+        labels=np.fromiter((t for d in flat for t in d[1]), np.int32, int(offsets[-1])),
+        offsets=offsets,
+    )
     return buf.getvalue()
 
 
 def _unpack(raw: bytes, fmt: str, n_docs: int) -> list:
-    with np.load(io.BytesIO(raw), allow_pickle=False) as z:  # an object array is refused, never unpickled
+    with np.load(
+        io.BytesIO(raw), allow_pickle=False
+    ) as z:  # an object array is refused, never unpickled
         ids, labels, offsets = z["ids"], z["labels"], z["offsets"]
     n_flat = n_docs if fmt == "messages" else 2 * n_docs
-    if (offsets.shape != (n_flat + 1,) or ids.shape != labels.shape or offsets[0] != 0
-            or offsets[-1] != len(ids) or (np.diff(offsets) < 0).any()):
+    if (
+        offsets.shape != (n_flat + 1,)
+        or ids.shape != labels.shape
+        or offsets[0] != 0
+        or offsets[-1] != len(ids)
+        or (np.diff(offsets) < 0).any()
+    ):
         raise ValueError("arrays inconsistent with the recorded document count")
     ids_l, labels_l, off = ids.tolist(), labels.tolist(), offsets.tolist()
     flat = [(ids_l[a:b], labels_l[a:b]) for a, b in itertools.pairwise(off)]
@@ -142,6 +176,7 @@ def paths(cache_dir: Path, key: str) -> tuple[Path, Path]:
 def load_entry(cache_dir: Path, key: str, fmt: str) -> tuple[list, dict] | None:
     """The entry's documents and metadata; None when missing, corrupt or inconsistent."""
     from training.recipes.ref_cache import read_checked
+
     try:
         entry = read_checked(*paths(cache_dir, key))
         if entry is None:
@@ -151,7 +186,11 @@ def load_entry(cache_dir: Path, key: str, fmt: str) -> tuple[list, dict] | None:
             raise ValueError("written for another format or code version")
         return _unpack(raw, fmt, meta["docs"]), meta
     except (ValueError, KeyError, TypeError, OSError, EOFError, json.JSONDecodeError) as e:
-        log.warning("token cache entry %s is corrupt or stale (%s); recomputing", paths(cache_dir, key)[0], e)
+        log.warning(
+            "token cache entry %s is corrupt or stale (%s); recomputing",
+            paths(cache_dir, key)[0],
+            e,
+        )
         return None
 
 
@@ -159,30 +198,69 @@ def store_entry(cache_dir: Path, key: str, docs: list, fmt: str, meta: dict) -> 
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     raw = _pack(docs, fmt)
-    meta = {**meta, "docs": len(docs), "format": fmt, "code_version": CODE_VERSION,
-            "sha256": hashlib.sha256(raw).hexdigest()}
+    meta = {
+        **meta,
+        "docs": len(docs),
+        "format": fmt,
+        "code_version": CODE_VERSION,
+        "sha256": hashlib.sha256(raw).hexdigest(),
+    }
     data_path, meta_path = paths(cache_dir, key)
     # data first, sidecar last: a sidecar names only data that is already complete under its name
     for path, payload in ((data_path, raw), (meta_path, json.dumps(meta, indent=1).encode())):
         write_atomic(path, payload, fsync=True)
 
 
-def load_source(spec: SourceSpec, tokenizer, max_seq_len: int, fmt: str, cache_dir: Path | None,
-                drop_untrained: bool = False, prefix: str = "") -> SourceDocs:
+def load_source(
+    spec: SourceSpec,
+    tokenizer,
+    max_seq_len: int,
+    fmt: str,
+    cache_dir: Path | None,
+    drop_untrained: bool = False,
+    prefix: str = "",
+) -> SourceDocs:
     """A source's documents: from the cache when its entry is sound, else tokenised and stored.
     cache_dir=None tokenises without the cache."""
     t0 = time.perf_counter()
-    key = cache_key(spec, tokenizer, max_seq_len, fmt, drop_untrained) if cache_dir is not None else ""
+    key = (
+        cache_key(spec, tokenizer, max_seq_len, fmt, drop_untrained)
+        if cache_dir is not None
+        else ""
+    )
     hit = load_entry(cache_dir, key, fmt) if cache_dir is not None else None
     if hit is not None:
         docs, meta = hit
-        log.info("source %s: %d documents from the token cache (%s) in %.2f s", spec.name, len(docs), key,
-                 time.perf_counter() - t0)
+        log.info(
+            "source %s: %d documents from the token cache (%s) in %.2f s",
+            spec.name,
+            len(docs),
+            key,
+            time.perf_counter() - t0,
+        )
         return SourceDocs(spec, docs, meta["rows"], meta["truncated"], meta["dropped"], True, key)
-    docs, rows, truncated, dropped = encode_source(spec, tokenizer, max_seq_len, fmt, drop_untrained, prefix)
+    docs, rows, truncated, dropped = encode_source(
+        spec, tokenizer, max_seq_len, fmt, drop_untrained, prefix
+    )
     if cache_dir is not None:
-        store_entry(cache_dir, key, docs, fmt, {"source": spec.describe(), "rows": rows, "truncated": truncated,
-                                                 "dropped": dropped, "max_seq_len": max_seq_len})
-    log.info("source %s: tokenised %d rows in %.1f s%s", spec.name, rows, time.perf_counter() - t0,
-             f"; cached as {key}" if cache_dir is not None else "")
+        store_entry(
+            cache_dir,
+            key,
+            docs,
+            fmt,
+            {
+                "source": spec.describe(),
+                "rows": rows,
+                "truncated": truncated,
+                "dropped": dropped,
+                "max_seq_len": max_seq_len,
+            },
+        )
+    log.info(
+        "source %s: tokenised %d rows in %.1f s%s",
+        spec.name,
+        rows,
+        time.perf_counter() - t0,
+        f"; cached as {key}" if cache_dir is not None else "",
+    )
     return SourceDocs(spec, docs, rows, truncated, dropped, False, key)

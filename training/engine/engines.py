@@ -30,8 +30,12 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
-                                                     get_optimizer_state_dict, set_optimizer_state_dict)
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_optimizer_state_dict,
+)
 
 from training.engine.consolidate import write_streamed
 from training.engine.distributed import World
@@ -46,6 +50,7 @@ _trusted_noted: set[str] = set()
 
 class Engine:
     """One process, no wrapper. The others override what differs."""
+
     name = "single"
     sharded_state = False  # True when the engine writes its own per-rank state into the checkpoint
 
@@ -63,7 +68,9 @@ class Engine:
 
     def autocast(self):
         """bf16 compute for engines whose wrapper does not own precision (single, ddp)."""
-        return torch.autocast(self.cfg.rung.device, dtype=torch.bfloat16, enabled=bool(self.cfg.rung.bf16))
+        return torch.autocast(
+            self.cfg.rung.device, dtype=torch.bfloat16, enabled=bool(self.cfg.rung.bf16)
+        )
 
     def backward(self, loss: torch.Tensor) -> None:
         loss.backward()
@@ -79,8 +86,11 @@ class Engine:
     # ---- state ----------------------------------------------------------------------
     def _opts(self, loading: bool = False) -> StateDictOptions:
         distributed = self.world.size > 1
-        return StateDictOptions(full_state_dict=True, cpu_offload=distributed,
-                                broadcast_from_rank0=loading and distributed)
+        return StateDictOptions(
+            full_state_dict=True,
+            cpu_offload=distributed,
+            broadcast_from_rank0=loading and distributed,
+        )
 
     def model_state(self) -> dict | None:
         """The full model state dict on rank 0 (None elsewhere). A collective: every rank calls it."""
@@ -111,10 +121,16 @@ class Engine:
         if opt == {"empty": True}:  # saved before the first step: a fresh optimizer is the same
             return
         if opt is None:
-            raise CheckpointError(f"{ckpt} holds no full optimizer state (it was saved by "
-                                  f"{state.get('engine')}); resume it with rung.engine={state.get('engine')}")
-        set_optimizer_state_dict(self.module, self.optimizer, optim_state_dict=opt if self.world.main or
-                                 self.world.size == 1 else {}, options=self._opts(loading=True))
+            raise CheckpointError(
+                f"{ckpt} holds no full optimizer state (it was saved by "
+                f"{state.get('engine')}); resume it with rung.engine={state.get('engine')}"
+            )
+        set_optimizer_state_dict(
+            self.module,
+            self.optimizer,
+            optim_state_dict=opt if self.world.main or self.world.size == 1 else {},
+            options=self._opts(loading=True),
+        )
 
 
 class DDPEngine(Engine):
@@ -122,6 +138,7 @@ class DDPEngine(Engine):
 
     def wrap(self, model):
         from torch.nn.parallel import DistributedDataParallel as DDP
+
         ids = [self.world.local_rank] if self.cfg.rung.device == "cuda" else None
         return DDP(model, device_ids=ids)
 
@@ -135,8 +152,12 @@ class FSDP2Engine(Engine):
 
     def wrap(self, model):
         from torch.distributed.fsdp import MixedPrecisionPolicy
-        mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
-            if self.cfg.rung.bf16 else MixedPrecisionPolicy()
+
+        mp = (
+            MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+            if self.cfg.rung.bf16
+            else MixedPrecisionPolicy()
+        )
         return fsdp2_shard(model, self.cfg.rung.device, self.world.size, mp)
 
     def accumulate(self, last: bool):
@@ -150,6 +171,7 @@ class FSDP2Engine(Engine):
         # The local shards, by their unsharded names (no communication); each is gathered in
         # turn, in the same order on every rank, only when its bytes are written.
         from torch.distributed.tensor import DTensor
+
         sd = self.module.state_dict()
         main = self.world.main
 
@@ -158,8 +180,14 @@ class FSDP2Engine(Engine):
             full = t.full_tensor() if isinstance(t, DTensor) else t  # an all-gather of one tensor
             return full.detach().cpu() if main else None
 
-        write_streamed(tmp, model, {n: (tuple(t.shape), t.dtype) for n, t in sd.items()}, fetch, main,
-                       total_parameters=sum(p.numel() for p in model.parameters()))  # DTensor numel is global
+        write_streamed(
+            tmp,
+            model,
+            {n: (tuple(t.shape), t.dtype) for n, t in sd.items()},
+            fetch,
+            main,
+            total_parameters=sum(p.numel() for p in model.parameters()),
+        )  # DTensor numel is global
 
 
 class DeepSpeedEngine(Engine):
@@ -167,6 +195,7 @@ class DeepSpeedEngine(Engine):
 
     def __init__(self, model, make_optimizer, world, cfg, layout, stage: int):
         import deepspeed
+
         self.model, self.world, self.cfg, self.stage = model, world, cfg, stage
         self.name = f"deepspeed_zero{stage}"
         zero = {"stage": stage, "stage3_gather_16bit_weights_on_model_save": True}
@@ -188,8 +217,9 @@ class DeepSpeedEngine(Engine):
         }
         # The scheduler drives the torch optimizer; ZeRO's wrapper shares its param_groups.
         self.torch_optimizer = make_optimizer(model.parameters())
-        self.module, self.optimizer, _, _ = deepspeed.initialize(model=model, optimizer=self.torch_optimizer,
-                                                                 config=ds_config)
+        self.module, self.optimizer, _, _ = deepspeed.initialize(
+            model=model, optimizer=self.torch_optimizer, config=ds_config
+        )
 
     def autocast(self):
         return contextlib.nullcontext()  # DeepSpeed's bf16 section owns precision
@@ -204,13 +234,20 @@ class DeepSpeedEngine(Engine):
 
     def model_state(self) -> dict | None:
         if self.stage == 3:
-            raise NotImplementedError("ZeRO-3 weights are streamed by save_model, never gathered whole")
-        return {k: v.detach().cpu() for k, v in self.module.module.state_dict().items()} if self.world.main else None
+            raise NotImplementedError(
+                "ZeRO-3 weights are streamed by save_model, never gathered whole"
+            )
+        return (
+            {k: v.detach().cpu() for k, v in self.module.module.state_dict().items()}
+            if self.world.main
+            else None
+        )
 
     def save_model(self, tmp: Path, model) -> None:
         if self.stage != 3:
             return super().save_model(tmp, model)
         import deepspeed
+
         # ZeRO-3 partitions every parameter (p.ds_shape is its full shape). Each is gathered in
         # turn (on every rank, as GatheredParameters requires), written by rank 0 and released,
         # instead of building the whole state dict on rank 0 first.
@@ -222,8 +259,14 @@ class DeepSpeedEngine(Engine):
             with deepspeed.zero.GatheredParameters([p], modifier_rank=None):
                 return p.detach().to("cpu", copy=True) if main else None
 
-        write_streamed(tmp, model, {n: (tuple(p.ds_shape), p.dtype) for n, p in params.items()}, fetch, main,
-                       total_parameters=sum(p.ds_numel for p in params.values()))
+        write_streamed(
+            tmp,
+            model,
+            {n: (tuple(p.ds_shape), p.dtype) for n, p in params.items()},
+            fetch,
+            main,
+            total_parameters=sum(p.ds_numel for p in params.values()),
+        )
 
     def optimizer_state(self) -> dict | None:
         return None  # saved sharded by save_sharded
@@ -236,8 +279,11 @@ class DeepSpeedEngine(Engine):
             raise CheckpointError(
                 f"{ckpt} was saved by {state.get('engine')} on {state.get('world_size')} process(es); "
                 f"{self.name} resumes its sharded state only from the same engine "
-                f"(rung.engine={state.get('engine')})")
-        check_origin(self.cfg, state, ckpt)  # before anything reads the DeepSpeed files, the converter included
+                f"(rung.engine={state.get('engine')})"
+            )
+        check_origin(
+            self.cfg, state, ckpt
+        )  # before anything reads the DeepSpeed files, the converter included
         tag = "state"
         if state.get("world_size") != self.world.size:
             # ZeRO's optimizer state is partitioned by data-parallel rank, so a plain load needs the
@@ -248,8 +294,13 @@ class DeepSpeedEngine(Engine):
         # where we know whether the world size changed, rather than in the config at initialize.
         self.module._config.load_universal_checkpoint = tag == UNIVERSAL_TAG
         try:
-            self.module.load_checkpoint(str(ckpt / DS_DIR), tag=tag, load_optimizer_states=True,
-                                        load_lr_scheduler_states=False, load_module_strict=True)
+            self.module.load_checkpoint(
+                str(ckpt / DS_DIR),
+                tag=tag,
+                load_optimizer_states=True,
+                load_lr_scheduler_states=False,
+                load_module_strict=True,
+            )
         finally:
             self.module._config.load_universal_checkpoint = False
 
@@ -265,24 +316,46 @@ class DeepSpeedEngine(Engine):
         import sys
         import uuid
         from training.engine import distributed
+
         ds_dir = ckpt / DS_DIR
         final = ds_dir / UNIVERSAL_TAG
         if self.world.local_rank == 0 and not final.is_dir():
             tmp = ds_dir / f".tmp-{UNIVERSAL_TAG}-{uuid.uuid4().hex[:8]}"
-            log.info("%s was saved on another world size: converting it to a universal checkpoint in %s",
-                     ckpt, final)
+            log.info(
+                "%s was saved on another world size: converting it to a universal checkpoint in %s",
+                ckpt,
+                final,
+            )
             # DeepSpeed's own command line, in a separate process: the converter forks its workers
             # and needs no process group. --inject_missing_state: a plain (non-Megatron) model
             # records no universal-checkpoint info in the ZeRO-2 state, and needs none.
-            workers = max(1, min(4, (os.cpu_count() or 2) // 2))  # its pools only add overhead on a small host
-            proc = subprocess.run([sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal",
-                                   "--input_folder", str(ds_dir / "state"), "--output_folder", str(tmp),
-                                   "--inject_missing_state", "--num_extract_workers", str(workers),
-                                   "--num_merge_workers", str(workers)], capture_output=True, text=True)
+            workers = max(
+                1, min(4, (os.cpu_count() or 2) // 2)
+            )  # its pools only add overhead on a small host
+            proc = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "deepspeed.checkpoint.ds_to_universal",
+                    "--input_folder",
+                    str(ds_dir / "state"),
+                    "--output_folder",
+                    str(tmp),
+                    "--inject_missing_state",
+                    "--num_extract_workers",
+                    str(workers),
+                    "--num_merge_workers",
+                    str(workers),
+                ],
+                capture_output=True,
+                text=True,
+            )
             if proc.returncode != 0:
                 shutil.rmtree(tmp, ignore_errors=True)
-                raise CheckpointError(f"converting {ds_dir / 'state'} to a DeepSpeed universal checkpoint failed "
-                                      f"(exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+                raise CheckpointError(
+                    f"converting {ds_dir / 'state'} to a DeepSpeed universal checkpoint failed "
+                    f"(exit {proc.returncode}):\n{proc.stderr[-3000:]}"
+                )
             try:
                 os.rename(tmp, final)
             except OSError:  # another node renamed its copy into place first
@@ -308,6 +381,7 @@ def check_origin(cfg, state: dict, ckpt: Path) -> None:
         return  # DeepSpeedEngine.load refuses another engine's checkpoint before reading anything
     from training.engine import distributed
     from training.run.checkpoint import origin_problem
+
     t = cfg.trainer
     trusted = bool(t.get("trust_checkpoint", False))
     problem = None if trusted else origin_problem(ckpt, Path(t.run_root) / t.run_name)
@@ -316,19 +390,26 @@ def check_origin(cfg, state: dict, ckpt: Path) -> None:
             f"{Path(ckpt) / DS_DIR} is not from this run ({problem or 'another rank found so'}). DeepSpeed's loader "
             "unpickles these files, which runs any code their writer put in them, so Ladder loads a DeepSpeed "
             "state only from a checkpoint this run saved. If you trust whoever wrote it, accept it with "
-            "trainer.trust_checkpoint=true")
+            "trainer.trust_checkpoint=true"
+        )
     if trusted and distributed.env_world().main and str(ckpt) not in _trusted_noted:
         _trusted_noted.add(str(ckpt))  # once, though the trainer and the engine both ask
-        log.warning("trainer.trust_checkpoint=true: loading %s without checking who wrote it", Path(ckpt) / DS_DIR)
+        log.warning(
+            "trainer.trust_checkpoint=true: loading %s without checking who wrote it",
+            Path(ckpt) / DS_DIR,
+        )
 
 
-def fsdp2_shard(model, device: str, world_size: int, mp=None, reshard_after_forward: bool | None = None):
+def fsdp2_shard(
+    model, device: str, world_size: int, mp=None, reshard_after_forward: bool | None = None
+):
     """`fully_shard` per decoder layer (one all-gather unit each) and at the root, in place. Parameters
     still on another device (a model built on the CPU) are moved to `device` one unit at a time, as
     each is sharded, so no device ever holds the whole model. reshard_after_forward=None is FSDP2's
     default (the root stays gathered after forward, for the backward that follows)."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
     mesh = init_device_mesh(device, (world_size,))
     mp = mp or MixedPrecisionPolicy()
     for layer in model.model.layers:
@@ -352,6 +433,7 @@ def wrap_frozen(cfg, model, world: World, layout):
     if name != "deepspeed_zero3":
         return model.to(cfg.rung.device)
     import deepspeed
+
     # An inference config, the shape of TRL's prepare_deepspeed: ZeRO-3 partitioning and nothing that
     # needs an optimizer. The reference's parameters are not offloaded (the planner counts them on
     # the GPU); DeepSpeed asks for a consistent batch size even so.

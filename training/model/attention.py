@@ -35,8 +35,10 @@ def attention_problem(requested: str, device: str) -> str | None:
         if device != "cuda":
             return "model.attn_implementation=flash_attention_2 needs rung.device=cuda (FlashAttention has no CPU kernel)"
         if not importlib.util.find_spec("flash_attn"):
-            return ("model.attn_implementation=flash_attention_2 needs the flash-attn package "
-                    "(pip install -e '.[gpu]'); or use flex_attention, which needs none")
+            return (
+                "model.attn_implementation=flash_attention_2 needs the flash-attn package "
+                "(pip install -e '.[gpu]'); or use flex_attention, which needs none"
+            )
     if requested == "flex_attention" and _torch_version() < (2, 5):
         return f"model.attn_implementation=flex_attention needs torch 2.5 or later (this is {version('torch')})"
     return None
@@ -47,6 +49,7 @@ def choose_attention(requested: str, device: str) -> str:
     if requested != "auto":
         return requested
     import torch
+
     if device == "cuda" and torch.cuda.is_available():
         for impl in ("flash_attention_2", "flex_attention"):
             if attention_problem(impl, device) is None:

@@ -62,21 +62,36 @@ def describe() -> str:
     import torch
 
     config = torch.__config__.show()
-    blas = next((part.split("=", 1)[1] for part in config.replace(",", " ").split() if part.startswith("BLAS_INFO=")),
-                "unknown")
+    blas = next(
+        (
+            part.split("=", 1)[1]
+            for part in config.replace(",", " ").split()
+            if part.startswith("BLAS_INFO=")
+        ),
+        "unknown",
+    )
     used = torch.backends.cpu.get_cpu_capability()
     offered = ""
-    if os.environ.get("ATEN_CPU_CAPABILITY"):  # what the CPU would have given: ask a process without it
+    if os.environ.get(
+        "ATEN_CPU_CAPABILITY"
+    ):  # what the CPU would have given: ask a process without it
         import subprocess
         import sys
 
         env = {k: v for k, v in os.environ.items() if k != "ATEN_CPU_CAPABILITY"}
-        probe = subprocess.run([sys.executable, "-c", "import torch; print(torch.backends.cpu.get_cpu_capability())"],
-                               env=env, capture_output=True, text=True, timeout=120)
+        probe = subprocess.run(
+            [sys.executable, "-c", "import torch; print(torch.backends.cpu.get_cpu_capability())"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         offered = f" (this CPU offers {probe.stdout.strip() or 'unknown'})"
     cbwr = os.environ.get("MKL_CBWR")
-    return (f"CPU: ATen kernels {used}{offered}, BLAS {blas}{f' with MKL_CBWR={cbwr}' if cbwr else ''}, "
-            f"{torch.get_num_threads()} threads")
+    return (
+        f"CPU: ATen kernels {used}{offered}, BLAS {blas}{f' with MKL_CBWR={cbwr}' if cbwr else ''}, "
+        f"{torch.get_num_threads()} threads"
+    )
 
 
 if __name__ == "__main__":

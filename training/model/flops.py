@@ -18,7 +18,9 @@ from __future__ import annotations
 from typing import Iterable, Optional
 
 
-def matmul_params(hidden: int, intermediate: int, layers: int, heads: int, kv_heads: int, vocab: int) -> int:
+def matmul_params(
+    hidden: int, intermediate: int, layers: int, heads: int, kv_heads: int, vocab: int
+) -> int:
     head_dim = hidden // heads
     attn = 2 * hidden * hidden + 2 * hidden * kv_heads * head_dim  # q, o, k, v
     mlp = 3 * hidden * intermediate  # gate, up, down
@@ -26,8 +28,14 @@ def matmul_params(hidden: int, intermediate: int, layers: int, heads: int, kv_he
 
 
 def model_matmul_params(model_cfg, vocab: int) -> int:
-    return matmul_params(model_cfg.hidden_size, model_cfg.intermediate_size, model_cfg.num_layers,
-                         model_cfg.num_heads, model_cfg.num_kv_heads, vocab)
+    return matmul_params(
+        model_cfg.hidden_size,
+        model_cfg.intermediate_size,
+        model_cfg.num_layers,
+        model_cfg.num_heads,
+        model_cfg.num_kv_heads,
+        vocab,
+    )
 
 
 def train_flops(n_matmul: int, layers: int, hidden: int, doc_lens: Iterable[int]) -> float:
@@ -43,7 +51,9 @@ def generate_flops(n_matmul: int, tokens: int) -> float:
     return 2.0 * n_matmul * tokens
 
 
-def mfu(flops: float, seconds: float, peak_per_device: Optional[float], devices: int) -> Optional[float]:
+def mfu(
+    flops: float, seconds: float, peak_per_device: Optional[float], devices: int
+) -> Optional[float]:
     if not peak_per_device or seconds <= 0:
         return None
     return flops / seconds / (peak_per_device * devices)

@@ -34,12 +34,16 @@ def _logp(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor) -> t
     return -F.cross_entropy(logits, labels, ignore_index=IGNORE, reduction="none")
 
 
-def chunked_logps(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, chunk_tokens: int) -> torch.Tensor:
+def chunked_logps(
+    hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, chunk_tokens: int
+) -> torch.Tensor:
     """log p(label) per row of `hidden` [N, H] (0 where the label is ignored), `chunk_tokens` rows at a time."""
     if chunk_tokens <= 0:
         return _logp(hidden, weight, labels)
-    parts = [checkpoint(_logp, h, weight, y, use_reentrant=False)
-             for h, y in zip(hidden.split(chunk_tokens), labels.split(chunk_tokens))]
+    parts = [
+        checkpoint(_logp, h, weight, y, use_reentrant=False)
+        for h, y in zip(hidden.split(chunk_tokens), labels.split(chunk_tokens))
+    ]
     return torch.cat(parts)
 
 
@@ -76,7 +80,9 @@ class _SummedLogps(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, labels, chunk_tokens: int):
         device = hidden.device.type
-        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
+        dtype = (
+            torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
+        )
         fn = _chunk_fn(device)
         w = weight.to(dtype)
         logp = torch.empty(hidden.size(0), device=hidden.device, dtype=torch.float32)
@@ -99,8 +105,12 @@ class _SummedLogps(torch.autograd.Function):
         grad_h, grad_w, valid = ctx.saved_tensors
         # the upstream gradient of the trained rows, one value by contract (mean, to stay on the device)
         scale = (grad_logp * valid).sum() / valid.sum().clamp(min=1)
-        return ((grad_h * grad_logp[:, None].to(grad_h.dtype)).to(ctx.dtypes[0]), (grad_w * scale).to(ctx.dtypes[1]),
-                None, None)
+        return (
+            (grad_h * grad_logp[:, None].to(grad_h.dtype)).to(ctx.dtypes[0]),
+            (grad_w * scale).to(ctx.dtypes[1]),
+            None,
+            None,
+        )
 
 
 def unwrap(model):
@@ -130,10 +140,14 @@ def head_returns_logps(model, labels: torch.Tensor, chunk_tokens: int, summed: b
         del head.forward  # back to the class's own forward
 
 
-def token_logps(model, batch: dict, chunk_tokens: int = 1024, summed: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def token_logps(
+    model, batch: dict, chunk_tokens: int = 1024, summed: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token log-probabilities of the labels (0 where ignored), flat, and the trained-token mask.
     summed=True promises that the loss weighs every trained token's log-prob alike (a sum or a mean)."""
     labels = batch["labels"]
     with head_returns_logps(model, labels, chunk_tokens, summed):
-        out = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False)
+        out = model(
+            input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False
+        )
     return out.logits.reshape(-1), labels.reshape(-1) != IGNORE

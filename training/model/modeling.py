@@ -35,8 +35,10 @@ def load_tokenizer(model_cfg: DictConfig):
     except OSError as e:
         raise ConfigError(f"cannot load the tokenizer from {src!r}: {e}") from None
     if not tok.chat_template:
-        raise ConfigError(f"the tokenizer at {src!r} has no chat template; set model.tokenizer "
-                          "to an instruct tokenizer that has one")
+        raise ConfigError(
+            f"the tokenizer at {src!r} has no chat template; set model.tokenizer "
+            "to an instruct tokenizer that has one"
+        )
     return tok
 
 
@@ -57,8 +59,14 @@ def llama_config(model_cfg: DictConfig, vocab_size: int, tokenizer=None) -> Llam
     )
 
 
-def build_model(model_cfg: DictConfig, tokenizer, device: str = "cpu", seed: int = 0,
-                dtype: torch.dtype = torch.float32, source: str | None = None):
+def build_model(
+    model_cfg: DictConfig,
+    tokenizer,
+    device: str = "cpu",
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    source: str | None = None,
+):
     """Build from config, or load from `source` (a checkpoint) or `model.name_or_path`."""
     attn = choose_attention(model_cfg.attn_implementation, device)
     src = source or model_cfg.name_or_path
@@ -68,17 +76,26 @@ def build_model(model_cfg: DictConfig, tokenizer, device: str = "cpu", seed: int
         except OSError as e:
             raise ConfigError(f"cannot load a model from {src!r}: {e}") from None
         if model.get_input_embeddings().num_embeddings < len(tokenizer):
-            raise ConfigError(f"the model at {src!r} has fewer embeddings than the tokenizer has tokens")
+            raise ConfigError(
+                f"the model at {src!r} has fewer embeddings than the tokenizer has tokens"
+            )
     else:
         vocab = model_cfg.vocab_size or len(tokenizer)
         if vocab < len(tokenizer):
-            raise ConfigError(f"model.vocab_size={vocab} is smaller than the tokenizer ({len(tokenizer)} tokens)")
+            raise ConfigError(
+                f"model.vocab_size={vocab} is smaller than the tokenizer ({len(tokenizer)} tokens)"
+            )
         torch.manual_seed(seed)
         config = llama_config(model_cfg, vocab, tokenizer)
         config._attn_implementation = attn
         model = LlamaForCausalLM(config).to(dtype)
-    log.info("attention implementation: %s%s", attn,
-             f" (model.attn_implementation=auto on {device})" if model_cfg.attn_implementation == "auto" else "")
+    log.info(
+        "attention implementation: %s%s",
+        attn,
+        f" (model.attn_implementation=auto on {device})"
+        if model_cfg.attn_implementation == "auto"
+        else "",
+    )
     return model.to(device)
 
 

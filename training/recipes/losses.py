@@ -27,7 +27,9 @@ FAMILIES = {"sft": "sft", "preference": "dpo", "rl": "grpo"}
 class LossSpec:
     name: str  # recipe.loss
     family: str  # sft | preference | rl: the Recipe class of training/recipes/registry.py that trains it
-    data_format: str  # the data.format it reads: messages | preference (chosen/rejected) | rlvr (prompts)
+    data_format: (
+        str  # the data.format it reads: messages | preference (chosen/rejected) | rlvr (prompts)
+    )
 
     @property
     def recipe(self) -> str:
@@ -35,15 +37,18 @@ class LossSpec:
         return FAMILIES[self.family]
 
 
-LOSSES: dict[str, LossSpec] = {s.name: s for s in (
-    LossSpec("sft", "sft", "messages"),
-    LossSpec("dpo_sigmoid", "preference", "preference"),  # Rafailov et al.
-    LossSpec("dpo_norm", "preference", "preference"),  # length-normalised (Tulu 3)
-    LossSpec("simpo", "preference", "preference"),  # reference-free (Meng et al.)
-    LossSpec("grpo", "rl", "rlvr"),  # training/rl/grpo.py
-    LossSpec("dr_grpo", "rl", "rlvr"),
-    LossSpec("dapo", "rl", "rlvr"),
-)}
+LOSSES: dict[str, LossSpec] = {
+    s.name: s
+    for s in (
+        LossSpec("sft", "sft", "messages"),
+        LossSpec("dpo_sigmoid", "preference", "preference"),  # Rafailov et al.
+        LossSpec("dpo_norm", "preference", "preference"),  # length-normalised (Tulu 3)
+        LossSpec("simpo", "preference", "preference"),  # reference-free (Meng et al.)
+        LossSpec("grpo", "rl", "rlvr"),  # training/rl/grpo.py
+        LossSpec("dr_grpo", "rl", "rlvr"),
+        LossSpec("dapo", "rl", "rlvr"),
+    )
+}
 
 
 def unknown_loss(name: str) -> str:

@@ -60,18 +60,33 @@ def tokenizer_fingerprint(tokenizer) -> str:
 
 
 def data_fingerprint(data_cfg: DictConfig) -> dict:
-    if data_cfg.get("sources"):  # a mixture: pairs are its sources' in config order (training/data/mixture.py)
-        return {"sources": [[name, [file_hash(f) for f in s.train_files] or [s.hub_name, s.hub_split], s.max_samples]
-                            for name, s in data_cfg.sources.items()]}
+    if data_cfg.get(
+        "sources"
+    ):  # a mixture: pairs are its sources' in config order (training/data/mixture.py)
+        return {
+            "sources": [
+                [
+                    name,
+                    [file_hash(f) for f in s.train_files] or [s.hub_name, s.hub_split],
+                    s.max_samples,
+                ]
+                for name, s in data_cfg.sources.items()
+            ]
+        }
     if data_cfg.train_files:
         return {"files": [file_hash(f) for f in data_cfg.train_files]}
     return {"hub": data_cfg.hub_name, "split": data_cfg.hub_split}
 
 
 def cache_key(reference_hash: str, tokenizer, data_cfg: DictConfig) -> str:
-    parts = {"reference": reference_hash, "tokenizer": tokenizer_fingerprint(tokenizer),
-             "data": data_fingerprint(data_cfg), "max_seq_len": data_cfg.max_seq_len,
-             "max_samples": data_cfg.max_samples, "code_version": CODE_VERSION}
+    parts = {
+        "reference": reference_hash,
+        "tokenizer": tokenizer_fingerprint(tokenizer),
+        "data": data_fingerprint(data_cfg),
+        "max_seq_len": data_cfg.max_seq_len,
+        "max_samples": data_cfg.max_samples,
+        "code_version": CODE_VERSION,
+    }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
 
 
@@ -85,7 +100,9 @@ def read_checked(data_path: Path, meta_path: Path) -> tuple[bytes, dict] | None:
     Shared by this cache and the token cache (training/data/token_cache.py)."""
     if not data_path.exists() or not meta_path.exists():
         return None
-    meta = json.loads(read_bytes(meta_path))  # O_NOFOLLOW: a link planted in the cache is an OSError
+    meta = json.loads(
+        read_bytes(meta_path)
+    )  # O_NOFOLLOW: a link planted in the cache is an OSError
     raw = read_bytes(data_path)
     if hashlib.sha256(raw).hexdigest() != meta["sha256"]:
         raise ValueError("checksum mismatch")
@@ -100,15 +117,25 @@ def load(cache_dir: Path, key: str, n_pairs: int) -> torch.Tensor | None:
         raw, _ = entry
         # weights_only: an entry holding anything but tensors is refused, never unpickled
         logps = torch.load(io.BytesIO(raw), weights_only=True)
-        if not torch.is_tensor(logps) or tuple(logps.shape) != (n_pairs, 2) or not torch.isfinite(logps).all():
+        if (
+            not torch.is_tensor(logps)
+            or tuple(logps.shape) != (n_pairs, 2)
+            or not torch.isfinite(logps).all()
+        ):
             raise ValueError(f"not a [{n_pairs}, 2] tensor of finite values")
     except pickle.UnpicklingError:
-        log.warning("reference log-prob cache entry %s is corrupt or stale (it holds objects other than tensors, "
-                    "and is not unpickled); recomputing", paths(cache_dir, key)[0])
+        log.warning(
+            "reference log-prob cache entry %s is corrupt or stale (it holds objects other than tensors, "
+            "and is not unpickled); recomputing",
+            paths(cache_dir, key)[0],
+        )
         return None
     except (ValueError, KeyError, TypeError, OSError, RuntimeError, json.JSONDecodeError) as e:
-        log.warning("reference log-prob cache entry %s is corrupt or stale (%s); recomputing",
-                    paths(cache_dir, key)[0], e)
+        log.warning(
+            "reference log-prob cache entry %s is corrupt or stale (%s); recomputing",
+            paths(cache_dir, key)[0],
+            e,
+        )
         return None
     return logps
 
@@ -120,6 +147,10 @@ def store(cache_dir: Path, key: str, logps: torch.Tensor, meta: dict) -> None:
     torch.save(logps.cpu(), buf)
     raw = buf.getvalue()
     data_path, meta_path = paths(cache_dir, key)
-    for path, payload in ((data_path, raw),
-                          (meta_path, json.dumps({**meta, "sha256": hashlib.sha256(raw).hexdigest()}).encode())):
-        write_atomic(path, payload)  # concurrent runs of a sweep write identical entries: last one wins
+    for path, payload in (
+        (data_path, raw),
+        (meta_path, json.dumps({**meta, "sha256": hashlib.sha256(raw).hexdigest()}).encode()),
+    ):
+        write_atomic(
+            path, payload
+        )  # concurrent runs of a sweep write identical entries: last one wins

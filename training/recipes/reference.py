@@ -43,16 +43,31 @@ def reference_hash(cfg) -> str:
         return ref_cache.model_hash(src)
     # A model built from config: its initial weights are a function of the shape and the seed.
     shape = OmegaConf.to_container(cfg.model)
-    return "init:" + hashlib.sha256(json.dumps([shape, cfg.trainer.seed], sort_keys=True).encode()).hexdigest()
+    return (
+        "init:"
+        + hashlib.sha256(json.dumps([shape, cfg.trainer.seed], sort_keys=True).encode()).hexdigest()
+    )
 
 
 @torch.no_grad()
-def score(model, pairs: list[tuple], indices: list[int], max_tokens: int, device: str,
-          chunk_tokens: int = 1024) -> tuple[dict, int, float]:
+def score(
+    model,
+    pairs: list[tuple],
+    indices: list[int],
+    max_tokens: int,
+    device: str,
+    chunk_tokens: int = 1024,
+) -> tuple[dict, int, float]:
     out, tokens, flops = {}, 0, 0.0
     c = model.config if hasattr(model, "config") else model.module.config
-    n_matmul = matmul_params(c.hidden_size, c.intermediate_size, c.num_hidden_layers, c.num_attention_heads,
-                             c.num_key_value_heads, c.vocab_size)
+    n_matmul = matmul_params(
+        c.hidden_size,
+        c.intermediate_size,
+        c.num_hidden_layers,
+        c.num_attention_heads,
+        c.num_key_value_heads,
+        c.vocab_size,
+    )
     groups = pack_greedy(indices, lambda i: pair_length(pairs[i]), max_tokens)
     # A sharded model's forward is a collective (FSDP2 / ZeRO-3 gather each layer from every rank), so
     # every rank runs as many forwards as the busiest one: the others repeat a pair and drop the result.
@@ -84,14 +99,21 @@ def load_reference_model(trainer):
     so it costs 2 bytes x params / world per device there instead of 4 x params whole."""
     from training.engine.engines import wrap_frozen
     from training.model.modeling import build_model
+
     cfg = trainer.cfg
     dtype = torch.bfloat16 if cfg.rung.bf16 else torch.float32
     # FSDP2 moves each unit to the device as it shards it: built on the CPU, the reference is never
     # whole on the device. (DeepSpeed moves the whole module to its device before partitioning it,
     # so under ZeRO-3 loading still peaks at the whole model in bf16.)
     device = "cpu" if cfg.rung.engine.value == "fsdp2" else trainer.device
-    model = build_model(cfg.model, trainer.tokenizer, device, cfg.trainer.seed, dtype=dtype,
-                        source=reference_source(cfg))
+    model = build_model(
+        cfg.model,
+        trainer.tokenizer,
+        device,
+        cfg.trainer.seed,
+        dtype=dtype,
+        source=reference_source(cfg),
+    )
     return wrap_frozen(cfg, model, trainer.world, trainer.layout)
 
 
@@ -115,8 +137,14 @@ def reference_logps(trainer, pairs: list[tuple]) -> torch.Tensor:
             model = load_reference_model(trainer)
         model.eval()
         mine = list(range(world.rank, len(pairs), world.size))
-        scored, tokens, flops = score(model, pairs, mine, trainer.layout.micro_batch_tokens, device,
-                                      trainer.cfg.trainer.loss_chunk_tokens)
+        scored, tokens, flops = score(
+            model,
+            pairs,
+            mine,
+            trainer.layout.micro_batch_tokens,
+            device,
+            trainer.cfg.trainer.loss_chunk_tokens,
+        )
         model.train()
         logps = torch.zeros(len(pairs), 2, dtype=torch.float64, device=device)
         for i, (c, r) in scored.items():
@@ -127,14 +155,24 @@ def reference_logps(trainer, pairs: list[tuple]) -> torch.Tensor:
         seconds = time.perf_counter() - t0
         tokens = distributed.all_sum(tokens, device)
         flops = distributed.all_sum(flops, device)
-        record.update(seconds=seconds, tokens=tokens, flops=flops, tokens_per_s=tokens / seconds / world.size,
-                      mfu=mfu(flops, seconds, cfg.rung.peak_flops_per_device, world.size))
+        record.update(
+            seconds=seconds,
+            tokens=tokens,
+            flops=flops,
+            tokens_per_s=tokens / seconds / world.size,
+            mfu=mfu(flops, seconds, cfg.rung.peak_flops_per_device, world.size),
+        )
         if world.main:
-            ref_cache.store(cache_dir, key, logps, {"pairs": len(pairs), "reference": reference_hash(cfg)})
+            ref_cache.store(
+                cache_dir, key, logps, {"pairs": len(pairs), "reference": reference_hash(cfg)}
+            )
         distributed.barrier()
         log.info("reference pass: %d pairs, %d tokens in %.1f s", len(pairs), tokens, seconds)
     if world.main:
-        from training.common.safe_files import write_atomic  # a link planted in the run folder is replaced, not followed
+        from training.common.safe_files import (
+            write_atomic,
+        )  # a link planted in the run folder is replaced, not followed
+
         write_atomic(trainer.run_dir / "reference_pass.json", json.dumps(record, indent=2) + "\n")
     trainer.reference_pass = record
     return logps.to(torch.float32)

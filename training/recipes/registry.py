@@ -25,6 +25,7 @@ from training.data.preference import sequence_logps
 class SFT:
     """Cross-entropy on assistant tokens, packed padding-free. Labels are pre-shifted per
     document (training.data.chat_data.encode_chat), so no target crosses a document boundary."""
+
     name = "sft"
     unit = "tokens"
     data_format = "messages"
@@ -48,8 +49,11 @@ class SFT:
         if "token_sources" not in batch:
             return -logp.sum(), {}
         # a mixture: the per-token losses, summed per source on the device as well as in total
-        return -logp.sum(), {SOURCE_STATS: source_sums(-logp, trained, trained, batch["token_sources"],
-                                                        batch["n_sources"])}
+        return -logp.sum(), {
+            SOURCE_STATS: source_sums(
+                -logp, trained, trained, batch["token_sources"], batch["n_sources"]
+            )
+        }
 
 
 class DPO:
@@ -64,16 +68,26 @@ class DPO:
     Rewards are beta times each side's term of z; accuracy is the share of pairs whose chosen reward
     is above the rejected one (the margin's basis: for SimPO, without gamma, as TRL reports it).
     """
+
     unit = "pairs"
     data_format = "preference"
 
-    def __init__(self, loss: str, beta: float, label_smoothing: float, gamma: float, precompute: bool = True,
-                 chunk_tokens: int = 1024):
+    def __init__(
+        self,
+        loss: str,
+        beta: float,
+        label_smoothing: float,
+        gamma: float,
+        precompute: bool = True,
+        chunk_tokens: int = 1024,
+    ):
         self.name, self.beta, self.eps, self.gamma = loss, beta, label_smoothing, gamma
         self.chunk_tokens = chunk_tokens  # trainer.loss_chunk_tokens (training/model/lm_loss.py)
         self.needs_reference = loss != "simpo"
         self.precompute = precompute
-        self.ref_logps: torch.Tensor | None = None  # [n_pairs, 2]: summed log-probs of chosen, rejected
+        self.ref_logps: torch.Tensor | None = (
+            None  # [n_pairs, 2]: summed log-probs of chosen, rejected
+        )
         self.ref_model = None  # precompute=false: the reference runs beside the policy
 
     def build_stream(self, cfg, tokenizer, micro_batch_tokens: int, seed: int):
@@ -87,9 +101,11 @@ class DPO:
             return
         if self.precompute:
             from training.recipes.reference import reference_logps
+
             self.ref_logps = reference_logps(trainer, self.pairs)
         else:
             from training.recipes.reference import load_reference_model
+
             self.ref_model = load_reference_model(trainer)
 
     @staticmethod
@@ -117,15 +133,22 @@ class DPO:
         else:  # simpo
             chosen, rejected = pc / nc, pr / nr
         z = chosen - rejected - (self.gamma / self.beta if self.name == "simpo" else 0.0)
-        losses = -(1 - self.eps) * F.logsigmoid(self.beta * z) - self.eps * F.logsigmoid(-self.beta * z)
+        losses = -(1 - self.eps) * F.logsigmoid(self.beta * z) - self.eps * F.logsigmoid(
+            -self.beta * z
+        )
         rc_, rr_ = (self.beta * chosen).detach(), (self.beta * rejected).detach()
         # sums left on the device: the trainer reduces them with the loss in one transfer
-        stats = {"rewards/chosen": rc_.sum(), "rewards/rejected": rr_.sum(),
-                 # accuracy on the margin's basis (chosen reward above rejected, without SimPO's gamma), as TRL
-                 "rewards/margin": (rc_ - rr_).sum(), "rewards/accuracy": (rc_ > rr_).float().sum()}
+        stats = {
+            "rewards/chosen": rc_.sum(),
+            "rewards/rejected": rr_.sum(),
+            # accuracy on the margin's basis (chosen reward above rejected, without SimPO's gamma), as TRL
+            "rewards/margin": (rc_ - rr_).sum(),
+            "rewards/accuracy": (rc_ > rr_).float().sum(),
+        }
         if "pair_sources" in batch:  # a mixture: each source's loss, pairs and trained tokens
-            stats[SOURCE_STATS] = source_sums(losses, torch.ones_like(losses), nc + nr, batch["pair_sources"],
-                                              batch["n_sources"])
+            stats[SOURCE_STATS] = source_sums(
+                losses, torch.ones_like(losses), nc + nr, batch["pair_sources"], batch["n_sources"]
+            )
         return losses.sum(), stats
 
 
@@ -137,6 +160,13 @@ def make_recipe(cfg):
         return SFT(chunk)
     if family == "rl":  # RL with verifiable rewards: training/rl/grpo.py
         from training.rl.grpo import GRPO
+
         return GRPO(cfg)
-    return DPO(r.loss, r.beta, r.label_smoothing, r.simpo_gamma, precompute=r.precompute_reference,
-               chunk_tokens=chunk)
+    return DPO(
+        r.loss,
+        r.beta,
+        r.label_smoothing,
+        r.simpo_gamma,
+        precompute=r.precompute_reference,
+        chunk_tokens=chunk,
+    )

@@ -52,10 +52,14 @@ class SeededSampler(LogitsProcessor):
         if self.top_p < 1.0:  # keep the smallest set of tokens whose probability reaches top_p
             sorted_scores, order = scores.sort(dim=-1, descending=True)
             cum = sorted_scores.softmax(-1).cumsum(-1)
-            drop_sorted = cum - sorted_scores.softmax(-1) >= self.top_p  # the mass before this token already suffices
+            drop_sorted = (
+                cum - sorted_scores.softmax(-1) >= self.top_p
+            )  # the mass before this token already suffices
             drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
             scores = scores.masked_fill(drop, float("-inf"))
-        u = torch.stack([torch.rand(scores.shape[-1], generator=g, dtype=torch.float64) for g in self.gens])
+        u = torch.stack(
+            [torch.rand(scores.shape[-1], generator=g, dtype=torch.float64) for g in self.gens]
+        )
         gumbel = -torch.log(-torch.log(u.clamp(1e-300, 1.0 - 1e-16)))
         return scores + gumbel.to(scores.device, scores.dtype)
 
@@ -64,6 +68,7 @@ class SeededSampler(LogitsProcessor):
 class Sampling:
     """The settings a generator reads, for callers without a generator config node (the evals decode
     greedily: keys=None, so temperature and top_p are unused there)."""
+
     temperature: float = 1.0
     top_p: float = 1.0
     max_new_tokens: int = 16
@@ -79,8 +84,14 @@ class HFGenerator:
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos
 
     @torch.no_grad()
-    def sample(self, model, prompts: list[list[int]], keys: list[int] | None,
-               max_new_tokens: int | None = None, version=None) -> tuple[list[list[int]], float]:
+    def sample(
+        self,
+        model,
+        prompts: list[list[int]],
+        keys: list[int] | None,
+        max_new_tokens: int | None = None,
+        version=None,
+    ) -> tuple[list[list[int]], float]:
         """Completion token ids (ending with EOS unless truncated) per prompt, and seconds taken.
         keys=None decodes greedily (the eval tasks). version (the policy version) matters only to a
         generator holding its own copy of the weights (vllm); this one runs on the model itself."""
@@ -91,17 +102,27 @@ class HFGenerator:
         ids = torch.full((len(prompts), width), self.pad, dtype=torch.long)
         mask = torch.zeros((len(prompts), width), dtype=torch.long)
         for i, p in enumerate(prompts):  # decoder-only: pad on the left
-            ids[i, width - len(p):], mask[i, width - len(p):] = torch.tensor(p), 1
+            ids[i, width - len(p) :], mask[i, width - len(p) :] = torch.tensor(p), 1
         procs = LogitsProcessorList()
         if keys is not None:
             procs.append(SeededSampler(keys, self.cfg.temperature, self.cfg.top_p))
         was_training = model.training
         model.eval()
         try:
-            out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False,
-                                 max_new_tokens=n, logits_processor=procs, eos_token_id=self.eos,
-                                 pad_token_id=self.pad, synced_gpus=self.synced, use_cache=True,
-                                 temperature=None, top_p=None, top_k=None)
+            out = model.generate(
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
+                do_sample=False,
+                max_new_tokens=n,
+                logits_processor=procs,
+                eos_token_id=self.eos,
+                pad_token_id=self.pad,
+                synced_gpus=self.synced,
+                use_cache=True,
+                temperature=None,
+                top_p=None,
+                top_k=None,
+            )
         finally:
             model.train(was_training)
         completions = []
@@ -111,10 +132,17 @@ class HFGenerator:
         return completions, time.perf_counter() - t0
 
 
-def make_generator(gen_cfg, tokenizer, engine: str = "single", world_size: int = 1, max_model_len: int | None = None):
+def make_generator(
+    gen_cfg,
+    tokenizer,
+    engine: str = "single",
+    world_size: int = 1,
+    max_model_len: int | None = None,
+):
     """The rollout generator of a training run."""
     if gen_cfg.name == "vllm":
         from training.rl.vllm_generator import VLLMGenerator
+
         return VLLMGenerator(gen_cfg, tokenizer, max_model_len=max_model_len, colocated=True)
     if gen_cfg.name != "hf":
         raise ConfigError(f"generator.name={gen_cfg.name!r}: use hf or vllm")
@@ -126,18 +154,25 @@ def resolve_backend(name: str, device: str) -> str:
     """auto: vllm on a GPU where vllm imports, else hf; hf and vllm stand as they are."""
     if name == "auto":
         from training.rl.vllm_generator import vllm_problem
+
         return "vllm" if vllm_problem(device) is None else "hf"
     return name
 
 
-def eval_generator(name: str, tokenizer, checkpoint, device: str, gpu_memory_utilization: float = 0.5):
+def eval_generator(
+    name: str, tokenizer, checkpoint, device: str, gpu_memory_utilization: float = 0.5
+):
     """The generator of the eval tasks: greedy, on the loaded model (hf) or on an engine that loads
     the checkpoint directory itself (vllm)."""
     backend = resolve_backend(name, device)
     if backend == "vllm":
         from training.rl.vllm_generator import VLLMGenerator
-        return VLLMGenerator(Sampling(gpu_memory_utilization=gpu_memory_utilization), tokenizer,
-                             model_path=str(checkpoint))
+
+        return VLLMGenerator(
+            Sampling(gpu_memory_utilization=gpu_memory_utilization),
+            tokenizer,
+            model_path=str(checkpoint),
+        )
     return HFGenerator(Sampling(), tokenizer)
 
 
@@ -148,7 +183,10 @@ def eval_beside_training(eval_cfg):
     if eval_cfg.generator.name != "auto":
         return eval_cfg
     from omegaconf import OmegaConf
-    out = OmegaConf.create(OmegaConf.to_container(eval_cfg))  # as composed: a literal `${` stays escaped
+
+    out = OmegaConf.create(
+        OmegaConf.to_container(eval_cfg)
+    )  # as composed: a literal `${` stays escaped
     out.generator.name = "hf"
     return out
 
@@ -160,7 +198,8 @@ def eval_generator_problems(name: str, device: str, here: bool = True) -> list[s
         return [f"eval.generator.name={name!r}: use auto, hf or vllm"]
     if name == "vllm":
         from training.rl.vllm_generator import vllm_problem
-        if (p := vllm_problem(device, here)):
+
+        if p := vllm_problem(device, here):
             return [f"eval.generator.name=vllm: {p}"]
     return []
 
@@ -174,7 +213,8 @@ def generator_problems(cfg, here: bool = False) -> list[str]:
         problems.append(f"generator.name={g.name!r}: use hf or vllm")
     if g.name == "vllm":
         from training.rl.vllm_generator import vllm_problem
-        if (p := vllm_problem(cfg.rung.device, here)):
+
+        if p := vllm_problem(cfg.rung.device, here):
             problems.append(p)
     if not 0 < g.top_p <= 1:
         problems.append(f"generator.top_p={g.top_p} must be in (0, 1]")

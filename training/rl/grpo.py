@@ -36,10 +36,16 @@ class GRPO:
     def __init__(self, cfg):
         r = cfg.recipe
         self.name, self.cfg = r.loss, cfg
-        self.unit = {"grpo": "sequences", "dr_grpo": "max_new_tokens per sequence", "dapo": "tokens"}[r.loss]
+        self.unit = {
+            "grpo": "sequences",
+            "dr_grpo": "max_new_tokens per sequence",
+            "dapo": "tokens",
+        }[r.loss]
         self.clip_low, self.clip_high, self.kl_beta = r.clip_low, r.clip_high, r.kl_beta
         self.max_new_tokens = cfg.generator.max_new_tokens
-        self.reference = None  # the KL reference (not `ref_model`: the loop counts DPO's differently)
+        self.reference = (
+            None  # the KL reference (not `ref_model`: the loop counts DPO's differently)
+        )
         self.acc = self._zero_acc()
 
     @staticmethod
@@ -49,12 +55,14 @@ class GRPO:
 
     def build_stream(self, cfg, tokenizer, micro_batch_tokens: int, seed: int):
         from training.rl.rollouts import RolloutStream
+
         self.stream = RolloutStream(cfg, tokenizer, self, seed)
         return self.stream, 0
 
     def prepare(self, trainer) -> None:
         if self.kl_beta > 0:  # kl_beta=0 (the default): no reference model is loaded at all
             from training.recipes.reference import load_reference_model
+
             self.reference = load_reference_model(trainer)
         self.stream.attach(trainer)
 
@@ -89,17 +97,27 @@ class GRPO:
         w = batch["weights"].to(logp.dtype)
         per_token = per_token * m
         if self.name == "grpo":  # each answer's token mean, then summed over answers
-            n_tok = torch.zeros(len(lens), device=logp.device, dtype=logp.dtype).index_add_(0, doc, m)
-            seq = torch.zeros(len(lens), device=logp.device, dtype=logp.dtype).index_add_(0, doc, per_token)
+            n_tok = torch.zeros(len(lens), device=logp.device, dtype=logp.dtype).index_add_(
+                0, doc, m
+            )
+            seq = torch.zeros(len(lens), device=logp.device, dtype=logp.dtype).index_add_(
+                0, doc, per_token
+            )
             loss = (w * seq / n_tok.clamp(min=1.0)).sum()
         else:  # dr_grpo and dapo: the sum over tokens (their units differ: see sequence_units)
             loss = (w[doc] * per_token).sum()
-        with torch.no_grad():  # token-level diagnostics, summed; the batch source reports them per step
+        with (
+            torch.no_grad()
+        ):  # token-level diagnostics, summed; the batch source reports them per step
             tok_w = w[doc] * m
             a = self.acc
             a["tokens"] += float(tok_w.sum())
-            a["clipped"] += float((((ratio < low) & (adv < 0)) | ((ratio > high) & (adv > 0))).to(logp.dtype)
-                                  .mul(tok_w).sum())
+            a["clipped"] += float(
+                (((ratio < low) & (adv < 0)) | ((ratio > high) & (adv > 0)))
+                .to(logp.dtype)
+                .mul(tok_w)
+                .sum()
+            )
             a["neg_logp"] += float((-logp * tok_w).sum())
             if kl is not None:
                 a["kl"] += float((kl * tok_w).sum())
@@ -114,18 +132,25 @@ def grpo_problems(cfg, layout=None, here: bool = False) -> list[str]:
     """Start-up checks of a GRPO config (training/config/validate.py calls this); they never fix a value."""
     r, problems = cfg.recipe, []
     if r.num_generations < 2:
-        problems.append(f"recipe.num_generations={r.num_generations}: GRPO compares the answers within a "
-                        "prompt's group, so a group needs at least 2 (8 is usual)")
+        problems.append(
+            f"recipe.num_generations={r.num_generations}: GRPO compares the answers within a "
+            "prompt's group, so a group needs at least 2 (8 is usual)"
+        )
     # prompts_per_step against the data-parallel size: training/config/validate.py, rl_batch_layout
     if r.ppo_epochs < 1:
         problems.append(f"recipe.ppo_epochs={r.ppo_epochs} must be at least 1")
     for key in ("clip_low", "clip_high"):
         if not 0 < r[key] < (1 if key == "clip_low" else float("inf")):
-            problems.append(f"recipe.{key}={r[key]} must be in (0, {'1' if key == 'clip_low' else 'inf'})")
+            problems.append(
+                f"recipe.{key}={r[key]} must be in (0, {'1' if key == 'clip_low' else 'inf'})"
+            )
     if not r.kl_beta >= 0:
         problems.append(f"recipe.kl_beta={r.kl_beta} must be 0 (off) or positive")
     if cfg.data.max_seq_len <= cfg.generator.max_new_tokens:
-        problems.append(f"generator.max_new_tokens={cfg.generator.max_new_tokens} leaves no room for a prompt in "
-                        f"data.max_seq_len={cfg.data.max_seq_len}")
+        problems.append(
+            f"generator.max_new_tokens={cfg.generator.max_new_tokens} leaves no room for a prompt in "
+            f"data.max_seq_len={cfg.data.max_seq_len}"
+        )
     from training.rl.generator import generator_problems
+
     return problems + generator_problems(cfg, here)

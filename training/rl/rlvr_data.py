@@ -55,19 +55,25 @@ def prompt_messages(row: dict, where: str) -> list[dict]:
     end = max((i for i, m in enumerate(msgs) if m["role"] != "assistant"), default=-1)
     if end < 0:
         raise DataError(f"{where}: no user message to prompt with")
-    return msgs[:end + 1]
+    return msgs[: end + 1]
 
 
 def check_rlvr_row(row: object, where: str) -> None:
     if isinstance(row, dict) and isinstance(row.get("messages"), list):
         # an RLVR row may hold only the prompt: no assistant turn is required
-        check_messages({**row, "messages": row["messages"] + [{"role": "assistant", "content": ""}]}, where)
+        check_messages(
+            {**row, "messages": row["messages"] + [{"role": "assistant", "content": ""}]}, where
+        )
     else:
         check_messages(row, where)
     if row.get("ground_truth") in (None, "", []):
-        raise DataError(f"{where}: no 'ground_truth': an RLVR row needs the answer its verifier checks")
+        raise DataError(
+            f"{where}: no 'ground_truth': an RLVR row needs the answer its verifier checks"
+        )
     if not isinstance(row.get("dataset"), str) or not row["dataset"]:
-        raise DataError(f"{where}: no 'dataset': an RLVR row names its verifier there (e.g. 'gsm8k')")
+        raise DataError(
+            f"{where}: no 'dataset': an RLVR row names its verifier there (e.g. 'gsm8k')"
+        )
     check_row_verifier(row["dataset"], row["ground_truth"], where)
 
 
@@ -80,6 +86,7 @@ def iter_rows(data_cfg):
                 yield f"{path}:{lineno}", row
     else:
         import datasets
+
         ds = datasets.load_dataset(data_cfg.hub_name, split=data_cfg.hub_split)
         for i, row in enumerate(ds):
             yield f"{data_cfg.hub_name}[{data_cfg.hub_split}] row {i}", row
@@ -100,11 +107,22 @@ def load_source(spec, tokenizer, max_new_tokens: int, max_seq_len: int, what: st
         check_rlvr_row(row, where)
         ids = encode_prompt(tokenizer, prompt_messages(row, where))
         if len(ids) + max_new_tokens > max_seq_len:
-            raise DataError(f"{where}: the prompt is {len(ids)} tokens; with generator.max_new_tokens="
-                            f"{max_new_tokens} it does not fit in data.max_seq_len={max_seq_len}. "
-                            "Raise data.max_seq_len, lower generator.max_new_tokens, or drop the row")
-        prompts.append(Prompt(len(prompts), str(row.get("id", where)), where, ids, row["ground_truth"],
-                              check_row_verifier(row["dataset"], row["ground_truth"], where), spec.name))
+            raise DataError(
+                f"{where}: the prompt is {len(ids)} tokens; with generator.max_new_tokens="
+                f"{max_new_tokens} it does not fit in data.max_seq_len={max_seq_len}. "
+                "Raise data.max_seq_len, lower generator.max_new_tokens, or drop the row"
+            )
+        prompts.append(
+            Prompt(
+                len(prompts),
+                str(row.get("id", where)),
+                where,
+                ids,
+                row["ground_truth"],
+                check_row_verifier(row["dataset"], row["ground_truth"], where),
+                spec.name,
+            )
+        )
     if not prompts:
         raise DataError(f"no RLVR prompts in {what} ({spec.describe()})")
     return prompts
@@ -114,9 +132,16 @@ def load_sources(data_cfg, tokenizer, max_new_tokens: int) -> list[list[Prompt]]
     """Each source's prompts, in config order (plain data is one source named data.name). Every
     source is read and checked before any is mixed, so a bad row anywhere is found at load time."""
     mixture = is_mixture(data_cfg)
-    return [load_source(spec, tokenizer, max_new_tokens, data_cfg.max_seq_len,
-                        f"data.sources.{spec.name}" if mixture else f"data={data_cfg.name}")
-            for spec in source_specs(data_cfg)]
+    return [
+        load_source(
+            spec,
+            tokenizer,
+            max_new_tokens,
+            data_cfg.max_seq_len,
+            f"data.sources.{spec.name}" if mixture else f"data={data_cfg.name}",
+        )
+        for spec in source_specs(data_cfg)
+    ]
 
 
 def _pass(seed: int, name: str, e: int, n: int) -> list[int]:
@@ -143,9 +168,11 @@ def mix(data_cfg, sources: list[list[Prompt]], seed: int = 0) -> list[Prompt]:
         n = len(prompts)
         for e in range(-(-count // n)):  # the passes the source's count reaches into
             order = _pass(seed, spec.name, e, n) if data_cfg.shuffle else range(n)
-            drawn.extend(prompts[j] for j in list(order)[:count - e * n])
-    return [Prompt(i, p.key, p.where, p.prompt_ids, p.ground_truth, p.verifier, p.source)
-            for i, p in enumerate(drawn)]
+            drawn.extend(prompts[j] for j in list(order)[: count - e * n])
+    return [
+        Prompt(i, p.key, p.where, p.prompt_ids, p.ground_truth, p.verifier, p.source)
+        for i, p in enumerate(drawn)
+    ]
 
 
 def load_prompts(data_cfg, tokenizer, max_new_tokens: int, seed: int = 0) -> list[Prompt]:

@@ -51,9 +51,26 @@ from training.rl.rlvr_data import load_prompts
 from training.common.safe_files import remove_path
 from training.rl.verifiers.registry import verify
 
-SUMS = ("samples", "reward", "reward_sq", "groups", "flat_groups", "dropped_groups", "len", "truncated",
-        "gen_tokens", "gen_time", "logprob_time", "flops")
-COSTS = ("gen_time", "logprob_time", "flops", "gen_tokens")  # spent once per rollout batch, on its first pass
+SUMS = (
+    "samples",
+    "reward",
+    "reward_sq",
+    "groups",
+    "flat_groups",
+    "dropped_groups",
+    "len",
+    "truncated",
+    "gen_tokens",
+    "gen_time",
+    "logprob_time",
+    "flops",
+)
+COSTS = (
+    "gen_time",
+    "logprob_time",
+    "flops",
+    "gen_tokens",
+)  # spent once per rollout batch, on its first pass
 STD_EPS = 1e-4  # a group's std below this is all agreement: the advantage stays finite
 
 
@@ -84,7 +101,9 @@ class RolloutStream:
         self.docs = self.prompts  # what the loop counts in its start-up log
         self.G, self.P, self.E = r.num_generations, r.prompts_per_step, r.ppo_epochs
         self.verifiers = sorted({p.verifier for p in self.prompts})
-        self.cache: dict[tuple[int, int], dict] = {}  # (rollout batch, rank) -> that rank's rollouts
+        self.cache: dict[
+            tuple[int, int], dict
+        ] = {}  # (rollout batch, rank) -> that rank's rollouts
         self._orders: dict[int, list[int]] = {}
         self.trainer = None
 
@@ -92,18 +111,29 @@ class RolloutStream:
         """Called once the model and engine exist (GRPO.prepare)."""
         self.trainer, layout = trainer, trainer.layout
         self.M, self.dp, self.ga = layout.micro_batches_per_step, layout.dp, layout.grad_accum
-        self.A = layout.answers_per_micro_batch  # validate() checked P % dp and derived grad_accum from A
+        self.A = (
+            layout.answers_per_micro_batch
+        )  # validate() checked P % dp and derived grad_accum from A
         self.per_rank = self.P // self.dp
-        self.generator = make_generator(self.cfg.generator, self.tokenizer, trainer.cfg.rung.engine.value,
-                                        trainer.world.size, max_model_len=self.cfg.data.max_seq_len)
+        self.generator = make_generator(
+            self.cfg.generator,
+            self.tokenizer,
+            trainer.cfg.rung.engine.value,
+            trainer.world.size,
+            max_model_len=self.cfg.data.max_seq_len,
+        )
         self.rollout_dir = trainer.run_dir / "rollouts"
         self.reset_step()
-        if self.E > 1 and trainer.start_step % self.E:  # resumed inside a rollout batch: reload what it trained on
+        if (
+            self.E > 1 and trainer.start_step % self.E
+        ):  # resumed inside a rollout batch: reload what it trained on
             self.load_saved(trainer.start_step // self.E)
 
     def reset_step(self) -> None:
         self.sums = dict.fromkeys(SUMS, 0.0)
-        self.per_verifier = torch.zeros(len(self.verifiers), 2, dtype=torch.float64)  # reward sum, count
+        self.per_verifier = torch.zeros(
+            len(self.verifiers), 2, dtype=torch.float64
+        )  # reward sum, count
         self.len_max = 0.0
 
     # ---- the stream interface the loop uses ----------------------------------------------
@@ -113,7 +143,9 @@ class RolloutStream:
                 self._orders.clear()
             n = len(self.prompts)
             g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-            self._orders[epoch] = torch.randperm(n, generator=g).tolist() if self.cfg.data.shuffle else list(range(n))
+            self._orders[epoch] = (
+                torch.randperm(n, generator=g).tolist() if self.cfg.data.shuffle else list(range(n))
+            )
         return self._orders[epoch]
 
     def prompt_at(self, i: int):
@@ -140,7 +172,9 @@ class RolloutStream:
     # ---- generation, rewards, advantages ---------------------------------------------------
     @property
     def model(self):
-        return self.trainer.model  # the Hugging Face model under the engine: generation needs no grad
+        return (
+            self.trainer.model
+        )  # the Hugging Face model under the engine: generation needs no grad
 
     def rollout(self, b: int, rank: int) -> dict:
         """Rank `rank`'s share of rollout batch b: its prompts' answers in grad_accum micro-batches."""
@@ -150,9 +184,19 @@ class RolloutStream:
         inputs = [p.prompt_ids for p in prompts for _ in range(self.G)]
         completions, gen_s = self.generator.sample(self.model, inputs, keys, version=version)
         texts = self.tokenizer.batch_decode(completions, skip_special_tokens=True)
-        rewards = torch.tensor([verify(p.verifier, texts[i * self.G + j], p.ground_truth,
-                                       f"{p.where} (answer {j} at step {gen_step})")
-                                for i, p in enumerate(prompts) for j in range(self.G)], dtype=torch.float64)
+        rewards = torch.tensor(
+            [
+                verify(
+                    p.verifier,
+                    texts[i * self.G + j],
+                    p.ground_truth,
+                    f"{p.where} (answer {j} at step {gen_step})",
+                )
+                for i, p in enumerate(prompts)
+                for j in range(self.G)
+            ],
+            dtype=torch.float64,
+        )
         adv, flat = group_advantages(rewards.view(k, self.G), self.recipe.name)
         weights = torch.ones(k, self.G, dtype=torch.float64)
         dropped = 0
@@ -168,31 +212,54 @@ class RolloutStream:
         flops = generate_flops(n_matmul, sum(len(p) + len(c) for p, c in zip(inputs, completions)))
         t0 = time.perf_counter()
         micro = []
-        for lo in range(0, len(inputs), self.A):  # in order: at most A answers, so at most micro_batch_tokens
+        for lo in range(
+            0, len(inputs), self.A
+        ):  # in order: at most A answers, so at most micro_batch_tokens
             part = slice(lo, lo + self.A)
             batch = pack(inputs[part], completions[part])
-            batch.update(advantages=adv[part].float(), weights=weights[part].float(), policy_version=version,
-                         n_units=float(units[part].sum()))
+            batch.update(
+                advantages=adv[part].float(),
+                weights=weights[part].float(),
+                policy_version=version,
+                n_units=float(units[part].sum()),
+            )
             # log-prob passes per micro-batch: each forward stays within micro_batch_tokens, as training's
             if self.E > 1:  # the rollout policy's log-probs, for the ratio of later passes
                 batch["old_logps"] = self.logps(self.model, batch)
-                flops += forward_flops(n_matmul, cfg_m.num_hidden_layers, cfg_m.hidden_size, batch["doc_lens"])
+                flops += forward_flops(
+                    n_matmul, cfg_m.num_hidden_layers, cfg_m.hidden_size, batch["doc_lens"]
+                )
             if self.recipe.reference is not None:
                 batch["ref_logps"] = self.logps(self.recipe.reference, batch)
-                flops += forward_flops(n_matmul, cfg_m.num_hidden_layers, cfg_m.hidden_size, batch["doc_lens"])
+                flops += forward_flops(
+                    n_matmul, cfg_m.num_hidden_layers, cfg_m.hidden_size, batch["doc_lens"]
+                )
             micro.append(batch)
-        assert len(micro) == self.ga, (len(micro), self.ga)  # rl_batch_layout derived grad_accum the same way
+        assert len(micro) == self.ga, (
+            len(micro),
+            self.ga,
+        )  # rl_batch_layout derived grad_accum the same way
         eos = self.tokenizer.eos_token_id
-        verifier_idx = torch.tensor([self.verifiers.index(p.verifier) for p in prompts for _ in range(self.G)])
+        verifier_idx = torch.tensor(
+            [self.verifiers.index(p.verifier) for p in prompts for _ in range(self.G)]
+        )
         stats = {
-            "samples": len(texts), "reward": float(rewards.sum()), "reward_sq": float((rewards ** 2).sum()),
-            "groups": k, "flat_groups": int(flat.sum()), "dropped_groups": dropped,
-            "len": float(lens_t.sum()), "len_max": float(lens_t.max()),
+            "samples": len(texts),
+            "reward": float(rewards.sum()),
+            "reward_sq": float((rewards**2).sum()),
+            "groups": k,
+            "flat_groups": int(flat.sum()),
+            "dropped_groups": dropped,
+            "len": float(lens_t.sum()),
+            "len_max": float(lens_t.max()),
             "truncated": sum(1 for c in completions if not c or c[-1] != eos),
-            "gen_tokens": float(lens_t.sum()), "gen_time": gen_s, "logprob_time": time.perf_counter() - t0,
+            "gen_tokens": float(lens_t.sum()),
+            "gen_time": gen_s,
+            "logprob_time": time.perf_counter() - t0,
             "flops": flops,
             "per_verifier": torch.zeros(len(self.verifiers), 2, dtype=torch.float64).index_add_(
-                0, verifier_idx, torch.stack([rewards, torch.ones_like(rewards)], 1)),
+                0, verifier_idx, torch.stack([rewards, torch.ones_like(rewards)], 1)
+            ),
         }
         chunk = {"micro": micro, "stats": stats}
         if self.E > 1:
@@ -204,7 +271,9 @@ class RolloutStream:
         device = next(model.parameters()).device
         was = model.training
         model.eval()
-        lp, _ = token_logps(model, {k: v.to(device) for k, v in batch.items() if torch.is_tensor(v)})
+        lp, _ = token_logps(
+            model, {k: v.to(device) for k, v in batch.items() if torch.is_tensor(v)}
+        )
         model.train(was)
         return lp.detach().float().cpu()
 
@@ -225,10 +294,12 @@ class RolloutStream:
         t = self.trainer
         path = self.chunk_path(b, t.world.rank)
         if not path.is_file():
-            raise ConfigError(f"resuming at step {t.start_step + 1}, inside rollout batch {b} "
-                              f"(recipe.ppo_epochs={self.E}), needs this rank's rollouts, but {path} is missing "
-                              f"(they are kept per rank, for the world size that made them); resume on the same "
-                              f"number of ranks, or from a checkpoint at a multiple of {self.E} steps")
+            raise ConfigError(
+                f"resuming at step {t.start_step + 1}, inside rollout batch {b} "
+                f"(recipe.ppo_epochs={self.E}), needs this rank's rollouts, but {path} is missing "
+                f"(they are kept per rank, for the world size that made them); resume on the same "
+                f"number of ranks, or from a checkpoint at a multiple of {self.E} steps"
+            )
         # weights_only: a file planted in the run folder is refused (a CheckpointError naming it), never run
         self.cache[(b, t.world.rank)] = load_state_file(path)
 
@@ -244,8 +315,14 @@ class RolloutStream:
 
     def step_metrics(self, step: int) -> dict:
         tok = self.recipe.take_token_stats()
-        vec = torch.tensor([*(self.sums[k] for k in SUMS), *(tok[k] for k in ("tokens", "clipped", "kl", "neg_logp")),
-                            *self.per_verifier.flatten().tolist()], dtype=torch.float64)
+        vec = torch.tensor(
+            [
+                *(self.sums[k] for k in SUMS),
+                *(tok[k] for k in ("tokens", "clipped", "kl", "neg_logp")),
+                *self.per_verifier.flatten().tolist(),
+            ],
+            dtype=torch.float64,
+        )
         mx = torch.tensor([self.len_max, self.sums["gen_time"]], dtype=torch.float64)
         if dist.is_initialized():
             device = self.trainer.device
@@ -253,22 +330,33 @@ class RolloutStream:
             dist.all_reduce(vec)
             dist.all_reduce(mx, op=dist.ReduceOp.MAX)
             vec, mx = vec.cpu(), mx.cpu()
-        s = dict(zip(SUMS, vec[:len(SUMS)].tolist()))
-        ntok, clipped, kl, neg_logp = vec[len(SUMS):len(SUMS) + 4].tolist()
-        pv = vec[len(SUMS) + 4:].view(-1, 2)
+        s = dict(zip(SUMS, vec[: len(SUMS)].tolist()))
+        ntok, clipped, kl, neg_logp = vec[len(SUMS) : len(SUMS) + 4].tolist()
+        pv = vec[len(SUMS) + 4 :].view(-1, 2)
         n = max(s["samples"], 1.0)
         mean = s["reward"] / n
         train_s = time.perf_counter() - self.data_end
         out = {
-            "reward_mean": mean, "reward_std": max(s["reward_sq"] / n - mean * mean, 0.0) ** 0.5,
-            **{f"reward/{v}": float(pv[i, 0] / pv[i, 1]) for i, v in enumerate(self.verifiers) if pv[i, 1] > 0},
-            "frac_zero_std_groups": s["flat_groups"] / max(s["groups"], 1.0), "dropped_groups": s["dropped_groups"],
-            "response_len_mean": s["len"] / n, "response_len_max": float(mx[0]), "frac_truncated": s["truncated"] / n,
-            "clip_frac": clipped / max(ntok, 1.0), "entropy": neg_logp / max(ntok, 1.0),
-            "gen_time_s": float(mx[1]), "logprob_time_s": s["logprob_time"] / self.trainer.world.size,
+            "reward_mean": mean,
+            "reward_std": max(s["reward_sq"] / n - mean * mean, 0.0) ** 0.5,
+            **{
+                f"reward/{v}": float(pv[i, 0] / pv[i, 1])
+                for i, v in enumerate(self.verifiers)
+                if pv[i, 1] > 0
+            },
+            "frac_zero_std_groups": s["flat_groups"] / max(s["groups"], 1.0),
+            "dropped_groups": s["dropped_groups"],
+            "response_len_mean": s["len"] / n,
+            "response_len_max": float(mx[0]),
+            "frac_truncated": s["truncated"] / n,
+            "clip_frac": clipped / max(ntok, 1.0),
+            "entropy": neg_logp / max(ntok, 1.0),
+            "gen_time_s": float(mx[1]),
+            "logprob_time_s": s["logprob_time"] / self.trainer.world.size,
             "train_time_s": train_s,
             "gen_tokens_per_s": s["gen_tokens"] / float(mx[1]) if mx[1] > 0 else None,
-            "policy_version": (step - 1) // self.E * self.E, "flops": s["flops"],
+            "policy_version": (step - 1) // self.E * self.E,
+            "flops": s["flops"],
         }
         if self.recipe.kl_beta > 0:
             out["kl"] = kl / max(ntok, 1.0)

@@ -38,17 +38,22 @@ def vllm_problem(device: str, here: bool = True) -> str | None:
     (`ladder plan` and `ladder launch` on a login node, which has no GPU and needs no vllm); the
     process that runs the job checks this machine too."""
     if device != "cuda":
-        return ("generator=vllm runs vLLM on the GPUs, and this run has none "
-                f"(device={device}); use generator=hf on a CPU")
+        return (
+            "generator=vllm runs vLLM on the GPUs, and this run has none "
+            f"(device={device}); use generator=hf on a CPU"
+        )
     if here and not torch.cuda.is_available():
         return "generator=vllm runs vLLM on the GPUs, and this machine has none visible; use generator=hf"
     if here and importlib.util.find_spec("vllm") is None:
-        return "generator=vllm needs the vllm package (pip install vllm); generator=hf needs nothing"
+        return (
+            "generator=vllm needs the vllm package (pip install vllm); generator=hf needs nothing"
+        )
     return None
 
 
 def _free_port() -> int:
     import socket
+
     with socket.socket() as s:
         s.bind(("localhost", 0))
         return s.getsockname()[1]
@@ -64,11 +69,13 @@ def full_parameters(model):
     """(name, whole tensor) for each parameter, gathered one at a time when the engine shards it.
     Collective under FSDP2 and ZeRO-3: every rank must run the whole loop."""
     from torch.distributed.tensor import DTensor
+
     for name, param in model.named_parameters():
         if isinstance(param, DTensor):  # FSDP2
             yield vllm_name(name), param.full_tensor()
         elif hasattr(param, "ds_id"):  # DeepSpeed ZeRO-3: the local shard is empty until gathered
             import deepspeed
+
             with deepspeed.zero.GatheredParameters([param]):
                 yield vllm_name(name), param.data
         else:
@@ -78,12 +85,18 @@ def full_parameters(model):
 class VLLMGenerator:
     name = "vllm"
 
-    def __init__(self, cfg, tokenizer, model_path: str | None = None, max_model_len: int | None = None,
-                 colocated: bool = False):
+    def __init__(
+        self,
+        cfg,
+        tokenizer,
+        model_path: str | None = None,
+        max_model_len: int | None = None,
+        colocated: bool = False,
+    ):
         """cfg: temperature, top_p, max_new_tokens, gpu_memory_utilization. model_path: what the
         engine loads (eval: the checkpoint; training: model.name_or_path, then pushed weights).
         colocated (training): the engine runs inside this process, so its weights can be pushed."""
-        if (p := vllm_problem("cuda")):
+        if p := vllm_problem("cuda"):
             raise ConfigError(p)
         self.cfg, self.tokenizer, self.llm = cfg, tokenizer, None
         self.model_path, self.max_model_len, self.colocated = model_path, max_model_len, colocated
@@ -92,12 +105,17 @@ class VLLMGenerator:
 
     def _engine(self, model):
         from vllm import LLM
+
         if self.llm is None:
-            path = self.model_path or (model is not None and (getattr(model, "name_or_path", None)
-                                                              or model.config._name_or_path))
+            path = self.model_path or (
+                model is not None
+                and (getattr(model, "name_or_path", None) or model.config._name_or_path)
+            )
             if not path:
-                raise ConfigError("generator=vllm builds its engine from a checkpoint directory, and the model was "
-                                  "built from config; set model.name_or_path to a checkpoint (e.g. the SFT one)")
+                raise ConfigError(
+                    "generator=vllm builds its engine from a checkpoint directory, and the model was "
+                    "built from config; set model.name_or_path to a checkpoint (e.g. the SFT one)"
+                )
             kwargs = {}
             if self.colocated:
                 # Each rank's engine lives in the trainer's process (no engine-core process, so its
@@ -105,12 +123,23 @@ class VLLMGenerator:
                 # makes a one-process group, from the rank variables torchrun sets.
                 kwargs["distributed_executor_backend"] = "external_launcher"
                 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-                for var, default in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"),
-                                     ("MASTER_ADDR", "localhost"), ("MASTER_PORT", str(_free_port()))):
+                for var, default in (
+                    ("RANK", "0"),
+                    ("LOCAL_RANK", "0"),
+                    ("WORLD_SIZE", "1"),
+                    ("MASTER_ADDR", "localhost"),
+                    ("MASTER_PORT", str(_free_port())),
+                ):
                     os.environ.setdefault(var, default)
-            self.llm = LLM(model=str(path), gpu_memory_utilization=self.cfg.gpu_memory_utilization,
-                           max_model_len=self.max_model_len, dtype="bfloat16", seed=0,
-                           tensor_parallel_size=1, **kwargs)
+            self.llm = LLM(
+                model=str(path),
+                gpu_memory_utilization=self.cfg.gpu_memory_utilization,
+                max_model_len=self.max_model_len,
+                dtype="bfloat16",
+                seed=0,
+                tensor_parallel_size=1,
+                **kwargs,
+            )
         return self.llm
 
     def push_weights(self, model, version=None) -> None:
@@ -126,22 +155,39 @@ class VLLMGenerator:
         self.pushed_version = version
 
     @torch.no_grad()
-    def sample(self, model, prompts: list[list[int]], keys: list[int] | None,
-               max_new_tokens: int | None = None, version=None) -> tuple[list[list[int]], float]:
+    def sample(
+        self,
+        model,
+        prompts: list[list[int]],
+        keys: list[int] | None,
+        max_new_tokens: int | None = None,
+        version=None,
+    ) -> tuple[list[list[int]], float]:
         """As HFGenerator.sample. model=None (eval) generates from the engine's own checkpoint."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
+
         t0 = time.perf_counter()
         if model is not None:
             self.push_weights(model, version)
         n = max_new_tokens or self.cfg.max_new_tokens
-        params = [SamplingParams(max_tokens=n, temperature=self.cfg.temperature if keys else 0.0,
-                                 top_p=self.cfg.top_p if keys else 1.0, seed=k if keys else None,
-                                 stop_token_ids=[self.eos]) for k in (keys or [None] * len(prompts))]
-        outs = self._engine(model).generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params,
-                                            use_tqdm=False)
+        params = [
+            SamplingParams(
+                max_tokens=n,
+                temperature=self.cfg.temperature if keys else 0.0,
+                top_p=self.cfg.top_p if keys else 1.0,
+                seed=k if keys else None,
+                stop_token_ids=[self.eos],
+            )
+            for k in (keys or [None] * len(prompts))
+        ]
+        outs = self._engine(model).generate(
+            [TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False
+        )
         completions = []
-        for o in outs:  # as HFGenerator: an answer that stopped ends with EOS, a truncated one does not
+        for (
+            o
+        ) in outs:  # as HFGenerator: an answer that stopped ends with EOS, a truncated one does not
             ids = list(o.outputs[0].token_ids)
             if o.outputs[0].finish_reason == "stop" and (not ids or ids[-1] != self.eos):
                 ids.append(self.eos)  # vLLM leaves a special stop token out of the output

@@ -69,8 +69,15 @@ from omegaconf import DictConfig, OmegaConf
 
 from training.run import faults
 from training.common.errors import CheckpointError
-from training.common.safe_files import (atomic_file, fresh_dir, open_nofollow, read_bytes, remove_path, symlinks_in,
-                                 write_atomic)
+from training.common.safe_files import (
+    atomic_file,
+    fresh_dir,
+    open_nofollow,
+    read_bytes,
+    remove_path,
+    symlinks_in,
+    write_atomic,
+)
 
 log = logging.getLogger("ladder.checkpoint")
 COMPLETE = "COMPLETE"
@@ -89,9 +96,16 @@ def checkpoints_dir(run_dir: Path) -> Path:
 def git_commit() -> str | None:
     here = Path(__file__).resolve().parent
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                               capture_output=True, text=True, timeout=10)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     if out.returncode != 0:
@@ -143,9 +157,14 @@ def write_checkpoint(tmp: Path, step: int, tokenizer, state: dict, cfg: DictConf
     faults.maybe("kill_in_save", step)  # tests: die with the weights half-way to a checkpoint
     save_state_file(state, tmp / STATE_FILE)
     write_atomic(tmp / "ladder_config.yaml", OmegaConf.to_yaml(cfg))
-    meta = {"step": step, "run_name": cfg.trainer.run_name, "git_commit": git_commit(),
-            "engine": state.get("engine"), "world_size": state.get("world_size"),
-            "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    meta = {
+        "step": step,
+        "run_name": cfg.trainer.run_name,
+        "git_commit": git_commit(),
+        "engine": state.get("engine"),
+        "world_size": state.get("world_size"),
+        "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
     write_atomic(tmp / "ladder_meta.json", json.dumps(meta, indent=2) + "\n")
 
 
@@ -156,10 +175,19 @@ def plain_problem(obj, where: str = "") -> str | None:
     """Where `obj` holds something torch.load(weights_only=True) would not load without extra
     globals (a numpy array, an object), or None: only tensors, numbers, strings, None, and lists,
     tuples and dicts of them. Checked at save, so a checkpoint that could not be resumed is never written."""
-    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else None
+    items = (
+        obj.items()
+        if isinstance(obj, dict)
+        else enumerate(obj)
+        if isinstance(obj, (list, tuple))
+        else None
+    )
     if items is None:
-        return None if isinstance(obj, PLAIN) else \
-            f"{where or 'it'} is a {type(obj).__module__}.{type(obj).__qualname__}"
+        return (
+            None
+            if isinstance(obj, PLAIN)
+            else f"{where or 'it'} is a {type(obj).__module__}.{type(obj).__qualname__}"
+        )
     for k, v in items:
         if not isinstance(k, (str, int)):
             return f"{where}[{k!r}] has a key of type {type(k).__qualname__}"
@@ -172,7 +200,9 @@ def save_state_file(state: dict, path: Path) -> None:
     """torch.save a state made only of plain values (plain_problem), under a temporary name."""
     bad = plain_problem(state)
     if bad:
-        raise TypeError(f"{path.name} may hold only tensors, numbers, strings, lists and dicts: {bad}")
+        raise TypeError(
+            f"{path.name} may hold only tensors, numbers, strings, lists and dicts: {bad}"
+        )
     with atomic_file(path) as f:
         torch.save(state, f)
 
@@ -189,32 +219,48 @@ def load_state_file(path: Path, hint: str = "") -> dict:
         raise CheckpointError(
             f"{path} holds objects other than tensors, numbers, strings, lists and dicts"
             f"{f' (it names {named.group(1)})' if named else ''}; it will not be unpickled, as unpickling such a "
-            f"file can run any code its writer put in it. {hint}".rstrip()) from None
+            f"file can run any code its writer put in it. {hint}".rstrip()
+        ) from None
     except (RuntimeError, EOFError, ValueError, OSError) as e:
-        raise CheckpointError(f"{path} cannot be read ({type(e).__name__}: {str(e)[:300]})") from None
+        raise CheckpointError(
+            f"{path} cannot be read ({type(e).__name__}: {str(e)[:300]})"
+        ) from None
 
 
-def commit_checkpoint(tmp: Path, run_dir: Path, step: int, keep_last: int | None = None,
-                      protect: tuple[int, ...] = (0,)) -> Path:
+def commit_checkpoint(
+    tmp: Path,
+    run_dir: Path,
+    step: int,
+    keep_last: int | None = None,
+    protect: tuple[int, ...] = (0,),
+) -> Path:
     """fsync and hash every file, write COMPLETE (the manifest), and rename the directory into
     place (rank 0, the only process that commits: the files are hashed once)."""
     root = checkpoints_dir(run_dir)
     final = root / f"step_{step:06d}"
     paths = [f for f in sorted(tmp.rglob("*")) if f.is_file() and f != tmp / COMPLETE]
     # the data must be on disk before COMPLETE claims it is: fsync, hashing in the same read
-    files = {f.relative_to(tmp).as_posix(): {"size": size, "sha256": digest}
-             for f, (size, digest) in zip(paths, hash_files(paths, fsync=True))}
+    files = {
+        f.relative_to(tmp).as_posix(): {"size": size, "sha256": digest}
+        for f, (size, digest) in zip(paths, hash_files(paths, fsync=True))
+    }
     for d in [tmp, *(p for p in tmp.rglob("*") if p.is_dir())]:
         _fsync_dir(d)  # the files' names, too
     # The token is unique, so a copy elsewhere (remote.py) can tell this save from another of the same step.
     token = f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {uuid.uuid4().hex}"
     manifest = {"format": MANIFEST_FORMAT, "token": token, "files": files}
-    manifest["hmac"] = manifest_hmac(ensure_run_key(run_dir), manifest)  # this run wrote it (origin_problem)
+    manifest["hmac"] = manifest_hmac(
+        ensure_run_key(run_dir), manifest
+    )  # this run wrote it (origin_problem)
     write_atomic(tmp / COMPLETE, json.dumps(manifest, indent=1) + "\n", fsync=True)
-    if final.exists() or final.is_symlink():  # a re-save of the same step after a resume: swap it atomically
+    if (
+        final.exists() or final.is_symlink()
+    ):  # a re-save of the same step after a resume: swap it atomically
         old = root / f".old-step_{step:06d}"
         remove_path(old)
-        os.rename(final, old)  # a link planted as step_N is moved aside (and unlinked), never followed
+        os.rename(
+            final, old
+        )  # a link planted as step_N is moved aside (and unlinked), never followed
         os.rename(tmp, final)
         remove_path(old)
     else:
@@ -225,9 +271,17 @@ def commit_checkpoint(tmp: Path, run_dir: Path, step: int, keep_last: int | None
     return final
 
 
-def save_checkpoint(run_dir: Path, step: int, model, tokenizer, state: dict, cfg: DictConfig,
-                    keep_last: int | None = None, protect: tuple[int, ...] = (0,),
-                    model_state: dict | None = None) -> Path:
+def save_checkpoint(
+    run_dir: Path,
+    step: int,
+    model,
+    tokenizer,
+    state: dict,
+    cfg: DictConfig,
+    keep_last: int | None = None,
+    protect: tuple[int, ...] = (0,),
+    model_state: dict | None = None,
+) -> Path:
     """Single-process save: stage, write, commit."""
     tmp = fresh_dir(staging_dir(run_dir, step))
     model.save_pretrained(tmp, state_dict=model_state, safe_serialization=True)
@@ -238,7 +292,9 @@ def save_checkpoint(run_dir: Path, step: int, model, tokenizer, state: dict, cfg
 def step_of(path: Path) -> int:
     m = _NAME.match(Path(path).name)
     if not m:
-        raise CheckpointError(f"{path} is not a checkpoint directory (expected a name like step_000100)")
+        raise CheckpointError(
+            f"{path} is not a checkpoint directory (expected a name like step_000100)"
+        )
     return int(m.group(1))
 
 
@@ -258,16 +314,25 @@ def latest_checkpoint(run_dir: Path, hashes: bool = False) -> Path | None:
         try:
             return check_checkpoint(p, hashes=hashes)
         except CheckpointError as e:
-            log.warning("skipping checkpoint %s, it fails verification: %s; trying the one before it", p.name, e)
+            log.warning(
+                "skipping checkpoint %s, it fails verification: %s; trying the one before it",
+                p.name,
+                e,
+            )
     return None
 
 
-def prune(run_dir: Path, keep_last: int, protect: tuple[int, ...] = (0,), newest: int | None = None) -> None:
+def prune(
+    run_dir: Path, keep_last: int, protect: tuple[int, ...] = (0,), newest: int | None = None
+) -> None:
     """Keep the newest keep_last complete checkpoints (and protected steps); clear stale temporaries.
     Checkpoints after `newest` (the step just saved) are from before a resume from an older one
     (e.g. one that failed verification): they neither count nor go; the run overwrites them."""
-    found = [p for p in complete_checkpoints(run_dir)
-             if step_of(p) not in protect and (newest is None or step_of(p) <= newest)]
+    found = [
+        p
+        for p in complete_checkpoints(run_dir)
+        if step_of(p) not in protect and (newest is None or step_of(p) <= newest)
+    ]
     for p in found[:-keep_last]:
         remove_path(p)
     for p in [*checkpoints_dir(run_dir).glob(".tmp-*"), *checkpoints_dir(run_dir).glob(".old-*")]:
@@ -294,7 +359,9 @@ def read_manifest(path: str | Path) -> dict | None:
             if not isinstance(rec["size"], int) or not isinstance(rec["sha256"], str):
                 raise ValueError(f"a bad entry for {rel!r}")
     except (ValueError, KeyError, TypeError, AttributeError) as e:
-        raise CheckpointError(f"{marker} is unreadable ({e}): the checkpoint cannot be verified") from None
+        raise CheckpointError(
+            f"{marker} is unreadable ({e}): the checkpoint cannot be verified"
+        ) from None
     return manifest
 
 
@@ -311,15 +378,24 @@ def check_checkpoint(path: str | Path, hashes: bool | Iterable[str] = False) -> 
         raise CheckpointError(f"no checkpoint at {p}: not a directory")
     if not (p / COMPLETE).is_file():
         if complete_checkpoints(p):
-            raise CheckpointError(f"{p} is a run directory; name a checkpoint, e.g. {latest_checkpoint(p)}")
-        raise CheckpointError(f"{p} is not a complete checkpoint (no {COMPLETE} marker): it was never "
-                              "finished, or it is not a Ladder checkpoint")
+            raise CheckpointError(
+                f"{p} is a run directory; name a checkpoint, e.g. {latest_checkpoint(p)}"
+            )
+        raise CheckpointError(
+            f"{p} is not a complete checkpoint (no {COMPLETE} marker): it was never "
+            "finished, or it is not a Ladder checkpoint"
+        )
     links = symlinks_in(p)
     if links:  # Ladder writes none: a link here was planted, and could point anywhere
-        what = f"{p} is a symlink (to {os.readlink(p)})" if links == ["."] else \
-            f"{p} holds symlinks ({', '.join(links)})"
-        raise CheckpointError(f"{what}; Ladder writes checkpoints as plain folders and files and does not "
-                              "follow links in them. Name the folder the link points to if you trust it")
+        what = (
+            f"{p} is a symlink (to {os.readlink(p)})"
+            if links == ["."]
+            else f"{p} holds symlinks ({', '.join(links)})"
+        )
+        raise CheckpointError(
+            f"{what}; Ladder writes checkpoints as plain folders and files and does not "
+            "follow links in them. Name the folder the link points to if you trust it"
+        )
     problems = manifest_problems(p, hashes)
     if problems is None:
         if str(p) not in _unverified_noted:  # once per checkpoint, not at every listing
@@ -346,13 +422,23 @@ def manifest_problems(path: Path, hashes: bool | Iterable[str] = False) -> list[
             problems.append(f"{rel} is missing")
             continue
         if size != rec["size"]:
-            problems.append(f"{rel} is {size} bytes, COMPLETE records {rec['size']} (truncated or overwritten)")
+            problems.append(
+                f"{rel} is {size} bytes, COMPLETE records {rec['size']} (truncated or overwritten)"
+            )
     if not problems and hashes:
-        patterns = None if hashes is True else (hashes,) if isinstance(hashes, str) else tuple(hashes)
-        wanted = [rel for rel in files if patterns is None or any(fnmatch.fnmatch(rel, pat) for pat in patterns)]
+        patterns = (
+            None if hashes is True else (hashes,) if isinstance(hashes, str) else tuple(hashes)
+        )
+        wanted = [
+            rel
+            for rel in files
+            if patterns is None or any(fnmatch.fnmatch(rel, pat) for pat in patterns)
+        ]
         for rel, (_, digest) in zip(wanted, hash_files([path / rel for rel in wanted])):
             if digest != files[rel]["sha256"]:
-                problems.append(f"{rel} does not match its SHA-256 in COMPLETE (its content changed after the save)")
+                problems.append(
+                    f"{rel} does not match its SHA-256 in COMPLETE (its content changed after the save)"
+                )
     if len(problems) > 5:  # e.g. a DeepSpeed state directory deleted: hundreds of shards
         problems = [*problems[:5], f"and {len(problems) - 5} more"]
     return problems
@@ -361,9 +447,14 @@ def manifest_problems(path: Path, hashes: bool | Iterable[str] = False) -> list[
 def load_trainer_state(path: Path) -> dict:
     f = Path(path) / STATE_FILE
     if not f.is_file():  # a checkpoint from before manifests is not verified: say what is missing
-        raise CheckpointError(f"corrupt checkpoint {path}: {STATE_FILE} is missing, so it cannot be resumed")
-    return load_state_file(f, "A checkpoint saved by an older Ladder (its RNG state held numpy arrays) cannot "
-                              f"be resumed; start a new run from its weights instead (model.name_or_path={path})")
+        raise CheckpointError(
+            f"corrupt checkpoint {path}: {STATE_FILE} is missing, so it cannot be resumed"
+        )
+    return load_state_file(
+        f,
+        "A checkpoint saved by an older Ladder (its RNG state held numpy arrays) cannot "
+        f"be resumed; start a new run from its weights instead (model.name_or_path={path})",
+    )
 
 
 # ---- where a checkpoint came from ------------------------------------------------------------
@@ -382,8 +473,13 @@ def run_key(run_dir: Path) -> bytes | None:
     except OSError:  # missing, or a link (ELOOP)
         return None
     if st.st_uid != os.getuid() or st.st_mode & 0o077:
-        log.warning("%s is not this user's own private file (owner %d, mode %o): it is not trusted as the run's "
-                    "key", path, st.st_uid, st.st_mode & 0o777)
+        log.warning(
+            "%s is not this user's own private file (owner %d, mode %o): it is not trusted as the run's "
+            "key",
+            path,
+            st.st_uid,
+            st.st_mode & 0o777,
+        )
         return None
     try:
         return bytes.fromhex(raw.decode().strip())
@@ -401,7 +497,11 @@ def ensure_run_key(run_dir: Path) -> bytes:
 
 
 def manifest_hmac(key: bytes, manifest: dict) -> str:
-    body = json.dumps({k: manifest[k] for k in ("format", "token", "files")}, sort_keys=True, separators=(",", ":"))
+    body = json.dumps(
+        {k: manifest[k] for k in ("format", "token", "files")},
+        sort_keys=True,
+        separators=(",", ":"),
+    )
     return hmac.new(key, body.encode(), hashlib.sha256).hexdigest()
 
 
@@ -410,12 +510,18 @@ def origin_problem(ckpt: Path, run_dir: Path) -> str | None:
     run's key), else why not. The files' hashes are the caller's to check (resume checks them)."""
     manifest = read_manifest(ckpt)
     if manifest is None or not isinstance(manifest.get("hmac"), str):
-        return f"its {COMPLETE} carries no HMAC (it was saved by an older Ladder, or written by hand)"
+        return (
+            f"its {COMPLETE} carries no HMAC (it was saved by an older Ladder, or written by hand)"
+        )
     key = run_key(run_dir)
     if key is None:
-        return (f"the run folder {run_dir} holds no key of its own ({KEY_FILE}), so no checkpoint can be shown "
-                "to be its own")
+        return (
+            f"the run folder {run_dir} holds no key of its own ({KEY_FILE}), so no checkpoint can be shown "
+            "to be its own"
+        )
     if not hmac.compare_digest(manifest_hmac(key, manifest), manifest["hmac"]):
-        return (f"its {COMPLETE} was not signed with the key of run {Path(run_dir).name}: another run, or someone "
-                "else, wrote it")
+        return (
+            f"its {COMPLETE} was not signed with the key of run {Path(run_dir).name}: another run, or someone "
+            "else, wrote it"
+        )
     return None

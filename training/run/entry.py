@@ -24,9 +24,14 @@ def run_train(train, overrides: list[str]) -> int:
     """Compose, train (training.run.trainer.train, passed in: this module does not import the trainer,
     whose __main__ imports this one), and say where the run is."""
     from training.config.compose import compose
+
     result = train(compose(overrides))
-    if result.finished_before is not None:  # the run had already reached max_steps: nothing was trained
-        print(f"run directory: {result.run_dir} (already finished at step {result.finished_before}; nothing trained)")
+    if (
+        result.finished_before is not None
+    ):  # the run had already reached max_steps: nothing was trained
+        print(
+            f"run directory: {result.run_dir} (already finished at step {result.finished_before}; nothing trained)"
+        )
         return 0
     print(f"run directory: {result.run_dir}")
     if result.checkpoints:
@@ -37,6 +42,7 @@ def run_train(train, overrides: list[str]) -> int:
 def main(train, argv: list[str] | None = None) -> int:
     from training.common.errors import EXIT_REQUEUE, EXIT_USER_ERROR, LadderError, Preempted
     from training.run.log_setup import setup_logging
+
     argv = sys.argv[1:] if argv is None else argv
     setup_logging()  # -v reaches us as LADDER_VERBOSE=1
     try:

@@ -27,22 +27,36 @@ class Heartbeat:
         self.path = Path(run_dir) / FILE
         self.enabled = enabled
         prev = read_heartbeat(run_dir) or {}
-        self.carried_hours = float(prev.get("device_hours", 0.0))  # from earlier segments of a resumed run
+        self.carried_hours = float(
+            prev.get("device_hours", 0.0)
+        )  # from earlier segments of a resumed run
         self.started = time.time()
-        self.state = {"state": "running", "step": prev.get("step", 0), "max_steps": max_steps, "loss": None,
-                      "mfu": None, "started_at": prev.get("started_at", self.started), "devices": devices,
-                      "device_hours": self.carried_hours,
-                      "last_checkpoint_step": prev.get("last_checkpoint_step"),
-                      "last_checkpoint_at": prev.get("last_checkpoint_at"), "reason": None}
+        self.state = {
+            "state": "running",
+            "step": prev.get("step", 0),
+            "max_steps": max_steps,
+            "loss": None,
+            "mfu": None,
+            "started_at": prev.get("started_at", self.started),
+            "devices": devices,
+            "device_hours": self.carried_hours,
+            "last_checkpoint_step": prev.get("last_checkpoint_step"),
+            "last_checkpoint_at": prev.get("last_checkpoint_at"),
+            "reason": None,
+        }
 
     def update(self, **fields) -> None:
         self.state.update(fields)
         now = time.time()
         self.state["updated_at"] = now
-        self.state["device_hours"] = self.carried_hours + self.state["devices"] * (now - self.started) / 3600
+        self.state["device_hours"] = (
+            self.carried_hours + self.state["devices"] * (now - self.started) / 3600
+        )
         if not self.enabled:
             return
-        write_atomic(self.path, json.dumps(self.state) + "\n")  # a link planted there is replaced, not followed
+        write_atomic(
+            self.path, json.dumps(self.state) + "\n"
+        )  # a link planted there is replaced, not followed
 
 
 def read_heartbeat(run_dir: Path) -> dict | None:
@@ -55,5 +69,6 @@ def read_heartbeat(run_dir: Path) -> dict | None:
 
 if __name__ == "__main__":  # `python -m training.run.heartbeat RUN_DIR FIELD`: for launcher scripts
     import sys
+
     hb = read_heartbeat(Path(sys.argv[1])) or {}
     print(hb.get(sys.argv[2], "") if len(sys.argv) > 2 else json.dumps(hb))

@@ -16,8 +16,19 @@ import sys
 # Third-party loggers whose notices are not about the user's run: DeepSpeed's "Setting
 # accelerator to CPU", lm-eval's "Custom kwargs can be passed to --metadata", matplotlib's
 # "building the font cache". Errors still show; `ladder -v VERB` shows everything.
-QUIET = ("DeepSpeed", "lm_eval", "lm-eval", "matplotlib", "httpx", "urllib3", "datasets", "filelock", "wandb",
-         "fsspec", "PIL")
+QUIET = (
+    "DeepSpeed",
+    "lm_eval",
+    "lm-eval",
+    "matplotlib",
+    "httpx",
+    "urllib3",
+    "datasets",
+    "filelock",
+    "wandb",
+    "fsspec",
+    "PIL",
+)
 
 
 class _ErrorsOnly(logging.Filter):
@@ -29,8 +40,12 @@ def setup_logging(verbose: bool = False) -> None:
     """Our own log lines at INFO; third-party notices only with -v (LADDER_VERBOSE=1 reaches the
     trainer and eval processes a verb starts)."""
     verbose = verbose or os.environ.get("LADDER_VERBOSE") == "1"
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S",
-                        stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
     for name in QUIET:
         logger = logging.getLogger(name)
         if verbose:
@@ -42,6 +57,7 @@ def setup_logging(verbose: bool = False) -> None:
     # Per-file progress bars from transformers and datasets drown the step log.
     import datasets
     import transformers
+
     datasets.disable_progress_bars()
     transformers.utils.logging.disable_progress_bar()
     if verbose:

@@ -19,7 +19,9 @@ class MetricsFile:
         self.path = Path(path)
 
     def append(self, row: dict) -> None:
-        with open_append(self.path) as f:  # O_NOFOLLOW: a link planted there is replaced, not written through
+        with open_append(
+            self.path
+        ) as f:  # O_NOFOLLOW: a link planted there is replaced, not written through
             f.write(json.dumps(row) + "\n")
             f.flush()
 

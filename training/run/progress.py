@@ -39,24 +39,43 @@ class _Rate(ProgressColumn):
 
     def render(self, task) -> Text:
         speed = task.finished_speed or task.speed
-        return Text(f"{speed:.2f} {task.fields['unit']}/s" if speed else f"- {task.fields['unit']}/s")
+        return Text(
+            f"{speed:.2f} {task.fields['unit']}/s" if speed else f"- {task.fields['unit']}/s"
+        )
 
 
 def _new_bar(console: Console) -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(bar_width=30),
-                    TextColumn("{task.completed:.0f}/{task.total:.0f} {task.fields[unit]}"), _Rate(),
-                    TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.fields[extra]}"),
-                    console=console, transient=False, refresh_per_second=4)
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(bar_width=30),
+        TextColumn("{task.completed:.0f}/{task.total:.0f} {task.fields[unit]}"),
+        _Rate(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[extra]}"),
+        console=console,
+        transient=False,
+        refresh_per_second=4,
+    )
 
 
-_active: "StepProgress | None" = None  # the training bar that eval progress joins (one live display)
+_active: "StepProgress | None" = (
+    None  # the training bar that eval progress joins (one live display)
+)
 
 
 class StepProgress:
     """The training loop's progress: update(metrics) after each step, close() at the end."""
 
-    def __init__(self, total: int, start: int, log_every: int, log: logging.Logger, enabled: bool = True,
-                 console: Console | None = None):
+    def __init__(
+        self,
+        total: int,
+        start: int,
+        log_every: int,
+        log: logging.Logger,
+        enabled: bool = True,
+        console: Console | None = None,
+    ):
         global _active
         self.total, self.log_every, self.log = total, log_every, log
         self.bar: Progress | None = None
@@ -74,11 +93,21 @@ class StepProgress:
         step = m["step"]
         if self.bar is None:
             if step % self.log_every == 0 or step == self.total:
-                self.log.info("step %d/%d loss %.4f lr %.2e grad_norm %.3f tok/s/device %.0f", step, self.total,
-                              m["loss"], m["lr"], m["grad_norm"], m["tokens_per_s"])
+                self.log.info(
+                    "step %d/%d loss %.4f lr %.2e grad_norm %.3f tok/s/device %.0f",
+                    step,
+                    self.total,
+                    m["loss"],
+                    m["lr"],
+                    m["grad_norm"],
+                    m["tokens_per_s"],
+                )
             return
-        self.bar.update(self.task, completed=step,
-                        extra=f"loss {m['loss']:.4f}  {m['tokens_per_s']:,.0f} tok/s/device")
+        self.bar.update(
+            self.task,
+            completed=step,
+            extra=f"loss {m['loss']:.4f}  {m['tokens_per_s']:,.0f} tok/s/device",
+        )
 
     def close(self) -> None:
         global _active
@@ -96,11 +125,16 @@ class StepProgress:
         """Log handlers writing to a terminal write through the bar's redirected stderr (rich's
         FileProxy, which prints above the bar); without this each log line would tear the bar."""
         import sys
+
         proxy = sys.stderr  # Progress.start() put a proxy here because the console is a terminal
         for handler in logging.getLogger().handlers:
             stream = getattr(handler, "stream", None)
-            if (type(handler) is logging.StreamHandler and stream is not proxy and hasattr(stream, "isatty")
-                    and stream.isatty()):
+            if (
+                type(handler) is logging.StreamHandler
+                and stream is not proxy
+                and hasattr(stream, "isatty")
+                and stream.isatty()
+            ):
                 self._rerouted.append((handler, handler.setStream(proxy)))
 
 

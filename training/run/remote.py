@@ -44,8 +44,14 @@ from omegaconf import DictConfig
 from training.engine import distributed
 
 from training.run import faults
-from training.run.checkpoint import (COMPLETE, check_checkpoint, checkpoints_dir, latest_checkpoint, manifest_problems,
-                                 step_of)
+from training.run.checkpoint import (
+    COMPLETE,
+    check_checkpoint,
+    checkpoints_dir,
+    latest_checkpoint,
+    manifest_problems,
+    step_of,
+)
 from training.common.errors import CheckpointError
 from training.common.safe_files import fresh_dir, remove_path, write_atomic
 
@@ -55,11 +61,27 @@ log = logging.getLogger("ladder.checkpoint")
 # config key (ftp://host/x used to end in "x is not a checkpoint directory").
 REFUSED = {
     "memory": "memory:// lives inside one process, so a resumed run would find nothing",
-    "ftp": ("ftp:// is not supported for checkpoints: fsspec's FTP client uploads a large file as a "
-            "series of restarted transfers (REST + STOR), which not every server accepts, and sends "
-            "the password in clear text; use sftp:// to the same host"),
-    **{p: f"{p}:// is read-only in fsspec, so it cannot hold checkpoints" for p in (
-        "http", "https", "github", "git", "gist", "zip", "tar", "libarchive", "data", "reference", "dvc")},
+    "ftp": (
+        "ftp:// is not supported for checkpoints: fsspec's FTP client uploads a large file as a "
+        "series of restarted transfers (REST + STOR), which not every server accepts, and sends "
+        "the password in clear text; use sftp:// to the same host"
+    ),
+    **{
+        p: f"{p}:// is read-only in fsspec, so it cannot hold checkpoints"
+        for p in (
+            "http",
+            "https",
+            "github",
+            "git",
+            "gist",
+            "zip",
+            "tar",
+            "libarchive",
+            "data",
+            "reference",
+            "dvc",
+        )
+    },
 }
 
 
@@ -68,20 +90,28 @@ def url_problem(url: str, key: str = "trainer.checkpoint_url") -> str | None:
     For trainer.resume the URL names one checkpoint, so it must also end in step_N."""
     protocol, path = fsspec.core.split_protocol(url)
     if protocol is None:
-        return (f"{key}={url!r} is not a URL: give a protocol, e.g. s3://bucket/ladder or file:///mnt/ckpts "
-                "(checkpoints on a local path go under trainer.run_root)")
+        return (
+            f"{key}={url!r} is not a URL: give a protocol, e.g. s3://bucket/ladder or file:///mnt/ckpts "
+            "(checkpoints on a local path go under trainer.run_root)"
+        )
     if protocol in REFUSED:
         return f"{key}={url!r}: {REFUSED[protocol]}"
     try:
         fsspec.get_filesystem_class(protocol)
     except ValueError:
-        return (f"{key}={url!r}: unknown protocol {protocol!r}; fsspec knows e.g. s3, gs, gcs, az, abfs, "
-                "hdfs, sftp, file")
+        return (
+            f"{key}={url!r}: unknown protocol {protocol!r}; fsspec knows e.g. s3, gs, gcs, az, abfs, "
+            "hdfs, sftp, file"
+        )
     except ImportError as e:
-        return f"{key}={url!r}: the {protocol!r} protocol needs a package that is not installed ({e})"
+        return (
+            f"{key}={url!r}: the {protocol!r} protocol needs a package that is not installed ({e})"
+        )
     if key == "trainer.resume" and not _is_step(path):
-        return (f"{key}={url!r} does not name a checkpoint: the URL of one ends in step_N, e.g. "
-                "s3://bucket/ladder/<run_name>/checkpoints/step_000100")
+        return (
+            f"{key}={url!r} does not name a checkpoint: the URL of one ends in step_N, e.g. "
+            "s3://bucket/ladder/<run_name>/checkpoints/step_000100"
+        )
     return None
 
 
@@ -165,7 +195,9 @@ class RemoteCheckpoints:
         if self.fs.exists(path):
             self.fs.rm(path, recursive=True)
 
-    def prune(self, keep_last: int, protect: tuple[int, ...] = (0,), newest: int | None = None) -> None:
+    def prune(
+        self, keep_last: int, protect: tuple[int, ...] = (0,), newest: int | None = None
+    ) -> None:
         """The local rule (checkpoint.prune): keep protected steps and the newest keep_last others;
         delete the rest and any incomplete directory (rank 0 is the only writer, so none is being
         written). Complete steps after `newest` (the step just uploaded) neither count nor go."""
@@ -188,18 +220,24 @@ class RemoteCheckpoints:
         try:
             token = self.fs.cat_file(f"{src}/{COMPLETE}")
         except FileNotFoundError:
-            raise CheckpointError(f"{self.step_url(step)} is not a complete checkpoint (no {COMPLETE} marker): "
-                                  "its upload never finished") from None
+            raise CheckpointError(
+                f"{self.step_url(step)} is not a complete checkpoint (no {COMPLETE} marker): "
+                "its upload never finished"
+            ) from None
         final = Path(dest_root) / f"step_{step:06d}"
         if _same(final, token):
             try:
                 return check_checkpoint(final, hashes=hashes)
             except CheckpointError as e:  # the remote copy may be whole: download it again
-                log.warning("the local copy of %s fails verification (%s); downloading it again", self.step_url(step), e)
+                log.warning(
+                    "the local copy of %s fails verification (%s); downloading it again",
+                    self.step_url(step),
+                    e,
+                )
         tmp = fresh_dir(Path(dest_root) / f".tmp-fetch-step_{step:06d}-{os.getpid()}")
         log.info("downloading %s to %s", self.step_url(step), final)
         for f in self.fs.find(src):
-            rel = f[len(src):].lstrip("/")
+            rel = f[len(src) :].lstrip("/")
             if rel != COMPLETE:
                 (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
                 self.fs.get_file(f, str(tmp / rel))
@@ -207,15 +245,21 @@ class RemoteCheckpoints:
         try:
             problems = manifest_problems(tmp, hashes=True)  # what arrived, read back once
             if problems:
-                raise CheckpointError(f"corrupt checkpoint {self.step_url(step)}: " + "; ".join(problems))
+                raise CheckpointError(
+                    f"corrupt checkpoint {self.step_url(step)}: " + "; ".join(problems)
+                )
         except CheckpointError:
             remove_path(tmp)  # a bad download never takes the checkpoint's name
             raise
         if problems is None:
-            log.info("%s was saved before COMPLETE listed its files: its download is not verified",
-                     self.step_url(step))
+            log.info(
+                "%s was saved before COMPLETE listed its files: its download is not verified",
+                self.step_url(step),
+            )
         old = Path(dest_root) / f".old-step_{step:06d}-{os.getpid()}"
-        if final.exists() or final.is_symlink():  # another save of the step, a bad copy, or a planted link
+        if (
+            final.exists() or final.is_symlink()
+        ):  # another save of the step, a bad copy, or a planted link
             os.rename(final, old)
         try:
             os.rename(tmp, final)
@@ -244,7 +288,9 @@ def fetch_url(url: str, cache_root: Path, hashes: bool = True) -> Path:
     return RemoteCheckpoints(parent).fetch(step, dest, hashes)
 
 
-def _choose(cfg: DictConfig, run_dir: Path, store: RemoteCheckpoints | None) -> tuple[str, str | None] | None:
+def _choose(
+    cfg: DictConfig, run_dir: Path, store: RemoteCheckpoints | None
+) -> tuple[str, str | None] | None:
     """(local path, URL it came from or None) of the checkpoint to resume from, verified with
     hashes (its files are about to be read anyway); None to start from scratch."""
     mode = cfg.trainer.resume
@@ -256,16 +302,23 @@ def _choose(cfg: DictConfig, run_dir: Path, store: RemoteCheckpoints | None) -> 
             try:
                 return str(store.fetch(step, checkpoints_dir(run_dir))), store.step_url(step)
             except CheckpointError as e:
-                log.warning("skipping checkpoint %s, it fails verification: %s; trying the one before it",
-                            store.step_url(step), e)
+                log.warning(
+                    "skipping checkpoint %s, it fails verification: %s; trying the one before it",
+                    store.step_url(step),
+                    e,
+                )
         return None
     if "://" not in mode:
         return str(check_checkpoint(mode, hashes=True)), None
     return str(fetch_url(mode, Path(cfg.trainer.run_root) / "cache" / "checkpoints")), mode
 
 
-def resolve_resume(cfg: DictConfig, run_dir: Path, store: RemoteCheckpoints | None = None,
-                   world: distributed.World | None = None) -> Path | None:
+def resolve_resume(
+    cfg: DictConfig,
+    run_dir: Path,
+    store: RemoteCheckpoints | None = None,
+    world: distributed.World | None = None,
+) -> Path | None:
     """trainer.resume as a verified local checkpoint directory (or None: start from scratch). auto
     is the newest complete local checkpoint that passes verification, or with
     trainer.checkpoint_url the newest such one at the URL (a local one may never have been
@@ -284,9 +337,15 @@ def resolve_resume(cfg: DictConfig, run_dir: Path, store: RemoteCheckpoints | No
     if world.main:
         try:
             choice = _choose(cfg, run_dir, store)
-        except Exception as e:  # every rank must reach the broadcast, or the others wait for the timeout
+        except (
+            Exception
+        ) as e:  # every rank must reach the broadcast, or the others wait for the timeout
             error = e
-            choice = str(e) if isinstance(e, CheckpointError) else f"rank 0 could not resolve trainer.resume: {e!r}"
+            choice = (
+                str(e)
+                if isinstance(e, CheckpointError)
+                else f"rank 0 could not resolve trainer.resume: {e!r}"
+            )
     choice = distributed.broadcast(choice)
     if error is not None:
         raise error
@@ -298,9 +357,15 @@ def resolve_resume(cfg: DictConfig, run_dir: Path, store: RemoteCheckpoints | No
     failure = None
     if url and world.local_rank == 0 and not world.main:
         try:  # into the directory rank 0 fetched into: the same path on every node
-            RemoteCheckpoints(url.rstrip("/").rpartition("/")[0]).fetch(step_of(path), path.parent, hashes=False)
+            RemoteCheckpoints(url.rstrip("/").rpartition("/")[0]).fetch(
+                step_of(path), path.parent, hashes=False
+            )
         except CheckpointError as e:
             failure = str(e)
-    if distributed.any_rank(failure is not None, cfg.rung.device):  # also the barrier: the copy is in place
-        raise CheckpointError(failure or "another node could not get its copy of the checkpoint: see its log")
+    if distributed.any_rank(
+        failure is not None, cfg.rung.device
+    ):  # also the barrier: the copy is in place
+        raise CheckpointError(
+            failure or "another node could not get its copy of the checkpoint: see its log"
+        )
     return path if world.main else check_checkpoint(path)

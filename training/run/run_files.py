@@ -42,9 +42,11 @@ LATEST = ("git_commit", "argv", "world_size", "engine")  # repeated at the top l
 
 
 def finished_message(run_name: str, step: int, max_steps: int, nothing: str) -> str:
-    return (f"run {run_name} already finished at step {step} of {max_steps}; {nothing}: give a new "
-            "trainer.run_name, raise trainer.max_steps with trainer.allow_config_change=true, or start over "
-            "with trainer.resume=none")
+    return (
+        f"run {run_name} already finished at step {step} of {max_steps}; {nothing}: give a new "
+        "trainer.run_name, raise trainer.max_steps with trainer.allow_config_change=true, or start over "
+        "with trainer.resume=none"
+    )
 
 
 def finished_step(cfg: DictConfig, run_dir: Path, resume_step: int | None) -> int | None:
@@ -69,8 +71,9 @@ def checkpoint_step(ckpt: Path) -> int:
         return step_of(ckpt)
 
 
-def resume_point(cfg: DictConfig, run_dir: Path, run_name: str | None = None
-                 ) -> tuple[Path | None, int | None, ConfigChanges]:
+def resume_point(
+    cfg: DictConfig, run_dir: Path, run_name: str | None = None
+) -> tuple[Path | None, int | None, ConfigChanges]:
     """For `ladder launch`, before anything is recorded: the local checkpoint the trainer will
     resume from, its step, and the config changes (a refused change raises ConfigError here).
     A checkpoint only at a URL is the trainer's to check: it is not downloaded for this."""
@@ -84,13 +87,26 @@ def resume_point(cfg: DictConfig, run_dir: Path, run_name: str | None = None
     return ckpt, step, check_resume_config(cfg, ckpt, step, run_name)
 
 
-def invocation(argv: list[str], git_commit: str | None, world_size: int, engine: str, resumed_from: Path | None,
-               resumed_step: int | None, changes: ConfigChanges) -> dict:
-    return {"started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "argv": list(argv),
-            "git_commit": git_commit, "world_size": world_size, "engine": engine,
-            "resumed_from": str(resumed_from) if resumed_from else None, "resumed_step": resumed_step,
-            "config_changes": [c.as_json() for c in changes.math],
-            "harmless_changes": [c.as_json() for c in changes.harmless]}
+def invocation(
+    argv: list[str],
+    git_commit: str | None,
+    world_size: int,
+    engine: str,
+    resumed_from: Path | None,
+    resumed_step: int | None,
+    changes: ConfigChanges,
+) -> dict:
+    return {
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "argv": list(argv),
+        "git_commit": git_commit,
+        "world_size": world_size,
+        "engine": engine,
+        "resumed_from": str(resumed_from) if resumed_from else None,
+        "resumed_step": resumed_step,
+        "config_changes": [c.as_json() for c in changes.math],
+        "harmless_changes": [c.as_json() for c in changes.harmless],
+    }
 
 
 def append_invocation(run_dir: Path, entry: dict) -> dict:
@@ -102,7 +118,9 @@ def append_invocation(run_dir: Path, entry: dict) -> dict:
             earlier = old.get("invocations", [old])  # [old]: the one-invocation format
         except (OSError, ValueError, TypeError, AttributeError) as e:
             keep = path.with_name(f"run_meta.unreadable-{int(time.time())}.json")
-            log.warning("%s is unreadable (%s); kept as %s, a new one is started", path, e, keep.name)
+            log.warning(
+                "%s is unreadable (%s); kept as %s, a new one is started", path, e, keep.name
+            )
             os.replace(path, keep)
     meta = {**{k: entry[k] for k in LATEST}, "invocations": [*earlier, entry]}
     write_atomic(path, json.dumps(meta, indent=2) + "\n")

@@ -35,8 +35,11 @@ class Tracker:
 
         if mode == "online" and not os.environ.get("WANDB_API_KEY") and not _has_netrc_key():
             from training.common.errors import ConfigError
-            raise ConfigError("tracker.mode=online needs WANDB_API_KEY in the environment "
-                              "(or `wandb login`); keys never go in configs")
+
+            raise ConfigError(
+                "tracker.mode=online needs WANDB_API_KEY in the environment "
+                "(or `wandb login`); keys never go in configs"
+            )
         run_dir = Path(run_dir)
         id_file = run_dir / "wandb_id"
         try:  # O_NOFOLLOW: a link planted there is neither read nor written through
@@ -55,7 +58,9 @@ class Tracker:
             job_type=job_type,
             tags=list(cfg.tracker.tags),
             config=OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
-            settings=wandb.Settings(console="off", x_disable_stats=True, silent=True, disable_git=False),
+            settings=wandb.Settings(
+                console="off", x_disable_stats=True, silent=True, disable_git=False
+            ),
         )
         self.run.define_metric("eval/checkpoint_step")
         self.run.define_metric("eval/*", step_metric="eval/checkpoint_step")
@@ -69,7 +74,9 @@ class Tracker:
 
     @property
     def url(self) -> str | None:
-        return self.run.url if self.run is not None else None  # None offline (wandb 0.31 has no get_url)
+        return (
+            self.run.url if self.run is not None else None
+        )  # None offline (wandb 0.31 has no get_url)
 
     @property
     def run_path(self) -> str | None:
@@ -77,7 +84,10 @@ class Tracker:
 
     def log_step(self, step: int, metrics: dict) -> None:
         if self.run is not None:
-            self.run.log({f"train/{k}": v for k, v in metrics.items() if v is not None and k != "step"}, step=step)
+            self.run.log(
+                {f"train/{k}": v for k, v in metrics.items() if v is not None and k != "step"},
+                step=step,
+            )
 
     def log_checkpoint(self, ckpt_dir: Path, step: int, url: str | None = None) -> None:
         """url: the durable copy at trainer.checkpoint_url (s3://...), which the artifact then
@@ -86,15 +96,23 @@ class Tracker:
             return
         import wandb
 
-        metadata = {"step": step, "path": str(Path(ckpt_dir).resolve()), **({"url": url} if url else {})}
+        metadata = {
+            "step": step,
+            "path": str(Path(ckpt_dir).resolve()),
+            **({"url": url} if url else {}),
+        }
         art = wandb.Artifact(f"{self.run.name}-checkpoint", type="model", metadata=metadata)
         # A reference records where the weights are; checksum=False avoids reading them.
-        art.add_reference(url or Path(ckpt_dir).resolve().as_uri(), name=Path(ckpt_dir).name, checksum=False)
+        art.add_reference(
+            url or Path(ckpt_dir).resolve().as_uri(), name=Path(ckpt_dir).name, checksum=False
+        )
         self.run.log_artifact(art, aliases=[f"step_{step}", "latest"])
 
     def log_eval(self, step: int, scores: dict) -> None:
         if self.run is not None:
-            self.run.log({"eval/checkpoint_step": step, **{f"eval/{k}": v for k, v in scores.items()}})
+            self.run.log(
+                {"eval/checkpoint_step": step, **{f"eval/{k}": v for k, v in scores.items()}}
+            )
 
     def link_eval(self, ckpt_dir: Path, step: int, result: dict) -> None:
         """Tie an eval to its checkpoint's artifact: an `eval` artifact whose metadata names the
@@ -108,14 +126,30 @@ class Tracker:
 
         ckpt_art = f"{self.run.name}-checkpoint:step_{step}"
         tasks = result.get("tasks", {})
-        art = wandb.Artifact(f"{self.run.name}-eval-{result['suite']}", type="eval", metadata={
-            "checkpoint_artifact": ckpt_art, "checkpoint_step": step, "checkpoint": str(Path(ckpt_dir).resolve()),
-            "content_hash": result.get("content_hash"), "suite": result["suite"], "scores": result["scores"],
-            "eval_code_version": result.get("eval_code_version"),
-            "tasks": {k: {f: t.get(f) for f in ("task_version", "n", "generation", "prompt_format", "cache_key")}
-                      for k, t in tasks.items()}})
+        art = wandb.Artifact(
+            f"{self.run.name}-eval-{result['suite']}",
+            type="eval",
+            metadata={
+                "checkpoint_artifact": ckpt_art,
+                "checkpoint_step": step,
+                "checkpoint": str(Path(ckpt_dir).resolve()),
+                "content_hash": result.get("content_hash"),
+                "suite": result["suite"],
+                "scores": result["scores"],
+                "eval_code_version": result.get("eval_code_version"),
+                "tasks": {
+                    k: {
+                        f: t.get(f)
+                        for f in ("task_version", "n", "generation", "prompt_format", "cache_key")
+                    }
+                    for k, t in tasks.items()
+                },
+            },
+        )
         if result.get("path"):
-            art.add_reference(Path(result["path"]).resolve().as_uri(), name="result.json", checksum=False)
+            art.add_reference(
+                Path(result["path"]).resolve().as_uri(), name="result.json", checksum=False
+            )
         if not self.run.settings._offline:
             try:
                 self.run.use_artifact(ckpt_art)

@@ -38,9 +38,20 @@ from training.engine import distributed
 
 from training.run import faults
 from training.data.chat_data import IGNORE
-from training.run.checkpoint import (commit_checkpoint, git_commit, latest_checkpoint, load_trainer_state, staging_dir,
-                                 write_checkpoint)
-from training.config.config_diff import ConfigChanges, check_batch_continues, check_resume_config, continue_schedule
+from training.run.checkpoint import (
+    commit_checkpoint,
+    git_commit,
+    latest_checkpoint,
+    load_trainer_state,
+    staging_dir,
+    write_checkpoint,
+)
+from training.config.config_diff import (
+    ConfigChanges,
+    check_batch_continues,
+    check_resume_config,
+    continue_schedule,
+)
 from training.engine.engines import check_origin, make_engine
 from training.common.errors import EXIT_HUNG, Preempted, TrainingError
 from training.model.flops import model_matmul_params, mfu, train_flops
@@ -51,7 +62,13 @@ from training.model.modeling import build_model, compile_layers, load_tokenizer
 from training.run.progress import StepProgress
 from training.recipes.registry import make_recipe
 from training.run.remote import RemoteCheckpoints, resolve_resume
-from training.run.run_files import finished_message, finished_step, invocation, open_run_dir, remove_if_unstarted
+from training.run.run_files import (
+    finished_message,
+    finished_step,
+    invocation,
+    open_run_dir,
+    remove_if_unstarted,
+)
 from training.common.safe_files import fresh_dir
 from training.run.tracking import Tracker
 from training.config.validate import BatchLayout, effective_lr, validate, warmup_steps
@@ -79,6 +96,7 @@ def with_run_name(cfg: DictConfig) -> DictConfig:
     if cfg.trainer.run_name:
         return cfg
     from training.config.schema import LadderConfig
+
     cfg = OmegaConf.merge(OmegaConf.structured(LadderConfig), OmegaConf.to_container(cfg))
     cfg.trainer.run_name = default_run_name(cfg)
     OmegaConf.set_readonly(cfg, True)
@@ -90,9 +108,16 @@ def rng_state() -> dict:
     torch.load(weights_only=True) and no extra globals (numpy's own state holds an ndarray)."""
     version, internal, gauss = random.getstate()
     _, key, pos, has_gauss, cached = np.random.get_state()
-    state = {"python": [version, list(internal), gauss],
-             "numpy": {"key": key.tolist(), "pos": int(pos), "has_gauss": int(has_gauss), "gauss": float(cached)},
-             "torch": torch.get_rng_state()}
+    state = {
+        "python": [version, list(internal), gauss],
+        "numpy": {
+            "key": key.tolist(),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "gauss": float(cached),
+        },
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -102,7 +127,9 @@ def set_rng_state(state: dict) -> None:
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     n = state["numpy"]
-    np.random.set_state(("MT19937", np.array(n["key"], dtype=np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    np.random.set_state(
+        ("MT19937", np.array(n["key"], dtype=np.uint32), n["pos"], n["has_gauss"], n["gauss"])
+    )
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -117,14 +144,20 @@ def seed_everything(seed: int) -> None:
 def peak_memory_gb(device: str) -> float:
     if device == "cuda":
         return torch.cuda.max_memory_allocated() / 2**30
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB, process peak RSS
+    return (
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    )  # KiB -> GiB, process peak RSS
 
 
 def make_scheduler(cfg: DictConfig, optimizer):
     if cfg.optim.schedule.value == "cosine":
-        return get_scheduler("cosine_with_min_lr", optimizer, num_warmup_steps=warmup_steps(cfg),
-                             num_training_steps=cfg.trainer.max_steps,
-                             scheduler_specific_kwargs={"min_lr_rate": cfg.optim.min_lr_ratio})
+        return get_scheduler(
+            "cosine_with_min_lr",
+            optimizer,
+            num_warmup_steps=warmup_steps(cfg),
+            num_training_steps=cfg.trainer.max_steps,
+            scheduler_specific_kwargs={"min_lr_rate": cfg.optim.min_lr_ratio},
+        )
     return get_scheduler("constant_with_warmup", optimizer, num_warmup_steps=warmup_steps(cfg))
 
 
@@ -157,7 +190,9 @@ class Trainer:
         state = load_trainer_state(self.resume_from) if self.resume_from else None
         self.changes = ConfigChanges()
         if state is not None:
-            check_origin(cfg, state, self.resume_from)  # DeepSpeed's loader unpickles: this run's checkpoints only
+            check_origin(
+                cfg, state, self.resume_from
+            )  # DeepSpeed's loader unpickles: this run's checkpoints only
             self.changes = check_resume_config(cfg, self.resume_from, state["step"])
             check_batch_continues(state, self.layout.micro_batches_per_step, self.resume_from)
         self.finished_at = finished_step(cfg, self.run_dir, state["step"] if state else None)
@@ -165,23 +200,38 @@ class Trainer:
             return False
         model = build_model(cfg.model, self.tokenizer, self.device, t.seed, source=self.resume_from)
         if cfg.rung.activation_checkpointing:  # recompute each layer's activations in backward
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
         if t.compile:
             compile_layers(model)
-        self.stream, truncated = self.recipe.build_stream(cfg, self.tokenizer, self.layout.micro_batch_tokens, t.seed)
+        self.stream, truncated = self.recipe.build_stream(
+            cfg, self.tokenizer, self.layout.micro_batch_tokens, t.seed
+        )
         if truncated and main:
-            log.warning("%d of %d examples were longer than data.max_seq_len=%d and were truncated",
-                        truncated, len(self.stream.docs), cfg.data.max_seq_len)
+            log.warning(
+                "%d of %d examples were longer than data.max_seq_len=%d and were truncated",
+                truncated,
+                len(self.stream.docs),
+                cfg.data.max_seq_len,
+            )
         o = cfg.optim
 
         def make_optimizer(params):
-            return torch.optim.AdamW(params, lr=effective_lr(cfg), betas=(o.beta1, o.beta2), eps=o.eps,
-                                     weight_decay=o.weight_decay)
+            return torch.optim.AdamW(
+                params,
+                lr=effective_lr(cfg),
+                betas=(o.beta1, o.beta2),
+                eps=o.eps,
+                weight_decay=o.weight_decay,
+            )
 
         self.engine = make_engine(cfg, model, make_optimizer, self.world, self.layout)
         self.scheduler = make_scheduler(cfg, self.engine.torch_optimizer)
         self.model = model  # the Hugging Face model (FSDP2 shards it in place)
-        self.n_matmul = model_matmul_params(self.model_shape(), model.get_input_embeddings().num_embeddings)
+        self.n_matmul = model_matmul_params(
+            self.model_shape(), model.get_input_embeddings().num_embeddings
+        )
         self.start_step, self.tokens_seen = 0, 0
         if state is not None:
             # its own watchdog window: DeepSpeed may first convert the checkpoint (another world size)
@@ -190,17 +240,39 @@ class Trainer:
             self.scheduler.load_state_dict(state["scheduler"])
             set_rng_state(state["rng"])
             self.start_step, self.tokens_seen = state["step"], state["tokens_seen"]
-            if self.changes.math:  # allowed (trainer.allow_config_change): the new settings from the next step
-                self.scheduler = continue_schedule(cfg, self.engine.torch_optimizer, self.start_step, make_scheduler)
+            if (
+                self.changes.math
+            ):  # allowed (trainer.allow_config_change): the new settings from the next step
+                self.scheduler = continue_schedule(
+                    cfg, self.engine.torch_optimizer, self.start_step, make_scheduler
+                )
                 if main:
-                    log.warning("applying config changes from step %d on (trainer.allow_config_change=true): %s",
-                                self.start_step + 1, "; ".join(map(str, self.changes.math)))
+                    log.warning(
+                        "applying config changes from step %d on (trainer.allow_config_change=true): %s",
+                        self.start_step + 1,
+                        "; ".join(map(str, self.changes.math)),
+                    )
             if main:
-                log.info("resumed from %s (step %d, saved by %s on %d process(es))", self.resume_from,
-                         self.start_step, state.get("engine"), state.get("world_size", 1))
-        created = main and open_run_dir(self.run_dir, cfg, invocation(
-            sys.argv, git_commit(), self.world.size, cfg.rung.engine.value, self.resume_from,
-            self.start_step if state is not None else None, self.changes))
+                log.info(
+                    "resumed from %s (step %d, saved by %s on %d process(es))",
+                    self.resume_from,
+                    self.start_step,
+                    state.get("engine"),
+                    state.get("world_size", 1),
+                )
+        created = main and open_run_dir(
+            self.run_dir,
+            cfg,
+            invocation(
+                sys.argv,
+                git_commit(),
+                self.world.size,
+                cfg.rung.engine.value,
+                self.resume_from,
+                self.start_step if state is not None else None,
+                self.changes,
+            ),
+        )
         try:
             self.open_outputs()
         except BaseException:
@@ -217,31 +289,46 @@ class Trainer:
         self.evaluator = None
         if main and self.eval_on_save and t.eval_async:
             from evals.async_eval import AsyncEvaluator  # evals depend on training, not the reverse
-            self.evaluator = AsyncEvaluator(eval_beside_training(cfg.eval), registry_url=cfg.registry.url,
-                                            log_dir=self.run_dir / "eval_logs")
+
+            self.evaluator = AsyncEvaluator(
+                eval_beside_training(cfg.eval),
+                registry_url=cfg.registry.url,
+                log_dir=self.run_dir / "eval_logs",
+            )
         self.heartbeat = Heartbeat(self.run_dir, self.world.size, t.max_steps, enabled=main)
         if main:
             self.metrics.truncate_after(self.start_step)  # steps after the checkpoint are redone
             # where to look at the run: its W&B page, or the offline run's folder until `wandb sync`
-            link = self.tracker.url or (str(Path(self.tracker.run_path).parent) if self.tracker.run_path else None)
+            link = self.tracker.url or (
+                str(Path(self.tracker.run_path).parent) if self.tracker.run_path else None
+            )
             self.heartbeat.update(step=self.start_step, tracker_url=link)
         for sig in (signal.SIGTERM, signal.SIGUSR1):
             signal.signal(sig, self.on_signal)
 
     def model_shape(self):
         c = self.model.config
-        return OmegaConf.create({"hidden_size": c.hidden_size, "intermediate_size": c.intermediate_size,
-                                 "num_layers": c.num_hidden_layers, "num_heads": c.num_attention_heads,
-                                 "num_kv_heads": c.num_key_value_heads})
+        return OmegaConf.create(
+            {
+                "hidden_size": c.hidden_size,
+                "intermediate_size": c.intermediate_size,
+                "num_layers": c.num_hidden_layers,
+                "num_heads": c.num_attention_heads,
+                "num_kv_heads": c.num_key_value_heads,
+            }
+        )
 
     def on_signal(self, signum, _frame) -> None:
         self.stop_signal = signal.Signals(signum).name  # acted on after the current step
 
     def on_hang(self, what: str) -> None:
         step_limit = self.cfg.trainer.step_timeout_s
-        limit = (f"trainer.step_timeout_s={step_limit:g} s" if self.watchdog.limit == step_limit else
-                 f"{self.watchdog.limit:g} s (a set-up phase's limit: the larger of trainer.step_timeout_s "
-                 f"and {SETUP_TIMEOUT_S:g} s)")
+        limit = (
+            f"trainer.step_timeout_s={step_limit:g} s"
+            if self.watchdog.limit == step_limit
+            else f"{self.watchdog.limit:g} s (a set-up phase's limit: the larger of trainer.step_timeout_s "
+            f"and {SETUP_TIMEOUT_S:g} s)"
+        )
         msg = f"{what} has run for more than {limit}; every thread's stack follows. Exiting instead of waiting forever."
         log.error(msg)
         faulthandler.dump_traceback(all_threads=True)
@@ -249,6 +336,7 @@ class Trainer:
             self.heartbeat.update(state="failed", reason=msg)
         sys.stderr.flush()
         import os
+
         os._exit(EXIT_HUNG)
 
     # ---- one optimizer step ------------------------------------------------------------
@@ -266,15 +354,29 @@ class Trainer:
         # cross the ranks in one all-reduce; the loss and statistics stay on the device until one
         # more after the backward passes (issue #14: each .item() stalls the GPU).
         c = self.model.config
-        n_units, n_trained, n_processed, flops = distributed.all_sum_many([
-            sum(self.recipe.count(b) for b in host), sum(int((b["labels"] != IGNORE).sum()) for b in host),
-            sum(b["input_ids"].numel() for b in host),
-            sum(train_flops(self.n_matmul, c.num_hidden_layers, c.hidden_size, b["doc_lens"]) for b in host)],
-            self.device)
+        n_units, n_trained, n_processed, flops = distributed.all_sum_many(
+            [
+                sum(self.recipe.count(b) for b in host),
+                sum(int((b["labels"] != IGNORE).sum()) for b in host),
+                sum(b["input_ids"].numel() for b in host),
+                sum(
+                    train_flops(self.n_matmul, c.num_hidden_layers, c.hidden_size, b["doc_lens"])
+                    for b in host
+                ),
+            ],
+            self.device,
+        )
         if n_units == 0 or n_trained == 0:
-            raise TrainingError(f"step {step} has no trained tokens: check the data's assistant turns")
-        batches = [{k: (v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in b.items()}
-                   for b in host]
+            raise TrainingError(
+                f"step {step} has no trained tokens: check the data's assistant turns"
+            )
+        batches = [
+            {
+                k: (v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v)
+                for k, v in b.items()
+            }
+            for b in host
+        ]
         t1 = time.perf_counter()
         self.engine.module.train()
         # Every engine averages gradients over ranks; scaling by world / units makes the result the
@@ -291,23 +393,34 @@ class Trainer:
             loss_sum = loss_sum + loss.detach().double()
             for k, v in stats.items():
                 stat_sums[k] = stat_sums.get(k, 0.0) + (v.detach() if torch.is_tensor(v) else v)
-        per_source = stat_sums.pop("data/per_source", None)  # a mixture's per-source sums (training/data/mixture.py)
+        per_source = stat_sums.pop(
+            "data/per_source", None
+        )  # a mixture's per-source sums (training/data/mixture.py)
         keys = sorted(stat_sums)
-        sums = distributed.all_sum_many([loss_sum] + [stat_sums[k] for k in keys]
-                                        + ([per_source] if per_source is not None else []), self.device)
-        t2 = time.perf_counter()  # after the transfer, which waits for the device's forward and backward
+        sums = distributed.all_sum_many(
+            [loss_sum]
+            + [stat_sums[k] for k in keys]
+            + ([per_source] if per_source is not None else []),
+            self.device,
+        )
+        t2 = (
+            time.perf_counter()
+        )  # after the transfer, which waits for the device's forward and backward
         loss_value = sums[0] / n_units
         extra = {k: sums[1 + i] / n_units for i, k in enumerate(keys)}
         if per_source is not None:
             from training.data.mixture import source_metrics
-            extra.update(source_metrics(sums[1 + len(keys):], self.stream.source_names))
+
+            extra.update(source_metrics(sums[1 + len(keys) :], self.stream.source_names))
         if self.cfg.trainer.stop_on_nonfinite and not math.isfinite(loss_value):
             last = latest_checkpoint(self.run_dir)
             if self.store is not None:  # what resume would use
                 last_step = self.store.latest_step()
                 last = self.store.step_url(last_step) if last_step is not None else None
-            raise TrainingError(f"the loss is {loss_value} at step {step}; stopping before the update. The "
-                                f"last good checkpoint is {last or 'none (no checkpoint yet)'}")
+            raise TrainingError(
+                f"the loss is {loss_value} at step {step}; stopping before the update. The "
+                f"last good checkpoint is {last or 'none (no checkpoint yet)'}"
+            )
         lr = self.scheduler.get_last_lr()[0]
         grad_norm = self.engine.step(self.cfg.optim.max_grad_norm)
         self.scheduler.step()
@@ -318,21 +431,39 @@ class Trainer:
         source = self.stream.step_metrics(step) if hasattr(self.stream, "step_metrics") else {}
         flops += source.pop("flops", 0.0)
         if getattr(self.recipe, "ref_model", None) is not None:
-            flops *= 4 / 3  # the reference's forward pass on the same tokens: a third of a training step
+            flops *= (
+                4 / 3
+            )  # the reference's forward pass on the same tokens: a third of a training step
         dt = t3 - t0
         if self.reference_pass is not None:
             # The reference pass, spread over the run's steps: throughput counting it honestly.
             ref_s = self.reference_pass["seconds"] / self.cfg.trainer.max_steps
-            extra.update(ref_cached=self.reference_pass["cached"],
-                         tokens_per_s_with_ref=n_processed / (dt + ref_s) / self.world.size,
-                         mfu_with_ref=mfu(flops + self.reference_pass["flops"] / self.cfg.trainer.max_steps,
-                                          dt + ref_s, self.cfg.rung.peak_flops_per_device, self.world.size))
-        return {**extra, **source,
-            "step": step, "loss": loss_value, "lr": lr, "grad_norm": grad_norm,
-            "tokens": self.tokens_seen, "tokens_per_s": n_processed / dt / self.world.size,
+            extra.update(
+                ref_cached=self.reference_pass["cached"],
+                tokens_per_s_with_ref=n_processed / (dt + ref_s) / self.world.size,
+                mfu_with_ref=mfu(
+                    flops + self.reference_pass["flops"] / self.cfg.trainer.max_steps,
+                    dt + ref_s,
+                    self.cfg.rung.peak_flops_per_device,
+                    self.world.size,
+                ),
+            )
+        return {
+            **extra,
+            **source,
+            "step": step,
+            "loss": loss_value,
+            "lr": lr,
+            "grad_norm": grad_norm,
+            "tokens": self.tokens_seen,
+            "tokens_per_s": n_processed / dt / self.world.size,
             "mfu": mfu(flops, dt, self.cfg.rung.peak_flops_per_device, self.world.size),
-            "step_time_s": dt, "data_time_s": t1 - t0, "fwd_bwd_time_s": t2 - t1, "optim_time_s": t3 - t2,
-            "goodput": n_trained / n_processed, "peak_mem_gb": peak_memory_gb(self.device),
+            "step_time_s": dt,
+            "data_time_s": t1 - t0,
+            "fwd_bwd_time_s": t2 - t1,
+            "optim_time_s": t3 - t2,
+            "goodput": n_trained / n_processed,
+            "peak_mem_gb": peak_memory_gb(self.device),
             "epoch": self.stream.epoch_of((step - 1) * self.layout.micro_batches_per_step),
         }
 
@@ -349,14 +480,24 @@ class Trainer:
         self.engine.save_sharded(tmp)
         distributed.barrier()
         if self.world.main:
-            state = {"step": step, "tokens_seen": self.tokens_seen, "optimizer": optimizer_state,
-                     "scheduler": self.scheduler.state_dict(), "rng": rng_state(),
-                     "data": {"next_micro_batch": step * self.layout.micro_batches_per_step,
-                              "micro_batches_per_step": self.layout.micro_batches_per_step},
-                     "engine": self.engine.name, "world_size": self.world.size}
+            state = {
+                "step": step,
+                "tokens_seen": self.tokens_seen,
+                "optimizer": optimizer_state,
+                "scheduler": self.scheduler.state_dict(),
+                "rng": rng_state(),
+                "data": {
+                    "next_micro_batch": step * self.layout.micro_batches_per_step,
+                    "micro_batches_per_step": self.layout.micro_batches_per_step,
+                },
+                "engine": self.engine.name,
+                "world_size": self.world.size,
+            }
             write_checkpoint(tmp, step, self.tokenizer, state, self.cfg)
             pending = self.evaluator.pending_steps if self.evaluator else ()
-            ckpt = commit_checkpoint(tmp, self.run_dir, step, self.cfg.trainer.keep_last, protect=(0, *pending))
+            ckpt = commit_checkpoint(
+                tmp, self.run_dir, step, self.cfg.trainer.keep_last, protect=(0, *pending)
+            )
             url = None
             if self.store is not None:  # the local copy stays: evaluation and W&B read it
                 self.watchdog.touch(f"uploading step {step}", setup=True)
@@ -370,9 +511,17 @@ class Trainer:
             if self.evaluator is not None:
                 self.evaluator.submit(ckpt, step)
             elif self.eval_on_save:
-                from evals.runner import evaluate_checkpoint  # evals depend on training, not the reverse
+                from evals.runner import (
+                    evaluate_checkpoint,
+                )  # evals depend on training, not the reverse
+
                 self.watchdog.touch(f"evaluating step {step}", setup=True)
-                self.record_eval(step, ckpt, evaluate_checkpoint(ckpt, eval_beside_training(self.cfg.eval)), result)
+                self.record_eval(
+                    step,
+                    ckpt,
+                    evaluate_checkpoint(ckpt, eval_beside_training(self.cfg.eval)),
+                    result,
+                )
         distributed.barrier()
 
     def record_eval(self, step: int, ckpt: Path, res: dict, result: RunResult) -> None:
@@ -384,13 +533,17 @@ class Trainer:
                 self.store.upload_dir(ckpt, step, "eval")
             except Exception as e:  # losing a copy of the scores must not stop training
                 log.warning("could not upload the eval results of step %d: %s", step, e)
-        log.info("eval at step %d: %s", step, ", ".join(f"{k}={v:.1f}" for k, v in res["scores"].items()))
+        log.info(
+            "eval at step %d: %s", step, ", ".join(f"{k}={v:.1f}" for k, v in res["scores"].items())
+        )
 
     def collect_evals(self, result: RunResult, wait: bool = False) -> None:
         """Record the background evaluations that have finished (all of them, with wait)."""
         if self.evaluator is None:
             return
-        if wait and self.cfg.trainer.eval_handoff:  # the launcher runs the rest as eval jobs of their own
+        if (
+            wait and self.cfg.trainer.eval_handoff
+        ):  # the launcher runs the rest as eval jobs of their own
             dones = self.evaluator.hand_off(self.run_dir)
         else:
             dones = self.evaluator.drain() if wait else self.evaluator.poll()
@@ -398,7 +551,9 @@ class Trainer:
             if done.ok:
                 self.record_eval(done.step, done.checkpoint, done.result, result)
             else:
-                log.warning("eval of step %d failed: %s (log: %s)", done.step, done.error, done.log_path)
+                log.warning(
+                    "eval of step %d failed: %s (log: %s)", done.step, done.error, done.log_path
+                )
 
     # ---- the loop ----------------------------------------------------------------------
     def run(self) -> RunResult:
@@ -412,25 +567,55 @@ class Trainer:
         t, main = self.cfg.trainer, self.world.main
         if not self.setup():
             if main:
-                log.warning(finished_message(t.run_name, self.finished_at, t.max_steps,
-                                             "nothing trained and nothing written"))
+                log.warning(
+                    finished_message(
+                        t.run_name,
+                        self.finished_at,
+                        t.max_steps,
+                        "nothing trained and nothing written",
+                    )
+                )
             distributed.shutdown()
             return RunResult(run_dir=self.run_dir, finished_before=self.finished_at)
         result = RunResult(run_dir=self.run_dir, wandb_dir=self.tracker.run_path)
         lay = self.layout
-        if main and lay.answers_per_step:  # RL: the recipe sets the batch, in answers (validate.rl_batch_layout)
-            log.info("run %s: engine %s on %d process(es), %d steps of %d answers (%d micro-batches of at most %d "
-                     "answers and %d tokens = accum %d x dp %d), lr %.2e", t.run_name, self.engine.name,
-                     self.world.size, t.max_steps, lay.answers_per_step, lay.micro_batches_per_step,
-                     lay.answers_per_micro_batch, lay.micro_batch_tokens, lay.grad_accum, lay.dp,
-                     effective_lr(self.cfg))
+        if (
+            main and lay.answers_per_step
+        ):  # RL: the recipe sets the batch, in answers (validate.rl_batch_layout)
+            log.info(
+                "run %s: engine %s on %d process(es), %d steps of %d answers (%d micro-batches of at most %d "
+                "answers and %d tokens = accum %d x dp %d), lr %.2e",
+                t.run_name,
+                self.engine.name,
+                self.world.size,
+                t.max_steps,
+                lay.answers_per_step,
+                lay.micro_batches_per_step,
+                lay.answers_per_micro_batch,
+                lay.micro_batch_tokens,
+                lay.grad_accum,
+                lay.dp,
+                effective_lr(self.cfg),
+            )
         elif main:
-            log.info("run %s: engine %s on %d process(es), %d steps of %d tokens (%d micro-batches of %d tokens "
-                     "= accum %d x dp %d), lr %.2e", t.run_name, self.engine.name, self.world.size, t.max_steps,
-                     lay.global_batch_tokens, lay.micro_batches_per_step,
-                     lay.micro_batch_tokens, lay.grad_accum, lay.dp, effective_lr(self.cfg))
+            log.info(
+                "run %s: engine %s on %d process(es), %d steps of %d tokens (%d micro-batches of %d tokens "
+                "= accum %d x dp %d), lr %.2e",
+                t.run_name,
+                self.engine.name,
+                self.world.size,
+                t.max_steps,
+                lay.global_batch_tokens,
+                lay.micro_batches_per_step,
+                lay.micro_batch_tokens,
+                lay.grad_accum,
+                lay.dp,
+                effective_lr(self.cfg),
+            )
         exit_code = 1
-        progress = StepProgress(t.max_steps, self.start_step, t.log_every, log, enabled=main)  # a bar on a terminal
+        progress = StepProgress(
+            t.max_steps, self.start_step, t.log_every, log, enabled=main
+        )  # a bar on a terminal
         try:
             if self.start_step == 0 and self.save_initial:
                 self.save(0, result)
@@ -442,7 +627,9 @@ class Trainer:
                     self.tracker.log_step(step, m)
                     # RL: the share of the step spent generating, shown by `ladder status`
                     gen_share = m["gen_time_s"] / m["step_time_s"] if "gen_time_s" in m else None
-                    self.heartbeat.update(step=step, loss=m["loss"], mfu=m["mfu"], gen_share=gen_share)
+                    self.heartbeat.update(
+                        step=step, loss=m["loss"], mfu=m["mfu"], gen_share=gen_share
+                    )
                     progress.update(m)  # the bar, or a log line every trainer.log_every steps
                     self.collect_evals(result)
                 result.final_loss = m["loss"]
@@ -451,9 +638,14 @@ class Trainer:
                     self.save(step, result)
                 if stop and step < t.max_steps:
                     if main:
-                        self.heartbeat.update(state="preempted", reason=f"{self.stop_signal or 'signal'} at step {step}")
-                    raise Preempted(f"stopped by {self.stop_signal or 'a signal on another rank'} after step "
-                                    f"{step}; checkpointed, resume with the same command")
+                        self.heartbeat.update(
+                            state="preempted",
+                            reason=f"{self.stop_signal or 'signal'} at step {step}",
+                        )
+                    raise Preempted(
+                        f"stopped by {self.stop_signal or 'a signal on another rank'} after step "
+                        f"{step}; checkpointed, resume with the same command"
+                    )
             exit_code = 0
             if main:  # completed first: the job's hours end with training, not with its evaluations
                 self.heartbeat.update(state="completed")
@@ -463,7 +655,9 @@ class Trainer:
             exit_code = 0
             raise
         except BaseException as e:
-            if main and exit_code != 0:  # an interrupted wait for evals leaves the training completed
+            if (
+                main and exit_code != 0
+            ):  # an interrupted wait for evals leaves the training completed
                 self.heartbeat.update(state="failed", reason=f"{type(e).__name__}: {e}"[:500])
             raise
         finally:
@@ -481,4 +675,5 @@ def train(cfg: DictConfig) -> RunResult:
 
 if __name__ == "__main__":
     from training.run.entry import main  # not launch.cli: training never imports launch
+
     sys.exit(main(train))

@@ -26,8 +26,11 @@ from collections.abc import Callable
 
 def _count_ok(actual: int, n: int, quantifier: str, around: int) -> bool:
     """'at least' / 'at most' / 'around' (within `around`); any other quantifier fails, as theirs does."""
-    return {"at least": actual >= n, "at most": actual <= n,
-            "around": abs(actual - n) <= around}.get(quantifier, False)
+    return {
+        "at least": actual >= n,
+        "at most": actual <= n,
+        "around": abs(actual - n) <= around,
+    }.get(quantifier, False)
 
 
 # ---- keywords -------------------------------------------------------------------------------
@@ -60,7 +63,10 @@ def validate_response_language(text: str, language: str) -> bool:
     langdetect is imported here only: no other function needs it (constraint_problem asks for it at
     load time when a row uses this function)."""
     import langdetect
-    langdetect.DetectorFactory.seed = 0  # langdetect samples: unseeded, a resumed run would see other rewards
+
+    langdetect.DetectorFactory.seed = (
+        0  # langdetect samples: unseeded, a resumed run would see other rewards
+    )
     try:
         return langdetect.detect(text) == language
     except langdetect.LangDetectException:  # no letters to detect from ("123"): not in any language
@@ -185,13 +191,36 @@ def validate_no_commas(text: str) -> bool:
     return "," not in text
 
 
-IF_FUNCTIONS: dict[str, Callable[..., bool]] = {f.__name__: f for f in (
-    verify_keywords, verify_keyword_frequency, validate_forbidden_words, verify_letter_frequency,
-    validate_response_language, verify_paragraph_count, validate_word_constraint, verify_sentence_constraint,
-    validate_paragraphs, verify_postscript, validate_placeholders, verify_bullet_points, validate_title,
-    validate_choice, validate_highlighted_sections, validate_sections, validate_json_format,
-    validate_repeat_prompt, validate_two_responses, validate_uppercase, validate_lowercase,
-    validate_frequency_capital_words, validate_end, validate_quotation, validate_no_commas)}
+IF_FUNCTIONS: dict[str, Callable[..., bool]] = {
+    f.__name__: f
+    for f in (
+        verify_keywords,
+        verify_keyword_frequency,
+        validate_forbidden_words,
+        verify_letter_frequency,
+        validate_response_language,
+        verify_paragraph_count,
+        validate_word_constraint,
+        verify_sentence_constraint,
+        validate_paragraphs,
+        verify_postscript,
+        validate_placeholders,
+        verify_bullet_points,
+        validate_title,
+        validate_choice,
+        validate_highlighted_sections,
+        validate_sections,
+        validate_json_format,
+        validate_repeat_prompt,
+        validate_two_responses,
+        validate_uppercase,
+        validate_lowercase,
+        validate_frequency_capital_words,
+        validate_end,
+        validate_quotation,
+        validate_no_commas,
+    )
+}
 
 
 def remove_thinking(answer: str) -> str:
@@ -218,15 +247,19 @@ def constraint_problem(constraint: dict) -> str | None:
     args = _arguments(constraint)
     missing, extra = [p for p in params if p not in args], [a for a in args if a not in params]
     if missing or extra:
-        return (f"{name} takes {params or 'no arguments'}"
-                + (f"; missing (null or absent): {missing}" if missing else "")
-                + (f"; not its arguments: {extra}" if extra else ""))
+        return (
+            f"{name} takes {params or 'no arguments'}"
+            + (f"; missing (null or absent): {missing}" if missing else "")
+            + (f"; not its arguments: {extra}" if extra else "")
+        )
     if fn is validate_response_language:
         try:
             import langdetect  # noqa: F401
         except ImportError:
-            return ("validate_response_language needs langdetect: pip install langdetect "
-                    "(the ifeval extra: pip install -e '.[ifeval]')")
+            return (
+                "validate_response_language needs langdetect: pip install langdetect "
+                "(the ifeval extra: pip install -e '.[ifeval]')"
+            )
     return None
 
 

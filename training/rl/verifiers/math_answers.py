@@ -56,7 +56,7 @@ def _braced(text: str, start: int) -> tuple[str, int] | None:
         elif text[i] == "}" and (i == 0 or text[i - 1] != "\\"):
             depth -= 1
             if depth == 0:
-                return text[start + 1:i], i + 1
+                return text[start + 1 : i], i + 1
     return None
 
 
@@ -111,7 +111,9 @@ _UNIT_WORDS = re.compile(
     r"^(-?(?:\d[\d,]*(?:\.\d+)?|\.\d+))\s+(?:square\s+|cubic\s+)?"
     r"(?:units?|cm|mm|m|km|meters?|inches|inch|feet|foot|ft|yards?|miles?|mph|hours?|minutes?|"
     r"seconds?|days?|weeks?|years?|dollars?|cents?|degrees?|pounds?|ounces?|grams?|kg|liters?|"
-    r"people|students|ways|points)\.?$", re.IGNORECASE)
+    r"people|students|ways|points)\.?$",
+    re.IGNORECASE,
+)
 _TEXT_COMMANDS = r"\\(?:text|textbf|textit|textrm|mbox|mathrm|mathbf|operatorname)"
 
 
@@ -138,7 +140,7 @@ def _fix_fracs(s: str) -> str:
                 k = group[1]
             elif s[k] == "\\":
                 cmd = re.match(r"\\[a-zA-Z]+", s[k:])
-                arg = cmd.group(0) if cmd else s[k:k + 2]
+                arg = cmd.group(0) if cmd else s[k : k + 2]
                 out.append("{" + arg + "}")
                 k += len(arg)
             else:
@@ -152,8 +154,8 @@ def _drop_text(s: str) -> str:
     other is unwrapped (\text{(B)} -> (B), \text{Monday} -> Monday)."""
     trailing = re.compile(_TEXT_COMMANDS + r"\s*\{[^{}]*\}(?:\^\{?\d\}?)?\s*$")
     m = trailing.search(s)
-    if m and s[:m.start()].strip():
-        s = s[:m.start()]
+    if m and s[: m.start()].strip():
+        s = s[: m.start()]
     return re.sub(_TEXT_COMMANDS + r"\s*\{([^{}]*)\}", r"\1", s)
 
 
@@ -292,7 +294,13 @@ def _structured_equal(a: str, b: str) -> bool | None:
     ea, eb = _enclosed(a), _enclosed(b)
     if ea and eb:
         xs, ys = _split_top(ea[1]), _split_top(eb[1])
-        if len(xs) == 1 and len(ys) == 1 and ea[0] == "(" and eb[0] == "(" and ea[2] == eb[2] == ")":
+        if (
+            len(xs) == 1
+            and len(ys) == 1
+            and ea[0] == "("
+            and eb[0] == "("
+            and ea[2] == eb[2] == ")"
+        ):
             return None  # (x+1) is a parenthesised expression, not a 1-tuple: let sympy read it
         if ea[0] != eb[0] or ea[2] != eb[2] or len(xs) != len(ys):
             return False  # (1,2) vs [1,2], (1,2) vs (1,2,3)
@@ -326,14 +334,14 @@ def _latex_to_python(s: str) -> str | None:
         out, i = [], 0
         while i < len(t):
             if t.startswith("\\frac", i) or t.startswith("\\sqrt", i):
-                cmd = t[i:i + 5]
+                cmd = t[i : i + 5]
                 i += 5
                 root = None
                 if cmd == "\\sqrt" and t.startswith("[", i):
                     end = t.find("]", i)
                     if end < 0:
                         return None
-                    root, i = convert(t[i + 1:end]), end + 1
+                    root, i = convert(t[i + 1 : end]), end + 1
                 args = []
                 for _ in range(2 if cmd == "\\frac" else 1):
                     group = _braced(t, i) if t.startswith("{", i) else None
@@ -353,7 +361,9 @@ def _latex_to_python(s: str) -> str | None:
                 continue
             m = re.match(r"\\([a-zA-Z]+)", t[i:])
             if m:
-                name = {"cdot": "*", "times": "*", "div": "/", "ln": "log"}.get(m.group(1), m.group(1))
+                name = {"cdot": "*", "times": "*", "div": "/", "ln": "log"}.get(
+                    m.group(1), m.group(1)
+                )
                 if name not in _FUNCTIONS and name not in "*/":
                     return None  # \infty, \alpha, \binom, ...: not ours to read
                 out.append(f" {name} " if name not in _FUNCTIONS or name == "pi" else f" {name}")
@@ -368,7 +378,11 @@ def _latex_to_python(s: str) -> str | None:
     if expr is None or not re.fullmatch(r"[0-9a-zA-Z+\-*/().\s]*", expr):
         return None
     # Letter runs that are not function names are products of single-letter variables (xy = x*y).
-    expr = re.sub(r"[a-zA-Z]+", lambda m: m.group(0) if m.group(0) in _FUNCTIONS else "*".join(m.group(0)), expr)
+    expr = re.sub(
+        r"[a-zA-Z]+",
+        lambda m: m.group(0) if m.group(0) in _FUNCTIONS else "*".join(m.group(0)),
+        expr,
+    )
     return expr or None
 
 
@@ -379,8 +393,11 @@ class _Timeout(BaseException):
 def _with_time_limit(fn, seconds: float):
     """fn() stopped after `seconds` when we can set a timer (the main thread, on POSIX, and no
     other timer pending that we would clobber); elsewhere the size limits above are the guard."""
-    if (threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer")
-            or signal.getitimer(signal.ITIMER_REAL)[0] > 0):
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or not hasattr(signal, "setitimer")
+        or signal.getitimer(signal.ITIMER_REAL)[0] > 0
+    ):
         return fn()
 
     def alarm(signum, frame):
@@ -397,6 +414,7 @@ def _with_time_limit(fn, seconds: float):
 
 def _too_big(expr) -> bool:
     import sympy
+
     for node in sympy.preorder_traversal(expr):
         if isinstance(node, sympy.Pow) and not node.exp.free_symbols:
             try:
@@ -430,8 +448,10 @@ def symbolic_equal(a: str, b: str) -> bool:
     names = {c: sympy.Symbol(c) for c in string.ascii_letters}
 
     def check() -> bool:
-        ea, eb = (parse_expr(p, local_dict=dict(names), transformations=transformations, evaluate=False)
-                  for p in (pa, pb))
+        ea, eb = (
+            parse_expr(p, local_dict=dict(names), transformations=transformations, evaluate=False)
+            for p in (pa, pb)
+        )
         if _too_big(ea) or _too_big(eb):
             return False
         return sympy.simplify(ea - eb) == 0

@@ -73,8 +73,10 @@ def math_truth(ground_truth) -> str:
     at load time). MATH truths are LaTeX (\\frac{1}{2}, (2, -1), x^2+1), not only numbers."""
     normal = normalize(ground_truth) if ground_truth is not None else ""
     if not normal:
-        raise ValueError(f"the ground truth {ground_truth!r} is empty once normalised "
-                         "(a MATH answer such as 42, \\frac{1}{2} or (2, -1) is expected)")
+        raise ValueError(
+            f"the ground truth {ground_truth!r} is empty once normalised "
+            "(a MATH answer such as 42, \\frac{1}{2} or (2, -1) is expected)"
+        )
     return normal
 
 
@@ -119,14 +121,18 @@ def constraints_of(ground_truth) -> list[dict]:
     gt = json.loads(ground_truth) if isinstance(ground_truth, str) else ground_truth
     gt = [gt] if isinstance(gt, dict) else gt
     if not isinstance(gt, list) or not gt or not all(isinstance(c, dict) for c in gt):
-        raise ValueError("an ifeval ground truth is a constraint object or a non-empty list of them")
+        raise ValueError(
+            "an ifeval ground truth is a constraint object or a non-empty list of them"
+        )
     problems = [p for c in gt if "func_name" in c and (p := constraint_problem(c))]
     if problems:  # an unknown func_name or its arguments: the row is named before any generation
         raise ValueError("; ".join(problems))
     unknown = [c.get("type") for c in gt if "func_name" not in c and c.get("type") not in CHECKS]
     if unknown:
-        raise ValueError(f"unknown constraint type(s) {unknown}; known: {sorted(CHECKS)} "
-                         "(or open-instruct's {\"func_name\": ...})")
+        raise ValueError(
+            f"unknown constraint type(s) {unknown}; known: {sorted(CHECKS)} "
+            '(or open-instruct\'s {"func_name": ...})'
+        )
     return gt
 
 
@@ -136,14 +142,18 @@ def ifeval(answer: str, ground_truth) -> float:
 
 # ---- the registry --------------------------------------------------------------------------
 VERIFIERS: dict[str, Callable[[str, object], float]] = {
-    "reverse": exact_match, "exact_match": exact_match,
-    "gsm8k": number_match, "math": math_match, "arith": number_match,
+    "reverse": exact_match,
+    "exact_match": exact_match,
+    "gsm8k": number_match,
+    "math": math_match,
+    "arith": number_match,
     "ifeval": ifeval,
 }
 # Ground truths a verifier can check before any generation (a malformed one fails at load time).
 GROUND_TRUTH_CHECKS: dict[str, Callable[[object], object]] = {
     "ifeval": constraints_of,
-    "gsm8k": lambda gt: number_match(str(gt), gt), "math": math_truth,
+    "gsm8k": lambda gt: number_match(str(gt), gt),
+    "math": math_truth,
     "arith": lambda gt: number_match(str(gt), gt),
 }
 
@@ -156,11 +166,15 @@ def check_row_verifier(dataset, ground_truth, where: str) -> str:
     """The row's verifier name; a DataError naming the row when it has none or its truth is malformed."""
     name = verifier_name(dataset)
     if name not in VERIFIERS:
-        raise DataError(f"{where}: dataset={dataset!r} names no verifier; known: {sorted(VERIFIERS)}")
+        raise DataError(
+            f"{where}: dataset={dataset!r} names no verifier; known: {sorted(VERIFIERS)}"
+        )
     try:
         GROUND_TRUTH_CHECKS.get(name, lambda gt: None)(ground_truth)
     except (ValueError, TypeError, json.JSONDecodeError) as e:
-        raise DataError(f"{where}: ground_truth {ground_truth!r} cannot be checked by {name!r}: {e}") from None
+        raise DataError(
+            f"{where}: ground_truth {ground_truth!r} cannot be checked by {name!r}: {e}"
+        ) from None
     return name
 
 
@@ -168,6 +182,10 @@ def verify(name: str, answer: str, ground_truth, where: str = "a row") -> float:
     """The reward; a verifier that raises becomes a DataError naming the row and the answer."""
     try:
         return float(VERIFIERS[name](answer, ground_truth))
-    except Exception as e:  # a verifier bug or a malformed truth: name the row, not a bare traceback
-        raise DataError(f"{where}: verifier {name!r} raised {type(e).__name__}: {e} "
-                        f"(answer {answer[:80]!r}, ground_truth {str(ground_truth)[:80]!r})") from e
+    except (
+        Exception
+    ) as e:  # a verifier bug or a malformed truth: name the row, not a bare traceback
+        raise DataError(
+            f"{where}: verifier {name!r} raised {type(e).__name__}: {e} "
+            f"(answer {answer[:80]!r}, ground_truth {str(ground_truth)[:80]!r})"
+        ) from e
