@@ -28,11 +28,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
-from training.engine import distributed  # noqa: E402
 from training.config.compose import compose  # noqa: E402
+from training.config.validate import validate  # noqa: E402
+from training.engine import distributed  # noqa: E402
 from training.engine.engines import Engine, make_engine  # noqa: E402
 from training.model.modeling import build_model, load_tokenizer  # noqa: E402
-from training.config.validate import validate  # noqa: E402
 
 
 def rss_kib(field: str) -> int:

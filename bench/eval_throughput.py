@@ -35,11 +35,12 @@ def main() -> None:
     args = p.parse_args()
 
     import torch
-    from evals.store.cache import task_specs
+
     from evals.analysis.compare import compare
-    from evals.tasks.lm_harness import run_lm_eval
-    from evals.store.registry import Registry
     from evals.runner import load_model, run_builtin
+    from evals.store.cache import task_specs
+    from evals.store.registry import Registry
+    from evals.tasks.lm_harness import run_lm_eval
     from training.config.compose import compose
 
     cfg = compose([f"eval={args.suite}", f"eval.max_examples={args.examples}"])

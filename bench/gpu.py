@@ -577,7 +577,8 @@ def report(todo: list[Case], device: str) -> None:
         if c.harness == "trl" and c.attn == "sdpa"
     }
     print(
-        f"\n{'configuration':34} {'layers':>6} {'tok/s/GPU':>10} {'useful/s':>10} {'MFU':>6} {'peak GB':>8} {'vs TRL':>7}"
+        f"\n{'configuration':34} {'layers':>6} {'tok/s/GPU':>10} {'useful/s':>10} {'MFU':>6} "
+        f"{'peak GB':>8} {'vs TRL':>7}"
     )
     for c in todo:
         r = c.result

@@ -118,7 +118,7 @@ def trl_run(steps: int, warmup: int, n_rows: int, out: Path) -> dict:
         return batch
 
     trainer.data_collator = counting_collator
-    trainer.train_dataset  # packed by now
+    _ = trainer.train_dataset  # packed by now
 
     class Timer(TrainerCallback):
         def __init__(self):

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
+
 from training.common.safe_files import write_atomic
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -180,7 +181,7 @@ class AsyncEvaluator:
             )
         return [d for d in done if d.ok]
 
-    def __enter__(self) -> "AsyncEvaluator":
+    def __enter__(self) -> AsyncEvaluator:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -30,8 +30,8 @@ from evals.store.cache import EVAL_CODE_VERSION, EvalCache, TaskSpec, lm_limit, 
 from evals.store.checkpoint_ref import CheckpointRef, read_ref, resolve_checkpoint
 from evals.store.content_hash import PATTERNS
 from evals.store.registry import Registry, registry_path, run_root_of
-from training.run.checkpoint import check_checkpoint
 from training.common.safe_files import write_atomic
+from training.run.checkpoint import check_checkpoint
 
 log = logging.getLogger("ladder.eval")
 

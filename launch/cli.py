@@ -22,13 +22,13 @@ os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from launch.cli_args import add_ledger_overrides  # noqa: E402
-from training.common.errors import (
+from training.common.errors import (  # noqa: E402
     EXIT_REQUEUE,
     EXIT_USER_ERROR,
     ConfigError,
     LadderError,
     Preempted,
-)  # noqa: E402
+)
 
 OVERRIDES_HELP = """\
 overrides are Hydra overrides: group=option picks a config file, key.path=value sets a value.
@@ -402,6 +402,7 @@ def cmd_leaderboard(args) -> int:
 
 def cmd_config(args) -> int:
     from omegaconf import OmegaConf
+
     from training.config.compose import compose
     from training.config.validate import validate
 

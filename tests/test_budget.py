@@ -8,12 +8,12 @@ import re
 import time
 
 import pytest
-
 from conftest import FAST, ladder_cli
+
 from launch.accounting.budget import check_and_record, period_key, report_rows
 from launch.accounting.ledger import Ledger
-from training.config.compose import compose
 from training.common.errors import BudgetError
+from training.config.compose import compose
 
 JOB = dict(rung="8b", gpus=8, project="p", sweep=None)
 
@@ -120,9 +120,9 @@ def test_budget_report_numbers(tmp_path):
     proc = ladder_cli("budget", "report", "--plot", str(plot), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     line = next(
-        l
-        for l in proc.stdout.splitlines()
-        if re.search(rf"default\s.*{period_key('month', now)}", l)
+        row
+        for row in proc.stdout.splitlines()
+        if re.search(rf"default\s.*{period_key('month', now)}", row)
     )
     cells = [c.strip() for c in line.strip("│ ").split("│")]
     assert cells == [

@@ -14,12 +14,12 @@ import shutil
 import tracemalloc
 
 import pytest
-
 from conftest import FAST, ladder_cli, losses, train_in_process
 from distributed_helpers import run, run_overrides, torchrun_cmd
-from training.run.checkpoint import CHUNK, COMPLETE, check_checkpoint, file_sha256, prune
-from training.config.compose import compose
+
 from training.common.errors import CheckpointError
+from training.config.compose import compose
+from training.run.checkpoint import CHUNK, COMPLETE, check_checkpoint, file_sha256, prune
 from training.run.remote import RemoteCheckpoints, resolve_resume
 
 STEPS, EVERY = 6, 2

@@ -15,17 +15,17 @@ import sys
 
 import pytest
 import torch
-
 from conftest import FAST, losses, train_in_process
 from distributed_helpers import env, run, run_overrides, torchrun_cmd
 from test_training import GOLDEN, GOLDEN_STEPS
-from training.run.checkpoint import COMPLETE, complete_checkpoints
-from training.config.compose import compose
+from wandb_records import read_records
+
 from training.common.errors import CheckpointError, ConfigError
+from training.config.compose import compose
+from training.config.validate import validate
+from training.run.checkpoint import COMPLETE, complete_checkpoints
 from training.run.metrics import read_metrics
 from training.run.remote import RemoteCheckpoints, fetch_url
-from training.config.validate import validate
-from wandb_records import read_records
 
 
 @pytest.mark.parametrize(

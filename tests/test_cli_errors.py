@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-
 from conftest import FAST, ladder_cli
 
 
@@ -78,8 +77,8 @@ def test_a_value_that_needs_quotes_is_told_how_and_the_advice_works():
 
     import pytest
 
-    from training.config.compose import compose
     from training.common.errors import ConfigError
+    from training.config.compose import compose
 
     for value in ("é", "a$(b)", "it's", 'say "hi"'):
         with pytest.raises(ConfigError) as e:

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import ladder_cli
-from launch.cli import main as ladder_main
+
 from evals.analysis.bootstrap import paired_delta
-from evals.store.content_hash import hashed_files
 from evals.runner import evaluate_checkpoint
+from evals.store.content_hash import hashed_files
+from launch.cli import main as ladder_main
 from training.config.compose import compose
 
 SUITE = "eval.max_examples=100"  # the settings the run evaluated with on save: all cache hits

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from training.config.compose import CONFIG_DIR, compose, group_options
 from training.common.errors import ConfigError
+from training.config.compose import CONFIG_DIR, compose, group_options
 from training.config.validate import batch_layout, validate
 
 

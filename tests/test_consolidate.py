@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from distributed_helpers import free_port, run
+
 from training.config.compose import compose
 from training.engine.consolidate import write_streamed
 from training.model.modeling import build_model, load_tokenizer

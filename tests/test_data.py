@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from training.data.chat_data import IGNORE, check_jsonl, encode_chat
 from training.common.errors import DataError
-from training.model.modeling import TINY_TOKENIZER
+from training.data.chat_data import IGNORE, check_jsonl, encode_chat
 from training.data.synthetic import ASSETS, generate
+from training.model.modeling import TINY_TOKENIZER
 
 
 @pytest.fixture(scope="module")
@@ -81,8 +81,8 @@ def test_a_byte_order_mark_is_not_a_json_error_and_columns_count_characters(tmp_
 
     import pytest as _pytest
 
-    from training.data.chat_data import iter_jsonl
     from training.common.errors import DataError
+    from training.data.chat_data import iter_jsonl
 
     row = {"messages": [{"role": "user", "content": "é"}, {"role": "assistant", "content": "a"}]}
     bom = tmp_path / "bom.jsonl"

@@ -11,13 +11,13 @@ import random
 from pathlib import Path
 
 import pytest
-
 from conftest import FAST, ladder_cli, train_in_process
-from training.config.compose import compose
+
 from training.common.errors import ConfigError, DataError
-from training.run.metrics import read_metrics
+from training.config.compose import compose
 from training.data.mixture_config import SourceSpec, round_counts
 from training.model.modeling import load_tokenizer
+from training.run.metrics import read_metrics
 
 
 def chat_rows(prefix: str, n: int, seed: int) -> list[dict]:
@@ -81,8 +81,8 @@ def mix(small, root, *extra, a="a", b="b") -> list[str]:
 
 
 def stream_of(overrides: list[str]):
-    from training.data.mixture import build_stream
     from training.config.validate import validate
+    from training.data.mixture import build_stream
 
     cfg = compose(overrides)
     layout = validate(cfg)
@@ -230,8 +230,8 @@ def test_a_preference_mixture_trains_with_dpo(small, root):
 
 
 def test_bad_mixtures_are_refused_with_a_clear_message(small, root, tmp_path):
-    from training.data.mixture import build_stream
     from training.config.validate import validate
+    from training.data.mixture import build_stream
 
     with pytest.raises(
         ConfigError, match=r"data.sources.arith.weight=0.0 must be a finite number > 0"
@@ -299,8 +299,8 @@ def test_ladder_data_inspect_prints_each_source(small, root):
 
 
 def test_a_sweep_records_each_points_mixture_in_the_ledger(root):
-    from launch.commands.launch_cmd import ledger_fields, prepare
     from launch.accounting.ledger import Ledger
+    from launch.commands.launch_cmd import ledger_fields, prepare
 
     _, jobs = prepare(
         [

@@ -9,14 +9,14 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import FAST, ladder_cli
+
 from evals.tasks.decontaminate import decontaminate, write_filtered
 from launch.accounting.ledger import Ledger
-from training.data.chat_data import iter_jsonl
-from training.config.compose import compose
 from training.common.errors import ConfigError, DataError
+from training.config.compose import compose
 from training.config.validate import validate
+from training.data.chat_data import iter_jsonl
 
 HELDOUT = (
     Path(__file__).resolve().parent.parent

@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import FAST, losses, train_in_process
 from distributed_helpers import run, torchrun_cmd
-from training.recipes import ref_cache
+
 from training.config.compose import compose
-from training.model.modeling import build_model, load_tokenizer
 from training.data.preference import collate_pairs, load_pairs
+from training.model.modeling import build_model, load_tokenizer
+from training.recipes import ref_cache
 from training.recipes.registry import DPO
 
 PAIRS = 96

@@ -21,9 +21,9 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import losses
 from distributed_helpers import env, free_port, run, run_overrides, torchrun_cmd
+
 from training.run.checkpoint import COMPLETE, complete_checkpoints, latest_checkpoint
 from training.run.heartbeat import read_heartbeat
 

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import ladder_cli
 from wandb_records import history, read_records
 

@@ -14,14 +14,14 @@ import pytest
 import torch
 from conftest import FAST
 
-from evals.tasks.generate import greedy_complete
 from evals.runner import evaluate_checkpoint
+from evals.tasks.generate import greedy_complete
 from evals.tasks.synthetic import load_heldout
-from training.config.compose import compose
 from training.common.errors import ConfigError
+from training.config.compose import compose
+from training.config.validate import validate
 from training.rl.generator import HFGenerator, eval_generator, resolve_backend
 from training.rl.rlvr_data import encode_prompt
-from training.config.validate import validate
 
 
 @pytest.fixture(scope="module")

@@ -16,8 +16,8 @@ from conftest import FAST
 def test_a_local_launch_records_training_until_training_ends_and_evaluates_in_eval_jobs(
     tmp_path, monkeypatch
 ):
-    from launch.commands.launch_cmd import launch
     from launch.accounting.ledger import Ledger
+    from launch.commands.launch_cmd import launch
     from training.run.heartbeat import read_heartbeat
 
     monkeypatch.chdir(tmp_path)

@@ -14,17 +14,17 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import ladder_cli
+
 from evals.async_eval import AsyncEvaluator
+from evals.runner import evaluate_checkpoint
 from evals.store.cache import task_specs
 from evals.store.content_hash import checkpoint_hash
-from evals.tasks.instructions import check
 from evals.store.registry import Registry
-from evals.runner import evaluate_checkpoint
+from evals.tasks.instructions import check
 from launch.cli import main as ladder_main
-from training.config.compose import compose
 from training.common.errors import ConfigError
+from training.config.compose import compose
 
 CPU_SUITE = ["eval=cpu", "eval.max_examples=10"]
 TASKS = {"reverse/exact_match", "ifeval_lite/prompt_strict", "ladder_reverse_mc/acc"}

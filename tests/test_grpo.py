@@ -13,15 +13,14 @@ import math
 import pytest
 import torch
 
-from training.config.compose import compose
 from training.common.errors import ConfigError, DataError
+from training.config.compose import compose
+from training.config.validate import validate
+from training.model.modeling import build_model, load_tokenizer
 from training.rl.generator import HFGenerator, sample_key
 from training.rl.grpo import GRPO
-from training.rl.rollouts import group_advantages
-from training.model.modeling import build_model, load_tokenizer
 from training.rl.rlvr_data import load_prompts
-from training.rl.rollouts import pack
-from training.config.validate import validate
+from training.rl.rollouts import group_advantages, pack
 from training.rl.verifiers.registry import (
     VERIFIERS,
     exact_match,
@@ -363,7 +362,8 @@ ROW = {
         ),
         (
             {**ROW, "messages": [{"role": "user", "content": "Reverse: " + "a " * 60}]},
-            r"rl.jsonl:2: the prompt is \d+ tokens; with generator.max_new_tokens=16 it does not fit in data.max_seq_len=64",
+            r"rl.jsonl:2: the prompt is \d+ tokens; with generator.max_new_tokens=16 "
+            r"it does not fit in data.max_seq_len=64",
         ),
     ],
 )

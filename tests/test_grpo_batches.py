@@ -13,14 +13,14 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-
 from conftest import ladder_cli
-from training.config.compose import compose
+
 from training.common.errors import ConfigError
-from training.model.flops import model_matmul_params
-from training.rl.grpo import GRPO
-from training.model.modeling import build_model, load_tokenizer
+from training.config.compose import compose
 from training.config.validate import batch_layout, validate
+from training.model.flops import model_matmul_params
+from training.model.modeling import build_model, load_tokenizer
+from training.rl.grpo import GRPO
 
 # "answer in one word": the untrained tiny model's random answers pass about a quarter of the time,
 # so groups have mixed rewards and non-zero advantages (a zero gradient would prove nothing)

@@ -146,8 +146,8 @@ def test_vllm_decodes_the_pushed_weights_like_the_trainer(sft_pair):
 
 @needs_vllm
 def test_ladder_eval_generates_through_vllm(sft_pair, tmp_path):
-    from evals.store.registry import Registry
     from evals.runner import evaluate_checkpoint
+    from evals.store.registry import Registry
     from training.config.compose import compose
 
     scores = {}

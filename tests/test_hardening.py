@@ -12,11 +12,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import FAST, REPO, ladder_cli
 from omegaconf import OmegaConf
 
-from conftest import FAST, REPO, ladder_cli
-from training.config.compose import compose
 from training.common.errors import ConfigError
+from training.config.compose import compose
 from training.config.validate import validate
 
 

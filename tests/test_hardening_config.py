@@ -22,11 +22,11 @@ import typing
 from pathlib import Path
 
 import pytest
+from conftest import FAST, ladder_cli, train_in_process
 from omegaconf import OmegaConf
 
-from conftest import FAST, ladder_cli, train_in_process
-from training.config.compose import compose
 from training.common.errors import ConfigError
+from training.config.compose import compose
 from training.config.schema import LadderConfig
 
 SECRET = "secret-value-12345"  # WANDB_API_KEY's value in these tests
@@ -270,8 +270,8 @@ def test_the_configs_the_code_writes_and_reads_back_keep_a_literal(secret_env, t
     ledger's eval_json (promotion-report) each go through a dump and a load or merge."""
     from evals.async_eval import AsyncEvaluator
     from launch.commands.launch_cmd import prepare, write_launch_record
-    from training.rl.generator import eval_beside_training
     from training.config.schema import EvalConfig
+    from training.rl.generator import eval_beside_training
 
     text = "${oc.env:${oc.decode:WANDB_API_KEY}}"
     escaped = "\\${oc.env:\\${oc.decode:WANDB_API_KEY}}"

@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import ladder_cli
+
 from launch.accounting.ledger import SCHEMA_VERSION, Ledger, process_start, this_host
 from training.common.errors import BudgetError, ConfigError
 

@@ -9,9 +9,8 @@ import json
 import os
 from pathlib import Path
 
-from omegaconf import OmegaConf
-
 from conftest import FAST
+from omegaconf import OmegaConf
 
 
 def plant(folder: Path, name: str, outside: Path) -> Path:
@@ -45,8 +44,8 @@ def test_the_eval_cache_replaces_a_planted_link(tmp_path):
 
 
 def test_the_launch_record_and_the_data_lengths_replace_planted_links(tmp_path):
-    from launch.planning.doc_lengths import lengths_path, save_lengths
     from launch.commands.launch_cmd import Job, write_launch_record
+    from launch.planning.doc_lengths import lengths_path, save_lengths
     from training.config.compose import compose
 
     cfg = compose([*FAST, f"trainer.run_root={tmp_path / 'runs'}", "trainer.run_name=r"])

@@ -14,12 +14,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import FAST
 from omegaconf import OmegaConf
 
-from conftest import FAST
 from launch.cli import main as ladder_main
-from training.config.compose import compose
 from training.common.errors import ConfigError
+from training.config.compose import compose
 from training.config.names import check_names
 from training.config.validate import validate
 

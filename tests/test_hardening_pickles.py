@@ -31,13 +31,13 @@ import shutil
 import numpy as np
 import pytest
 import torch
-
 from conftest import FAST, ladder_cli, losses, train_in_process
 from distributed_helpers import run, run_overrides, torchrun_cmd
-from training.recipes import ref_cache
-from training.data import token_cache
-from training.run.checkpoint import COMPLETE, KEY_FILE, STATE_FILE, file_sha256, origin_problem
+
 from training.common.errors import CheckpointError
+from training.data import token_cache
+from training.recipes import ref_cache
+from training.run.checkpoint import COMPLETE, KEY_FILE, STATE_FILE, file_sha256, origin_problem
 from training.run.metrics import MetricsFile, read_metrics
 from training.run.remote import RemoteCheckpoints
 

@@ -10,11 +10,11 @@ import json
 
 import pytest
 
-from training.config.compose import compose
 from training.common.errors import DataError
-from training.rl.verifiers.if_functions import IF_FUNCTIONS, call_constraint
+from training.config.compose import compose
 from training.model.modeling import load_tokenizer
 from training.rl.rlvr_data import load_prompts
+from training.rl.verifiers.if_functions import IF_FUNCTIONS, call_constraint
 from training.rl.verifiers.registry import check_row_verifier, ifeval, verify
 
 # Every argument name the hub rows carry, null where a function does not take it.

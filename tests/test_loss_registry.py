@@ -11,12 +11,12 @@ import sys
 
 import pytest
 
-from training.config.compose import CONFIG_DIR, compose
 from training.common.errors import ConfigError
-from training.rl.grpo import GRPO
+from training.config.compose import CONFIG_DIR, compose
+from training.config.validate import validate
 from training.recipes.losses import FAMILIES, LOSSES, is_rl, loss_spec, losses_of
 from training.recipes.registry import DPO, SFT, make_recipe
-from training.config.validate import validate
+from training.rl.grpo import GRPO
 
 RECIPE_CLASS = {"sft": SFT, "preference": DPO, "rl": GRPO}
 
@@ -57,7 +57,8 @@ def test_an_unknown_loss_is_refused_naming_the_choices():
 def test_the_table_imports_nothing_heavy():
     # launch/ and the CLI read it before any torch import; keep it that way
     code = (
-        "import sys, training.recipes.losses; heavy = {'torch', 'omegaconf', 'hydra', 'transformers'} & set(sys.modules); "
+        "import sys, training.recipes.losses; "
+        "heavy = {'torch', 'omegaconf', 'hydra', 'transformers'} & set(sys.modules); "
         "assert not heavy, heavy"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=CONFIG_DIR.parent)

@@ -13,11 +13,11 @@ import json
 
 import pytest
 
-from training.config.compose import compose
 from training.common.errors import DataError
-from training.rl.verifiers.math_answers import final_answer, is_equiv, last_boxed, normalize
+from training.config.compose import compose
 from training.model.modeling import load_tokenizer
 from training.rl.rlvr_data import load_prompts
+from training.rl.verifiers.math_answers import final_answer, is_equiv, last_boxed, normalize
 from training.rl.verifiers.registry import VERIFIERS, check_row_verifier, number_match, verify
 
 # (model response, ground truth, reward)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from training.config.compose import compose
-from training.model.modeling import build_model, load_tokenizer
 from training.data.packing import PackedStream, collate
+from training.model.modeling import build_model, load_tokenizer
 from training.recipes.registry import SFT
 
 

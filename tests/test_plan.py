@@ -7,13 +7,13 @@ import json
 import re
 
 import pytest
-
 from conftest import ladder_cli
+
 from launch.accounting.ledger import Ledger
 from launch.planning.memory import GiB, model_states
 from launch.planning.plan import USABLE_FRACTION, make_plan, model_shape
-from training.config.compose import compose
 from training.common.errors import ConfigError
+from training.config.compose import compose
 from training.model.flops import matmul_params, train_flops
 
 # Published Llama 3.1 counts (Meta's model cards, Hugging Face safetensors metadata).

@@ -13,7 +13,6 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-
 from conftest import FAST
 
 SWEEP_LRS = ["3e-3", "1e-2", "3e-2"]  # tiny's own rate (3e-3), and two others
@@ -119,10 +118,11 @@ def expected_top(parents: dict, k: int) -> list[str]:
 
 
 def test_the_best_two_are_promoted_with_lineage_and_transferred_learning_rates(promoted):
-    from launch.accounting.ledger import Ledger
     from omegaconf import OmegaConf
-    from training.run.metrics import read_metrics
+
+    from launch.accounting.ledger import Ledger
     from training.config.validate import effective_lr
+    from training.run.metrics import read_metrics
 
     parents = promoted["parents"]
     ledger = Ledger(promoted["root"] / "ladder.db")
@@ -409,8 +409,9 @@ def test_an_older_ledger_file_is_migrated_in_place(tmp_path):
 
     v1 = """CREATE TABLE jobs (id INTEGER PRIMARY KEY AUTOINCREMENT, team TEXT NOT NULL, project TEXT, sweep TEXT,
         rung TEXT NOT NULL, period TEXT NOT NULL, run_name TEXT, run_dir TEXT, config_hash TEXT, launcher TEXT,
-        external_id TEXT, gpus INTEGER NOT NULL, planned_gpu_hours REAL NOT NULL, used_gpu_hours REAL NOT NULL DEFAULT 0,
-        waste_gpu_hours REAL NOT NULL DEFAULT 0, hours_before REAL NOT NULL DEFAULT 0, mfu REAL, tokens_per_s REAL,
+        external_id TEXT, gpus INTEGER NOT NULL, planned_gpu_hours REAL NOT NULL,
+        used_gpu_hours REAL NOT NULL DEFAULT 0, waste_gpu_hours REAL NOT NULL DEFAULT 0,
+        hours_before REAL NOT NULL DEFAULT 0, mfu REAL, tokens_per_s REAL,
         state TEXT NOT NULL, reason TEXT, override_reason TEXT, created_at REAL NOT NULL, started_at REAL,
         updated_at REAL NOT NULL, finished_at REAL);
         INSERT INTO jobs (team, rung, period, gpus, planned_gpu_hours, state, created_at, updated_at, sweep)

@@ -12,8 +12,8 @@ from launch.accounting.budget import plan_accuracy, render_plan_accuracy
 from launch.accounting.ledger import Ledger
 from launch.planning.plan import make_plan
 from launch.planning.rates import import_bench
-from training.config.compose import compose
 from training.common.errors import ConfigError
+from training.config.compose import compose
 
 H200 = Path(__file__).resolve().parent.parent / "bench" / "results" / "gpu_h200.json"
 

@@ -27,8 +27,9 @@ ROOT = Path(__file__).resolve().parents[1]
 def make_trainer(overrides: list[str]):
     """The few trainer fields load_reference_model reads."""
     from conftest import FAST
-    from training.engine import distributed
+
     from training.config.compose import compose
+    from training.engine import distributed
     from training.model.modeling import load_tokenizer
 
     cfg = compose([*FAST, *overrides])

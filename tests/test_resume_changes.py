@@ -15,17 +15,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import FAST, ladder_cli, losses, train_in_process
 from omegaconf import OmegaConf
 
-from conftest import FAST, ladder_cli, losses, train_in_process
-from training.run.checkpoint import complete_checkpoints, step_of
+from training.common.errors import ConfigError, DataError
 from training.config.compose import compose
 from training.config.config_diff import differences, is_harmless
-from training.common.errors import ConfigError, DataError
+from training.config.validate import effective_lr
+from training.run.checkpoint import complete_checkpoints, step_of
 from training.run.heartbeat import read_heartbeat
 from training.run.metrics import read_metrics
 from training.run.trainer import Trainer, make_scheduler
-from training.config.validate import effective_lr
 
 STEPS = 8
 

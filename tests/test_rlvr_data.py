@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from conftest import ladder_cli
 
-from training.config.compose import compose
 from training.common.errors import DataError
+from training.config.compose import compose
 from training.model.modeling import load_tokenizer
 from training.rl.rlvr_data import load_prompts
 

@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import FAST, ladder_cli, losses
 
 pytestmark = pytest.mark.slurm
@@ -398,13 +397,13 @@ def test_hostile_values_in_every_string_field_never_run_in_a_real_job(slurm_clus
     """Every string field, every payload: the renderer refuses the value (naming its key) or the
     script carries it inertly. Scripts pass `bash -n`, and run for real on the cluster (the trainer
     and `ladder eval` then refuse the values): no marker may appear."""
-    from launch.commands.launch_cmd import log_dir_of
-    from launch.cluster.slurm import query, submit
     from omegaconf import OmegaConf
 
+    from launch.cluster.slurm import query, submit
     from launch.cluster.slurm_script import EVAL, TRAIN, Point, render
-    from training.config.compose import compose
+    from launch.commands.launch_cmd import log_dir_of
     from training.common.errors import ConfigError
+    from training.config.compose import compose
 
     markers = tmp_path / "markers"
     markers.mkdir()

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from test_slurm import TINY, launch
 
 pytestmark = pytest.mark.slurm

@@ -6,14 +6,13 @@ PostgreSQL server (tests/cluster/postgres.py, one for the session).
 
 from __future__ import annotations
 
-import launch.accounting.ledger as ledger_mod
-
 import multiprocessing as mp
 import sqlite3
 import time
 
 import pytest
 
+import launch.accounting.ledger as ledger_mod
 from evals.store.registry import Registry
 from launch.accounting.budget import check_and_record, check_and_record_many
 from launch.accounting.ledger import Ledger

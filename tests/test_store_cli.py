@@ -13,15 +13,15 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import FAST, ladder_cli
+
 from evals.store.registry import Registry
-from launch.cli import main
 from launch.accounting.ledger import Ledger
 from launch.accounting.team_members import change_members
-from training.config.compose import compose
+from launch.cli import main
 from training.common.errors import BudgetError, ConfigError
 from training.common.store import StoreError
+from training.config.compose import compose
 
 
 def test_budget_set_records_who_and_when_and_a_job_config_cannot_raise_it(tmp_path, capsys):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import FAST, ladder_cli
+
 from launch.accounting.ledger import Ledger
 from launch.cluster.sweep import expand, name_points
 from training.common.errors import ConfigError

@@ -13,9 +13,9 @@ import time
 import pytest
 
 from launch.accounting.budget import check_and_record, check_and_record_many, dry_run_budget_line
-from launch.cli import main
 from launch.accounting.ledger import SCHEMA_VERSION, Ledger
 from launch.accounting.team_members import member_changes
+from launch.cli import main
 from training.common.errors import BudgetError
 
 JOB = {"rung": "tiny", "gpus": 1, "run_name": "r", "run_dir": "/tmp/none"}

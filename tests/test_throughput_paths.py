@@ -7,13 +7,13 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from training.model.attention import attention_problem, choose_attention
-from training.config.compose import compose
 from training.common.errors import ConfigError
+from training.config.compose import compose
+from training.config.validate import validate
+from training.model.attention import attention_problem, choose_attention
 from training.model.lm_loss import token_logps
 from training.model.modeling import compile_layers
 from training.recipes.registry import DPO, SFT
-from training.config.validate import validate
 
 
 def packed_batch(vocab: int, lens=(37, 80, 11, 64), seed: int = 0) -> dict:

@@ -11,9 +11,9 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import FAST, losses, train_in_process
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import FAST, losses, train_in_process
 from training.run.checkpoint import COMPLETE, complete_checkpoints
 from training.run.metrics import read_metrics
 

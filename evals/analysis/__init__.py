@@ -1,1 +1,3 @@
-"""Comparing checkpoints: bootstrap confidence intervals, compare tables, the leaderboard and the HTML report."""
+"""Comparing checkpoints: bootstrap confidence intervals, compare tables, the leaderboard and the
+HTML report.
+"""

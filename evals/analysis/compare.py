@@ -21,10 +21,10 @@ from rich.console import Console
 from rich.table import Table
 
 from evals.analysis.bootstrap import RESAMPLES, SEED, Delta, average_delta, paired_delta
-from evals.store.registry import Registry, run_dir_of
 from evals.runner import evaluate_checkpoint
-from training.run.checkpoint import COMPLETE, check_checkpoint, complete_checkpoints
+from evals.store.registry import Registry, run_dir_of
 from training.common.errors import CheckpointError, EvalError
+from training.run.checkpoint import COMPLETE, check_checkpoint, complete_checkpoints
 
 
 @dataclass

@@ -21,9 +21,9 @@ from rich.table import Table
 
 from evals.store.cache import task_specs
 from evals.store.registry import Registry
-from training.run.checkpoint import COMPLETE
 from training.common.errors import ConfigError, EvalError
 from training.common.store import safe_text
+from training.run.checkpoint import COMPLETE
 
 # the command-line flag of each filter, to say in words what matched nothing
 FLAGS = {

@@ -25,8 +25,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from evals.store.cache import task_specs
 from evals.analysis.compare import Comparison, delta_text, mark, run_dirs
+from evals.store.cache import task_specs
 from evals.store.registry import Registry
 
 CSS = """
@@ -205,8 +205,9 @@ def swept_settings(c: Comparison) -> list[str]:
 def loss_figure(c: Comparison) -> str | None:
     """Training loss (metrics.jsonl) and held-out loss (the built-in task's, from each checkpoint's
     eval results on disk) against step, one line per compared run."""
-    from training.run.metrics import read_metrics
     import matplotlib
+
+    from training.run.metrics import read_metrics
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -1,1 +1,3 @@
-"""Where scores live: the content-addressed eval cache, checkpoint identity and references, the registry and per-run scores."""
+"""Where scores live: the content-addressed eval cache, checkpoint identity and references, the
+registry and per-run scores.
+"""

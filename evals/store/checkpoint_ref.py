@@ -18,8 +18,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from training.run.checkpoint import check_checkpoint, step_of
 from training.common.errors import CheckpointError
+from training.run.checkpoint import check_checkpoint, step_of
 
 
 def run_dir_of(ckpt: Path) -> Path | None:
@@ -67,8 +67,8 @@ def read_ref(ckpt: str | Path, content_hash: str | None = None) -> CheckpointRef
     meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}
     config = None
     if cfg_file.exists():
-        from training.config.schema import LadderConfig
         from training.config.compose import load_saved
+        from training.config.schema import LadderConfig
 
         saved = load_saved(cfg_file)  # a shared checkpoint is input: never resolve what it says
         try:

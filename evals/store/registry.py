@@ -89,7 +89,7 @@ class Registry(Store):
         super().__init__(target, busy_timeout_s)
 
     @classmethod
-    def from_config(cls, cfg, ckpt: Path | None = None) -> "Registry":
+    def from_config(cls, cfg, ckpt: Path | None = None) -> Registry:
         return cls(
             registry_path(cfg.registry.url, ckpt, cfg.trainer.run_root),
             cfg.registry.busy_timeout_s,

@@ -1,1 +1,3 @@
-"""Eval tasks: generation, the IFEval-lite and synthetic tasks, lm-eval harness tasks, the shipped assets, and decontamination."""
+"""Eval tasks: generation, the IFEval-lite and synthetic tasks, lm-eval harness tasks, the shipped
+assets, and decontamination.
+"""

@@ -31,11 +31,11 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from training.data.chat_data import iter_jsonl
 from training.common.errors import DataError
-from training.recipes.losses import loss_spec
-from training.data.mixture_config import SourceSpec, is_mixture, source_specs
 from training.common.safe_files import atomic_file, write_atomic
+from training.data.chat_data import iter_jsonl
+from training.data.mixture_config import SourceSpec, is_mixture, source_specs
+from training.recipes.losses import loss_spec
 
 VERSION = 1  # bump when the matching rule changes: it keys the result cache
 WORD = re.compile(r"\w+")

@@ -17,8 +17,8 @@ drawn (training/run/progress.py).
 from __future__ import annotations
 
 from training.rl.generator import HFGenerator, Sampling
-from training.run.progress import example_progress
 from training.rl.rlvr_data import encode_prompt
+from training.run.progress import example_progress
 
 
 def greedy_complete(

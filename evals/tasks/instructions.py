@@ -12,8 +12,8 @@ all of them (IFEval's prompt-level strict accuracy, the task's score), and
 from __future__ import annotations
 
 from evals.tasks.generate import generator_name, greedy_complete
-from training.data.chat_data import iter_jsonl
 from training.common.errors import DataError
+from training.data.chat_data import iter_jsonl
 from training.rl.verifiers.registry import (  # one implementation: the GRPO reward uses it too
     CHECKS,
     check,

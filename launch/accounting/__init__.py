@@ -1,1 +1,3 @@
-"""Accounting: the job ledger, the GPU-hour budget, team members, and recording direct training runs."""
+"""Accounting: the job ledger, the GPU-hour budget, team members, and recording direct training
+runs.
+"""

@@ -22,7 +22,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from launch.console import make_console, num, safe_text
 from launch.accounting.ledger import (
     ACTIVE,
     LOCAL_DEFAULT_BUDGET,
@@ -32,6 +31,7 @@ from launch.accounting.ledger import (
     identity,
 )
 from launch.accounting.team_members import require_member
+from launch.console import make_console, num, safe_text
 from training.common.errors import BudgetError, ConfigError
 from training.common.store import Db
 
@@ -387,7 +387,8 @@ def render_report(rows: list[BudgetRow], ledger_path: Path | str, console=None) 
         f"ledger: {safe_text(ledger_path)}\n"
         "committed: hours used by finished jobs + max(planned, used) of running ones, over allocated\n"
         "useful: used x measured MFU (jobs without a measured MFU count 0)\n"
-        "eval: of the used hours, those of SLURM eval jobs (`ladder eval ... launcher=slurm`), charged to the same team",
+        "eval: of the used hours, those of SLURM eval jobs (`ladder eval ... launcher=slurm`), "
+        "charged to the same team",
         style="dim",
     )
 

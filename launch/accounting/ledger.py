@@ -44,9 +44,9 @@ from pathlib import Path
 
 from launch.console import invisible_chars, safe_text
 from training.common.errors import ConfigError
-from training.run.heartbeat import read_heartbeat
 from training.common.store import Db, Store
 from training.common.store_url import parse_store_url
+from training.run.heartbeat import read_heartbeat
 
 ACTIVE = ("pending", "running")  # planned hours still count against the budget
 FINAL = ("completed", "failed", "preempted", "cancelled")
@@ -119,7 +119,7 @@ CREATE TABLE IF NOT EXISTS promotions (
     from_rung TEXT NOT NULL,
     to_rung TEXT NOT NULL,
     metric TEXT NOT NULL,              -- what the points were ranked by, e.g. reverse or average
-    suite TEXT NOT NULL,               -- the eval suite, and its settings as JSON (the report scores both rungs with them)
+    suite TEXT NOT NULL,               -- the eval suite and its settings as JSON (the report scores both rungs)
     eval_json TEXT NOT NULL,
     points INTEGER NOT NULL,           -- finished points of the lower-rung sweep that were ranked
     parent_job_id INTEGER NOT NULL REFERENCES jobs (id),
@@ -292,11 +292,11 @@ class Ledger(Store):
     MIGRATIONS = MIGRATIONS
 
     @classmethod
-    def from_config(cls, cfg) -> "Ledger":
+    def from_config(cls, cfg) -> Ledger:
         return cls(cfg.ledger.url, cfg.ledger.busy_timeout_s)
 
     @classmethod
-    def existing(cls, cfg) -> "Ledger | None":
+    def existing(cls, cfg) -> Ledger | None:
         """The configured ledger if its file exists (a server always does); None otherwise, so
         read-only callers create no file."""
         where = parse_store_url(cfg.ledger.url, "ledger.url")

@@ -21,8 +21,8 @@ from __future__ import annotations
 import re
 import time
 
-from launch.console import safe_text
 from launch.accounting.ledger import Ledger, check_name, identity, os_user
+from launch.console import safe_text
 from training.common.errors import BudgetError, ConfigError
 from training.common.store import Db
 

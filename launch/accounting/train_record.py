@@ -31,8 +31,8 @@ def recording(train, overrides: list[str]):
         if not records_direct_runs(cfg):
             return train(cfg)
         from launch.accounting.budget import check_and_record_many
-        from launch.commands.launch_cmd import ledger_fields, prepare
         from launch.accounting.ledger import Ledger
+        from launch.commands.launch_cmd import ledger_fields, prepare
 
         _, [job] = prepare(overrides)
         if job.finished_at is not None:  # nothing to train: nothing to charge

@@ -42,10 +42,10 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from training.common.errors import ConfigError
+from training.common.safe_files import write_atomic
 from training.config.names import name_problem
 from training.config.paths import path_problems
 from training.config.validate import env_problems
-from training.common.safe_files import write_atomic
 
 # What sbatch's directive parser takes unquoted: no spaces, quotes, newlines, % (a filename
 # pattern in --output) or shell syntax; and no leading `-`, which sbatch would take for an option.

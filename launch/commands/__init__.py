@@ -1,1 +1,3 @@
-"""The CLI's verbs: one module per verb (train/launch, eval, compare, status, budget, ledger, data, bench)."""
+"""The CLI's verbs: one module per verb (train/launch, eval, compare, status, budget, ledger, data,
+bench).
+"""

@@ -16,8 +16,8 @@ import argparse
 import math
 import time
 
-from launch.cli_args import add_ledger_overrides
 from launch.accounting.ledger import PERIODS
+from launch.cli_args import add_ledger_overrides
 from training.common.errors import ConfigError
 
 
@@ -102,8 +102,8 @@ def _show(value) -> str:
 
 
 def cmd_budget_set(args) -> int:
-    from launch.console import num
     from launch.accounting.ledger import NOTE_MAX, Ledger, check_name
+    from launch.console import num
     from training.config.compose import compose
 
     if not math.isfinite(args.gpu_hours) or args.gpu_hours < 0:
@@ -184,8 +184,8 @@ def cmd_budget_report(args) -> int:
         report_rows,
     )
     from launch.accounting.ledger import ACTIVE, Ledger
-    from launch.commands.status_cmd import refresh
     from launch.accounting.team_members import all_members
+    from launch.commands.status_cmd import refresh
     from training.config.compose import compose
 
     cfg = compose(args.overrides)

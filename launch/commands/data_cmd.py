@@ -98,8 +98,8 @@ def cmd_inspect(args) -> int:
 def cmd_decontaminate(args) -> int:
     from evals.tasks.decontaminate import decontaminate, print_report, write_filtered
     from launch.console import make_console
-    from training.config.compose import compose
     from training.common.errors import ConfigError
+    from training.config.compose import compose
     from training.config.paths import output_problem
     from training.config.validate import validate
 

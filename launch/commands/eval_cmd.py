@@ -27,13 +27,13 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from evals.runner import default_registry, evaluate_checkpoint
 from evals.store.checkpoint_ref import CheckpointRef, resolve_checkpoint
 from evals.store.registry import Registry
-from evals.runner import default_registry, evaluate_checkpoint
-from training.config.compose import compose
-from training.common.store import safe_text
-from training.run.tracking import Tracker
 from training.common.safe_files import write_atomic
+from training.common.store import safe_text
+from training.config.compose import compose
+from training.run.tracking import Tracker
 
 
 def registry_for(ckpt: CheckpointRef, cfg, overrides: list[str]) -> Registry:

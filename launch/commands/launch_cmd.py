@@ -32,17 +32,17 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from omegaconf import DictConfig, OmegaConf
 
-from launch.console import num
 from launch.cluster.slurm_script import log_dir_of  # noqa: F401  (here too for its older callers)
+from launch.console import num
 from training.common.errors import ConfigError, LadderError
-from training.common.store import safe_text  # a reason read back from the ledger may hold anything
 from training.common.safe_files import write_atomic
+from training.common.store import safe_text  # a reason read back from the ledger may hold anything
 
 STOP_GRACE_S = 60  # after Ctrl-C, how long the trainer gets to write its last heartbeat
 
@@ -116,7 +116,9 @@ class LocalLauncher(Launcher):
             try:
                 ledger.mark_started(job.job_id)
                 code = self.run(
-                    job.cfg, job.overrides, on_start=lambda pid: ledger.record_pid(job.job_id, pid)
+                    job.cfg,
+                    job.overrides,
+                    on_start=lambda pid, job_id=job.job_id: ledger.record_pid(job_id, pid),
                 )  # with its host
                 final = ledger.job(job.job_id)
                 if final["state"] != "cancelled":  # `ladder cancel` has already recorded it
@@ -303,12 +305,12 @@ def config_hash(cfg: DictConfig) -> str:
 def prepare(overrides: list[str], multirun: bool = False) -> tuple[str | None, list[Job]]:
     """Compose, validate and plan every job of the launch; raise before anything is recorded."""
     from launch.accounting.ledger import Ledger
-    from launch.planning.plan import fix_message, make_plan
     from launch.cluster.sweep import expand, name_points
+    from launch.planning.plan import fix_message, make_plan
     from training.config.compose import compose
+    from training.config.validate import validate
     from training.run.run_files import finished_step, resume_point
     from training.run.trainer import default_run_name
-    from training.config.validate import validate
 
     sweep_name = None
     points = [overrides]
@@ -359,8 +361,8 @@ def prepare(overrides: list[str], multirun: bool = False) -> tuple[str | None, l
 
 def ledger_fields(j: Job, sweep: str | None = None) -> dict:
     """What the ledger records of a job when it is launched (launch and promote)."""
-    from training.run.heartbeat import read_heartbeat
     from training.data.mixture_config import mixture_record
+    from training.run.heartbeat import read_heartbeat
 
     hb = read_heartbeat(j.run_dir) or {}  # a resumed run: its earlier hours are not this job's
     return dict(

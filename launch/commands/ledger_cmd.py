@@ -121,8 +121,8 @@ def copy_store(
 def cmd_migrate(args) -> int:
     from evals.store.registry import Registry, registry_path
     from launch.accounting.ledger import Ledger
-    from training.config.compose import compose
     from training.common.store_url import parse_store_url
+    from training.config.compose import compose
 
     cfg = compose(args.overrides)
     for key, url in (("--to", args.to), ("--registry-to", args.registry_to)):

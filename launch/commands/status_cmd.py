@@ -25,8 +25,8 @@ import os
 import time
 from pathlib import Path
 
-from launch.console import make_console, num, safe_text
 from launch.accounting.ledger import ACTIVE, Ledger, process_start, this_host
+from launch.console import make_console, num, safe_text
 from training.common.errors import ConfigError
 from training.run.heartbeat import read_heartbeat
 
@@ -357,6 +357,7 @@ def cmd_status(args) -> int:
 def cancel_jobs(ledger: Ledger, jobs: list[dict], wait_s: float = CANCEL_WAIT_S) -> list[dict]:
     """Stop the active jobs among `jobs` and record them as cancelled, their hours as waste."""
     import signal as sig
+
     from launch.cluster import slurm
 
     jobs = refresh(ledger, jobs)

@@ -1,1 +1,3 @@
-"""Data inspection before training: chat and RLVR data statistics and contamination checks against eval tasks."""
+"""Data inspection before training: chat and RLVR data statistics and contamination checks against
+eval tasks.
+"""

@@ -37,10 +37,10 @@ def inspect_data(cfg: DictConfig) -> dict:
         from launch.inspection.rlvr_inspect import inspect_rlvr
 
         return inspect_rlvr(cfg)
+    from training.config.validate import validate
     from training.data.mixture import load_sources, make_stream
     from training.data.mixture_config import is_mixture
     from training.model.modeling import load_tokenizer
-    from training.config.validate import validate
 
     layout = validate(cfg)
     fmt = loss_spec(cfg.recipe.loss).data_format  # messages or preference: rlvr data went above

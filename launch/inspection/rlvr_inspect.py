@@ -35,10 +35,10 @@ def _tokens(lengths: list[int]) -> dict:
 
 
 def inspect_rlvr(cfg: DictConfig) -> dict:
+    from training.config.validate import validate
     from training.data.mixture_config import is_mixture, source_specs
     from training.model.modeling import load_tokenizer
     from training.rl.rlvr_data import load_sources, mix
-    from training.config.validate import validate
 
     validate(cfg)
     max_new = cfg.generator.max_new_tokens

@@ -1,1 +1,3 @@
-"""Planning before launch: memory, GPU-hours and tokens, per-rung rates, document lengths, and RL's plan."""
+"""Planning before launch: memory, GPU-hours and tokens, per-rung rates, document lengths, and RL's
+plan.
+"""

@@ -18,6 +18,7 @@ import json
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
+
 from training.common.safe_files import write_atomic
 
 

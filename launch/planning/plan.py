@@ -27,8 +27,8 @@ from launch.planning.memory import ENGINES, GiB, Memory, ModelShape, estimate
 from launch.planning.plan_rl import RLPlan, is_rl, render_rows, rl_memory, rl_plan, rl_seconds
 from launch.planning.rates import planning_rate
 from training.common.errors import ConfigError
-from training.model.flops import model_matmul_params, train_flops
 from training.config.validate import global_batch_tokens, validate
+from training.model.flops import model_matmul_params, train_flops
 
 # Of a GPU's memory, the CUDA context, NCCL buffers and allocator fragmentation take about a tenth.
 USABLE_FRACTION = 0.9

@@ -14,8 +14,8 @@ recipe.ppo_epochs steps) and costs 2N FLOPs per token, prompt and sampled tokens
 (training/model/flops.py: generate_flops); decoding runs at a far lower MFU than training, so its time
 uses generator.assumed_decode_mfu, an assumption named as such in the plan, never a measurement.
 With ppo_epochs > 1 a forward pass records the rollout policy's log-probs, and with kl_beta > 0 one
-more scores the reference (a third of a training step's FLOPs each). On a device with no known peak (a CPU) every token is timed at the
-rung's tokens/s.
+more scores the reference (a third of a training step's FLOPs each). On a device with no known
+peak (a CPU) every token is timed at the rung's tokens/s.
 
 Memory that RL adds per GPU (launch/planning/memory.py's `reference` and `generation`, rows of `ladder plan`):
   reference   recipe.kl_beta > 0: the reference's weights, in the training dtype (2 bytes per parameter

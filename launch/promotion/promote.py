@@ -2,7 +2,8 @@
 
     ladder promote --sweep lr-sweep --to 70b --top 3 --metric reverse launcher=slurm   # the best 3, at 70B
     ladder promote --sweep lr-sweep --to 70b --top 3 --metric average --dry-run        # print, launch nothing
-    ladder promotion-report --sweep lr-sweep        # later: did the ranking hold? (launch/promotion/promotion_report.py)
+    ladder promotion-report --sweep lr-sweep        # later: did the ranking hold?
+                                                    # (launch/promotion/promotion_report.py)
 
 **Points.** A sweep is the ledger's jobs whose sweep.name is NAME. A point is one run directory,
 and its latest job says where it stands (a preempted run resumed by a later job is one point).
@@ -49,11 +50,11 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from evals.store.run_scores import Metric, available_metrics, parse_metric, run_score
-from launch.console import make_console, num
 from launch.accounting.ledger import ACTIVE, Ledger
-from training.config.compose import load_saved
+from launch.console import make_console, num
 from training.common.errors import BudgetError, ConfigError, EvalError
 from training.common.store import safe_text  # run names read back from the ledger may hold anything
+from training.config.compose import load_saved
 
 SCALE_GROUPS = ("rung", "model")  # their overrides belong to the rung, not to the point
 REPLACED = (
@@ -186,7 +187,8 @@ def rank_points(
             )
         raise EvalError(
             f"--metric {metric.name} with eval suite {cfg.eval.name!r}: {which}. For the last checkpoints of "
-            f"these runs {available_metrics([p.run_dir for p in finished], cfg, metric, cache)}. Pick one of those, with the eval "
+            f"these runs {available_metrics([p.run_dir for p in finished], cfg, metric, cache)}. "
+            "Pick one of those, with the eval "
             "overrides the runs were scored with, or score the runs' last checkpoints first: "
             f"`ladder eval CKPT eval={cfg.eval.name} ...`"
         )

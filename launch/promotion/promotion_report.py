@@ -28,8 +28,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from launch.console import make_console, safe_text
 from launch.accounting.ledger import ACTIVE, Ledger
+from launch.console import make_console, safe_text
 from training.common.errors import ConfigError
 
 EXACT_UP_TO = 8  # n! orders: 40,320 at 8
@@ -100,13 +100,25 @@ def verdict(rho: float | None, n: int, p: float | None, lower: str, higher: str)
             f"least 3 configurations (5 or more to trust the answer)."
         )
     if rho >= 0.8:
-        text = f"strong agreement: the {lower} ranking predicted the {higher} ranking; {lower} looks like a trustworthy proxy for this kind of sweep"
+        text = (
+            f"strong agreement: the {lower} ranking predicted the {higher} ranking; "
+            f"{lower} looks like a trustworthy proxy for this kind of sweep"
+        )
     elif rho >= 0.5:
-        text = f"moderate agreement: {lower} picks good configurations but not reliably their order at {higher}; promote a few more than you need"
+        text = (
+            f"moderate agreement: {lower} picks good configurations but not reliably their order at {higher}; "
+            f"promote a few more than you need"
+        )
     elif rho > 0:
-        text = f"weak agreement: the {lower} ranking says little about {higher}; do not trust {lower} alone for this kind of sweep"
+        text = (
+            f"weak agreement: the {lower} ranking says little about {higher}; "
+            f"do not trust {lower} alone for this kind of sweep"
+        )
     else:
-        text = f"no agreement: the {lower} ranking did not carry over to {higher} (it reversed); {lower} is a misleading proxy here"
+        text = (
+            f"no agreement: the {lower} ranking did not carry over to {higher} (it reversed); "
+            f"{lower} is a misleading proxy here"
+        )
     if rho > 0 and p is not None and p > 0.05:
         text += f" (but with n = {n} an agreement this good happens by chance with p = {p:.2f})"
     return text + "."

@@ -55,7 +55,7 @@ class PostgresServer:
         return f"postgresql://{ROLE}@127.0.0.1:{self.port}/{dbname}"
 
     @classmethod
-    def start(cls, password: str | None = None) -> "PostgresServer":
+    def start(cls, password: str | None = None) -> PostgresServer:
         bindir = postgres_bin()
         if bindir is None:
             raise RuntimeError(

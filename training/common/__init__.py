@@ -1,1 +1,3 @@
-"""Shared by every package: the ledger and registry store, errors, atomic and link-safe file writes, and the one seed rule."""
+"""Shared by every package: the ledger and registry store, errors, atomic and link-safe file
+writes, and the one seed rule.
+"""

@@ -41,9 +41,9 @@ import re
 import sqlite3
 import time
 import unicodedata
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from training.common.errors import LadderError
 from training.common.store_url import INVISIBLE, StoreUrl, parse_store_url

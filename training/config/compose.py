@@ -20,11 +20,11 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from training.config.config_errors import describe
 from training.common.errors import ConfigError
+from training.common.store_url import config_url_problems
+from training.config.config_errors import describe
 from training.config.names import check_names
 from training.config.schema import LadderConfig
-from training.common.store_url import config_url_problems
 from training.config.secret_guard import (
     argv_problems,
     interpolated_keys,

@@ -15,10 +15,10 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from training.model.attention import attention_problem
 from training.common.errors import ConfigError
-from training.recipes.losses import LOSSES, is_rl, unknown_loss
 from training.config.paths import path_problems
+from training.model.attention import attention_problem
+from training.recipes.losses import LOSSES, is_rl, unknown_loss
 
 SINGLE_PROCESS_ENGINES = {"single"}
 

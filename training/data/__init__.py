@@ -1,1 +1,3 @@
-"""Training data: chat and preference rows, packing, mixtures of sources, the token cache and the shipped synthetic task."""
+"""Training data: chat and preference rows, packing, mixtures of sources, the token cache and the
+shipped synthetic task.
+"""

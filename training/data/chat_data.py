@@ -11,7 +11,7 @@ and are checked the same way, named by dataset, split and row index.
 from __future__ import annotations
 
 import json
-from typing import Iterable
+from collections.abc import Iterable
 
 import datasets
 from omegaconf import DictConfig

@@ -27,9 +27,9 @@ from pathlib import Path
 import torch
 
 from training.common.errors import DataError
+from training.common.seeds import seed_of
 from training.data.mixture_config import count_problems, is_mixture, round_counts, source_specs
 from training.data.packing import PackedStream, collate, pack_greedy
-from training.common.seeds import seed_of
 from training.data.token_cache import SourceDocs, load_source
 
 SOURCE_STATS = "data/per_source"  # the stats key of the per-source sums a recipe returns

@@ -10,13 +10,12 @@ rejected), padding-free like SFT documents.
 
 from __future__ import annotations
 
-
 import datasets
 import torch
 from omegaconf import DictConfig
 
-from training.data.chat_data import check_jsonl, check_messages, encode_chat, load_rows
 from training.common.errors import DataError
+from training.data.chat_data import check_jsonl, check_messages, encode_chat, load_rows
 from training.model.lm_loss import token_logps
 
 

@@ -33,11 +33,11 @@ from pathlib import Path
 
 import numpy as np
 
-from training.data.chat_data import IGNORE, check_messages, encode_chat, load_rows
 from training.common.errors import DataError
+from training.common.safe_files import write_atomic
+from training.data.chat_data import IGNORE, check_messages, encode_chat, load_rows
 from training.data.mixture_config import SourceSpec
 from training.recipes.ref_cache import file_hash, tokenizer_fingerprint
-from training.common.safe_files import write_atomic
 
 CODE_VERSION = 1  # bump when encode_chat or the dropping rule changes the tokens of a row
 log = logging.getLogger("ladder.token_cache")

@@ -21,8 +21,8 @@ from __future__ import annotations
 import json
 import math
 import struct
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from huggingface_hub import split_torch_state_dict_into_shards

@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch.distributed.checkpoint.state_dict import (
@@ -37,10 +37,10 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
-from training.engine.consolidate import write_streamed
-from training.engine.distributed import World
 from training.common.errors import CheckpointError
 from training.common.safe_files import write_atomic
+from training.engine.consolidate import write_streamed
+from training.engine.distributed import World
 
 log = logging.getLogger("ladder.engine")
 DS_DIR = "deepspeed"
@@ -315,6 +315,7 @@ class DeepSpeedEngine(Engine):
         import subprocess
         import sys
         import uuid
+
         from training.engine import distributed
 
         ds_dir = ckpt / DS_DIR

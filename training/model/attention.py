@@ -33,7 +33,10 @@ def attention_problem(requested: str, device: str) -> str | None:
         return f"model.attn_implementation={requested!r}: use one of {', '.join(ATTENTION)}"
     if requested == "flash_attention_2":
         if device != "cuda":
-            return "model.attn_implementation=flash_attention_2 needs rung.device=cuda (FlashAttention has no CPU kernel)"
+            return (
+                "model.attn_implementation=flash_attention_2 needs rung.device=cuda"
+                " (FlashAttention has no CPU kernel)"
+            )
         if not importlib.util.find_spec("flash_attn"):
             return (
                 "model.attn_implementation=flash_attention_2 needs the flash-attn package "

@@ -15,7 +15,8 @@ MFU = achieved FLOP/s / (peak FLOP/s per device x devices). Peak is set per rung
 
 from __future__ import annotations
 
-from typing import Iterable, Optional
+from collections.abc import Iterable
+from typing import Optional
 
 
 def matmul_params(

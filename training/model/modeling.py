@@ -17,8 +17,8 @@ import torch
 from omegaconf import DictConfig
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from training.model.attention import choose_attention
 from training.common.errors import ConfigError
+from training.model.attention import choose_attention
 
 log = logging.getLogger(__name__)
 TINY_TOKENIZER = Path(__file__).resolve().parents[1] / "assets" / "tokenizer"

@@ -1,1 +1,3 @@
-"""Recipes (SFT, DPO): the loss table, the recipe protocol and make_recipe, and DPO's reference model with its cache."""
+"""Recipes (SFT, DPO): the loss table, the recipe protocol and make_recipe, and DPO's reference
+model with its cache.
+"""

@@ -4,11 +4,12 @@
     loss_spec("dapo").family          # "rl"
     losses_of("preference")           # ("dpo_sigmoid", "dpo_norm", "simpo")
 
-Validation (training/config/validate.py), make_recipe (training/recipes/registry.py), the plan (launch/planning/plan_rl.py)
-and the data commands read this table, so a loss is added here alone, plus its math where its
-family's lives: an SFT-family loss trains as SFT; a preference loss with new math adds its branch to
-recipes.DPO.loss_sum (whose last branch, SimPO's, takes any other name); an RL loss its unit and
-branches in training/rl/grpo.py and its advantage in training/rl/rollouts.py (group_advantages).
+Validation (training/config/validate.py), make_recipe (training/recipes/registry.py), the plan
+(launch/planning/plan_rl.py) and the data commands read this table, so a loss is added here alone,
+plus its math where its family's lives: an SFT-family loss trains as SFT; a preference loss with
+new math adds its branch to recipes.DPO.loss_sum (whose last branch, SimPO's, takes any other
+name); an RL loss its unit and branches in training/rl/grpo.py and its advantage in
+training/rl/rollouts.py (group_advantages).
 Kept free of torch and of the config schema: launch/ and the CLI's error paths import it cheaply.
 """
 

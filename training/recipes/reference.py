@@ -23,12 +23,11 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from training.engine import distributed
-
-from training.recipes import ref_cache
-from training.model.flops import matmul_params, mfu, train_flops
 from training.data.packing import pack_greedy
 from training.data.preference import collate_pairs, pair_length, sequence_logps
+from training.engine import distributed
+from training.model.flops import matmul_params, mfu, train_flops
+from training.recipes import ref_cache
 
 log = logging.getLogger("ladder.reference")
 

@@ -16,10 +16,10 @@ import torch
 import torch.nn.functional as F
 
 from training.data.chat_data import IGNORE
-from training.model.lm_loss import token_logps
-from training.recipes.losses import loss_spec
 from training.data.mixture import SOURCE_STATS, build_stream, source_sums
 from training.data.preference import sequence_logps
+from training.model.lm_loss import token_logps
+from training.recipes.losses import loss_spec
 
 
 class SFT:

@@ -1,1 +1,3 @@
-"""RL with verifiable rewards: GRPO, rollouts and their generators (HF, vLLM), RLVR prompts, and the verifiers."""
+"""RL with verifiable rewards: GRPO, rollouts and their generators (HF, vLLM), RLVR prompts, and
+the verifiers.
+"""

@@ -28,8 +28,8 @@ import hashlib
 import random
 from dataclasses import dataclass
 
-from training.data.chat_data import check_messages, iter_jsonl
 from training.common.errors import DataError
+from training.data.chat_data import check_messages, iter_jsonl
 from training.data.mixture_config import (
     count_problems,
     is_mixture,

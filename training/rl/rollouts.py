@@ -40,16 +40,16 @@ import time
 import torch
 import torch.distributed as dist
 
-from training.data.chat_data import IGNORE
-from training.run.checkpoint import load_state_file, save_state_file
 from training.common.errors import ConfigError
-from training.model.flops import forward_flops, generate_flops
-from training.rl.generator import make_generator, sample_key
-from training.data.packing import collate
-from training.model.lm_loss import token_logps
-from training.rl.rlvr_data import load_prompts
 from training.common.safe_files import remove_path
+from training.data.chat_data import IGNORE
+from training.data.packing import collate
+from training.model.flops import forward_flops, generate_flops
+from training.model.lm_loss import token_logps
+from training.rl.generator import make_generator, sample_key
+from training.rl.rlvr_data import load_prompts
 from training.rl.verifiers.registry import verify
+from training.run.checkpoint import load_state_file, save_state_file
 
 SUMS = (
     "samples",

@@ -1,1 +1,3 @@
-"""A training run: the trainer loop, its entry point, checkpoints (local and remote), run files, heartbeat, watchdog, faults, metrics, progress and tracking."""
+"""A training run: the trainer loop, its entry point, checkpoints (local and remote), run files,
+heartbeat, watchdog, faults, metrics, progress and tracking.
+"""

@@ -67,7 +67,6 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from training.run import faults
 from training.common.errors import CheckpointError
 from training.common.safe_files import (
     atomic_file,
@@ -78,6 +77,7 @@ from training.common.safe_files import (
     symlinks_in,
     write_atomic,
 )
+from training.run import faults
 
 log = logging.getLogger("ladder.checkpoint")
 COMPLETE = "COMPLETE"

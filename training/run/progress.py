@@ -14,8 +14,8 @@ instead of through it; lines going to a file keep going there.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator
 
 from rich.console import Console
 from rich.progress import (
@@ -59,9 +59,7 @@ def _new_bar(console: Console) -> Progress:
     )
 
 
-_active: "StepProgress | None" = (
-    None  # the training bar that eval progress joins (one live display)
-)
+_active: StepProgress | None = None  # the training bar that eval progress joins (one live display)
 
 
 class StepProgress:

@@ -41,8 +41,9 @@ from pathlib import Path
 import fsspec
 from omegaconf import DictConfig
 
+from training.common.errors import CheckpointError
+from training.common.safe_files import fresh_dir, remove_path, write_atomic
 from training.engine import distributed
-
 from training.run import faults
 from training.run.checkpoint import (
     COMPLETE,
@@ -52,8 +53,6 @@ from training.run.checkpoint import (
     manifest_problems,
     step_of,
 )
-from training.common.errors import CheckpointError
-from training.common.safe_files import fresh_dir, remove_path, write_atomic
 
 log = logging.getLogger("ladder.checkpoint")
 # Protocols fsspec knows that cannot hold checkpoints, and why. fsspec has a class for each of
@@ -129,7 +128,7 @@ class RemoteCheckpoints:
         self.fs, self.root = fsspec.core.url_to_fs(self.url)
 
     @classmethod
-    def for_run(cls, cfg: DictConfig) -> "RemoteCheckpoints | None":
+    def for_run(cls, cfg: DictConfig) -> RemoteCheckpoints | None:
         url = cfg.trainer.checkpoint_url
         return cls(f"{url.rstrip('/')}/{cfg.trainer.run_name}/checkpoints") if url else None
 

@@ -31,10 +31,10 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from training.run.checkpoint import check_checkpoint, checkpoints_dir, latest_checkpoint, step_of
-from training.config.config_diff import ConfigChanges, check_resume_config
-from training.run.heartbeat import read_heartbeat
 from training.common.safe_files import read_text, write_atomic
+from training.config.config_diff import ConfigChanges, check_resume_config
+from training.run.checkpoint import check_checkpoint, checkpoints_dir, latest_checkpoint, step_of
+from training.run.heartbeat import read_heartbeat
 
 log = logging.getLogger("ladder.train")
 META = "run_meta.json"

@@ -66,7 +66,7 @@ class Tracker:
         self.run.define_metric("eval/*", step_metric="eval/checkpoint_step")
 
     @classmethod
-    def disabled(cls) -> "Tracker":
+    def disabled(cls) -> Tracker:
         """A tracker that logs nothing: ranks other than 0 hold one."""
         t = cls.__new__(cls)
         t.run = None

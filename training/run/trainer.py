@@ -34,10 +34,23 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from transformers import get_scheduler
 
-from training.engine import distributed
-
-from training.run import faults
+from training.common.errors import EXIT_HUNG, Preempted, TrainingError
+from training.common.safe_files import fresh_dir
+from training.config.config_diff import (
+    ConfigChanges,
+    check_batch_continues,
+    check_resume_config,
+    continue_schedule,
+)
+from training.config.validate import BatchLayout, effective_lr, validate, warmup_steps
 from training.data.chat_data import IGNORE
+from training.engine import distributed
+from training.engine.engines import check_origin, make_engine
+from training.model.flops import mfu, model_matmul_params, train_flops
+from training.model.modeling import build_model, compile_layers, load_tokenizer
+from training.recipes.registry import make_recipe
+from training.rl.generator import eval_beside_training
+from training.run import faults
 from training.run.checkpoint import (
     commit_checkpoint,
     git_commit,
@@ -46,21 +59,9 @@ from training.run.checkpoint import (
     staging_dir,
     write_checkpoint,
 )
-from training.config.config_diff import (
-    ConfigChanges,
-    check_batch_continues,
-    check_resume_config,
-    continue_schedule,
-)
-from training.engine.engines import check_origin, make_engine
-from training.common.errors import EXIT_HUNG, Preempted, TrainingError
-from training.model.flops import model_matmul_params, mfu, train_flops
-from training.rl.generator import eval_beside_training
 from training.run.heartbeat import Heartbeat
 from training.run.metrics import MetricsFile
-from training.model.modeling import build_model, compile_layers, load_tokenizer
 from training.run.progress import StepProgress
-from training.recipes.registry import make_recipe
 from training.run.remote import RemoteCheckpoints, resolve_resume
 from training.run.run_files import (
     finished_message,
@@ -69,9 +70,7 @@ from training.run.run_files import (
     open_run_dir,
     remove_if_unstarted,
 )
-from training.common.safe_files import fresh_dir
 from training.run.tracking import Tracker
-from training.config.validate import BatchLayout, effective_lr, validate, warmup_steps
 from training.run.watchdog import SETUP_TIMEOUT_S, Watchdog
 
 log = logging.getLogger("ladder.train")

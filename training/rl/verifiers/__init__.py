@@ -1,1 +1,3 @@
-"""Verifiers score a completion against a prompt's ground truth: math answers, IFEval constraints, exact match."""
+"""Verifiers score a completion against a prompt's ground truth: math answers, IFEval constraints,
+exact match.
+"""
