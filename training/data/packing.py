@@ -18,8 +18,12 @@ from bisect import bisect_right
 
 import torch
 
+from training.common.seeds import data_order_seed
+
 
 class PackedStream:
+    source_names: tuple[str, ...] | list[str] = ()  # a mixture's sources (training/data/mixture.py)
+
     def __init__(
         self,
         docs: list,
@@ -45,7 +49,7 @@ class PackedStream:
     def _plan_epoch(self, epoch: int) -> list[list[int]]:
         n = len(self.docs)
         if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+            g = torch.Generator().manual_seed(data_order_seed(self.seed, epoch))
             order = torch.randperm(n, generator=g).tolist()
         else:
             order = list(range(n))
@@ -66,6 +70,11 @@ class PackedStream:
     def micro_batch(self, index: int) -> dict:
         indices = self._locate(index)
         return self.collate_fn([self.docs[i] for i in indices], indices)
+
+    def step_metrics(self, step: int) -> dict:
+        """No metrics of its own: packed documents cost nothing to make (a BatchSource,
+        training/recipes/protocol.py)."""
+        return {}
 
 
 def pack_greedy(order: list[int], length, max_tokens: int) -> list[list[int]]:

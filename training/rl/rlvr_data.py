@@ -24,11 +24,11 @@ own seed, epoch by epoch, as it orders plain data; each Prompt names its source.
 
 from __future__ import annotations
 
-import hashlib
 import random
 from dataclasses import dataclass
 
 from training.common.errors import DataError
+from training.common.seeds import hash64
 from training.data.chat_data import check_messages, iter_jsonl
 from training.data.mixture_config import (
     count_problems,
@@ -147,9 +147,8 @@ def load_sources(data_cfg, tokenizer, max_new_tokens: int) -> list[list[Prompt]]
 def _pass(seed: int, name: str, e: int, n: int) -> list[int]:
     """Pass e over a source of n rows: a permutation seeded by (seed, source name, pass), so one
     source's draws do not move when another source changes."""
-    digest = hashlib.sha256(f"{seed}/{name}/{e}".encode()).digest()
     order = list(range(n))
-    random.Random(int.from_bytes(digest[:8], "little")).shuffle(order)
+    random.Random(hash64(seed, name, e)).shuffle(order)
     return order
 
 

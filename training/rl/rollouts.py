@@ -42,6 +42,7 @@ import torch.distributed as dist
 
 from training.common.errors import ConfigError
 from training.common.safe_files import remove_path
+from training.common.seeds import data_order_seed
 from training.data.chat_data import IGNORE
 from training.data.packing import collate
 from training.model.flops import forward_flops, generate_flops
@@ -94,6 +95,8 @@ def pack(prompts: list[list[int]], completions: list[list[int]]) -> dict:
 
 
 class RolloutStream:
+    source_names = ()  # one source: no per-source sums (a BatchSource, training/recipes/protocol.py)
+
     def __init__(self, cfg, tokenizer, recipe, seed: int):
         r = cfg.recipe
         self.cfg, self.tokenizer, self.recipe, self.seed = cfg, tokenizer, recipe, seed
@@ -142,7 +145,7 @@ class RolloutStream:
             if len(self._orders) > 2:
                 self._orders.clear()
             n = len(self.prompts)
-            g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+            g = torch.Generator().manual_seed(data_order_seed(self.seed, epoch))
             self._orders[epoch] = (
                 torch.randperm(n, generator=g).tolist() if self.cfg.data.shuffle else list(range(n))
             )
@@ -229,8 +232,8 @@ class RolloutStream:
                 flops += forward_flops(
                     n_matmul, cfg_m.num_hidden_layers, cfg_m.hidden_size, batch["doc_lens"]
                 )
-            if self.recipe.reference is not None:
-                batch["ref_logps"] = self.logps(self.recipe.reference, batch)
+            if self.recipe.reference_model is not None:
+                batch["ref_logps"] = self.logps(self.recipe.reference_model, batch)
                 flops += forward_flops(
                     n_matmul, cfg_m.num_hidden_layers, cfg_m.hidden_size, batch["doc_lens"]
                 )
