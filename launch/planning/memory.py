@@ -43,20 +43,11 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from training.model.shape import ModelShape
+
 GiB = 2**30
 ZERO_CPU_BUFFER_FACTOR = 1.5  # DeepSpeed's additional_buffer_factor for CPU memory with offload
 ENGINES = ("single", "ddp", "fsdp2", "deepspeed_zero2", "deepspeed_zero3")
-
-
-@dataclass(frozen=True)
-class ModelShape:
-    params: int  # all parameters, as the optimizer sees them
-    largest_module_params: int  # the largest single module (gathered whole by ZeRO-3 / FSDP)
-    layers: int
-    hidden: int
-    kv_hidden: int  # num_kv_heads x head_dim
-    intermediate: int
-    vocab: int
 
 
 @dataclass(frozen=True)

@@ -23,12 +23,13 @@ from omegaconf import DictConfig
 
 from launch.console import make_console, num, si
 from launch.planning.doc_lengths import planning_length
-from launch.planning.memory import ENGINES, GiB, Memory, ModelShape, estimate
+from launch.planning.memory import ENGINES, GiB, Memory, estimate
 from launch.planning.plan_rl import RLPlan, is_rl, render_rows, rl_memory, rl_plan, rl_seconds
 from launch.planning.rates import planning_rate
 from training.common.errors import ConfigError
 from training.config.validate import global_batch_tokens, validate
-from training.model.flops import model_matmul_params, train_flops
+from training.model.flops import train_flops
+from training.model.shape import ModelShape, model_shape
 
 # Of a GPU's memory, the CUDA context, NCCL buffers and allocator fragmentation take about a tenth.
 USABLE_FRACTION = 0.9
@@ -93,30 +94,6 @@ class Plan:
         d["fixes"] = [{"overrides": o, "memory_per_gpu_gb": g} for o, g in self.fixes]
         del d["memory"], d["by_engine"]
         return d
-
-
-def model_shape(cfg: DictConfig) -> ModelShape:
-    """Parameter counts from the model built on the meta device (no memory, no weights)."""
-    import torch
-    from transformers import LlamaForCausalLM
-
-    from training.model.modeling import llama_config, load_tokenizer
-
-    vocab = cfg.model.vocab_size or len(load_tokenizer(cfg.model))
-    with torch.device("meta"):
-        model = LlamaForCausalLM(llama_config(cfg.model, vocab))
-    m = cfg.model
-    return ModelShape(
-        params=sum(p.numel() for p in model.parameters()),
-        largest_module_params=max(
-            sum(p.numel() for p in mod.parameters(recurse=False)) for mod in model.modules()
-        ),
-        layers=m.num_layers,
-        hidden=m.hidden_size,
-        kv_hidden=m.num_kv_heads * (m.hidden_size // m.num_heads),
-        intermediate=m.intermediate_size,
-        vocab=vocab,
-    )
 
 
 def memory_for(shape: ModelShape, cfg: DictConfig, **changes) -> Memory:
@@ -236,7 +213,7 @@ def make_plan(cfg: DictConfig, ledger=None) -> Plan:
     doc, doc_source = planning_length(
         cfg
     )  # measured by `ladder data inspect`, else data.max_seq_len
-    n_matmul = model_matmul_params(cfg.model, shape.vocab)
+    n_matmul = shape.matmul_params
     flops = train_flops(n_matmul, shape.layers, shape.hidden, [doc]) * tokens / doc
     memory = memory_for(shape, cfg)
     ok = fits(memory, r)

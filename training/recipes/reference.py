@@ -26,7 +26,8 @@ from omegaconf import OmegaConf
 from training.data.packing import pack_greedy
 from training.data.preference import collate_pairs, pair_length, sequence_logps
 from training.engine import distributed
-from training.model.flops import matmul_params, mfu, train_flops
+from training.model.flops import mfu, train_flops
+from training.model.shape import shape_of
 from training.recipes import ref_cache
 
 log = logging.getLogger("ladder.reference")
@@ -59,14 +60,7 @@ def score(
 ) -> tuple[dict, int, float]:
     out, tokens, flops = {}, 0, 0.0
     c = model.config if hasattr(model, "config") else model.module.config
-    n_matmul = matmul_params(
-        c.hidden_size,
-        c.intermediate_size,
-        c.num_hidden_layers,
-        c.num_attention_heads,
-        c.num_key_value_heads,
-        c.vocab_size,
-    )
+    n_matmul = shape_of(c).matmul_params
     groups = pack_greedy(indices, lambda i: pair_length(pairs[i]), max_tokens)
     # A sharded model's forward is a collective (FSDP2 / ZeRO-3 gather each layer from every rank), so
     # every rank runs as many forwards as the busiest one: the others repeat a pair and drop the result.

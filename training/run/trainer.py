@@ -46,8 +46,9 @@ from training.config.validate import BatchLayout, effective_lr, validate, warmup
 from training.data.chat_data import IGNORE
 from training.engine import distributed
 from training.engine.engines import check_origin, make_engine
-from training.model.flops import mfu, model_matmul_params, train_flops
+from training.model.flops import mfu, train_flops
 from training.model.modeling import build_model, compile_layers, load_tokenizer
+from training.model.shape import shape_of
 from training.recipes.registry import make_recipe
 from training.rl.generator import eval_beside_training
 from training.run import faults
@@ -228,9 +229,9 @@ class Trainer:
         self.engine = make_engine(cfg, model, make_optimizer, self.world, self.layout)
         self.scheduler = make_scheduler(cfg, self.engine.torch_optimizer)
         self.model = model  # the Hugging Face model (FSDP2 shards it in place)
-        self.n_matmul = model_matmul_params(
-            self.model_shape(), model.get_input_embeddings().num_embeddings
-        )
+        self.n_matmul = shape_of(
+            model.config, model.get_input_embeddings().num_embeddings
+        ).matmul_params
         self.start_step, self.tokens_seen = 0, 0
         if state is not None:
             # its own watchdog window: DeepSpeed may first convert the checkpoint (another world size)
@@ -304,18 +305,6 @@ class Trainer:
             self.heartbeat.update(step=self.start_step, tracker_url=link)
         for sig in (signal.SIGTERM, signal.SIGUSR1):
             signal.signal(sig, self.on_signal)
-
-    def model_shape(self):
-        c = self.model.config
-        return OmegaConf.create(
-            {
-                "hidden_size": c.hidden_size,
-                "intermediate_size": c.intermediate_size,
-                "num_layers": c.num_hidden_layers,
-                "num_heads": c.num_attention_heads,
-                "num_kv_heads": c.num_key_value_heads,
-            }
-        )
 
     def on_signal(self, signum, _frame) -> None:
         self.stop_signal = signal.Signals(signum).name  # acted on after the current step
