@@ -10,8 +10,8 @@ Both methods save the same sharded model into DIR/stream and DIR/gather. Each on
 from the kernel: the resident high-water mark is reset (/proc/self/clear_refs, 5) just before it
 and VmHWM read just after, minus the resident size before; so it is the memory the save itself
 added. gather: fsdp2 get_model_state_dict(full_state_dict, cpu_offload) then save_pretrained
-(what Engine.model_state feeds it); deepspeed_zero3 every parameter gathered in turn into one state
-dict on rank 0, then save_pretrained. stream: Engine.save_model (training/engine/consolidate.py).
+(what EngineBackend.model_state feeds it); deepspeed_zero3 every parameter gathered in turn into one state
+dict on rank 0, then save_pretrained. stream: EngineBackend.save_model (training/engine/consolidate.py).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import torch.distributed as dist  # noqa: E402
 from training.config.compose import compose  # noqa: E402
 from training.config.validate import validate  # noqa: E402
 from training.engine import distributed  # noqa: E402
-from training.engine.engines import Engine, make_engine  # noqa: E402
+from training.engine.engines import EngineBackend, make_engine  # noqa: E402
 from training.model.modeling import build_model, load_tokenizer  # noqa: E402
 
 
@@ -64,7 +64,7 @@ def gather_then_save(engine, model, out: Path) -> None:
                 if engine.world.main:
                     sd[name] = p.detach().to("cpu", copy=True)
     else:
-        sd = Engine.model_state(engine)
+        sd = EngineBackend.model_state(engine)
     if engine.world.main:
         model.save_pretrained(out, state_dict=sd, safe_serialization=True)
 

@@ -220,7 +220,7 @@ def ladder_run(
     the single engine's backward and step (autocast bf16, clipping, fused AdamW)."""
     from omegaconf import OmegaConf
 
-    from training.engine.engines import Engine
+    from training.engine.engines import EngineBackend
     from training.model.modeling import compile_layers
     from training.recipes.registry import make_recipe
 
@@ -254,7 +254,7 @@ def ladder_run(
             params, lr=1e-5, betas=(0.9, 0.95), weight_decay=0.0, fused=device == "cuda"
         )
 
-    engine = Engine(model, make_optimizer, None, cfg, None)
+    engine = EngineBackend(model, make_optimizer, None, cfg, None)
 
     def step(batches: list[dict]) -> torch.Tensor:
         units = sum(recipe.count(b) for b in batches)  # the loop's one normalisation rule

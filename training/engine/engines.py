@@ -48,8 +48,9 @@ UNIVERSAL_TAG = "universal"  # ckpt/deepspeed/universal: the state converted for
 _trusted_noted: set[str] = set()
 
 
-class Engine:
-    """One process, no wrapper. The others override what differs."""
+class EngineBackend:
+    """The running engine of the enum rung.engine (training/config/schema.py: Engine): this base is
+    `single`, one process, no wrapper; the others override what differs."""
 
     name = "single"
     sharded_state = False  # True when the engine writes its own per-rank state into the checkpoint
@@ -133,7 +134,7 @@ class Engine:
         )
 
 
-class DDPEngine(Engine):
+class DDPEngine(EngineBackend):
     name = "ddp"
 
     def wrap(self, model):
@@ -147,7 +148,7 @@ class DDPEngine(Engine):
         return contextlib.nullcontext() if last else self.module.no_sync()
 
 
-class FSDP2Engine(Engine):
+class FSDP2Engine(EngineBackend):
     name = "fsdp2"
 
     def wrap(self, model):
@@ -190,7 +191,7 @@ class FSDP2Engine(Engine):
         )  # DTensor numel is global
 
 
-class DeepSpeedEngine(Engine):
+class DeepSpeedEngine(EngineBackend):
     sharded_state = True
 
     def __init__(self, model, make_optimizer, world, cfg, layout, stage: int):
@@ -456,10 +457,10 @@ def wrap_frozen(cfg, model, world: World, layout):
     return engine.module
 
 
-def make_engine(cfg, model, make_optimizer, world: World, layout) -> Engine:
+def make_engine(cfg, model, make_optimizer, world: World, layout) -> EngineBackend:
     name = cfg.rung.engine.value
     if name == "single":
-        return Engine(model, make_optimizer, world, cfg, layout)
+        return EngineBackend(model, make_optimizer, world, cfg, layout)
     if name == "ddp":
         return DDPEngine(model, make_optimizer, world, cfg, layout)
     if name == "fsdp2":

@@ -151,7 +151,7 @@ def staging_dir(run_dir: Path, step: int) -> Path:
 
 def write_checkpoint(tmp: Path, step: int, tokenizer, state: dict, cfg: DictConfig) -> None:
     """Write the tokenizer and the trainer state into `tmp` (rank 0), after the weights (which
-    the engine writes: Engine.save_model, a collective for sharded engines)."""
+    the engine writes: EngineBackend.save_model, a collective for sharded engines)."""
     tmp.mkdir(parents=True, exist_ok=True)
     tokenizer.save_pretrained(tmp)
     faults.maybe("kill_in_save", step)  # tests: die with the weights half-way to a checkpoint
