@@ -56,7 +56,7 @@ def run(tree: Path, out: Path, name: str, steps: int) -> list[float]:
         "--master-port",
         str(port()),
         "-m",
-        "training.run.trainer",
+        "launch.train",
         *over,
     ]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(tree), WANDB_MODE="disabled")

@@ -362,8 +362,8 @@ from training.run.log_setup import QUIET, setup_logging  # noqa: E402,F401  (sha
 
 def cmd_train(args) -> int:
     from launch.accounting.train_record import recording  # a shared ledger records direct runs too
+    from launch.train import train  # the trainer with its eval-on-save callback
     from training.run.entry import run_train
-    from training.run.trainer import train
 
     return run_train(recording(train, args.overrides), args.overrides)
 
@@ -473,7 +473,7 @@ def main(argv: list[str] | None = None) -> int:
 def check_argv(argv: list[str]) -> None:
     """Every argument of every verb, checked for secrets before the verb runs: argv is recorded
     (run_meta.json, W&B, the ledger, launch.json, job scripts), options and ignored overrides too.
-    compose() checks the overrides again, for `python -m training.run.trainer` and in-process callers."""
+    compose() checks the overrides again, for `python -m launch.train` and in-process callers."""
     from training.config.secret_guard import argv_problems
 
     problems = argv_problems(argv)

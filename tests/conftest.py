@@ -47,8 +47,9 @@ def ladder_cli(
 
 
 def train_in_process(overrides: list[str]):
+    # the trainer with its eval-on-save callback, as the launchers run it
+    from launch.train import train
     from training.config.compose import compose
-    from training.run.trainer import train
 
     return train(compose(overrides))
 

@@ -42,7 +42,7 @@ def torchrun_cmd(
             str(nproc),
             *where,
             "-m",
-            "training.run.trainer",
+            "launch.train",
             *overrides,
         ]
     return [
@@ -60,7 +60,7 @@ def torchrun_cmd(
         "--rdzv-id",
         f"ladder-{port}",
         "-m",
-        "training.run.trainer",
+        "launch.train",
         *overrides,
     ]
 

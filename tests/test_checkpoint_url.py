@@ -61,7 +61,7 @@ def test_interrupted_upload_is_never_resumed_and_the_resumed_run_reproduces_the_
     # with the thread count of the in-process resume below: CPU kernels round by thread count, and
     # the golden losses are compared to 1e-5 twenty steps on
     died = run(
-        [sys.executable, "-m", "training.run.trainer", *common],
+        [sys.executable, "-m", "launch.train", *common],
         env=env(LADDER_FAULT="kill_in_upload:10", OMP_NUM_THREADS=str(torch.get_num_threads())),
     )
     assert died.returncode == -signal.SIGKILL, died.stderr[-2000:]

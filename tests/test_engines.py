@@ -36,7 +36,7 @@ ENGINES = ["ddp", "fsdp2", "deepspeed_zero2", "deepspeed_zero3"]
 
 
 def single_cmd(overrides):
-    return [sys.executable, "-m", "training.run.trainer", *overrides]
+    return [sys.executable, "-m", "launch.train", *overrides]
 
 
 @pytest.fixture(scope="module")

@@ -191,7 +191,7 @@ def test_resume_after_sigkill_reproduces_losses_and_rewards(tmp_path, rl_data):
         [
             sys.executable,
             "-m",
-            "training.run.trainer",
+            "launch.train",
             *grpo_overrides(tmp_path, "killed", rl_data, steps, extra),
         ],
         stdout=subprocess.DEVNULL,

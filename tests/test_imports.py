@@ -1,5 +1,6 @@
-"""The import graph (issue #13 item 13): launch depends on training and evals, never the reverse,
-and the trainer's and the DPO recipe's modules import in one direction.
+"""The import graph (issue #13 item 13, #25 item 2): launch depends on training and evals, evals on
+training, never the reverse (the trainer gets its eval callback from launch/train.py), and the
+trainer's and the DPO recipe's modules import in one direction.
 
     .venv/bin/python -m pytest -q tests/test_imports.py
 """
@@ -32,6 +33,20 @@ def import_graph() -> dict[str, set[str]]:
     return graph
 
 
+def test_imports_point_one_way_training_then_evals_then_launch():
+    """training imports neither evals nor launch, and evals does not import launch, at the top of a
+    module or inside a function: a lazy import is an import all the same."""
+    below = {"training": ("evals", "launch"), "evals": ("launch",), "launch": ()}
+    graph = import_graph()
+    wrong = {
+        m: sorted(d for d in deps if d.split(".")[0] in below[m.split(".")[0]])
+        for m, deps in graph.items()
+    }
+    assert {m: d for m, d in wrong.items() if d} == {}
+    # the helper sees lazy imports: launch.train imports evals.on_save inside train()
+    assert "evals.on_save" in graph["launch.train"]
+
+
 def cycles_through(graph: dict[str, set[str]], start: str) -> list[list[str]]:
     found, stack = [], [(start, [start])]
     while stack:
@@ -59,6 +74,9 @@ def test_the_trainer_and_the_dpo_modules_are_in_no_import_circle():
     for module in (
         "training.run.trainer",
         "training.run.entry",
+        "training.run.callbacks",
+        "launch.train",
+        "evals.on_save",
         "training.recipes.reference",
         "training.data.preference",
         "launch.commands.eval_cmd",

@@ -62,7 +62,7 @@ def test_the_pinned_golden_run_is_exact_in_a_fresh_process(tmp_path):
         [
             sys.executable,
             "-m",
-            "training.run.trainer",
+            "launch.train",
             *FAST,
             f"trainer.run_root={tmp_path}",
             "trainer.run_name=golden",
@@ -76,6 +76,26 @@ def test_the_pinned_golden_run_is_exact_in_a_fresh_process(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert losses(tmp_path / "golden") == json.loads(GOLDEN.read_text())["losses"]
+
+
+def test_the_old_module_name_forwards_to_launch_train(tmp_path):
+    """`python -m training.run.trainer`, the command of launch scripts written before launch/train.py
+    (a requeued SLURM job reruns its script), becomes `python -m launch.train` with the same
+    arguments: training/ cannot add the eval callback itself. A stand-in launch.train, first on
+    the path from the working directory, shows what ran."""
+    fake = tmp_path / "launch"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("")
+    (fake / "train.py").write_text("import sys; print('launch.train', sys.argv[1:])")
+    proc = subprocess.run(
+        [sys.executable, "-m", "training.run.trainer", "rung=tiny", "trainer.max_steps=1"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == "launch.train ['rung=tiny', 'trainer.max_steps=1']"
 
 
 def test_metrics_file_has_the_documented_fields(tmp_path):
@@ -122,7 +142,7 @@ def test_resume_after_sigkill_reproduces_the_uninterrupted_losses(tmp_path):
 
     killed = tmp_path / "killed"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "training.run.trainer", *common, "trainer.run_name=killed"],
+        [sys.executable, "-m", "launch.train", *common, "trainer.run_name=killed"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

@@ -6,7 +6,7 @@ With a team's ledger on a server, a run started by hand is charged to its team a
 planned and checked against the team's allocation (refused over budget, nothing trained),
 recorded with launcher `direct` before it starts, and finished from its heartbeat when it ends,
 however it ends. With the embedded SQLite default it trains unrecorded, as before. `ladder
-launch` runs `python -m training.run.trainer`, not this, so a launched job is never recorded twice.
+launch` runs `python -m launch.train`, not this, so a launched job is never recorded twice.
 Only the first process of a torchrun job (RANK 0) records.
 """
 

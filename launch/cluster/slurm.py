@@ -6,7 +6,7 @@
 
 Why not submitit: it pickles a Python function into the job, so the job is opaque to a cluster
 admin and cannot be shown by `--dry-run`; our jobs are a readable sbatch script that runs the
-same `python -m training.run.trainer <overrides>` as every other launcher, and the CLI tools below
+same `python -m launch.train <overrides>` as every other launcher, and the CLI tools below
 are all we need from SLURM. States come from accounting (sacct), which remembers finished and
 requeued jobs; squeue answers while accounting is missing or lagging.
 """

@@ -212,7 +212,7 @@ def _sbatch_value(value) -> str:
     return str(value)
 
 
-TRAIN = ("-m", "training.run.trainer")
+TRAIN = ("-m", "launch.train")  # the trainer with its eval-on-save callback
 EVAL = ("-m", "launch.cli", "eval")
 
 
@@ -232,8 +232,7 @@ def _launch_command(cfg: DictConfig, python: str, entry: tuple[str, ...]) -> lis
         "--rdzv_backend=c10d",
         '--rdzv_endpoint="$head_addr:$rdzv_port"',
         '--rdzv_id="$SLURM_JOB_ID"',
-        "-m",
-        "training.run.trainer",
+        *TRAIN,
     ]
 
 

@@ -94,7 +94,7 @@ class LocalLauncher(Launcher):
         # so the job's record ends when training does.
         overrides = [*overrides, "trainer.eval_handoff=true"]
         if cfg.rung.gpus_per_node == 1:
-            return [sys.executable, "-m", "training.run.trainer", *overrides]
+            return [sys.executable, "-m", "launch.train", *overrides]
         return [
             sys.executable,
             "-m",
@@ -102,7 +102,7 @@ class LocalLauncher(Launcher):
             "--standalone",
             f"--nproc_per_node={cfg.rung.gpus_per_node}",
             "-m",
-            "training.run.trainer",
+            "launch.train",
             *overrides,
         ]
 

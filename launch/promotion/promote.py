@@ -222,9 +222,9 @@ def job_overrides(job: dict) -> list[str]:
         return list(json.loads((run_dir / "launch.json").read_text())["overrides"])
     except (OSError, KeyError, ValueError):
         pass
-    try:  # the trainer's command line: python -m training.run.trainer OVERRIDES...
+    try:  # the trainer's command line: python -m launch.train (or training.run.trainer) OVERRIDES...
         argv = json.loads((run_dir / "run_meta.json").read_text())["argv"]
-        if argv and Path(argv[0]).name == "trainer.py":
+        if argv and Path(argv[0]).parts[-2:] in (("launch", "train.py"), ("run", "trainer.py")):
             return list(argv[1:])
     except (OSError, KeyError, ValueError):
         pass

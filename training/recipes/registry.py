@@ -1,6 +1,7 @@
 """Recipes: a batch format and a loss over one packed micro-batch; the loop is shared.
 
     recipe = make_recipe(cfg)          # SFT, DPO or GRPO: recipe.loss's family (training/recipes/losses.py)
+                                       # a Recipe (training/recipes/protocol.py)
     stream = recipe.build_stream(cfg, tokenizer, micro_batch_tokens, seed)
     loss_sum, stats = recipe.loss_sum(model, batch)
 
@@ -20,6 +21,7 @@ from training.data.mixture import SOURCE_STATS, build_stream, source_sums
 from training.data.preference import sequence_logps
 from training.model.lm_loss import token_logps
 from training.recipes.losses import loss_spec
+from training.recipes.protocol import Recipe
 
 
 class SFT:
@@ -29,6 +31,8 @@ class SFT:
     name = "sft"
     unit = "tokens"
     data_format = "messages"
+    reference_model = None
+    reference_in_loss = False
 
     def build_stream(self, cfg, tokenizer, micro_batch_tokens: int, seed: int):
         # plain data or a mixture (training/data/mixture.py), tokenised through the token cache
@@ -71,6 +75,7 @@ class DPO:
 
     unit = "pairs"
     data_format = "preference"
+    reference_in_loss = True  # a live reference (precompute=false) runs in loss_sum
 
     def __init__(
         self,
@@ -88,7 +93,7 @@ class DPO:
         self.ref_logps: torch.Tensor | None = (
             None  # [n_pairs, 2]: summed log-probs of chosen, rejected
         )
-        self.ref_model = None  # precompute=false: the reference runs beside the policy
+        self.reference_model = None  # precompute=false: the reference runs beside the policy
 
     def build_stream(self, cfg, tokenizer, micro_batch_tokens: int, seed: int):
         # plain data or a mixture (training/data/mixture.py), tokenised through the token cache
@@ -106,7 +111,7 @@ class DPO:
         else:
             from training.recipes.reference import load_reference_model
 
-            self.ref_model = load_reference_model(trainer)
+            self.reference_model = load_reference_model(trainer)
 
     @staticmethod
     def count(batch: dict) -> int:
@@ -119,9 +124,9 @@ class DPO:
     def loss_sum(self, model, batch: dict) -> tuple[torch.Tensor, dict]:
         sums, counts = self.sequence_logps(model, batch, self.chunk_tokens)
         pc, pr, nc, nr = sums[0::2], sums[1::2], counts[0::2], counts[1::2]
-        if self.needs_reference and self.ref_model is not None:
+        if self.needs_reference and self.reference_model is not None:
             with torch.no_grad():
-                ref_sums, _ = self.sequence_logps(self.ref_model, batch, self.chunk_tokens)
+                ref_sums, _ = self.sequence_logps(self.reference_model, batch, self.chunk_tokens)
             rc, rr = ref_sums[0::2], ref_sums[1::2]
         elif self.needs_reference:
             ref = self.ref_logps[batch["pair_ids"].cpu()].to(pc.device)
@@ -152,7 +157,7 @@ class DPO:
         return losses.sum(), stats
 
 
-def make_recipe(cfg):
+def make_recipe(cfg) -> Recipe:
     r = cfg.recipe
     chunk = cfg.trainer.loss_chunk_tokens
     family = loss_spec(r.loss).family  # training/recipes/losses.py: the one table of losses

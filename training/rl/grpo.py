@@ -32,6 +32,7 @@ from training.model.lm_loss import token_logps
 
 class GRPO:
     data_format = "rlvr"
+    reference_in_loss = False  # the batch source scores rollouts with the reference, and counts it
 
     def __init__(self, cfg):
         r = cfg.recipe
@@ -43,9 +44,7 @@ class GRPO:
         }[r.loss]
         self.clip_low, self.clip_high, self.kl_beta = r.clip_low, r.clip_high, r.kl_beta
         self.max_new_tokens = cfg.generator.max_new_tokens
-        self.reference = (
-            None  # the KL reference (not `ref_model`: the loop counts DPO's differently)
-        )
+        self.reference_model = None  # the KL reference, loaded only when kl_beta > 0
         self.acc = self._zero_acc()
 
     @staticmethod
@@ -63,7 +62,7 @@ class GRPO:
         if self.kl_beta > 0:  # kl_beta=0 (the default): no reference model is loaded at all
             from training.recipes.reference import load_reference_model
 
-            self.reference = load_reference_model(trainer)
+            self.reference_model = load_reference_model(trainer)
         self.stream.attach(trainer)
 
     @staticmethod

@@ -1,11 +1,12 @@
-"""The trainer's own entry point, what every launcher runs on every node.
+"""The training command's main: compose the overrides, train, say where the run is, exit.
 
-    python -m training.run.trainer rung=tiny trainer.max_steps=200       # the same as `ladder train ...`
-    torchrun --nproc-per-node 2 -m training.run.trainer rung.engine=fsdp2 rung.gpus_per_node=2
+    python -m launch.train rung=tiny trainer.max_steps=200        # launch/train.py: main(train)
+    torchrun --nproc-per-node 2 -m launch.train rung.engine=fsdp2 rung.gpus_per_node=2
 
-It does what `ladder train` does (launch/cli.py calls run_train too) without importing the ladder
-command line: training/ never imports launch/, so the two packages form no import circle. A
-user's mistake exits with status 2 and one line, a preemption with 75 (requeue).
+launch/train.py, what every launcher runs on every node, and `ladder train` (launch/cli.py calls
+run_train) share it; the train function is passed in, with its callbacks (launch.train.train adds
+the eval one). Importing it sets the offline defaults below, so it is imported first. A user's
+mistake exits with status 2 and one line, a preemption with 75 (requeue).
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def run_train(train, overrides: list[str]) -> int:
-    """Compose, train (training.run.trainer.train, passed in: this module does not import the trainer,
-    whose __main__ imports this one), and say where the run is."""
+    """Compose, train (`train`, passed in: launch.train.train, the trainer with its eval callback),
+    and say where the run is."""
     from training.config.compose import compose
 
     result = train(compose(overrides))

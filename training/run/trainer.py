@@ -1,14 +1,20 @@
 """The one training entry point, shared by every rung, recipe, engine and launcher.
 
     ladder train rung=tiny recipe=sft trainer.max_steps=200
-    python -m training.run.trainer rung=tiny                       # the same, without the CLI
-    torchrun --nproc-per-node 2 -m training.run.trainer rung.engine=fsdp2 rung.gpus_per_node=2
+    python -m launch.train rung=tiny                               # the same, without the CLI
+    torchrun --nproc-per-node 2 -m launch.train rung.engine=fsdp2 rung.gpus_per_node=2
+    Trainer(cfg, callbacks=[...]).run()                           # in process: train(cfg, callbacks)
 
-It validates the config, builds the tokenizer, model and packed data, wraps the model in the
-engine the rung names, resumes from the last complete checkpoint (trainer.resume=auto), trains,
-writes metrics.jsonl and a heartbeat, checkpoints atomically, evaluates each checkpoint when
-asked, and logs to W&B. On SIGTERM or SIGUSR1 it finishes the step, checkpoints and exits with
-status 75 (requeue). It knows nothing of clusters or schedulers.
+It validates the config, builds the tokenizer, model and batches (a Recipe and its BatchSource:
+training/recipes/protocol.py), wraps the model in the engine the rung names, resumes from the last
+complete checkpoint (trainer.resume=auto), trains and checkpoints atomically. On SIGTERM or SIGUSR1
+it finishes the step, checkpoints and exits with status 75 (requeue). It knows nothing of
+clusters or schedulers.
+
+Everything else hooks into the loop as a callback (training/run/callbacks/): metrics.jsonl, W&B,
+the heartbeat, the progress bar and the step watchdog by default, and evaluating each checkpoint
+as it is saved (evals/on_save.py), which launch/train.py hands in: training never imports evals.
+`python -m training.run.trainer`, the command of older launch scripts, forwards to launch.train.
 
 A resume never silently changes what is trained: the config is compared with the checkpoint's and
 a change to the math is refused unless trainer.allow_config_change=true (training/config/config_diff.py).
@@ -18,14 +24,15 @@ A run that already reached trainer.max_steps trains nothing and writes nothing. 
 
 from __future__ import annotations
 
-import faulthandler
 import logging
 import math
+import os
 import random
 import resource
 import signal
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,7 +41,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from transformers import get_scheduler
 
-from training.common.errors import EXIT_HUNG, Preempted, TrainingError
+from training.common.errors import Preempted, TrainingError
 from training.common.safe_files import fresh_dir
 from training.config.config_diff import (
     ConfigChanges,
@@ -49,9 +56,10 @@ from training.engine.engines import check_origin, make_engine
 from training.model.flops import mfu, train_flops
 from training.model.modeling import build_model, compile_layers, load_tokenizer
 from training.model.shape import shape_of
+from training.recipes.protocol import BatchSource, Recipe
 from training.recipes.registry import make_recipe
-from training.rl.generator import eval_beside_training
 from training.run import faults
+from training.run.callbacks import Callback, Callbacks, default_callbacks
 from training.run.checkpoint import (
     commit_checkpoint,
     git_commit,
@@ -60,9 +68,6 @@ from training.run.checkpoint import (
     staging_dir,
     write_checkpoint,
 )
-from training.run.heartbeat import Heartbeat
-from training.run.metrics import MetricsFile
-from training.run.progress import StepProgress
 from training.run.remote import RemoteCheckpoints, resolve_resume
 from training.run.run_files import (
     finished_message,
@@ -71,8 +76,6 @@ from training.run.run_files import (
     open_run_dir,
     remove_if_unstarted,
 )
-from training.run.tracking import Tracker
-from training.run.watchdog import SETUP_TIMEOUT_S, Watchdog
 
 log = logging.getLogger("ladder.train")
 
@@ -162,30 +165,39 @@ def make_scheduler(cfg: DictConfig, optimizer):
 
 
 class Trainer:
-    def __init__(self, cfg: DictConfig, world: distributed.World | None = None):
+    def __init__(
+        self,
+        cfg: DictConfig,
+        world: distributed.World | None = None,
+        callbacks: Sequence[Callback] = (),
+    ):
+        """`callbacks` run after the default ones (training/run/callbacks/__init__.py)."""
         self.world = world or distributed.env_world()
         self.layout: BatchLayout = validate(cfg, world_size=self.world.size, here=True)
         self.cfg = with_run_name(cfg)
         self.run_dir = Path(self.cfg.trainer.run_root) / self.cfg.trainer.run_name
         self.store = RemoteCheckpoints.for_run(self.cfg)  # None without trainer.checkpoint_url
         self.device = self.cfg.rung.device
-        self.recipe = make_recipe(self.cfg)
+        self.recipe: Recipe = make_recipe(self.cfg)
+        self.stream: BatchSource  # built in setup, by the recipe
         self.reference_pass: dict | None = None  # set by recipes with a reference pass (DPO)
         t, r = self.cfg.trainer, self.cfg.rung
         self.save_initial = r.save_initial if t.save_initial is None else t.save_initial
-        self.eval_on_save = r.eval_on_save if t.eval_on_save is None else t.eval_on_save
         self.stop_signal: str | None = None
+        self.result = RunResult(run_dir=self.run_dir)  # filled as the run goes
+        self.callbacks = Callbacks([*default_callbacks(), *callbacks], main=self.world.main)
+        self.callbacks.attach(self)
 
     # ---- setup -------------------------------------------------------------------------
     def setup(self) -> bool:
         """Build everything; False if the run already reached max_steps. What can refuse the run (data,
         checkpoint, a config change) runs before the run directory is written: a refusal touches no file."""
         cfg, t, main = self.cfg, self.cfg.trainer, self.world.main
-        self.watchdog = Watchdog(t.step_timeout_s, self.on_hang)
+        self.callbacks.phase("start-up", setup=True)
         distributed.init(self.world, self.device, t.step_timeout_s or 1800.0)
         seed_everything(t.seed)
         self.tokenizer = load_tokenizer(cfg.model)
-        self.watchdog.touch("finding (and downloading) the checkpoint to resume from", setup=True)
+        self.callbacks.phase("finding (and downloading) the checkpoint to resume from", setup=True)
         self.resume_from = resolve_resume(cfg, self.run_dir, self.store, self.world)
         state = load_trainer_state(self.resume_from) if self.resume_from else None
         self.changes = ConfigChanges()
@@ -235,7 +247,7 @@ class Trainer:
         self.start_step, self.tokens_seen = 0, 0
         if state is not None:
             # its own watchdog window: DeepSpeed may first convert the checkpoint (another world size)
-            self.watchdog.touch(f"loading {self.resume_from}", setup=True)
+            self.callbacks.phase(f"loading {self.resume_from}", setup=True)
             self.engine.load(state, self.resume_from)
             self.scheduler.load_state_dict(state["scheduler"])
             set_rng_state(state["rng"])
@@ -282,50 +294,51 @@ class Trainer:
         return True
 
     def open_outputs(self) -> None:
-        cfg, t, main = self.cfg, self.cfg.trainer, self.world.main
         self.recipe.prepare(self)  # e.g. DPO's reference log-probs, before the first step
-        self.metrics = MetricsFile(self.run_dir / "metrics.jsonl")
-        self.tracker = Tracker(cfg, self.run_dir) if main else Tracker.disabled()
-        self.evaluator = None
-        if main and self.eval_on_save and t.eval_async:
-            from evals.async_eval import AsyncEvaluator  # evals depend on training, not the reverse
-
-            self.evaluator = AsyncEvaluator(
-                eval_beside_training(cfg.eval),
-                registry_url=cfg.registry.url,
-                log_dir=self.run_dir / "eval_logs",
-            )
-        self.heartbeat = Heartbeat(self.run_dir, self.world.size, t.max_steps, enabled=main)
-        if main:
-            self.metrics.truncate_after(self.start_step)  # steps after the checkpoint are redone
-            # where to look at the run: its W&B page, or the offline run's folder until `wandb sync`
-            link = self.tracker.url or (
-                str(Path(self.tracker.run_path).parent) if self.tracker.run_path else None
-            )
-            self.heartbeat.update(step=self.start_step, tracker_url=link)
+        if self.world.main:
+            self.log_layout()
+        self.callbacks.run_start()  # metrics.jsonl, W&B, heartbeat, progress, eval on save
         for sig in (signal.SIGTERM, signal.SIGUSR1):
             signal.signal(sig, self.on_signal)
 
+    def log_layout(self) -> None:
+        """The start-up line: the engine, the world and the batch."""
+        t, lay = self.cfg.trainer, self.layout
+        # RL: the recipe sets the batch, in answers (validate.rl_batch_layout)
+        if lay.answers_per_step:
+            log.info(
+                "run %s: engine %s on %d process(es), %d steps of %d answers (%d micro-batches of at most %d "
+                "answers and %d tokens = accum %d x dp %d), lr %.2e",
+                t.run_name,
+                self.engine.name,
+                self.world.size,
+                t.max_steps,
+                lay.answers_per_step,
+                lay.micro_batches_per_step,
+                lay.answers_per_micro_batch,
+                lay.micro_batch_tokens,
+                lay.grad_accum,
+                lay.dp,
+                effective_lr(self.cfg),
+            )
+        else:
+            log.info(
+                "run %s: engine %s on %d process(es), %d steps of %d tokens (%d micro-batches of %d tokens "
+                "= accum %d x dp %d), lr %.2e",
+                t.run_name,
+                self.engine.name,
+                self.world.size,
+                t.max_steps,
+                lay.global_batch_tokens,
+                lay.micro_batches_per_step,
+                lay.micro_batch_tokens,
+                lay.grad_accum,
+                lay.dp,
+                effective_lr(self.cfg),
+            )
+
     def on_signal(self, signum, _frame) -> None:
         self.stop_signal = signal.Signals(signum).name  # acted on after the current step
-
-    def on_hang(self, what: str) -> None:
-        step_limit = self.cfg.trainer.step_timeout_s
-        limit = (
-            f"trainer.step_timeout_s={step_limit:g} s"
-            if self.watchdog.limit == step_limit
-            else f"{self.watchdog.limit:g} s (a set-up phase's limit: the larger of trainer.step_timeout_s "
-            f"and {SETUP_TIMEOUT_S:g} s)"
-        )
-        msg = f"{what} has run for more than {limit}; every thread's stack follows. Exiting instead of waiting forever."
-        log.error(msg)
-        faulthandler.dump_traceback(all_threads=True)
-        if self.world.main and hasattr(self, "heartbeat"):
-            self.heartbeat.update(state="failed", reason=msg)
-        sys.stderr.flush()
-        import os
-
-        os._exit(EXIT_HUNG)
 
     # ---- one optimizer step ------------------------------------------------------------
     def micro_batches(self, step: int) -> list[dict]:
@@ -416,9 +429,9 @@ class Trainer:
         self.tokens_seen += int(n_trained)
         # A batch source may report metrics of its own for the step and the FLOPs it spent making the
         # batches (GRPO: rollouts sampled from the current weights), which count toward MFU.
-        source = self.stream.step_metrics(step) if hasattr(self.stream, "step_metrics") else {}
+        source = self.stream.step_metrics(step)
         flops += source.pop("flops", 0.0)
-        if getattr(self.recipe, "ref_model", None) is not None:
+        if self.recipe.reference_in_loss and self.recipe.reference_model is not None:
             flops *= (
                 4 / 3
             )  # the reference's forward pass on the same tokens: a third of a training step
@@ -456,9 +469,9 @@ class Trainer:
         }
 
     # ---- checkpoints and evals ---------------------------------------------------------
-    def save(self, step: int, result: RunResult) -> None:
+    def save(self, step: int) -> None:
         """Every rank calls this: gathering the state and sharded saves are collectives."""
-        self.watchdog.touch(f"saving step {step}", setup=True)
+        self.callbacks.phase(f"saving step {step}", setup=True)
         tmp = staging_dir(self.run_dir, step)
         if self.world.main:
             fresh_dir(tmp)  # a leftover, or a link planted under its name, goes first
@@ -482,40 +495,26 @@ class Trainer:
                 "world_size": self.world.size,
             }
             write_checkpoint(tmp, step, self.tokenizer, state, self.cfg)
-            pending = self.evaluator.pending_steps if self.evaluator else ()
+            pending = self.callbacks.keep_steps()  # e.g. evaluations still to run
             ckpt = commit_checkpoint(
                 tmp, self.run_dir, step, self.cfg.trainer.keep_last, protect=(0, *pending)
             )
             url = None
             if self.store is not None:  # the local copy stays: evaluation and W&B read it
-                self.watchdog.touch(f"uploading step {step}", setup=True)
+                self.callbacks.phase(f"uploading step {step}", setup=True)
                 url = self.store.upload(ckpt, step)
                 self.store.prune(self.cfg.trainer.keep_last, protect=(0, *pending), newest=step)
                 log.info("uploaded checkpoint %s", url)
-            result.checkpoints.append(ckpt)
-            self.heartbeat.update(last_checkpoint_step=step, last_checkpoint_at=time.time())
-            self.tracker.log_checkpoint(ckpt, step, url=url)
+            self.result.checkpoints.append(ckpt)
             log.info("saved checkpoint %s", ckpt)
-            if self.evaluator is not None:
-                self.evaluator.submit(ckpt, step)
-            elif self.eval_on_save:
-                from evals.runner import (
-                    evaluate_checkpoint,
-                )  # evals depend on training, not the reverse
-
-                self.watchdog.touch(f"evaluating step {step}", setup=True)
-                self.record_eval(
-                    step,
-                    ckpt,
-                    evaluate_checkpoint(ckpt, eval_beside_training(self.cfg.eval)),
-                    result,
-                )
+            self.callbacks.checkpoint_saved(step, ckpt, url)
         distributed.barrier()
 
-    def record_eval(self, step: int, ckpt: Path, res: dict, result: RunResult) -> None:
-        result.evals[step] = res["scores"]
-        self.tracker.log_eval(step, res["scores"])
-        self.tracker.link_eval(ckpt, step, res)
+    def record_eval(self, step: int, ckpt: Path, res: dict) -> None:
+        """A checkpoint's evaluation came back (from the eval callback): recorded in the result,
+        handed to the callbacks (W&B) and copied beside the checkpoint's upload."""
+        self.result.evals[step] = res["scores"]
+        self.callbacks.eval(step, ckpt, res)
         if self.store is not None:  # the scores written into the local copy go to the URL too
             try:
                 self.store.upload_dir(ckpt, step, "eval")
@@ -525,31 +524,13 @@ class Trainer:
             "eval at step %d: %s", step, ", ".join(f"{k}={v:.1f}" for k, v in res["scores"].items())
         )
 
-    def collect_evals(self, result: RunResult, wait: bool = False) -> None:
-        """Record the background evaluations that have finished (all of them, with wait)."""
-        if self.evaluator is None:
-            return
-        if (
-            wait and self.cfg.trainer.eval_handoff
-        ):  # the launcher runs the rest as eval jobs of their own
-            dones = self.evaluator.hand_off(self.run_dir)
-        else:
-            dones = self.evaluator.drain() if wait else self.evaluator.poll()
-        for done in dones:
-            if done.ok:
-                self.record_eval(done.step, done.checkpoint, done.result, result)
-            else:
-                log.warning(
-                    "eval of step %d failed: %s (log: %s)", done.step, done.error, done.log_path
-                )
-
     # ---- the loop ----------------------------------------------------------------------
     def run(self) -> RunResult:
+        self.exit_code = 1
         try:
             return self._run()
-        finally:  # however the run ended (refused in set-up, finished, failed): its watchdog ends with it
-            if hasattr(self, "watchdog"):
-                self.watchdog.stop()
+        finally:  # however the run ended (refused in set-up, finished, failed): its callbacks end with it
+            self.callbacks.run_end(self.exit_code)
 
     def _run(self) -> RunResult:
         t, main = self.cfg.trainer, self.world.main
@@ -564,104 +545,50 @@ class Trainer:
                     )
                 )
             distributed.shutdown()
+            self.exit_code = 0
             return RunResult(run_dir=self.run_dir, finished_before=self.finished_at)
-        result = RunResult(run_dir=self.run_dir, wandb_dir=self.tracker.run_path)
-        lay = self.layout
-        if (
-            main and lay.answers_per_step
-        ):  # RL: the recipe sets the batch, in answers (validate.rl_batch_layout)
-            log.info(
-                "run %s: engine %s on %d process(es), %d steps of %d answers (%d micro-batches of at most %d "
-                "answers and %d tokens = accum %d x dp %d), lr %.2e",
-                t.run_name,
-                self.engine.name,
-                self.world.size,
-                t.max_steps,
-                lay.answers_per_step,
-                lay.micro_batches_per_step,
-                lay.answers_per_micro_batch,
-                lay.micro_batch_tokens,
-                lay.grad_accum,
-                lay.dp,
-                effective_lr(self.cfg),
-            )
-        elif main:
-            log.info(
-                "run %s: engine %s on %d process(es), %d steps of %d tokens (%d micro-batches of %d tokens "
-                "= accum %d x dp %d), lr %.2e",
-                t.run_name,
-                self.engine.name,
-                self.world.size,
-                t.max_steps,
-                lay.global_batch_tokens,
-                lay.micro_batches_per_step,
-                lay.micro_batch_tokens,
-                lay.grad_accum,
-                lay.dp,
-                effective_lr(self.cfg),
-            )
-        exit_code = 1
-        progress = StepProgress(
-            t.max_steps, self.start_step, t.log_every, log, enabled=main
-        )  # a bar on a terminal
         try:
             if self.start_step == 0 and self.save_initial:
-                self.save(0, result)
+                self.save(0)
             for step in range(self.start_step + 1, t.max_steps + 1):
-                self.watchdog.touch(f"step {step}")
+                self.callbacks.phase(f"step {step}")
                 m = self.train_step(step)
-                if main:
-                    self.metrics.append(m)
-                    self.tracker.log_step(step, m)
-                    # RL: the share of the step spent generating, shown by `ladder status`
-                    gen_share = m["gen_time_s"] / m["step_time_s"] if "gen_time_s" in m else None
-                    self.heartbeat.update(
-                        step=step, loss=m["loss"], mfu=m["mfu"], gen_share=gen_share
-                    )
-                    progress.update(m)  # the bar, or a log line every trainer.log_every steps
-                    self.collect_evals(result)
-                result.final_loss = m["loss"]
+                self.callbacks.step_end(step, m)  # metrics.jsonl, W&B, heartbeat, bar, evals
+                self.result.final_loss = m["loss"]
                 stop = distributed.any_rank(self.stop_signal is not None, self.device)
                 if step % t.save_every == 0 or step == t.max_steps or stop:
-                    self.save(step, result)
+                    self.save(step)
                 if stop and step < t.max_steps:
-                    if main:
-                        self.heartbeat.update(
-                            state="preempted",
-                            reason=f"{self.stop_signal or 'signal'} at step {step}",
-                        )
+                    self.callbacks.train_end(
+                        "preempted", f"{self.stop_signal or 'signal'} at step {step}"
+                    )
                     raise Preempted(
                         f"stopped by {self.stop_signal or 'a signal on another rank'} after step "
                         f"{step}; checkpointed, resume with the same command"
                     )
-            exit_code = 0
+            self.exit_code = 0
             if main:  # completed first: the job's hours end with training, not with its evaluations
-                self.heartbeat.update(state="completed")
-                self.watchdog.touch("waiting for the last evaluations", setup=True)
-                self.collect_evals(result, wait=True)
+                self.callbacks.phase("finishing the run", setup=True)
+                self.callbacks.train_end("completed")  # the eval callback waits for the rest
         except Preempted:
-            exit_code = 0
+            self.exit_code = 0
             raise
         except BaseException as e:
-            if (
-                main and exit_code != 0
-            ):  # an interrupted wait for evals leaves the training completed
-                self.heartbeat.update(state="failed", reason=f"{type(e).__name__}: {e}"[:500])
+            if self.exit_code != 0:  # an interrupted wait for evals leaves the training completed
+                self.callbacks.train_end("failed", f"{type(e).__name__}: {e}"[:500])
             raise
         finally:
-            progress.close()
-            if self.evaluator is not None:
-                self.evaluator.close()
-            self.tracker.finish(exit_code)
             distributed.shutdown()
-        return result
+        return self.result
 
 
-def train(cfg: DictConfig) -> RunResult:
-    return Trainer(cfg).run()
+def train(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> RunResult:
+    """Train with the default callbacks and these; launch.train.train adds the eval callback."""
+    return Trainer(cfg, callbacks=callbacks).run()
 
 
 if __name__ == "__main__":
-    from training.run.entry import main  # not launch.cli: training never imports launch
-
-    sys.exit(main(train))
+    # The command older launch scripts run (a requeued SLURM job reruns its script): the same
+    # process becomes `python -m launch.train`, the entry that adds evals/ to the trainer. Run by
+    # name, not imported: training never imports launch or evals.
+    os.execv(sys.executable, [sys.executable, "-m", "launch.train", *sys.argv[1:]])

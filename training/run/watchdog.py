@@ -5,7 +5,8 @@
     watchdog.touch("saving step 12", setup=True)               # set-up phases get at least SETUP_TIMEOUT_S
     watchdog.stop()                                            # the run is over, however it ended
 
-Used by training/run/trainer.py (Trainer.on_hang reports and exits with status 124).
+Used by the trainer's watchdog callback (training/run/callbacks/watchdog.py: on_hang reports and
+exits with status 124).
 """
 
 from __future__ import annotations
