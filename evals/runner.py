@@ -28,8 +28,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from evals.store.cache import EVAL_CODE_VERSION, EvalCache, TaskSpec, lm_limit, task_specs
 from evals.store.checkpoint_ref import CheckpointRef, read_ref, resolve_checkpoint
-from evals.store.content_hash import PATTERNS
 from evals.store.registry import Registry, registry_path, run_root_of
+from training.common.checkpoint_hash import PATTERNS
 from training.common.safe_files import write_atomic
 from training.run.checkpoint import check_checkpoint
 

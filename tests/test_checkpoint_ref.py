@@ -31,7 +31,7 @@ def ckpt(tmp_path_factory) -> Path:
 
 def test_ladder_eval_reads_and_hashes_the_checkpoint_once(ckpt, monkeypatch):
     import evals.store.checkpoint_ref as ref_module
-    import evals.store.content_hash as content_hash
+    import training.common.checkpoint_hash as content_hash
     from launch.commands.eval_cmd import run_eval
 
     loads, hashes = [], []

@@ -20,8 +20,8 @@ from conftest import ladder_cli
 
 from evals.analysis.bootstrap import paired_delta
 from evals.runner import evaluate_checkpoint
-from evals.store.content_hash import hashed_files
 from launch.cli import main as ladder_main
+from training.common.checkpoint_hash import hashed_files
 from training.config.compose import compose
 
 SUITE = "eval.max_examples=100"  # the settings the run evaluated with on save: all cache hits

@@ -95,7 +95,7 @@ def test_ladder_eval_cli_scores_a_checkpoint_and_logs_it_at_its_step(trained_run
     ]
     assert len(evals) == 1
     meta = json.loads(evals[0].metadata)
-    from evals.store.content_hash import checkpoint_hash
+    from training.common.checkpoint_hash import checkpoint_hash
 
     assert (
         meta["checkpoint_artifact"] == "shared-checkpoint:step_75" and meta["checkpoint_step"] == 75

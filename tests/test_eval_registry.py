@@ -19,10 +19,10 @@ from conftest import ladder_cli
 from evals.async_eval import AsyncEvaluator
 from evals.runner import evaluate_checkpoint
 from evals.store.cache import task_specs
-from evals.store.content_hash import checkpoint_hash
 from evals.store.registry import Registry
 from evals.tasks.instructions import check
 from launch.cli import main as ladder_main
+from training.common.checkpoint_hash import checkpoint_hash
 from training.common.errors import ConfigError
 from training.config.compose import compose
 

@@ -5,27 +5,26 @@
     cache = EvalCache(Path("runs/eval_cache"))
     hit = cache.get(spec.key(content_hash))            # the stored task result, or None
 
-A task's key hashes the checkpoint's content hash (evals/store/content_hash.py), the task name and
+A task's key hashes the checkpoint's content hash (training/common/checkpoint_hash.py), the task name and
 version, the settings that change its scores (examples, generation budget, the data file's
 content, lm-eval's version, few-shot count and chat template) and EVAL_CODE_VERSION. The
 batch size, the device and the generator (hf or vllm, eval.generator) are left out: they change
 how greedy answers are computed, not what is asked, and each result records its own device and
 generator. A hit is answered
 from the file, without loading the model. The files live beside the registry
-(<run root>/eval_cache/), not inside checkpoints, so they survive keep_last pruning.
+(<run root>/eval_cache/<key[:2]>/<key>.json, a ContentCache: training/common/content_cache.py), not
+inside checkpoints, so they survive keep_last pruning.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from omegaconf import DictConfig
 
+from training.common.content_cache import ContentCache, file_hash, key_of
 from training.common.errors import ConfigError
-from training.common.safe_files import write_atomic
 
 # Bump when a change to evals/ changes scores for the same checkpoint and settings.
 EVAL_CODE_VERSION = 2
@@ -36,13 +35,9 @@ def _file_digest(path: str | None) -> str | None:
     if not path:
         return None
     try:
-        return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+        return file_hash(path)[:16]
     except OSError as e:
         raise ConfigError(f"eval data file {path}: {e.strerror}") from None
-
-
-def _digest(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
 @dataclass
@@ -57,7 +52,7 @@ class TaskSpec:
     @property
     def settings_key(self) -> str:
         """The same for every checkpoint: results with equal settings keys are comparable."""
-        return _digest(
+        return key_of(
             {
                 "task": self.name,
                 "version": self.version,
@@ -67,7 +62,7 @@ class TaskSpec:
         )
 
     def key(self, content_hash: str) -> str:
-        return _digest({"checkpoint": content_hash, "settings": self.settings_key})
+        return key_of({"checkpoint": content_hash, "settings": self.settings_key})
 
 
 def task_specs(eval_cfg: DictConfig) -> list[TaskSpec]:
@@ -133,22 +128,18 @@ def lm_limit(eval_cfg: DictConfig) -> int | None:
 
 
 class EvalCache:
+    """Task results as JSON, one file per key. A planted link is replaced by put, refused by get."""
+
     def __init__(self, root: Path):
         self.root = Path(root)
+        self.cache = ContentCache(self.root, fan_out=True)
 
     def path(self, key: str) -> Path:
-        return self.root / key[:2] / f"{key}.json"
+        return self.cache.path(key, ".json")
 
     def get(self, key: str) -> dict | None:
-        try:
-            return json.loads(self.path(key).read_text())
-        except (OSError, ValueError):
-            return None
+        return self.cache.read_json(key)
 
     def put(self, key: str, result: dict) -> Path:
-        path = self.path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # a temporary name of its own, renamed: two evaluators of one checkpoint never tear a file,
-        # and a link planted in the cache is replaced, never written through (training/common/safe_files.py)
-        write_atomic(path, json.dumps(result) + "\n")
-        return path
+        # a temporary name of its own, renamed: two evaluators of one checkpoint never tear a file
+        return self.cache.write_json(key, result)

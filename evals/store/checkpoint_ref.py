@@ -43,7 +43,7 @@ class CheckpointRef:
     def content_hash(self) -> str:
         if self.known_hash is not None:
             return self.known_hash
-        from evals.store.content_hash import checkpoint_hash
+        from training.common.checkpoint_hash import checkpoint_hash
 
         return checkpoint_hash(self.path)
 

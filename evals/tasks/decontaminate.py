@@ -157,7 +157,7 @@ def iter_rows(spec: SourceSpec, fmt: str, prefix: str = ""):
 
 
 def _source_key(spec: SourceSpec) -> list:
-    from training.recipes.ref_cache import file_hash
+    from training.common.content_cache import file_hash
 
     if spec.train_files:
         return [[file_hash(f) for f in spec.train_files], spec.max_samples]

@@ -7,9 +7,10 @@
 Every run (every source of a mixture, and plain data) goes through here. The key covers everything
 that changes the tokens: the source's data (each local file's SHA-256, or a hub dataset's `datasets`
 fingerprint, which changes with its revision), its max_samples, the tokenizer (tokenizer.json and
-chat template, as in training/recipes/ref_cache.py), max_seq_len, the format (messages or preference pairs),
+chat template, training/common/content_cache.py), max_seq_len, the format (messages or preference pairs),
 whether untrained documents are dropped, and CODE_VERSION. Entries live in <run_root>/cache/tokens/
-as <key>.npz (token ids, labels and document offsets) plus <key>.json holding the .npz's SHA-256;
+as <key>.npz (token ids, labels and document offsets) plus <key>.json holding the .npz's SHA-256
+(a ContentCache, training/common/content_cache.py);
 an entry that is missing, truncated, altered or inconsistent is recomputed and rewritten, never
 used. Both files are written to a temporary name and renamed, so a reader never sees half an entry
 (the runs of a sweep may write the same entry at once: they write identical bytes; the last wins).
@@ -22,7 +23,6 @@ line, training/data/chat_data.py).
 
 from __future__ import annotations
 
-import hashlib
 import io
 import itertools
 import json
@@ -33,11 +33,10 @@ from pathlib import Path
 
 import numpy as np
 
+from training.common.content_cache import ContentCache, file_hash, key_of, tokenizer_fingerprint
 from training.common.errors import DataError
-from training.common.safe_files import write_atomic
 from training.data.chat_data import IGNORE, check_messages, encode_chat, load_rows
 from training.data.mixture_config import SourceSpec
-from training.recipes.ref_cache import file_hash, tokenizer_fingerprint
 
 CODE_VERSION = 1  # bump when encode_chat or the dropping rule changes the tokens of a row
 log = logging.getLogger("ladder.token_cache")
@@ -104,7 +103,7 @@ def cache_key(spec: SourceSpec, tokenizer, max_seq_len: int, fmt: str, drop_untr
         "drop_untrained": drop_untrained,
         "code_version": CODE_VERSION,
     }
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
+    return key_of(parts, 32)
 
 
 def _trains(labels: list[int]) -> bool:
@@ -170,15 +169,14 @@ def _unpack(raw: bytes, fmt: str, n_docs: int) -> list:
 
 
 def paths(cache_dir: Path, key: str) -> tuple[Path, Path]:
-    return Path(cache_dir) / f"{key}.npz", Path(cache_dir) / f"{key}.json"
+    cache = ContentCache(cache_dir)
+    return cache.path(key, ".npz"), cache.path(key, ".json")
 
 
 def load_entry(cache_dir: Path, key: str, fmt: str) -> tuple[list, dict] | None:
     """The entry's documents and metadata; None when missing, corrupt or inconsistent."""
-    from training.recipes.ref_cache import read_checked
-
     try:
-        entry = read_checked(*paths(cache_dir, key))
+        entry = ContentCache(cache_dir).read_checked(key, ".npz")
         if entry is None:
             return None
         raw, meta = entry
@@ -195,20 +193,8 @@ def load_entry(cache_dir: Path, key: str, fmt: str) -> tuple[list, dict] | None:
 
 
 def store_entry(cache_dir: Path, key: str, docs: list, fmt: str, meta: dict) -> None:
-    cache_dir = Path(cache_dir)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    raw = _pack(docs, fmt)
-    meta = {
-        **meta,
-        "docs": len(docs),
-        "format": fmt,
-        "code_version": CODE_VERSION,
-        "sha256": hashlib.sha256(raw).hexdigest(),
-    }
-    data_path, meta_path = paths(cache_dir, key)
-    # data first, sidecar last: a sidecar names only data that is already complete under its name
-    for path, payload in ((data_path, raw), (meta_path, json.dumps(meta, indent=1).encode())):
-        write_atomic(path, payload, fsync=True)
+    meta = {**meta, "docs": len(docs), "format": fmt, "code_version": CODE_VERSION}
+    ContentCache(cache_dir).write_checked(key, _pack(docs, fmt), meta, ".npz", fsync=True)
 
 
 def load_source(

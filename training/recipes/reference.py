@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
+from training.common.checkpoint_hash import model_identity
 from training.data.packing import pack_greedy
 from training.data.preference import collate_pairs, pair_length, sequence_logps
 from training.engine import distributed
@@ -40,7 +41,7 @@ def reference_source(cfg) -> str | None:
 def reference_hash(cfg) -> str:
     src = reference_source(cfg)
     if src:
-        return ref_cache.model_hash(src)
+        return model_identity(src)  # the eval cache's rule: a copy of a checkpoint hits too
     # A model built from config: its initial weights are a function of the shape and the seed.
     shape = OmegaConf.to_container(cfg.model)
     return (

@@ -1,15 +1,18 @@
-"""The content hash of a checkpoint: what the eval cache and the registry key results by.
+"""A checkpoint's identity: the one content hash that the eval cache, the registry and the DPO
+reference cache key a checkpoint by.
 
-    from evals.store.content_hash import checkpoint_hash
+    from training.common.checkpoint_hash import checkpoint_hash, model_identity
     h = checkpoint_hash("runs/tiny-sft-reverse/checkpoints/step_000150")   # 64 hex digits
+    model_identity("Qwen/Qwen2.5-0.5B")                                    # "hub:Qwen/Qwen2.5-0.5B"
 
 It covers what decides the model's outputs, the weights and the tokenizer files (with
 config.json and generation_config.json), and nothing else: not eval/ (results written
 later), not trainer_state.pt or ladder_meta.json (a resumed re-save of identical weights
 keeps its hash). A copy of a checkpoint elsewhere has the same hash, so it is never
-evaluated twice. Hashing 16 GB of weights takes a while, so the hash is remembered in
-<checkpoint>/eval/content_hash.json with each file's size and mtime and reused while they
-are unchanged.
+evaluated twice, nor its reference log-probs computed twice. Hashing 16 GB of weights takes a
+while, so the hash is remembered in <checkpoint>/eval/content_hash.json with each file's size and
+mtime and reused while they are unchanged (read without following a link; a read-only checkpoint
+just rehashes next time).
 """
 
 from __future__ import annotations
@@ -19,8 +22,9 @@ import hashlib
 import json
 from pathlib import Path
 
+from training.common.content_cache import file_hash
 from training.common.errors import CheckpointError
-from training.common.safe_files import write_atomic
+from training.common.safe_files import read_text, write_atomic
 
 PATTERNS = (
     "*.safetensors",
@@ -63,17 +67,15 @@ def checkpoint_hash(ckpt: str | Path) -> str:
     stats = _stats(files)
     memo = ckpt / "eval" / MEMO
     try:
-        saved = json.loads(memo.read_text())
+        saved = json.loads(read_text(memo))  # O_NOFOLLOW: a planted link is an OSError
         if saved.get("files") == stats:
             return saved["sha256"]
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, AttributeError):
         pass
     h = hashlib.sha256()
     for p in files:
         h.update(f"{p.name}\0{p.stat().st_size}\0".encode())
-        with open(p, "rb") as f:
-            while chunk := f.read(1 << 24):
-                h.update(chunk)
+        file_hash(p, h)
     digest = h.hexdigest()
     try:  # a read-only checkpoint still evaluates; it only rehashes next time
         memo.parent.mkdir(exist_ok=True)
@@ -83,3 +85,8 @@ def checkpoint_hash(ckpt: str | Path) -> str:
     except OSError:
         pass
     return digest
+
+
+def model_identity(source: str | Path) -> str:
+    """A model source's identity: checkpoint_hash of a local folder, the name of a hub model."""
+    return checkpoint_hash(source) if Path(source).is_dir() else f"hub:{source}"
