@@ -29,6 +29,14 @@ class TrackerMode(str, Enum):
     disabled = "disabled"
 
 
+class DataFormat(str, Enum):
+    """What a data set's rows hold; each loss reads one (training/recipes/losses.py: data_format)."""
+
+    messages = "messages"  # chat transcripts (SFT)
+    preference = "preference"  # chosen/rejected pairs (DPO, SimPO)
+    rlvr = "rlvr"  # prompts with an answer and a verifier (GRPO)
+
+
 class Schedule(str, Enum):
     cosine = "cosine"  # linear warmup, cosine decay to min_lr_ratio x lr
     constant = "constant"  # linear warmup, then constant
@@ -151,7 +159,7 @@ class DataConfig:
     of named sources (`sources`; then train_files and hub_name stay empty)."""
 
     name: str = MISSING
-    format: str = "messages"
+    format: DataFormat = DataFormat.messages
     train_files: list[str] = field(default_factory=list)  # local .jsonl files
     hub_name: Optional[str] = None  # e.g. allenai/tulu-3-sft-mixture, loaded with datasets
     hub_split: str = "train"

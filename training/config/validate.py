@@ -320,7 +320,7 @@ def validate(cfg: DictConfig, world_size: int | None = None, here: bool = False)
         problems.append(unknown_loss(rc.loss))
     elif d.format != (want := LOSSES[rc.loss].data_format):
         problems.append(
-            f"data.format={d.format!r}: recipe.loss={rc.loss} needs data in the {want!r} format"
+            f"data.format={d.format.value!r}: recipe.loss={rc.loss} needs data in the {want!r} format"
         )
     if is_rl(rc.loss):
         from training.rl.grpo import grpo_problems
