@@ -186,7 +186,10 @@ up() {
 down() {
   PATH=$PATH:/usr/sbin
   export SLURM_CONF=$state/etc/slurm.conf
-  scancel --user=root --full >/dev/null 2>&1 || true
+  # only a running controller can cancel; without one, scancel retries for a minute in vain
+  if [ -f "$state/pids/slurmctld.pid" ] && [ -f "$SLURM_CONF" ]; then
+    scancel --user=root --full >/dev/null 2>&1 || true
+  fi
   local pidfiles=("$state"/pids/slurmd-*.pid "$state/pids/slurmctld.pid" "$state/pids/slurmdbd.pid" \
                   "$state/pids/mariadbd" "$state/pids/munged")
   local pids=()
