@@ -1,9 +1,11 @@
 """The counter-based sampling noise (training/rl/sampling_noise.py): the hash is splitmix64 bit for
 bit, a row's noise depends on (key, position, token) only, Gumbel-max with it draws the softmax
 (chi-square tests, with a check that they reject a wrong distribution), and it is made on the
-device without a host generator.
+device without a host generator. Then the sampler that adds it (SeededSampler): an answer is the
+same in any batch, order or padding width and after a resume, and with temperature and top-p it
+draws the tempered, top-p-filtered softmax.
 
-    .venv/bin/pytest -q tests/test_sampling_noise.py      # ~2 s on a CPU
+    .venv/bin/pytest -q -s tests/test_sampling_noise.py      # ~5 s on a CPU; -s prints the statistics
 
 The chi-square tests use fixed keys, so they are deterministic: a p-value is the same on every run
 and the thresholds (accept above 1e-3, and a wrong distribution must fall below 1e-6) never flake.
@@ -17,6 +19,7 @@ import torch.utils._pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from training.common.seeds import seed_of
+from training.rl.generator import SeededSampler
 from training.rl.sampling_noise import gumbel_noise, key_tensor, random_bits
 
 M64 = (1 << 64) - 1
@@ -164,3 +167,70 @@ def test_the_gpu_draws_the_same_bits_as_the_cpu():
     assert torch.equal(random_bits(keys.cuda(), 7, 1000).cpu(), random_bits(keys, 7, 1000))
     g = gumbel_noise(keys.cuda(), 7, 1000)
     assert g.is_cuda and torch.allclose(g.cpu(), gumbel_noise(keys, 7, 1000), rtol=0, atol=1e-6)
+
+
+# ---- the sampler that uses it (training/rl/generator.py) ----------------------------------------
+PROMPTS = torch.randn(5, 4, 12, generator=torch.Generator().manual_seed(0))  # (prompt, last, vocab)
+
+
+def decode(rows: list[tuple[int, int]], width: int, steps: int, start: int = 0, prefix=None):
+    """Greedy decoding of SeededSampler's output for (prompt, key) rows, with a stand-in model
+    whose logits depend on the prompt and on the last token (prefix: tokens already generated,
+    for a resume at position `start`). Returns each row's generated tokens."""
+    sampler = SeededSampler([k for _, k in rows], 0.8, 0.9, prompt_len=width)
+    out = [list(p) for p in prefix] if prefix else [[] for _ in rows]
+    for pos in range(start, start + steps):
+        ids = torch.zeros(len(rows), width + pos, dtype=torch.long)  # only its width matters
+        last = [o[-1] % 4 if o else 0 for o in out]
+        scores = torch.stack([PROMPTS[p, lt] for (p, _), lt in zip(rows, last)])
+        for o, t in zip(out, sampler(ids, scores).argmax(-1).tolist()):
+            o.append(t)
+    return out
+
+
+def test_the_sampler_draws_an_answer_whatever_its_batch():
+    """Same (prompt, key) in another batch, order and padding width: the same tokens."""
+    rows = [(p, seed_of(0, 3, p, j)) for p in range(3) for j in range(2)]
+    alone = decode(rows, width=6, steps=8)
+    order = [4, 1, 5, 0]
+    other = [(4, seed_of(0, 3, 4, 0)), *[rows[i] for i in order], (3, seed_of(0, 3, 3, 1))]
+    mixed = decode(other, width=11, steps=8)
+    assert mixed[1:5] == [alone[i] for i in order]
+    assert len({tuple(a) for a in alone}) > 1
+
+
+def test_a_fresh_sampler_resumes_the_same_answers():
+    """Stopped after 3 tokens and picked up by a new sampler (a resumed run): the same answers."""
+    rows = [(p, seed_of(1, 9, p, 0)) for p in range(4)]
+    whole = decode(rows, width=7, steps=8)
+    resumed = decode(rows, width=7, steps=5, start=3, prefix=[a[:3] for a in whole])
+    assert resumed == whole
+
+
+def top_p_probs(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
+    """The distribution the sampler documents, computed on its own here: softmax(logits / T),
+    the smallest most-probable set whose mass reaches top_p kept, renormalised."""
+    probs = (logits / temperature).softmax(-1)
+    keep, mass = torch.zeros_like(probs, dtype=torch.bool), 0.0
+    for i in probs.argsort(descending=True).tolist():
+        if mass >= top_p:
+            break
+        keep[i], mass = True, mass + float(probs[i])
+    return torch.where(keep, probs, 0.0) / probs[keep].sum()
+
+
+def test_the_sampler_draws_the_tempered_top_p_softmax():
+    want = top_p_probs(LOGITS, T, 0.9)
+    kept = want > 0
+    assert 2 < int(kept.sum()) < len(LOGITS), "top-p drops some tokens but not all"
+    sampler = SeededSampler([seed_of("top-p", i) for i in range(N)], T, 0.9, prompt_len=5)
+    tokens = sampler(torch.zeros(N, 5, dtype=torch.long), LOGITS.expand(N, -1)).argmax(-1)
+    counts = torch.bincount(tokens, minlength=len(LOGITS))
+    assert int(counts[~kept].sum()) == 0
+    stat, p = chi_square(counts[kept], want[kept])
+    print(f"sampler, T={T}, top_p=0.9: {stat:.2f} on {int(kept.sum()) - 1} df, p = {p:.3f}")
+    assert p > 1e-3
+    wrong = top_p_probs(LOGITS, 0.75, 0.9)
+    stat, p = chi_square(counts[kept], wrong[kept])
+    print(f"  against T=0.75, top_p=0.9: {stat:.0f}, p = {p:.1e}")
+    assert p < 1e-6

@@ -5,12 +5,13 @@
     completions = gen.sample(model, prompt_ids, keys)   # keys: one seed per sample
 
 generator=hf runs transformers `generate` on the training model itself (no copy), on a CPU and
-under every engine. Sampling is seeded per sample, not per batch: each sequence draws its own
-Gumbel noise from a generator seeded by its key (the caller derives it from seed, step, prompt
-and sample index), and the token is argmax(logits / T + noise) over the top-p set, which is a
-draw from the tempered, top-p-filtered softmax. So a sample does not depend on which other
-prompts share its batch, on the rank that generates it, or on the global RNG, and a resumed run
-redraws the same rollouts. Under FSDP2 and ZeRO-3 every rank runs the same number of forward
+under every engine. Sampling is seeded per sample, not per batch: each sequence's Gumbel noise is
+a hash of its key (the caller derives it from seed, step, prompt and sample index), the token's
+position in the answer and the token id, made on the model's device
+(training/rl/sampling_noise.py), and the token is argmax(logits / T + noise) over the top-p set,
+which is a draw from the tempered, top-p-filtered softmax. So a sample does not depend on which other prompts share its
+batch, on the rank or host that generates it, or on the global RNG, and a resumed run redraws
+the same rollouts. Under FSDP2 and ZeRO-3 every rank runs the same number of forward
 passes (`synced_gpus`), because each forward gathers the sharded parameters collectively.
 
 generator=vllm (vLLM colocated on the training GPUs, weights pushed after each update) needs a
@@ -31,6 +32,7 @@ from transformers import LogitsProcessor, LogitsProcessorList
 
 from training.common.errors import ConfigError
 from training.common.seeds import seed_of
+from training.rl.sampling_noise import gumbel_noise, key_tensor
 
 
 def sample_key(*parts) -> int:
@@ -39,13 +41,15 @@ def sample_key(*parts) -> int:
 
 
 class SeededSampler(LogitsProcessor):
-    """Temperature, top-p, then per-row Gumbel noise from per-row generators: greedy decoding of the
-    result is a sample. Temperature and top-p are applied here, not by transformers' own warpers,
-    because generate() replaces a passed warper with its own default one of the same type."""
+    """Temperature, top-p, then each row's Gumbel noise, a hash of (key, position, token) made on
+    the logits' device: greedy decoding of the result is a sample. prompt_len is the (padded)
+    prompt width, so that position = tokens generated so far, whatever the batch's width.
+    Temperature and top-p are applied here, not by transformers' own warpers, because generate()
+    replaces a passed warper with its own default one of the same type."""
 
-    def __init__(self, keys: list[int], temperature: float = 1.0, top_p: float = 1.0):
-        self.gens = [torch.Generator().manual_seed(k) for k in keys]
-        self.temperature, self.top_p = temperature, top_p
+    def __init__(self, keys: list[int], temperature: float, top_p: float, prompt_len: int):
+        self.keys = key_tensor(keys)  # moved to the logits' device once, at the first token
+        self.temperature, self.top_p, self.prompt_len = temperature, top_p, prompt_len
 
     def __call__(self, input_ids, scores):
         scores = scores.float() / self.temperature
@@ -57,11 +61,10 @@ class SeededSampler(LogitsProcessor):
             )  # the mass before this token already suffices
             drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
             scores = scores.masked_fill(drop, float("-inf"))
-        u = torch.stack(
-            [torch.rand(scores.shape[-1], generator=g, dtype=torch.float64) for g in self.gens]
-        )
-        gumbel = -torch.log(-torch.log(u.clamp(1e-300, 1.0 - 1e-16)))
-        return scores + gumbel.to(scores.device, scores.dtype)
+        if self.keys.device != scores.device:
+            self.keys = self.keys.to(scores.device)
+        position = input_ids.shape[-1] - self.prompt_len
+        return scores + gumbel_noise(self.keys, position, scores.shape[-1], scores.dtype)
 
 
 @dataclass(frozen=True)
@@ -105,7 +108,7 @@ class HFGenerator:
             ids[i, width - len(p) :], mask[i, width - len(p) :] = torch.tensor(p), 1
         procs = LogitsProcessorList()
         if keys is not None:
-            procs.append(SeededSampler(keys, self.cfg.temperature, self.cfg.top_p))
+            procs.append(SeededSampler(keys, self.cfg.temperature, self.cfg.top_p, width))
         was_training = model.training
         model.eval()
         try:
