@@ -27,7 +27,7 @@ from launch.planning.memory import ENGINES, GiB, Memory, estimate
 from launch.planning.plan_rl import RLPlan, is_rl, render_rows, rl_memory, rl_plan, rl_seconds
 from launch.planning.rates import planning_rate
 from training.common.errors import ConfigError
-from training.config.validate import global_batch_tokens, validate
+from training.config.validate import generator_ranks, global_batch_tokens, validate
 from training.model.flops import train_flops
 from training.model.shape import ModelShape, model_shape
 
@@ -140,8 +140,10 @@ def find_fixes(cfg: DictConfig, shape: ModelShape) -> list[tuple[str, float]]:
     rl = is_rl(cfg)
 
     def batch_ok(nodes: int, micro: int | None = None) -> bool:
-        if rl:  # the RL batch is in answers: whole prompts per rank (training/config/validate.py, rl_batch_layout)
-            return cfg.recipe.prompts_per_step % (nodes * r.gpus_per_node) == 0
+        if rl:  # the RL batch is in answers: whole prompts per learner rank (training/config/validate.py)
+            return (
+                cfg.recipe.prompts_per_step % (nodes * r.gpus_per_node - generator_ranks(cfg)) == 0
+            )
         glob, _ = global_batch_tokens(cfg)
         return glob % ((micro or r.micro_batch_tokens) * nodes * r.gpus_per_node) == 0
 
@@ -155,7 +157,7 @@ def find_fixes(cfg: DictConfig, shape: ModelShape) -> list[tuple[str, float]]:
             parts = [f"rung.{k}={str(v).lower()}" for k, v in changes.items()]
             parts += [f"rung.nodes={n}"] if n != r.nodes else []
             if not batch_ok(n) and rl:
-                dp = n * r.gpus_per_node
+                dp = n * r.gpus_per_node - generator_ranks(cfg)  # learners: generators do not train
                 parts.append(
                     f"recipe.prompts_per_step={-(-cfg.recipe.prompts_per_step // dp) * dp}"
                 )

@@ -48,8 +48,21 @@ def global_batch_tokens(cfg: DictConfig) -> tuple[int, str]:
     return cfg.rung.global_batch_tokens, "rung.global_batch_tokens"
 
 
-def batch_layout(cfg: DictConfig, dp: int | None = None) -> BatchLayout:
-    dp = dp if dp is not None else cfg.rung.nodes * cfg.rung.gpus_per_node
+def generator_ranks(cfg: DictConfig) -> int:
+    """The job's ranks that only generate (generator.placement=separate): none when colocated."""
+    g = cfg.get("generator")
+    return int(g.ranks) if g is not None and g.get("placement") == "separate" else 0
+
+
+def batch_layout(cfg: DictConfig, world_size: int | None = None) -> BatchLayout:
+    """The batch over the data-parallel (learner) ranks: the job's ranks less its generator ranks."""
+    world = world_size if world_size is not None else cfg.rung.nodes * cfg.rung.gpus_per_node
+    dp = world - generator_ranks(cfg)
+    if dp < 1:
+        raise ConfigError(
+            f"generator.ranks={generator_ranks(cfg)} leaves no learner among the job's {world} "
+            "rank(s): rung.nodes x rung.gpus_per_node must exceed generator.ranks"
+        )
     if is_rl(cfg.recipe.loss):
         return rl_batch_layout(cfg, dp)
     micro = cfg.rung.micro_batch_tokens
@@ -203,6 +216,9 @@ RANGES: dict[str, tuple[float, float, str]] = {
     "recipe.clip_low": (0, 1, "[)"),
     "recipe.clip_high": (0, INF, "[)"),
     "recipe.kl_beta": (0, INF, "[)"),
+    "recipe.max_policy_lag": (0, INF, "[)"),
+    "recipe.is_cap": (0, INF, "()"),
+    "generator.ranks": (0, INF, "[)"),
     "generator.temperature": (0, INF, "()"),
     "generator.top_p": (0, 1, "(]"),
     "generator.max_new_tokens": (1, INF, "[)"),
@@ -322,6 +338,9 @@ def validate(cfg: DictConfig, world_size: int | None = None, here: bool = False)
         problems.append(
             f"data.format={d.format.value!r}: recipe.loss={rc.loss} needs data in the {want!r} format"
         )
+    from training.rl.policy_lag import placement_problems
+
+    problems += placement_problems(cfg, world_size, here)
     if is_rl(rc.loss):
         from training.rl.grpo import grpo_problems
 
