@@ -29,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from evals.store.cache import EVAL_CODE_VERSION, EvalCache, TaskSpec, lm_limit, task_specs
 from evals.store.checkpoint_ref import CheckpointRef, read_ref, resolve_checkpoint
 from evals.store.registry import Registry, registry_path, run_root_of
+from evals.tasks.builtin import BUILTIN_TASKS
 from training.common.checkpoint_hash import PATTERNS
 from training.common.safe_files import write_atomic
 from training.run.checkpoint import check_checkpoint
@@ -67,29 +68,7 @@ def load_model(ckpt: Path, device: str):
 
 
 def run_builtin(spec: TaskSpec, model, tokenizer, eval_cfg: DictConfig, generator=None) -> dict:
-    if spec.name == "reverse":
-        from evals.tasks.synthetic import score_heldout
-
-        return score_heldout(
-            model,
-            tokenizer,
-            eval_cfg.heldout_file,
-            eval_cfg.max_examples,
-            eval_cfg.max_new_tokens,
-            eval_cfg.batch_size,
-            generator,
-        )
-    from evals.tasks.instructions import score_instructions
-
-    return score_instructions(
-        model,
-        tokenizer,
-        eval_cfg.instructions_file,
-        eval_cfg.max_examples,
-        eval_cfg.max_new_tokens,
-        eval_cfg.batch_size,
-        generator,
-    )
+    return BUILTIN_TASKS[spec.name].score(model, tokenizer, eval_cfg, generator)
 
 
 def generation_backend(eval_cfg: DictConfig, device: str) -> str:

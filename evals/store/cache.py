@@ -23,12 +23,12 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from evals.tasks.builtin import BUILTIN_TASKS
 from training.common.content_cache import ContentCache, file_hash, key_of
 from training.common.errors import ConfigError
 
 # Bump when a change to evals/ changes scores for the same checkpoint and settings.
 EVAL_CODE_VERSION = 2
-BUILTIN_TASKS = {"reverse": "heldout_file", "ifeval_lite": "instructions_file"}
 
 
 def _file_digest(path: str | None) -> str | None:
@@ -67,25 +67,22 @@ class TaskSpec:
 
 def task_specs(eval_cfg: DictConfig) -> list[TaskSpec]:
     """The suite's tasks with their versions and settings; a bad task name is a ConfigError."""
-    from evals.tasks.instructions import VERSION as IFEVAL_VERSION
-    from training.data.synthetic import VERSION as REVERSE_VERSION
-
     specs = []
-    versions = {"reverse": REVERSE_VERSION, "ifeval_lite": IFEVAL_VERSION}
     for task in eval_cfg.tasks:
         if task not in BUILTIN_TASKS:
             raise ConfigError(
                 f"eval.tasks: unknown task {task!r}; built-in tasks are {sorted(BUILTIN_TASKS)} "
                 "(lm-evaluation-harness tasks go under eval.lm_eval.tasks)"
             )
-        data_file = eval_cfg[BUILTIN_TASKS[task]]
+        file_key = BUILTIN_TASKS[task].file_key
+        data_file = eval_cfg[file_key]
         if not data_file:
-            raise ConfigError(f"eval.tasks has {task!r} but eval.{BUILTIN_TASKS[task]} is not set")
+            raise ConfigError(f"eval.tasks has {task!r} but eval.{file_key} is not set")
         specs.append(
             TaskSpec(
                 task,
                 "builtin",
-                str(versions[task]),
+                BUILTIN_TASKS[task].version,
                 {
                     "data": _file_digest(data_file),
                     "max_examples": eval_cfg.max_examples,
