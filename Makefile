@@ -35,8 +35,8 @@ pipeline: install
 
 # The tests drive Debian's chromium and a real SLURM cluster; tests/system_packages.sh installs
 # them when missing (as root). `pytest -m "not slurm"` leaves the cluster tests out.
-# The first line says which CPU numerics the suite runs under (pinned: training/model/cpu_numerics.py),
-# so a failure report says what kind of machine it came from. Then the formatter and the linter
+# The first line says which CPU numerics the suite runs under and those of its golden runs
+# (training/model/cpu_numerics.py), so a failure report says what kind of machine it came from. Then the formatter and the linter
 # (ruff, configured in pyproject.toml), so CI enforces them.
 test: install
 	@$(BIN)/python -m training.model.cpu_numerics

@@ -35,11 +35,6 @@ def main(argv: list[str] | None = None) -> int:
         "--pipeline", action="store_true", help="also run DPO and compare it with SFT"
     )
     opts = args.parse_args(argv)
-    # The demo's losses are the suite's: the same pinned CPU numerics on every x86-64 machine.
-    from training.model.cpu_numerics import pin
-
-    pin()
-
     from launch.cli import main as ladder
     from launch.commands.eval_cmd import run_eval  # the code behind `ladder eval`
     from training.run.checkpoint import complete_checkpoints

@@ -22,42 +22,13 @@ GOLDEN_STEPS = 20
 
 
 def test_golden_losses(tmp_path):
-    """A fixed seed reproduces the checked-in per-step losses.
-    After a change that is meant to change the math, regenerate with LADDER_UPDATE_GOLDEN=1.
+    """A fixed seed reproduces the checked-in per-step losses bit for bit, through the trainer's own
+    entry point in a fresh process under the pinned CPU numerics (golden_env: MKL's reproducible
+    path, ATen's baseline kernels, 2 threads). Unpinned, an AVX2-only EPYC and an AVX-512 Xeon
+    differ by 1.2e-5 at step 16; pinned, any x86-64 CPU gives these (training/model/cpu_numerics.py).
+    After a change that is meant to change the math, regenerate with LADDER_UPDATE_GOLDEN=1."""
+    from training.model.cpu_numerics import golden_env
 
-    The suite pins MKL's code path and the thread count (training/model/cpu_numerics.py); the goldens
-    were made with ATen's baseline kernels as well, under which they hold bit for bit on any
-    x86-64 CPU (test_the_pinned_golden_run_is_exact_in_a_fresh_process). In process, ATen runs
-    the machine's own kernels: measured on an AVX-512 Xeon, its avx2 and avx512 kernels move the
-    20 losses by at most 8.3e-6 (bench/RESULTS.md, "CPU numerics"), hence 1e-5."""
-    result = train_in_process(
-        [
-            *FAST,
-            f"trainer.run_root={tmp_path}",
-            "trainer.run_name=golden",
-            f"trainer.max_steps={GOLDEN_STEPS}",
-            "trainer.save_every=100",
-        ]
-    )
-    got = losses(result.run_dir)
-    assert len(got) == GOLDEN_STEPS
-    if os.environ.get("LADDER_UPDATE_GOLDEN") == "1":
-        GOLDEN.write_text(
-            json.dumps({"overrides": FAST, "steps": GOLDEN_STEPS, "losses": got}, indent=1) + "\n"
-        )
-    want = json.loads(GOLDEN.read_text())["losses"]
-    assert got == pytest.approx(want, abs=1e-5, rel=0)
-    assert got[-1] < got[0] - 0.5, "the loss must fall over the golden run"
-
-
-def test_the_pinned_golden_run_is_exact_in_a_fresh_process(tmp_path):
-    """The golden run through the trainer's own entry point, in a fresh process with the pinned
-    CPU numerics forced (not merely defaulted): the losses are the checked-in goldens, bit for bit.
-    Unpinned, an AVX2-only EPYC and an AVX-512 Xeon differ by 1.2e-5 at step 16; pinned, MKL runs
-    one code path on every x86-64 CPU and ATen its baseline kernels, so any machine gives these."""
-    from training.model.cpu_numerics import EXACT_ENV, THREADS
-
-    env = {**os.environ, **EXACT_ENV, "OMP_NUM_THREADS": str(THREADS)}
     proc = subprocess.run(
         [
             sys.executable,
@@ -69,13 +40,20 @@ def test_the_pinned_golden_run_is_exact_in_a_fresh_process(tmp_path):
             f"trainer.max_steps={GOLDEN_STEPS}",
             "trainer.save_every=100",
         ],
-        env=env,
+        env=golden_env(),
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert losses(tmp_path / "golden") == json.loads(GOLDEN.read_text())["losses"]
+    got = losses(tmp_path / "golden")
+    assert len(got) == GOLDEN_STEPS
+    if os.environ.get("LADDER_UPDATE_GOLDEN") == "1":
+        GOLDEN.write_text(
+            json.dumps({"overrides": FAST, "steps": GOLDEN_STEPS, "losses": got}, indent=1) + "\n"
+        )
+    assert got == json.loads(GOLDEN.read_text())["losses"]
+    assert got[-1] < got[0] - 0.5, "the loss must fall over the golden run"
 
 
 def test_the_old_module_name_forwards_to_launch_train(tmp_path):

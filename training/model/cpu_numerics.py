@@ -1,10 +1,10 @@
-"""CPU numerics pinned where Ladder asserts losses against checked-in goldens: the test suite and
-`make demo` (pin), and the fresh-process golden check and the golden regeneration (pin(exact=True)).
+"""CPU numerics pinned where Ladder asserts losses against checked-in goldens: every golden run is
+a fresh process under golden_env(), and the test suite pins its thread count (pin_threads).
 
-    from training.model.cpu_numerics import pin, describe
-    pin()              # before the first tensor op; a variable already set in the environment wins
-    pin(exact=True)    # also ATen's baseline kernels: the same bits on every x86-64 CPU
-    print(describe())  # "CPU: ATen kernels AVX512, BLAS mkl with MKL_CBWR=COMPATIBLE, 2 threads"
+    from training.model.cpu_numerics import golden_env, pin_threads, describe
+    subprocess.run([...trainer...], env=golden_env())   # the goldens' bits, on any x86-64 CPU
+    pin_threads()      # the suite: 2 threads here and in the processes it starts
+    print(describe())  # "CPU: ATen kernels AVX512, BLAS mkl, 2 threads; golden runs: ..."
     python -m training.model.cpu_numerics    # the suite's line (the first line `make test` prints)
 
 Why: the same commit trained the tiny model to losses 1.2e-5 apart on an AVX-512 Xeon and an
@@ -12,22 +12,20 @@ AVX2-only EPYC, so the golden losses held on one CPU kind only. Measured on one 
 (bench/cpu_numerics.py, bench/RESULTS.md "CPU numerics"), the 20 golden losses move with:
   - MKL's code path (up to 2.7e-5): its GEMMs pick AVX-512, AVX2 or SSE kernels by CPU, and
     another path on AMD. MKL_CBWR=COMPATIBLE fixes the one path every x86-64 CPU runs, Intel or
-    not; with it, MKL_ENABLE_INSTRUCTIONS=AVX2 changes not a bit. Pinned for the whole suite.
+    not; with it, MKL_ENABLE_INSTRUCTIONS=AVX2 changes not a bit.
   - ATen's own kernels (up to 8.3e-6 with MKL pinned): softmax, norms and reductions are compiled
     per ISA and picked at run time. ATEN_CPU_CAPABILITY=default takes the baseline build every
-    x86-64 CPU has, and then the losses are the goldens bit for bit. It is not pinned for the whole
-    suite: torch's bfloat16 matmul on a CPU refuses to run under it ("pack_vnni2 is only supported
-    when avx512 is supported"), and the in-process golden tests compare to 1e-5, which covers the
-    measured spread. exact=True pins it where bits are compared: the fresh-process golden test
-    and LADDER_UPDATE_GOLDEN=1 (so regenerated goldens are the baseline kernels' on any machine).
+    x86-64 CPU has. With both, the losses are the goldens bit for bit.
   - The thread count: a reduction split over 1 or 2 threads rounds differently (6e-6). 2 is CI's.
 oneDNN's ISA cap (ONEDNN_MAX_CPU_ISA) changed nothing: fp32 training on a CPU does not reach oneDNN.
-The price is speed: MKL's COMPATIBLE path makes the golden run take 2.1x the CPU time of an
-unpinned one, the baseline ATen kernels 1.13x more. Only these entry points pin: a user's
-`ladder train` keeps the fastest kernels of its machine.
 
-A variable already set wins (setdefault), so the exact-loss tests can be run under a kernel
-choice on purpose, e.g. `ATEN_CPU_CAPABILITY=avx2 pytest tests/test_training.py`.
+Only golden runs are pinned, because pinning is slow: MKL's COMPATIBLE path takes 2.1x the CPU
+time of an unpinned tiny run (2.2x measured again under load), the baseline ATen kernels 1.13x
+more, and torch's bfloat16 matmul on a CPU refuses to run under ATEN_CPU_CAPABILITY=default
+("pack_vnni2 is only supported when avx512 is supported"). Every other test compares runs made
+on the same machine with each other (a resume against an uninterrupted run, 2 processes against
+1), which needs the same numerics on both sides, not the goldens'. A user's `ladder train` and
+`make demo` keep the fastest kernels of their machine.
 """
 
 from __future__ import annotations
@@ -41,20 +39,32 @@ EXACT_ENV = {**PINNED_ENV, "ATEN_CPU_CAPABILITY": "default"}
 THREADS = 2
 
 
-def pin(environ: dict | None = None, exact: bool = False) -> dict:
-    """Pin the CPU numerics in this process and in every subprocess it starts (they inherit the
-    environment); return the pinned variables as set. OMP_NUM_THREADS is pinned too, for
-    single-process subprocesses that are compared with in-process runs (multi-process runs set
-    their own count per rank)."""
-    env = os.environ if environ is None else environ
-    for key, value in (EXACT_ENV if exact else PINNED_ENV).items():
-        env.setdefault(key, value)
-    env.setdefault("OMP_NUM_THREADS", str(THREADS))
-    if environ is None:
-        import torch
+def golden_env(base: dict | None = None) -> dict:
+    """The environment of a process whose losses are compared with the goldens (or regenerate
+    them): MKL's reproducible path, ATen's baseline kernels and THREADS threads, forced over
+    whatever `base` (default: this process's environment) says."""
+    return {
+        **(os.environ if base is None else base),
+        **EXACT_ENV,
+        "OMP_NUM_THREADS": str(THREADS),
+    }
 
-        torch.set_num_threads(int(env["OMP_NUM_THREADS"]))
-    return {key: env[key] for key in (*EXACT_ENV, "OMP_NUM_THREADS") if key in env}
+
+def pin_threads() -> int:
+    """THREADS threads in this process and in the single-process subprocesses it starts (they
+    inherit OMP_NUM_THREADS), so that a run in a subprocess and one in process round alike.
+    A count already set in the environment wins. Multi-process runs set their own per rank.
+
+    MKL_DYNAMIC=FALSE too: torch.set_num_threads turns MKL's dynamic thread count off in this
+    process, but a subprocess that only inherits OMP_NUM_THREADS keeps it on, and MKL then picks
+    fewer threads for some GEMM shapes. Measured: the same 20-step tiny run, in process and in a
+    subprocess, 3.7e-5 apart from step 16 with it on, bit for bit with it off."""
+    import torch
+
+    os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
+    os.environ.setdefault("MKL_DYNAMIC", "FALSE")
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    return torch.get_num_threads()
 
 
 def describe() -> str:
@@ -95,5 +105,6 @@ def describe() -> str:
 
 
 if __name__ == "__main__":
-    pin()
-    print(describe())
+    pin_threads()
+    golden = " ".join(f"{k}={v}" for k, v in EXACT_ENV.items())
+    print(f"{describe()}; golden runs: {golden}, {THREADS} threads")
