@@ -94,12 +94,10 @@ def test_separate_placement_with_a_non_grpo_recipe_is_refused():
 
 
 def test_separate_placement_plans_learners_only():
-    """The job's 3 ranks are planned as 2 learners and 1 generator; the job itself is refused until
-    the generator loop lands (here=True), with that reason."""
+    """The job's 3 ranks are planned as 2 learners (the data-parallel size) and 1 generator."""
     cfg = grpo("generator.placement=separate", "generator.ranks=1", *THREE)
     assert validate(cfg, 3).dp == 2
-    with pytest.raises(ConfigError, match="not implemented in this tree yet"):
-        validate(cfg, 3, here=True)
+    assert validate(cfg, 3, here=True).dp == 2
 
 
 def test_the_schedule_and_the_versions_kept(tmp_path):

@@ -3,6 +3,12 @@
 torchrun (or srun, or the deepspeed launcher) sets RANK, WORLD_SIZE, LOCAL_RANK and
 MASTER_ADDR/PORT; one process with none of them set is a world of one and needs no group.
 CPU runs use gloo, GPU runs use NCCL.
+
+With generator.placement=separate the job's last K ranks only generate (training/rl/async_rollouts.py):
+init(..., generator_ranks=K) also builds the learner-only group, which every helper below and the
+engines' data parallelism use (learner_group()), and the link group (learner 0 and the generators)
+over which the new weights are broadcast (link_group()). Learner ranks are the job's ranks 0..L-1,
+so a learner's rank in its group is its global rank.
 """
 
 from __future__ import annotations
@@ -34,19 +40,40 @@ def env_world() -> World:
     )
 
 
-def init(world: World, device: str, timeout_s: float) -> None:
+_GROUPS: dict[str, object] = {}  # "learners", "link": set by init under placement=separate
+
+
+def init(world: World, device: str, timeout_s: float, generator_ranks: int = 0) -> None:
     """Join the process group (once). The timeout bounds every collective: a rank that hangs
-    makes the others fail with an error instead of waiting forever."""
+    makes the others fail with an error instead of waiting forever. generator_ranks=K > 0: the
+    last K ranks generate only; every rank builds both subgroups (new_group is collective)."""
     if world.size == 1 or dist.is_initialized():
         return
     backend = "nccl" if device == "cuda" else "gloo"
     if device == "cuda":
         torch.cuda.set_device(world.local_rank)
-    dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
+    timeout = datetime.timedelta(seconds=timeout_s)
+    dist.init_process_group(backend=backend, timeout=timeout)
+    if generator_ranks:
+        learners = world.size - generator_ranks
+        _GROUPS["learners"] = dist.new_group(list(range(learners)), timeout=timeout)
+        _GROUPS["link"] = dist.new_group([0, *range(learners, world.size)], timeout=timeout)
+
+
+def learner_group():
+    """The group data parallelism and the loop's collectives run over: None (the whole job)
+    unless some ranks only generate."""
+    return _GROUPS.get("learners")
+
+
+def link_group():
+    """Learner 0 and the generator ranks (placement=separate), or None."""
+    return _GROUPS.get("link")
 
 
 def shutdown() -> None:
     if dist.is_initialized():
+        _GROUPS.clear()
         dist.destroy_process_group()
 
 
@@ -54,7 +81,7 @@ def all_sum(value: float, device: str) -> float:
     if not dist.is_initialized():
         return value
     t = torch.tensor([value], dtype=torch.float64, device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM, group=learner_group())
     return float(t.item())
 
 
@@ -64,7 +91,7 @@ def all_sum_many(values, device: str) -> list[float]:
     parts = [torch.as_tensor(v, dtype=torch.float64).reshape(-1).to(device) for v in values]
     t = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64, device=device)
     if dist.is_initialized():
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        dist.all_reduce(t, op=dist.ReduceOp.SUM, group=learner_group())
     return t.tolist()
 
 
@@ -77,10 +104,10 @@ def broadcast(obj, src: int = 0):
     if not dist.is_initialized():
         return obj
     box = [obj]
-    dist.broadcast_object_list(box, src=src)
+    dist.broadcast_object_list(box, src=src, group=learner_group())
     return box[0]
 
 
 def barrier() -> None:
     if dist.is_initialized():
-        dist.barrier()
+        dist.barrier(group=learner_group())

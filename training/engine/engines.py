@@ -39,6 +39,7 @@ from torch.distributed.checkpoint.state_dict import (
 
 from training.common.errors import CheckpointError
 from training.common.safe_files import write_atomic
+from training.engine import distributed
 from training.engine.consolidate import write_streamed
 from training.engine.distributed import World
 
@@ -86,11 +87,12 @@ class EngineBackend:
 
     # ---- state ----------------------------------------------------------------------
     def _opts(self, loading: bool = False) -> StateDictOptions:
-        distributed = self.world.size > 1
+        distributed_ = self.world.size > 1
         return StateDictOptions(
             full_state_dict=True,
-            cpu_offload=distributed,
-            broadcast_from_rank0=loading and distributed,
+            cpu_offload=distributed_,
+            # torch broadcasts over the whole job; with generator ranks every learner loads its own
+            broadcast_from_rank0=loading and distributed_ and distributed.learner_group() is None,
         )
 
     def model_state(self) -> dict | None:
@@ -129,7 +131,9 @@ class EngineBackend:
         set_optimizer_state_dict(
             self.module,
             self.optimizer,
-            optim_state_dict=opt if self.world.main or self.world.size == 1 else {},
+            optim_state_dict=opt
+            if self.world.main or self.world.size == 1 or distributed.learner_group() is not None
+            else {},
             options=self._opts(loading=True),
         )
 
@@ -141,7 +145,8 @@ class DDPEngine(EngineBackend):
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         ids = [self.world.local_rank] if self.cfg.rung.device == "cuda" else None
-        return DDP(model, device_ids=ids)
+        # the learners only, when some ranks only generate (generator.placement=separate)
+        return DDP(model, device_ids=ids, process_group=distributed.learner_group())
 
     def accumulate(self, last: bool):
         # Skip the all-reduce on all but the last micro-batch of a step.

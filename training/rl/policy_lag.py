@@ -14,9 +14,8 @@ schedule the separate generator ranks follow, and the reference their runs are c
 version is also written under <run>/rollouts/policy/ (tensors only, loaded with weights_only=True),
 and the versions a resume from the newest checkpoint still needs are kept, so a resume is exact.
 
-generator.placement=separate (the last generator.ranks ranks only generate) is validated and planned
-here (learners = world size - generator.ranks); its generator loop is not in this tree yet, so a job
-with it is refused at start-up with that reason.
+generator.placement=separate (the last generator.ranks ranks only generate; learners = world size -
+generator.ranks) follows the same schedule on its own ranks: training/rl/async_rollouts.py.
 """
 
 from __future__ import annotations
@@ -75,11 +74,15 @@ def placement_problems(cfg, world_size: int | None = None, here: bool = False) -
             problems.append(
                 f"generator.placement=separate generates with generator=hf (it is {g.name})"
             )
-        if here:
+        if rl and rc.ppo_epochs != 1:
             problems.append(
-                "generator.placement=separate: the generator ranks' loop (weights broadcast to them, "
-                "rollouts sent to the learners) is not implemented in this tree yet; use "
-                "generator.placement=colocated with recipe.max_policy_lag for the same schedule"
+                f"generator.placement=separate needs recipe.ppo_epochs=1 (it is {rc.ppo_epochs}): "
+                "the generators make one rollout batch per update"
+            )
+        if rl and rc.kl_beta > 0:
+            problems.append(
+                f"generator.placement=separate with recipe.kl_beta={rc.kl_beta}: the generator "
+                "ranks hold no reference model yet; use kl_beta=0 or placement=colocated"
             )
     if rl and rc.max_policy_lag > 0:
         if rc.ppo_epochs != 1:

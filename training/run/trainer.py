@@ -49,7 +49,13 @@ from training.config.config_diff import (
     check_resume_config,
     continue_schedule,
 )
-from training.config.validate import BatchLayout, effective_lr, validate, warmup_steps
+from training.config.validate import (
+    BatchLayout,
+    effective_lr,
+    generator_ranks,
+    validate,
+    warmup_steps,
+)
 from training.data.chat_data import IGNORE
 from training.engine import distributed
 from training.engine.engines import check_origin, make_engine
@@ -172,8 +178,14 @@ class Trainer:
         callbacks: Sequence[Callback] = (),
     ):
         """`callbacks` run after the default ones (training/run/callbacks/__init__.py)."""
-        self.world = world or distributed.env_world()
-        self.layout: BatchLayout = validate(cfg, world_size=self.world.size, here=True)
+        self.job_world = world or distributed.env_world()
+        self.layout: BatchLayout = validate(cfg, world_size=self.job_world.size, here=True)
+        # generator.placement=separate: the job's last generator.ranks ranks only generate
+        # (training/rl/async_rollouts.py); the loop below sees the learners' world, ranks 0..L-1
+        self.generator_ranks = generator_ranks(cfg)
+        learners = self.job_world.size - self.generator_ranks
+        self.is_generator = self.job_world.rank >= learners
+        self.world = distributed.World(self.job_world.rank, learners, self.job_world.local_rank)
         self.cfg = with_run_name(cfg)
         self.run_dir = Path(self.cfg.trainer.run_root) / self.cfg.trainer.run_name
         self.store = RemoteCheckpoints.for_run(self.cfg)  # None without trainer.checkpoint_url
@@ -194,7 +206,9 @@ class Trainer:
         checkpoint, a config change) runs before the run directory is written: a refusal touches no file."""
         cfg, t, main = self.cfg, self.cfg.trainer, self.world.main
         self.callbacks.phase("start-up", setup=True)
-        distributed.init(self.world, self.device, t.step_timeout_s or 1800.0)
+        distributed.init(
+            self.job_world, self.device, t.step_timeout_s or 1800.0, self.generator_ranks
+        )
         seed_everything(t.seed)
         self.tokenizer = load_tokenizer(cfg.model)
         self.callbacks.phase("finding (and downloading) the checkpoint to resume from", setup=True)
@@ -425,6 +439,9 @@ class Trainer:
         lr = self.scheduler.get_last_lr()[0]
         grad_norm = self.engine.step(self.cfg.optim.max_grad_norm)
         self.scheduler.step()
+        after_update = getattr(self.stream, "after_update", None)
+        if after_update is not None:  # GRPO's separate generator ranks get the new weights
+            after_update(step)
         t3 = time.perf_counter()
         self.tokens_seen += int(n_trained)
         # A batch source may report metrics of its own for the step and the FLOPs it spent making the
@@ -527,6 +544,12 @@ class Trainer:
     # ---- the loop ----------------------------------------------------------------------
     def run(self) -> RunResult:
         self.exit_code = 1
+        if self.is_generator:  # a generator rank: no loop, no checkpoints, no callbacks
+            from training.rl.async_rollouts import run_generator
+
+            run_generator(self)
+            self.exit_code = 0
+            return RunResult(run_dir=self.run_dir)
         try:
             return self._run()
         finally:  # however the run ended (refused in set-up, finished, failed): its callbacks end with it
@@ -535,6 +558,10 @@ class Trainer:
     def _run(self) -> RunResult:
         t, main = self.cfg.trainer, self.world.main
         if not self.setup():
+            if self.generator_ranks:
+                from training.rl.async_rollouts import tell_generators_finished
+
+                tell_generators_finished(self)
             if main:
                 log.warning(
                     finished_message(
