@@ -29,8 +29,11 @@ dies closes its sockets: the learners stop with a TrainingError naming it, and t
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
+import os
+import signal
 import time
 
 import torch
@@ -82,7 +85,8 @@ class LearnerLink:
         if not self.main:
             return
         header = torch.tensor([start_step, int(finished)], dtype=torch.long)
-        dist.broadcast(header, src=0, group=distributed.link_group())
+        with self.generators_alive(f"the start of the run (step {start_step + 1})"):
+            dist.broadcast(header, src=0, group=distributed.link_group())
         if finished:
             return
         for v in [v for v in self.versions if v <= start_step]:
@@ -91,7 +95,8 @@ class LearnerLink:
                 if v == start_step
                 else self.stream.history.model_for(v, self.trainer.model)
             )
-            send_weights(model, distributed.link_group())
+            with self.generators_alive(f"policy version {v}"):
+                send_weights(model, distributed.link_group())
 
     def after_update(self, step: int) -> float:
         """Learner 0, after step `step`'s update: the weights of version `step` if a batch needs them;
@@ -103,8 +108,22 @@ class LearnerLink:
             self.stream.history.record(step, self.trainer.model)
             self.stream.history.prune(step - 1)
         if self.main and step in self.versions:
-            send_weights(self.trainer.model, distributed.link_group())
+            with self.generators_alive(f"policy version {step} (after step {step})"):
+                send_weights(self.trainer.model, distributed.link_group())
         return time.perf_counter() - t0
+
+    @contextlib.contextmanager
+    def generators_alive(self, what: str):
+        """A broadcast to the generator ranks that fails names them (gloo: a closed socket, or the
+        group's timeout) instead of ending in a bare RuntimeError."""
+        try:
+            yield
+        except RuntimeError as e:
+            raise TrainingError(
+                f"learner 0 could not send {what} to the generator ranks "
+                f"{self.learners}..{self.trainer.job_world.size - 1}: one died or stalled "
+                f"(trainer.step_timeout_s bounds the wait): {e}"
+            ) from e
 
     def receive(self, b: int) -> tuple[dict, float]:
         """This learner's share of rollout batch b, and the seconds spent waiting for it."""
@@ -170,7 +189,8 @@ def run_generator(trainer) -> None:
         queue = needed_versions(start, cfg.trainer.max_steps, stream.lag)  # learner 0 sends these
         held, pending = None, []
         for b in range(start, cfg.trainer.max_steps):
-            faults.maybe("kill_generator_at", b + 1)  # tests: a generator dying at step b + 1
+            if faults.maybe("kill_generator_at", b + 1):  # tests: a generator dies at step b + 1
+                os.kill(os.getpid(), signal.SIGKILL)
             t0 = time.perf_counter()
             while held is None or held < behaviour_version(b, stream.lag):
                 receive_weights(model, distributed.link_group())
