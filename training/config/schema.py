@@ -9,13 +9,13 @@ live in `training.config.validate`, which runs before any model is built.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Any, Optional
 
 from omegaconf import MISSING
 
 
-class Engine(str, Enum):
+class Engine(StrEnum):
     single = "single"  # one process, no wrapper
     ddp = "ddp"
     fsdp2 = "fsdp2"
@@ -23,13 +23,13 @@ class Engine(str, Enum):
     deepspeed_zero3 = "deepspeed_zero3"
 
 
-class TrackerMode(str, Enum):
+class TrackerMode(StrEnum):
     offline = "offline"
     online = "online"
     disabled = "disabled"
 
 
-class DataFormat(str, Enum):
+class DataFormat(StrEnum):
     """What a data set's rows hold; each loss reads one (training/recipes/losses.py: data_format)."""
 
     messages = "messages"  # chat transcripts (SFT)
@@ -37,7 +37,22 @@ class DataFormat(str, Enum):
     rlvr = "rlvr"  # prompts with an answer and a verifier (GRPO)
 
 
-class Schedule(str, Enum):
+class Device(StrEnum):
+    """Where a run trains (rung.device)."""
+
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class EvalDevice(StrEnum):
+    """Where an evaluation runs (eval.device)."""
+
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class Schedule(StrEnum):
     cosine = "cosine"  # linear warmup, cosine decay to min_lr_ratio x lr
     constant = "constant"  # linear warmup, then constant
 
@@ -72,7 +87,7 @@ class RungConfig:
     name: str = MISSING
     nodes: int = 1
     gpus_per_node: int = 1
-    device: str = "cpu"  # cpu | cuda
+    device: Device = Device.cpu
     engine: Engine = Engine.single
     offload: bool = False  # ZeRO-3 only: keep parameters and optimizer states in CPU memory
     micro_batch_tokens: int = 1024  # tokens in one packed micro-batch on one device
@@ -211,7 +226,7 @@ class EvalConfig:
     max_examples: Optional[int] = None  # per task; null: all
     max_new_tokens: int = 24  # greedy generation budget of the built-in tasks
     batch_size: int = 64
-    device: str = "auto"  # auto: cuda when available, else cpu
+    device: EvalDevice = EvalDevice.auto  # auto: cuda when available, else cpu
     generator: EvalGeneratorConfig = field(default_factory=EvalGeneratorConfig)
     lm_eval: LmEvalConfig = field(default_factory=LmEvalConfig)
 

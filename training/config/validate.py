@@ -319,8 +319,6 @@ def validate(cfg: DictConfig, world_size: int | None = None, here: bool = False)
     if attn_problem:
         problems.append(attn_problem)
 
-    if r.device not in {"cpu", "cuda"}:
-        problems.append(f"rung.device={r.device!r}: use cpu or cuda")
     if r.engine.value in SINGLE_PROCESS_ENGINES and r.nodes * r.gpus_per_node > 1:
         problems.append(
             f"rung.engine=single runs one process, but the rung asks for {r.nodes} x "
