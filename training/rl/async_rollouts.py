@@ -76,6 +76,7 @@ class LearnerLink:
         self.rank, self.learners = trainer.world.rank, trainer.world.size
         self.generator = self.learners + self.rank % generators  # the global rank serving us
         self.main = trainer.world.main
+        self.device = trainer.device  # NCCL moves device tensors only; gloo takes either
         self.versions = needed_versions(
             trainer.start_step, trainer.cfg.trainer.max_steps, stream.lag
         )
@@ -84,7 +85,7 @@ class LearnerLink:
         """Learner 0 tells the generators where the run starts, then sends the first weights."""
         if not self.main:
             return
-        header = torch.tensor([start_step, int(finished)], dtype=torch.long)
+        header = torch.tensor([start_step, int(finished)], dtype=torch.long, device=self.device)
         with self.generators_alive(f"the start of the run (step {start_step + 1})"):
             dist.broadcast(header, src=0, group=distributed.link_group())
         if finished:
@@ -128,7 +129,7 @@ class LearnerLink:
     def receive(self, b: int) -> tuple[dict, float]:
         """This learner's share of rollout batch b, and the seconds spent waiting for it."""
         t0 = time.perf_counter()
-        header = torch.zeros(2, dtype=torch.long)
+        header = torch.zeros(2, dtype=torch.long, device=self.device)
         try:
             dist.recv(header, src=self.generator)
             if int(header[0]) != b:
@@ -136,7 +137,7 @@ class LearnerLink:
                     f"learner {self.rank} expected rollout batch {b} from generator rank "
                     f"{self.generator} and got batch {int(header[0])}: the schedule diverged"
                 )
-            payload = torch.empty(int(header[1]), dtype=torch.uint8)
+            payload = torch.empty(int(header[1]), dtype=torch.uint8, device=self.device)
             dist.recv(payload, src=self.generator)
         except (
             RuntimeError
@@ -146,14 +147,14 @@ class LearnerLink:
                 f"generator rank {self.generator}: it died or stalled "
                 f"(trainer.step_timeout_s bounds the wait): {e}"
             ) from e
-        return unpack_chunk(payload), time.perf_counter() - t0
+        return unpack_chunk(payload.cpu()), time.perf_counter() - t0
 
 
 def tell_generators_finished(trainer) -> None:
     """Learner 0, when the run has nothing to train (it reached max_steps before): the generators
     stop too instead of waiting for weights."""
     if trainer.world.main:
-        header = torch.tensor([0, 1], dtype=torch.long)
+        header = torch.tensor([0, 1], dtype=torch.long, device=trainer.device)
         dist.broadcast(header, src=0, group=distributed.link_group())
 
 
@@ -163,7 +164,7 @@ def run_generator(trainer) -> None:
     from training.model.shape import shape_of
     from training.run.trainer import seed_everything
 
-    cfg, job = trainer.cfg, trainer.job_world
+    cfg, job, device = trainer.cfg, trainer.job_world, trainer.device
     k_gen = job.size - trainer.world.size  # trainer.world is this rank's view: the learners' size
     learners = job.size - k_gen
     mine = [r for r in range(learners) if learners + r % k_gen == job.rank]
@@ -171,7 +172,7 @@ def run_generator(trainer) -> None:
     try:
         seed_everything(cfg.trainer.seed)
         tokenizer = load_tokenizer(cfg.model)
-        header = torch.zeros(2, dtype=torch.long)
+        header = torch.zeros(2, dtype=torch.long, device=device)
         dist.broadcast(header, src=0, group=distributed.link_group())
         start, finished = int(header[0]), bool(header[1])
         if finished:
@@ -201,14 +202,14 @@ def run_generator(trainer) -> None:
             for r in mine:
                 chunk = stream.rollout(b, r)
                 chunk["stats"]["generator_wait"] = wait
-                shares.append((r, pack_chunk(chunk)))
+                shares.append((r, pack_chunk(chunk).to(device)))
             for (
                 h
             ) in pending:  # the previous batch reached its learners: at most one batch in flight
                 h.wait()
             pending = []
             for r, payload in shares:
-                header = torch.tensor([b, payload.numel()], dtype=torch.long)
+                header = torch.tensor([b, payload.numel()], dtype=torch.long, device=device)
                 pending += [dist.isend(header, dst=r), dist.isend(payload, dst=r)]
         for h in pending:
             h.wait()
