@@ -164,3 +164,31 @@ def test_a_lagged_run_resumes_after_sigkill(tmp_path, rl_data):
     # process, under its thread count; the subprocesses run on one thread (last digits differ)
     assert losses(killed) == pytest.approx(losses(whole), abs=1e-6)
     assert rewards(killed) == rewards(whole)
+
+
+class Planted:
+    def __reduce__(self):  # would run on unpickling
+        return (print, ("planted code ran",))
+
+
+def test_a_planted_version_file_or_rollout_share_is_never_unpickled(tmp_path):
+    import io
+
+    import torch
+
+    from training.common.errors import CheckpointError
+    from training.rl.async_rollouts import pack_chunk, unpack_chunk
+
+    torch.save({"w": Planted()}, tmp_path / "version_000000.pt")
+    h = PolicyHistory(1, tmp_path, save_every=4, main=False)
+    with pytest.raises(CheckpointError, match="will not be unpickled"):
+        h.model_for(0, torch.nn.Linear(2, 2))
+    buf = io.BytesIO()
+    torch.save({"stats": Planted()}, buf)
+    with pytest.raises(Exception, match="Weights only load failed|Unsupported global"):
+        unpack_chunk(torch.frombuffer(bytearray(buf.getvalue()), dtype=torch.uint8))
+    with pytest.raises(TypeError, match="plain values"):
+        pack_chunk({"stats": Planted()})
+    share = {"micro": [{"input_ids": torch.arange(3), "doc_lens": [3]}], "stats": {"reward": 1.0}}
+    back = unpack_chunk(pack_chunk(share))
+    assert back["stats"] == {"reward": 1.0} and back["micro"][0]["input_ids"].tolist() == [0, 1, 2]
