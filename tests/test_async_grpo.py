@@ -82,6 +82,11 @@ def test_without_lag_the_generator_ranks_reproduce_the_synchronous_run(tmp_path,
     for key in ("learner_wait_s", "generator_wait_s", "weight_sync_s"):
         assert all(r[key] >= 0 for r in rows), key
     assert rows[0]["weight_sync_s"] > 0, "version 1 went to the generator after step 1"
+    # run again: finished, the learners tell the generator so and every rank exits at once
+    proc = separate(tmp_path, "sep", rl_data, 3, 0, 3, extra=["trainer.resume=auto"])
+    assert proc.returncode == 0 and "nothing trained" in proc.stdout + proc.stderr, proc.stderr[
+        -3000:
+    ]
 
 
 @pytest.fixture(scope="module")

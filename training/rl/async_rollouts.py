@@ -168,6 +168,11 @@ def run_generator(trainer) -> None:
     k_gen = job.size - trainer.world.size  # trainer.world is this rank's view: the learners' size
     learners = job.size - k_gen
     mine = [r for r in range(learners) if learners + r % k_gen == job.rank]
+    # A preemption's SIGTERM (or SLURM's USR1) reaches every task: the learners finish the step, which
+    # needs this rank's weights and rollouts, checkpoint and exit, and torchrun then ends this rank.
+    # Dying at once would fail the learners' step before their checkpoint.
+    for sig in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(sig, lambda signum, _frame: log.info("generator rank: %s noted", signum))
     distributed.init(job, cfg.rung.device, cfg.trainer.step_timeout_s or 1800.0, k_gen)
     try:
         seed_everything(cfg.trainer.seed)
