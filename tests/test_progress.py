@@ -1,4 +1,5 @@
-"""Progress display (issue #13 item 8): a bar on a terminal, log lines otherwise, evals in step order.
+"""Progress display (issue #13 item 8): a bar on a terminal, log lines otherwise, evals in step order;
+each recipe's headline metrics on its step lines (issue #28 item 2).
 
 .venv/bin/python -m pytest -q tests/test_progress.py
 """
@@ -16,8 +17,9 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import FAST
+from conftest import FAST, train_in_process
 from rich.console import Console
+from test_grpo_runs import grpo_overrides, rl_data  # noqa: F401 (rl_data: the GRPO prompts fixture)
 
 from training.run import progress
 
@@ -174,3 +176,48 @@ def test_background_eval_results_come_back_in_step_order(monkeypatch, tmp_path):
         assert ev.poll() == [] and ev.pending_steps == (1,)  # step 2 is held back
         done = ev.drain(timeout=60)
     assert [d.step for d in done] == [1, 2] and all(d.ok for d in done)
+
+
+def step_lines(caplog, overrides: list[str]) -> list[str]:
+    """A real tiny run through the real progress callback; its plain step lines (not a terminal)."""
+    caplog.set_level(logging.INFO, logger="ladder.train")
+    train_in_process(overrides)
+    return [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]
+
+
+def run_overrides(root: Path, recipe: str) -> list[str]:
+    return [
+        *FAST,
+        f"recipe={recipe}",
+        f"trainer.run_root={root}",
+        "trainer.max_steps=2",
+        "trainer.save_every=2",
+        "trainer.log_every=1",
+    ]
+
+
+def test_sft_lines_show_the_loss(tmp_path, caplog):
+    lines = step_lines(caplog, run_overrides(tmp_path, "sft"))
+    assert len(lines) == 2 and all(re.search(r" loss \d+\.\d{4} lr ", s) for s in lines), lines
+
+
+def test_dpo_lines_show_margin_and_accuracy(tmp_path, caplog):
+    over = [*run_overrides(tmp_path, "dpo"), "data.max_samples=16"]
+    over += ["rung.micro_batch_tokens=512", "trainer.global_batch_tokens=1024"]
+    lines = step_lines(caplog, over)
+    assert len(lines) == 2, lines
+    for s in lines:
+        assert re.search(r" loss \S+ margin -?\d+\.\d{3} acc \d\.\d\d lr ", s), s
+
+
+def test_grpo_lines_show_reward_length_and_generation_share_not_the_loss(
+    tmp_path,
+    caplog,
+    rl_data,  # noqa: F811 (the fixture imported above)
+):
+    over = grpo_overrides(tmp_path, "grpo", rl_data, steps=2, extra=["trainer.log_every=1"])
+    lines = step_lines(caplog, [*over, "recipe.kl_beta=0.01"])
+    assert len(lines) == 2, lines
+    for s in lines:
+        assert re.search(r" reward \d\.\d{3} kl \S+ len \d+ gen \d+% lr ", s), s
+        assert " loss " not in s  # a clipped-ratio loss near 0 says nothing of progress

@@ -21,6 +21,7 @@ def test_every_recipe_is_a_recipe_with_one_name_for_its_reference(recipe):
     assert isinstance(r, Recipe)
     assert r.reference_model is None  # loaded by prepare(), only when the recipe needs one
     assert r.reference_in_loss == (recipe == "dpo")
+    assert r.headline and all(h.key and h.label for h in r.headline)  # the progress line's metrics
 
 
 def test_every_batch_source_is_a_batch_source():

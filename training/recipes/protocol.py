@@ -17,6 +17,8 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import nn
 
+from training.recipes.headline import Headline
+
 
 @runtime_checkable
 class BatchSource(Protocol):
@@ -49,6 +51,8 @@ class Recipe(Protocol):
     # loop counts that forward pass in MFU. GRPO's reference scores rollouts in the batch source,
     # which counts its FLOPs itself.
     reference_in_loss: bool
+    # The step metrics the progress bar and log line show (training/recipes/headline.py).
+    headline: tuple[Headline, ...]
 
     def build_stream(
         self, cfg: Any, tokenizer: Any, micro_batch_tokens: int, seed: int

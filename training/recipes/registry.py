@@ -20,6 +20,7 @@ from training.data.chat_data import IGNORE
 from training.data.mixture import SOURCE_STATS, build_stream, source_sums
 from training.data.preference import sequence_logps
 from training.model.lm_loss import token_logps
+from training.recipes.headline import LOSS, Headline
 from training.recipes.losses import loss_spec
 from training.recipes.protocol import Recipe
 
@@ -33,6 +34,7 @@ class SFT:
     data_format = "messages"
     reference_model = None
     reference_in_loss = False
+    headline = (LOSS,)
 
     def build_stream(self, cfg, tokenizer, micro_batch_tokens: int, seed: int):
         # plain data or a mixture (training/data/mixture.py), tokenised through the token cache
@@ -76,6 +78,12 @@ class DPO:
     unit = "pairs"
     data_format = "preference"
     reference_in_loss = True  # a live reference (precompute=false) runs in loss_sum
+    # loss_sum's per-pair means: the chosen-minus-rejected reward and the share ranked right
+    headline = (
+        LOSS,
+        Headline("rewards/margin", "margin", ".3f"),
+        Headline("rewards/accuracy", "acc", ".2f"),
+    )
 
     def __init__(
         self,

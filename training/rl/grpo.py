@@ -36,11 +36,20 @@ from __future__ import annotations
 import torch
 
 from training.model.lm_loss import token_logps
+from training.recipes.headline import Headline, generation_share
 
 
 class GRPO:
     data_format = "rlvr"
     reference_in_loss = False  # the batch source scores rollouts with the reference, and counts it
+    # the rollouts' metrics (rollouts.py), not the loss: a clipped-ratio loss sits near 0 while
+    # the reward climbs. kl only with kl_beta > 0.
+    headline = (
+        Headline("reward_mean", "reward", ".3f"),
+        Headline("kl", "kl", ".4f"),
+        Headline("response_len_mean", "len", ".0f"),
+        Headline("gen_share", "gen", ".0%", generation_share),
+    )
 
     def __init__(self, cfg):
         r = cfg.recipe

@@ -1,14 +1,16 @@
 """Progress you can watch: a rich progress bar on a terminal, the plain log lines otherwise.
 
-    ladder train rung=tiny                       # a bar: step, ETA, steps/s, loss, tokens/s
+    ladder train rung=tiny                       # a bar: step, ETA, steps/s, headline metrics, tokens/s
     ladder train rung=tiny | tee train.log       # not a terminal: one log line every trainer.log_every steps
     ladder eval runs/tiny-sft-reverse/checkpoints/step_000200   # a bar over each built-in task's examples
 
-The trainer hands every step's metrics to StepProgress.update; evals/tasks/generate.py counts examples
-through example_progress. Whether a bar is drawn depends on stdout alone (a SLURM log, a pipe or
-a background eval's log file get the log lines, which grep and `tail -f` read better than a
-redrawn bar). While a bar is up, log lines that were going to the terminal are printed above it
-instead of through it; lines going to a file keep going there.
+The trainer hands every step's metrics to StepProgress.update, which shows the recipe's headline
+metrics (SFT: loss; DPO: loss, margin, accuracy; GRPO: reward, KL, answer length, generation
+share); evals/tasks/generate.py counts examples through example_progress. Whether a bar is
+drawn depends on stdout alone (a SLURM log, a pipe or a background eval's log file get the log
+lines, which grep and `tail -f` read better than a redrawn bar). While a bar is up, log lines
+that were going to the terminal are printed above it instead of through it; lines going to a file
+keep going there.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.text import Text
+
+from training.recipes.headline import LOSS, Headline, line
 
 
 def make_console() -> Console:
@@ -73,9 +77,11 @@ class StepProgress:
         log: logging.Logger,
         enabled: bool = True,
         console: Console | None = None,
+        headline: tuple[Headline, ...] = (LOSS,),
     ):
         global _active
         self.total, self.log_every, self.log = total, log_every, log
+        self.headline = headline  # the recipe's (training/recipes/headline.py)
         self.bar: Progress | None = None
         self._rerouted: list[tuple[logging.StreamHandler, object]] = []
         console = console or make_console() if enabled else None
@@ -92,10 +98,10 @@ class StepProgress:
         if self.bar is None:
             if step % self.log_every == 0 or step == self.total:
                 self.log.info(
-                    "step %d/%d loss %.4f lr %.2e grad_norm %.3f tok/s/device %.0f",
+                    "step %d/%d %s lr %.2e grad_norm %.3f tok/s/device %.0f",
                     step,
                     self.total,
-                    m["loss"],
+                    line(self.headline, m),
                     m["lr"],
                     m["grad_norm"],
                     m["tokens_per_s"],
@@ -104,7 +110,7 @@ class StepProgress:
         self.bar.update(
             self.task,
             completed=step,
-            extra=f"loss {m['loss']:.4f}  {m['tokens_per_s']:,.0f} tok/s/device",
+            extra=f"{line(self.headline, m, '  ')}  {m['tokens_per_s']:,.0f} tok/s/device",
         )
 
     def close(self) -> None:

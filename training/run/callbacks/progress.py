@@ -22,6 +22,7 @@ class ProgressCallback(Callback):
             t.start_step,
             t.cfg.trainer.log_every,
             logging.getLogger("ladder.train"),  # the step lines are the trainer's
+            headline=t.recipe.headline,  # what the recipe's steps are judged by
         )
 
     def on_step_end(self, step: int, metrics: dict) -> None:
