@@ -10,6 +10,7 @@ import pytest
 from conftest import ladder_cli
 
 from launch.accounting.ledger import Ledger
+from launch.planning.doc_lengths import save_lengths, summarize
 from launch.planning.memory import GiB, model_states
 from launch.planning.plan import USABLE_FRACTION, make_plan, model_shape
 from training.common.errors import ConfigError
@@ -234,9 +235,41 @@ def test_big_rungs_plan_on_the_tulu3_mixtures_not_on_the_toy_task(rung, recipe, 
     # the textbook figure, written out here independently: 6N per token plus causal attention,
     # 6 x layers x hidden x sequence length per token
     n, m = plan.matmul_params, cfg.model
-    assert plan.flops == pytest.approx(
+    reference = plan.reference.flops if plan.reference else 0.0  # DPO's reference pass, apart
+    assert plan.flops - reference == pytest.approx(
         plan.tokens * (6 * n + 6 * m.num_layers * m.hidden_size * seq), rel=1e-9
     )
     assert compose(["rung=tiny", f"recipe={recipe}"]).data.name.startswith(
         "reverse"
     )  # the CPU rungs keep it
+
+
+def test_dpo_plans_its_reference_forward_and_a_live_reference_memory(tmp_path):
+    """#28 item 3: the reference's forward passes count in FLOPs and GPU-hours, and a live
+    reference (precompute_reference=false) also in memory; a precomputed one scores the data set."""
+    dpo = ["rung=70b", "recipe=dpo", f"trainer.run_root={tmp_path}"]
+    pre, live = (
+        make_plan(compose(dpo)),
+        make_plan(compose([*dpo, "recipe.precompute_reference=false"])),
+    )
+    seq = compose(dpo).data.max_seq_len
+    sft = make_plan(compose(["rung=70b", "recipe=sft", f"data.max_seq_len={seq}"]))
+    assert sft.reference is None and pre.tokens == sft.tokens and pre.doc_tokens == sft.doc_tokens
+    for p in (pre, live):  # unmeasured data: one forward over the run's tokens, a third of training
+        assert p.reference.tokens == p.tokens
+        assert p.flops == pytest.approx(sft.flops * 4 / 3, rel=1e-9)
+        assert p.gpu_hours == pytest.approx(sft.gpu_hours * 4 / 3, rel=1e-9)
+    # the live reference sits beside the policy: bf16 weights sharded over the 64 GPUs (ZeRO-3)
+    assert pre.memory.reference == 0.0
+    assert live.memory.reference == pytest.approx(2 * live.params / live.gpus)
+    assert live.memory.total == pytest.approx(pre.memory.total + live.memory.reference)
+    # measured by `ladder data inspect`: the precomputed pass scores the whole data set once
+    cfg = compose(dpo)
+    save_lengths(cfg, summarize([seq] * (3 * pre.tokens // seq)))
+    measured = make_plan(cfg)
+    assert measured.reference.tokens == 3 * pre.tokens
+    assert measured.flops == pytest.approx(sft.flops + 3 * (pre.flops - sft.flops), rel=1e-9)
+    again = make_plan(compose([*dpo, "recipe.precompute_reference=false"]))
+    assert again.flops == pytest.approx(live.flops)  # live: every step's tokens, measured or not
+    simpo = make_plan(compose([*dpo, "recipe.loss=simpo"]))
+    assert simpo.reference is None and simpo.flops == pytest.approx(sft.flops, rel=1e-9)

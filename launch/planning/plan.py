@@ -11,7 +11,10 @@ if every document were data.max_seq_len tokens long (an upper bound for packed d
 from launch/planning/memory.py. Time is FLOPs / (GPUs x peak x MFU), where MFU is the median measured
 on earlier runs of the same rung in the ledger, else by bench/gpu.py at the rung's shape and
 settings (`ladder bench import`; launch/planning/rates.py), else rung.assumed_mfu; on a device with no known
-peak (a CPU) it is tokens / (devices x tokens/s), measured or rung.assumed_tokens_per_s.
+peak (a CPU) it is tokens / (devices x tokens/s), measured or rung.assumed_tokens_per_s. DPO's
+reference forward passes (once over the data set, or in every step with
+recipe.precompute_reference=false) are added to FLOPs and time, and a live reference's weights to
+memory (launch/planning/plan_dpo.py); GRPO's generation is planned in launch/planning/plan_rl.py.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from omegaconf import DictConfig
 from launch.console import make_console, num, si
 from launch.planning.doc_lengths import planning_length
 from launch.planning.memory import ENGINES, GiB, Memory, estimate
+from launch.planning.plan_dpo import ReferencePlan, reference_memory, reference_plan
+from launch.planning.plan_dpo import render_row as render_reference_row
 from launch.planning.plan_rl import RLPlan, is_rl, render_rows, rl_memory, rl_plan, rl_seconds
 from launch.planning.rates import planning_rate
 from training.common.errors import ConfigError
@@ -73,6 +78,8 @@ class Plan:
     rl: RLPlan | None = (
         None  # recipe=grpo: generation and training on rollouts (launch/planning/plan_rl.py)
     )
+    # DPO's reference forward passes, counted in flops and the time (launch/planning/plan_dpo.py)
+    reference: ReferencePlan | None = None
     cost: float = field(init=False)
 
     def __post_init__(self):
@@ -119,7 +126,10 @@ def memory_for(shape: ModelShape, cfg: DictConfig, **changes) -> Memory:
         v["activation_checkpointing"],
         v["offload"],
     )
-    return replace(m, **rl_memory(cfg, shape, gpus, v["engine"])) if is_rl(cfg) else m
+    if is_rl(cfg):
+        return replace(m, **rl_memory(cfg, shape, gpus, v["engine"]))
+    # DPO with precompute_reference=false: the reference's weights beside the policy's
+    return replace(m, reference=reference_memory(cfg, shape, gpus, v["engine"]))
 
 
 def fits(m: Memory, r) -> bool:
@@ -217,6 +227,9 @@ def make_plan(cfg: DictConfig, ledger=None) -> Plan:
     )  # measured by `ladder data inspect`, else data.max_seq_len
     n_matmul = shape.matmul_params
     flops = train_flops(n_matmul, shape.layers, shape.hidden, [doc]) * tokens / doc
+    reference = reference_plan(cfg, tokens, n_matmul, shape.layers, shape.hidden, doc)
+    if reference is not None:
+        flops += reference.flops
     memory = memory_for(shape, cfg)
     ok = fits(memory, r)
     problem = None
@@ -245,8 +258,8 @@ def make_plan(cfg: DictConfig, ledger=None) -> Plan:
     gpus = r.nodes * r.gpus_per_node
     if kind == "mfu":
         seconds = flops / (gpus * r.peak_flops_per_device * rate)
-    else:
-        seconds = tokens / (gpus * rate)
+    else:  # a reference token is a forward pass only: a third of a trained token's time
+        seconds = (tokens + (reference.tokens / 3 if reference else 0)) / (gpus * rate)
     rl = None
     if is_rl(
         cfg
@@ -291,6 +304,7 @@ def make_plan(cfg: DictConfig, ledger=None) -> Plan:
         gpu_hours=gpus * seconds / 3600,
         price_per_gpu_hour=cfg.budget.price_per_gpu_hour,
         rl=rl,
+        reference=reference,
     )
 
 
@@ -341,8 +355,11 @@ def render(plan: Plan, console=None) -> None:
     work.add_row(
         "training FLOPs",
         f"{p.flops:.3e}",
-        f"6 x {si(p.matmul_params)} matmul params x tokens + attention at {p.doc_tokens:,}-token documents",
+        f"6 x {si(p.matmul_params)} matmul params x tokens + attention at {p.doc_tokens:,}-token documents"
+        + (", with the reference FLOPs below" if p.reference else ""),
     )
+    if p.reference is not None:
+        render_reference_row(work, p.reference)
     work.add_row("document length", f"{p.doc_tokens:,} tokens", p.doc_source)
     if p.rl is not None:
         render_rows(work, p.rl)
@@ -357,6 +374,8 @@ def render(plan: Plan, console=None) -> None:
         p.rl is not None
     ):  # what RL adds (launch/planning/plan_rl.py): the KL reference, the generator's memory
         kinds += ["reference", "generation"]
+    elif p.memory.reference:  # DPO's live reference (launch/planning/plan_dpo.py)
+        kinds += ["reference"]
     for col in ("engine", *kinds, "total", "host/node", "fits"):
         mem.add_column(col, justify="left" if col == "engine" else "right", no_wrap=True)
     for name, m in p.by_engine.items():
@@ -391,6 +410,12 @@ def render(plan: Plan, console=None) -> None:
             "(an upper bound)[/dim]"
         )
 
+    if p.rl is None and p.memory.reference:
+        console.print(
+            "[dim]DPO: reference = the frozen reference's weights in the training dtype beside the "
+            "policy, sharded under fsdp2 and deepspeed_zero3, whole otherwise "
+            "(recipe.precompute_reference=false)[/dim]"
+        )
     if p.fits:
         console.print(
             f"[green bold]FITS[/green bold]: {num(p.memory.total / GiB)} of {p.usable_gb:,.1f} GiB per {unit}"
