@@ -51,7 +51,7 @@ def lag_extra(k: int, save_every: int) -> list[str]:
 def separate(root: Path, name: str, data: Path, steps: int, k: int, save_every: int, **kw):
     over = [
         *grpo_overrides(root, name, data, steps, extra=lag_extra(k, save_every)),
-        "rung.engine=ddp",
+        f"rung.engine={kw.pop('engine', 'ddp')}",
         "rung.gpus_per_node=3",
         "generator.placement=separate",
         "generator.ranks=1",
@@ -94,8 +94,12 @@ def lag1_reference(tmp_path_factory, rl_data) -> Path:
     return colocated(tmp_path_factory.mktemp("colocated"), rl_data, 5, 1, 2)
 
 
-def test_with_lag_1_the_generator_ranks_follow_the_schedule(tmp_path, rl_data, lag1_reference):
-    proc = separate(tmp_path, "sep", rl_data, steps=5, k=1, save_every=2)
+@pytest.mark.parametrize("engine", ["ddp", "fsdp2"])
+def test_with_lag_1_the_generator_ranks_follow_the_schedule(
+    tmp_path, rl_data, lag1_reference, engine
+):
+    """fsdp2: the learners shard over their own group and gather each tensor for learner 0 to send."""
+    proc = separate(tmp_path, "sep", rl_data, steps=5, k=1, save_every=2, engine=engine)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert_same_run(tmp_path / "sep", lag1_reference)
     rows = read_metrics(tmp_path / "sep" / "metrics.jsonl")

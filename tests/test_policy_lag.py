@@ -67,9 +67,10 @@ THREE = ("rung.engine=ddp", "rung.gpus_per_node=3", "recipe.prompts_per_step=4")
             "use single or ddp",
         ),
         (
-            ("generator.placement=separate", "generator.ranks=1", "rung.engine=fsdp2") + THREE[1:],
+            ("generator.placement=separate", "generator.ranks=1", "rung.engine=deepspeed_zero3")
+            + THREE[1:],
             3,
-            "rung.engine=ddp",
+            "rung.engine=ddp or fsdp2",
         ),
         # 3 ranks, 1 generator: 2 learners, and 3 prompts do not split over them
         (

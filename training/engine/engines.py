@@ -417,7 +417,13 @@ def fsdp2_shard(
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-    mesh = init_device_mesh(device, (world_size,))
+    group = distributed.learner_group()
+    if group is not None:  # some ranks only generate: shard over the learners (world_size of them)
+        from torch.distributed.device_mesh import DeviceMesh
+
+        mesh = DeviceMesh.from_group(group, device)
+    else:
+        mesh = init_device_mesh(device, (world_size,))
     mp = mp or MixedPrecisionPolicy()
     for layer in model.model.layers:
         fully_shard(layer, mesh=mesh, mp_policy=mp, reshard_after_forward=reshard_after_forward)

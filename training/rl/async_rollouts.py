@@ -42,7 +42,7 @@ import torch.distributed as dist
 from training.common.errors import TrainingError
 from training.engine import distributed
 from training.rl.policy_lag import behaviour_version
-from training.rl.weight_sync import receive_weights, send_weights
+from training.rl.weight_sync import receive_weights, send_weights, weights
 from training.run import faults
 from training.run.checkpoint import plain_problem
 
@@ -77,40 +77,37 @@ class LearnerLink:
         self.generator = self.learners + self.rank % generators  # the global rank serving us
         self.main = trainer.world.main
         self.device = trainer.device  # NCCL moves device tensors only; gloo takes either
+        self.link = distributed.link_group()  # None on learners other than 0: they only gather
         self.versions = needed_versions(
             trainer.start_step, trainer.cfg.trainer.max_steps, stream.lag
         )
 
-    def start(self, start_step: int, finished: bool = False) -> None:
-        """Learner 0 tells the generators where the run starts, then sends the first weights."""
-        if not self.main:
-            return
-        header = torch.tensor([start_step, int(finished)], dtype=torch.long, device=self.device)
-        with self.generators_alive(f"the start of the run (step {start_step + 1})"):
-            dist.broadcast(header, src=0, group=distributed.link_group())
-        if finished:
-            return
+    def start(self, start_step: int) -> None:
+        """Learner 0 tells the generators where the run starts, then sends the first weights (every
+        learner calls this: under FSDP2 the live weights are gathered by all)."""
+        if self.main:
+            header = torch.tensor([start_step, 0], dtype=torch.long, device=self.device)
+            with self.generators_alive(f"the start of the run (step {start_step + 1})"):
+                dist.broadcast(header, src=0, group=distributed.link_group())
         for v in [v for v in self.versions if v <= start_step]:
-            model = (
-                self.trainer.model
-                if v == start_step
-                else self.stream.history.model_for(v, self.trainer.model)
-            )
             with self.generators_alive(f"policy version {v}"):
-                send_weights(model, distributed.link_group())
+                if v == start_step:
+                    send_weights(weights(self.trainer.model), self.link, main=self.main)
+                elif self.main:  # resumed with k > 0: a version older than the checkpoint, kept
+                    send_weights(self.stream.history.state_of(v).items(), self.link)
 
     def after_update(self, step: int) -> float:
-        """Learner 0, after step `step`'s update: the weights of version `step` if a batch needs them;
-        the seconds the broadcast took."""
+        """After step `step`'s update: the weights of version `step`, if a batch needs them, from
+        learner 0 (every learner calls this: under FSDP2 each tensor is gathered by all); the
+        seconds it took."""
         t0 = time.perf_counter()
-        if (
-            self.main and self.stream.lag
-        ):  # a resume with k > 0 needs versions older than its checkpoint
-            self.stream.history.record(step, self.trainer.model)
-            self.stream.history.prune(step - 1)
-        if self.main and step in self.versions:
+        if self.stream.lag:  # a resume with k > 0 needs versions older than its checkpoint
+            self.stream.history.record(step, self.trainer.model, keep=self.main)
+            if self.main:
+                self.stream.history.prune(step - 1)
+        if step in self.versions:
             with self.generators_alive(f"policy version {step} (after step {step})"):
-                send_weights(self.trainer.model, distributed.link_group())
+                send_weights(weights(self.trainer.model), self.link, main=self.main)
         return time.perf_counter() - t0
 
     @contextlib.contextmanager

@@ -137,10 +137,12 @@ class RolloutStream:
             layout.answers_per_micro_batch
         )  # validate() checked P % dp and derived grad_accum from A
         self.per_rank = self.P // self.dp
+        generator_rank = getattr(trainer, "is_generator", False)
         self.generator = make_generator(
             self.cfg.generator,
             self.tokenizer,
-            trainer.cfg.rung.engine.value,
+            # a generator rank holds a whole plain copy: no collective in its forward passes
+            "single" if generator_rank else trainer.cfg.rung.engine.value,
             trainer.world.size,
             max_model_len=self.cfg.data.max_seq_len,
         )
@@ -152,16 +154,16 @@ class RolloutStream:
                 trainer.cfg.trainer.save_every,
                 trainer.world.main,
             )
-            if self.lag and not getattr(trainer, "is_generator", False)
+            if self.lag and not generator_rank
             else None
         )
         self.reset_step()
-        if self.separate and not getattr(trainer, "is_generator", False):
+        if self.separate and not generator_rank:
             from training.rl.async_rollouts import LearnerLink
 
             self.link = LearnerLink(self, trainer, trainer.job_world.size - trainer.world.size)
-            if self.lag and trainer.world.main:  # the live weights are version start_step
-                self.history.record(trainer.start_step, trainer.model)
+            if self.lag:  # the live weights are version start_step (gathered by all under FSDP2)
+                self.history.record(trainer.start_step, trainer.model, keep=trainer.world.main)
             self.link.start(trainer.start_step)
         if (
             self.E > 1 and trainer.start_step % self.E

@@ -8,8 +8,8 @@ Both sides walk the model's state dict in the same order (the same architecture,
 and pack consecutive tensors of one dtype into buckets of at most BUCKET_BYTES, each one broadcast
 (gloo on CPUs, NCCL on GPUs: one large collective instead of one per tensor). The values arrive bit
 for bit, so a generator samples exactly what the learners' own weights would. Learner 0 holds the
-whole model under the engines separate placement supports (ddp); a sharded engine would gather each
-tensor first (FSDP2's full_tensor(), ZeRO-3's GatheredParameters), as the vLLM push does.
+whole model under ddp; under fsdp2 every learner all-gathers each tensor in turn (full_tensor(), as
+the vLLM push and the checkpoint writer do) and learner 0 sends it. ZeRO-3 is not supported yet.
 """
 
 from __future__ import annotations
@@ -20,14 +20,24 @@ import torch.distributed as dist
 BUCKET_BYTES = 64 * 2**20
 
 
-def buckets(model) -> list[list[tuple[str, torch.Tensor]]]:
-    """Consecutive state-dict tensors, grouped so that each bucket has one dtype and device and at
-    most BUCKET_BYTES (a larger tensor is a bucket of its own). Tied tensors appear once."""
-    out, cur, size, seen = [], [], 0, set()
-    for name, t in model.state_dict().items():
-        if t.data_ptr() in seen:
-            continue
-        seen.add(t.data_ptr())
+def weights(model) -> list[tuple[str, torch.Tensor]]:
+    """What is sent, in order: the parameters (a tied one once) and the buffers. Under FSDP2 the
+    parameters are DTensors with the same names, in the same order, as the generators' plain copy."""
+    return [*model.named_parameters(), *model.named_buffers()]
+
+
+def full(t: torch.Tensor) -> torch.Tensor:
+    """The whole tensor: an FSDP2 shard is all-gathered (a collective of the learner group)."""
+    from torch.distributed.tensor import DTensor
+
+    return t.full_tensor() if isinstance(t, DTensor) else t
+
+
+def buckets(named) -> list[list[tuple[str, torch.Tensor]]]:
+    """Consecutive (name, tensor) pairs, grouped so that each bucket has one dtype and device and at
+    most BUCKET_BYTES (a larger tensor is a bucket of its own)."""
+    out, cur, size = [], [], 0
+    for name, t in named:
         nbytes = t.numel() * t.element_size()
         if cur and (
             t.dtype != cur[0][1].dtype
@@ -44,13 +54,17 @@ def buckets(model) -> list[list[tuple[str, torch.Tensor]]]:
 
 
 @torch.no_grad()
-def send_weights(model, group, src: int = 0) -> int:
-    """Broadcast the model's weights from rank src to the group; the bytes sent."""
+def send_weights(named, group, src: int = 0, main: bool = True) -> int:
+    """Broadcast (name, tensor) pairs (weights(model), or a kept version's) from rank src to the
+    group; the bytes sent. Under FSDP2 every learner calls this, since each tensor is all-gathered
+    first (one at a time: no learner ever holds more than a bucket), and only main sends."""
     total = 0
-    for bucket in buckets(model):
-        flat = torch.cat([t.detach().reshape(-1) for _, t in bucket])
-        dist.broadcast(flat, src=src, group=group)
-        total += flat.numel() * flat.element_size()
+    for bucket in buckets(named):
+        parts = [full(t).detach().reshape(-1) for _, t in bucket]
+        if main:
+            flat = torch.cat(parts)
+            dist.broadcast(flat, src=src, group=group)
+            total += flat.numel() * flat.element_size()
     return total
 
 
@@ -58,7 +72,7 @@ def send_weights(model, group, src: int = 0) -> int:
 def receive_weights(model, group, src: int = 0) -> int:
     """Receive rank src's weights into `model` (same architecture), in place; the bytes received."""
     total = 0
-    for bucket in buckets(model):
+    for bucket in buckets(weights(model)):
         flat = torch.empty(
             sum(t.numel() for _, t in bucket), dtype=bucket[0][1].dtype, device=bucket[0][1].device
         )
