@@ -25,13 +25,13 @@ class Headline(NamedTuple):
 
 
 def generation_share(m: dict) -> float | None:
-    """GRPO's share of the step's generation plus training time spent generating (rollouts.py
-    reports both; none of its keys is the share itself). On separate generator ranks the two run
-    side by side, so the share says which side sets the pace."""
-    gen, train = m.get("gen_time_s"), m.get("train_time_s")
-    if gen is None or train is None or gen + train <= 0:
+    """RL's share of the step's wall-clock spent generating rollouts (rollouts.py's gen_time_s over
+    the loop's step_time_s; no metric is the share itself). The progress line and the heartbeat
+    (`ladder status`) both read it here. None for a recipe that does not generate."""
+    gen, step = m.get("gen_time_s"), m.get("step_time_s")
+    if gen is None or not step:
         return None
-    return gen / (gen + train)
+    return gen / step
 
 
 LOSS = Headline("loss", "loss", ".4f")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from training.recipes.headline import generation_share
 from training.run.callbacks.base import Callback, EndState
 from training.run.callbacks.tracker import TrackerCallback
 from training.run.heartbeat import Heartbeat
@@ -31,8 +32,8 @@ class HeartbeatCallback(Callback):
     def on_step_end(self, step: int, metrics: dict) -> None:
         m = metrics
         # RL: the share of the step spent generating, shown by `ladder status`
-        gen_share = m["gen_time_s"] / m["step_time_s"] if "gen_time_s" in m else None
-        self.heartbeat.update(step=step, loss=m["loss"], mfu=m["mfu"], gen_share=gen_share)
+        share = generation_share(m)
+        self.heartbeat.update(step=step, loss=m["loss"], mfu=m["mfu"], gen_share=share)
 
     def on_checkpoint_saved(self, step: int, ckpt: Path, url: str | None) -> None:
         self.heartbeat.update(last_checkpoint_step=step, last_checkpoint_at=time.time())
