@@ -109,6 +109,27 @@ def placement_problems(cfg, world_size: int | None = None, here: bool = False) -
     return problems
 
 
+def wait_metrics(separate: bool, s: dict, gen_s: float, train_s: float, world: int) -> dict:
+    """learner_wait_s, generator_wait_s and weight_sync_s of a step, from the batch source's sums
+    over the learners (s), its generation time (the slowest rank's) and its training time."""
+    if separate:
+        return {
+            # mean over learners of the time blocked receiving the step's rollouts
+            "learner_wait_s": s["learner_wait"] / world,
+            # mean over the shares of the time their generator waited for weights first
+            "generator_wait_s": s["generator_wait"] / world,
+            # learner 0's time broadcasting this step's new weights (0 when none is needed)
+            "weight_sync_s": s["weight_sync"],
+        }
+    # colocated, every rank makes its own batch: the learner waits for all of it, and the
+    # generator (the same rank) waits while it trains; weight_sync: keeping/loading past versions
+    return {
+        "learner_wait_s": gen_s + (s["logprob_time"] + s["weight_sync"]) / world,
+        "generator_wait_s": train_s,
+        "weight_sync_s": s["weight_sync"] / world,
+    }
+
+
 class PolicyHistory:
     """The weights of the versions a lagged schedule still needs, on the host, and on disk for resume.
 

@@ -54,7 +54,7 @@ from training.engine.distributed import learner_group
 from training.model.flops import forward_flops, generate_flops
 from training.model.lm_loss import token_logps
 from training.rl.generator import make_generator, sample_key
-from training.rl.policy_lag import PolicyHistory, behaviour_version
+from training.rl.policy_lag import PolicyHistory, behaviour_version, wait_metrics
 from training.rl.rlvr_data import load_prompts
 from training.rl.verifiers.registry import verify
 from training.run.checkpoint import load_state_file, save_state_file
@@ -395,24 +395,6 @@ class RolloutStream:
         self.per_verifier += st["per_verifier"]
         self.len_max = max(self.len_max, st["len_max"])
 
-    def wait_metrics(self, s: dict, gen_s: float, train_s: float, world: int) -> dict:
-        if self.separate:
-            return {
-                # mean over learners of the time blocked receiving the step's rollouts
-                "learner_wait_s": s["learner_wait"] / world,
-                # mean over the shares of the time their generator waited for weights first
-                "generator_wait_s": s["generator_wait"] / world,
-                # learner 0's time broadcasting this step's new weights (0 when none is needed)
-                "weight_sync_s": s["weight_sync"],
-            }
-        # colocated, every rank makes its own batch: the learner waits for all of it, and the
-        # generator (the same rank) waits while it trains; weight_sync: keeping/loading past versions
-        return {
-            "learner_wait_s": gen_s + (s["logprob_time"] + s["weight_sync"]) / world,
-            "generator_wait_s": train_s,
-            "weight_sync_s": s["weight_sync"] / world,
-        }
-
     def step_metrics(self, step: int) -> dict:
         tok = self.recipe.take_token_stats()
         vec = torch.tensor(
@@ -463,7 +445,7 @@ class RolloutStream:
             "policy_version": behaviour_version((step - 1) // self.E, self.lag) * self.E,
             "policy_lag": (step - 1) // self.E * self.E
             - behaviour_version((step - 1) // self.E, self.lag) * self.E,
-            **self.wait_metrics(s, float(mx[1]), train_s, world),
+            **wait_metrics(self.separate, s, float(mx[1]), train_s, world),
             # truncated importance sampling (lagged batches; 1 and 0 on a batch of the live policy)
             "is_ratio_mean": is_ratio / max(ntok, 1.0) if ntok else 1.0,
             "is_clipped_frac": is_clipped / max(ntok, 1.0),
