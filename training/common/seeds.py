@@ -24,6 +24,19 @@ def hash64(*parts) -> int:
     return int.from_bytes(hashlib.sha256("/".join(map(str, parts)).encode()).digest()[:8], "little")
 
 
+def seed_everything(seed: int) -> None:
+    """Python's, numpy's and torch's global RNGs, as a run (or a generator rank) starts: what model
+    initialisation draws from. Imported lazily: this module stays free of torch."""
+    import random
+
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
 def seed_of(*parts) -> int:
     """A 63-bit seed (fits torch.Generator.manual_seed) from the parts: hash64 less its top bit."""
     return hash64(*parts) >> 1

@@ -157,9 +157,9 @@ def tell_generators_finished(trainer) -> None:
 
 def run_generator(trainer) -> None:
     """The whole life of a generator rank (Trainer.run calls this on ranks >= L)."""
+    from training.common.seeds import seed_everything
     from training.model.modeling import build_model, load_tokenizer
     from training.model.shape import shape_of
-    from training.run.trainer import seed_everything
 
     cfg, job, device = trainer.cfg, trainer.job_world, trainer.device
     k_gen = job.size - trainer.world.size  # trainer.world is this rank's view: the learners' size

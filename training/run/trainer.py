@@ -43,6 +43,7 @@ from transformers import get_scheduler
 
 from training.common.errors import Preempted, TrainingError
 from training.common.safe_files import fresh_dir
+from training.common.seeds import seed_everything
 from training.config.config_diff import (
     ConfigChanges,
     check_batch_continues,
@@ -142,12 +143,6 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def peak_memory_gb(device: str) -> float:
