@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,8 @@ os.environ.update(
     TOKENIZERS_PARALLELISM="false",
 )
 os.environ.pop("WANDB_API_KEY", None)
+# this session's own memo key (training/common/private_key.py), not the user's ~/.cache/ladder one
+os.environ.setdefault("LADDER_KEY_DIR", tempfile.mkdtemp(prefix="ladder-keys-"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 # 2 threads here and in the processes the tests start, so in-process and subprocess runs round

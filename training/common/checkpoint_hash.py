@@ -10,20 +10,25 @@ config.json and generation_config.json), and nothing else: not eval/ (results wr
 later), not trainer_state.pt or ladder_meta.json (a resumed re-save of identical weights
 keeps its hash). A copy of a checkpoint elsewhere has the same hash, so it is never
 evaluated twice, nor its reference log-probs computed twice. Hashing 16 GB of weights takes a
-while, so the hash is remembered in <checkpoint>/eval/content_hash.json with each file's size and
-mtime and reused while they are unchanged (read without following a link; a read-only checkpoint
-just rehashes next time).
+while, so the hash is remembered in <checkpoint>/eval/content_hash.json with each file's size,
+mtime, ctime and inode, and reused while they are unchanged. The memo is signed with this user's
+key (training/common/private_key.py): a checkpoint is often someone else's folder, and a memo
+planted there could claim another checkpoint's hash and so be served that checkpoint's cached
+scores. A memo that does not verify is ignored and the files are hashed. It is read without
+following a link; a read-only checkpoint just rehashes next time.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import hashlib
+import hmac
 import json
 from pathlib import Path
 
 from training.common.content_cache import file_hash
 from training.common.errors import CheckpointError
+from training.common.private_key import sign, user_key
 from training.common.safe_files import read_text, write_atomic
 
 PATTERNS = (
@@ -54,7 +59,13 @@ def hashed_files(ckpt: Path) -> list[Path]:
 
 
 def _stats(files: list[Path]) -> dict[str, list[int]]:
-    return {p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in files}
+    """What changes when a file does: ctime and the inode too, which no one can set back by hand
+    (mtime can be, with touch)."""
+    out = {}
+    for p in files:
+        st = p.stat()
+        out[p.name] = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+    return out
 
 
 def checkpoint_hash(ckpt: str | Path) -> str:
@@ -66,11 +77,13 @@ def checkpoint_hash(ckpt: str | Path) -> str:
         )
     stats = _stats(files)
     memo = ckpt / "eval" / MEMO
+    key = user_key()
     try:
         saved = json.loads(read_text(memo))  # O_NOFOLLOW: a planted link is an OSError
-        if saved.get("files") == stats:
+        body = {"sha256": saved["sha256"], "files": saved["files"]}
+        if saved["files"] == stats and hmac.compare_digest(saved["mac"], sign(key, body)):
             return saved["sha256"]
-    except (OSError, ValueError, KeyError, AttributeError):
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         pass
     h = hashlib.sha256()
     for p in files:
@@ -79,8 +92,9 @@ def checkpoint_hash(ckpt: str | Path) -> str:
     digest = h.hexdigest()
     try:  # a read-only checkpoint still evaluates; it only rehashes next time
         memo.parent.mkdir(exist_ok=True)
+        body = {"sha256": digest, "files": stats}
         write_atomic(
-            memo, json.dumps({"sha256": digest, "files": stats}) + "\n"
+            memo, json.dumps({**body, "mac": sign(key, body)}) + "\n"
         )  # a temporary name of its own, renamed: never through a planted link (training/common/safe_files.py)
     except OSError:
         pass

@@ -56,7 +56,6 @@ import logging
 import os
 import pickle
 import re
-import secrets
 import subprocess
 import time
 import uuid
@@ -68,6 +67,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from training.common.errors import CheckpointError
+from training.common.private_key import ensure_private_key, private_key
 from training.common.safe_files import (
     atomic_file,
     fresh_dir,
@@ -465,35 +465,12 @@ def _key_file(run_dir: Path) -> Path:
 def run_key(run_dir: Path) -> bytes | None:
     """The run's secret key, or None when there is none that can be trusted: missing, a link, not owned
     by this user, or readable by others (whoever could read it could sign a checkpoint)."""
-    path = _key_file(run_dir)
-    try:
-        with open_nofollow(path) as f:
-            st = os.fstat(f.fileno())
-            raw = f.read()
-    except OSError:  # missing, or a link (ELOOP)
-        return None
-    if st.st_uid != os.getuid() or st.st_mode & 0o077:
-        log.warning(
-            "%s is not this user's own private file (owner %d, mode %o): it is not trusted as the run's "
-            "key",
-            path,
-            st.st_uid,
-            st.st_mode & 0o777,
-        )
-        return None
-    try:
-        return bytes.fromhex(raw.decode().strip())
-    except ValueError:
-        return None
+    return private_key(_key_file(run_dir))
 
 
 def ensure_run_key(run_dir: Path) -> bytes:
     """The run's key, made (32 random bytes, mode 0600, written atomically) if there is no trusted one."""
-    key = run_key(run_dir)
-    if key is None:
-        key = secrets.token_bytes(32)
-        write_atomic(_key_file(run_dir), key.hex() + "\n", fsync=True, mode=0o600)
-    return key
+    return ensure_private_key(_key_file(run_dir))
 
 
 def manifest_hmac(key: bytes, manifest: dict) -> str:
