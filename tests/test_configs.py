@@ -81,3 +81,29 @@ def test_cross_field_rules_list_every_problem():
         validate(cfg, world_size=1)
     msg = str(e.value)
     assert "num_heads=5" in msg and "max_seq_len=4096" in msg and "max_steps=0" in msg
+
+
+@pytest.mark.parametrize(
+    "key, bad, choices",
+    [
+        ("rung.engine", "zero4", "single, ddp, fsdp2, deepspeed_zero2, deepspeed_zero3"),
+        ("rung.device", "tpu", "cpu, cuda"),
+        ("eval.device", "gpu", "auto, cpu, cuda"),
+        (
+            "model.attn_implementation",
+            "flash",
+            "auto, eager, sdpa, flex_attention, flash_attention_2",
+        ),
+        ("generator.name", "sglang", "hf, vllm"),
+        ("generator.placement", "everywhere", "colocated, separate"),
+        ("eval.generator.name", "fast", "auto, hf, vllm"),
+        ("optim.schedule", "linear", "cosine, constant"),
+        ("tracker.mode", "on", "offline, online, disabled"),
+        ("data.format", "csv", "messages, preference, rlvr"),
+    ],
+)
+def test_a_closed_choice_is_refused_at_compose_naming_its_choices(key, bad, choices):
+    """Closed choices are StrEnums in the schema (#25): a bad value never reaches a job."""
+    with pytest.raises(ConfigError) as e:
+        compose([f"{key}={bad}"])
+    assert f"expected one of [{choices}]" in str(e.value) and f"full_key: {key}" in str(e.value)

@@ -56,7 +56,6 @@ THREE = ("rung.engine=ddp", "rung.gpus_per_node=3", "recipe.prompts_per_step=4")
     [
         (("generator.placement=separate", "generator.ranks=0", *THREE), 3, "generator.ranks=0"),
         (("generator.placement=separate", "generator.ranks=3", *THREE), 3, "1 <= generator.ranks"),
-        (("generator.placement=everywhere",), 1, "use colocated or separate"),
         (("generator.ranks=1",), 1, "applies only to generator.placement=separate"),
         (("recipe.max_policy_lag=-1",), 1, "recipe.max_policy_lag=-1"),
         (("recipe.is_cap=0",), 1, "recipe.is_cap=0"),

@@ -52,6 +52,38 @@ class EvalDevice(StrEnum):
     cuda = "cuda"
 
 
+class AttnImplementation(StrEnum):
+    """model.attn_implementation; auto: sdpa (training/model/attention.py chooses and checks)."""
+
+    auto = "auto"
+    eager = "eager"
+    sdpa = "sdpa"
+    flex_attention = "flex_attention"
+    flash_attention_2 = "flash_attention_2"
+
+
+class GeneratorName(StrEnum):
+    """What samples GRPO's answers (training/rl/generator.py)."""
+
+    hf = "hf"  # transformers generate with the seeded sampler
+    vllm = "vllm"  # vLLM colocated on the training GPUs
+
+
+class EvalGeneratorName(StrEnum):
+    """What generates the built-in eval tasks' answers; auto: vllm where it runs, else hf."""
+
+    auto = "auto"
+    hf = "hf"
+    vllm = "vllm"
+
+
+class Placement(StrEnum):
+    """Where GRPO generates (generator.placement)."""
+
+    colocated = "colocated"  # every rank generates, then trains
+    separate = "separate"  # generator.ranks of the job's ranks only generate
+
+
 class Schedule(StrEnum):
     cosine = "cosine"  # linear warmup, cosine decay to min_lr_ratio x lr
     constant = "constant"  # linear warmup, then constant
@@ -75,7 +107,7 @@ class ModelConfig:
     rope_theta: float = 10000.0
     tie_word_embeddings: bool = False
     # auto: flash_attention_2 when flash-attn imports and a GPU is present, else sdpa.
-    attn_implementation: str = "auto"
+    attn_implementation: AttnImplementation = AttnImplementation.auto
     # Published parameter count of this shape, checked by the tests (null for ad-hoc shapes).
     published_params: Optional[int] = None
 
@@ -211,7 +243,7 @@ class EvalGeneratorConfig:
     """What generates the built-in tasks' answers (training/rl/generator.py, the component GRPO samples
     with): auto is vllm on a GPU where vllm imports, else hf (transformers generate)."""
 
-    name: str = "auto"
+    name: EvalGeneratorName = EvalGeneratorName.auto
     gpu_memory_utilization: float = 0.5  # vllm only: its share of the GPU beside the loaded model
 
 
@@ -236,14 +268,14 @@ class GeneratorConfig:
     """How rollouts are sampled (training/rl/generator.py): hf (transformers generate on the trainer's
     weights; CPU and every engine) or vllm (colocated on the training GPUs; needs vllm)."""
 
-    name: str = "hf"
+    name: GeneratorName = GeneratorName.hf
     temperature: float = 1.0
     top_p: float = 1.0
     max_new_tokens: int = 16
     gpu_memory_utilization: float = 0.3  # vllm only: its share of the GPU beside training
     # colocated: every rank generates and trains; separate: the last `ranks` ranks of the job only
     # generate and the rest only train (learners = world size - ranks; training/rl/policy_lag.py)
-    placement: str = "colocated"
+    placement: Placement = Placement.colocated
     ranks: int = 0  # generator ranks under placement=separate; 0 under colocated
     # For `ladder plan` only: the MFU decoding reaches, an assumption (decode is memory-bound; far below training's)
     assumed_decode_mfu: float = 0.1

@@ -212,8 +212,6 @@ def generator_problems(cfg, here: bool = False) -> list[str]:
     the job runs (here=True) a GPU and vllm installed."""
     g = cfg.generator
     problems = []
-    if g.name not in {"hf", "vllm"}:
-        problems.append(f"generator.name={g.name!r}: use hf or vllm")
     if g.name == "vllm":
         from training.rl.vllm_generator import vllm_problem
 

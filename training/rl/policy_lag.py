@@ -27,7 +27,6 @@ import torch
 from training.common.safe_files import remove_path
 from training.run.checkpoint import load_state_file, save_state_file
 
-PLACEMENTS = ("colocated", "separate")
 FULL_REPLICA_ENGINES = {"single", "ddp"}  # engines whose every rank holds the whole model
 SEPARATE_ENGINES = {"ddp", "fsdp2"}  # engines whose data parallelism runs over the learner group
 
@@ -45,8 +44,6 @@ def placement_problems(cfg, world_size: int | None = None, here: bool = False) -
     g, r, rc = cfg.generator, cfg.rung, cfg.recipe
     world = world_size if world_size is not None else r.nodes * r.gpus_per_node
     problems = []
-    if g.placement not in PLACEMENTS:
-        return [f"generator.placement={g.placement!r}: use colocated or separate"]
     rl = is_rl(rc.loss)
     if g.placement == "colocated":
         if g.ranks != 0:
