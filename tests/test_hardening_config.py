@@ -140,7 +140,9 @@ REFUSED = {
 def test_an_interpolation_outside_the_allow_list_is_refused_in_every_string_field(secret_env, name):
     payload, words = REFUSED[name]
     fields = string_fields()
-    assert len(fields) >= 43 and {
+    assert len(
+        fields
+    ) >= 41 and {  # closed choices are enums now, refused at compose by their choices
         "tracker.tags",
         "trainer.run_name",
         "sweep.name",
