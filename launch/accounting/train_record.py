@@ -1,13 +1,15 @@
-"""`ladder train` run directly on a node, recorded in a shared ledger like a launched job.
+"""`ladder train` run directly, recorded in the ledger like a launched job, on every backend.
 
+    ladder train rung=tiny                                                 # runs/ladder.db: recorded
     ladder train rung=tiny ledger.url=postgresql://ladder@db-host/ladder   # checked, recorded, charged
 
-With a team's ledger on a server, a run started by hand is charged to its team as well: it is
-planned and checked against the team's allocation (refused over budget, nothing trained),
-recorded with launcher `direct` before it starts, and finished from its heartbeat when it ends,
-however it ends. With the embedded SQLite default it trains unrecorded, as before. `ladder
-launch` runs `python -m launch.train`, not this, so a launched job is never recorded twice.
-Only the first process of a torchrun job (RANK 0) records.
+Every run started by hand is charged to its team (issue #28: after `make pipeline`, `ladder status`
+and `ladder budget report` show what was run): it is planned and checked against the team's
+allocation (refused over budget, nothing trained), recorded as a job of kind `train` with launcher
+`direct` before it starts, and finished from its heartbeat when it ends, however it ends. A run
+killed before it could record its end is finished by the next `ladder status` from its run folder
+(launch/accounting/reconcile.py). `ladder launch` runs `python -m launch.train`, not this, so a
+launched job is never recorded twice. Only the first process of a torchrun job (RANK 0) records.
 """
 
 from __future__ import annotations
@@ -16,16 +18,11 @@ import os
 
 
 def records_direct_runs(cfg) -> bool:
-    from training.common.store_url import parse_store_url
-
-    return (
-        parse_store_url(cfg.ledger.url, "ledger.url").backend == "postgresql"
-        and os.environ.get("RANK", "0") == "0"
-    )
+    return os.environ.get("RANK", "0") == "0"
 
 
 def recording(train, overrides: list[str]):
-    """`train` (cfg -> result), wrapped to record its run in a shared ledger."""
+    """`train` (cfg -> result), wrapped to record its run in the ledger."""
 
     def run(cfg):
         if not records_direct_runs(cfg):
