@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from conftest import FAST, ladder_cli
 
 
@@ -86,3 +87,42 @@ def test_a_value_that_needs_quotes_is_told_how_and_the_advice_works():
         shell_word = re.search(r"in a shell, (.*) keeps the quotes", str(e.value)).group(1)
         [override] = shlex.split(shell_word)  # what the shell hands to ladder
         assert compose([override]).tracker.project == value
+
+
+# Each row: a mistake a newcomer makes, then what the one-line reply must say (the key, and what the
+# key accepts or the key that was meant). Composed in-process through compose(), as the CLI does.
+CONFIG_MISTAKES = [
+    ("recipe=ppo", ["recipe=ppo", "recipe is one of dpo, grpo, sft"]),
+    ("rung=70B", ["rung=70B", "did you mean rung=70b?"]),
+    ("optim.lr=abc", ["optim.lr=abc", "optim.lr takes a number or null"]),
+    ("trainer.max_steps=1.5", ["trainer.max_steps takes a whole number"]),
+    ("rung.bf16=maybe", ["rung.bf16 takes true or false"]),
+    ("data.train_files=/x.jsonl", ["data.train_files takes a list", "data.train_files=[/x.jsonl]"]),
+    ("launcher.env=x", ["launcher.env takes a map"]),
+    ("rung.engine=zero4", ["rung.engine takes one of single, ddp, fsdp2"]),
+    (
+        "optim.learning_rate=1e-4",
+        ["optim.learning_rate is not a config key", "did you mean optim.lr"],
+    ),
+    ("trainer.epochs=3", ["trainer.epochs is not a config key", "did you mean trainer.max_steps?"]),
+    ("trainer.tags=x", ["trainer.tags", "did you mean tracker.tags?"]),
+    ("optim=adam", ["optim=adam", "optim is a node of settings", "optim.lr"]),
+    ("trainer.max_steps", ["'trainer.max_steps' is not an override", "key=value"]),
+    ("optim.lr=1e-4,2e-4", ["optim.lr=1e-4,2e-4", "ladder launch -m", "[a,b]"]),
+    ("trainer.run_name=a${b}c", ["trainer.run_name=a${b}c", "write \\${ for a literal ${"]),
+]
+
+
+@pytest.mark.parametrize("override, needles", CONFIG_MISTAKES, ids=[m[0] for m in CONFIG_MISTAKES])
+def test_every_config_mistake_is_one_line_naming_the_key_and_what_it_takes(override, needles):
+    from training.common.errors import ConfigError
+    from training.config.compose import compose
+
+    with pytest.raises(ConfigError) as e:
+        compose([override])
+    text = str(e.value)
+    assert "\n" not in text, text
+    for noise in ("full_key", "object_type", "reference_type", "Config search path", "ListConfig"):
+        assert noise not in text, text
+    for needle in needles:
+        assert needle in text, text

@@ -106,4 +106,4 @@ def test_a_closed_choice_is_refused_at_compose_naming_its_choices(key, bad, choi
     """Closed choices are StrEnums in the schema (#25): a bad value never reaches a job."""
     with pytest.raises(ConfigError) as e:
         compose([f"{key}={bad}"])
-    assert f"expected one of [{choices}]" in str(e.value) and f"full_key: {key}" in str(e.value)
+    assert f"{key}={bad}: {key} takes one of {choices}" in str(e.value)

@@ -82,7 +82,7 @@ def test_vllm_eval_on_a_cpu_is_refused_before_anything_is_loaded(trained_run, tm
 def test_a_training_config_with_a_vllm_eval_on_a_cpu_is_refused():
     with pytest.raises(ConfigError, match="eval.generator.name=vllm"):
         validate(compose([*FAST, "eval.generator.name=vllm"]))
-    with pytest.raises(ConfigError, match=r"expected one of \[auto, hf, vllm\]"):
+    with pytest.raises(ConfigError, match="eval.generator.name takes one of auto, hf, vllm"):
         validate(compose([*FAST, "eval.generator.name=fast"]))
 
 

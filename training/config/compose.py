@@ -22,7 +22,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from training.common.errors import ConfigError
 from training.common.store_url import config_url_problems
-from training.config.config_errors import describe
+from training.config.config_errors import describe, invalid
 from training.config.names import check_names
 from training.config.schema import LadderConfig
 from training.config.secret_guard import (
@@ -57,13 +57,13 @@ def compose(overrides: list[str] | None = None, config_name: str = "config") -> 
     if (
         problems
     ):  # before Hydra reads anything: hydra.searchpath=... would read config files from elsewhere
-        raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems + in_argv))
+        raise invalid(problems + in_argv)
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
             cfg = hydra_compose(config_name=config_name, overrides=overrides)
         problems = source_problems(OmegaConf.to_container(cfg, resolve=False))
         if problems:  # before resolving: that is what would copy a secret's value into the config
-            raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems + in_argv))
+            raise invalid(problems + in_argv)
         # Resolved once, here: the checks below see the values every command after uses.
         values = OmegaConf.to_container(cfg, resolve=True)
         problems = value_problems(values) + in_argv
@@ -76,10 +76,10 @@ def compose(overrides: list[str] | None = None, config_name: str = "config") -> 
         cfg = OmegaConf.merge(OmegaConf.structured(LadderConfig), literal(values))
     except (HydraException, OmegaConfBaseException) as e:
         if in_argv:  # Hydra's message may quote the override that holds the secret
-            raise ConfigError("invalid config:\n  - " + "\n  - ".join(in_argv)) from None
+            raise invalid(in_argv) from None
         raise ConfigError(f"invalid config: {describe(e, overrides, compose)}") from None
     if problems:
-        raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))
+        raise invalid(problems)
     check_names(cfg)
     OmegaConf.set_readonly(cfg, True)
     return cfg

@@ -25,6 +25,7 @@ import re
 from omegaconf import DictConfig
 
 from training.common.errors import ConfigError
+from training.config.config_errors import invalid
 from training.config.paths import path_problems
 
 MAX_LEN = 128
@@ -79,4 +80,4 @@ def check_names(cfg: DictConfig) -> None:
             for p in problems
         ]
     if problems:
-        raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))
+        raise invalid(problems)

@@ -16,6 +16,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from training.common.errors import ConfigError
+from training.config.config_errors import invalid
 from training.config.paths import path_problems
 from training.model.attention import attention_problem
 from training.recipes.losses import LOSSES, is_rl, unknown_loss
@@ -293,7 +294,7 @@ def validate(cfg: DictConfig, world_size: int | None = None, here: bool = False)
     problems: list[str] = range_problems(cfg) + env_problems(cfg.launcher.env)
     paths = path_problems(cfg)
     if paths:  # the file checks below would raise OSError or ValueError on these
-        raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems + paths))
+        raise invalid(problems + paths)
     m, r, d, t = cfg.model, cfg.rung, cfg.data, cfg.trainer
 
     layout = None
@@ -387,6 +388,6 @@ def validate(cfg: DictConfig, world_size: int | None = None, here: bool = False)
     )
 
     if problems:
-        raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))
+        raise invalid(problems)
     assert layout is not None
     return layout
