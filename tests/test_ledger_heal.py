@@ -11,10 +11,16 @@ process, must record what the run's files say.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import time
+from pathlib import Path
 
+import pytest
 from conftest import FAST
 
-from launch.accounting.ledger import Ledger
+from launch.accounting.budget import check_and_record
+from launch.accounting.ledger import Ledger, process_start, this_host
 from launch.cli import main
 
 
@@ -37,3 +43,195 @@ def test_ladder_train_is_recorded_in_the_local_ledger_and_shown_by_status_and_re
     assert main(["budget", "report", root]) == 0
     report = capsys.readouterr().out
     assert "│ default │" in report and "│    1 │" in report  # one job charged to the team
+
+
+# ---- kill -9 at each step of a launch: the states it leaves, then one `ladder status` ----------
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def url(request, tmp_path):
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/ladder.db"
+    return request.getfixturevalue("pg_url")
+
+
+def dead_process() -> tuple[int, str]:
+    """A real process that has ended: its PID and the start it had."""
+    p = subprocess.Popen(["sleep", "60"])
+    start = process_start(p.pid)
+    p.kill()
+    p.wait()
+    return p.pid, start
+
+
+def record(ledger: Ledger, run_dir: Path, created: float, **fields) -> int:
+    """A job as `ladder launch` records it (its launcher's process claimed), then `fields`."""
+    base = dict(
+        team="default",
+        period=time.strftime("%Y-%m", time.gmtime()),
+        rung="tiny",
+        gpus=1,
+        planned_gpu_hours=1.0,
+        run_name=run_dir.name,
+        run_dir=str(run_dir),
+        launcher="local",
+        host=this_host(),
+        created_at=created,
+        updated_at=created,
+    )
+    return ledger.add_job(**{**base, **fields})
+
+
+def heartbeat(run_dir: Path, pid: int, start: str | None, **fields) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    hb = dict(host=this_host(), pid=pid, process_start=start, devices=1, step=3, max_steps=30)
+    (run_dir / "heartbeat.json").write_text(json.dumps({**hb, **fields}))
+
+
+def test_one_status_converges_after_a_kill_at_each_step_of_a_launch(url, tmp_path, capsys):
+    ledger = Ledger(url)
+    now = time.time()
+    t0 = now - 90  # every launch began 90 s before `status` looks
+    launcher_pid, launcher_start = dead_process()
+    trainer_pid, trainer_start = dead_process()
+    claim = dict(external_id=str(launcher_pid), process_start=launcher_start)
+    trainer = dict(external_id=str(trainer_pid), process_start=trainer_start)
+    live = subprocess.Popen(["sleep", "60"])  # a trainer whose launcher died before recording it
+    try:
+        runs = {k: tmp_path / k for k in "abcdefg"}
+        # after the record: pending, its launcher gone
+        a = record(ledger, runs["a"], t0, **claim)
+        # before the trainer's start: running, still the launcher's process, no run folder
+        b = record(ledger, runs["b"], t0, state="running", started_at=t0 + 1, **claim)
+        # after the start, before the first heartbeat: the folder's last write 5 s in
+        c = record(ledger, runs["c"], t0, state="running", started_at=t0 + 1, **trainer)
+        runs["c"].mkdir()
+        (runs["c"] / "config.yaml").write_text("x: 1\n")
+        os.utime(runs["c"] / "config.yaml", (t0 + 6, t0 + 6))
+        # killed mid-run: charged to its last heartbeat (30 s in), not to when status looked
+        d = record(ledger, runs["d"], t0, state="running", started_at=t0 + 1, **trainer)
+        heartbeat(
+            runs["d"],
+            trainer_pid,
+            trainer_start,
+            state="running",
+            device_hours=0.008,
+            segment_started_at=t0 + 2,
+            updated_at=t0 + 31,
+        )
+        # the trainer runs, but its launcher died before recording its PID
+        e = record(ledger, runs["e"], t0, state="running", started_at=t0 + 1, **claim)
+        heartbeat(
+            runs["e"],
+            live.pid,
+            process_start(live.pid),
+            state="running",
+            device_hours=0.02,
+            segment_started_at=t0 + 2,
+            updated_at=now - 1,
+        )
+        # killed inside the final update; and one the ledger had already (wrongly) failed
+        f = record(ledger, runs["f"], t0, state="running", started_at=t0 + 1, **trainer)
+        heartbeat(
+            runs["f"],
+            trainer_pid,
+            trainer_start,
+            state="completed",
+            device_hours=0.0115,
+            segment_started_at=t0 + 2,
+            updated_at=t0 + 44,
+        )
+        g = record(
+            ledger,
+            runs["g"],
+            t0,
+            state="failed",
+            started_at=t0 + 1,
+            finished_at=t0 + 3,
+            reason="no heartbeat from this run",
+            used_gpu_hours=0.0005,
+            **claim,
+        )
+        heartbeat(
+            runs["g"],
+            trainer_pid,
+            trainer_start,
+            state="completed",
+            device_hours=0.0115,
+            segment_started_at=t0 + 2,
+            updated_at=t0 + 44,
+        )
+        # a killed `ladder train` (a direct run): reconciled as launched ones are
+        h = record(
+            ledger,
+            tmp_path / "h",
+            t0,
+            launcher="direct",
+            state="running",
+            started_at=t0 + 1,
+            **trainer,
+        )
+        heartbeat(
+            tmp_path / "h",
+            trainer_pid,
+            trainer_start,
+            state="running",
+            device_hours=0.004,
+            segment_started_at=t0 + 1,
+            updated_at=t0 + 15,
+        )
+
+        assert main(["status", f"trainer.run_root={tmp_path}", f"ledger.url={url}"]) == 0
+        jobs = {j["id"]: j for j in ledger.jobs()}
+
+        def is_(job, state, used, ended=None):
+            j = jobs[job]
+            assert (j["state"], round(j["used_gpu_hours"], 6)) == (state, round(used, 6)), j
+            if ended is not None:
+                assert j["finished_at"] == pytest.approx(ended, abs=1e-3), j
+
+        is_(a, "failed", 0.0)
+        assert jobs[a]["reason"].startswith("released: no live process")
+        is_(b, "failed", 0.0)
+        is_(c, "failed", 5 / 3600, ended=t0 + 6)
+        is_(d, "failed", 0.008, ended=t0 + 31)
+        assert "without a final heartbeat" in jobs[d]["reason"]
+        is_(e, "running", 0.0)
+        assert (jobs[e]["external_id"], jobs[e]["process_start"]) == (
+            str(live.pid),
+            process_start(live.pid),
+        )
+        is_(f, "completed", 0.0115, ended=t0 + 44)
+        is_(g, "completed", 0.0115, ended=t0 + 44)
+        is_(h, "failed", 0.004, ended=t0 + 15)
+        committed = Ledger.committed_hours
+        with ledger.transaction() as db:  # only e still holds its plan
+            assert committed(db, "default", jobs[a]["period"])["running"] == 1.0
+        before = ledger.jobs()
+        capsys.readouterr()
+        assert main(["status", f"trainer.run_root={tmp_path}", f"ledger.url={url}"]) == 0
+        assert ledger.jobs() == before  # converged: a second look changes nothing
+    finally:
+        live.kill()
+        live.wait()
+
+
+def test_ghost_launches_no_longer_hold_hours_that_refuse_a_valid_launch(url, tmp_path):
+    """The issue's case: two launchers killed after recording, before starting; then a launch
+    that fits the allocation once their plans are released."""
+    ledger = Ledger(url)
+    with ledger.transaction() as db:
+        ledger.set_budget(db, "llm", "month", 2.5)
+    pid, start = dead_process()
+    for name in ("ghost1", "ghost2"):
+        record(
+            ledger,
+            tmp_path / name,
+            time.time() - 5,
+            team="llm",
+            external_id=str(pid),
+            process_start=start,
+        )
+    job = check_and_record(ledger, "llm", 1.0, dict(rung="tiny", gpus=1, launcher="local"))
+    assert [j["state"] for j in ledger.jobs()] == ["failed", "failed", "pending"]
+    assert ledger.job(job)["planned_gpu_hours"] == 1.0

@@ -108,6 +108,22 @@ def locked_allocation(ledger: Ledger, db: Db, team: str) -> dict:
     return row
 
 
+def settle_team(ledger: Ledger, team: str) -> None:
+    """Release the hours of the team's dead launches, and charge what its dead runs used, before
+    they are summed (launch/accounting/reconcile.py): a ghost's planned hours refuse no launch."""
+    from launch.accounting.reconcile import LOCAL, reconcile
+
+    marks = ", ".join("?" for _ in LOCAL)
+    reconcile(
+        ledger,
+        ledger.query(
+            f"SELECT * FROM jobs WHERE team = ? AND launcher IN ({marks}) AND state IN "
+            "('pending', 'running', 'failed') ORDER BY id",
+            (team, *LOCAL),
+        ),
+    )
+
+
 def check_and_record_many(
     ledger: Ledger,
     budget,
@@ -129,6 +145,7 @@ def check_and_record_many(
     if override_reason is not None:
         check_name("--override-budget", override_reason, NOTE_MAX)
     planned = sum(hours for hours, _ in jobs)
+    settle_team(ledger, team)
     with ledger.transaction() as db:
         if new_sweep is not None:
             db.lock(

@@ -29,7 +29,9 @@ of a run cancelled by hand.
 A local job's PID means something on one host only, and only until the process ends and the PID
 is reused: a job records its host and its process's start (jobs.host, jobs.process_start), and
 `ladder status` and `ladder cancel` act on the PID only there and only while the same process
-holds it (launch/commands/status_cmd.py). Names that enter the ledger from the command line (teams,
+holds it (launch/commands/status_cmd.py). A pending local or direct job holds its launcher's
+process (claim), and the heartbeat names the trainer's, so status and the budget check settle a
+job whose launcher or trainer was killed at any step (launch/accounting/reconcile.py). Names that enter the ledger from the command line (teams,
 members) are checked once, where they are written (check_name); whatever is read back is printed
 through launch/console.safe_text, since other tools may have written the rows.
 """
@@ -46,7 +48,7 @@ from launch.console import invisible_chars, safe_text
 from training.common.errors import ConfigError
 from training.common.store import Db, Store
 from training.common.store_url import parse_store_url
-from training.run.heartbeat import read_heartbeat
+from training.run.heartbeat import process_start, read_heartbeat  # noqa: F401  (process_start: here too)
 
 ACTIVE = ("pending", "running")  # planned hours still count against the budget
 FINAL = ("completed", "failed", "preempted", "cancelled")
@@ -238,18 +240,29 @@ def this_host() -> str:
     return socket.gethostname()
 
 
-def process_start(pid: int | str | None) -> str | None:
-    """<boot id>:<start time in clock ticks since boot> of a live process (Linux /proc), or None
-    (no such process, or no /proc). A PID is reused once its process ends; this pair is not."""
+def claim(pid: int | None = None) -> dict:
+    """The process identity a local or direct job is recorded with (this process, the launcher,
+    unless `pid`): its PID, host and start. While the job is pending it is the launcher's, so a
+    launcher killed before the run started is told from a slow one (launch/accounting/reconcile.py)."""
+    import os
+
+    pid = os.getpid() if pid is None else pid
+    return {"external_id": str(pid), "host": this_host(), "process_start": process_start(pid)}
+
+
+def last_write(run_dir: str | None, since: float, until: float) -> float:
+    """The newest modification time of a file in the run folder (its own last sign of life,
+    for a run that died before its first heartbeat), within [since, until]; `since` if none."""
+    newest = since
     try:
-        stat = Path(f"/proc/{int(pid)}/stat").read_text()
-        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except (OSError, TypeError, ValueError):
-        return None
-    fields = stat.rpartition(")")[
-        2
-    ].split()  # after the command name, which may hold spaces and ')'
-    return f"{boot}:{fields[19]}" if len(fields) > 19 else None  # field 22 of proc(5): starttime
+        for entry in Path(run_dir).iterdir() if run_dir else ():
+            try:
+                newest = max(newest, entry.lstat().st_mtime)
+            except OSError:
+                continue
+    except OSError:
+        pass
+    return min(newest, until)
 
 
 def path_from_url(url: str) -> Path:
@@ -400,18 +413,16 @@ class Ledger(Store):
                 raise KeyError(f"no job {job_id} in the ledger {self.path}")
 
     def mark_started(self, job_id: int, external_id: str | None = None) -> None:
-        """The job's process started on this host (external_id: its PID, when known yet); remember
-        the run's hours so far (a resumed run has some)."""
+        """The job's process started on this host (external_id: its PID, when known yet; until
+        then the launcher's claim stays); remember the run's hours so far (a resumed run has some)."""
         job = self.job(job_id)
         hb = read_heartbeat(Path(job["run_dir"])) if job["run_dir"] else None
         self.update_job(
             job_id,
             state="running",
             started_at=time.time(),
-            external_id=external_id,
-            host=this_host(),
-            process_start=process_start(external_id),
             hours_before=float((hb or {}).get("device_hours", 0.0)),
+            **(claim(int(external_id)) if external_id is not None else {}),
         )
 
     def record_pid(self, job_id: int, pid: int | str) -> None:
@@ -442,8 +453,11 @@ class Ledger(Store):
         if hb is not None and hb.get("updated_at", 0) >= started - CLOCK_SLACK_S:
             used = max(0.0, float(hb.get("device_hours", 0.0)) - job["hours_before"])
             state, reason = hb.get("state", "failed"), hb.get("reason")
-        else:  # the process died before its first heartbeat (or never ran)
-            used = job["gpus"] * (now - started) / 3600 if job["started_at"] else 0.0
+            last = min(now, float(hb["updated_at"]))  # its last heartbeat, not when it was noticed
+        else:  # the process died before its first heartbeat (or never ran): charged until the
+            # run folder's last write, not until whoever noticed (issue #22)
+            last = last_write(job["run_dir"], started, now) if job["started_at"] else now
+            used = job["gpus"] * max(0.0, last - started) / 3600 if job["started_at"] else 0.0
             hb, state, reason = None, "failed", "no heartbeat from this run"
         if charged is not None:
             used = charged
@@ -453,7 +467,7 @@ class Ledger(Store):
             state, reason = "cancelled", reason or "cancelled by hand"
         waste = self.waste_hours(state, used, hb, started, job["gpus"])
         mfu, tok_s = measured_rates(Path(job["run_dir"])) if job["run_dir"] else (None, None)
-        ended = accounted.end if accounted is not None and accounted.end is not None else now
+        ended = accounted.end if accounted is not None and accounted.end is not None else last
         self.update_job(
             job_id,
             state=state,

@@ -28,7 +28,7 @@ def recording(train, overrides: list[str]):
         if not records_direct_runs(cfg):
             return train(cfg)
         from launch.accounting.budget import check_and_record_many
-        from launch.accounting.ledger import Ledger
+        from launch.accounting.ledger import Ledger, claim
         from launch.commands.launch_cmd import ledger_fields, prepare
 
         _, [job] = prepare(overrides)
@@ -38,7 +38,7 @@ def recording(train, overrides: list[str]):
         [job_id] = check_and_record_many(
             ledger,
             job.cfg.budget,
-            [(job.plan.gpu_hours, {**ledger_fields(job), "launcher": "direct"})],
+            [(job.plan.gpu_hours, {**ledger_fields(job), "launcher": "direct", **claim()})],
         )
         print(
             f"ladder train: recorded in {ledger.where} as job {job_id} (team {job.cfg.budget.team}, "

@@ -113,6 +113,8 @@ class LocalLauncher(Launcher):
             return 0
         worst = 0
         for i, job in enumerate(jobs):
+            if ledger.job(job.job_id)["state"] != "pending":  # cancelled while it waited its turn
+                continue
             try:
                 ledger.mark_started(job.job_id)
                 code = self.run(
@@ -360,7 +362,10 @@ def prepare(overrides: list[str], multirun: bool = False) -> tuple[str | None, l
 
 
 def ledger_fields(j: Job, sweep: str | None = None) -> dict:
-    """What the ledger records of a job when it is launched (launch and promote)."""
+    """What the ledger records of a job when it is launched (launch and promote). A local job
+    holds this process's identity until its trainer starts (ledger.claim): if the launcher dies
+    first, `ladder status` releases it (launch/accounting/reconcile.py)."""
+    from launch.accounting.ledger import claim
     from training.data.mixture_config import mixture_record
     from training.run.heartbeat import read_heartbeat
 
@@ -379,6 +384,7 @@ def ledger_fields(j: Job, sweep: str | None = None) -> dict:
         config_changes=json.dumps(j.config_changes) if j.config_changes else None,
         data_mixture=json.dumps(mixture_record(j.cfg.data)),
         allow_contamination=int(j.allow_contamination),
+        **(claim() if j.cfg.launcher.name == "local" else {}),
     )
 
 

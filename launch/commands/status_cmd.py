@@ -9,8 +9,9 @@ Each reads the ledger and brings its active jobs up to date first (refresh): a S
 comes from accounting (sacct), its progress from the run's heartbeat. A job SLURM has finished is
 recorded with the hours it used, its final state and its waste; one that failed also with SLURM's
 state and exit code and the tail of its log. A local job whose process is gone is recorded from
-its heartbeat, so no job is left "running" after its process died. A cancelled job's hours are
-all waste.
+its heartbeat, so no job is left "running" after its process died, and one whose launcher died
+before it started is released (launch/accounting/reconcile.py). A cancelled job's hours are all
+waste.
 
 A local job's PID is a process on the host that recorded it (jobs.host), and only while the
 process that started then still holds it (jobs.process_start; the kernel reuses PIDs). On a
@@ -25,7 +26,8 @@ import os
 import time
 from pathlib import Path
 
-from launch.accounting.ledger import ACTIVE, Ledger, process_start, this_host
+from launch.accounting.ledger import ACTIVE, Ledger
+from launch.accounting.reconcile import LOCAL, pid_here, reconcile
 from launch.console import make_console, num, safe_text
 from training.common.errors import ConfigError
 from training.run.heartbeat import read_heartbeat
@@ -47,32 +49,6 @@ def launch_record(job: dict) -> dict:
         return json.loads((Path(job["run_dir"]) / "launch.json").read_text())
     except (OSError, TypeError, json.JSONDecodeError):
         return {}
-
-
-def _pid_alive(pid: str | None) -> bool:
-    try:
-        os.kill(int(pid), 0)
-        return True
-    except (TypeError, ValueError, ProcessLookupError):
-        return False
-    except PermissionError:
-        return True
-
-
-def pid_here(ledger: Ledger, job: dict) -> str:
-    """What a local job's recorded PID is on this host: "alive" (the job's own process), "gone"
-    (ended, or the PID now names a later process), or "elsewhere" (recorded on another host, or, on
-    a server, before hosts were recorded: the PID names nothing here, so it is left alone)."""
-    host = job.get("host")
-    if host is None and job["external_id"] is not None and ledger.backend != "sqlite":
-        return "elsewhere"  # a SQLite ledger is on one host's disk (WAL); a server's row may be anyone's
-    if host is not None and host != this_host():
-        return "elsewhere"
-    if not _pid_alive(job["external_id"]):
-        return "gone"
-    if job.get("process_start") and process_start(job["external_id"]) != job["process_start"]:
-        return "gone"  # the PID was reused: the process it names started after the job's
-    return "alive"
 
 
 def elsewhere_message(job: dict, verb: str) -> str:
@@ -111,9 +87,7 @@ def refresh(ledger: Ledger, jobs: list[dict]) -> list[dict]:
             ledger.update_job(j["id"], state="pending")  # requeued: waiting to resume
         elif s.final:
             finish_slurm_job(ledger, j, s)
-    for j in active:
-        if j["launcher"] == "local" and j["state"] == "running" and pid_here(ledger, j) == "gone":
-            ledger.finish_from_heartbeat(j["id"])  # its launcher died (SIGKILL, a closed terminal)
+    reconcile(ledger, jobs)  # local and direct jobs: their processes and run folders
     return [ledger.job(j["id"]) for j in jobs]
 
 
@@ -347,7 +321,7 @@ def cmd_status(args) -> int:
         for j in jobs:
             if (
                 j["state"] in ACTIVE
-                and j["launcher"] == "local"
+                and j["launcher"] in LOCAL
                 and pid_here(ledger, j) == "elsewhere"
             ):
                 print(elsewhere_message(j, "status"))
@@ -366,15 +340,20 @@ def cancel_jobs(ledger: Ledger, jobs: list[dict], wait_s: float = CANCEL_WAIT_S)
         j
         for j in jobs
         if j["state"] in ACTIVE
-        and not (j["launcher"] == "local" and pid_here(ledger, j) == "elsewhere")
+        and not (j["launcher"] in LOCAL and pid_here(ledger, j) == "elsewhere")
     ]
     slurm_ids = [j["external_id"] for j in active if j["launcher"] == "slurm" and j["external_id"]]
     slurm.cancel(slurm_ids)
     for j in active:
-        if j["launcher"] == "local" and pid_here(ledger, j) == "alive":
+        if j["launcher"] in LOCAL and j["state"] == "pending":
+            # not started: its launcher (the PID it holds) skips it; nothing to stop or charge
+            ledger.finish_from_heartbeat(j["id"], cancelled=True)
+        elif j["launcher"] in LOCAL and pid_here(ledger, j) == "alive":
             os.kill(int(j["external_id"]), sig.SIGTERM)  # the trainer checkpoints and stops
     deadline = time.time() + wait_s
-    pending = {j["id"]: j for j in active}
+    pending = {
+        j["id"]: j for j in active if not (j["launcher"] in LOCAL and j["state"] == "pending")
+    }
     while pending and time.time() < deadline:
         queued = slurm.in_queue(
             [j["external_id"] for j in pending.values() if j["launcher"] == "slurm"]
@@ -405,7 +384,7 @@ def cmd_cancel(args) -> int:
     left = [
         j
         for j in jobs
-        if j["state"] in ACTIVE and j["launcher"] == "local" and pid_here(ledger, j) == "elsewhere"
+        if j["state"] in ACTIVE and j["launcher"] in LOCAL and pid_here(ledger, j) == "elsewhere"
     ]
     for j in jobs:
         if j in left:

@@ -9,11 +9,17 @@ trainer knows nothing about them. Fields:
   device_hours     devices x wall-clock hours since this process started, summed over restarts
   last_checkpoint_step, last_checkpoint_at
   reason           why the run failed or stopped, when it did
+  segment_started_at   when this process (this segment of a resumed run) started
+  host, pid, process_start   which process writes it: `ladder status` tells a live run from a dead
+                   one by these, even when its launcher died before it could record the PID
+                   (launch/accounting/reconcile.py); process_start is <boot id>:<ticks since boot>
 """
 
 from __future__ import annotations
 
 import json
+import os
+import socket
 import time
 from pathlib import Path
 
@@ -43,6 +49,10 @@ class Heartbeat:
             "last_checkpoint_step": prev.get("last_checkpoint_step"),
             "last_checkpoint_at": prev.get("last_checkpoint_at"),
             "reason": None,
+            "segment_started_at": self.started,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "process_start": process_start(os.getpid()),
         }
 
     def update(self, **fields) -> None:
@@ -57,6 +67,20 @@ class Heartbeat:
         write_atomic(
             self.path, json.dumps(self.state) + "\n"
         )  # a link planted there is replaced, not followed
+
+
+def process_start(pid: int | str | None) -> str | None:
+    """<boot id>:<start time in clock ticks since boot> of a live process (Linux /proc), or None
+    (no such process, or no /proc). A PID is reused once its process ends; this pair is not."""
+    try:
+        stat = Path(f"/proc/{int(pid)}/stat").read_text()
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except (OSError, TypeError, ValueError):
+        return None
+    fields = stat.rpartition(")")[
+        2
+    ].split()  # after the command name, which may hold spaces and ')'
+    return f"{boot}:{fields[19]}" if len(fields) > 19 else None  # field 22 of proc(5): starttime
 
 
 def read_heartbeat(run_dir: Path) -> dict | None:
