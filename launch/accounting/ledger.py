@@ -31,9 +31,11 @@ is reused: a job records its host and its process's start (jobs.host, jobs.proce
 `ladder status` and `ladder cancel` act on the PID only there and only while the same process
 holds it (launch/commands/status_cmd.py). A pending local or direct job holds its launcher's
 process (claim), and the heartbeat names the trainer's, so status and the budget check settle a
-job whose launcher or trainer was killed at any step (launch/accounting/reconcile.py). Names that enter the ledger from the command line (teams,
-members) are checked once, where they are written (check_name); whatever is read back is printed
-through launch/console.safe_text, since other tools may have written the rows.
+job whose launcher or trainer was killed at any step (launch/accounting/reconcile.py).
+
+Names that enter the ledger from the command line (teams, members) are checked once, where they
+are written (check_name); whatever is read back is printed through launch/console.safe_text,
+since other tools may have written the rows.
 """
 
 from __future__ import annotations
