@@ -69,6 +69,14 @@ class GeneratorName(StrEnum):
     vllm = "vllm"  # vLLM colocated on the training GPUs
 
 
+class GeneratorImpl(StrEnum):
+    """How generator=hf decodes (training/rl/generator.py); every impl draws the same tokens."""
+
+    eager = "eager"  # transformers generate, the default: finished rows ride along to the end
+    static_compiled = "static_compiled"  # static KV cache, compiled step, drops finished rows
+    continuous = "continuous"  # transformers continuous batching (paged attention), one process
+
+
 class EvalGeneratorName(StrEnum):
     """What generates the built-in eval tasks' answers; auto: vllm where it runs, else hf."""
 
@@ -269,6 +277,7 @@ class GeneratorConfig:
     weights; CPU and every engine) or vllm (colocated on the training GPUs; needs vllm)."""
 
     name: GeneratorName = GeneratorName.hf
+    impl: GeneratorImpl = GeneratorImpl.eager  # generator=hf only: how it decodes
     temperature: float = 1.0
     top_p: float = 1.0
     max_new_tokens: int = 16

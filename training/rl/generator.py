@@ -14,6 +14,14 @@ batch, on the rank or host that generates it, or on the global RNG, and a resume
 the same rollouts. Under FSDP2 and ZeRO-3 every rank runs the same number of forward
 passes (`synced_gpus`), because each forward gathers the sharded parameters collectively.
 
+generator.impl says how hf decodes; each draws the same tokens through seeded_scores:
+  eager            transformers `generate` (the default): a finished answer rides along to the end
+  static_compiled  Ladder's loop on a static KV cache, the decode step under torch.compile,
+                   finished answers dropped in power-of-two buckets (training/rl/decode_loop.py);
+                   synced forwards under FSDP2 and ZeRO-3
+  continuous       transformers' continuous batching over a paged cache (training/rl/continuous.py);
+                   refused under a sharded engine's colocated generation
+
 generator=vllm (vLLM colocated on the training GPUs, weights pushed after each update) needs a
 GPU and the `vllm` package; on a CPU it is refused at start-up with the reason.
 
@@ -52,19 +60,24 @@ class SeededSampler(LogitsProcessor):
         self.temperature, self.top_p, self.prompt_len = temperature, top_p, prompt_len
 
     def __call__(self, input_ids, scores):
-        scores = scores.float() / self.temperature
-        if self.top_p < 1.0:  # keep the smallest set of tokens whose probability reaches top_p
-            sorted_scores, order = scores.sort(dim=-1, descending=True)
-            cum = sorted_scores.softmax(-1).cumsum(-1)
-            drop_sorted = (
-                cum - sorted_scores.softmax(-1) >= self.top_p
-            )  # the mass before this token already suffices
-            drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
-            scores = scores.masked_fill(drop, float("-inf"))
         if self.keys.device != scores.device:
             self.keys = self.keys.to(scores.device)
         position = input_ids.shape[-1] - self.prompt_len
-        return scores + gumbel_noise(self.keys, position, scores.shape[-1], scores.dtype)
+        return seeded_scores(scores, self.keys, position, self.temperature, self.top_p)
+
+
+def seeded_scores(scores, keys, position, temperature: float, top_p: float) -> torch.Tensor:
+    """Tempered, top-p-filtered scores plus each row's Gumbel noise: their argmax is the sample.
+    keys: each row's answer key (int64, on scores' device); position: the token's index in its
+    answer (an int, or a tensor of one per row). Every generator.impl samples through this."""
+    scores = scores.float() / temperature
+    if top_p < 1.0:  # keep the smallest set of tokens whose probability reaches top_p
+        sorted_scores, order = scores.sort(dim=-1, descending=True)
+        probs = sorted_scores.softmax(-1)
+        drop_sorted = probs.cumsum(-1) - probs >= top_p  # the mass before it already suffices
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        scores = scores.masked_fill(drop, float("-inf"))
+    return scores + gumbel_noise(keys, position, scores.shape[-1], scores.dtype)
 
 
 @dataclass(frozen=True)
@@ -81,8 +94,9 @@ class Sampling:
 class HFGenerator:
     name = "hf"
 
-    def __init__(self, cfg, tokenizer, synced: bool = False):
-        self.cfg, self.tokenizer, self.synced = cfg, tokenizer, synced
+    def __init__(self, cfg, tokenizer, synced: bool = False, compile: bool = True):
+        # compile: static_compiled's decode step under torch.compile (False: the same loop eager)
+        self.cfg, self.tokenizer, self.synced, self.compile = cfg, tokenizer, synced, compile
         self.eos = tokenizer.eos_token_id
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos
 
@@ -106,6 +120,9 @@ class HFGenerator:
         mask = torch.zeros((len(prompts), width), dtype=torch.long)
         for i, p in enumerate(prompts):  # decoder-only: pad on the left
             ids[i, width - len(p) :], mask[i, width - len(p) :] = torch.tensor(p), 1
+        impl = getattr(self.cfg, "impl", "eager")
+        if impl != "eager":
+            return self._sample_fast(model, prompts, keys, n, impl), time.perf_counter() - t0
         procs = LogitsProcessorList()
         if keys is not None:
             procs.append(SeededSampler(keys, self.cfg.temperature, self.cfg.top_p, width))
@@ -133,6 +150,37 @@ class HFGenerator:
             end = row.index(self.eos) + 1 if self.eos in row else len(row)
             completions.append(row[:end])
         return completions, time.perf_counter() - t0
+
+    def _sample_fast(self, model, prompts, keys, n: int, impl: str) -> list[list[int]]:
+        """generator.impl=static_compiled or continuous: finished answers stop costing compute,
+        tokens drawn by seeded_scores as the eager path draws them."""
+        device = next(model.parameters()).device
+        key_rows = None if keys is None else key_tensor(keys, device)
+        temperature, top_p = self.cfg.temperature, self.cfg.top_p
+
+        def sample_fn(logits, rows, position):
+            if key_rows is None:  # greedy (the eval tasks)
+                return logits.argmax(-1)
+            return seeded_scores(logits, key_rows[rows], position, temperature, top_p).argmax(-1)
+
+        was_training = model.training
+        model.eval()
+        try:
+            if impl == "static_compiled":
+                from training.rl.decode_loop import decode_static
+
+                out = decode_static(
+                    model, prompts, n, self.eos, self.pad, sample_fn, self.compile, self.synced
+                )
+            else:
+                from training.rl.continuous import decode_continuous
+
+                # the manager's thread decodes in the caller's inference mode (no autograd graph)
+                with torch.inference_mode():
+                    out = decode_continuous(model, prompts, n, self.eos, self.pad, sample_fn)
+        finally:
+            model.train(was_training)
+        return [a[: a.index(self.eos) + 1] if self.eos in a else a for a in out]
 
 
 def make_generator(
@@ -207,6 +255,27 @@ def eval_generator_problems(name: str, device: str, here: bool = True) -> list[s
     return []
 
 
+def impl_problems(cfg) -> list[str]:
+    """generator.impl: the fast impls are generator=hf's, and continuous batching cannot keep a
+    sharded engine's collective forwards in step (training/rl/continuous.py)."""
+    g, r = cfg.generator, cfg.rung
+    impl = g.get("impl", "eager")
+    if impl == "eager":
+        return []
+    if g.name != "hf":
+        return [f"generator.impl={impl} applies to generator=hf (it is {g.name}); use impl=eager"]
+    world = r.nodes * r.gpus_per_node
+    sharded = r.engine in {"fsdp2", "deepspeed_zero3"} and world > 1
+    if impl == "continuous" and sharded and g.placement == "colocated":
+        return [
+            f"generator.impl=continuous with rung.engine={r.engine}: its decoding thread cannot "
+            "keep the sharded weights' collective forwards in step across ranks; use "
+            "impl=static_compiled (synced forwards), or generator.placement=separate (generator "
+            "ranks hold a whole copy)"
+        ]
+    return []
+
+
 def generator_problems(cfg, here: bool = False) -> list[str]:
     """Start-up checks (training/config/validate.py): a vLLM generator needs rung.device=cuda, and where
     the job runs (here=True) a GPU and vllm installed."""
@@ -217,6 +286,7 @@ def generator_problems(cfg, here: bool = False) -> list[str]:
 
         if p := vllm_problem(cfg.rung.device, here):
             problems.append(p)
+    problems += impl_problems(cfg)
     if not 0 < g.top_p <= 1:
         problems.append(f"generator.top_p={g.top_p} must be in (0, 1]")
     if not g.temperature > 0:
