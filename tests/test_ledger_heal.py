@@ -13,7 +13,9 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import threading
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -235,3 +237,92 @@ def test_ghost_launches_no_longer_hold_hours_that_refuse_a_valid_launch(url, tmp
     job = check_and_record(ledger, "llm", 1.0, dict(rung="tiny", gpus=1, launcher="local"))
     assert [j["state"] for j in ledger.jobs()] == ["failed", "failed", "pending"]
     assert ledger.job(job)["planned_gpu_hours"] == 1.0
+
+
+# ---- an outage of the server: retried, then told truly, then healed by `ladder status` ---------
+
+
+@pytest.mark.postgres
+def test_a_server_outage_is_retried_then_told_truly_and_the_end_written_by_status(
+    tmp_path, monkeypatch, capsys, postgres_server
+):
+    """A server of its own (the session's shared one stays up for other tests), stopped with
+    `-m immediate` as a crash would: once for less than the retry window, once for longer."""
+    from postgres import PostgresServer
+
+    from launch.accounting import train_record
+    from launch.commands import launch_cmd
+    from training.common.store import StoreUnavailable
+
+    server = PostgresServer.start(durable=True)
+    monkeypatch.setenv("PGPASSFILE", str(server.pgpass))
+    try:
+        url = server.create_database("outage")
+        ledger = Ledger(url, retry_s=30.0)
+        pid, start = dead_process()
+        t0 = time.time() - 60
+        jobs = []
+        for name in ("launched", "direct"):
+            run_dir = tmp_path / name
+            jobs.append(
+                record(
+                    ledger,
+                    run_dir,
+                    t0,
+                    state="running",
+                    started_at=t0 + 1,
+                    external_id=str(pid),
+                    process_start=start,
+                )
+            )
+            heartbeat(
+                run_dir,
+                pid,
+                start,
+                state="completed",
+                step=30,
+                device_hours=0.0115,
+                segment_started_at=t0 + 2,
+                updated_at=t0 + 44,
+            )
+        launched, direct = jobs
+        capsys.readouterr()
+
+        server.stop_now()  # shorter than the window: the write waits it out
+        threading.Timer(1.0, server.start_again).start()
+        ledger.update_job(launched, reason="still running")
+        err = capsys.readouterr().err
+        assert err.count("is unreachable") == 1 and "retrying for up to 30 s" in err, err
+        assert ledger.job(launched)["reason"] == "still running"
+
+        server.stop_now()  # longer than the window: one line each, saying what was recorded
+        ledger.retry_s = 1.0
+        job = types.SimpleNamespace(job_id=launched, run_dir=tmp_path / "launched")
+        assert launch_cmd.record_end(ledger, job, 0) is None
+        with pytest.raises(StoreUnavailable) as e:
+            train_record.record_end(ledger, direct, tmp_path / "direct", 0)
+        with pytest.raises(StoreUnavailable) as refused:
+            check_and_record(ledger, "default", 0.1, dict(rung="tiny", gpus=1))
+        err = capsys.readouterr().err
+        lines = [line for line in err.splitlines() if "retrying" not in line]
+        assert len(lines) == 1 and lines[0].startswith("ladder launch: error: job "), err
+        for text in (lines[0], str(e.value)):
+            assert (
+                "ended completed at step 30, 0.0115 GPU-hours by its heartbeat, but its end is not recorded"
+                in text
+            )
+            assert "stayed unreachable for 1 s (ledger.retry_s)" in text
+            assert "The next `ladder status` records it from" in text
+            assert (
+                "\n" not in text and "Traceback" not in text and "Nothing was recorded" not in text
+            )
+        assert str(refused.value).endswith("nothing was launched or recorded")
+
+        server.start_again()  # back: one status writes both ends from the run folders
+        assert main(["status", f"trainer.run_root={tmp_path}", f"ledger.url={url}"]) == 0
+        for j in (launched, direct):
+            row = ledger.job(j)
+            assert (row["state"], row["used_gpu_hours"]) == ("completed", 0.0115)
+        assert len(ledger.jobs()) == 2  # the refused launch recorded nothing
+    finally:
+        server.stop()

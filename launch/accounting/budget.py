@@ -33,7 +33,7 @@ from launch.accounting.ledger import (
 from launch.accounting.team_members import require_member
 from launch.console import make_console, num, safe_text
 from training.common.errors import BudgetError, ConfigError
-from training.common.store import Db
+from training.common.store import Db, StoreUnavailable
 
 
 def period_key(period: str, when: float | None = None) -> str:
@@ -145,48 +145,74 @@ def check_and_record_many(
     if override_reason is not None:
         check_name("--override-budget", override_reason, NOTE_MAX)
     planned = sum(hours for hours, _ in jobs)
-    settle_team(ledger, team)
-    with ledger.transaction() as db:
-        if new_sweep is not None:
-            db.lock(
-                f"sweep:{new_sweep}"
-            )  # a promotion to a sweep of another team still meets this lock
-            if db.one("SELECT id FROM jobs WHERE sweep = ? LIMIT 1", (new_sweep,)):
-                raise ConfigError(
-                    f"sweep {new_sweep!r} already has jobs in the ledger (another promotion got "
-                    "there first?); name the new one with --as NAME. Nothing was launched"
+    attempts = 0
+
+    def admit() -> list[int]:
+        nonlocal attempts
+        attempts += 1
+        if attempts > 1:  # after an outage: the last try may have committed before the line went
+            done = committed_before(ledger, jobs, now)
+            if done is not None:
+                return done
+        with ledger.transaction() as db:
+            if new_sweep is not None:
+                db.lock(
+                    f"sweep:{new_sweep}"
+                )  # a promotion to a sweep of another team still meets this lock
+                if db.one("SELECT id FROM jobs WHERE sweep = ? LIMIT 1", (new_sweep,)):
+                    raise ConfigError(
+                        f"sweep {new_sweep!r} already has jobs in the ledger (another promotion got "
+                        "there first?); name the new one with --as NAME. Nothing was launched"
+                    )
+            allocation = locked_allocation(ledger, db, team)
+            require_member(
+                ledger, db, team
+            )  # under the lock: a removal waits for this launch, or it sees the removal
+            period = period_key(allocation["period"], now)
+            over = over_budget_message(
+                allocation, period, ledger.committed_hours(db, team, period), planned, len(jobs)
+            )
+            if over and override_reason is None:
+                raise BudgetError(
+                    f"{over}. Nothing was launched. Make the job smaller "
+                    '(trainer.max_steps, rung.nodes, fewer sweep points) or pass --override-budget "reason" '
+                    "to launch it anyway (the reason is recorded in the ledger)."
                 )
-        allocation = locked_allocation(ledger, db, team)
-        require_member(
-            ledger, db, team
-        )  # under the lock: a removal waits for this launch, or it sees the removal
-        period = period_key(allocation["period"], now)
-        over = over_budget_message(
-            allocation, period, ledger.committed_hours(db, team, period), planned, len(jobs)
-        )
-        if over and override_reason is None:
-            raise BudgetError(
-                f"{over}. Nothing was launched. Make the job smaller "
-                '(trainer.max_steps, rung.nodes, fewer sweep points) or pass --override-budget "reason" '
-                "to launch it anyway (the reason is recorded in the ledger)."
-            )
-        launched_by = identity(
-            db
-        )  # the team is the job's word; who launched it is recorded beside it
-        return [
-            ledger.insert_job(
-                db,
-                team=team,
-                period=period,
-                planned_gpu_hours=hours,
-                launched_by=launched_by,
-                override_reason=override_reason,
-                created_at=now,
-                updated_at=now,
-                **job,
-            )
-            for hours, job in jobs
-        ]
+            launched_by = identity(
+                db
+            )  # the team is the job's word; who launched it is recorded beside it
+            return [
+                ledger.insert_job(
+                    db,
+                    team=team,
+                    period=period,
+                    planned_gpu_hours=hours,
+                    launched_by=launched_by,
+                    override_reason=override_reason,
+                    created_at=now,
+                    updated_at=now,
+                    **job,
+                )
+                for hours, job in jobs
+            ]
+
+    try:
+        settle_team(ledger, team)
+        return ledger.retrying(admit)
+    except StoreUnavailable as e:
+        raise StoreUnavailable(f"{e}; nothing was launched or recorded") from None
+
+
+def committed_before(
+    ledger: Ledger, jobs: list[tuple[float, dict]], now: float
+) -> list[int] | None:
+    """The ids of these jobs if an earlier try recorded them (same run folders, same created_at)."""
+    dirs = [job.get("run_dir") for _, job in jobs]
+    if None in dirs:
+        return None
+    rows = ledger.query("SELECT id, run_dir FROM jobs WHERE created_at = ? ORDER BY id", (now,))
+    ids = {r["run_dir"]: r["id"] for r in rows}
+    return [ids[d] for d in dirs] if all(d in ids for d in dirs) else None
 
 
 def team_standing(

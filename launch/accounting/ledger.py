@@ -48,7 +48,7 @@ from pathlib import Path
 
 from launch.console import invisible_chars, safe_text
 from training.common.errors import ConfigError
-from training.common.store import Db, Store
+from training.common.store import Db, Store, retried
 from training.common.store_url import parse_store_url
 from training.run.heartbeat import process_start, read_heartbeat  # noqa: F401  (process_start: here too)
 
@@ -308,7 +308,7 @@ class Ledger(Store):
 
     @classmethod
     def from_config(cls, cfg) -> Ledger:
-        return cls(cfg.ledger.url, cfg.ledger.busy_timeout_s)
+        return cls(cfg.ledger.url, cfg.ledger.busy_timeout_s, retry_s=cfg.ledger.retry_s)
 
     @classmethod
     def existing(cls, cfg) -> Ledger | None:
@@ -317,7 +317,7 @@ class Ledger(Store):
         where = parse_store_url(cfg.ledger.url, "ledger.url")
         if where.path is not None and not where.path.is_file():
             return None
-        return cls(cfg.ledger.url, cfg.ledger.busy_timeout_s)
+        return cls(cfg.ledger.url, cfg.ledger.busy_timeout_s, retry_s=cfg.ledger.retry_s)
 
     def same_as(self, url: str) -> bool:
         """Whether ledger.url names this ledger (the same file, or the same server URL)."""
@@ -400,10 +400,12 @@ class Ledger(Store):
             raise ValueError(f"unknown job state {fields['state']!r}")
         return db.insert("jobs", fields)
 
+    @retried
     def add_job(self, **fields) -> int:
         with self.transaction() as db:
             return self.insert_job(db, **fields)
 
+    @retried
     def update_job(self, job_id: int, **fields) -> None:
         if "state" in fields and fields["state"] not in STATES:
             raise ValueError(f"unknown job state {fields['state']!r}")
@@ -414,6 +416,7 @@ class Ledger(Store):
             if cur.rowcount != 1:
                 raise KeyError(f"no job {job_id} in the ledger {self.path}")
 
+    @retried
     def mark_started(self, job_id: int, external_id: str | None = None) -> None:
         """The job's process started on this host (external_id: its PID, when known yet; until
         then the launcher's claim stays); remember the run's hours so far (a resumed run has some)."""
@@ -427,12 +430,14 @@ class Ledger(Store):
             **(claim(int(external_id)) if external_id is not None else {}),
         )
 
+    @retried
     def record_pid(self, job_id: int, pid: int | str) -> None:
         """A local job's process, started on this host: its PID, the host and which process it is."""
         self.update_job(
             job_id, external_id=str(pid), host=this_host(), process_start=process_start(pid)
         )
 
+    @retried
     def finish_from_heartbeat(
         self, job_id: int, exit_code: int | None = None, cancelled: bool = False, accounted=None
     ) -> dict:

@@ -161,3 +161,22 @@ def settle(ledger: Ledger, job: dict, now: float) -> bool:
     )  # no heartbeat: charged to the folder's last write
     ledger.update_job(job["id"], reason=f"{RELEASED}: {final['reason']}")
     return True
+
+
+def end_not_recorded(job_id: int, run_dir, error: Exception) -> str:
+    """One line for a run whose end the ledger could not take: what its run folder says it did,
+    that the ledger does not hold it yet, and who will write it."""
+    hb = read_heartbeat(Path(run_dir)) or {}
+    did = (
+        f"ended {hb.get('state', 'without a heartbeat')}"
+        + (f" at step {hb['step']}" if hb.get("step") is not None else "")
+        + (
+            f", {float(hb['device_hours']):.4g} GPU-hours by its heartbeat"
+            if "device_hours" in hb
+            else ""
+        )
+    )
+    return (
+        f"job {job_id} {did}, but its end is not recorded: {error}. The next `ladder status` "
+        f"records it from {run_dir}"
+    )

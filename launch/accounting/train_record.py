@@ -15,6 +15,9 @@ launched job is never recorded twice. Only the first process of a torchrun job (
 from __future__ import annotations
 
 import os
+import sys
+
+from training.common.store import StoreUnavailable
 
 
 def records_direct_runs(cfg) -> bool:
@@ -45,17 +48,39 @@ def recording(train, overrides: list[str]):
             f"{job.plan.gpu_hours:.3g} GPU-hours planned)",
             flush=True,
         )
-        ledger.mark_started(job_id, external_id=str(os.getpid()))
+        try:
+            ledger.mark_started(job_id, external_id=str(os.getpid()))
+        except StoreUnavailable as e:
+            raise StoreUnavailable(
+                f"{e}; job {job_id} is recorded as pending but not as started, so nothing was "
+                "trained (the next `ladder status` releases its planned hours)"
+            ) from None
         code = 1
         try:
             result = train(cfg)
             code = 0
             return result
         finally:  # a failure or an interrupt is recorded too, from the heartbeat
-            final = ledger.finish_from_heartbeat(job_id, exit_code=code)
-            print(
-                f"ladder train: job {job_id} {final['state']}, {final['used_gpu_hours']:.3g} GPU-hours used",
-                flush=True,
-            )
+            record_end(ledger, job_id, job.run_dir, code)
 
     return run
+
+
+def record_end(ledger, job_id: int, run_dir, code: int) -> None:
+    """The run's end from its heartbeat; if the ledger stayed unreachable, one line that says
+    what the run did and that `ladder status` records it (an error for a run that succeeded; a
+    failure's own exception, a preemption's requeue status included, goes on)."""
+    from launch.accounting.reconcile import end_not_recorded
+
+    try:
+        final = ledger.finish_from_heartbeat(job_id, exit_code=code)
+    except StoreUnavailable as e:
+        message = end_not_recorded(job_id, run_dir, e)
+        if code == 0:
+            raise StoreUnavailable(message) from None
+        print(f"ladder train: error: {message}", file=sys.stderr, flush=True)
+        return
+    print(
+        f"ladder train: job {job_id} {final['state']}, {final['used_gpu_hours']:.3g} GPU-hours used",
+        flush=True,
+    )

@@ -42,7 +42,10 @@ from launch.cluster.slurm_script import log_dir_of  # noqa: F401  (here too for 
 from launch.console import num
 from training.common.errors import ConfigError, LadderError
 from training.common.safe_files import write_atomic
-from training.common.store import safe_text  # a reason read back from the ledger may hold anything
+from training.common.store import (  # a reason read back from the ledger may hold anything
+    StoreUnavailable,
+    safe_text,
+)
 
 STOP_GRACE_S = 60  # after Ctrl-C, how long the trainer gets to write its last heartbeat
 
@@ -113,18 +116,22 @@ class LocalLauncher(Launcher):
             return 0
         worst = 0
         for i, job in enumerate(jobs):
-            if ledger.job(job.job_id)["state"] != "pending":  # cancelled while it waited its turn
-                continue
             try:
+                if ledger.job(job.job_id)["state"] != "pending":  # cancelled while it waited
+                    continue
                 ledger.mark_started(job.job_id)
+            except StoreUnavailable as e:
+                raise StoreUnavailable(
+                    f"{e}; job {job.job_id} is recorded as pending but not as started, so nothing "
+                    "was trained (the next `ladder status` releases its planned hours)"
+                ) from None
+            try:
                 code = self.run(
                     job.cfg,
                     job.overrides,
-                    on_start=lambda pid, job_id=job.job_id: ledger.record_pid(job_id, pid),
+                    on_start=lambda pid, job_id=job.job_id: record_trainer(ledger, job_id, pid),
                 )  # with its host
-                final = ledger.job(job.job_id)
-                if final["state"] != "cancelled":  # `ladder cancel` has already recorded it
-                    final = ledger.finish_from_heartbeat(job.job_id, exit_code=code)
+                final = record_end(ledger, job, code)
             except KeyboardInterrupt:
                 ledger.finish_from_heartbeat(job.job_id, cancelled=True)
                 for rest in jobs[i + 1 :]:  # never started: cancelled, nothing used
@@ -135,6 +142,9 @@ class LocalLauncher(Launcher):
                         finished_at=time.time(),
                     )
                 raise
+            if final is None:  # its end could not be recorded: said, and left to `ladder status`
+                worst = worst or 1
+                continue
             report_final(final)
             worst = worst or code
             if final["state"] == "completed":
@@ -181,6 +191,39 @@ class LocalLauncher(Launcher):
             raise
         finally:
             signal.signal(signal.SIGTERM, previous)
+
+
+def record_trainer(ledger, job_id: int, pid: str) -> None:
+    """The trainer's PID, host and start; through an outage it trains on regardless, and `ladder
+    status` finds its process in its heartbeat (launch/accounting/reconcile.py)."""
+    try:
+        ledger.record_pid(job_id, pid)
+    except StoreUnavailable as e:
+        print(
+            f"ladder launch: job {job_id}: its trainer (pid {pid}) is not recorded: {e}; it trains "
+            "on, and `ladder status` finds it by its heartbeat",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+def record_end(ledger, job: Job, code: int) -> dict | None:
+    """The job's final record from its heartbeat; None, said in one line, if the ledger stayed
+    unreachable (the next `ladder status` writes it from the run folder)."""
+    from launch.accounting.reconcile import end_not_recorded
+
+    try:
+        final = ledger.job(job.job_id)
+        if final["state"] != "cancelled":  # `ladder cancel` has already recorded it
+            final = ledger.finish_from_heartbeat(job.job_id, exit_code=code)
+        return final
+    except StoreUnavailable as e:
+        print(
+            f"ladder launch: error: {end_not_recorded(job.job_id, job.run_dir, e)}",
+            file=sys.stderr,
+            flush=True,
+        )
+        return None
 
 
 class SlurmLauncher(Launcher):
@@ -444,9 +487,13 @@ def launch(
     ids = check_and_record_many(ledger, cfg.budget, records, override_reason=override_reason)
     for j, job_id in zip(jobs, ids):
         j.job_id = job_id
+    try:
+        period = f"{ledger.job(ids[0])['period']}, "
+    except StoreUnavailable:
+        period = ""
     print(
         f"ladder launch: {what} recorded in {ledger.where} as job(s) {', '.join(map(str, ids))}: team "
-        f"{cfg.budget.team}, {ledger.job(ids[0])['period']}, {num(total, 3)} GPU-hours planned"
+        f"{cfg.budget.team}, {period}{num(total, 3)} GPU-hours planned"
         + (f", budget overridden: {override_reason}" if override_reason else ""),
         flush=True,
     )
@@ -469,7 +516,10 @@ def launch(
         for f in finals:
             report_final(f)
         code = 0 if all(f["state"] == "completed" for f in finals) else 1
-    return code, [ledger.job(i) for i in ids]
+    try:
+        return code, [ledger.job(i) for i in ids]
+    except StoreUnavailable:  # said where it mattered (record_end); status settles them later
+        return code or 1, []
 
 
 def report_final(job: dict) -> None:

@@ -46,6 +46,9 @@ class PostgresServer:
     port: int
     password: str
     user: str | None  # the OS user the server runs as (None: this one)
+    # synchronous commits: a commit survives `stop_now` (-m immediate); off, the fast default loses
+    # the last ones, as a crash with synchronous_commit=off would
+    durable: bool = False
 
     @property
     def pgpass(self) -> Path:
@@ -55,7 +58,7 @@ class PostgresServer:
         return f"postgresql://{ROLE}@127.0.0.1:{self.port}/{dbname}"
 
     @classmethod
-    def start(cls, password: str | None = None) -> PostgresServer:
+    def start(cls, password: str | None = None, durable: bool = False) -> PostgresServer:
         bindir = postgres_bin()
         if bindir is None:
             raise RuntimeError(
@@ -98,34 +101,45 @@ class PostgresServer:
         (base / "pwfile").unlink()
         if init.returncode != 0:
             raise RuntimeError(f"initdb failed:\n{init.stderr[-2000:]}")
-        server = cls(base, free_port(), password, user)
-        opts = (
-            f"-p {server.port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off "
-            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
-        )
-        up = subprocess.run(
-            [
-                str(bindir / "pg_ctl"),
-                "-D",
-                str(base / "data"),
-                "-l",
-                str(base / "server.log"),
-                "-o",
-                opts,
-                "-w",
-                "-t",
-                "60",
-                "start",
-            ],
-            **run,
-        )
-        if up.returncode != 0:
-            log = (base / "server.log").read_text() if (base / "server.log").exists() else ""
+        server = cls(base, free_port(), password, user, durable)
+        try:
+            server.start_again()
+        except RuntimeError:
             server.stop()
-            raise RuntimeError(f"pg_ctl start failed:\n{up.stderr[-2000:]}\n{log[-2000:]}")
+            raise
         server.pgpass.write_text(f"127.0.0.1:{server.port}:*:{ROLE}:{password}\n")
         server.pgpass.chmod(0o600)  # libpq ignores a pgpass file others can read
         return server
+
+    def _pg_ctl(self, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [str(postgres_bin() / "pg_ctl"), "-D", str(self.base / "data"), *args],
+            user=self.user,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=self.base,
+            env={**os.environ, "LC_ALL": "C.UTF-8"},
+        )
+
+    def start_again(self) -> None:
+        """Start the server on its data directory and port (after stop_now, or the first time)."""
+        opts = (
+            f"-p {self.port} -k {self.base} -c listen_addresses=127.0.0.1 -c fsync=off "
+            f"-c synchronous_commit={'on' if self.durable else 'off'} -c full_page_writes=off "
+            "-c max_connections=200"
+        )
+        log = self.base / "server.log"
+        up = self._pg_ctl("-l", str(log), "-o", opts, "-w", "-t", "60", "start")
+        if up.returncode != 0:
+            text = log.read_text() if log.exists() else ""
+            raise RuntimeError(f"pg_ctl start failed:\n{up.stderr[-2000:]}\n{text[-2000:]}")
+
+    def stop_now(self) -> None:
+        """An outage: immediate shutdown (pg_ctl -m immediate, as a crash), the data kept."""
+        down = self._pg_ctl("-m", "immediate", "-w", "stop")
+        if down.returncode != 0:
+            raise RuntimeError(f"pg_ctl stop failed:\n{down.stderr[-2000:]}")
 
     def pid(self) -> int | None:
         try:

@@ -37,8 +37,10 @@ a row shows its text through safe_text.
 
 from __future__ import annotations
 
+import functools
 import re
 import sqlite3
+import sys
 import time
 import unicodedata
 from collections.abc import Iterator
@@ -83,6 +85,40 @@ def safe_text(value, markup: bool = True, lines: bool = False) -> str:
 
 class StoreError(LadderError):
     """The store cannot be used: server unreachable, login refused, schema from a newer Ladder."""
+
+    outage = False  # True: the server could not be reached (it may come back); see is_outage
+
+
+class StoreUnavailable(StoreError):
+    """A server that was reached before stayed unreachable for the whole retry window. Its
+    message says so in one line; the caller adds what was and was not recorded."""
+
+
+def is_outage(error: BaseException) -> bool:
+    """Whether `error` is the server going away (refused connection, lost connection, shutting
+    down or starting up), as opposed to a refusal that a retry would only repeat."""
+    if isinstance(error, StoreError):
+        return error.outage
+    try:
+        import psycopg
+    except ImportError:
+        return False
+    if isinstance(error, psycopg.errors.LockNotAvailable) or not isinstance(
+        error, (psycopg.OperationalError, psycopg.InterfaceError)
+    ):
+        return False
+    state = getattr(error, "sqlstate", None)
+    return state is None or state[:2] == "08" or state in ("57P01", "57P02", "57P03")
+
+
+def retried(method):
+    """A Store method that retries through a short server outage (Store.retrying)."""
+
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        return self.retrying(lambda: method(self, *args, **kwargs))
+
+    return run
 
 
 def ladder_version() -> str:
@@ -143,21 +179,64 @@ class Store:
     URL_KEY = "url"
 
     def __init__(
-        self, target: str | Path, busy_timeout_s: float = 60.0, connect_timeout_s: float = 10.0
+        self,
+        target: str | Path,
+        busy_timeout_s: float = 60.0,
+        connect_timeout_s: float = 10.0,
+        retry_s: float = 30.0,
     ):
         self.location: StoreUrl = parse_store_url(str(target), self.URL_KEY)
         self.backend = self.location.backend
         self.timeout = busy_timeout_s
+        self.retry_s = retry_s
+        self._said_outage = False
+        self._opened = False  # set once the store was reached: from then on, outages are retried
         self.connect_timeout = connect_timeout_s
         # `path`: the SQLite file; for a server, the URL (messages print either as where it lives)
         self.path = self.location.path if self.backend == "sqlite" else self.location.url
         if self.backend == "sqlite":
             self.path.parent.mkdir(parents=True, exist_ok=True)
         self._migrate()
+        self._opened = True
 
     @property
     def where(self) -> str:
         return self.location.where
+
+    # ---- outages ------------------------------------------------------------------------------
+    def retrying(self, operation):
+        """operation(), retried with backoff while the server is away, for up to retry_s from the
+        first failure, said once on stderr; then StoreUnavailable, one line. Only a store that was
+        reached when it was opened retries (a wrong URL fails at once, in __init__), and only a
+        whole operation is retried: its transaction was rolled back with the connection."""
+        deadline, delay = None, 0.5
+        while True:
+            try:
+                result = operation()
+                self._said_outage = False
+                return result
+            except Exception as e:
+                if not is_outage(e) or isinstance(e, StoreUnavailable) or not self._opened:
+                    raise
+                first = getattr(e, "reason", None) or " ".join(str(e).strip().splitlines()[:1])
+                first = first or type(e).__name__
+                now = time.monotonic()
+                deadline = now + self.retry_s if deadline is None else deadline
+                if now >= deadline:
+                    raise StoreUnavailable(
+                        f"the {self.COMPONENT} at {self.where} stayed unreachable for "
+                        f"{self.retry_s:g} s ({self.URL_KEY.split('.')[0]}.retry_s): {first}"
+                    ) from None
+                if not self._said_outage:
+                    self._said_outage = True
+                    print(
+                        f"ladder: the {self.COMPONENT} at {self.where} is unreachable ({first}); "
+                        f"retrying for up to {self.retry_s:g} s",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                time.sleep(max(0.0, min(delay, deadline - now)))
+                delay = min(delay * 2, 5.0)
 
     # ---- schema versions --------------------------------------------------------------------
     def _read_version(self, db: Db) -> tuple[int, str | None]:
@@ -258,7 +337,12 @@ class Store:
                 options=f"-c lock_timeout={int(self.timeout * 1000)} -c search_path={SEARCH_PATH}",
             )
         except psycopg.OperationalError as e:
-            raise StoreError(connect_message(self.COMPONENT, self.where, str(e))) from None
+            error = StoreError(connect_message(self.COMPONENT, self.where, str(e), self._opened))
+            error.reason = " ".join(line.strip() for line in str(e).strip().splitlines()[:1])
+            error.outage = not any(
+                refusal in str(e) for refusal in ("password", "does not exist", "permission denied")
+            )
+            raise error from None
 
     def _switch_to_wal(self, db: sqlite3.Connection) -> None:
         """Switching to WAL needs a moment of exclusive access, and SQLite answers "database is
@@ -333,13 +417,15 @@ class Store:
             f"({key}); nothing was changed. Retry once it finishes, or give it longer with {key}="
         )
 
+    @retried
     def query(self, sql: str, args: tuple = ()) -> list[dict]:
         with self._session() as db:
             return db.all(sql, args)
 
 
-def connect_message(component: str, where: str, error: str) -> str:
-    """Why the server refused, in one message, with what to do about it."""
+def connect_message(component: str, where: str, error: str, opened: bool = False) -> str:
+    """Why the server refused, in one message, with what to do about it. Before the store was
+    opened nothing can have been recorded; after, the caller says what was (Store.retrying)."""
     first = " ".join(line.strip() for line in error.strip().splitlines()[:2])
     if "password authentication failed" in error:
         hint = (
@@ -355,4 +441,5 @@ def connect_message(component: str, where: str, error: str) -> str:
         hint = "create the database or role first (createdb, createuser), or fix the URL"
     else:
         hint = "is the server running, and reachable from this host? (pg_isready -h HOST -p PORT)"
-    return f"cannot open the {component} at {where}: {first}. {hint[0].upper() + hint[1:]}. Nothing was recorded"
+    tail = "" if opened else ". Nothing was recorded"
+    return f"cannot open the {component} at {where}: {first}. {hint[0].upper() + hint[1:]}{tail}"

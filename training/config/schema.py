@@ -357,6 +357,8 @@ class LedgerConfig:
     # sqlite:///<path> (relative or, with a fourth slash, absolute) or a plain file path.
     url: str = "sqlite:///${trainer.run_root}/ladder.db"
     busy_timeout_s: float = 60.0  # how long a writer waits for another process's lock
+    # how long a write to a server ledger that was reached retries through an outage, with backoff
+    retry_s: float = 30.0
 
 
 @dataclass

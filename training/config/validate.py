@@ -189,6 +189,7 @@ RANGES: dict[str, tuple[float, float, str]] = {
     "eval.generator.gpu_memory_utilization": (0, 1, "(]"),
     "registry.busy_timeout_s": (0, INF, "[)"),
     "ledger.busy_timeout_s": (0, INF, "[)"),
+    "ledger.retry_s": (0, INF, "[)"),
     "launcher.cpus_per_task": (1, INF, "[)"),
     "launcher.signal_before_s": (0, INF, "[)"),
     "launcher.max_parallel": (1, INF, "[)"),
