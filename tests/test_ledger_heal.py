@@ -326,3 +326,24 @@ def test_a_server_outage_is_retried_then_told_truly_and_the_end_written_by_statu
         assert len(ledger.jobs()) == 2  # the refused launch recorded nothing
     finally:
         server.stop()
+
+
+@pytest.mark.postgres
+def test_a_migrate_killed_between_the_ledger_and_the_registry_is_finished_by_a_rerun(
+    tmp_path, pg_url, capsys
+):
+    from test_store_cli import _fill_sqlite
+
+    from evals.store.registry import Registry
+    from launch.commands.ledger_cmd import LEDGER_TABLES, copy_store
+
+    ledger, registry = _fill_sqlite(tmp_path)
+    copy_store(ledger, Ledger(pg_url), LEDGER_TABLES)  # the ledger's copy committed, then the kill
+    assert main(["ledger", "migrate", "--to", pg_url, f"trainer.run_root={tmp_path}"]) == 0
+    out = capsys.readouterr().out
+    assert "ledger" in out and "already copied" in out and "checkpoints 3" in out
+    pg, pg_reg = Ledger(pg_url), Registry(pg_url)
+    assert len(pg.jobs()) == len(ledger.jobs()) == 4  # nothing copied twice
+    for table in ("checkpoints", "results", "wandb_logged"):
+        q = f"SELECT * FROM {table}"
+        assert sorted(map(repr, pg_reg.query(q))) == sorted(map(repr, registry.query(q)))

@@ -6,7 +6,9 @@
 The source is the configured ledger.url and registry (registry.url, else registry.db in
 trainer.run_root). Every table is copied with its ids (promotions point at jobs by id) into
 an empty target, in one transaction per store that checks, before it commits, that every
-table's row count and the GPU-hour totals match the source; on a mismatch nothing is kept.
+table's row count and the GPU-hour totals match the source; on a mismatch nothing is kept. A
+store whose target already holds exactly the source's rows is skipped, so a migrate killed
+between the ledger and the registry is finished by running it again, nothing copied twice.
 The target's schema is created by the same versioned migrations as any store
 (training/common/store.py). The verb declares its arguments here (register); launch/cli.py collects it.
 """
@@ -79,11 +81,21 @@ def totals(db, tables: dict[str, tuple[str, ...]]) -> dict[str, dict[str, float]
     return out
 
 
+def same_totals(got: dict, want: dict) -> bool:
+    return all(
+        math.isclose(got[table][col], value, rel_tol=1e-12, abs_tol=1e-9)
+        for table, cols in want.items()
+        for col, value in cols.items()
+    )
+
+
 def copy_store(
     source: Store, target: Store, tables: dict[str, tuple[str, ...]]
-) -> dict[str, dict[str, float]]:
+) -> tuple[dict[str, dict[str, float]], bool]:
     """Copy every row of `tables` from source into target (which must hold none); returns the
-    source's row counts and sums, checked against the target's before the commit."""
+    source's row counts and sums, checked against the target's before the commit, and whether it
+    copied. A target that already holds exactly the source's rows (an earlier migrate copied this
+    store, then was killed before the next) is left as it is: a rerun finishes what is missing."""
     with source._session() as src:
         expected = totals(src, tables)
         rows = {
@@ -92,12 +104,16 @@ def copy_store(
         }
     with target.transaction() as db:
         db.lock("ledger migrate")
-        held = {t: n["rows"] for t, n in totals(db, tables).items() if n["rows"]}
+        have = totals(db, tables)
+        held = {t: n["rows"] for t, n in have.items() if n["rows"]}
+        if held and same_totals(have, expected):
+            return expected, False
         if held:
             raise ConfigError(
                 f"the {target.COMPONENT} at {target.where} already holds rows ("
                 + ", ".join(f"{t}: {int(n)}" for t, n in held.items())
-                + "); migrate copies into an empty database only, so nothing was copied"
+                + ") that are not the source's; migrate copies into an empty database only, so "
+                "nothing was copied"
             )
         for table, table_rows in rows.items():
             for row in table_rows:
@@ -115,7 +131,7 @@ def copy_store(
                         f"copying the {source.COMPONENT}: {table}.{col} is {got[table][col]} in the "
                         f"target but {value} in the source; nothing was kept"
                     )
-    return expected
+    return expected, True
 
 
 def cmd_migrate(args) -> int:
@@ -146,7 +162,13 @@ def cmd_migrate(args) -> int:
     else:
         print(f"ladder ledger migrate: no registry at {reg_path}; only the ledger is copied")
     for name, source, target, tables in work:
-        copied = copy_store(source, target, tables)
+        copied, fresh = copy_store(source, target, tables)
+        if not fresh:
+            print(
+                f"ladder ledger migrate: {name} {source.where} -> {target.where}: already copied "
+                "(every table's rows and totals match the source); nothing copied again"
+            )
+            continue
         summary = ", ".join(f"{t} {int(c['rows'])}" for t, c in copied.items())
         hours = copied.get("jobs", {})
         extra = (
