@@ -31,6 +31,7 @@ from launch.planning.plan_dpo import ReferencePlan, reference_memory, reference_
 from launch.planning.plan_dpo import render_row as render_reference_row
 from launch.planning.plan_rl import RLPlan, is_rl, render_rows, rl_memory, rl_plan, rl_seconds
 from launch.planning.rates import planning_rate
+from launch.planning.rl_split import RLSplit, render_split, rl_split
 from training.common.errors import ConfigError
 from training.config.validate import generator_ranks, global_batch_tokens, validate
 from training.model.flops import train_flops
@@ -80,6 +81,8 @@ class Plan:
     )
     # DPO's reference forward passes, counted in flops and the time (launch/planning/plan_dpo.py)
     reference: ReferencePlan | None = None
+    # recipe=grpo: GPUs for generation and learning, idle time, a split (launch/planning/rl_split.py)
+    rl_split: RLSplit | None = None
     cost: float = field(init=False)
 
     def __post_init__(self):
@@ -260,7 +263,7 @@ def make_plan(cfg: DictConfig, ledger=None) -> Plan:
         seconds = flops / (gpus * r.peak_flops_per_device * rate)
     else:  # a reference token is a forward pass only: a third of a trained token's time
         seconds = (tokens + (reference.tokens / 3 if reference else 0)) / (gpus * rate)
-    rl = None
+    rl = split = None
     if is_rl(
         cfg
     ):  # GRPO trains on rollouts it generates: both are planned (launch/planning/plan_rl.py)
@@ -270,6 +273,7 @@ def make_plan(cfg: DictConfig, ledger=None) -> Plan:
         rl = rl_plan(cfg, layout, n_matmul, shape.layers, shape.hidden, measured)
         tokens, flops = rl.train_tokens, rl.train_flops + rl.gen_flops
         seconds = rl_seconds(rl, gpus, r.peak_flops_per_device, rate, kind)
+        split = rl_split(cfg, rl, rate, kind, ledger)
     return Plan(
         rung=r.name,
         model=cfg.model.name,
@@ -305,6 +309,7 @@ def make_plan(cfg: DictConfig, ledger=None) -> Plan:
         price_per_gpu_hour=cfg.budget.price_per_gpu_hour,
         rl=rl,
         reference=reference,
+        rl_split=split,
     )
 
 
@@ -363,6 +368,8 @@ def render(plan: Plan, console=None) -> None:
     work.add_row("document length", f"{p.doc_tokens:,} tokens", p.doc_source)
     if p.rl is not None:
         render_rows(work, p.rl)
+    if p.rl_split is not None:
+        render_split(work, p.rl_split)
     console.print(work)
 
     mem = Table(
