@@ -42,6 +42,7 @@ def main() -> None:
         cfg = compose(
             [
                 "recipe=grpo",
+                "model.from_scratch=true",  # the split does not depend on what the model knows
                 "rung=tiny",
                 "tracker.mode=disabled",
                 "trainer.eval_on_save=false",

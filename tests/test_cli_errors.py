@@ -126,3 +126,24 @@ def test_every_config_mistake_is_one_line_naming_the_key_and_what_it_takes(overr
         assert noise not in text, text
     for needle in needles:
         assert needle in text, text
+
+
+@pytest.mark.parametrize("recipe", ["dpo", "grpo"])
+def test_dpo_and_grpo_without_a_starting_model_are_refused_unless_from_scratch(recipe, tmp_path):
+    """The trap of #28: `ladder train recipe=dpo` on the tiny rung trained from random weights."""
+    from launch.cli import main
+    from training.common.errors import ConfigError
+    from training.config.compose import compose
+    from training.config.validate import validate
+
+    with pytest.raises(ConfigError) as e:
+        validate(compose([f"recipe={recipe}"]))
+    assert "model.name_or_path is unset" in str(e.value) and "model.from_scratch=true" in str(
+        e.value
+    )
+    validate(compose([f"recipe={recipe}", "model.from_scratch=true"]))  # meant: allowed
+    validate(compose([f"recipe={recipe}", "model.name_or_path=runs/sft/checkpoints/step_000010"]))
+    validate(compose([f"recipe={recipe}", "trainer.resume=runs/a/checkpoints/step_000010"]))
+    validate(compose([f"recipe={recipe}"]), trains=False)  # `ladder data inspect`: data only
+    assert main(["train", *FAST, f"recipe={recipe}", f"trainer.run_root={tmp_path}"]) == 2
+    assert not list(tmp_path.glob(f"tiny-{recipe}-*"))  # refused before a run directory exists

@@ -211,6 +211,7 @@ def test_a_preference_mixture_trains_with_dpo(small, root):
             small,
             root,
             "recipe=dpo",
+            "model.from_scratch=true",
             "data.format=preference",
             "trainer.run_name=dpo-mix",
             "trainer.max_steps=2",

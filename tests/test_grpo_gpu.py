@@ -24,6 +24,7 @@ def gpu_overrides(root, name, data, extra=()):
     return [
         *FAST,
         "recipe=grpo",
+        "model.from_scratch=true",
         "rung.device=cuda",
         f"data.train_files=[{data}]",
         f"trainer.run_root={root}",

@@ -83,6 +83,7 @@ def grpo_overrides(root: Path, name: str, data: Path, steps: int = STEPS, extra=
     return [
         *FAST,
         "recipe=grpo",
+        "model.from_scratch=true",  # the tiny model from random weights, on purpose
         f"data.train_files=[{data}]",
         f"trainer.run_root={root}",
         f"trainer.run_name={name}",

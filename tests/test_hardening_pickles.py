@@ -230,6 +230,7 @@ def test_planted_rollouts_are_refused_naming_the_file(tmp_path, marker):
     over = [
         *FAST,
         "recipe=grpo",
+        "model.from_scratch=true",
         f"data.train_files=[{data}]",
         f"trainer.run_root={tmp_path}",
         "trainer.run_name=rl",

@@ -24,7 +24,7 @@ RECIPE_CLASS = {"sft": SFT, "preference": DPO, "rl": GRPO}
 @pytest.mark.parametrize("name", sorted(LOSSES))
 def test_every_loss_composes_validates_and_builds_its_familys_recipe(name):
     spec = loss_spec(name)
-    cfg = compose([f"recipe={spec.recipe}", f"recipe.loss={name}"])
+    cfg = compose([f"recipe={spec.recipe}", f"recipe.loss={name}", "model.from_scratch=true"])
     layout = validate(cfg, world_size=1)
     # the recipe group's default data is in the loss's format, and an RL batch is counted in answers
     assert cfg.data.format == spec.data_format

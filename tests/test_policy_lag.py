@@ -45,7 +45,7 @@ def rl_data(tmp_path_factory) -> Path:
 
 
 def grpo(*extra: str):
-    return compose([*FAST, "recipe=grpo", "data=reverse_rlvr", *extra])
+    return compose([*FAST, "recipe=grpo", "model.from_scratch=true", "data=reverse_rlvr", *extra])
 
 
 THREE = ("rung.engine=ddp", "rung.gpus_per_node=3", "recipe.prompts_per_step=4")

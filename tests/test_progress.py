@@ -189,6 +189,7 @@ def run_overrides(root: Path, recipe: str) -> list[str]:
     return [
         *FAST,
         f"recipe={recipe}",
+        "model.from_scratch=true",  # DPO from random weights, on purpose
         f"trainer.run_root={root}",
         "trainer.max_steps=2",
         "trainer.save_every=2",

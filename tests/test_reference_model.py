@@ -122,6 +122,7 @@ def test_dpo_reference_beside_a_sharded_policy_matches_one_process(tmp_path, eng
         return [
             *FAST,
             "recipe=dpo",
+            "model.from_scratch=true",
             "recipe.precompute_reference=false",
             f"trainer.run_root={tmp_path}",
             f"trainer.run_name={name}",

@@ -145,10 +145,13 @@ def test_ladder_data_inspect_reports_rlvr_prompts(tmp_path):
     # the plan takes the measured prompts (here about 16 tokens) over the bound (64 - 8 = 56)
     from launch.planning.plan import make_plan
 
-    rl = make_plan(compose(["recipe=grpo", root, "generator.max_new_tokens=8"])).rl
+    scratch = "model.from_scratch=true"  # the plan validates the run: tiny from random weights
+    rl = make_plan(compose(["recipe=grpo", scratch, root, "generator.max_new_tokens=8"])).rl
     assert rl.new_tokens == 8 and rl.prompt_tokens == round(lengths["attention_length"]) - 8 < 56
     assert (
-        make_plan(compose(["recipe=grpo", f"trainer.run_root={tmp_path}/none"])).rl.prompt_tokens
+        make_plan(
+            compose(["recipe=grpo", scratch, f"trainer.run_root={tmp_path}/none"])
+        ).rl.prompt_tokens
         == 48
     )
 

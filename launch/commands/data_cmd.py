@@ -106,7 +106,8 @@ def cmd_decontaminate(args) -> int:
     if args.write and (problem := output_problem("--write", args.write, directory=True)):
         raise ConfigError(problem)  # before any row is read, not after the whole check
     cfg = compose(args.overrides)
-    validate(cfg)  # a missing file or a bad setting is a config error before any row is read
+    # a missing file or a bad setting is a config error before any row is read
+    validate(cfg, trains=False)
     report = decontaminate(cfg)
     if args.write:
         report["written"] = write_filtered(cfg, report, args.write)

@@ -42,7 +42,7 @@ def inspect_data(cfg: DictConfig) -> dict:
     from training.data.mixture_config import is_mixture
     from training.model.modeling import load_tokenizer
 
-    layout = validate(cfg)
+    layout = validate(cfg, trains=False)  # the data only: where the weights come from is moot
     fmt = loss_spec(cfg.recipe.loss).data_format  # messages or preference: rlvr data went above
     tokenizer = load_tokenizer(cfg.model)
     sources = load_sources(cfg, tokenizer, fmt)

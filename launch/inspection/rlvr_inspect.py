@@ -40,7 +40,7 @@ def inspect_rlvr(cfg: DictConfig) -> dict:
     from training.model.modeling import load_tokenizer
     from training.rl.rlvr_data import load_sources, mix
 
-    validate(cfg)
+    validate(cfg, trains=False)  # the data only: where the weights come from does not matter
     max_new = cfg.generator.max_new_tokens
     tokenizer = load_tokenizer(cfg.model)
     sources = load_sources(cfg.data, tokenizer, max_new)

@@ -70,6 +70,7 @@ HARMLESS = (
     "rung.save_initial",
     "rung.eval_on_save",
     "model.published_params",
+    "model.from_scratch",  # read by validation only: the weights are the checkpoint's on resume
     # the hardware the same math runs on: resume across engines and world sizes is supported
     # (engines.py). grad_accum follows from the global batch, the micro-batch and the world size;
     # the first two are compared on their own keys.

@@ -104,6 +104,9 @@ class ModelConfig:
 
     name: str = MISSING
     name_or_path: Optional[str] = None
+    # DPO and GRPO start from a trained model (name_or_path); with it unset they would train from
+    # random weights, which validation refuses unless this says it is meant (training/config/validate.py).
+    from_scratch: bool = False
     tokenizer: Optional[str] = None  # default: name_or_path, else the checked-in tiny tokenizer
     vocab_size: Optional[int] = None  # default: the tokenizer's size
     hidden_size: int = 192

@@ -289,10 +289,34 @@ def env_problems(env) -> list[str]:
     return problems
 
 
-def validate(cfg: DictConfig, world_size: int | None = None, here: bool = False) -> BatchLayout:
+def start_problem(cfg: DictConfig) -> str | None:
+    """A preference or RL run starts from a trained model. With model.name_or_path unset it would
+    train from random weights and look like it works (losses fall, rewards stay low), so it is
+    refused unless model.from_scratch=true says it is meant. A run resuming another run's
+    checkpoint (trainer.resume=<dir>) takes that checkpoint's weights."""
+    spec = LOSSES.get(cfg.recipe.loss)
+    if spec is None or spec.family == "sft" or cfg.model.name_or_path or cfg.model.from_scratch:
+        return None
+    if cfg.trainer.resume not in ("auto", "none"):
+        return None
+    return (
+        f"recipe.loss={cfg.recipe.loss} starts from a trained model, but model.name_or_path is "
+        "unset, so it would train from random weights: set model.name_or_path=<an SFT checkpoint "
+        "or model> (e.g. runs/<sft-run>/checkpoints/step_NNNNNN), or model.from_scratch=true to "
+        "train from random weights on purpose"
+    )
+
+
+def validate(
+    cfg: DictConfig, world_size: int | None = None, here: bool = False, trains: bool = True
+) -> BatchLayout:
     """here=True in the process that runs the job: also check what this machine must have (vllm
-    and a GPU for generator=vllm). Planning and launching from a login node check the config only."""
+    and a GPU for generator=vllm). Planning and launching from a login node check the config only.
+    trains=False for commands that only read the data (`ladder data inspect`): where the weights
+    come from does not matter there."""
     problems: list[str] = range_problems(cfg) + env_problems(cfg.launcher.env)
+    if trains and (start := start_problem(cfg)):
+        problems.append(start)
     paths = path_problems(cfg)
     if paths:  # the file checks below would raise OSError or ValueError on these
         raise invalid(problems + paths)
