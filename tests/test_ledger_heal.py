@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import threading
 import time
@@ -347,3 +348,41 @@ def test_a_migrate_killed_between_the_ledger_and_the_registry_is_finished_by_a_r
     for table in ("checkpoints", "results", "wandb_logged"):
         q = f"SELECT * FROM {table}"
         assert sorted(map(repr, pg_reg.query(q))) == sorted(map(repr, registry.query(q)))
+
+
+# ---- names: checked once at entry; the report's numbers never give way to a long one -----------
+
+
+def test_bad_team_names_are_one_clear_line_and_a_long_one_never_squeezes_the_report(
+    tmp_path, capsys
+):
+    root = f"trainer.run_root={tmp_path}"
+    undecodable = "bad\udcff"  # what Python makes of argv bytes $'bad\xff'
+    tries = [
+        (["budget", "report", "--team", undecodable, root], "holds bytes that are not UTF-8"),
+        (
+            ["launch", *FAST, f'budget.team="{undecodable}"', "--dry-run", root],
+            "holds bytes that are not UTF-8",
+        ),
+        (
+            ["launch", *FAST, "budget.team=" + "t" * 5000, "--dry-run", root],
+            "budget.team is 5000 characters long; use at most 64",
+        ),
+    ]
+    for args, message in tries:
+        assert main(args) == 2, args
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+    assert (
+        main(["budget", "set", "--team", "ok", "--period", "month", "--gpu-hours", "5", root]) == 0
+    )
+    db = sqlite3.connect(tmp_path / "ladder.db")  # another tool wrote a 5,000-character team
+    with db:
+        db.execute("INSERT INTO budgets VALUES (?, 'month', 7, 'x', 0, NULL)", ("T" * 5000,))
+    db.close()
+    capsys.readouterr()
+    assert main(["budget", "report", root]) == 0
+    out = capsys.readouterr().out
+    for header in ("allocated", "running (planned)", "useful (MFU x used)", "committed", "cost"):
+        assert f" {header} " in out, out
+    assert "│      7.0 │" in out and "TTT…" in out

@@ -25,6 +25,7 @@ from pathlib import Path
 from launch.accounting.ledger import (
     ACTIVE,
     LOCAL_DEFAULT_BUDGET,
+    NAME_MAX,
     NOTE_MAX,
     Ledger,
     check_name,
@@ -384,6 +385,14 @@ def render_plan_accuracy(rows: list[dict], console=None, last: int = 15) -> None
     )
 
 
+def shown_name(name: str) -> str:
+    """A team name as a table shows it: names are at most NAME_MAX characters when they enter the
+    ledger, so a longer one was written by another tool; its start is shown, with its length."""
+    if len(name) <= NAME_MAX:
+        return name
+    return f"{name[: NAME_MAX - 1]}… ({len(name):,} characters)"
+
+
 def render_report(rows: list[BudgetRow], ledger_path: Path | str, console=None) -> None:
     from rich.table import Table
 
@@ -403,8 +412,13 @@ def render_report(rows: list[BudgetRow], ledger_path: Path | str, console=None) 
         "committed",
         "cost",
     ):
+        # the team column folds, never the numbers: a long name takes lines, not their width
         table.add_column(
-            col, justify="left" if col in ("team", "period") else "right", no_wrap=True
+            col,
+            justify="left" if col in ("team", "period") else "right",
+            no_wrap=col != "team",
+            overflow="fold",
+            min_width=len(col) if col != "team" else 8,
         )
     for r in rows:
         committed = None if not r.allocated else r.committed / r.allocated
@@ -412,7 +426,7 @@ def render_report(rows: list[BudgetRow], ledger_path: Path | str, console=None) 
             "-" if r.left is None else (f"[red]{num(r.left)}[/red]" if r.left < 0 else num(r.left))
         )
         table.add_row(
-            safe_text(r.team),
+            safe_text(shown_name(r.team)),
             safe_text(r.period),
             str(r.jobs),
             "-" if r.allocated is None else num(r.allocated),

@@ -183,11 +183,13 @@ def cmd_budget_report(args) -> int:
         render_report,
         report_rows,
     )
-    from launch.accounting.ledger import ACTIVE, Ledger
+    from launch.accounting.ledger import ACTIVE, Ledger, check_name
     from launch.accounting.team_members import all_members
     from launch.commands.status_cmd import refresh
     from training.config.compose import compose
 
+    if args.team is not None:
+        check_name("--team", args.team)  # one clear line, not an encoding error from the database
     cfg = compose(args.overrides)
     ledger = Ledger.existing(cfg)
     if ledger is not None:  # jobs still pending or running: bring them up to date first

@@ -349,7 +349,7 @@ def config_hash(cfg: DictConfig) -> str:
 
 def prepare(overrides: list[str], multirun: bool = False) -> tuple[str | None, list[Job]]:
     """Compose, validate and plan every job of the launch; raise before anything is recorded."""
-    from launch.accounting.ledger import Ledger
+    from launch.accounting.ledger import Ledger, check_name
     from launch.cluster.sweep import expand, name_points
     from launch.planning.plan import fix_message, make_plan
     from training.config.compose import compose
@@ -368,6 +368,7 @@ def prepare(overrides: list[str], multirun: bool = False) -> tuple[str | None, l
     jobs, launchers = [], set()
     for point in points:
         cfg = compose(point)
+        check_name("budget.team", cfg.budget.team)  # at entry: launch, train, promote, dry runs
         launchers.add(cfg.launcher.name)
         get_launcher(cfg).check(cfg)
         validate(cfg, world_size=cfg.rung.nodes * cfg.rung.gpus_per_node)
