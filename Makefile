@@ -37,13 +37,15 @@ pipeline: install
 # them when missing (as root). `pytest -m "not slurm"` leaves the cluster tests out.
 # The first line says which CPU numerics the suite runs under and those of its golden runs
 # (training/model/cpu_numerics.py), so a failure report says what kind of machine it came from. Then the formatter and the linter
-# (ruff, configured in pyproject.toml), so CI enforces them.
+# (ruff, configured in pyproject.toml), so CI enforces them. Two pytest-xdist workers, a whole file
+# or a shared session fixture per worker at a time (tests/conftest.py says why); plain `pytest`
+# without -n runs the same tests in one process.
 test: install
 	@$(BIN)/python -m training.model.cpu_numerics
 	$(BIN)/ruff format --check --quiet . || (echo "ruff format --check failed: run $(BIN)/ruff format ." && exit 1)
 	$(BIN)/ruff check --quiet .
 	bash tests/system_packages.sh
-	$(BIN)/python -m pytest -q --durations=25
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup --no-loadscope-reorder --durations=25
 
 bench: install
 	$(BIN)/pip install --quiet -c requirements.lock -e '.[bench]'

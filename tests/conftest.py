@@ -26,8 +26,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 # 2 threads here and in the processes the tests start, so in-process and subprocess runs round
 # alike. The golden runs pin the rest of the CPU numerics in their own processes (golden_env;
 # training/model/cpu_numerics.py says what and why): pinned, the whole suite took twice the time.
-from training.model.cpu_numerics import pin_threads  # noqa: E402
+from training.model.cpu_numerics import THREADS, pin_threads  # noqa: E402
 
+# Under pytest-xdist each worker takes its share of the threads (2 workers: 1 thread each), so
+# the workers together never ask for more threads than there are cores: an oversubscribed
+# OpenMP pool spins and slows both. The golden runs set their own count (golden_env) regardless.
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    os.environ["OMP_NUM_THREADS"] = str(
+        max(1, THREADS // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    )
 pin_threads()
 
 # A fast tiny run: no in-process evals, no step-0 checkpoint, no W&B, unless a test asks.
@@ -157,3 +164,27 @@ def pg_url(postgres_server, request):
         + f"_{os.getpid()}_{id(request) % 10000}"
     )
     return postgres_server.create_database(name)
+
+
+# Two pytest-xdist workers (`make test` runs `-n 2 --dist loadgroup`): a worker is idle for much
+# of a test that waits on a subprocess, a SLURM job or a PostgreSQL server, so two keep both cores
+# busy. A work unit is a whole file, so a module-scoped fixture is built once; the tests that share
+# an expensive session fixture are one unit, so the SLURM cluster and the shared trained run are
+# built once. The units known to be long go first, so that no long unit starts last.
+LONG_FIRST = ("slurm", "trained_run")
+SESSION_GROUPS = {"slurm_cluster": "slurm", "trained_run": "trained_run"}
+
+
+def pytest_collection_modifyitems(config, items):
+    def group(item) -> str:
+        shared = [g for f, g in SESSION_GROUPS.items() if f in item.fixturenames]
+        return shared[0] if shared else item.nodeid.split("::", 1)[0]
+
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(group(item)))
+
+    def rank(item) -> int:
+        g = group(item)
+        return LONG_FIRST.index(g) if g in LONG_FIRST else len(LONG_FIRST)
+
+    items.sort(key=rank)  # stable: the rest keep their collection order
