@@ -25,6 +25,7 @@ from conftest import FAST
 from launch.accounting.budget import check_and_record
 from launch.accounting.ledger import Ledger, process_start, this_host
 from launch.cli import main
+from training.common.errors import ConfigError
 
 
 def test_ladder_train_is_recorded_in_the_local_ledger_and_shown_by_status_and_report(
@@ -386,3 +387,15 @@ def test_bad_team_names_are_one_clear_line_and_a_long_one_never_squeezes_the_rep
     for header in ("allocated", "running (planned)", "useful (MFU x used)", "committed", "cost"):
         assert f" {header} " in out, out
     assert "│      7.0 │" in out and "TTT…" in out
+
+
+def test_a_direct_run_on_several_nodes_is_planned_without_the_local_launchers_limit(tmp_path):
+    """`ladder train` under srun or torchrun on two nodes is recorded like any run: the local
+    launcher's one-machine rule is for `ladder launch`, which starts processes itself."""
+    from launch.commands.launch_cmd import prepare
+
+    point = ["rung=tiny", "rung.nodes=2", "rung.engine=ddp", f"trainer.run_root={tmp_path}"]
+    with pytest.raises(ConfigError, match="launcher=local runs on this machine only"):
+        prepare(point)
+    _, [job] = prepare(point, direct=True)
+    assert job.plan.gpus == 2

@@ -34,7 +34,7 @@ def recording(train, overrides: list[str]):
         from launch.accounting.ledger import Ledger, claim
         from launch.commands.launch_cmd import ledger_fields, prepare
 
-        _, [job] = prepare(overrides)
+        _, [job] = prepare(overrides, direct=True)
         if job.finished_at is not None:  # nothing to train: nothing to charge
             return train(cfg)
         ledger = Ledger.from_config(job.cfg)

@@ -347,19 +347,23 @@ def config_hash(cfg: DictConfig) -> str:
     return hashlib.sha256(OmegaConf.to_yaml(cfg, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def prepare(overrides: list[str], multirun: bool = False) -> tuple[str | None, list[Job]]:
-    """Compose, validate and plan every job of the launch; raise before anything is recorded."""
+def prepare(
+    overrides: list[str], multirun: bool = False, direct: bool = False
+) -> tuple[str | None, list[Job]]:
+    """Compose, validate and plan every job of the launch; raise before anything is recorded.
+    direct: a `ladder train` already running where it was started (by hand, srun, torchrun), so
+    no launcher's limits apply (launch/accounting/train_record.py)."""
     from launch.accounting.ledger import Ledger, check_name
     from launch.cluster.sweep import expand, name_points
     from launch.planning.plan import fix_message, make_plan
     from training.config.compose import compose
     from training.config.validate import validate
-    from training.run.run_files import finished_step, resume_point
-    from training.run.trainer import default_run_name
 
     sweep_name = None
     points = [overrides]
     if multirun:
+        from training.run.trainer import default_run_name
+
         points = expand(overrides)
         first = compose(points[0])
         sweep_name, points = name_points(
@@ -370,8 +374,13 @@ def prepare(overrides: list[str], multirun: bool = False) -> tuple[str | None, l
         cfg = compose(point)
         check_name("budget.team", cfg.budget.team)  # at entry: launch, train, promote, dry runs
         launchers.add(cfg.launcher.name)
-        get_launcher(cfg).check(cfg)
+        if not direct:
+            get_launcher(cfg).check(cfg)
         validate(cfg, world_size=cfg.rung.nodes * cfg.rung.gpus_per_node)
+        # torch and the trainer load after the config is known good: a mistake is said in a second
+        from training.run.run_files import finished_step, resume_point
+        from training.run.trainer import default_run_name
+
         plan = make_plan(cfg, Ledger.existing(cfg))
         where = f" (sweep point {' '.join(point)})" if multirun else ""
         if not plan.fits:
@@ -443,10 +452,11 @@ def launch(
     """Launch a job or a sweep; returns the exit status and the jobs' ledger records."""
     from launch.accounting.budget import check_and_record_many
     from launch.accounting.ledger import Ledger
-    from training.config.config_diff import Change
-    from training.run.run_files import finished_message
 
     sweep_name, jobs = prepare(overrides, multirun)
+    from training.config.config_diff import Change
+    from training.run.run_files import finished_message  # torch: after a config error is said
+
     for j in jobs:  # exit status 0: what was asked for (the run trained to max_steps) already holds
         if j.finished_at is not None:
             print(
