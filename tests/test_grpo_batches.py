@@ -6,20 +6,27 @@ rung.micro_batch_tokens, the same gradient whatever the split, clear errors, and
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
+import multiprocessing
+import socket
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 from conftest import ladder_cli
+from omegaconf import OmegaConf
+from safetensors.torch import load_file, save_file
 
 from training.common.errors import ConfigError
 from training.config.compose import compose
 from training.config.validate import batch_layout, validate
+from training.engine import distributed
 from training.model.flops import model_matmul_params
 from training.model.modeling import build_model, load_tokenizer
+from training.recipes.losses import losses_of
 from training.rl.grpo import GRPO
 
 # "answer in one word": the untrained tiny model's random answers pass about a quarter of the time,
@@ -47,11 +54,14 @@ def cfg_for(*extra):
     return compose(["recipe=grpo", "rung=tiny", "generator.max_new_tokens=8", *extra])
 
 
-def stream_for(cfg, dp: int, tmp_path: Path, start_step: int = 0):
+def stream_for(
+    cfg, dp: int, tmp_path: Path, start_step: int = 0, rank: int = 0, size: int = 1, built=None
+):
     """A RolloutStream attached to a stand-in for the trainer: rank-free indices let one process ask
-    for every rank's micro-batches, as the ranks of a dp-process job would."""
-    tok = load_tokenizer(cfg.model)
-    model = build_model(cfg.model, tok, seed=0)
+    for every rank's micro-batches, as the ranks of a dp-process job would (or, with size=dp in a
+    real process group, for its own rank's). built: a (tokenizer, model) to reuse."""
+    tok = load_tokenizer(cfg.model) if built is None else built[0]
+    model = build_model(cfg.model, tok, seed=0) if built is None else built[1]
     recipe = GRPO(cfg)
     stream, _ = recipe.build_stream(cfg, tok, cfg.rung.micro_batch_tokens, cfg.trainer.seed)
     shape = SimpleNamespace(
@@ -67,7 +77,7 @@ def stream_for(cfg, dp: int, tmp_path: Path, start_step: int = 0):
         model=model,
         run_dir=tmp_path,
         start_step=start_step,
-        world=SimpleNamespace(rank=0, size=1),
+        world=SimpleNamespace(rank=rank, size=size),
         device="cpu",
         n_matmul=model_matmul_params(shape, model.get_input_embeddings().num_embeddings),
     )
@@ -185,6 +195,122 @@ def test_rollouts_are_saved_per_rank_and_reloaded_on_resume_inside_a_rollout_bat
         ConfigError, match="rank_00000_of_00002.pt is missing.*same number of ranks"
     ):
         stream_for(cfg, 2, tmp_path, start_step=1)
+
+
+# ---- the gradient does not depend on the number of ranks ------------------------------------------
+# rank 0 of two owns a prompt no answer can pass (at most 0 words): its one group all agrees;
+# rank 1's prompt ("in one word") gets mixed rewards. data.shuffle=false keeps that split.
+RANK_ROWS = [("Say nothing at all.", 0), ("Name cats in one word.", 1)]
+# one layer of 64: the test spends its time in Python overhead, per layer and per call
+SMALLER = ("model.num_layers=1", "model.hidden_size=64", "model.intermediate_size=128")
+RANK_MICROS = (512, 128)  # 8 or 2 answers per micro-batch: 1 or 4 on one rank, 2 on each of two
+
+
+def rank_cfgs(data: Path, micros) -> dict:
+    cfgs = {}
+    for loss in losses_of("rl"):
+        base = cfg_for(
+            f"data.train_files=[{data}]",
+            "data.shuffle=false",
+            "recipe.prompts_per_step=2",
+            "recipe.num_generations=4",
+            f"recipe.loss={loss}",
+            *SMALLER,
+        )
+        for micro in micros:  # a plain number the layout reads: no need to compose again
+            cfg = copy.deepcopy(base)
+            OmegaConf.set_readonly(cfg, False)
+            cfg.rung.micro_batch_tokens = micro
+            cfgs[(loss, micro)] = cfg
+    return cfgs
+
+
+def step_gradient(cfg, dp: int, rank: int, root: Path, built) -> tuple[torch.Tensor, list[float]]:
+    """The step's gradient as the loop makes it: each rank's summed losses over the units of all
+    micro-batches and ranks, then the ranks' gradients summed (DDP averages world x that)."""
+    import torch.distributed as dist
+
+    built[1].zero_grad(set_to_none=True)
+    stream, recipe, model, layout = stream_for(cfg, dp, root, rank=rank, size=dp, built=built)
+    first = rank * layout.grad_accum
+    mine = [stream.micro_batch(first + j) for j in range(layout.grad_accum)]
+    units = distributed.all_sum(sum(GRPO.count(b) for b in mine), "cpu")
+    for b in mine:
+        (recipe.loss_sum(model, b)[0] / units).backward()
+    grad = torch.cat([p.grad.flatten() for p in model.parameters()])
+    if dist.is_initialized():
+        dist.all_reduce(grad)
+    return grad, [float(a) for b in mine for a in b["advantages"]]
+
+
+def tiny_built(cfg):
+    tok = load_tokenizer(cfg.model)
+    return tok, build_model(cfg.model, tok, seed=0)
+
+
+def _two_rank_worker(rank: int, cfgs: dict, built, root: str, port: int) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        grads = {}
+        for (loss, micro), cfg in cfgs.items():
+            grad, _ = step_gradient(cfg, 2, rank, Path(root) / f"{loss}_{micro}_{rank}", built)
+            grads[f"{loss}_{micro}"] = grad
+        if rank == 0:
+            save_file(grads, str(Path(root) / "grads.safetensors"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_every_rl_loss_has_the_same_gradient_on_one_or_two_ranks_and_any_split(tmp_path):
+    """Issue #22: dapo kept a rank's agreeing groups when all of that rank's groups agreed, so their
+    tokens joined the step's units and the mixed group's gradient shrank at dp=2. For every RL loss,
+    one process with 1 or 4 micro-batches and two gloo processes with 2 each: one gradient."""
+    data = tmp_path / "rows.jsonl"
+    data.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "messages": [{"role": "user", "content": text}],
+                    "ground_truth": json.dumps({"type": "max_words", "n": n}),
+                    "dataset": "ifeval",
+                }
+            )
+            + "\n"
+            for text, n in RANK_ROWS
+        )
+    )
+    cfgs = rank_cfgs(data, RANK_MICROS)
+    built = tiny_built(next(iter(cfgs.values())))
+    one = {}
+    for (loss, micro), cfg in cfgs.items():
+        one[loss, micro], adv = step_gradient(cfg, 1, 0, tmp_path / f"{loss}_{micro}", built)
+        assert adv[:4] == [0.0] * 4 and any(a != 0 for a in adv[4:]), (
+            "rank 0's group all agrees, rank 1's is mixed"
+        )
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    # forkserver: one server imports torch and this module once and forks both ranks from it (a
+    # plain fork of this process hangs in gloo; spawn imports torch twice)
+    two_cfgs = {k: v for k, v in cfgs.items() if k[1] == 128}
+    (tmp_path / "two").mkdir()
+    multiprocessing.set_forkserver_preload([__name__])
+    torch.multiprocessing.start_processes(
+        _two_rank_worker,
+        args=(two_cfgs, built, str(tmp_path / "two"), port),
+        nprocs=2,
+        start_method="forkserver",
+    )
+    two = load_file(str(tmp_path / "two" / "grads.safetensors"))
+    for loss in losses_of("rl"):
+        ref = one[loss, 512]
+        assert float(ref.abs().max()) > 1e-4, "the mixed group has a gradient"
+        assert torch.allclose(one[loss, 128], ref, atol=1e-6, rtol=1e-5), (loss, "1 rank, 4 mb")
+        assert torch.allclose(two[f"{loss}_128"], ref, atol=1e-6, rtol=1e-5), (
+            f"{loss}: 2 ranks, 2 micro-batches each"
+        )
 
 
 # ---- clear errors ---------------------------------------------------------------------------------

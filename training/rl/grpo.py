@@ -10,7 +10,8 @@ group's rewards r (the group = the answers to one prompt):
   grpo      A = (r - mean) / (std + 1e-4)     std unbiased, as TRL
   dr_grpo   A = r - mean                      (Liu et al.: no std scaling)
   dapo      A = (r - mean) / (std + 1e-4), and dynamic sampling: groups whose rewards all agree
-            carry no signal and are dropped (weight 0, not counted in the step's loss units)
+            carry no signal and are dropped (weight 0, not counted in the step's loss units),
+            decided once for the whole step over every rank (rollouts.decide_flat_groups)
 Per answer token t, with the policy's log-prob lp, the rollout policy's old, the reference's ref:
   ratio = exp(lp - old);  pg_t = -min(ratio A, clip(ratio, 1 - clip_low, 1 + clip_high) A)
   l_t = pg_t + kl_beta * (exp(ref - lp) - (ref - lp) - 1)          (k3 estimator; only if kl_beta>0)

@@ -50,6 +50,7 @@ from training.common.safe_files import remove_path
 from training.common.seeds import data_order_seed
 from training.data.chat_data import IGNORE
 from training.data.packing import collate
+from training.engine import distributed
 from training.engine.distributed import learner_group
 from training.model.flops import forward_flops, generate_flops
 from training.model.lm_loss import token_logps
@@ -212,11 +213,41 @@ class RolloutStream:
                 self.cache[(b, rank)] = chunk
             else:
                 self.cache[(b, rank)] = self.rollout(b, rank)
+            self.decide_flat_groups(self.cache[(b, rank)])
         chunk = self.cache[(b, rank)]
         if j == 0:  # the rank's rollouts enter the step's metrics once, with its first micro-batch
             self.add_stats(chunk["stats"], costs=first_pass)
         self.data_end = time.perf_counter()
         return {**chunk["micro"][j], "first_pass": first_pass}
+
+    def decide_flat_groups(self, chunk: dict) -> None:
+        """DAPO's dynamic sampling, decided once for the whole step (issue #22): when any group of the
+        step, on any learner rank, has mixed rewards, every group whose rewards all agree is dropped
+        on every rank (weight 0, no loss units); when every group of the step agrees, all are kept
+        (zero advantage: no policy gradient, only KL if on), so the step still has loss units.
+
+        Why the whole step: the loop divides each summed loss by the units of all micro-batches and
+        ranks, so a rank that decided alone to keep its agreeing groups added their tokens to every
+        rank's denominator, and the gradient changed with the number of ranks. DAPO's paper (Yu et
+        al., 2025, "dynamic sampling") filters, over the whole batch, the prompts whose answers are
+        all right or all wrong and samples more until the batch is full; we filter without
+        resampling, so a step trains on fewer, informative groups. TRL's GRPOTrainer with
+        loss_type="dapo" filters nothing: agreeing groups stay with zero advantage and their
+        tokens count in the global token normaliser (num_items_in_batch), which equally does not
+        depend on the world size. Runs on learner ranks only, in the same order on each (the step's
+        first micro-batch), so the one all-reduce lines up; a chunk reloaded on resume is decided
+        again, from the same rollouts, the same way."""
+        if self.recipe.name != "dapo":
+            return
+        st = chunk["stats"]
+        mixed_here = st["groups"] > st["flat_groups"]
+        if not distributed.any_rank(mixed_here, self.trainer.device):
+            return  # every group of the step agrees: keep them all
+        for micro in chunk["micro"]:
+            keep = ~micro["flat"]
+            micro["weights"] = keep.float()
+            micro["n_units"] = float((keep * micro["units"]).sum())
+        st["dropped_groups"] = st["flat_groups"]
 
     # ---- generation, rewards, advantages ---------------------------------------------------
     @property
@@ -272,16 +303,11 @@ class RolloutStream:
             dtype=torch.float64,
         )
         adv, flat = group_advantages(rewards.view(k, self.G), self.recipe.name)
-        weights = torch.ones(k, self.G, dtype=torch.float64)
-        dropped = 0
-        if self.recipe.name == "dapo" and not bool(flat.all()):
-            # Dynamic sampling: groups that all agree carry no signal. A rank where every group agrees
-            # keeps them (zero advantage, no policy gradient) so its micro-batches still have loss units.
-            weights[flat] = 0.0
-            dropped = int(flat.sum())
-        adv, weights = adv.flatten(), weights.flatten()
+        # every answer is kept here; DAPO's dropping of groups that agree is decided for the whole
+        # step by the learners (decide_flat_groups), which this rank alone cannot do
+        adv, flat_answers = adv.flatten(), flat.repeat_interleave(self.G)
         lens_t = torch.tensor([len(c) for c in completions])
-        units = weights * self.recipe.sequence_units(lens_t)
+        units = self.recipe.sequence_units(lens_t)
         n_matmul, cfg_m = self.trainer.n_matmul, self.model.config
         flops = generate_flops(n_matmul, sum(len(p) + len(c) for p, c in zip(inputs, completions)))
         t0 = time.perf_counter()
@@ -293,7 +319,9 @@ class RolloutStream:
             batch = pack(inputs[part], completions[part])
             batch.update(
                 advantages=adv[part].float(),
-                weights=weights[part].float(),
+                weights=torch.ones(len(batch["doc_lens"])),
+                flat=flat_answers[part],  # the answer's group agrees: DAPO may drop it
+                units=units[part],  # each answer's loss units, before its weight
                 policy_version=version,
                 n_units=float(units[part].sum()),
             )
@@ -328,7 +356,7 @@ class RolloutStream:
             "reward_sq": float((rewards**2).sum()),
             "groups": k,
             "flat_groups": int(flat.sum()),
-            "dropped_groups": dropped,
+            "dropped_groups": 0,  # set by decide_flat_groups
             "len": float(lens_t.sum()),
             "len_max": float(lens_t.max()),
             "truncated": sum(1 for c in completions if not c or c[-1] != eos),
@@ -384,6 +412,7 @@ class RolloutStream:
             )
         # weights_only: a file planted in the run folder is refused (a CheckpointError naming it), never run
         self.cache[(b, t.world.rank)] = load_state_file(path)
+        self.decide_flat_groups(self.cache[(b, t.world.rank)])  # saved before the step's decision
 
     # ---- per-step metrics (the loop calls this on every rank) ---------------------------------
     def add_stats(self, st: dict, costs: bool) -> None:
