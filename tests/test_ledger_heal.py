@@ -399,3 +399,29 @@ def test_a_direct_run_on_several_nodes_is_planned_without_the_local_launchers_li
         prepare(point)
     _, [job] = prepare(point, direct=True)
     assert job.plan.gpus == 2
+
+
+def test_cancelling_a_sweep_point_that_waits_its_turn_never_signals_its_launcher(tmp_path):
+    """A pending local job holds its launcher's process: `ladder cancel` records it cancelled at
+    once, with nothing charged, and leaves the launcher (running the sweep's other points) alone."""
+    from launch.commands.status_cmd import cancel_jobs
+
+    ledger = Ledger(tmp_path / "ladder.db")
+    launcher = subprocess.Popen(["sleep", "60"])
+    try:
+        job = record(
+            ledger,
+            tmp_path / "point2",
+            time.time(),
+            external_id=str(launcher.pid),
+            process_start=process_start(launcher.pid),
+        )
+        started = time.monotonic()
+        [row] = cancel_jobs(ledger, [ledger.job(job)], wait_s=30)
+        assert time.monotonic() - started < 5
+        assert (row["state"], row["used_gpu_hours"]) == ("cancelled", 0.0)
+        time.sleep(0.3)
+        assert launcher.poll() is None  # not signalled
+    finally:
+        launcher.kill()
+        launcher.wait()

@@ -89,19 +89,23 @@ def own_heartbeat(job: dict) -> dict | None:
 def candidates(ledger: Ledger, jobs: list[dict], now: float) -> list[dict]:
     """Active local and direct jobs, and failed ones that may have been failed too early: the
     latest job of its run folder, failed in the last REOPEN_S."""
-    out = []
-    for j in jobs:
-        if j.get("launcher") not in LOCAL:
-            continue
-        if j["state"] in ACTIVE:
-            out.append(j)
-        elif j["state"] == "failed" and (j["finished_at"] or 0) > now - REOPEN_S and j["run_dir"]:
-            later = ledger.query(
-                "SELECT id FROM jobs WHERE run_dir = ? AND id > ? LIMIT 1", (j["run_dir"], j["id"])
-            )
-            if not later:
-                out.append(j)
-    return out
+    local = [j for j in jobs if j.get("launcher") in LOCAL]
+    failed = [
+        j
+        for j in local
+        if j["state"] == "failed" and j["run_dir"] and (j["finished_at"] or 0) > now - REOPEN_S
+    ]
+    latest = {}
+    if failed:  # one query: the last job of each run folder
+        rows = ledger.query(
+            "SELECT run_dir, MAX(id) AS last FROM jobs WHERE run_dir IS NOT NULL GROUP BY run_dir"
+        )
+        latest = {r["run_dir"]: r["last"] for r in rows}
+    return [
+        j
+        for j in local
+        if j["state"] in ACTIVE or (j in failed and latest.get(j["run_dir"]) == j["id"])
+    ]
 
 
 def reconcile(ledger: Ledger, jobs: list[dict], now: float | None = None) -> list[int]:

@@ -192,8 +192,8 @@ def cmd_budget_report(args) -> int:
         check_name("--team", args.team)  # one clear line, not an encoding error from the database
     cfg = compose(args.overrides)
     ledger = Ledger.existing(cfg)
-    if ledger is not None:  # jobs still pending or running: bring them up to date first
-        refresh(ledger, [j for j in ledger.jobs() if j["state"] in ACTIVE])
+    if ledger is not None:  # jobs still pending or running (or failed too early): settle them first
+        refresh(ledger, [j for j in ledger.jobs() if j["state"] in (*ACTIVE, "failed")])
     rows = report_rows(ledger, cfg.budget.price_per_gpu_hour, team=args.team)
     render_report(rows, ledger.where if ledger else f"{cfg.ledger.url} (no jobs recorded yet)")
     render_plan_accuracy(plan_accuracy(ledger, team=args.team))
