@@ -425,3 +425,20 @@ def test_cancelling_a_sweep_point_that_waits_its_turn_never_signals_its_launcher
     finally:
         launcher.kill()
         launcher.wait()
+
+
+def test_a_slurm_id_the_ledger_missed_in_an_outage_is_read_from_the_run_folder(tmp_path):
+    """The launcher writes launch.json before the ledger's update; if that update met an outage,
+    `ladder status` takes the SLURM id from the run folder (then asks SLURM about it)."""
+    from launch.commands.status_cmd import refresh
+
+    ledger = Ledger(tmp_path / "ladder.db")
+    run_dir = tmp_path / "r"
+    job = record(ledger, run_dir, time.time(), launcher="slurm", host=None)
+    run_dir.mkdir()
+    (run_dir / "launch.json").write_text(json.dumps({"ledger_job": job, "external_id": "4242"}))
+    stranger = record(ledger, tmp_path / "s", time.time(), launcher="slurm", host=None)
+    (tmp_path / "s").mkdir()  # a record naming another job is not this one's
+    (tmp_path / "s" / "launch.json").write_text(json.dumps({"ledger_job": 99, "external_id": "7"}))
+    refresh(ledger, ledger.jobs())
+    assert (ledger.job(job)["external_id"], ledger.job(stranger)["external_id"]) == ("4242", None)

@@ -133,13 +133,22 @@ class LocalLauncher(Launcher):
                 )  # with its host
                 final = record_end(ledger, job, code)
             except KeyboardInterrupt:
-                ledger.finish_from_heartbeat(job.job_id, cancelled=True)
-                for rest in jobs[i + 1 :]:  # never started: cancelled, nothing used
-                    ledger.update_job(
-                        rest.job_id,
-                        state="cancelled",
-                        reason="launch interrupted before it ran",
-                        finished_at=time.time(),
+                try:
+                    ledger.finish_from_heartbeat(job.job_id, cancelled=True)
+                    for rest in jobs[i + 1 :]:  # never started: cancelled, nothing used
+                        ledger.update_job(
+                            rest.job_id,
+                            state="cancelled",
+                            reason="launch interrupted before it ran",
+                            finished_at=time.time(),
+                        )
+                except StoreUnavailable as e:  # status settles them: this one from its run folder
+                    from launch.accounting.reconcile import end_not_recorded
+
+                    print(
+                        f"ladder launch: error: {end_not_recorded(job.job_id, job.run_dir, e)}",
+                        file=sys.stderr,
+                        flush=True,
                     )
                 raise
             if final is None:  # its end could not be recorded: said, and left to `ladder status`
@@ -285,8 +294,16 @@ class SlurmLauncher(Launcher):
                     )
                 raise
             for j, ext in zip(group, ids):
-                ledger.update_job(j.job_id, external_id=ext)
+                # the run folder first: if the ledger is away, `ladder status` reads the id there
                 write_launch_record(j, ext, script_path, log_dir / f"{ext}.out", commit)
+                try:
+                    ledger.update_job(j.job_id, external_id=ext)
+                except StoreUnavailable as e:
+                    raise StoreUnavailable(
+                        f"{e}; job {j.job_id} was submitted as SLURM job {ext}, which the ledger "
+                        f"does not hold yet: the next `ladder status` records it from "
+                        f"{j.run_dir / 'launch.json'}"
+                    ) from None
                 print(
                     f"ladder launch: job {j.job_id} submitted as SLURM job {ext}: run {j.run_dir}",
                     flush=True,

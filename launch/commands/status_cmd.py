@@ -68,6 +68,11 @@ def refresh(ledger: Ledger, jobs: list[dict]) -> list[dict]:
     from launch.cluster import slurm
 
     active = [j for j in jobs if j["state"] in ACTIVE]
+    for j in active:  # submitted while the ledger was away: the id is in the run folder
+        record = launch_record(j) if j["launcher"] == "slurm" and not j["external_id"] else {}
+        if record.get("ledger_job") == j["id"] and str(record.get("external_id", "")).isdigit():
+            ledger.update_job(j["id"], external_id=str(record["external_id"]))
+            j["external_id"] = str(record["external_id"])
     slurm_jobs = [j for j in active if j["launcher"] == "slurm" and j["external_id"]]
     states = slurm.query([j["external_id"] for j in slurm_jobs]) if slurm_jobs else {}
     for j in slurm_jobs:
