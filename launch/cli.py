@@ -237,6 +237,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="launch even if the data overlaps the prompts of the job's eval suite (`ladder data "
         "decontaminate`); recorded in the ledger",
     )
+    la.add_argument(
+        "--allow-unchecked",
+        action="store_true",
+        help="launch even if some of the eval suite's tasks (or the data's hub sources) could not be "
+        "read here to check for contamination; recorded in the ledger",
+    )
 
     for verb, text in (
         ("status", "show each job's state, step, loss, GPU-hours and W&B link"),

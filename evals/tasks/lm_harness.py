@@ -12,6 +12,7 @@ lm-eval aggregates it, and its examples are those of all its subtasks.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.metadata
 import logging
@@ -39,18 +40,73 @@ def include_dir_digest(include_path: str | None) -> str | None:
     return h.hexdigest()[:16]
 
 
-def _task_names_in(directory: Path) -> set[str]:
-    """Task, group and tag names declared in the YAMLs under a directory, read as text (fast:
-    lm-eval's own TaskManager indexes its 14,000 tasks in about half a minute)."""
-    names: set[str] = set()
+def local_task_index(include_path: str | None) -> dict:
+    """The tasks, groups and tags the include path defines, as lm-eval's TaskManager indexes them
+    (name -> its Entry: kind and config), without lm-eval's own catalogue: a name listed inside a
+    local group is not thereby a local task."""
+    if not include_path:
+        return {}
+    from lm_eval.tasks import TaskManager
+
+    logging.getLogger("lm_eval").setLevel(logging.ERROR)
+    return TaskManager(include_path=include_path, include_defaults=False).task_index
+
+
+def members(entry) -> list:
+    """The direct members of a group (names or inline task configs) or a tag (names); [] for a task."""
+    from lm_eval.tasks._index import Kind
+
+    if entry is None:
+        return []
+    if entry.kind == Kind.GROUP:
+        listed = (entry.cfg or {}).get("task") or []
+        return list(listed) if isinstance(listed, list) else [listed]
+    if entry.kind == Kind.TAG:
+        return sorted(entry.tags)
+    return []
+
+
+def missing_names(tasks, index: dict) -> set[str]:
+    """The names the tasks need, themselves or as members of their groups, that `index` lacks."""
+    missing: set[str] = set()
+    todo, seen = list(tasks), set()
+    while todo:
+        item = todo.pop()
+        if isinstance(item, dict):  # an inline member: its own members, if it is a group
+            listed = item.get("task") if "group" in item else None
+            todo += listed if isinstance(listed, list) else []
+            continue
+        if item in seen:
+            continue
+        seen.add(item)
+        if item not in index:
+            missing.add(item)
+        else:
+            todo += members(index[item])
+    return missing
+
+
+@functools.cache
+def catalogue_folders() -> dict[str, frozenset[Path]]:
+    """Name -> the folders of lm-eval's catalogue (lm_eval/tasks/<folder>) whose YAMLs name it, read
+    as text: a fast filter (under a second) that lets a TaskManager index only those folders, where
+    the whole catalogue (14,000 entries) takes 15-30 s. A name only listed (`- name`) maps to the
+    folders that list it. lm-eval's own index of those folders is what decides and loads."""
+    import lm_eval
+
+    root = Path(lm_eval.__file__).parent / "tasks"
     pat = re.compile(
         r"^(?:task|group|tag):\s*['\"]?([\w.\-]+)['\"]?\s*$|^\s+-\s+([\w.\-]+)\s*$", re.M
     )
-    for p in directory.rglob("*.yaml"):
-        text = p.read_text(errors="ignore")
-        for m in pat.finditer(text):
-            names.add(m.group(1) or m.group(2))
-    return names
+    defined: dict[str, set[Path]] = {}
+    listed: dict[str, set[Path]] = {}
+    for p in root.rglob("*.yaml"):
+        folder = root / p.relative_to(root).parts[0]
+        for m in pat.finditer(p.read_text(errors="ignore")):
+            (defined if m.group(1) else listed).setdefault(m.group(1) or m.group(2), set()).add(
+                folder
+            )
+    return {n: frozenset(defined.get(n) or listed[n]) for n in defined.keys() | listed.keys()}
 
 
 def check_lm_eval_tasks(tasks: list[str], include_path: str | None) -> None:
@@ -59,18 +115,39 @@ def check_lm_eval_tasks(tasks: list[str], include_path: str | None) -> None:
         return
     if include_path and not Path(include_path).is_dir():
         raise ConfigError(f"eval.lm_eval.include_path={include_path}: not a directory")
-    known = _task_names_in(Path(include_path)) if include_path else set()
-    missing = [t for t in tasks if t not in known]
-    if missing:
-        import lm_eval
+    local = local_task_index(include_path)
+    unknown = [t for t in tasks if t not in local and t not in catalogue_folders()]
+    if unknown:
+        raise ConfigError(
+            f"eval.lm_eval.tasks: unknown lm-eval task(s) {unknown}; name tasks from "
+            "lm-eval's task list (`lm_eval ls tasks`) or a YAML under eval.lm_eval.include_path"
+        )
 
-        known |= _task_names_in(Path(lm_eval.__file__).parent / "tasks")
-        unknown = [t for t in missing if t not in known]
-        if unknown:
-            raise ConfigError(
-                f"eval.lm_eval.tasks: unknown lm-eval task(s) {unknown}; name tasks from "
-                "lm-eval's task list (`lm_eval ls tasks`) or a YAML under eval.lm_eval.include_path"
-            )
+
+def task_manager_for(tasks: list[str], include_path: str | None, whole_catalogue: bool = False):
+    """A TaskManager that can load `tasks` and every member of their groups: the include path alone
+    when it defines them all; else with the catalogue folders that name what it lacks (or, with
+    whole_catalogue, all of lm-eval's tasks). The include path comes last, so it overrides."""
+    from lm_eval.tasks import TaskManager
+
+    logging.getLogger("lm_eval").setLevel(logging.ERROR)
+    local = local_task_index(include_path)
+    if not missing_names(tasks, local):
+        return TaskManager(include_path=include_path, include_defaults=False)
+    if whole_catalogue:
+        return TaskManager(include_path=include_path, include_defaults=True)
+    folders: set[Path] = set()
+    while (
+        True
+    ):  # add the folders of what is still missing, until nothing is or nothing new names it
+        paths = sorted(folders) + ([Path(include_path)] if include_path else [])
+        tm = TaskManager(include_path=paths, include_defaults=False)
+        more = set().union(
+            *(catalogue_folders().get(n, ()) for n in missing_names(tasks, tm.task_index))
+        )
+        if more <= folders:
+            return tm
+        folders |= more
 
 
 def _headline_metric(task_results: dict) -> tuple[str, str]:
@@ -99,13 +176,12 @@ def run_lm_eval(
     ckpt: Path, lm_cfg, tasks: list[str], limit: int | None, device: str
 ) -> dict[str, dict]:
     import lm_eval
-    from lm_eval.tasks import TaskManager
 
     check_lm_eval_tasks(tasks, lm_cfg.include_path)
+    # Indexing lm-eval's own tasks takes ~30 s on a CPU; skipped when the include path defines every
+    # task and every member of its groups (a local group may list catalogue tasks: issue #22).
+    tm = task_manager_for(list(tasks), lm_cfg.include_path, whole_catalogue=True)
     logging.getLogger("lm_eval").setLevel(logging.WARNING)  # its per-request INFO lines drown ours
-    local = _task_names_in(Path(lm_cfg.include_path)) if lm_cfg.include_path else set()
-    # Indexing lm-eval's own tasks takes ~30 s on a CPU; skip it when every task is local.
-    tm = TaskManager(include_path=lm_cfg.include_path, include_defaults=not set(tasks) <= local)
     model_args = {"pretrained": str(ckpt), "dtype": "float32" if device == "cpu" else "bfloat16"}
     log.info("lm-eval %s: tasks %s on %s (%s)", lm_eval_version(), tasks, ckpt, device)
     out = lm_eval.simple_evaluate(

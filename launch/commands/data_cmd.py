@@ -14,6 +14,9 @@ import json
 import sys
 import textwrap
 
+# `ladder data decontaminate`'s exit status, for CI gates: contaminated wins over unchecked
+EXIT_STATUS = {"clean": 0, "contaminated": 1, "unchecked": 3}
+
 
 def register(subparsers, epilog: str = "") -> None:
     fmt = argparse.RawDescriptionHelpFormatter
@@ -52,8 +55,11 @@ def register(subparsers, epilog: str = "") -> None:
             "built-in tasks' held-out and instruction files and the documents of local lm-eval tasks. "
             "A training row matches a prompt when data.decontamination.threshold of the prompt's word "
             "n-grams (n = data.decontamination.ngram) occur in it; a prompt shorter than n words "
-            "matches a message equal to it. `ladder launch` refuses a job whose data matches its own "
-            "eval suite unless --allow-contamination is given. Exit status 1 when something matches."
+            "matches a message equal to it; scripts written without spaces (Chinese, Japanese, Thai, "
+            "...) are compared by characters. `ladder launch` refuses a job whose data matches its own "
+            "eval suite unless --allow-contamination is given, and one whose suite could not all be "
+            "read unless --allow-unchecked is given. Exit status: 0 clean, 1 rows match, 3 nothing "
+            "matches but some eval task or source could not be read here (listed as unchecked)."
         ),
         epilog=epilog + "\nexamples:\n  ladder data decontaminate data=reverse_mix eval=cpu\n"
         "  ladder data decontaminate data=reverse_mix --write clean/ --json",
@@ -96,7 +102,12 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_decontaminate(args) -> int:
-    from evals.tasks.decontaminate import decontaminate, print_report, write_filtered
+    from evals.tasks.decontaminate import (
+        decontaminate,
+        print_report,
+        unchecked_line,
+        write_filtered,
+    )
     from launch.console import make_console
     from training.common.errors import ConfigError
     from training.config.compose import compose
@@ -115,4 +126,10 @@ def cmd_decontaminate(args) -> int:
         print(json.dumps(report, indent=1))
     else:
         print_report(report, make_console())
-    return 1 if report["matching_rows"] else 0
+    if report["status"] == "unchecked":  # never clean for what was not read (issue #22)
+        print(
+            f"ladder data decontaminate: {unchecked_line(report)}; exit status 3",
+            file=sys.stderr,
+            flush=True,
+        )
+    return EXIT_STATUS[report["status"]]

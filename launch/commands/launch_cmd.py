@@ -67,6 +67,9 @@ class Job:
     allow_contamination: bool = (
         False  # --allow-contamination: launched although its data leaks into its evals
     )
+    allow_unchecked: bool = (
+        False  # --allow-unchecked: launched though some eval tasks were not read
+    )
 
 
 class Launcher:
@@ -454,6 +457,7 @@ def ledger_fields(j: Job, sweep: str | None = None) -> dict:
         config_changes=json.dumps(j.config_changes) if j.config_changes else None,
         data_mixture=json.dumps(mixture_record(j.cfg.data)),
         allow_contamination=int(j.allow_contamination),
+        allow_unchecked=int(j.allow_unchecked),
         **(claim() if j.cfg.launcher.name == "local" else {}),
     )
 
@@ -465,6 +469,7 @@ def launch(
     dry_run: bool = False,
     wait: bool = False,
     allow_contamination: bool = False,
+    allow_unchecked: bool = False,
 ) -> tuple[int, list[dict]]:
     """Launch a job or a sweep; returns the exit status and the jobs' ledger records."""
     from launch.accounting.budget import check_and_record_many
@@ -489,7 +494,7 @@ def launch(
     from launch.inspection.contamination import check_jobs
 
     check_jobs(
-        jobs, allow_contamination
+        jobs, allow_contamination, allow_unchecked
     )  # data against its own eval suite, before anything is recorded
     cfg = jobs[0].cfg
     launcher = get_launcher(cfg)
@@ -571,5 +576,6 @@ def cmd_launch(args) -> int:
         dry_run=args.dry_run,
         wait=args.wait,
         allow_contamination=args.allow_contamination,
+        allow_unchecked=args.allow_unchecked,
     )
     return code

@@ -1,13 +1,15 @@
 """The check `ladder launch` makes before it records a job: is its data contaminated against its own
-eval suite? (evals/tasks/decontaminate.py does the matching.)
+eval suite, and was all of the suite checked? (evals/tasks/decontaminate.py does the matching.)
 
     ladder launch data=my_mix eval=cpu                          # refused (exit status 2) if rows match
     ladder launch data=my_mix eval=cpu --allow-contamination    # launched; the ledger records the flag
+    ladder launch data=my_mix eval=tulu3_dev --allow-unchecked  # launched though some tasks were not read
 
 Jobs of a sweep that share their data and eval suite are checked once; a result cached by `ladder
-data decontaminate` is reused (the launch itself writes no cache entry). A source or task that
-cannot be read on this machine (a hub dataset or lm-eval catalogue task not downloaded) is named
-in a note on stderr and does not stop the launch: only a match does.
+data decontaminate` is reused (the launch itself writes no cache entry). A task or source that
+cannot be read on this machine (a hub dataset or lm-eval task not downloaded, HF_DATASETS_OFFLINE)
+was not checked: the launch is refused unless --allow-unchecked is given, which the ledger records
+(jobs.allow_unchecked), as it records --allow-contamination. A match is refused first.
 """
 
 from __future__ import annotations
@@ -18,16 +20,18 @@ import sys
 from training.common.errors import DataError
 
 
-def check_jobs(jobs: list, allow: bool) -> None:
-    """Raise DataError for the first job whose data matches its eval suite, unless allowed;
-    mark every job with the flag (the ledger's jobs.allow_contamination)."""
+def check_jobs(jobs: list, allow: bool, allow_unchecked: bool = False) -> None:
+    """Raise DataError for the first job whose data matches its eval suite, unless allowed, or whose
+    suite could not all be read, unless allowed; mark every job with both flags (the ledger's
+    jobs.allow_contamination and jobs.allow_unchecked)."""
     from omegaconf import OmegaConf
 
-    from evals.tasks.decontaminate import decontaminate, summary_lines
+    from evals.tasks.decontaminate import decontaminate, summary_lines, unchecked_line
 
     seen: dict[str, dict] = {}
     for j in jobs:
         j.allow_contamination = allow
+        j.allow_unchecked = allow_unchecked
         key = json.dumps(
             [
                 OmegaConf.to_container(j.cfg.data),
@@ -42,30 +46,37 @@ def check_jobs(jobs: list, allow: bool) -> None:
         if first:
             seen[key] = decontaminate(j.cfg, write_cache=False)  # a refused launch writes no file
         report = seen[key]
-        if first:
-            for x in report["not_checked_tasks"] + report["not_checked_sources"]:
+        if report["matching_rows"]:
+            lines = summary_lines(report)
+            what = (
+                f"the data of job {j.run_name} (data={j.cfg.data.name}) overlaps the prompts of its "
+                f"eval suite eval={j.cfg.eval.name}: " + "; ".join(lines)
+            )
+            if not allow:
+                raise DataError(
+                    what
+                    + f". `ladder data decontaminate {' '.join(j.overrides)} --write DIR` writes "
+                    "copies without those rows; --allow-contamination launches anyway (recorded in "
+                    "the ledger)"
+                )
+            if first:
                 print(
-                    f"ladder launch: note: {x.get('task') or x.get('source')} was not checked for contamination: "
-                    f"{x['reason']}",
+                    f"ladder launch: warning: {what} (launched with --allow-contamination)",
                     file=sys.stderr,
                     flush=True,
                 )
-        if not report["matching_rows"]:
+        missing = unchecked_line(report)
+        if not missing:
             continue
-        lines = summary_lines(report)
-        what = (
-            f"the data of job {j.run_name} (data={j.cfg.data.name}) overlaps the prompts of its eval suite "
-            f"eval={j.cfg.eval.name}: " + "; ".join(lines)
-        )
-        if not allow:
+        what = f"job {j.run_name} (data={j.cfg.data.name}, eval={j.cfg.eval.name}): {missing}"
+        if not allow_unchecked:
             raise DataError(
-                what
-                + f". `ladder data decontaminate {' '.join(j.overrides)} --write DIR` writes copies "
-                "without those rows; --allow-contamination launches anyway (recorded in the ledger)"
+                what + "; download them (or run where they can be read) and `ladder data "
+                "decontaminate` again, or --allow-unchecked launches anyway (recorded in the ledger)"
             )
         if first:
             print(
-                f"ladder launch: warning: {what} (launched with --allow-contamination)",
+                f"ladder launch: warning: {what} (launched with --allow-unchecked)",
                 file=sys.stderr,
                 flush=True,
             )
