@@ -410,7 +410,7 @@ def cmd_config(args) -> int:
     from omegaconf import OmegaConf
 
     from training.config.compose import compose
-    from training.config.validate import validate
+    from training.config.validate import lr_rule, validate
 
     cfg = compose(args.overrides)
     validate(cfg)
@@ -421,6 +421,7 @@ def cmd_config(args) -> int:
 def cmd_plan(args) -> int:
     from launch.planning.plan import cmd_plan as run
 
+    print(f"# learning rate used: {lr_rule(cfg)}")  # numbers and key names only
     return run(args)
 
 

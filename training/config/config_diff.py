@@ -56,6 +56,7 @@ HARMLESS = (
     "trainer.eval_handoff",
     "trainer.checkpoint_url",
     "trainer.allow_config_change",
+    "trainer.save_merged",  # LoRA: also writes merged weights beside the adapter; trains the same
     "trainer.trust_checkpoint",
     "trainer.stop_on_nonfinite",  # only decides whether a NaN loss stops the run
     # a label: trainer.resume=<another run's checkpoint> continues that run under a new name

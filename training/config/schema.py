@@ -92,6 +92,46 @@ class Placement(StrEnum):
     separate = "separate"  # generator.ranks of the job's ranks only generate
 
 
+class Quantize(StrEnum):
+    """How the frozen base of a LoRA run is stored (model.quantize; training/model/lora.py)."""
+
+    none = "none"  # the training dtype (bf16 with rung.bf16, else fp32)
+    nf4 = "nf4"  # QLoRA: 4-bit NormalFloat with bitsandbytes, on CUDA only
+
+
+# Every linear layer of a Llama decoder's attention and MLP: "LoRA Without Regret" (Thinking
+# Machines, 2025) found attention-only LoRA underperforms, and all layers with the MLP matches full
+# fine-tuning for RL even at rank 1.
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@dataclass
+class LoraConfig:
+    """Low-rank adapters through peft (model.lora; training/model/lora.py): the base is frozen and
+    only the adapters (and modules_to_save) train. DPO's and GRPO's reference is then the policy
+    with its adapters disabled, so no second copy of the model is held."""
+
+    enabled: bool = False
+    r: int = 16  # the adapters' rank
+    alpha: int = 32  # the update is scaled by alpha / r
+    dropout: float = 0.0  # dropout on the adapters' input; 0 keeps a run bit for bit reproducible
+    # module names (the last part of each path) that get adapters: default all of attention and MLP
+    target_modules: list[str] = field(default_factory=lambda: list(LORA_TARGETS))
+    # modules trained whole beside the adapters and saved with them (e.g. [lm_head])
+    modules_to_save: list[str] = field(default_factory=list)
+    # With optim.lr null the rate is rung.lr x recipe.lr_scale x lr_scale: "LoRA Without Regret"
+    # (Thinking Machines, 2025) measured LoRA's best learning rate at about 10x full fine-tuning's.
+    lr_scale: float = 10.0
+
+
+class SaveMerged(StrEnum):
+    """Which checkpoints of a LoRA run also hold the merged Hugging Face weights (trainer.save_merged)."""
+
+    final = "final"  # the checkpoint at trainer.max_steps only
+    every = "every"  # every checkpoint
+    none = "none"  # adapters only
+
+
 class Schedule(StrEnum):
     cosine = "cosine"  # linear warmup, cosine decay to min_lr_ratio x lr
     constant = "constant"  # linear warmup, then constant
@@ -121,6 +161,9 @@ class ModelConfig:
     attn_implementation: AttnImplementation = AttnImplementation.auto
     # Published parameter count of this shape, checked by the tests (null for ad-hoc shapes).
     published_params: Optional[int] = None
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    # nf4 (QLoRA) loads the frozen base in 4-bit; it needs model.lora.enabled=true and CUDA
+    quantize: Quantize = Quantize.none
 
 
 @dataclass
@@ -432,6 +475,10 @@ class TrainerConfig:
 class LadderConfig:
     model: ModelConfig = MISSING
     rung: RungConfig = MISSING
+    # model.lora only: also write the merged weights (base + adapter, plain Hugging Face) into
+    # <checkpoint>/merged/, loadable by transformers and vLLM without peft. null: final, or none
+    # with model.quantize=nf4 (merging into a 4-bit base would lose the adapter's precision)
+    save_merged: Optional[SaveMerged] = None
     recipe: RecipeConfig = MISSING
     data: DataConfig = MISSING
     eval: EvalConfig = MISSING

@@ -137,10 +137,28 @@ def rl_batch_layout(cfg: DictConfig, dp: int) -> BatchLayout:
     )
 
 
+def lora_lr_scale(cfg: DictConfig) -> float:
+    """model.lora.lr_scale with LoRA on, else 1 (a config saved before model.lora: 1)."""
+    lora = OmegaConf.select(cfg, "model.lora")
+    return float(lora.lr_scale) if lora is not None and lora.get("enabled") else 1.0
+
+
 def effective_lr(cfg: DictConfig) -> float:
     """optim.lr when set, else the rung's learning rate times the recipe's scale (the ladder's
-    transfer rule: larger models and preference tuning take gentler rates)."""
-    return cfg.optim.lr if cfg.optim.lr is not None else cfg.rung.lr * cfg.recipe.lr_scale
+    transfer rule: larger models and preference tuning take gentler rates), times LoRA's."""
+    if cfg.optim.lr is not None:
+        return cfg.optim.lr
+    return cfg.rung.lr * cfg.recipe.lr_scale * lora_lr_scale(cfg)
+
+
+def lr_rule(cfg: DictConfig) -> str:
+    """Where the learning rate comes from, in words: `ladder config` prints it."""
+    if cfg.optim.lr is not None:
+        return f"{effective_lr(cfg):.3g} = optim.lr"
+    rule = f"{effective_lr(cfg):.3g} = rung.lr {cfg.rung.lr:g} x recipe.lr_scale {cfg.recipe.lr_scale:g}"
+    if lora_lr_scale(cfg) != 1.0 or OmegaConf.select(cfg, "model.lora.enabled"):
+        rule += f" x model.lora.lr_scale {lora_lr_scale(cfg):g}"
+    return rule
 
 
 def warmup_steps(cfg: DictConfig) -> int:
@@ -161,6 +179,10 @@ RANGES: dict[str, tuple[float, float, str]] = {
     "model.max_position_embeddings": (0, INF, "()"),
     "model.rope_theta": (0, INF, "()"),
     "model.published_params": (0, INF, "()"),
+    "model.lora.r": (1, INF, "[)"),
+    "model.lora.alpha": (0, INF, "()"),
+    "model.lora.dropout": (0, 1, "[)"),
+    "model.lora.lr_scale": (0, INF, "()"),
     "rung.nodes": (1, INF, "[)"),
     "rung.gpus_per_node": (1, INF, "[)"),
     "rung.micro_batch_tokens": (0, INF, "()"),
@@ -345,6 +367,9 @@ def validate(
     if attn_problem:
         problems.append(attn_problem)
 
+    from training.model.lora import lora_problems  # model.lora and model.quantize
+
+    problems += lora_problems(cfg, here)
     if r.engine.value in SINGLE_PROCESS_ENGINES and r.nodes * r.gpus_per_node > 1:
         problems.append(
             f"rung.engine=single runs one process, but the rung asks for {r.nodes} x "

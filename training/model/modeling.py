@@ -66,13 +66,24 @@ def build_model(
     seed: int = 0,
     dtype: torch.dtype = torch.float32,
     source: str | None = None,
+    load_kwargs: dict | None = None,
 ):
-    """Build from config, or load from `source` (a checkpoint) or `model.name_or_path`."""
+    """Build from config, or load from `source` (a checkpoint) or `model.name_or_path`; load_kwargs
+    go to from_pretrained (QLoRA's 4-bit quantization_config: training/model/lora.py)."""
     attn = choose_attention(model_cfg.attn_implementation, device)
     src = source or model_cfg.name_or_path
     if src:
+        if (Path(src) / "adapter_config.json").is_file() and not (
+            Path(src) / "config.json"
+        ).is_file():
+            raise ConfigError(
+                f"{src} is a LoRA adapter checkpoint, not a whole model: start from its merged "
+                f"weights, {Path(src) / 'merged'} (trainer.save_merged), or its base"
+            )
         try:
-            model = AutoModelForCausalLM.from_pretrained(src, attn_implementation=attn, dtype=dtype)
+            model = AutoModelForCausalLM.from_pretrained(
+                src, attn_implementation=attn, dtype=dtype, **(load_kwargs or {})
+            )
         except OSError as e:
             raise ConfigError(f"cannot load a model from {src!r}: {e}") from None
         if model.get_input_embeddings().num_embeddings < len(tokenizer):
@@ -96,6 +107,8 @@ def build_model(
         if model_cfg.attn_implementation == "auto"
         else "",
     )
+    if load_kwargs and "quantization_config" in load_kwargs:
+        return model  # bitsandbytes placed the 4-bit weights on the GPU as it loaded them
     return model.to(device)
 
 
@@ -103,6 +116,8 @@ def compile_layers(model) -> None:
     """torch.compile each decoder layer in place (trainer.compile=true), as torchtitan does: one
     compiled graph reused by every layer, with the wrappers (FSDP2 per layer, checkpointing)
     and the LM head's chunked loss left outside, so each engine wraps compiled layers as before."""
+    if hasattr(model, "get_base_model"):  # a peft model (model.lora): its adapters compile inside
+        model = model.get_base_model()
     for layer in model.model.layers:
         layer.compile()
     log.info("compiled %d decoder layers with torch.compile", len(model.model.layers))

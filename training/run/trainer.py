@@ -60,6 +60,7 @@ from training.config.validate import (
 from training.data.chat_data import IGNORE
 from training.engine import distributed
 from training.engine.engines import check_origin, make_engine
+from training.model import lora
 from training.model.flops import mfu, train_flops
 from training.model.modeling import build_model, compile_layers, load_tokenizer
 from training.model.shape import shape_of
@@ -219,7 +220,16 @@ class Trainer:
         self.finished_at = finished_step(cfg, self.run_dir, state["step"] if state else None)
         if self.finished_at is not None:
             return False
-        model = build_model(cfg.model, self.tokenizer, self.device, t.seed, source=self.resume_from)
+        if lora.enabled(cfg):  # a frozen base with adapters (training/model/lora.py)
+            model = lora.build_policy(cfg, self.tokenizer, self.device, t.seed, self.resume_from)
+            self.base_identity = lora.base_identity(cfg)  # once: a local base's content hash
+            if self.world.main:
+                trained, total = lora.trainable_count(model)
+                log.info("LoRA r=%d: %d of %d parameters train", cfg.model.lora.r, trained, total)
+        else:
+            model = build_model(
+                cfg.model, self.tokenizer, self.device, t.seed, source=self.resume_from
+            )
         if cfg.rung.activation_checkpointing:  # recompute each layer's activations in backward
             model.gradient_checkpointing_enable(
                 gradient_checkpointing_kwargs={"use_reentrant": False}
@@ -240,7 +250,7 @@ class Trainer:
 
         def make_optimizer(params):
             return torch.optim.AdamW(
-                params,
+                [p for p in params if p.requires_grad],  # LoRA: the adapters only
                 lr=effective_lr(cfg),
                 betas=(o.beta1, o.beta2),
                 eps=o.eps,
@@ -488,7 +498,14 @@ class Trainer:
         if self.world.main:
             fresh_dir(tmp)  # a leftover, or a link planted under its name, goes first
         distributed.barrier()
-        self.engine.save_model(tmp, self.model)  # sharded engines gather one tensor at a time
+        if lora.enabled(self.cfg):  # single and ddp only (lora.LORA_ENGINES): rank 0 holds it all
+            if self.world.main:
+                lora.save_adapter(self.model, tmp, self.base_identity, self.cfg)
+                merged = lora.merged_steps(self.cfg)
+                if merged == "every" or (merged == "final" and step == self.cfg.trainer.max_steps):
+                    lora.save_merged(self.model, tmp, self.tokenizer)
+        else:
+            self.engine.save_model(tmp, self.model)  # sharded engines gather one tensor at a time
         optimizer_state = self.engine.optimizer_state()
         self.engine.save_sharded(tmp)
         distributed.barrier()

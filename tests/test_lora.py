@@ -1,0 +1,128 @@
+"""LoRA and QLoRA (training/model/lora.py): the config node, what trains, the reference, checkpoints, the plan.
+
+    python -m pytest -q tests/test_lora.py
+
+Every run here is the tiny model built from config, in this process, for a few steps.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from conftest import FAST, losses
+
+from training.common.errors import ConfigError
+from training.config.compose import compose
+from training.config.validate import effective_lr, lr_rule, validate
+from training.model import lora
+from training.model.modeling import build_model, load_tokenizer
+from training.model.shape import shape_of
+
+LORA = ["model.lora.enabled=true", "model.lora.r=4"]
+
+
+def run(tmp_path, name: str, steps: int, extra=(), callbacks=()):
+    """A tiny LoRA run in this process; returns the Trainer (its model is the trained PeftModel)."""
+    from training.run.trainer import Trainer
+
+    cfg = compose(
+        [
+            *FAST,
+            *LORA,
+            f"trainer.run_root={tmp_path}",
+            f"trainer.run_name={name}",
+            f"trainer.max_steps={steps}",
+            "trainer.save_every=3",
+            *extra,
+        ]
+    )
+    t = Trainer(cfg, callbacks=list(callbacks))
+    t.run()
+    return t
+
+
+@pytest.fixture(scope="module")
+def sft(tmp_path_factory):
+    return run(tmp_path_factory.mktemp("lora"), "sft", 6)
+
+
+def base_weights(model) -> dict[str, torch.Tensor]:
+    """The frozen base's tensors of a PeftModel, by the plain model's names."""
+    sd = model.get_base_model().state_dict()
+    return {k.replace(".base_layer", ""): v for k, v in sd.items() if "lora_" not in k}
+
+
+def test_lora_sft_trains_only_the_adapters_and_its_loss_falls(sft):
+    cfg = sft.cfg
+    fresh = build_model(cfg.model, load_tokenizer(cfg.model), seed=cfg.trainer.seed)
+    trained = base_weights(sft.model)
+    assert trained.keys() == fresh.state_dict().keys()
+    for name, w in fresh.state_dict().items():  # bit for bit: the base never moved
+        assert torch.equal(trained[name], w), name
+    moved = [n for n, p in sft.model.named_parameters() if "lora_B" in n and p.abs().sum() > 0]
+    assert len(moved) == 4 * 7  # every targeted layer's B left zero, in all 4 layers
+    trainable = {n for n, p in sft.model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
+    # the planner's arithmetic equals peft's count
+    n_trainable, _ = sft.model.get_nb_trainable_parameters()
+    shape = shape_of(sft.model.config, sft.model.get_input_embeddings().num_embeddings)
+    assert lora.adapter_params(shape, cfg.model.lora) == n_trainable
+    loss = losses(sft.run_dir)
+    assert len(loss) == 6 and loss[-1] < loss[0] - 0.3, loss
+
+
+def test_the_lora_learning_rate_is_the_rung_s_times_ten():
+    cfg = compose(["rung=tiny", "model.lora.enabled=true"])
+    assert effective_lr(cfg) == pytest.approx(cfg.rung.lr * cfg.recipe.lr_scale * 10)
+    assert "x model.lora.lr_scale 10" in lr_rule(cfg)
+    dpo = compose(["rung=tiny", "recipe=dpo", "model.lora.enabled=true", "model.lora.lr_scale=4"])
+    assert effective_lr(dpo) == pytest.approx(dpo.rung.lr * dpo.recipe.lr_scale * 4)
+    assert effective_lr(compose(["rung=tiny", "model.lora.enabled=true", "optim.lr=1e-4"])) == 1e-4
+
+
+@pytest.mark.parametrize(
+    "overrides, says",
+    [
+        (["model.lora.r=0"], "model.lora.r=0 must be in [1, inf)"),
+        (
+            ["model.lora.target_modules=[q_proj,qkv_proj]"],
+            "no module named qkv_proj in the model; its modules are q_proj, k_proj",
+        ),
+        (["model.quantize=nf4"], "model.quantize=nf4 on rung.device=cpu"),
+        (
+            ["recipe=dpo", "model.from_scratch=true", "recipe.reference=/some/other/model"],
+            "the reference of a LoRA run is the base model with its adapters disabled",
+        ),
+        (["rung.engine=fsdp2"], "LoRA runs on single and ddp"),
+        (["model.lora.target_modules=[]"], "model.lora.target_modules is empty"),
+    ],
+)
+def test_impossible_lora_combinations_are_refused_with_the_reason(overrides, says):
+    with pytest.raises(ConfigError) as e:
+        validate(compose(["rung=tiny", "model.lora.enabled=true", *overrides]))
+    assert says in str(e.value)
+
+
+def test_nf4_without_lora_is_refused():
+    with pytest.raises(ConfigError, match="QLoRA trains adapters on a frozen 4-bit base"):
+        validate(compose(["rung=tiny", "model.quantize=nf4"]))
+
+
+def test_a_target_the_loaded_model_lacks_names_the_modules_it_has():
+    cfg = compose(["rung=tiny", "model.lora.enabled=true", "model.lora.target_modules=[wq]"])
+    model = build_model(cfg.model, load_tokenizer(cfg.model))
+    with pytest.raises(ConfigError, match=r"no module named wq in the model; its linear .*q_proj"):
+        lora.apply_lora(model, cfg.model.lora)
+
+
+def test_lora_at_step_zero_is_the_base_exactly():
+    cfg = compose(["rung=tiny", *LORA])
+    tok = load_tokenizer(cfg.model)
+    base = build_model(cfg.model, tok, seed=0)
+    ids = torch.tensor([tok.encode("hello there")])
+    want = base(input_ids=ids).logits
+    policy = lora.apply_lora(build_model(cfg.model, tok, seed=0), cfg.model.lora)
+    assert torch.equal(policy(input_ids=ids).logits, want)
+    assert math.isfinite(float(want.sum()))
