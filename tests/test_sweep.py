@@ -70,3 +70,41 @@ def test_a_local_sweep_runs_every_point_under_one_sweep_name(tmp_path):
     status = ladder_cli("status", "--json", "--sweep", "two-lrs", cwd=tmp_path)
     rows = json.loads(status.stdout)
     assert [r["step"] for r in rows] == [2, 2] and all(r["used_gpu_hours"] > 0 for r in rows)
+
+
+def test_seeds_expand_each_point_into_replicates_of_one_point_and_one_array(tmp_path, monkeypatch):
+    """sweep.seeds=3 over 2 points: 6 jobs, planned one by one, distinct seeds and run names, the
+    three of each point sharing sweep.point, and one SLURM array (the same shape)."""
+    from launch.commands.launch_cmd import prepare, shape_groups
+
+    monkeypatch.chdir(tmp_path)
+    ov = [*FAST, "optim.lr=1e-3,2e-3", "sweep.name=lr", "sweep.seeds=3", "trainer.seed=7"]
+    name, jobs = prepare(ov, multirun=True)
+    assert name == "lr" and len(jobs) == 6
+    got = [(j.run_name, j.cfg.trainer.seed, j.cfg.sweep.point, j.cfg.optim.lr) for j in jobs]
+    assert got == [
+        ("lr-0-s7", 7, "lr-0", 1e-3),
+        ("lr-0-s8", 8, "lr-0", 1e-3),
+        ("lr-0-s9", 9, "lr-0", 1e-3),
+        ("lr-1-s7", 7, "lr-1", 2e-3),
+        ("lr-1-s8", 8, "lr-1", 2e-3),
+        ("lr-1-s9", 9, "lr-1", 2e-3),
+    ]
+    assert len({j.run_dir for j in jobs}) == 6 and all(j.plan.gpu_hours > 0 for j in jobs)
+    assert [len(g) for g in shape_groups(jobs)] == [6]
+    # a replicate's own overrides (what its trainer or a promotion composes) stay one job
+    _, [one] = prepare(jobs[4].overrides)
+    assert one.run_name == "lr-1-s8" and one.cfg.sweep.point == "lr-1"
+    # the ledger groups them by point (jobs.point, schema 11)
+    from launch.commands.launch_cmd import ledger_fields
+
+    ledger = Ledger(tmp_path / "ladder.db")
+    ids = [
+        ledger.add_job(team="t", period="p", planned_gpu_hours=1.0, **ledger_fields(j))
+        for j in jobs
+    ]
+    assert [ledger.job(i)["point"] for i in ids] == ["lr-0"] * 3 + ["lr-1"] * 3
+    with pytest.raises(ConfigError, match="sweep.seeds=0 must be"):
+        prepare([*FAST, "sweep.seeds=0"])
+    with pytest.raises(ConfigError, match="cannot both vary trainer.seed and set sweep.seeds"):
+        prepare([*FAST, "trainer.seed=1,2", "sweep.seeds=2"], multirun=True)

@@ -58,7 +58,7 @@ STATES = ACTIVE + FINAL
 # Heartbeats are written on the compute nodes, sacct's times by the controller: allow for clocks
 # a little apart when deciding whether a heartbeat belongs to this job.
 CLOCK_SLACK_S = 30.0
-SCHEMA_VERSION = 10  # 2: jobs.overrides and the promotions table (launch/promotion/promote.py); 3: jobs.config_changes
+SCHEMA_VERSION = 11  # 2: jobs.overrides and the promotions table (launch/promotion/promote.py); 3: jobs.config_changes
 # 4: jobs.data_mixture and jobs.allow_contamination (training/data/mixture_config.py, evals/tasks/decontaminate.py)
 # 5: jobs.kind (train | eval: SLURM eval jobs of `ladder eval ... launcher=slurm`)
 # 6: jobs.launched_by, and the budgets and budget_changes tables (SCHEMA creates new tables)
@@ -66,6 +66,7 @@ SCHEMA_VERSION = 10  # 2: jobs.overrides and the promotions table (launch/promot
 # 8: the team_members and team_member_changes tables (launch/accounting/team_members.py; SCHEMA creates them)
 # 9: jobs.host and jobs.process_start: where a local job's PID means something, and which process it is
 # 10: jobs.allow_unchecked (launch/inspection/contamination.py)
+# 11: jobs.point: the sweep point a replicate belongs to (sweep.seeds; launch/cluster/sweep.py)
 MIGRATIONS = {
     2: "ALTER TABLE jobs ADD COLUMN overrides TEXT",
     3: "ALTER TABLE jobs ADD COLUMN config_changes TEXT",
@@ -75,6 +76,7 @@ MIGRATIONS = {
     6: "ALTER TABLE jobs ADD COLUMN launched_by TEXT",
     9: "ALTER TABLE jobs ADD COLUMN host TEXT; ALTER TABLE jobs ADD COLUMN process_start TEXT",
     10: "ALTER TABLE jobs ADD COLUMN allow_unchecked INTEGER NOT NULL DEFAULT 0",
+    11: "ALTER TABLE jobs ADD COLUMN point TEXT",
 }
 
 SCHEMA = """
@@ -113,7 +115,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     launched_by TEXT,                  -- user@host that launched it (and the database role on a server)
     host TEXT,                         -- the host a local job's process runs on (socket.gethostname())
     process_start TEXT,                -- that process's start, <boot id>:<ticks since boot> (process_start)
-    allow_unchecked INTEGER NOT NULL DEFAULT 0  -- 1: launched with --allow-unchecked
+    allow_unchecked INTEGER NOT NULL DEFAULT 0,  -- 1: launched with --allow-unchecked
+    point TEXT                         -- the sweep point of a replicate (sweep.seeds), else null
 );
 CREATE INDEX IF NOT EXISTS jobs_team_period ON jobs (team, period);
 CREATE INDEX IF NOT EXISTS jobs_rung ON jobs (rung);

@@ -7,6 +7,11 @@ Expansion is Hydra's own (its override grammar and BasicSweeper's cartesian prod
 syntax means exactly what it means in any Hydra app: `a=1,2`, `a=range(1,4)`, `a=choice(x,y)`,
 `rung=tiny,8b`. Every point of a sweep is recorded under one sweep name in the ledger; each gets
 its own run name, `<sweep>-<index>`, unless the sweep itself varies trainer.run_name.
+
+With sweep.seeds=N every point runs N times, as replicates (`replicate`): trainer.seed, seed+1,
+..., seed+N-1, run names `<point>-s<seed>`, and one sweep.point, the point's own run name, that
+the ledger (jobs.point), the leaderboard and promotion group them by. Each replicate is an
+ordinary job: planned, budgeted and resumed on its own, and one task of the sweep's SLURM array.
 """
 
 from __future__ import annotations
@@ -74,3 +79,40 @@ def name_points(
             extra.append(f"trainer.run_name={run_name or name}-{i}")
         named.append([*point, *extra])
     return name, named
+
+
+def replicate(points: list[list[str]], seeds: int, base_seed: int) -> list[list[str]]:
+    """Each named point (name_points' output) as `seeds` replicates, point-major: replicate k
+    gets trainer.seed=base_seed+k, trainer.run_name=<point>-s<seed> and sweep.point=<point>,
+    where <point> is the point's run name. base_seed: the composed trainer.seed, which a sweep
+    with replicates cannot vary."""
+    if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
+        raise ConfigError(f"sweep.seeds={seeds} must be a whole number of seeds, at least 1")
+    if seeds == 1:
+        return points
+    if len({override_value(p, "trainer.seed") for p in points}) > 1:
+        raise ConfigError(
+            "a sweep cannot both vary trainer.seed and set sweep.seeds: sweep.seeds=N already "
+            "runs each point with seeds trainer.seed .. trainer.seed+N-1"
+        )
+    out = []
+    for point in points:
+        name = override_value(point, "trainer.run_name")
+        if name is None:  # a single job's own run name is given by the caller's name_points
+            raise ConfigError("replicate: every point needs its run name first (name_points)")
+        keep = [
+            ov
+            for ov in point
+            if ov.lstrip("+").partition("=")[0] not in ("trainer.seed", "trainer.run_name")
+        ]
+        for k in range(seeds):
+            seed = base_seed + k
+            out.append(
+                [
+                    *keep,
+                    f"trainer.seed={seed}",
+                    f"trainer.run_name={name}-s{seed}",
+                    f"sweep.point={name}",
+                ]
+            )
+    return out

@@ -381,17 +381,23 @@ def prepare(
 
     sweep_name = None
     points = [overrides]
-    if multirun:
+    first = None if multirun else compose(overrides)
+    # sweep.seeds=N makes even one point a sweep of its N replicates (launch/cluster/sweep.py);
+    # a replicate's own overrides (sweep.point set: its trainer, a promotion) stay one job
+    if multirun or (not direct and first.sweep.seeds != 1 and first.sweep.point is None):
+        from launch.cluster.sweep import replicate
         from training.run.trainer import default_run_name
 
-        points = expand(overrides)
+        points = expand(overrides) if multirun else points
         first = compose(points[0])
         sweep_name, points = name_points(
             points, first.sweep.name, default_run_name(first), run_name=first.trainer.run_name
         )
+        points = replicate(points, first.sweep.seeds, first.trainer.seed)
+        multirun = True
     jobs, launchers = [], set()
     for point in points:
-        cfg = compose(point)
+        cfg = first if point is overrides and first is not None else compose(point)
         check_name("budget.team", cfg.budget.team)  # at entry: launch, train, promote, dry runs
         launchers.add(cfg.launcher.name)
         if not direct:
@@ -446,6 +452,7 @@ def ledger_fields(j: Job, sweep: str | None = None) -> dict:
     return dict(
         project=j.cfg.tracker.project,
         sweep=sweep or j.cfg.sweep.name,
+        point=j.cfg.sweep.point,
         rung=j.cfg.rung.name,
         run_name=j.run_name,
         run_dir=str(j.run_dir),
@@ -499,7 +506,11 @@ def launch(
     cfg = jobs[0].cfg
     launcher = get_launcher(cfg)
     total = sum(j.plan.gpu_hours for j in jobs)
-    what = f"sweep {sweep_name}: {len(jobs)} jobs" if multirun else f"job {jobs[0].run_name}"
+    what = (
+        f"sweep {sweep_name}: {len(jobs)} jobs"
+        if sweep_name is not None
+        else f"job {jobs[0].run_name}"
+    )
     if dry_run:
         print(
             f"ladder launch --dry-run: {what}, {num(total, 3)} GPU-hours planned; nothing submitted or recorded"

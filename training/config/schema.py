@@ -394,6 +394,12 @@ class BudgetConfig:
 @dataclass
 class SweepConfig:
     name: Optional[str] = None
+    # Replicates: each point of the sweep runs with this many seeds (trainer.seed, seed+1, ...),
+    # which change the initialisation of a model built from config, the data order and dropout.
+    seeds: int = 1
+    # The point a replicate belongs to, set by `ladder launch` (launch/cluster/sweep.py): the
+    # runs of one point share it, so leaderboards and promotion average over their seeds.
+    point: Optional[str] = None
 
 
 @dataclass

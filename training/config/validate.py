@@ -184,6 +184,7 @@ RANGES: dict[str, tuple[float, float, str]] = {
     "model.lora.dropout": (0, 1, "[)"),
     "model.lora.lr_scale": (0, INF, "()"),
     "rung.nodes": (1, INF, "[)"),
+    "sweep.seeds": (1, INF, "[)"),
     "rung.gpus_per_node": (1, INF, "[)"),
     "rung.micro_batch_tokens": (0, INF, "()"),
     "rung.lr": (0, INF, "()"),
