@@ -80,8 +80,10 @@ def cmd_compare(args) -> int:
     console = Console()
     c = compare(targets, cfg.eval, registry, baseline=args.baseline)
     print_comparison(c, console)
+    pts = seed_points(c, registry, console)
     if args.json:
-        write_output("--json", args.json, json.dumps(c.to_json(), indent=1) + "\n")
+        out = {**c.to_json(), **({"points": [p.to_json() for p in pts]} if pts else {})}
+        write_output("--json", args.json, json.dumps(out, indent=1) + "\n")
         console.print(f"json: {args.json}")
     if args.html:
         from evals.analysis.report import report_html
@@ -107,8 +109,32 @@ def cmd_leaderboard(args) -> int:
     }
     tasks, rows = leaderboard(registry, cfg.eval, task=args.task, top=args.top, **filters)
     print_leaderboard(tasks, rows, cfg.eval.name, args.task)
+    pts = seed_points((registry, cfg.eval, rows, args.task), registry, Console())
     if args.json:
-        write_output(
-            "--json", args.json, json.dumps({"tasks": tasks, "rows": rows}, indent=1) + "\n"
-        )
+        out = {
+            "tasks": tasks,
+            "rows": rows,
+            **({"points": [p.to_json() for p in pts]} if pts else {}),
+        }
+        write_output("--json", args.json, json.dumps(out, indent=1) + "\n")
     return 0
+
+
+def seed_points(source, registry, console: Console) -> list:
+    """Points over their seeds (evals/analysis/points.py), printed when some point has several
+    seeds (sweep.seeds); source: a Comparison, or leaderboard_points' arguments."""
+    from evals.analysis.points import (
+        comparison_points,
+        has_replicates,
+        leaderboard_points,
+        print_points,
+    )
+
+    if isinstance(source, tuple):
+        pts = leaderboard_points(*source)
+    else:
+        pts = comparison_points(source, registry)
+    if not has_replicates(pts):
+        return []
+    print_points(pts, "sweep points: mean over seeds, ranked", console)
+    return pts
