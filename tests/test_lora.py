@@ -126,3 +126,48 @@ def test_lora_at_step_zero_is_the_base_exactly():
     policy = lora.apply_lora(build_model(cfg.model, tok, seed=0), cfg.model.lora)
     assert torch.equal(policy(input_ids=ids).logits, want)
     assert math.isfinite(float(want.sum()))
+
+
+def test_dpo_with_lora_has_no_second_model_and_starts_at_ln2(tmp_path):
+    import gc
+
+    from transformers import LlamaForCausalLM
+
+    def models() -> int:
+        gc.collect()
+        return sum(isinstance(o, LlamaForCausalLM) for o in gc.get_objects())
+
+    before = models()
+    t = run(
+        tmp_path,
+        "dpo",
+        2,
+        [
+            "recipe=dpo",
+            "model.from_scratch=true",
+            "recipe.precompute_reference=false",  # the reference runs beside the policy each step
+            "data.max_samples=16",
+            "rung.micro_batch_tokens=512",
+            "trainer.global_batch_tokens=1024",
+            "optim.warmup_ratio=0",  # step 1 updates the adapters (warmup would start at lr 0)
+        ],
+    )
+    ref = t.recipe.reference_model
+    assert isinstance(ref, lora.AdapterDisabled) and ref.module is t.model
+    assert not isinstance(ref, torch.nn.Module)  # it holds no weights of its own
+    assert models() - before == 1  # the policy's base is the only model built
+    loss = losses(t.run_dir)
+    assert loss[0] == pytest.approx(math.log(2), abs=1e-6)  # B = 0: the policy is the base
+    assert abs(loss[1] - math.log(2)) > 1e-4  # the adapters moved; the reference did not
+
+
+def test_the_reference_cache_key_covers_the_base_and_the_adapter():
+    from training.recipes.reference import reference_hash
+
+    dpo = ["rung=tiny", "recipe=dpo", "model.from_scratch=true"]
+    full = reference_hash(compose(dpo))
+    r4 = reference_hash(compose([*dpo, *LORA]))
+    r8 = reference_hash(compose([*dpo, "model.lora.enabled=true", "model.lora.r=8"]))
+    seed1 = reference_hash(compose([*dpo, *LORA, "trainer.seed=1"]))
+    assert len({full, r4, r8, seed1}) == 4
+    assert r4 == reference_hash(compose([*dpo, *LORA, "model.lora.lr_scale=3"]))  # not an output

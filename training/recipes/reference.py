@@ -6,7 +6,8 @@ Called by the DPO recipe before the first step. On a cache hit nothing runs. On 
 rank scores its share of the pairs (rank r takes pairs r, r + W, ...) and the results are
 summed across ranks; rank 0 writes the cache entry. When the reference is the model training
 starts from and this is step 0, the policy itself (already wrapped by the engine) is the
-reference, so no second copy of the model is loaded; otherwise the reference loads from
+reference, so no second copy of the model is loaded; with LoRA the policy with its adapters
+disabled is the reference at every step (training/model/lora.py); otherwise the reference loads from
 recipe.reference (or model.name_or_path). The pass is timed and its FLOPs counted (forward
 only: a third of a training step's) and written to <run_dir>/reference_pass.json, so
 throughput and MFU can be reported with and without it.
@@ -27,6 +28,7 @@ from training.common.checkpoint_hash import model_identity
 from training.data.packing import pack_greedy
 from training.data.preference import collate_pairs, pair_length, sequence_logps
 from training.engine import distributed
+from training.model import lora
 from training.model.flops import mfu, train_flops
 from training.model.shape import shape_of
 from training.recipes import ref_cache
@@ -39,6 +41,12 @@ def reference_source(cfg) -> str | None:
 
 
 def reference_hash(cfg) -> str:
+    from training.model import lora
+
+    if lora.enabled(cfg):
+        # The policy with adapters disabled: the base (its weights and storage, nf4 or not), and the
+        # adapter config, so a run never reads log-probs another adapter layout wrote.
+        return f"lora:{lora.base_identity(cfg)};adapter={lora.adapter_fingerprint(cfg)}"
     src = reference_source(cfg)
     if src:
         return model_identity(src)  # the eval cache's rule: a copy of a checkpoint hits too
@@ -86,7 +94,8 @@ def score(
 
 
 def load_reference_model(trainer):
-    """A frozen copy of the reference: from recipe.reference or model.name_or_path, or, for a
+    """With LoRA (model.lora.enabled), the policy itself with its adapters disabled: no second copy.
+    Otherwise a frozen copy of the reference: from recipe.reference or model.name_or_path, or, for a
     model built from config, the same initial weights (the same shape and seed). It is kept in the
     training dtype (bf16 when rung.bf16: it is only ever run forward, so it needs no fp32 master)
     and, under fsdp2 and deepspeed_zero3, sharded like the policy (training/engine/engines.py, wrap_frozen),
@@ -95,6 +104,8 @@ def load_reference_model(trainer):
     from training.model.modeling import build_model
 
     cfg = trainer.cfg
+    if lora.enabled(cfg):  # validation refused any other reference (lora.lora_problems)
+        return lora.AdapterDisabled(trainer.model)
     dtype = torch.bfloat16 if cfg.rung.bf16 else torch.float32
     # FSDP2 moves each unit to the device as it shards it: built on the CPU, the reference is never
     # whole on the device. (DeepSpeed moves the whole module to its device before partitioning it,
@@ -125,7 +136,9 @@ def reference_logps(trainer, pairs: list[tuple]) -> torch.Tensor:
         record.update(seconds=time.perf_counter() - t0, tokens=0, flops=0.0)
         log.info("reference log-probs for %d pairs from the cache (%s)", len(pairs), key)
     else:
-        if trainer.start_step == 0 and not cfg.recipe.reference:
+        if lora.enabled(cfg):  # the base: the policy with its adapters disabled, at any step
+            model = lora.AdapterDisabled(trainer.model)
+        elif trainer.start_step == 0 and not cfg.recipe.reference:
             model = trainer.engine.module  # step 0: the policy is the reference
         else:
             model = load_reference_model(trainer)
