@@ -317,6 +317,12 @@ def build_parser() -> argparse.ArgumentParser:
         "status 1 if the budget would refuse them)",
     )
     pr.add_argument(
+        "--strict",
+        action="store_true",
+        help="refuse to promote when the K-th and (K+1)-th points are not separable (seed and "
+        "example noise: launch/promotion/noise.py)",
+    )
+    pr.add_argument(
         "--allow-running",
         action="store_true",
         help="rank the finished points even though some of the sweep's jobs are still running",

@@ -101,11 +101,27 @@ def separation(base: Point, cand: Point, tasks: list[str]) -> PointDelta | None:
     return average_point_delta(deltas)
 
 
+def checkpoint_examples(registry, ck: dict, keys: dict[str, str]) -> dict[str, list[dict]] | None:
+    """A registered checkpoint's per-example rows for each task (task -> settings key), from the
+    eval cache; None when one is missing."""
+    from evals.store.cache import EvalCache
+
+    cache = EvalCache(registry.cache_dir)
+    results = {x["settings_key"]: x for x in registry.results(ck["content_hash"])}
+    out = {}
+    for t, key in keys.items():
+        hit = cache.get(results[key]["cache_key"]) if key in results else None
+        if not (hit or {}).get("examples"):
+            return None
+        out[t] = hit["examples"]
+    return out
+
+
 def leaderboard_points(
     registry, eval_cfg, rows: list[dict], task: str | None = None
 ) -> list[Point]:
     """The leaderboard's rows as points: each run's latest step with every task scored."""
-    from evals.store.cache import EvalCache, task_specs
+    from evals.store.cache import task_specs
 
     keys = {s.name: s.settings_key for s in task_specs(eval_cfg)}
     tasks = [task] if task else list(keys)
@@ -116,18 +132,11 @@ def leaderboard_points(
             r["run_name"] not in latest or (r["step"] or 0) > (latest[r["run_name"]]["step"] or 0)
         ):
             latest[r["run_name"]] = r
-    cache = EvalCache(registry.cache_dir)
     groups: dict[str, list[Seed]] = {}
     for run, r in sorted(latest.items()):
         ck = by_path.get(r["path"])
-        if ck is None:
-            continue
-        results = {x["settings_key"]: x for x in registry.results(ck["content_hash"])}
-        examples = {}
-        for t in tasks:
-            hit = cache.get(results[keys[t]]["cache_key"]) if keys[t] in results else None
-            examples[t] = (hit or {}).get("examples") or []
-        if not all(examples.values()):
+        examples = checkpoint_examples(registry, ck, {t: keys[t] for t in tasks}) if ck else None
+        if examples is None:
             continue  # per-example results gone from the cache: nothing to resample
         seed = Seed(run, r["step"], seed_of(ck["config_json"]), examples)
         groups.setdefault(point_of(ck["config_json"], run), []).append(seed)

@@ -210,6 +210,47 @@ def rank_points(
     return ranked, notes
 
 
+def registry_examples(metric: Metric, cfg: DictConfig):
+    """examples_of(point) for choose_points: its scored checkpoint's per-example rows per task."""
+    from evals.analysis.points import checkpoint_examples
+    from evals.store.run_scores import registry_for
+
+    cache: dict = {}
+
+    def examples_of(p: Point) -> dict | None:
+        registry = registry_for(p.run_dir, cfg, cache)
+        if registry is None or p.checkpoint is None:
+            return None
+        return checkpoint_examples(registry, p.checkpoint, metric.keys)
+
+    return examples_of
+
+
+def choose_points(
+    ranked: list[Point], top: int, examples_of, strict: bool
+) -> tuple[list[Point], list[str]]:
+    """The top K points by their mean over seeds (launch/promotion/noise.py), each as its first
+    replicate, scored with the point's mean and ranked among points; and the note on the cut
+    between the K-th and the (K+1)-th when seed or example noise does not separate them
+    (--strict: a ConfigError instead)."""
+    from launch.promotion.noise import rank_by_point
+
+    groups, cut = rank_by_point(ranked, top, examples_of)
+    chosen = []
+    for i, g in enumerate(groups[:top], 1):
+        rep = g.representative
+        rep.score, rep.rank = g.mean, i
+        chosen.append(rep)
+    if cut is None or cut.separable:
+        return chosen, []
+    if strict:
+        raise ConfigError(
+            f"--strict: {cut.note(top)}; refusing to promote. Add seeds to the sweep "
+            "(sweep.seeds=N), evaluate on more examples, or choose another --top"
+        )
+    return chosen, [cut.note(top)]
+
+
 # ---- transfer ----------------------------------------------------------------------------------
 
 
@@ -314,6 +355,7 @@ def promote(
     dry_run: bool = False,
     allow_running: bool = False,
     override_reason: str | None = None,
+    strict: bool = False,
 ) -> int:
     from launch.accounting.budget import check_and_record_many, team_standing
     from launch.commands.launch_cmd import get_launcher, ledger_fields, prepare
@@ -352,7 +394,8 @@ def promote(
             f"sweep {to_sweep!r} already has jobs in the ledger (an earlier promotion?); "
             "name the new one with --as NAME"
         )
-    chosen = ranked[:top]
+    chosen, cut_notes = choose_points(ranked, top, registry_examples(m, cfg), strict)
+    notes = cut_notes + notes
     lr_cache: dict = {}
     suffix = to if as_name is None else as_name  # each promotion its own run directories
     transfers = [
@@ -531,4 +574,5 @@ def cmd_promote(args) -> int:
         dry_run=args.dry_run,
         allow_running=args.allow_running,
         override_reason=args.override_budget,
+        strict=getattr(args, "strict", False),
     )

@@ -225,9 +225,18 @@ def report(ledger: Ledger, cfg, sweep: str | None) -> list[dict]:
                     "meaningful": n >= 3 and rho is not None,
                     "verdict": verdict(rho, n, p, first["from_rung"], first["to_rung"]),
                 },
+                "decision_accuracy": decision_accuracy_json(lower, higher),
             }
         )
     return out
+
+
+def decision_accuracy_json(lower: list[float], higher: list[float]) -> dict:
+    """DataDecide's pairwise decision accuracy with its bootstrap interval (launch/promotion/noise.py)."""
+    from launch.promotion.noise import decision_accuracy_ci
+
+    acc, lo, hi = decision_accuracy_ci(lower, higher)
+    return {"accuracy": acc, "lo": lo, "hi": hi, "pairs": len(lower) * (len(lower) - 1) // 2}
 
 
 def _fmt(x: float | None, digits: str = ".4g") -> str:
@@ -278,6 +287,14 @@ def render(promotions: list[dict], ledger_path: Path | str, console=None) -> Non
             console.print(
                 f"Spearman's rho = {s['rho']:+.2f} over n = {s['n']} configuration(s) scored at both "
                 f"rungs (one-sided permutation p = {s['p_value']:.2f})",
+                highlight=False,
+            )
+        da = pr.get("decision_accuracy") or {}
+        if da.get("accuracy") is not None:
+            ci = "" if da["lo"] is None else f", 95% CI [{da['lo']:.2f}, {da['hi']:.2f}]"
+            console.print(
+                f"pairwise decision accuracy = {da['accuracy']:.2f} over {da['pairs']} pair(s){ci} "
+                "(the fraction of pairs whose lower-rung order holds at the higher rung)",
                 highlight=False,
             )
         console.print(f"verdict: {show(s['verdict'])}", highlight=False)  # it names the rungs
