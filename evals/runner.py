@@ -57,6 +57,11 @@ def load_model(ckpt: Path, device: str):
     log.info("loading model from %s on %s", ckpt, device)
     tokenizer = AutoTokenizer.from_pretrained(ckpt)
     dtype = torch.float32 if device == "cpu" else torch.bfloat16
+    from training.model import lora
+
+    if lora.is_adapter_checkpoint(ckpt):  # base plus adapter, nothing merged on disk
+        config = read_ref(ckpt).config  # the base it adapts, checked against ladder_base.json
+        return lora.load_adapter_checkpoint(ckpt, config, tokenizer, device, dtype), tokenizer
     if device == "cuda":
         # accelerate's big-model inference: the layers are placed over every visible GPU, then host
         # memory, so a checkpoint larger than one GPU (70B in bf16 is 140 GB) still evaluates; one

@@ -171,3 +171,77 @@ def test_the_reference_cache_key_covers_the_base_and_the_adapter():
     seed1 = reference_hash(compose([*dpo, *LORA, "trainer.seed=1"]))
     assert len({full, r4, r8, seed1}) == 4
     assert r4 == reference_hash(compose([*dpo, *LORA, "model.lora.lr_scale=3"]))  # not an output
+
+
+def test_an_adapter_checkpoint_loads_in_plain_peft_and_in_ladder_eval_with_the_same_logits(sft):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from evals.runner import load_model
+
+    ckpt = sft.result.checkpoints[-1]
+    assert {"adapter_model.safetensors", "adapter_config.json", "trainer_state.pt"} <= {
+        p.name for p in ckpt.iterdir()
+    }
+    assert not (ckpt / "model.safetensors").exists()  # no base weights beside the adapter
+    cfg = sft.cfg
+    tok = load_tokenizer(cfg.model)
+    ids = torch.tensor([tok.encode("reverse: a b c")])
+    with torch.no_grad():
+        want = sft.model.eval()(input_ids=ids).logits
+        plain = PeftModel.from_pretrained(build_model(cfg.model, tok, seed=0), str(ckpt)).eval()
+        assert torch.equal(plain(input_ids=ids).logits, want)
+        ours, _ = load_model(ckpt, "cpu")  # ladder eval: base + adapter, nothing merged on disk
+        assert torch.equal(ours(input_ids=ids).logits, want)
+        merged = AutoModelForCausalLM.from_pretrained(ckpt / "merged").eval()  # the final step's
+        assert torch.allclose(merged(input_ids=ids).logits, want, atol=1e-4)
+    assert not (sft.result.checkpoints[0] / "merged").exists()  # trainer.save_merged=null: final
+
+
+def test_the_content_hash_covers_the_base_an_adapter_needs(sft, tmp_path):
+    import json
+    import shutil
+
+    from training.common.checkpoint_hash import checkpoint_hash
+    from training.common.errors import CheckpointError
+
+    ckpt = sft.result.checkpoints[-1]
+    copy = tmp_path / "step_000006"
+    shutil.copytree(ckpt, copy, ignore=shutil.ignore_patterns("eval", "merged"))
+    assert checkpoint_hash(copy) == checkpoint_hash(ckpt)
+    base = json.loads((copy / lora.BASE_FILE).read_text())
+    (copy / lora.BASE_FILE).write_text(json.dumps({**base, "identity": "hub:someone/else"}))
+    assert checkpoint_hash(copy) != checkpoint_hash(ckpt)
+    other = compose(
+        [*FAST, *LORA, "trainer.seed=1"]
+    )  # another seed: another base built from config
+    with pytest.raises(CheckpointError, match="was trained on the base"):
+        lora.check_base(ckpt, other)
+
+
+class StopAt:
+    """Preempts the run after `step` as SIGUSR1 would (the trainer checkpoints, then stops)."""
+
+    def __init__(self, step: int):
+        from training.run.callbacks import Callback
+
+        self.cb = type("Stop", (Callback,), {"on_step_end": self.on_step_end})()
+        self.step = step
+
+    def on_step_end(self, step: int, metrics: dict) -> None:
+        if step == self.step:
+            self.cb.trainer.stop_signal = "SIGUSR1"
+
+
+def test_a_preempted_lora_run_resumes_to_the_uninterrupted_losses(sft, tmp_path):
+    from training.common.errors import Preempted
+
+    stop = StopAt(4)
+    with pytest.raises(Preempted):
+        run(tmp_path, "cut", 6, callbacks=[stop.cb])
+    assert [c.name for c in (tmp_path / "cut" / "checkpoints").iterdir()] != []
+    resumed = run(tmp_path, "cut", 6, ["trainer.resume=auto"])
+    assert resumed.start_step == 4
+    assert losses(resumed.run_dir) == pytest.approx(losses(sft.run_dir), abs=1e-6, rel=0)
+    for (n, p), (m, q) in zip(resumed.model.named_parameters(), sft.model.named_parameters()):
+        assert n == m and torch.allclose(p, q, atol=1e-6), n

@@ -6,7 +6,8 @@ reference cache key a checkpoint by.
     model_identity("Qwen/Qwen2.5-0.5B")                                    # "hub:Qwen/Qwen2.5-0.5B"
 
 It covers what decides the model's outputs, the weights and the tokenizer files (with
-config.json and generation_config.json), and nothing else: not eval/ (results written
+config.json and generation_config.json; for a LoRA checkpoint the adapter, its config and
+ladder_base.json, which names the base by its own content hash), and nothing else: not eval/ (results written
 later), not trainer_state.pt or ladder_meta.json (a resumed re-save of identical weights
 keeps its hash). A copy of a checkpoint elsewhere has the same hash, so it is never
 evaluated twice, nor its reference log-probs computed twice. Hashing 16 GB of weights takes a
@@ -46,6 +47,10 @@ PATTERNS = (
     "merges.txt",
     "*.model",
     "*.tiktoken",
+    # a LoRA checkpoint (training/model/lora.py): peft's adapter config, and the base it adapts (its
+    # identity: a local base's content hash), so the hash covers base and adapter both
+    "adapter_config.json",
+    "ladder_base.json",
 )
 MEMO = "content_hash.json"
 
