@@ -349,6 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rr.add_argument("--json", action="store_true", help="print the report as JSON")
     from launch.commands import (
+        average_cmd,
         bench_cmd,
         budget_cmd,
         data_cmd,
@@ -359,6 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     budget_cmd.register(sub, overrides_help)
     ledger_cmd.register(sub, overrides_help)
     bench_cmd.register(sub, overrides_help)
+    average_cmd.register(sub, overrides_help)
     return p
 
 
