@@ -245,3 +245,44 @@ def test_a_preempted_lora_run_resumes_to_the_uninterrupted_losses(sft, tmp_path)
     assert losses(resumed.run_dir) == pytest.approx(losses(sft.run_dir), abs=1e-6, rel=0)
     for (n, p), (m, q) in zip(resumed.model.named_parameters(), sft.model.named_parameters()):
         assert n == m and torch.allclose(p, q, atol=1e-6), n
+
+
+def test_the_plan_counts_lora_memory_as_by_hand():
+    from launch.planning.memory import NF4_BYTES
+    from launch.planning.plan import make_plan, memory_for
+    from training.model.shape import model_shape
+
+    cfg = compose(["rung=tiny", *LORA])
+    plan = make_plan(cfg)
+    v, h, i, L = 382, 192, 512, 4  # the tiny model: fp32 (rung.bf16=false), 4 heads of 48
+    base = 2 * v * h + L * (4 * h * h + 3 * h * i + 2 * h) + h
+    adapter = L * 4 * (4 * (h + h) + 3 * (h + i))  # r=4 on q, k, v, o and gate, up, down
+    assert plan.params == base and plan.lora_params == adapter
+    m = plan.memory
+    assert (m.params, m.grads, m.optimizer) == (4 * base + 4 * adapter, 4 * adapter, 8 * adapter)
+    assert plan.full_memory.total - m.total == (16 * base) - (4 * base + 16 * adapter)
+    assert set(plan.by_engine) == {"single", "ddp"}
+
+    big = compose(["rung=8b", "rung.engine=ddp", "model.lora.enabled=true", "model.quantize=nf4"])
+    shape = model_shape(big)
+    A = lora.adapter_params(shape, big.model.lora)
+    linear = 32 * (2 * 4096 * 4096 + 2 * 4096 * 1024 + 3 * 4096 * 14336)
+    p = memory_for(shape, big)
+    assert A == 32 * 16 * (2 * 8192 + 2 * 5120 + 3 * 18432)  # r=16 by default
+    assert p.params == pytest.approx(NF4_BYTES * linear + 2 * (shape.params - linear) + 4 * A)
+    assert p.reference == 0.0
+
+
+def test_adapter_counts_equal_peft_s_for_the_8b_shape_without_weights():
+    from peft import get_peft_model
+    from transformers import LlamaForCausalLM
+
+    from training.model.modeling import llama_config
+    from training.model.shape import model_shape
+
+    cfg = compose(["rung=8b", "model.lora.enabled=true"])
+    with torch.device("meta"):  # the shape only: no weights are allocated
+        model = LlamaForCausalLM(llama_config(cfg.model, cfg.model.vocab_size))
+    peft_model = get_peft_model(model, lora.peft_config(cfg.model.lora))
+    trainable, total = peft_model.get_nb_trainable_parameters()
+    assert lora.adapter_params(model_shape(cfg), cfg.model.lora) == trainable == 41_943_040

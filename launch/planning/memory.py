@@ -31,6 +31,13 @@ and its product with up); FlashAttention and SDPA keep no s x s matrix. With act
 checkpointing only each layer's input (h) is kept, plus one layer recomputed during backward.
 The logits add m x vocab x (a + 8): the bf16 logits, their fp32 copy for the loss and its grad.
 
+LoRA (model.lora.enabled; training/model/lora.py) replaces the model states: the frozen base is
+stored once in the training dtype (2P in bf16, 4P without) or, with model.quantize=nf4, its decoder
+linear layers in 4-bit NF4 with double-quantized block constants (NF4_BYTES per parameter) and the
+rest (embeddings, LM head, norms) in bf16; it has no gradients or optimizer state. The A adapter
+parameters are fp32 with fp32 gradients and Adam's m and v: 4A + 4A + 8A. Only single and ddp run
+LoRA, so every GPU holds all of it. The reference is the policy with its adapters disabled: 0 bytes.
+
 RL (recipe=grpo) adds two kinds, planned in launch/planning/plan_rl.py: the KL reference's weights and the
 rollout generator's memory (a KV cache, or vLLM's share of the GPU). They are zero otherwise. The
 reference (reference_bytes) is frozen and run forward only, so it is kept in the training dtype, with
@@ -101,6 +108,24 @@ def model_states(
             return 2 * big, 2 * big, 0.0, 18 * P / nodes * ZERO_CPU_BUFFER_FACTOR
         return 2 * P / N + 2 * big, 4 * P / N + 2 * big, 12 * P / N, 0.0
     raise ValueError(f"unknown engine {engine!r}; known: {', '.join(ENGINES)}")
+
+
+# bitsandbytes NF4 with double quantization: 4 bits per weight, one 8-bit absmax per block of 64
+# weights, and one fp32 constant per 256 of those blocks (QLoRA, Dettmers et al. 2023)
+NF4_BYTES = 0.5 + 1 / 64 + 4 / (64 * 256)
+
+
+def lora_states(
+    shape: ModelShape, adapter: int, bf16: bool, quantize: str = "none"
+) -> tuple[float, float, float]:
+    """(params, grads, optimizer) bytes per GPU of a LoRA run with `adapter` trainable parameters."""
+    if quantize == "nf4":  # the decoder's linear layers (attention and MLP) are quantized
+        h, q = shape.hidden, shape.heads * (shape.hidden // shape.heads)
+        linear = shape.layers * (2 * h * q + 2 * h * shape.kv_hidden + 3 * h * shape.intermediate)
+        base = NF4_BYTES * linear + 2 * (shape.params - linear)
+    else:
+        base = (2 if bf16 else 4) * float(shape.params)
+    return base + 4 * adapter, 4 * adapter, 8 * adapter
 
 
 def reference_bytes(engine: str, params: int, gpus: int, bf16: bool) -> float:

@@ -26,7 +26,7 @@ from omegaconf import DictConfig
 
 from launch.console import make_console, num, si
 from launch.planning.doc_lengths import planning_length
-from launch.planning.memory import ENGINES, GiB, Memory, estimate
+from launch.planning.memory import ENGINES, GiB, Memory, estimate, lora_states
 from launch.planning.plan_dpo import ReferencePlan, reference_memory, reference_plan
 from launch.planning.plan_dpo import render_row as render_reference_row
 from launch.planning.plan_rl import RLPlan, is_rl, render_rows, rl_memory, rl_plan, rl_seconds
@@ -34,6 +34,7 @@ from launch.planning.rates import planning_rate
 from launch.planning.rl_split import RLSplit, render_split, rl_split
 from training.common.errors import ConfigError
 from training.config.validate import generator_ranks, global_batch_tokens, validate
+from training.model import lora
 from training.model.flops import train_flops
 from training.model.shape import ModelShape, model_shape
 
@@ -83,6 +84,10 @@ class Plan:
     reference: ReferencePlan | None = None
     # recipe=grpo: GPUs for generation and learning, idle time, a split (launch/planning/rl_split.py)
     rl_split: RLSplit | None = None
+    # model.lora: the adapters' trainable parameters, and this job's memory with full fine-tuning
+    lora_params: int = 0
+    lora_base: str = ""  # how the frozen base is stored: bf16, fp32 or nf4
+    full_memory: Memory | None = None
     cost: float = field(init=False)
 
     def __post_init__(self):
@@ -102,13 +107,30 @@ class Plan:
             k: (None if m is None else m.total / GiB) for k, m in self.by_engine.items()
         }
         d["fixes"] = [{"overrides": o, "memory_per_gpu_gb": g} for o, g in self.fixes]
-        del d["memory"], d["by_engine"]
+        if self.full_memory is not None:
+            d["full_finetune_memory_per_gpu_gb"] = self.full_memory.total / GiB
+        del d["memory"], d["by_engine"], d["full_memory"]
         return d
 
 
-def memory_for(shape: ModelShape, cfg: DictConfig, **changes) -> Memory:
+def memory_for(shape: ModelShape, cfg: DictConfig, full: bool = False, **changes) -> Memory:
     """Memory per GPU for the config's rung with some of its fields changed; an RL recipe adds its
-    reference and generator (launch/planning/plan_rl.py)."""
+    reference and generator (launch/planning/plan_rl.py). With model.lora the model states are the
+    frozen base and the adapters (memory.lora_states) and there is no reference copy; full=True
+    plans the same job as full fine-tuning, for the comparison `ladder plan` shows."""
+    m = _memory_for(shape, cfg, **changes)
+    if full or not lora.enabled(cfg):
+        return m
+    p, g, o = lora_states(
+        shape,
+        lora.adapter_params(shape, cfg.model.lora),
+        cfg.rung.bf16,
+        cfg.model.quantize.value,
+    )
+    return replace(m, params=p, grads=g, optimizer=o, reference=0.0)
+
+
+def _memory_for(shape: ModelShape, cfg: DictConfig, **changes) -> Memory:
     r = cfg.rung
     v = {
         "engine": r.engine.value,
@@ -250,7 +272,7 @@ def make_plan(cfg: DictConfig, ledger=None) -> Plan:
             )
         problem = "needs " + "; and ".join(over)
     by_engine = {}
-    for engine in ENGINES:
+    for engine in lora.LORA_ENGINES if lora.enabled(cfg) else ENGINES:
         if engine == "single" and r.nodes * r.gpus_per_node > 1:
             by_engine[engine] = None  # one process cannot use several GPUs
         else:
@@ -310,6 +332,13 @@ def make_plan(cfg: DictConfig, ledger=None) -> Plan:
         rl=rl,
         reference=reference,
         rl_split=split,
+        lora_params=lora.adapter_params(shape, cfg.model.lora) if lora.enabled(cfg) else 0,
+        full_memory=memory_for(shape, cfg, full=True) if lora.enabled(cfg) else None,
+        lora_base=(
+            "4-bit nf4 (embeddings, LM head and norms in bf16)"
+            if cfg.model.quantize.value == "nf4"
+            else ("bf16" if r.bf16 else "fp32")
+        ),
     )
 
 
@@ -422,6 +451,14 @@ def render(plan: Plan, console=None) -> None:
             "[dim]DPO: reference = the frozen reference's weights in the training dtype beside the "
             "policy, sharded under fsdp2 and deepspeed_zero3, whole otherwise "
             "(recipe.precompute_reference=false)[/dim]"
+        )
+    if p.full_memory is not None:
+        full, saved = p.full_memory.total / GiB, (p.full_memory.total - p.memory.total) / GiB
+        console.print(
+            f"[dim]LoRA: {p.lora_params:,} adapter parameters in fp32 with their gradients and Adam "
+            f"states, the frozen base in {p.lora_base}, no reference copy (the base is the policy "
+            f"with adapters disabled): {num(p.memory.total / GiB)} GiB per {unit} against "
+            f"{num(full)} for full fine-tuning on {p.engine}, {num(saved)} GiB saved[/dim]"
         )
     if p.fits:
         console.print(
