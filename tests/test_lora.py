@@ -286,3 +286,34 @@ def test_adapter_counts_equal_peft_s_for_the_8b_shape_without_weights():
     peft_model = get_peft_model(model, lora.peft_config(cfg.model.lora))
     trainable, total = peft_model.get_nb_trainable_parameters()
     assert lora.adapter_params(model_shape(cfg), cfg.model.lora) == trainable == 41_943_040
+
+
+def test_lora_on_two_ddp_processes_matches_one(sft, tmp_path):
+    """DDP on 2 gloo ranks (a real torchrun: DDP's hooks and the frozen base only exist there),
+    accumulation 1 x dp 2, against the single-process run's accumulation 2 x dp 1."""
+    import subprocess
+
+    from distributed_helpers import env, torchrun_cmd
+    from safetensors.torch import load_file
+
+    over = [
+        *FAST,
+        *LORA,
+        f"trainer.run_root={tmp_path}",
+        "trainer.run_name=ddp",
+        "trainer.max_steps=6",
+        "trainer.save_every=6",
+        "trainer.save_merged=none",
+        "rung.engine=ddp",
+        "rung.gpus_per_node=2",
+    ]
+    proc = subprocess.run(torchrun_cmd(2, over), env=env(), capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # LoRA's 10x rate amplifies the all-reduce's rounding: 1e-4 at first, ~1e-3 by step 6
+    assert losses(tmp_path / "ddp") == pytest.approx(losses(sft.run_dir), abs=2e-3, rel=0)
+    got = load_file(tmp_path / "ddp" / "checkpoints" / "step_000006" / "adapter_model.safetensors")
+    want = load_file(sft.result.checkpoints[-1] / "adapter_model.safetensors")
+    assert got.keys() == want.keys() and len(got) == 2 * 4 * 7  # A and B of 7 layers x 4
+    # Adam turns rounding in near-zero gradients into lr-sized steps: compare the adapters whole
+    diff = sum(float((got[k] - want[k]).norm() ** 2) for k in want) ** 0.5
+    assert diff < 0.02 * sum(float(want[k].norm() ** 2) for k in want) ** 0.5
