@@ -79,7 +79,8 @@ def run_builtin(spec: TaskSpec, model, tokenizer, eval_cfg: DictConfig, generato
 def generation_backend(eval_cfg: DictConfig, device: str) -> str:
     """hf or vllm, checked before anything is loaded: vllm asked for where it cannot run is an error."""
     from training.common.errors import ConfigError
-    from training.rl.generator import eval_generator_problems, resolve_backend
+    from training.rl.generator import resolve_backend
+    from training.rl.rl_checks import eval_generator_problems
 
     name, kind = (
         eval_cfg.generator.name,

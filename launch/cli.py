@@ -189,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
         "plan",
         formatter_class=fmt,
         help="print the compute plan of a job",
-        description="Plan a job without running it: parameters (meta-device build), training "
+        description="Plan a job without running it: parameters (from the model's shape), training "
         "FLOPs, memory per GPU by engine, whether it fits and what to change if not, "
         "GPU-hours, wall-clock and cost. Exit status 1 when it does not fit.",
         epilog=overrides_help,
@@ -375,6 +375,12 @@ from training.run.log_setup import QUIET, setup_logging  # noqa: E402,F401  (sha
 
 
 def cmd_train(args) -> int:
+    from training.config.compose import compose
+    from training.config.validate import validate
+
+    # A mistake in the config is said in a second, before torch and the trainer load (the
+    # trainer validates again, with this machine's process count and devices).
+    validate(compose(args.overrides))
     from launch.accounting.train_record import recording  # a shared ledger records direct runs too
     from launch.train import train  # the trainer with its eval-on-save callback
     from training.run.entry import run_train

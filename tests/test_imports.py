@@ -92,3 +92,26 @@ def test_the_trainer_and_the_dpo_modules_are_in_no_import_circle():
         for c in cycles_through(graph, "training.recipes.registry")
         if "training.recipes.reference" in c
     ]
+
+
+def test_config_plan_and_config_errors_load_no_torch():
+    """#28 item 5: `ladder config`, `ladder plan rung=8b` and a config error answer in about a
+    second because none of them imports torch, transformers, datasets or deepspeed (the time is
+    measured in bench/cli_latency.py, not here). One fresh interpreter runs the three verbs."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from launch.cli import main\n"
+        "assert main(['config']) == 0\n"
+        "assert main(['plan', 'rung=8b']) == 0\n"
+        "assert main(['train', 'optim.lr=abc']) == 2\n"
+        "assert main(['leaderboard', 'optim.lr=abc']) == 2\n"
+        "heavy = {'torch', 'transformers', 'datasets', 'deepspeed'} & set(sys.modules)\n"
+        "assert not heavy, heavy\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]

@@ -23,8 +23,13 @@ PUBLISHED = {"8b": 8_030_261_248, "70b": 70_553_706_496, "405b": 405_853_388_800
 
 @pytest.mark.parametrize("rung", ["tiny", "8b", "70b", "405b"])
 def test_every_rung_builds_on_meta_with_the_right_parameter_count(rung):
+    from training.model.shape import meta_shape
+
     cfg = compose([f"rung={rung}"])
-    shape = model_shape(cfg)
+    shape = model_shape(cfg)  # arithmetic, what `ladder plan` uses: the model built on meta agrees
+    assert shape == meta_shape(cfg)
+    tied = compose([f"rung={rung}", "model.tie_word_embeddings=true"])
+    assert model_shape(tied) == meta_shape(tied)
     if rung in PUBLISHED:
         assert shape.params == PUBLISHED[rung] == cfg.model.published_params
         assert (

@@ -4,7 +4,7 @@
     ladder plan rung=405b rung.nodes=1        # does not fit: says what to change
     ladder plan rung=8b trainer.max_steps=2000 --json
 
-Parameters come from the model built on the meta device; FLOPs from training/model/flops.py (the
+Parameters are counted from the model's shape (training/model/shape.py); FLOPs from training/model/flops.py (the
 one definition MFU also uses) for trainer.max_steps x the global batch, with attention counted
 at the document lengths `ladder data inspect` measured for this data (launch/planning/doc_lengths.py), else as
 if every document were data.max_seq_len tokens long (an upper bound for packed data); memory
@@ -371,7 +371,7 @@ def render(plan: Plan, console=None) -> None:
     work.add_column(no_wrap=True)
     work.add_column(justify="right", no_wrap=True)
     work.add_column(style="dim")
-    work.add_row("parameters", si(p.params), f"{p.params:,} (meta-device build)")
+    work.add_row("parameters", si(p.params), f"{p.params:,} (from the model's shape)")
     work.add_row(
         "global batch",
         f"{p.global_batch_tokens:,} tokens",
@@ -491,19 +491,14 @@ def cmd_plan(args) -> int:
     from launch.accounting.ledger import Ledger
     from training.config.compose import compose
 
-    # A plan takes 6-20 s, mostly importing torch and building the model on the meta device: say
-    # what is going on (a spinner on stderr when it is a terminal; nothing in a pipe or a log).
+    # A plan takes about a second (no torch: shapes by arithmetic, training/model/shape.py), more
+    # where the ledger is a server: say what is going on (a spinner on stderr when it is a
+    # terminal; nothing in a pipe or a log).
     with Console(stderr=True).status("composing and validating the config") as status:
         cfg = compose(args.overrides)
-        status.update("importing torch and transformers")
-        import torch  # noqa: F401
-        import transformers  # noqa: F401
-
         status.update("reading measured MFU of earlier runs from the ledger")
         ledger = Ledger.existing(cfg)
-        status.update(
-            f"building {cfg.model.name} on the meta device; planning memory, FLOPs and GPU-hours"
-        )
+        status.update(f"planning {cfg.model.name}: memory, FLOPs and GPU-hours")
         plan = make_plan(cfg, ledger)
     if args.json:
         print(json.dumps(plan.to_json(), indent=2))

@@ -367,10 +367,10 @@ def validate(
     attn_problem = attention_problem(m.attn_implementation, cfg.rung.device)
     if attn_problem:
         problems.append(attn_problem)
-
     from training.model.lora import lora_problems  # model.lora and model.quantize
 
     problems += lora_problems(cfg, here)
+
     if r.engine.value in SINGLE_PROCESS_ENGINES and r.nodes * r.gpus_per_node > 1:
         problems.append(
             f"rung.engine=single runs one process, but the rung asks for {r.nodes} x "
@@ -388,12 +388,10 @@ def validate(
         problems.append(
             f"data.format={d.format.value!r}: recipe.loss={rc.loss} needs data in the {want!r} format"
         )
-    from training.rl.policy_lag import placement_problems
+    from training.rl.rl_checks import grpo_problems, placement_problems
 
     problems += placement_problems(cfg, world_size, here)
     if is_rl(rc.loss):
-        from training.rl.grpo import grpo_problems
-
         problems += grpo_problems(cfg, layout, here)
     if d.sources:  # a mixture: its own rules (training/data/mixture_config.py)
         from training.data.mixture_config import mixture_problems
@@ -430,7 +428,7 @@ def validate(
 
     if cfg.eval.heldout_file is not None and not Path(cfg.eval.heldout_file).is_file():
         problems.append(f"eval.heldout_file: no such file: {cfg.eval.heldout_file}")
-    from training.rl.generator import eval_generator_problems
+    from training.rl.rl_checks import eval_generator_problems
 
     problems += eval_generator_problems(
         cfg.eval.generator.name,

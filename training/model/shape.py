@@ -1,7 +1,7 @@
 """A model's shape, read one way for planning, MFU and the reference pass.
 
     from training.model.shape import model_shape, shape_of
-    shape = model_shape(cfg)                    # `ladder plan`: built on the meta device, parameters counted
+    shape = model_shape(cfg)                    # `ladder plan`: parameters counted by arithmetic
     shape = shape_of(model.config, vocab)       # a built or loaded model (its own config, not cfg.model)
     shape.matmul_params                         # N of training/model/flops.py
 
@@ -57,14 +57,52 @@ def shape_of(config, vocab: int | None = None, **counts) -> ModelShape:
 
 
 def model_shape(cfg: DictConfig) -> ModelShape:
+    """cfg.model's shape with parameter counts, by arithmetic over the Llama architecture
+    transformers builds (no torch: `ladder plan` answers in a second). tests/test_plan.py checks
+    it against meta_shape, the model built on the meta device, for every rung."""
+    m = cfg.model
+    vocab = m.vocab_size or _tokenizer_size(cfg.model)
+    hidden, inter, heads = m.hidden_size, m.intermediate_size, m.num_heads
+    head_dim = hidden // heads
+    q_out, kv_out = heads * head_dim, m.num_kv_heads * head_dim
+    layer = (
+        hidden * q_out  # q_proj
+        + 2 * hidden * kv_out  # k_proj, v_proj
+        + q_out * hidden  # o_proj
+        + 3 * hidden * inter  # gate_proj, up_proj, down_proj
+        + 2 * hidden  # input and post-attention RMSNorm weights
+    )
+    embedding = vocab * hidden  # the LM head shares it when tied, else is as big again
+    params = embedding + m.num_layers * layer + hidden + (0 if m.tie_word_embeddings else embedding)
+    return ModelShape(
+        layers=m.num_layers,
+        hidden=hidden,
+        intermediate=inter,
+        heads=heads,
+        kv_heads=m.num_kv_heads,
+        vocab=vocab,
+        params=params,
+        largest_module_params=max(embedding, hidden * inter, hidden * q_out),
+    )
+
+
+def _tokenizer_size(model_cfg) -> int:
+    from training.model.modeling import (
+        load_tokenizer,
+    )  # transformers: only for a model without vocab_size
+
+    return len(load_tokenizer(model_cfg))
+
+
+def meta_shape(cfg: DictConfig) -> ModelShape:
     """cfg.model's shape with parameter counts, from the model built on the meta device (no memory,
-    no weights)."""
+    no weights): what model_shape's arithmetic is checked against."""
     import torch
     from transformers import LlamaForCausalLM
 
-    from training.model.modeling import llama_config, load_tokenizer
+    from training.model.modeling import llama_config
 
-    vocab = cfg.model.vocab_size or len(load_tokenizer(cfg.model))
+    vocab = cfg.model.vocab_size or _tokenizer_size(cfg.model)
     with torch.device("meta"):
         model = LlamaForCausalLM(llama_config(cfg.model, vocab))
     return shape_of(

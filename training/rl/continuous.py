@@ -16,7 +16,7 @@ per token. Asynchronous batching is off, so that count is exact when the batch i
 
 It runs forwards in a thread of its own, on a schedule that depends on when answers end, so it
 cannot keep the collective forwards of FSDP2 or ZeRO-3 in step across ranks: validation refuses it
-under a sharded engine (training/rl/generator.py, generator_problems).
+under a sharded engine (training/rl/rl_checks.py, generator_problems).
 """
 
 from __future__ import annotations

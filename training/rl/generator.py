@@ -204,7 +204,7 @@ def make_generator(
 def resolve_backend(name: str, device: str) -> str:
     """auto: vllm on a GPU where vllm imports, else hf; hf and vllm stand as they are."""
     if name == "auto":
-        from training.rl.vllm_generator import vllm_problem
+        from training.rl.rl_checks import vllm_problem
 
         return "vllm" if vllm_problem(device) is None else "hf"
     return name
@@ -240,57 +240,3 @@ def eval_beside_training(eval_cfg):
     )  # as composed: a literal `${` stays escaped
     out.generator.name = "hf"
     return out
-
-
-def eval_generator_problems(name: str, device: str, here: bool = True) -> list[str]:
-    """Start-up checks of eval.generator.name (the device already resolved: cuda or cpu); here:
-    also check this machine (a GPU visible, vllm installed)."""
-    if name not in {"auto", "hf", "vllm"}:
-        return [f"eval.generator.name={name!r}: use auto, hf or vllm"]
-    if name == "vllm":
-        from training.rl.vllm_generator import vllm_problem
-
-        if p := vllm_problem(device, here):
-            return [f"eval.generator.name=vllm: {p}"]
-    return []
-
-
-def impl_problems(cfg) -> list[str]:
-    """generator.impl: the fast impls are generator=hf's, and continuous batching cannot keep a
-    sharded engine's collective forwards in step (training/rl/continuous.py)."""
-    g, r = cfg.generator, cfg.rung
-    impl = g.get("impl", "eager")
-    if impl == "eager":
-        return []
-    if g.name != "hf":
-        return [f"generator.impl={impl} applies to generator=hf (it is {g.name}); use impl=eager"]
-    world = r.nodes * r.gpus_per_node
-    sharded = r.engine in {"fsdp2", "deepspeed_zero3"} and world > 1
-    if impl == "continuous" and sharded and g.placement == "colocated":
-        return [
-            f"generator.impl=continuous with rung.engine={r.engine}: its decoding thread cannot "
-            "keep the sharded weights' collective forwards in step across ranks; use "
-            "impl=static_compiled (synced forwards), or generator.placement=separate (generator "
-            "ranks hold a whole copy)"
-        ]
-    return []
-
-
-def generator_problems(cfg, here: bool = False) -> list[str]:
-    """Start-up checks (training/config/validate.py): a vLLM generator needs rung.device=cuda, and where
-    the job runs (here=True) a GPU and vllm installed."""
-    g = cfg.generator
-    problems = []
-    if g.name == "vllm":
-        from training.rl.vllm_generator import vllm_problem
-
-        if p := vllm_problem(cfg.rung.device, here):
-            problems.append(p)
-    problems += impl_problems(cfg)
-    if not 0 < g.top_p <= 1:
-        problems.append(f"generator.top_p={g.top_p} must be in (0, 1]")
-    if not g.temperature > 0:
-        problems.append(f"generator.temperature={g.temperature} must be positive")
-    if g.max_new_tokens < 1:
-        problems.append(f"generator.max_new_tokens={g.max_new_tokens} must be at least 1")
-    return problems

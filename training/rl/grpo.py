@@ -160,35 +160,3 @@ class GRPO:
     def take_token_stats(self) -> dict:
         a, self.acc = self.acc, self._zero_acc()
         return a
-
-
-def grpo_problems(cfg, layout=None, here: bool = False) -> list[str]:
-    """Start-up checks of a GRPO config (training/config/validate.py calls this); they never fix a value."""
-    r, problems = cfg.recipe, []
-    if r.num_generations < 2:
-        problems.append(
-            f"recipe.num_generations={r.num_generations}: GRPO compares the answers within a "
-            "prompt's group, so a group needs at least 2 (8 is usual)"
-        )
-    # prompts_per_step against the data-parallel size: training/config/validate.py, rl_batch_layout
-    if r.ppo_epochs < 1:
-        problems.append(f"recipe.ppo_epochs={r.ppo_epochs} must be at least 1")
-    for key in ("clip_low", "clip_high"):
-        if not 0 < r[key] < (1 if key == "clip_low" else float("inf")):
-            problems.append(
-                f"recipe.{key}={r[key]} must be in (0, {'1' if key == 'clip_low' else 'inf'})"
-            )
-    if not r.is_cap > 0:
-        problems.append(f"recipe.is_cap={r.is_cap} must be positive (a cap on the IS weight)")
-    if r.max_policy_lag < 0:
-        problems.append(f"recipe.max_policy_lag={r.max_policy_lag} must be 0 (synchronous) or more")
-    if not r.kl_beta >= 0:
-        problems.append(f"recipe.kl_beta={r.kl_beta} must be 0 (off) or positive")
-    if cfg.data.max_seq_len <= cfg.generator.max_new_tokens:
-        problems.append(
-            f"generator.max_new_tokens={cfg.generator.max_new_tokens} leaves no room for a prompt in "
-            f"data.max_seq_len={cfg.data.max_seq_len}"
-        )
-    from training.rl.generator import generator_problems
-
-    return problems + generator_problems(cfg, here)

@@ -27,83 +27,10 @@ import torch
 from training.common.safe_files import remove_path
 from training.run.checkpoint import load_state_file, save_state_file
 
-FULL_REPLICA_ENGINES = {"single", "ddp"}  # engines whose every rank holds the whole model
-SEPARATE_ENGINES = {"ddp", "fsdp2"}  # engines whose data parallelism runs over the learner group
-
 
 def behaviour_version(b: int, lag: int) -> int:
     """The policy version that generates rollout batch b (0-based) under max_policy_lag=lag."""
     return max(0, b - lag)
-
-
-def placement_problems(cfg, world_size: int | None = None, here: bool = False) -> list[str]:
-    """Start-up checks of generator.placement / generator.ranks and recipe.max_policy_lag
-    (training/config/validate.py calls this for every recipe); they never fix a value."""
-    from training.recipes.losses import is_rl
-
-    g, r, rc = cfg.generator, cfg.rung, cfg.recipe
-    world = world_size if world_size is not None else r.nodes * r.gpus_per_node
-    problems = []
-    rl = is_rl(rc.loss)
-    if g.placement == "colocated":
-        if g.ranks != 0:
-            problems.append(
-                f"generator.ranks={g.ranks} applies only to generator.placement=separate; "
-                "set generator.ranks=0, or generator.placement=separate"
-            )
-    else:
-        if not rl:
-            problems.append(
-                f"generator.placement=separate needs recipe=grpo (recipe.loss={rc.loss} "
-                "generates nothing); set generator.placement=colocated"
-            )
-        if not 1 <= g.ranks < world:
-            problems.append(
-                f"generator.placement=separate with generator.ranks={g.ranks} on a job of {world} "
-                "rank(s): at least 1 generator rank and at least 1 learner rank are needed "
-                f"(1 <= generator.ranks < {world})"
-            )
-        if r.engine.value not in SEPARATE_ENGINES:
-            problems.append(
-                f"generator.placement=separate trains on the learner ranks with rung.engine=ddp or "
-                f"fsdp2 (it is {r.engine.value}): DeepSpeed's groups are not limited to the learners yet"
-            )
-        if g.name != "hf":
-            problems.append(
-                f"generator.placement=separate generates with generator=hf (it is {g.name})"
-            )
-        if rl and rc.ppo_epochs != 1:
-            problems.append(
-                f"generator.placement=separate needs recipe.ppo_epochs=1 (it is {rc.ppo_epochs}): "
-                "the generators make one rollout batch per update"
-            )
-        if rl and rc.kl_beta > 0:
-            problems.append(
-                f"generator.placement=separate with recipe.kl_beta={rc.kl_beta}: the generator "
-                "ranks hold no reference model yet; use kl_beta=0 or placement=colocated"
-            )
-    if rl and rc.max_policy_lag > 0:
-        if rc.ppo_epochs != 1:
-            problems.append(
-                f"recipe.max_policy_lag={rc.max_policy_lag} needs recipe.ppo_epochs=1 (it is "
-                f"{rc.ppo_epochs}): a lagged batch's behaviour policy is a version, one batch per update"
-            )
-        if g.placement == "colocated" and r.engine.value not in FULL_REPLICA_ENGINES:
-            problems.append(
-                f"recipe.max_policy_lag={rc.max_policy_lag} with generator.placement=colocated keeps "
-                f"whole copies of past weights, which rung.engine={r.engine.value} shards; use single "
-                "or ddp"
-            )
-        if g.placement == "colocated" and g.name != "hf":
-            problems.append(
-                f"recipe.max_policy_lag={rc.max_policy_lag} with generator.placement=colocated "
-                f"generates past versions with generator=hf (it is {g.name})"
-            )
-    elif not rl and rc.get("max_policy_lag", 0) != 0:
-        problems.append(
-            f"recipe.max_policy_lag={rc.max_policy_lag} applies to recipe=grpo only; set it to 0"
-        )
-    return problems
 
 
 def wait_metrics(separate: bool, s: dict, gen_s: float, train_s: float, world: int) -> dict:

@@ -20,35 +20,17 @@ differ from each other: different kernels, different noise); keys=None decodes g
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import time
 
 import torch
 
 from training.common.errors import ConfigError
+from training.rl.rl_checks import vllm_problem
 
 # The prefixes wrappers add to parameter names, which a Hugging Face checkpoint (vLLM's load_weights
 # reads those names) does not have: activation checkpointing's wrapper and a DDP / DeepSpeed module.
 _WRAPPER_PREFIXES = ("_checkpoint_wrapped_module.", "_fsdp_wrapped_module.", "_orig_mod.")
-
-
-def vllm_problem(device: str, here: bool = True) -> str | None:
-    """Why vLLM cannot generate for a run on `device`, or None. here=False checks the config only
-    (`ladder plan` and `ladder launch` on a login node, which has no GPU and needs no vllm); the
-    process that runs the job checks this machine too."""
-    if device != "cuda":
-        return (
-            "generator=vllm runs vLLM on the GPUs, and this run has none "
-            f"(device={device}); use generator=hf on a CPU"
-        )
-    if here and not torch.cuda.is_available():
-        return "generator=vllm runs vLLM on the GPUs, and this machine has none visible; use generator=hf"
-    if here and importlib.util.find_spec("vllm") is None:
-        return (
-            "generator=vllm needs the vllm package (pip install vllm); generator=hf needs nothing"
-        )
-    return None
 
 
 def _free_port() -> int:

@@ -63,7 +63,6 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from training.common.errors import CheckpointError
@@ -168,7 +167,9 @@ def write_checkpoint(tmp: Path, step: int, tokenizer, state: dict, cfg: DictConf
     write_atomic(tmp / "ladder_meta.json", json.dumps(meta, indent=2) + "\n")
 
 
-PLAIN = (str, int, float, bool, type(None), torch.Tensor)
+# torch loads only where a state file is written or read: checking a checkpoint's manifest, which
+# `ladder leaderboard`, `compare` and `eval` do first, needs none of it.
+PLAIN = (str, int, float, bool, type(None))
 
 
 def plain_problem(obj, where: str = "") -> str | None:
@@ -183,9 +184,11 @@ def plain_problem(obj, where: str = "") -> str | None:
         else None
     )
     if items is None:
+        import torch
+
         return (
             None
-            if isinstance(obj, PLAIN)
+            if isinstance(obj, (*PLAIN, torch.Tensor))
             else f"{where or 'it'} is a {type(obj).__module__}.{type(obj).__qualname__}"
         )
     for k, v in items:
@@ -203,6 +206,8 @@ def save_state_file(state: dict, path: Path) -> None:
         raise TypeError(
             f"{path.name} may hold only tensors, numbers, strings, lists and dicts: {bad}"
         )
+    import torch
+
     with atomic_file(path) as f:
         torch.save(state, f)
 
@@ -211,6 +216,8 @@ def load_state_file(path: Path, hint: str = "") -> dict:
     """torch.load(weights_only=True) with no extra globals: tensors, numbers, strings, lists, dicts.
     A file holding anything else (an old format, or an object planted to run code when unpickled) is a
     CheckpointError naming the file; it is never unpickled. The file is opened with O_NOFOLLOW."""
+    import torch
+
     try:
         with open_nofollow(path) as f:
             return torch.load(f, map_location="cpu", weights_only=True)

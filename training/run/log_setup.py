@@ -54,13 +54,21 @@ def setup_logging(verbose: bool = False) -> None:
         logger.setLevel(logging.ERROR)
         # DeepSpeed resets its logger's level to INFO when it is imported; a filter survives that.
         logger.addFilter(_ErrorsOnly())
-    # Per-file progress bars from transformers and datasets drown the step log.
-    import datasets
-    import transformers
-
-    datasets.disable_progress_bars()
-    transformers.utils.logging.disable_progress_bar()
-    if verbose:
-        transformers.utils.logging.set_verbosity_info()
-    else:
-        transformers.utils.logging.set_verbosity_warning()
+    # Per-file progress bars from transformers, datasets and the hub drown the step log. Said
+    # through the libraries' own environment switches, read when they are imported: importing them
+    # here would cost a command that needs neither (`ladder config`) two seconds. Already imported
+    # (a caller in this process got there first), they are told directly.
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    level = "info" if verbose else "warning"
+    if verbose or "TRANSFORMERS_VERBOSITY" not in os.environ:
+        os.environ["TRANSFORMERS_VERBOSITY"] = level
+    if "datasets" in sys.modules:
+        sys.modules["datasets"].disable_progress_bars()
+    if "transformers" in sys.modules:
+        hf_logging = sys.modules["transformers"].utils.logging
+        hf_logging.disable_progress_bar()
+        if verbose:
+            hf_logging.set_verbosity_info()
+        else:
+            hf_logging.set_verbosity_warning()
