@@ -56,9 +56,39 @@ class EvalOnSave(Callback):
             self.trainer.record_eval(step, ckpt, result)
 
     def on_train_end(self, state: EndState, reason: str | None) -> None:
-        if state == "completed" and self.evaluator is not None:
+        if self.evaluator is None:
+            return
+        if state == "interrupted":  # Ctrl-C: nobody waits; `ladder eval --pending` runs them
+            self.collect_done(self.evaluator.hand_off(self.trainer.run_dir))
+        elif state == "completed":
+            self.say_what_is_awaited()
             self.trainer.callbacks.phase("waiting for the last evaluations", setup=True)
-            self.collect(wait=True)
+            try:
+                self.collect(wait=True)
+            except KeyboardInterrupt:  # training is complete: leave the rest to an eval job
+                from training.common.errors import Interrupted
+
+                run_dir = self.trainer.run_dir
+                self.collect_done(self.evaluator.hand_off(run_dir))
+                raise Interrupted(
+                    f"training completed; stopped waiting for its evaluations, which "
+                    f"`ladder eval --pending {run_dir}` runs",
+                    resumable=False,
+                ) from None
+
+    def say_what_is_awaited(self) -> None:
+        """The end of a run can wait minutes on evaluations: say which, where their logs are, and
+        how not to wait."""
+        steps = self.evaluator.pending_steps
+        if not steps or self.trainer.cfg.trainer.eval_handoff:
+            return
+        log.info(
+            "training done; waiting for the background evaluation of step(s) %s (logs: %s); "
+            "Ctrl-C stops waiting and leaves them to `ladder eval --pending %s`",
+            ", ".join(map(str, sorted(steps))),
+            self.trainer.run_dir / "eval_logs",
+            self.trainer.run_dir,
+        )
 
     def on_run_end(self, exit_code: int) -> None:
         if self.evaluator is not None:  # a failed run must not leave evaluations behind
@@ -72,6 +102,9 @@ class EvalOnSave(Callback):
             dones = self.evaluator.hand_off(self.trainer.run_dir)  # the launcher runs eval jobs
         else:
             dones = self.evaluator.drain() if wait else self.evaluator.poll()
+        self.collect_done(dones)
+
+    def collect_done(self, dones) -> None:
         for done in dones:
             if done.ok:
                 self.trainer.record_eval(done.step, done.checkpoint, done.result)

@@ -23,9 +23,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from launch.cli_args import add_ledger_overrides  # noqa: E402
 from training.common.errors import (  # noqa: E402
+    EXIT_INTERRUPTED,
     EXIT_REQUEUE,
     EXIT_USER_ERROR,
     ConfigError,
+    Interrupted,
     LadderError,
     Preempted,
 )
@@ -544,9 +546,16 @@ def _main(argv: list[str] | None = None) -> int:
     except Preempted as e:
         print(f"ladder {args.verb}: {e}", file=sys.stderr)
         return EXIT_REQUEUE
+    except Interrupted as e:  # Ctrl-C in a training run: checkpointed (once) and resumable
+        import shlex
+
+        again = shlex.join(["ladder", *(sys.argv[1:] if argv is None else argv)])
+        hint = f"\nresume with: {again}" if e.resumable else ""
+        print(f"ladder {args.verb}: {e}{hint}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except KeyboardInterrupt:
         print(f"ladder {args.verb}: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -184,6 +184,71 @@ def test_sigterm_checkpoints_exits_for_requeue_and_resumes(root, reference):
     assert read_heartbeat(root / "term")["state"] == "completed"
 
 
+def _wait_for_steps(metrics: Path, n: int, alive) -> None:
+    deadline = time.time() + 120
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= n):
+        assert alive() and time.time() < deadline
+        time.sleep(0.02)
+
+
+def test_ctrl_c_finishes_the_step_checkpoints_records_interrupted_and_exits_130(tmp_path):
+    """#28 item 7: the first Ctrl-C of `ladder train` loses no step (about 10 s: one tiny run)."""
+    import sqlite3
+
+    from conftest import FAST
+
+    over = [*FAST, f"trainer.run_root={tmp_path}", "trainer.run_name=ctrlc", "data.max_samples=400"]
+    over += ["trainer.max_steps=60", "trainer.save_every=100"]
+    ladder = Path(sys.executable).parent / "ladder"
+    proc = subprocess.Popen(
+        [str(ladder), "train", *over],
+        cwd=tmp_path,
+        env=env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    _wait_for_steps(tmp_path / "ctrlc" / "metrics.jsonl", 2, lambda: proc.poll() is None)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    hb = read_heartbeat(tmp_path / "ctrlc")
+    stopped = hb["last_checkpoint_step"]
+    assert hb["state"] == "interrupted" and hb["step"] == stopped < 60, hb
+    assert latest_checkpoint(tmp_path / "ctrlc").name == f"step_{stopped:06d}"
+    assert f"interrupted by Ctrl-C after step {stopped} of 60" in err
+    assert "resume with: ladder train rung=tiny" in err and "KeyboardInterrupt" not in err
+    with sqlite3.connect(tmp_path / "ladder.db") as db:  # the direct run's ledger record
+        assert db.execute("SELECT state FROM jobs").fetchall() == [("interrupted",)]
+
+
+def test_a_second_ctrl_c_stops_at_once_without_a_checkpoint(tmp_path, monkeypatch):
+    """In process, with step 2 hung (LADDER_FAULT): the first Ctrl-C waits for the step, which
+    never ends, and the second stops it there."""
+    import threading
+
+    from conftest import FAST
+
+    from launch.cli import main
+
+    monkeypatch.setenv("LADDER_FAULT", "hang_at:2")
+    run_dir = tmp_path / "twice"
+
+    def press_twice():
+        _wait_for_steps(run_dir / "metrics.jsonl", 1, lambda: True)
+        for _ in range(2):
+            time.sleep(0.3)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=press_twice, daemon=True).start()
+    over = [*FAST, f"trainer.run_root={tmp_path}", "trainer.run_name=twice", "data.max_samples=400"]
+    assert main(["train", *over, "trainer.max_steps=5", "trainer.save_every=100"]) == 130
+    hb = read_heartbeat(run_dir)
+    assert hb["state"] == "interrupted" and "second Ctrl-C" in hb["reason"], hb
+    assert latest_checkpoint(run_dir) is None  # stopped inside step 2: nothing saved
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers put back
+
+
 def test_half_written_checkpoint_is_never_resumed(root, reference):
     over = run_overrides(root, "halfsave", STEPS, save_every=2)
     died = run(single_cmd(over), env=env(LADDER_FAULT="kill_in_save:6"))

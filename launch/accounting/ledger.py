@@ -53,7 +53,7 @@ from training.common.store_url import parse_store_url
 from training.run.heartbeat import process_start, read_heartbeat  # noqa: F401  (process_start: here too)
 
 ACTIVE = ("pending", "running")  # planned hours still count against the budget
-FINAL = ("completed", "failed", "preempted", "cancelled")
+FINAL = ("completed", "failed", "preempted", "interrupted", "cancelled")  # interrupted: Ctrl-C
 STATES = ACTIVE + FINAL
 # Heartbeats are written on the compute nodes, sacct's times by the controller: allow for clocks
 # a little apart when deciding whether a heartbeat belongs to this job.
@@ -502,7 +502,7 @@ class Ledger(Store):
     def waste_hours(state: str, used: float, hb: dict | None, started: float, gpus: int) -> float:
         if state == "cancelled":
             return used
-        if state not in ("failed", "preempted"):
+        if state not in ("failed", "preempted", "interrupted"):
             return 0.0
         ckpt_at = (hb or {}).get("last_checkpoint_at")
         if hb is None or ckpt_at is None or ckpt_at < started:

@@ -35,7 +35,7 @@ from launch.accounting.ledger import ACTIVE, Ledger, process_start, this_host
 from training.run.heartbeat import read_heartbeat
 
 LOCAL = ("local", "direct")  # jobs whose process runs on the host that recorded it
-HEARTBEAT_FINAL = ("completed", "failed", "preempted")
+HEARTBEAT_FINAL = ("completed", "failed", "preempted", "interrupted")
 UNCLAIMED_LEASE_S = 3600.0  # a pending local job recorded with no process (an older Ladder)
 REOPEN_S = 7 * 86400.0  # a failed job is looked at again this long, in case its run went on
 RELEASED = "released: no live process"  # the reasons reconcile writes start with this

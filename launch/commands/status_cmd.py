@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 from launch.accounting.ledger import ACTIVE, Ledger
-from launch.accounting.reconcile import LOCAL, pid_here, reconcile
+from launch.accounting.reconcile import HEARTBEAT_FINAL, LOCAL, pid_here, reconcile
 from launch.console import make_console, num, safe_text
 from training.common.errors import ConfigError
 from training.run.heartbeat import read_heartbeat
@@ -79,7 +79,7 @@ def refresh(ledger: Ledger, jobs: list[dict]) -> list[dict]:
         s = states.get(j["external_id"])
         if s is None:
             hb = read_heartbeat(Path(j["run_dir"])) or {}
-            if hb.get("state") in ("completed", "failed", "preempted") or j["state"] == "running":
+            if hb.get("state") in HEARTBEAT_FINAL or j["state"] == "running":
                 ledger.finish_from_heartbeat(
                     j["id"]
                 )  # SLURM has forgotten it: the heartbeat is all there is
@@ -244,6 +244,7 @@ def render(table_rows: list[dict], title: str) -> None:
         "pending": "yellow",
         "failed": "red",
         "preempted": "magenta",
+        "interrupted": "magenta",
         "cancelled": "dim",
     }
     t = Table(title=title, title_justify="left")
@@ -289,7 +290,7 @@ def render(table_rows: list[dict], title: str) -> None:
                 f"time at step {safe_text(r['step'])}"
             )
     for r in table_rows:
-        if r["state"] in ("failed", "cancelled", "preempted") and r["reason"]:
+        if r["state"] in ("failed", "cancelled", "preempted", "interrupted") and r["reason"]:
             from rich.text import Text  # not markup; control characters still shown escaped
 
             console.print(

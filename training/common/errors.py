@@ -33,6 +33,17 @@ class Preempted(Exception):
     """SIGTERM or SIGUSR1 arrived; the run checkpointed and should be requeued (exit status 75)."""
 
 
+class Interrupted(Exception):
+    """Ctrl-C (SIGINT): the run stopped, checkpointed unless it was a second Ctrl-C (exit status
+    130, as a shell reports SIGINT). resumable: the same command continues it (not after a
+    completed run's wait for evaluations)."""
+
+    def __init__(self, message: str, resumable: bool = True):
+        super().__init__(message)
+        self.resumable = resumable
+
+
 EXIT_USER_ERROR = 2
 EXIT_REQUEUE = 75  # EX_TEMPFAIL: the launcher requeues the job; it resumes from its checkpoint
+EXIT_INTERRUPTED = 130  # 128 + SIGINT
 EXIT_HUNG = 124  # a step exceeded trainer.step_timeout_s

@@ -41,7 +41,14 @@ def run_train(train, overrides: list[str]) -> int:
 
 
 def main(train, argv: list[str] | None = None) -> int:
-    from training.common.errors import EXIT_REQUEUE, EXIT_USER_ERROR, LadderError, Preempted
+    from training.common.errors import (
+        EXIT_INTERRUPTED,
+        EXIT_REQUEUE,
+        EXIT_USER_ERROR,
+        Interrupted,
+        LadderError,
+        Preempted,
+    )
     from training.run.log_setup import setup_logging
 
     argv = sys.argv[1:] if argv is None else argv
@@ -54,6 +61,9 @@ def main(train, argv: list[str] | None = None) -> int:
     except Preempted as e:
         print(f"ladder train: {e}", file=sys.stderr)
         return EXIT_REQUEUE
+    except Interrupted as e:
+        print(f"ladder train: {e}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except KeyboardInterrupt:
         print("ladder train: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED

@@ -2,7 +2,7 @@
 
 Launchers and the ledger read it to learn a job's progress and the device-hours it used; the
 trainer knows nothing about them. Fields:
-  state            running | completed | failed | preempted
+  state            running | completed | failed | preempted | interrupted (Ctrl-C)
   step, max_steps, loss, mfu
   started_at, updated_at   unix seconds
   devices          processes x devices in the job (world size)

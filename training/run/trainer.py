@@ -8,8 +8,9 @@
 It validates the config, builds the tokenizer, model and batches (a Recipe and its BatchSource:
 training/recipes/protocol.py), wraps the model in the engine the rung names, resumes from the last
 complete checkpoint (trainer.resume=auto), trains and checkpoints atomically. On SIGTERM or SIGUSR1
-it finishes the step, checkpoints and exits with status 75 (requeue). It knows nothing of
-clusters or schedulers.
+it finishes the step, checkpoints and exits with status 75 (requeue); on Ctrl-C the same, as
+interrupted, with status 130 and how to resume, and a second Ctrl-C stops at once
+(training/run/stop_signals.py). It knows nothing of clusters or schedulers.
 
 Everything else hooks into the loop as a callback (training/run/callbacks/): metrics.jsonl, W&B,
 the heartbeat, the progress bar and the step watchdog by default, and evaluating each checkpoint
@@ -29,7 +30,6 @@ import math
 import os
 import random
 import resource
-import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -41,7 +41,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from transformers import get_scheduler
 
-from training.common.errors import Preempted, TrainingError
+from training.common.errors import Interrupted, Preempted, TrainingError
 from training.common.safe_files import fresh_dir
 from training.common.seeds import seed_everything
 from training.config.config_diff import (
@@ -84,6 +84,7 @@ from training.run.run_files import (
     open_run_dir,
     remove_if_unstarted,
 )
+from training.run.stop_signals import StopSignals
 
 log = logging.getLogger("ladder.train")
 
@@ -191,7 +192,7 @@ class Trainer:
         self.reference_pass: dict | None = None  # set by recipes with a reference pass (DPO)
         t, r = self.cfg.trainer, self.cfg.rung
         self.save_initial = r.save_initial if t.save_initial is None else t.save_initial
-        self.stop_signal: str | None = None
+        self.signals = StopSignals(main=self.world.main)  # SIGTERM, SIGUSR1, Ctrl-C
         self.result = RunResult(run_dir=self.run_dir)  # filled as the run goes
         self.callbacks = Callbacks([*default_callbacks(), *callbacks], main=self.world.main)
         self.callbacks.attach(self)
@@ -317,8 +318,7 @@ class Trainer:
         if self.world.main:
             self.log_layout()
         self.callbacks.run_start()  # metrics.jsonl, W&B, heartbeat, progress, eval on save
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
-            signal.signal(sig, self.on_signal)
+        self.signals.install()
 
     def log_layout(self) -> None:
         """The start-up line: the engine, the world and the batch."""
@@ -356,8 +356,14 @@ class Trainer:
                 effective_lr(self.cfg),
             )
 
-    def on_signal(self, signum, _frame) -> None:
-        self.stop_signal = signal.Signals(signum).name  # acted on after the current step
+    @property
+    def stop_signal(self) -> str | None:
+        """The signal that stops the run after the current step (training/run/stop_signals.py)."""
+        return self.signals.name
+
+    @stop_signal.setter
+    def stop_signal(self, name: str | None) -> None:
+        self.signals.name = name
 
     # ---- one optimizer step ------------------------------------------------------------
     def micro_batches(self, step: int) -> list[dict]:
@@ -565,6 +571,7 @@ class Trainer:
         try:
             return self._run()
         finally:  # however the run ended (refused in set-up, finished, failed): its callbacks end with it
+            self.signals.restore()
             self.callbacks.run_end(self.exit_code)
 
     def _run(self) -> RunResult:
@@ -597,6 +604,12 @@ class Trainer:
                 stop = distributed.any_rank(self.stop_signal is not None, self.device)
                 if step % t.save_every == 0 or step == t.max_steps or stop:
                     self.save(step)
+                if stop and step < t.max_steps and self.signals.interrupted:
+                    self.callbacks.train_end("interrupted", f"Ctrl-C after step {step}")
+                    raise Interrupted(
+                        f"interrupted by Ctrl-C after step {step} of {t.max_steps}; checkpointed "
+                        f"in {self.run_dir}; the same command resumes from step {step}"
+                    )
                 if stop and step < t.max_steps:
                     self.callbacks.train_end(
                         "preempted", f"{self.stop_signal or 'signal'} at step {step}"
@@ -606,14 +619,25 @@ class Trainer:
                         f"{step}; checkpointed, resume with the same command"
                     )
             self.exit_code = 0
+            self.signals.allow_ctrl_c()  # what is left (waiting for evaluations) stops at once
             if main:  # completed first: the job's hours end with training, not with its evaluations
                 self.callbacks.phase("finishing the run", setup=True)
                 self.callbacks.train_end("completed")  # the eval callback waits for the rest
-        except Preempted:
+        except (Preempted, Interrupted):
             self.exit_code = 0
             raise
+        except KeyboardInterrupt:  # a second Ctrl-C: stopped at once, in the middle of a step
+            if self.exit_code == 0:  # an interrupted wait for evals leaves the training completed
+                raise
+            last = latest_checkpoint(self.run_dir)
+            since = f"since {last.name}" if last is not None else "since the start"
+            self.callbacks.train_end("interrupted", f"a second Ctrl-C: stopped at once {since}")
+            raise Interrupted(
+                f"stopped at once by a second Ctrl-C; the steps {since} are lost; the same "
+                f"command resumes from {last.name if last is not None else 'the start'}"
+            ) from None
         except BaseException as e:
-            if self.exit_code != 0:  # an interrupted wait for evals leaves the training completed
+            if self.exit_code != 0:
                 self.callbacks.train_end("failed", f"{type(e).__name__}: {e}"[:500])
             raise
         finally:

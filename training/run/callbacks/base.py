@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-EndState = Literal["completed", "preempted", "failed"]
+EndState = Literal["completed", "preempted", "interrupted", "failed"]
 
 
 class Callback:
@@ -51,12 +51,13 @@ class Callback:
 
     def on_train_end(self, state: EndState, reason: str | None) -> None:
         """Training stopped: completed (before the last evaluations are waited for), preempted
-        (checkpointed, to be resumed) or failed (an error, or a hang)."""
+        (checkpointed, to be resumed), interrupted (Ctrl-C: checkpointed unless pressed twice) or
+        failed (an error, or a hang)."""
 
     def on_run_end(self, exit_code: int) -> None:
         """The last hook, however the run ended, also when set-up refused it or failed before
-        on_run_start: release what the callback holds. exit_code is 0 for a completed or
-        preempted run."""
+        on_run_start: release what the callback holds. exit_code is 0 for a completed,
+        preempted or interrupted run."""
 
 
 class Callbacks:
