@@ -69,9 +69,17 @@ def two_groups(tiny):
 
 
 def make_batch(
-    recipe, inputs, answers, rewards, old_shift=0.0, ref_shift=None, first_pass=True, model=None
+    recipe,
+    inputs,
+    answers,
+    rewards,
+    old_shift=0.0,
+    ref_shift=None,
+    first_pass=True,
+    model=None,
+    rows=False,
 ):
-    b = pack(inputs, answers)
+    b = pack(inputs, answers, rows=rows)
     adv, flat = group_advantages(rewards, recipe.name)
     w = torch.ones_like(rewards)
     if recipe.name == "dapo" and not bool(flat.all()):
@@ -282,6 +290,32 @@ def test_gradient_is_the_same_whatever_the_accumulation(tiny, two_groups, name):
     assert torch.allclose(whole, split, atol=1e-7, rtol=1e-5)
     assert float(whole.abs().max()) > 0
     model.zero_grad()
+
+
+@pytest.mark.parametrize("name", ["grpo", "dr_grpo", "dapo"])
+def test_padded_rows_give_the_packed_rows_loss_and_gradient(tiny, two_groups, name):
+    """Answers in padded rows (SDPA's layout, rollouts.rows_layout) or packed in one row: the same
+    loss, gradient and token statistics, to float32 rounding (another summation order, so not bit
+    for bit), with the clipped ratio, KL and DAPO's dropped group all acting."""
+    _, model = tiny
+    inputs, answers, _ = two_groups
+    rewards = torch.tensor([[1.0, 0.0], [1.0, 1.0]])  # DAPO drops the second group
+    out = {}
+    for rows in (False, True):
+        recipe = recipe_for(name, kl_beta=0.05)
+        b = make_batch(recipe, inputs, answers, rewards, 0.8, 0.3, False, model, rows=rows)
+        model.zero_grad()
+        loss, _ = recipe.loss_sum(model, b)
+        loss.backward()
+        grad = torch.cat([p.grad.flatten() for p in model.parameters()])
+        out[rows] = (float(loss), grad, recipe.take_token_stats())
+    model.zero_grad()
+    assert out[True][1].abs().max() > 0
+    assert out[True][0] == pytest.approx(out[False][0], rel=1e-6, abs=1e-7)
+    grad_rows, grad_packed = out[True][1], out[False][1]
+    assert float((grad_rows - grad_packed).norm() / grad_packed.norm()) < 1e-6
+    for k, v in out[False][2].items():
+        assert out[True][2][k] == pytest.approx(v, rel=1e-6, abs=1e-6), k
 
 
 def test_group_advantages():

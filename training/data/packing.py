@@ -7,6 +7,12 @@ Position ids restart at 0 at each document. Given position ids and no attention 
 transformers builds a block-diagonal causal mask (SDPA, eager) or varlen cu_seqlens
 (FlashAttention 2), so no token attends across documents.
 
+collate_rows puts each document in a row of its own instead, right-padded to the longest: under
+SDPA or eager attention the packed row's block-diagonal mask is quadratic in the micro-batch's
+length (T x T over all its documents), where rows cost each document its own L x L, causal only
+(a padded key always sits after every real query of its row, so no mask is built at all).
+RL micro-batches of many short answers use it on those kernels (training/rl/rollouts.py).
+
 The order of micro-batches is a function of (seed, global micro-batch index) only, never
 of the rank or the world size: step s of any run uses micro-batches
 [s * M, (s + 1) * M) where M = micro-batches per step across all ranks.
@@ -19,6 +25,8 @@ from bisect import bisect_right
 import torch
 
 from training.common.seeds import data_order_seed
+
+IGNORE = -100  # the label of tokens that are not trained (training.data.chat_data.IGNORE)
 
 
 class PackedStream:
@@ -102,4 +110,24 @@ def collate(docs: list[tuple[list[int], list[int]]]) -> dict:
         "labels": torch.tensor([labels], dtype=torch.long),
         "position_ids": torch.tensor([pos], dtype=torch.long),
         "doc_lens": [len(d[0]) for d in docs],
+    }
+
+
+def collate_rows(docs: list[tuple[list[int], list[int]]], pad_id: int = 0) -> dict:
+    """One document per row, right-padded: input_ids, labels, position_ids [n, L], doc_lens and
+    `real` [n, L] (the documents' own tokens, row after row: the packed row's order).
+    Padding is never labelled, and under causal attention no real token sees it."""
+    width = max(len(d[0]) for d in docs)
+    ids = torch.full((len(docs), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(docs), width), IGNORE, dtype=torch.long)
+    for i, (x, y) in enumerate(docs):
+        ids[i, : len(x)] = torch.tensor(x, dtype=torch.long)
+        labels[i, : len(y)] = torch.tensor(y, dtype=torch.long)
+    lens = [len(d[0]) for d in docs]
+    return {
+        "input_ids": ids,
+        "labels": labels,
+        "position_ids": torch.arange(width).expand(len(docs), width).contiguous(),
+        "doc_lens": lens,
+        "real": torch.arange(width)[None, :] < torch.tensor(lens)[:, None],
     }

@@ -144,10 +144,16 @@ def token_logps(
     model, batch: dict, chunk_tokens: int = 1024, summed: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token log-probabilities of the labels (0 where ignored), flat, and the trained-token mask.
+    A batch of padded rows (a `real` mask) gives its documents' tokens only, in packed-row order.
     summed=True promises that the loss weighs every trained token's log-prob alike (a sum or a mean)."""
     labels = batch["labels"]
     with head_returns_logps(model, labels, chunk_tokens, summed):
         out = model(
             input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False
         )
-    return out.logits.reshape(-1), labels.reshape(-1) != IGNORE
+    logp, mask = out.logits.reshape(-1), labels.reshape(-1) != IGNORE
+    real = batch.get("real")
+    if real is not None:  # one document per padded row (packing.collate_rows): the packed order
+        keep = real.reshape(-1)
+        return logp[keep], mask[keep]
+    return logp, mask
