@@ -104,7 +104,11 @@ def sweep(trained_run):
         trained_run.checkpoints[0], root, "lrs-a", **{"sweep.name": "lrs", "optim.lr": 0.003}
     )
     b = copy_as_run(
-        trained_run.checkpoints[-1], root, "lrs-b", **{"sweep.name": "lrs", "optim.lr": 0.001}
+        trained_run.checkpoints[-1],
+        root,
+        "lrs-b",
+        # a long value, as a real path is: the config-differences table must not overflow
+        **{"sweep.name": "lrs", "optim.lr": 0.001, "tracker.project": "p-" + "x" * 180},
     )
     for ckpt in (a, b):  # runs register their checkpoints as they evaluate them
         evaluate_checkpoint(ckpt, cfg.eval)
@@ -140,12 +144,12 @@ def test_compare_a_sweep_writes_an_offline_html_report(report):
         "Config differences",
         "optim.lr",
         "trainer.run_name",
-        "training and held-out loss vs step",
+        "SFT runs: loss",
     ):
         assert title in html, title
-    assert (
-        "<td>lr=0.003</td>" in html and "<td>lr=0.001</td>" in html
-    )  # each point labelled by what it tried
+    # each point labelled by what it tried, each key with its node
+    assert "<td>optim.lr=0.003</td>" in html and "<td>optim.lr=0.001</td>" in html
+    assert f"<td>p-{'x' * 180}</td>" in html  # in the config differences, wrapped
     # lrs-a is the untrained step 0 and lrs-b the trained step 150: examples flip from wrong to right
     flipped = re.search(
         r"lrs-b@150 against lrs-a@0: (\d+) example\(s\) flipped better, (\d+) worse", html
@@ -228,6 +232,23 @@ def test_html_report_renders_in_headless_chromium(report, tmp_path):
         timeout=120,
         check=True,
     )
+    # the page fits a 1,400-pixel window: a script added to a copy reports the widest element
+    probe = tmp_path / "probe.html"
+    probe.write_text(
+        html_file.read_text().replace(
+            "</body>",
+            "<script>document.body.dataset.overflow = String(document.documentElement.scrollWidth"
+            " > window.innerWidth)</script></body>",
+        )
+    )
+    probed = subprocess.run(
+        [*chrome, "--window-size=1400,900", "--dump-dom", probe.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+    assert 'data-overflow="false"' in probed, re.findall(r"data-overflow=\"\w+\"", probed)
     dom = subprocess.run(
         [*chrome, "--dump-dom", html_file.as_uri()],
         capture_output=True,

@@ -10,7 +10,9 @@ evals/store/registry.py), and the project's score over time (every checkpoint in
 scored with the same settings, by save time, with the best-so-far line), the task settings
 (generation, prompt format), and the examples that flipped between the baseline and each
 candidate. Also: each checkpoint labelled with the settings its run tried (`lr=0.001`), the
-training and held-out loss curves of the compared runs, and the config keys on which they differ.
+training curves of the compared runs, one figure per recipe with the metrics the recipe declares
+(SFT's loss, DPO's margin and accuracy, GRPO's reward) and the held-out loss, and the config keys
+on which they differ.
 PNGs are base64 data URIs, so the file needs no network and no other file.
 """
 
@@ -37,6 +39,8 @@ th:first-child, td:first-child { text-align: left; }
 tr.avg td { font-weight: bold; border-top: 2px solid #888; }
 .up { color: #067d17; font-weight: bold; } .down { color: #b00020; font-weight: bold; }
 img { max-width: 100%; border: 1px solid #eee; }
+.scroll { overflow-x: auto; max-width: 100%; }
+td { overflow-wrap: anywhere; max-width: 36em; }
 code, pre { background: #f6f6f6; font-size: 12px; }
 """
 
@@ -195,56 +199,96 @@ MAX_FLIPS = 40  # example rows shown per task and checkpoint; the counts are alw
 
 
 def swept_settings(c: Comparison) -> list[str]:
-    """Per entry, the settings on which the compared runs differ ("lr=0.001, seed=2"): a sweep
-    point's name says nothing, its settings say what it tried."""
+    """Per entry, the settings on which the compared runs differ ("optim.lr=0.001, seed=2"): a
+    sweep point's name says nothing, its settings say what it tried. Keys keep their node
+    (`data.name=reverse`, not `name=reverse`): a bare leaf is ambiguous across nodes."""
     differ, flats = config_diff(c)
     keys = [k for k in differ if not k.startswith(NOT_SETTINGS)]
-    return [", ".join(f"{k.rsplit('.', 1)[-1]}={f.get(k, '—')}" for k in keys) for f in flats]
+    return [", ".join(f"{k}={f.get(k, '—')}" for k in keys) for f in flats]
 
 
-def loss_figure(c: Comparison) -> str | None:
-    """Training loss (metrics.jsonl) and held-out loss (the built-in task's, from each checkpoint's
-    eval results on disk) against step, one line per compared run."""
+def _recipe(run_dir: Path) -> tuple[str, str]:
+    """(recipe name, loss) a run trained with, from its config.yaml; ("sft", "sft") if unknown."""
+    f = Path(run_dir) / "config.yaml"
+    try:
+        cfg = OmegaConf.load(f) if f.exists() else None
+        name, loss = OmegaConf.select(cfg, "recipe.name"), OmegaConf.select(cfg, "recipe.loss")
+    except Exception:  # an unreadable config: the run still gets its curves
+        name = loss = None
+    loss = str(loss) if loss else "sft"
+    return (str(name) if name else loss), loss
+
+
+def _heldout(run_dir: Path) -> list[tuple[int, float]]:
+    held = []
+    for f in sorted(Path(run_dir).glob("checkpoints/step_*/eval/*.json")):
+        tasks = json.loads(f.read_text()).get("tasks", {})
+        losses = [t["heldout_loss"] for t in tasks.values() if t.get("heldout_loss") is not None]
+        if losses:
+            held.append((int(f.parent.parent.name.split("_")[1]), losses[0]))
+    return sorted(held)
+
+
+def training_figures(runs: list[Path]) -> list[tuple[str, str]]:
+    """Per recipe among the runs, one PNG of its headline metrics against step (metrics.jsonl),
+    and the held-out loss where the checkpoints have one: SFT's loss, DPO's loss, margin and
+    accuracy, GRPO's reward, KL, length and generation share. A DPO or GRPO loss never shares an
+    axis with SFT's, which measures something else. Each recipe declares its headline metrics
+    (training/recipes/headline.py); this draws what it declares. Returns (title, base64 PNG)."""
     import matplotlib
 
+    from training.recipes.losses import loss_spec
+    from training.recipes.registry import recipe_class
     from training.run.metrics import read_metrics
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax_train, ax_held) = plt.subplots(1, 2, figsize=(12, 4))
-    drew = False
-    for run_dir in run_dirs(c):
+    families: dict[str, list[tuple[Path, str, list[dict]]]] = {}
+    names: dict[str, str] = {}
+    for run_dir in runs:
+        name, loss = _recipe(run_dir)
+        try:
+            family = loss_spec(loss).family
+        except Exception:  # a loss this version does not know: draw it as its own recipe
+            family = loss
         metrics = Path(run_dir) / "metrics.jsonl"
-        if metrics.exists():
-            rows = read_metrics(metrics)
-            ax_train.plot(
-                [r["step"] for r in rows], [r["loss"] for r in rows], label=Path(run_dir).name
-            )
-            drew = True
-        held = []
-        for f in sorted(Path(run_dir).glob("checkpoints/step_*/eval/*.json")):
-            tasks = json.loads(f.read_text()).get("tasks", {})
-            losses = [
-                t["heldout_loss"] for t in tasks.values() if t.get("heldout_loss") is not None
-            ]
-            if losses:
-                held.append((int(f.parent.parent.name.split("_")[1]), losses[0]))
-        if held:
-            held.sort()
-            ax_held.plot(
-                [s for s, _ in held], [v for _, v in held], marker="o", label=Path(run_dir).name
-            )
-            drew = True
-    if not drew:
-        plt.close(fig)
-        return None
-    for ax, title in (
-        (ax_train, "training loss vs step"),
-        (ax_held, "held-out loss vs step (checkpoints on disk)"),
-    ):
-        _label(ax, title, "step", "loss per trained token")
-    return _png(fig)
+        rows = read_metrics(metrics) if metrics.exists() else []
+        families.setdefault(family, []).append((Path(run_dir), loss, rows))
+        names.setdefault(family, name)
+    out = []
+    for family, members in families.items():
+        try:
+            headline = recipe_class(members[0][1]).headline
+        except Exception:
+            headline = recipe_class("sft").headline
+        panels = [
+            (h, f"{h.label} vs step ({h.key})", h.key)
+            for h in headline
+            if any(h.read(r) is not None for _, _, rows in members for r in rows)
+        ]
+        held = [(run_dir, _heldout(run_dir)) for run_dir, _, _ in members]
+        n = len(panels) + (1 if any(pts for _, pts in held) else 0)
+        if n == 0:
+            continue
+        fig, axes = plt.subplots(1, n, figsize=(max(6, 4.2 * n), 3.8), squeeze=False)
+        for ax, (h, title, ylabel) in zip(axes[0], panels):
+            for run_dir, _, rows in members:
+                pts = [(r["step"], h.read(r)) for r in rows if h.read(r) is not None]
+                if pts:
+                    ax.plot([s for s, _ in pts], [v for _, v in pts], label=run_dir.name)
+            _label(ax, title, "step", ylabel)
+        if len(panels) < n:
+            ax = axes[0][-1]
+            for run_dir, pts in held:
+                if pts:
+                    ax.plot(
+                        [s for s, _ in pts], [v for _, v in pts], marker="o", label=run_dir.name
+                    )
+            _label(ax, "held-out loss vs step (checkpoints on disk)", "step", "loss per token")
+        title = f"{names[family].upper()} runs: {', '.join(h.label for h, _, _ in panels)}"
+        out.append((title, _png(fig)))
+    return out
 
 
 def flips(c: Comparison, task: str) -> list[tuple[str, list[dict], int, int]]:
@@ -318,20 +362,22 @@ def report_html(c: Comparison, eval_cfg: DictConfig, registry: Registry) -> str:
         f"Registry: <code>{esc(str(registry.path))}</code>. Generated {datetime.now():%Y-%m-%d %H:%M}.</p>",
         "<h2>Scores</h2>",
         _comparison_table(c),
-        "<h2>Checkpoints</h2><table><tr><th>label</th><th>settings that differ</th><th>checkpoint</th>"
-        "<th>step</th><th>content hash</th></tr>"
+        "<h2>Checkpoints</h2><div class='scroll'><table><tr><th>label</th>"
+        "<th>settings that differ</th><th>checkpoint</th><th>step</th><th>content hash</th></tr>"
         + "".join(
             f"<tr><td>{esc(e.label)}</td><td>{esc(setting)}</td><td>{esc(str(e.checkpoint))}</td>"
             f"<td>{e.result['step']}</td><td><code>{e.result['content_hash'][:16]}</code></td></tr>"
             for e, setting in zip(c.entries, swept_settings(c))
         )
-        + "</table>",
+        + "</table></div>",
     ]
-    losses = loss_figure(c)
-    if losses:
+    figures = training_figures(run_dirs(c))
+    if figures:
+        parts.append("<h2>Training</h2>")
+    for title, png in figures:
         parts.append(
-            '<h2>Loss</h2><img alt="training and held-out loss vs step" '
-            f'src="data:image/png;base64,{losses}">'
+            f'<h3>{esc(title)}</h3><img alt="{esc(title)}: training metrics and held-out loss vs '
+            f'step" src="data:image/png;base64,{png}">'
         )
     for task in c.tasks:
         metric = c.metrics[task]
@@ -355,7 +401,7 @@ def report_html(c: Comparison, eval_cfg: DictConfig, registry: Registry) -> str:
             + "</tr>"
             for k in differ
         )
-        parts.append(f"<table><tr><th>key</th>{head}</tr>{rows}</table>")
+        parts.append(f"<div class='scroll'><table><tr><th>key</th>{head}</tr>{rows}</table></div>")
     else:
         parts.append("<p>The compared checkpoints come from runs with identical configs.</p>")
     return (

@@ -165,6 +165,19 @@ class DPO:
         return losses.sum(), stats
 
 
+def recipe_class(loss: str) -> type:
+    """The recipe class a loss trains with, for what it declares (its `headline` metrics) without
+    building it: the compare report draws each recipe's headline curves."""
+    family = loss_spec(loss).family
+    if family == "sft":
+        return SFT
+    if family == "rl":
+        from training.rl.grpo import GRPO
+
+        return GRPO
+    return DPO
+
+
 def make_recipe(cfg) -> Recipe:
     r = cfg.recipe
     chunk = cfg.trainer.loss_chunk_tokens
