@@ -140,3 +140,7 @@ def test_budget_report_numbers(tmp_path):
         "$40.0",
     ]
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the legend says what the hours are: eval jobs on any launcher, CPU rungs' hours not GPUs'
+    legend = " ".join(proc.stdout.split())
+    assert "SLURM eval jobs" not in legend and "--pending` on any launcher" in legend
+    assert "process-hours for the CPU rungs" in legend

@@ -274,7 +274,7 @@ class BudgetRow:
     jobs: int
     used: float
     eval_used: (
-        float  # of `used`, the hours of eval jobs (kind eval: `ladder eval ... launcher=slurm`)
+        float  # of `used`, the hours of eval jobs (kind eval: on SLURM or handed off locally)
     )
     running: float  # planned hours of jobs still pending or running
     wasted: float
@@ -397,7 +397,7 @@ def render_report(rows: list[BudgetRow], ledger_path: Path | str, console=None) 
     from rich.table import Table
 
     console = console or make_console()
-    table = Table(title="GPU-hours by team and period", title_justify="left")
+    table = Table(title="Device-hours (GPU-hours on GPUs) by team and period", title_justify="left")
     for col in (
         "team",
         "period",
@@ -444,8 +444,9 @@ def render_report(rows: list[BudgetRow], ledger_path: Path | str, console=None) 
         f"ledger: {safe_text(ledger_path)}\n"
         "committed: hours used by finished jobs + max(planned, used) of running ones, over allocated\n"
         "useful: used x measured MFU (jobs without a measured MFU count 0)\n"
-        "eval: of the used hours, those of SLURM eval jobs (`ladder eval ... launcher=slurm`), "
-        "charged to the same team",
+        "eval: of the used hours, those of eval jobs (kind eval: `ladder eval ... launcher=slurm` and "
+        "`ladder eval --pending` on any launcher), charged to the same team\n"
+        "hours are device-hours: GPU-hours for jobs on GPUs, process-hours for the CPU rungs",
         style="dim",
     )
 
@@ -477,7 +478,7 @@ def plot_report(rows: list[BudgetRow], path: str | Path) -> Path:
     for i, r in enumerate(rows):
         if r.allocated is not None:
             ax.plot([r.allocated, r.allocated], [i - 0.4, i + 0.4], color="black", lw=1.5)
-    ax.set_xlabel("GPU-hours (black line: allocation)")
+    ax.set_xlabel("device-hours: GPU-hours, or process-hours on CPU rungs (black line: allocation)")
     ax.invert_yaxis()
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
     ax.set_title("GPU-hour budgets")
