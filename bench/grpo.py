@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/grpo.py [--steps 8] [--warmup 2] [--prompts 16] [--generations 8] [--new-tokens 16]
     .venv/bin/python bench/grpo.py --vs-trl                 # (a) TRL's GRPOTrainer, same run
+    .venv/bin/python bench/grpo.py --vs-trl --micro-answers 16   # (a) at the tiny rung's micro-batch
     .venv/bin/python bench/grpo.py --separate               # (b) 1 generator + 2 learners vs colocated
     python bench/grpo.py --device cuda --impl eager,static_compiled,continuous --shape 1b \
         --new-tokens 256 --json runs/bench_grpo.json        # (c) on a GPU; ladder bench import it
@@ -16,7 +17,11 @@ the run's own metrics.jsonl (the same numbers W&B gets). The first --warmup step
 --vs-trl: Ladder (loss grpo, ppo_epochs=1, no KL) and TRL's GRPOTrainer (loss_type grpo, beta 0,
 num_iterations 1) train the same saved checkpoint on the same prompts, rewarded by the same
 verifiers, with the same G, max_new_tokens, batch (prompts x G answers per step) and learning
-rate, one after the other in this process. Step time: Ladder's step_time_s; TRL's, a callback
+rate, one after the other in this process, and the same micro-batch: --micro-answers answers per
+forward/backward pass on both sides (default: every answer of the step in one pass, TRL's
+per_device_train_batch_size = the generation batch; Ladder's rung.micro_batch_tokens is set to
+micro-answers x data.max_seq_len, TRL's gradient_accumulation_steps to answers / micro-answers).
+Step time: Ladder's step_time_s; TRL's, a callback
 around each optimizer step. Generated tokens/s: sampled tokens over the time inside generate
 (Ladder's gen_time_s; TRL's _generate_single_turn, timed by a subclass).
 
@@ -176,7 +181,8 @@ def trl_run(a, ckpt: str, root: str) -> dict:
     args = GRPOConfig(
         output_dir=str(Path(root) / "trl"),
         max_steps=a.steps,
-        per_device_train_batch_size=n,
+        per_device_train_batch_size=micro_answers(a),
+        gradient_accumulation_steps=n // micro_answers(a),
         generation_batch_size=n,
         num_generations=a.generations,
         max_completion_length=a.new_tokens,
@@ -213,14 +219,27 @@ def trl_run(a, ckpt: str, root: str) -> dict:
     }
 
 
+def micro_answers(a) -> int:
+    n = a.prompts * a.generations
+    m = a.micro_answers or n
+    if n % m:
+        raise SystemExit(f"--micro-answers {m} must divide the step's {n} answers")
+    return m
+
+
 def vs_trl(a) -> dict:
+    from training.config.compose import compose
+
     with tempfile.TemporaryDirectory() as root:
         ckpt = save_checkpoint(a, root)
+        seq = compose(base(a, root, "seq")).data.max_seq_len
         same = [f"model.name_or_path={ckpt}", "recipe.ppo_epochs=1", "recipe.kl_beta=0"]
         same += ["recipe.loss=grpo", "optim.schedule=constant", "optim.warmup_ratio=0"]
+        same += [f"rung.micro_batch_tokens={micro_answers(a) * seq}"]  # TRL's micro-batch
         ladder = ladder_run(a, same, "ladder", root)
         trl = trl_run(a, ckpt, root)
     return {
+        "micro_batches_per_step": a.prompts * a.generations // micro_answers(a),
         "ladder": ladder,
         "trl": trl,
         "step_throughput_vs_trl": trl["step_time_s"] / ladder["step_time_s"],
@@ -338,11 +357,15 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=16)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--vs-trl", action="store_true", help="(a) TRL's GRPOTrainer in the same run")
+    ap.add_argument(
+        "--micro-answers", type=int, help="with --vs-trl: answers per micro-batch (default: all)"
+    )
     ap.add_argument("--separate", action="store_true", help="(b) 3 processes against colocated")
     ap.add_argument("--impl", help="(c) comma-separated generator.impl values to compare")
     ap.add_argument("--shape", choices=sorted(SHAPES), default="tiny")
     ap.add_argument("--json", help="with --impl: write a file for `ladder bench import`")
     a = ap.parse_args()
+    load_before = os.getloadavg()  # a shared machine: the figures mean little without it
     if a.vs_trl:
         out = vs_trl(a)
     elif a.separate:
@@ -356,6 +379,7 @@ def main() -> None:
                 a, [*extra, "recipe.ppo_epochs=2", "recipe.kl_beta=0.01"], "bench", root
             )
         out["answers_per_rollout_batch"] = a.prompts * a.generations
+    out["load_average_1min_before_after"] = [load_before[0], os.getloadavg()[0]]
     print(json.dumps(out, indent=1))
 
 
