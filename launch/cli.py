@@ -431,13 +431,13 @@ def cmd_config(args) -> int:
     cfg = compose(args.overrides)
     validate(cfg)
     print(OmegaConf.to_yaml(cfg), end="")
+    print(f"# learning rate used: {lr_rule(cfg)}")  # numbers and key names only
     return 0
 
 
 def cmd_plan(args) -> int:
     from launch.planning.plan import cmd_plan as run
 
-    print(f"# learning rate used: {lr_rule(cfg)}")  # numbers and key names only
     return run(args)
 
 
