@@ -160,8 +160,18 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=fmt,
         help="rank registered checkpoints by eval score",
         description="Rank the checkpoints in the registry by their scores on the eval suite "
-        "(results with the suite's current settings only), optionally filtered.",
-        epilog=overrides_help,
+        "(results with the suite's current settings only), optionally filtered: each run's best "
+        "checkpoint, without the untrained step-0 copies (--all shows every checkpoint). "
+        "Nothing is evaluated: checkpoints are scored as they are saved (trainer.eval_on_save) "
+        "or by `ladder eval`.",
+        epilog="examples:\n"
+        "  ladder train rung=tiny trainer.max_steps=200      # scores each checkpoint as it saves\n"
+        "  ladder launch -m optim.lr=1e-3,3e-3 sweep.name=lr # a sweep of two runs\n"
+        "  ladder leaderboard                                # each run's best checkpoint\n"
+        "  ladder leaderboard --sweep lr --all               # every checkpoint of the sweep\n"
+        "  ladder leaderboard --recipe dpo --task reverse --top 5 eval=synthetic\n"
+        "  ladder eval runs/tiny-sft-reverse/checkpoints/step_000200 eval=cpu  # another suite\n"
+        "  ladder leaderboard eval=cpu                       # ranked on it\n\n" + overrides_help,
     )
     lb.add_argument(
         "overrides",
@@ -180,6 +190,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--task", default=None, help="rank by this task instead of the average over tasks"
     )
     lb.add_argument("--top", type=int, default=None, help="show the best N")
+    lb.add_argument(
+        "--all",
+        action="store_true",
+        help="every checkpoint of every run, the untrained step-0 copies included (default: each "
+        "run's best)",
+    )
     lb.add_argument("--json", metavar="FILE", default=None, help="also write the ranking as JSON")
 
     cf = sub.add_parser(

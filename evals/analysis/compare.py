@@ -121,6 +121,12 @@ def compare(
     if not targets:
         raise EvalError("name at least one checkpoint, run or sweep:NAME to compare")
     named: list[tuple[str, Path]] = [(t, c) for t in targets for c in resolve_target(t, registry)]
+    if len(named) < 2:  # a comparison of one is a table of deltas against itself
+        raise EvalError(
+            f"compare needs two checkpoints, and {' '.join(targets)} names one ({named[0][1]}); "
+            "add another checkpoint, run or sweep:NAME, e.g. `ladder compare "
+            "runs/a/checkpoints/step_000000 runs/a` (a run is its latest checkpoint)"
+        )
     base_idx = 0
     if baseline is not None:
         base_paths = {c.resolve() for c in resolve_target(baseline, registry)}
@@ -181,7 +187,8 @@ def table(c: Comparison) -> Table:
         (f"{task}/{c.metrics[task]}", [(e.scores[task], e.deltas[task]) for e in c.entries])
         for task in c.tasks
     ]
-    groups.append(("average", [(e.average, e.average_delta) for e in c.entries]))
+    if len(c.tasks) > 1:  # of one task, the average is that task again
+        groups.append(("average", [(e.average, e.average_delta) for e in c.entries]))
     for name, cells in groups:
         for j, (e, (score, d)) in enumerate(zip(c.entries, cells)):
             if j == c.baseline:

@@ -1,13 +1,17 @@
 """Rank registered checkpoints across runs by their scores on an eval suite.
 
-    ladder leaderboard                                   # every checkpoint, suite eval=synthetic
+    ladder leaderboard                                   # each run's best checkpoint, suite eval=synthetic
+    ladder leaderboard --all                             # every checkpoint, untrained step 0 included
     ladder leaderboard --sweep lr-sweep --rung tiny --recipe sft --lr 3e-3 eval=cpu
     rows = leaderboard(registry, cfg.eval, sweep="lr-sweep")
+    shown, hidden = best_per_run(rows)
 
 Only results scored with the suite's current settings count (the same task versions, examples
 and generation budget: evals/store/cache.py's settings key), so every number in a column is
 comparable. Checkpoints are ranked by the average over the suite's tasks, or by one task with
---task; a checkpoint missing a task ranks after those that have all of them. Nothing is
+--task; a checkpoint missing a task ranks after those that have all of them. By default each run
+shows its best checkpoint only, and the untrained step-0 copies a run saves first (a DPO run's is
+its SFT starting model) are left out: they rank a run's start, not what it trained. Nothing is
 evaluated here: run `ladder eval` (or train with evals on save) first.
 """
 
@@ -101,10 +105,39 @@ def leaderboard(
     return list(keys), rows[:top] if top else rows
 
 
+def best_per_run(rows: list[dict]) -> tuple[list[dict], dict[str, int]]:
+    """The best-ranked checkpoint of each run from ranked rows, step-0 copies left out; and how
+    many were hidden, as {"initial": step-0 checkpoints, "other": the runs' other checkpoints}."""
+    shown, seen, hidden = [], set(), {"initial": 0, "other": 0}
+    for r in rows:
+        run = r["run_name"] or r["path"]
+        if r["step"] == 0:
+            hidden["initial"] += 1
+        elif run in seen:
+            hidden["other"] += 1
+        else:
+            seen.add(run)
+            shown.append(r)
+    return shown, hidden
+
+
+def hidden_note(hidden: dict[str, int]) -> str | None:
+    parts = []
+    if hidden["initial"]:
+        parts.append(f"{hidden['initial']} untrained step-0 checkpoint(s)")
+    if hidden["other"]:
+        parts.append(f"{hidden['other']} other checkpoint(s) of the runs shown")
+    if not parts:
+        return None
+    return f"not shown: {' and '.join(parts)}; --all shows every checkpoint"
+
+
 def print_leaderboard(
     tasks: list[str], rows: list[dict], suite: str, by: str | None, console: Console | None = None
 ) -> None:
-    t = Table(title=f"leaderboard: suite {suite!r}, ranked by {by or 'the average over tasks'}")
+    one_task = len(tasks) == 1  # its average is its score: no column for it
+    by = by or (tasks[0] if one_task else "the average over tasks")
+    t = Table(title=f"leaderboard: suite {suite!r}, ranked by {by}")
     t.add_column("#", justify="right", no_wrap=True)
     t.add_column("checkpoint", overflow="fold")
     t.add_column("rung recipe data lr", no_wrap=True)
@@ -113,12 +146,14 @@ def print_leaderboard(
         t.add_column("sweep", overflow="fold")
     for task in tasks:  # long task names fold in the header; a score (<= 5 characters) never does
         t.add_column(task, justify="right", min_width=5, overflow="fold")
-    t.add_column("average", justify="right", no_wrap=True)
+    if not one_task:
+        t.add_column("average", justify="right", no_wrap=True)
     for i, r in enumerate(rows, 1):  # registry rows may have been written by other tools: safe_text
         lr = f"{r['lr']:.0e}" if r["lr"] is not None else "?"
         meta = " ".join(safe_text(r[k] or "?") for k in ("rung", "recipe", "data")) + f" {lr}"
         name = f"{safe_text(r['run_name'])}@{safe_text(r['step'])}" + (
-            "" if r["on_disk"] else " [dim](pruned from disk)[/dim]"
+            # a line of its own: folded by width, the note would be cut mid-phrase
+            "" if r["on_disk"] else "\n[dim](pruned from disk)[/dim]"
         )
         t.add_row(
             str(i),
@@ -126,6 +161,6 @@ def print_leaderboard(
             meta,
             *([safe_text(r["sweep"] or "")] if show_sweep else []),
             *[f"{r['scores'][k]:.1f}" if k in r["scores"] else "—" for k in tasks],
-            f"{r['average']:.1f}" if r["average"] is not None else "—",
+            *([] if one_task else [f"{r['average']:.1f}" if r["average"] is not None else "—"]),
         )
     (console or Console()).print(t)

@@ -94,7 +94,7 @@ def cmd_compare(args) -> int:
 
 
 def cmd_leaderboard(args) -> int:
-    from evals.analysis.leaderboard import leaderboard, print_leaderboard
+    from evals.analysis.leaderboard import best_per_run, hidden_note, leaderboard, print_leaderboard
 
     check_outputs(**{"--json": args.json})
     cfg = compose(args.overrides)
@@ -107,9 +107,15 @@ def cmd_leaderboard(args) -> int:
         "lr": args.lr,
         "run_name": args.run,
     }
-    tasks, rows = leaderboard(registry, cfg.eval, task=args.task, top=args.top, **filters)
-    print_leaderboard(tasks, rows, cfg.eval.name, args.task)
-    pts = seed_points((registry, cfg.eval, rows, args.task), registry, Console())
+    tasks, ranked = leaderboard(registry, cfg.eval, task=args.task, **filters)
+    rows, hidden = (ranked, None) if args.all else best_per_run(ranked)
+    rows = rows[: args.top] if args.top else rows
+    console = Console()
+    print_leaderboard(tasks, rows, cfg.eval.name, args.task, console)
+    if hidden and (note := hidden_note(hidden)):
+        console.print(note, highlight=False)
+    # points are runs over their seeds: from every checkpoint, whichever rows are shown
+    pts = seed_points((registry, cfg.eval, ranked, args.task), registry, console)
     if args.json:
         out = {
             "tasks": tasks,
