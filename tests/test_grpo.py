@@ -292,30 +292,33 @@ def test_gradient_is_the_same_whatever_the_accumulation(tiny, two_groups, name):
     model.zero_grad()
 
 
-@pytest.mark.parametrize("name", ["grpo", "dr_grpo", "dapo"])
-def test_padded_rows_give_the_packed_rows_loss_and_gradient(tiny, two_groups, name):
+def test_padded_rows_give_the_packed_rows_loss_and_gradient(tiny, two_groups):
     """Answers in padded rows (SDPA's layout, rollouts.rows_layout) or packed in one row: the same
     loss, gradient and token statistics, to float32 rounding (another summation order, so not bit
-    for bit), with the clipped ratio, KL and DAPO's dropped group all acting."""
+    for bit), for every RL loss, with the clipped ratio, KL and DAPO's dropped group all acting."""
     _, model = tiny
     inputs, answers, _ = two_groups
     rewards = torch.tensor([[1.0, 0.0], [1.0, 1.0]])  # DAPO drops the second group
-    out = {}
-    for rows in (False, True):
+    for name in ("grpo", "dr_grpo", "dapo"):
         recipe = recipe_for(name, kl_beta=0.05)
-        b = make_batch(recipe, inputs, answers, rewards, 0.8, 0.3, False, model, rows=rows)
+        packed = make_batch(recipe, inputs, answers, rewards, 0.8, 0.3, False, model)
+        # the same batch in rows: the log-probs it carries are per token, in packed order
+        rows = {**packed, **pack(inputs, answers, rows=True)}
+        out = {}
+        for layout, b in (("packed", packed), ("rows", rows)):
+            model.zero_grad()
+            loss, _ = recipe.loss_sum(model, b)
+            loss.backward()
+            grad = torch.cat([p.grad.flatten() for p in model.parameters()])
+            out[layout] = (float(loss), grad, recipe.take_token_stats())
         model.zero_grad()
-        loss, _ = recipe.loss_sum(model, b)
-        loss.backward()
-        grad = torch.cat([p.grad.flatten() for p in model.parameters()])
-        out[rows] = (float(loss), grad, recipe.take_token_stats())
-    model.zero_grad()
-    assert out[True][1].abs().max() > 0
-    assert out[True][0] == pytest.approx(out[False][0], rel=1e-6, abs=1e-7)
-    grad_rows, grad_packed = out[True][1], out[False][1]
-    assert float((grad_rows - grad_packed).norm() / grad_packed.norm()) < 1e-6
-    for k, v in out[False][2].items():
-        assert out[True][2][k] == pytest.approx(v, rel=1e-6, abs=1e-6), k
+        assert rows["input_ids"].shape == (4, max(len(p) + len(a) for p, a in zip(inputs, answers)))
+        assert out["rows"][1].abs().max() > 0
+        assert out["rows"][0] == pytest.approx(out["packed"][0], rel=1e-6, abs=1e-7), name
+        grad_rows, grad_packed = out["rows"][1], out["packed"][1]
+        assert float((grad_rows - grad_packed).norm() / grad_packed.norm()) < 1e-6, name
+        for k, v in out["packed"][2].items():
+            assert out["rows"][2][k] == pytest.approx(v, rel=1e-6, abs=1e-6), (name, k)
 
 
 def test_group_advantages():
