@@ -175,6 +175,8 @@ LONG_FIRST = ("slurm", "trained_run")
 SESSION_GROUPS = {"slurm_cluster": "slurm", "trained_run": "trained_run"}
 
 
+# tryfirst: the groups must be marked before xdist's own hook reads them into the node ids
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     def group(item) -> str:
         shared = [g for f, g in SESSION_GROUPS.items() if f in item.fixturenames]
