@@ -168,25 +168,48 @@ def pg_url(postgres_server, request):
 
 # Two pytest-xdist workers (`make test` runs `-n 2 --dist loadgroup`): a worker is idle for much
 # of a test that waits on a subprocess, a SLURM job or a PostgreSQL server, so two keep both cores
-# busy. A work unit is a whole file, so a module-scoped fixture is built once; the tests that share
-# an expensive session fixture are one unit, so the SLURM cluster and the shared trained run are
-# built once. The units known to be long go first, so that no long unit starts last.
+# busy. A work unit is a whole file, so a module-scoped fixture is built once, and the files whose
+# tests share an expensive session fixture are one unit, so the SLURM cluster and the shared
+# trained run are built once. The long units go first, so that no long unit starts last.
+# The units are given to xdist by a scheduler of our own: xdist 3.8's `xdist_group` marker
+# rewrites a private node id that pytest 9.2 no longer reads, and is silently ignored.
+SESSION_GROUPS = {"slurm_cluster": "slurm", "trained_run": "trained_run"}  # fixture -> unit
 LONG_FIRST = ("slurm", "trained_run")
-SESSION_GROUPS = {"slurm_cluster": "slurm", "trained_run": "trained_run"}
 
 
-# tryfirst: the groups must be marked before xdist's own hook reads them into the node ids
-@pytest.hookimpl(tryfirst=True)
+def _file_units() -> dict[str, str]:
+    """tests/<file> -> its unit: the shared fixture's group if the file uses one, else itself."""
+    units = {}
+    for f in sorted((REPO / "tests").glob("test_*.py")):
+        text = f.read_text()
+        used = [group for fixture, group in SESSION_GROUPS.items() if fixture in text]
+        units[f"tests/{f.name}"] = used[0] if used else f"tests/{f.name}"
+    return units
+
+
+FILE_UNITS = _file_units()
+
+
+def _unit(nodeid: str) -> str:
+    path = nodeid.split("::", 1)[0]
+    return FILE_UNITS.get(path, path)
+
+
 def pytest_collection_modifyitems(config, items):
-    def group(item) -> str:
-        shared = [g for f, g in SESSION_GROUPS.items() if f in item.fixturenames]
-        return shared[0] if shared else item.nodeid.split("::", 1)[0]
-
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(group(item)))
-
     def rank(item) -> int:
-        g = group(item)
-        return LONG_FIRST.index(g) if g in LONG_FIRST else len(LONG_FIRST)
+        unit = _unit(item.nodeid)
+        return LONG_FIRST.index(unit) if unit in LONG_FIRST else len(LONG_FIRST)
 
     items.sort(key=rank)  # stable: the rest keep their collection order
+
+
+def pytest_xdist_make_scheduler(config, log):
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class UnitScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return _unit(nodeid)
+
+    return UnitScheduling(config, log)
