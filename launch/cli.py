@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Ladder: a compute-efficient experiment harness for LLM post-training.",
         epilog=textwrap.dedent("""\
             verbs:
-              train   train a model (SFT or DPO, by recipe=) from the composed config
+              train   train a model (SFT, DPO or GRPO, by recipe=) from the composed config
               eval    evaluate a checkpoint on an eval suite (cached by checkpoint content)
               compare compare checkpoints, runs or sweeps task by task, with bootstrap CIs; --html report
               leaderboard  rank registered checkpoints across runs, with metadata filters

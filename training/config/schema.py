@@ -475,16 +475,16 @@ class TrainerConfig:
     loss_chunk_tokens: int = 1024
     # torch.compile each decoder layer (as torchtitan does); the first steps pay the compile time.
     compile: bool = False
+    # model.lora only: also write the merged weights (base + adapter, plain Hugging Face) into
+    # <checkpoint>/merged/, loadable by transformers and vLLM without peft. null: final, or none
+    # with model.quantize=nf4 (merging into a 4-bit base would lose the adapter's precision)
+    save_merged: Optional[SaveMerged] = None
 
 
 @dataclass
 class LadderConfig:
     model: ModelConfig = MISSING
     rung: RungConfig = MISSING
-    # model.lora only: also write the merged weights (base + adapter, plain Hugging Face) into
-    # <checkpoint>/merged/, loadable by transformers and vLLM without peft. null: final, or none
-    # with model.quantize=nf4 (merging into a 4-bit base would lose the adapter's precision)
-    save_merged: Optional[SaveMerged] = None
     recipe: RecipeConfig = MISSING
     data: DataConfig = MISSING
     eval: EvalConfig = MISSING
