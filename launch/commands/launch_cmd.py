@@ -501,7 +501,7 @@ def launch(
     from launch.inspection.contamination import check_jobs
 
     check_jobs(
-        jobs, allow_contamination, allow_unchecked
+        jobs, allow_contamination, allow_unchecked, dry_run=dry_run
     )  # data against its own eval suite, before anything is recorded
     cfg = jobs[0].cfg
     launcher = get_launcher(cfg)

@@ -20,10 +20,13 @@ import sys
 from training.common.errors import DataError
 
 
-def check_jobs(jobs: list, allow: bool, allow_unchecked: bool = False) -> None:
+def check_jobs(
+    jobs: list, allow: bool, allow_unchecked: bool = False, dry_run: bool = False
+) -> None:
     """Raise DataError for the first job whose data matches its eval suite, unless allowed, or whose
     suite could not all be read, unless allowed; mark every job with both flags (the ledger's
-    jobs.allow_contamination and jobs.allow_unchecked)."""
+    jobs.allow_contamination and jobs.allow_unchecked). A dry run, which launches nothing, says
+    that an unchecked suite would be refused and goes on to show the rest of the plan."""
     from omegaconf import OmegaConf
 
     from evals.tasks.decontaminate import decontaminate, summary_lines, unchecked_line
@@ -69,6 +72,15 @@ def check_jobs(jobs: list, allow: bool, allow_unchecked: bool = False) -> None:
         if not missing:
             continue
         what = f"job {j.run_name} (data={j.cfg.data.name}, eval={j.cfg.eval.name}): {missing}"
+        if not allow_unchecked and dry_run:
+            if first:
+                print(
+                    f"ladder launch --dry-run: warning: {what}; a launch would be refused without "
+                    "--allow-unchecked",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            continue
         if not allow_unchecked:
             raise DataError(
                 what + "; download them (or run where they can be read) and `ladder data "

@@ -90,7 +90,11 @@ def _cell(text: str) -> str:
 def nodes() -> dict[str, type]:
     """Each node of the root config by its key (`model`, `rung`, ..., `trainer`)."""
     hints = typing.get_type_hints(schema.LadderConfig)
-    return {f.name: hints[f.name] for f in dataclasses.fields(schema.LadderConfig)}
+    return {
+        f.name: hints[f.name]
+        for f in dataclasses.fields(schema.LadderConfig)
+        if dataclasses.is_dataclass(hints[f.name])
+    }
 
 
 def _node_rows(prefix: str, cls: type, comments: dict) -> list[str]:
