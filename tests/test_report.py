@@ -72,3 +72,8 @@ def test_a_run_without_a_readable_config_is_drawn_as_sft(tmp_path):
     run = fake_run(tmp_path, "odd", "sft", [{"step": 1, "loss": 1.0}, {"step": 2, "loss": 0.5}])
     (run / "config.yaml").write_text("recipe: [unclosed\n")
     assert [t for t, _ in training_figures([run])] == ["SFT runs: loss"]
+
+
+def test_a_run_folder_named_with_dollars_is_drawn_not_read_as_mathtext(tmp_path):
+    run = fake_run(tmp_path, "x$^$y", "sft", [{"step": 1, "loss": 1.0}, {"step": 2, "loss": 0.5}])
+    assert [t for t, _ in training_figures([run])] == ["SFT runs: loss"]

@@ -229,6 +229,12 @@ def _heldout(run_dir: Path) -> list[tuple[int, float]]:
     return sorted(held)
 
 
+def _plain(label: str) -> str:
+    """A folder name as a plot label: a compared run's folder is not always ours, and matplotlib
+    reads `$...$` as mathtext (and raises on a bad one), as budget.plot_report escapes too."""
+    return label.replace("$", r"\$")
+
+
 def training_figures(runs: list[Path]) -> list[tuple[str, str]]:
     """Per recipe among the runs, one PNG of its headline metrics against step (metrics.jsonl),
     and the held-out loss where the checkpoints have one: SFT's loss, DPO's loss, margin and
@@ -276,14 +282,17 @@ def training_figures(runs: list[Path]) -> list[tuple[str, str]]:
             for run_dir, _, rows in members:
                 pts = [(r["step"], h.read(r)) for r in rows if h.read(r) is not None]
                 if pts:
-                    ax.plot([s for s, _ in pts], [v for _, v in pts], label=run_dir.name)
+                    ax.plot([s for s, _ in pts], [v for _, v in pts], label=_plain(run_dir.name))
             _label(ax, title, "step", ylabel)
         if len(panels) < n:
             ax = axes[0][-1]
             for run_dir, pts in held:
                 if pts:
                     ax.plot(
-                        [s for s, _ in pts], [v for _, v in pts], marker="o", label=run_dir.name
+                        [s for s, _ in pts],
+                        [v for _, v in pts],
+                        marker="o",
+                        label=_plain(run_dir.name),
                     )
             _label(ax, "held-out loss vs step (checkpoints on disk)", "step", "loss per token")
         title = f"{names[family].upper()} runs: {', '.join(h.label for h, _, _ in panels)}"
