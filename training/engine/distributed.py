@@ -71,8 +71,14 @@ def link_group():
     return _GROUPS.get("link")
 
 
-def shutdown() -> None:
+def shutdown(clean: bool = False) -> None:
+    """Leave the process group. clean=True (this rank finished without an error, as every learner
+    does after the last save): the learners first meet at a barrier, so none tears the group down
+    while another is still using it. After an error there is no barrier: the other ranks may be
+    stuck in a collective and would never reach it (torchrun ends them)."""
     if dist.is_initialized():
+        if clean:
+            barrier()
         _GROUPS.clear()
         dist.destroy_process_group()
 

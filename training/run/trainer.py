@@ -59,14 +59,15 @@ from training.config.validate import (
 )
 from training.data.chat_data import IGNORE
 from training.engine import distributed
-from training.engine.engines import check_origin, make_engine
+from training.engine.engines import check_origin, close_engines, make_engine
 from training.model import lora
-from training.model.flops import mfu, train_flops
+from training.model.flops import forward_flops, mfu, train_flops
 from training.model.modeling import build_model, compile_layers, load_tokenizer
 from training.model.shape import shape_of
 from training.recipes.protocol import BatchSource, Recipe
 from training.recipes.registry import make_recipe
 from training.run import faults
+from training.config.checkpoint_schedule import averaged_steps
 from training.run.callbacks import Callback, Callbacks, default_callbacks
 from training.run.checkpoint import (
     commit_checkpoint,
@@ -97,6 +98,8 @@ class RunResult:
     final_loss: float | None = None
     wandb_dir: str | None = None
     finished_before: int | None = None  # the step a finished run was at: this call trained nothing
+    average: Path | None = None  # trainer.average_last: the averaged checkpoint
+    average_evals: dict = field(default_factory=dict)  # its scores
 
 
 def default_run_name(cfg: DictConfig) -> str:
@@ -192,6 +195,8 @@ class Trainer:
         self.reference_pass: dict | None = None  # set by recipes with a reference pass (DPO)
         t, r = self.cfg.trainer, self.cfg.rung
         self.save_initial = r.save_initial if t.save_initial is None else t.save_initial
+        # trainer.average_last's inputs: kept from keep_last until the average is written
+        self.average_steps = tuple(averaged_steps(self.cfg))
         self.signals = StopSignals(main=self.world.main)  # SIGTERM, SIGUSR1, Ctrl-C
         self.result = RunResult(run_dir=self.run_dir)  # filled as the run goes
         self.callbacks = Callbacks([*default_callbacks(), *callbacks], main=self.world.main)
@@ -261,9 +266,11 @@ class Trainer:
         self.engine = make_engine(cfg, model, make_optimizer, self.world, self.layout)
         self.scheduler = make_scheduler(cfg, self.engine.torch_optimizer)
         self.model = model  # the Hugging Face model (FSDP2 shards it in place)
-        self.n_matmul = shape_of(
-            model.config, model.get_input_embeddings().num_embeddings
-        ).matmul_params
+        # LoRA's frozen base costs 4 FLOPs per parameter and token, not 6 (training/model/flops.py)
+        self.matmuls = lora.matmuls(
+            shape_of(model.config, model.get_input_embeddings().num_embeddings), cfg
+        )
+        self.n_matmul = self.matmuls.policy  # a forward pass's products, adapters included
         self.start_step, self.tokens_seen = 0, 0
         if state is not None:
             # its own watchdog window: DeepSpeed may first convert the checkpoint (another world size)
@@ -379,16 +386,18 @@ class Trainer:
         # The step's counts come from the host's tensors, before anything reaches the device, and
         # cross the ranks in one all-reduce; the loss and statistics stay on the device until one
         # more after the backward passes (issue #14: each .item() stalls the GPU).
-        c = self.model.config
-        n_units, n_trained, n_processed, flops = distributed.all_sum_many(
+        c, mm = self.model.config, self.matmuls
+        shape = (c.num_hidden_layers, c.hidden_size)
+        n_units, n_trained, n_processed, flops, ref_flops = distributed.all_sum_many(
             [
                 sum(self.recipe.count(b) for b in host),
                 sum(int((b["labels"] != IGNORE).sum()) for b in host),
                 sum(b["input_ids"].numel() for b in host),
-                sum(
-                    train_flops(self.n_matmul, c.num_hidden_layers, c.hidden_size, b["doc_lens"])
-                    for b in host
-                ),
+                sum(train_flops(mm.policy, *shape, b["doc_lens"], mm.frozen) for b in host),
+                # a live reference (DPO, precompute=false) is one forward of the base per token
+                sum(forward_flops(mm.base, *shape, b["doc_lens"]) for b in host)
+                if self.recipe.reference_in_loss and self.recipe.reference_model is not None
+                else 0.0,
             ],
             self.device,
         )
@@ -459,10 +468,7 @@ class Trainer:
         # batches (GRPO: rollouts sampled from the current weights), which count toward MFU.
         source = self.stream.step_metrics(step)
         flops += source.pop("flops", 0.0)
-        if self.recipe.reference_in_loss and self.recipe.reference_model is not None:
-            flops *= (
-                4 / 3
-            )  # the reference's forward pass on the same tokens: a third of a training step
+        flops += ref_flops
         dt = t3 - t0
         if self.reference_pass is not None:
             # The reference pass, spread over the run's steps: throughput counting it honestly.
@@ -530,7 +536,8 @@ class Trainer:
                 "world_size": self.world.size,
             }
             write_checkpoint(tmp, step, self.tokenizer, state, self.cfg)
-            pending = self.callbacks.keep_steps()  # e.g. evaluations still to run
+            # e.g. evaluations still to run, and the steps trainer.average_last will average
+            pending = (*self.callbacks.keep_steps(), *self.average_steps)
             ckpt = commit_checkpoint(
                 tmp, self.run_dir, step, self.cfg.trainer.keep_last, protect=(0, *pending)
             )
@@ -545,10 +552,25 @@ class Trainer:
             self.callbacks.checkpoint_saved(step, ckpt, url)
         distributed.barrier()
 
+    def write_average(self) -> None:
+        """trainer.average_last=K: the average of the last K scheduled checkpoints, written once
+        training is done and handed to the callbacks (evaluated and registered like a save)."""
+        from training.run.average import average_last
+
+        steps = self.average_steps
+        self.callbacks.phase(f"averaging steps {', '.join(map(str, steps))}", setup=True)
+        ckpt = average_last(self.run_dir, self.cfg, self.store.fetch if self.store else None)
+        self.result.average = ckpt.resolve()
+        log.info("saved the average of steps %s as %s", ", ".join(map(str, steps)), ckpt)
+        self.callbacks.average_saved(steps[-1], ckpt)
+
     def record_eval(self, step: int, ckpt: Path, res: dict) -> None:
         """A checkpoint's evaluation came back (from the eval callback): recorded in the result,
         handed to the callbacks (W&B) and copied beside the checkpoint's upload."""
-        self.result.evals[step] = res["scores"]
+        if self.result.average is not None and Path(ckpt).resolve() == self.result.average:
+            self.result.average_evals = res["scores"]
+        else:
+            self.result.evals[step] = res["scores"]
         self.callbacks.eval(step, ckpt, res)
         if self.store is not None:  # the scores written into the local copy go to the URL too
             try:
@@ -618,6 +640,8 @@ class Trainer:
                         f"stopped by {self.stop_signal or 'a signal on another rank'} after step "
                         f"{step}; checkpointed, resume with the same command"
                     )
+            if main and self.average_steps:  # rank 0 alone: it committed the checkpoints
+                self.write_average()
             self.exit_code = 0
             self.signals.allow_ctrl_c()  # what is left (waiting for evaluations) stops at once
             if main:  # completed first: the job's hours end with training, not with its evaluations
@@ -641,7 +665,9 @@ class Trainer:
                 self.callbacks.train_end("failed", f"{type(e).__name__}: {e}"[:500])
             raise
         finally:
-            distributed.shutdown()
+            if self.exit_code == 0:  # finished, preempted or interrupted: every learner is here
+                close_engines()
+            distributed.shutdown(clean=self.exit_code == 0)
         return self.result
 
 
