@@ -35,6 +35,7 @@ def run(tmp_path, name: str, steps: int, extra=(), callbacks=()):
             f"trainer.run_name={name}",
             f"trainer.max_steps={steps}",
             "trainer.save_every=3",
+            "rung.peak_flops_per_device=1e12",  # a made-up peak, so that MFU is logged on a CPU
             *extra,
         ]
     )
@@ -159,6 +160,64 @@ def test_dpo_with_lora_has_no_second_model_and_starts_at_ln2(tmp_path):
     loss = losses(t.run_dir)
     assert loss[0] == pytest.approx(math.log(2), abs=1e-6)  # B = 0: the policy is the base
     assert abs(loss[1] - math.log(2)) > 1e-4  # the adapters moved; the reference did not
+    # the live reference adds one forward of the base alone (2 N per token), not a third of the
+    # LoRA step; the step itself is 4 N + 6 A per token
+    assert step_flops(t, 1, reference=True) == pytest.approx(logged_flops(t, 1), rel=1e-9)
+
+
+def step_flops(t, step: int, reference: bool = False) -> float:
+    """A LoRA step's FLOPs, by hand from its micro-batches (training/model/flops.py)."""
+    c = t.model.config
+    n = shape_of(c, t.model.get_input_embeddings().num_embeddings).matmul_params
+    trained = sum(p.numel() for name, p in t.model.named_parameters() if "lora_" in name)
+    total = 0.0
+    for b in t.micro_batches(step):
+        tokens, attention = sum(b["doc_lens"]), sum(s * s for s in b["doc_lens"])
+        att = c.num_hidden_layers * c.hidden_size * attention
+        total += (4 * n + 6 * trained) * tokens + 6 * att
+        total += (2 * n * tokens + 2 * att) if reference else 0.0
+    return total
+
+
+def logged_flops(t, step: int) -> float:
+    """The FLOPs behind the step's logged MFU (rung.peak_flops_per_device=1e12, one process)."""
+    from training.run.metrics import read_metrics
+
+    row = read_metrics(t.run_dir / "metrics.jsonl")[step - 1]
+    return row["mfu"] * 1e12 * row["step_time_s"]
+
+
+def test_the_mfu_of_a_lora_step_counts_4n_for_the_frozen_base_and_6_per_adapter_weight(sft):
+    from training.model.flops import Matmuls
+
+    n = shape_of(sft.model.config, 382).matmul_params
+    a = sum(p.numel() for name, p in sft.model.named_parameters() if "lora_" in name)
+    assert sft.matmuls == Matmuls(policy=n + a, frozen=n, base=n)
+    for step in (1, 6):
+        assert logged_flops(sft, step) == pytest.approx(step_flops(sft, step), rel=1e-9)
+
+
+def test_the_plan_counts_lora_flops_as_by_hand():
+    from launch.planning.plan import make_plan
+    from training.model.shape import model_shape
+
+    full, low = make_plan(compose(["rung=tiny"])), make_plan(compose(["rung=tiny", *LORA]))
+    tokens, doc, n, a = low.tokens, low.doc_tokens, low.matmul_params, low.lora_params
+    attention = 6 * 4 * 192 * doc * tokens  # 6 L d s^2 per document of s tokens
+    assert full.flops == pytest.approx(6 * n * tokens + attention, rel=1e-12)
+    assert low.flops == pytest.approx((4 * n + 6 * a) * tokens + attention, rel=1e-12)
+    # a saved module trains whole (6 per weight) and an lm_head adapter's products count too; a
+    # saved embedding is a lookup (no products): peft's modules give the adapter's products
+    over = [
+        "model.lora.target_modules=[q_proj,v_proj,lm_head]",
+        "model.lora.modules_to_save=[down_proj]",
+    ]
+    cfg = compose(["rung=tiny", *LORA, *over])
+    peft_model = lora.apply_lora(build_model(cfg.model, load_tokenizer(cfg.model)), cfg.model.lora)
+    adapters = sum(p.numel() for name, p in peft_model.named_parameters() if "lora_" in name)
+    down = 4 * 512 * 192
+    mm = lora.matmuls(model_shape(cfg), cfg)
+    assert (mm.policy, mm.frozen, mm.base) == (n + adapters, n - down, n)
 
 
 def test_the_reference_cache_key_covers_the_base_and_the_adapter():

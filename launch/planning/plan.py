@@ -251,8 +251,10 @@ def make_plan(cfg: DictConfig, ledger=None) -> Plan:
         cfg
     )  # measured by `ladder data inspect`, else data.max_seq_len
     n_matmul = shape.matmul_params
-    flops = train_flops(n_matmul, shape.layers, shape.hidden, [doc]) * tokens / doc
-    reference = reference_plan(cfg, tokens, n_matmul, shape.layers, shape.hidden, doc)
+    # with LoRA: the adapters' products too, and no weight gradient for the frozen base (flops.py)
+    mm = lora.matmuls(shape, cfg)
+    flops = train_flops(mm.policy, shape.layers, shape.hidden, [doc], mm.frozen) * tokens / doc
+    reference = reference_plan(cfg, tokens, mm.base, shape.layers, shape.hidden, doc)
     if reference is not None:
         flops += reference.flops
     memory = memory_for(shape, cfg)
@@ -292,7 +294,7 @@ def make_plan(cfg: DictConfig, ledger=None) -> Plan:
         measured = (
             doc if doc < cfg.data.max_seq_len else None
         )  # planning_length fell back to the bound
-        rl = rl_plan(cfg, layout, n_matmul, shape.layers, shape.hidden, measured)
+        rl = rl_plan(cfg, layout, mm, shape.layers, shape.hidden, measured)
         tokens, flops = rl.train_tokens, rl.train_flops + rl.gen_flops
         seconds = rl_seconds(rl, gpus, r.peak_flops_per_device, rate, kind)
         split = rl_split(cfg, rl, rate, kind, ledger)

@@ -32,7 +32,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from launch.planning.memory import reference_bytes
-from training.model.flops import forward_flops, generate_flops, train_flops
+from training.model.flops import Matmuls, forward_flops, generate_flops, train_flops
 from training.recipes.losses import is_rl as is_rl_loss
 
 
@@ -63,9 +63,10 @@ def is_rl(cfg) -> bool:
 
 
 def rl_plan(
-    cfg, layout, n_matmul: int, layers: int, hidden: int, seq_len: float | None = None
+    cfg, layout, mm: Matmuls, layers: int, hidden: int, seq_len: float | None = None
 ) -> RLPlan:
-    """seq_len: the sequence length to plan at, when `ladder data inspect` measured the prompts (their
+    """mm: the run's matmul parameters (a LoRA policy's adapters, its frozen base: lora.matmuls).
+    seq_len: the sequence length to plan at, when `ladder data inspect` measured the prompts (their
     token-weighted length plus generator.max_new_tokens, still an upper bound on the answers); else
     data.max_seq_len, the bound the loader enforces."""
     r, g, steps = cfg.recipe, cfg.generator, cfg.trainer.max_steps
@@ -74,9 +75,13 @@ def rl_plan(
     seq = round(seq_len) if seq_len else cfg.data.max_seq_len
     prompt = seq - new
     rollout_batches = -(-steps // r.ppo_epochs)  # generation once per rollout batch
-    per_step_train = train_flops(n_matmul, layers, hidden, [seq] * answers)
-    passes = (1 if r.ppo_epochs > 1 else 0) + (1 if r.kl_beta > 0 else 0)
-    extra = passes * forward_flops(n_matmul, layers, hidden, [seq] * answers) * rollout_batches
+    per_step_train = train_flops(mm.policy, layers, hidden, [seq] * answers, mm.frozen)
+    # the old policy's log-probs run the policy; the KL reference the base (adapters disabled)
+    rows = [seq] * answers
+    extra = rollout_batches * (
+        (forward_flops(mm.policy, layers, hidden, rows) if r.ppo_epochs > 1 else 0.0)
+        + (forward_flops(mm.base, layers, hidden, rows) if r.kl_beta > 0 else 0.0)
+    )
     gen_tokens = rollout_batches * answers * seq
     return RLPlan(
         prompts_per_step=r.prompts_per_step,
@@ -92,7 +97,7 @@ def rl_plan(
         train_tokens=steps * answers * seq,
         gen_tokens=gen_tokens,
         train_flops=per_step_train * steps + extra,
-        gen_flops=generate_flops(n_matmul, gen_tokens),
+        gen_flops=generate_flops(mm.policy, gen_tokens),
         assumed_decode_mfu=g.assumed_decode_mfu,
     )
 

@@ -354,13 +354,10 @@ def load_adapter_checkpoint(ckpt: Path, cfg: DictConfig, tokenizer, device: str,
 
 
 # ---- the planner's count ----------------------------------------------------------------------
-def adapter_params(shape, lc) -> int:
-    """Trainable parameters of the adapters (and modules_to_save) on a Llama of `shape`, by arithmetic:
-    r x (in + out) per targeted linear layer, the whole module for each module saved. Equal to peft's
-    get_nb_trainable_parameters (tests/test_lora.py checks it on the tiny model and the 8B shape)."""
-    h, i, v = shape.hidden, shape.intermediate, shape.vocab
+def _linear_dims(shape) -> dict[str, tuple[int, int]]:
+    h, i = shape.hidden, shape.intermediate
     q, kv = shape.heads * (h // shape.heads), shape.kv_hidden
-    dims = {
+    return {
         "q_proj": (h, q),
         "k_proj": (h, kv),
         "v_proj": (h, kv),
@@ -369,6 +366,36 @@ def adapter_params(shape, lc) -> int:
         "up_proj": (h, i),
         "down_proj": (i, h),
     }
+
+
+def matmuls(shape, cfg: DictConfig):
+    """The run's matmul parameters for its FLOPs (training/model/flops.py: Matmuls), one rule for the
+    plan and the trainer's MFU. With LoRA the forward multiplies by the base and the adapters; the
+    base gets no weight gradient (4 FLOPs per parameter and token, not 6) except the modules it
+    saves whole, which train; the reference is the base alone. An embedding adapter's A is a lookup:
+    only its B (r x hidden) is a product; a saved embedding is a lookup too."""
+    from training.model.flops import Matmuls
+
+    n = shape.matmul_params
+    if not enabled(cfg):
+        return Matmuls.full(n)
+    lc, dims, h, v = cfg.model.lora, _linear_dims(shape), shape.hidden, shape.vocab
+    adapter = shape.layers * sum(lc.r * sum(dims[t]) for t in lc.target_modules if t in dims)
+    adapter += lc.r * (h + v) if "lm_head" in lc.target_modules else 0
+    adapter += lc.r * h if "embed_tokens" in lc.target_modules else 0
+    saved = sum(
+        v * h if t == "lm_head" else shape.layers * dims[t][0] * dims[t][1]
+        for t in lc.modules_to_save
+        if t == "lm_head" or t in dims
+    )
+    return Matmuls(policy=n + adapter, frozen=n - saved, base=n)
+
+
+def adapter_params(shape, lc) -> int:
+    """Trainable parameters of the adapters (and modules_to_save) on a Llama of `shape`, by arithmetic:
+    r x (in + out) per targeted linear layer, the whole module for each module saved. Equal to peft's
+    get_nb_trainable_parameters (tests/test_lora.py checks it on the tiny model and the 8B shape)."""
+    h, v, dims = shape.hidden, shape.vocab, _linear_dims(shape)
     per_layer = sum(lc.r * sum(dims[t]) for t in lc.target_modules if t in dims)
     total = shape.layers * per_layer
     if "lm_head" in lc.target_modules:

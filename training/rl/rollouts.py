@@ -320,7 +320,11 @@ class RolloutStream:
         adv, flat_answers = adv.flatten(), flat.repeat_interleave(self.G)
         lens_t = torch.tensor([len(c) for c in completions])
         units = self.recipe.sequence_units(lens_t)
-        n_matmul, cfg_m = self.trainer.n_matmul, self.model.config
+        n_matmul, cfg_m = self.trainer.n_matmul, self.model.config  # the policy, adapters included
+        # LoRA's reference is the base with its adapters disabled; without LoRA it is as big as the
+        # policy (a stand-in trainer may carry n_matmul alone)
+        matmuls = getattr(self.trainer, "matmuls", None)
+        n_ref = matmuls.base if matmuls is not None else n_matmul
         flops = generate_flops(n_matmul, sum(len(p) + len(c) for p, c in zip(inputs, completions)))
         t0 = time.perf_counter()
         micro = []
@@ -351,7 +355,7 @@ class RolloutStream:
             if self.recipe.reference_model is not None:
                 batch["ref_logps"] = self.logps(self.recipe.reference_model, batch)
                 flops += forward_flops(
-                    n_matmul, cfg_m.num_hidden_layers, cfg_m.hidden_size, batch["doc_lens"]
+                    n_ref, cfg_m.num_hidden_layers, cfg_m.hidden_size, batch["doc_lens"]
                 )
             micro.append(batch)
         assert len(micro) == self.ga, (
