@@ -1,15 +1,14 @@
-"""Terminal output shared by `ladder plan` and `ladder budget report`: rich, never truncated.
+"""Terminal output shared by the verbs that print tables: rich, never truncated.
 
     from launch.console import make_console, num, safe_text
     console.print(f"team {safe_text(row['team'])}")        # text read from the ledger or registry
     print(f"set by {safe_text(row['set_by'], markup=False)}")   # the same, printed without rich
 
 Text read back from the ledger or the registry is printed through safe_text (training/common/store.py).
+make_console is training/common/console.py's: in a pipe a table prints whole at its natural width.
 """
 
 from __future__ import annotations
-
-import sys
 
 # The helper lives beside the stores (training/common/store.py), so evals/ can use it too (evals never
 # import launch).
@@ -18,14 +17,11 @@ from training.common.store_url import invisible_chars  # noqa: F401
 
 
 def make_console():
-    """A rich console; when stdout is not a terminal (a pipe, a log, a test) it is wide enough
-    that no table column is cut, and it writes no colour codes."""
-    from rich.console import Console
+    """training/common/console.py's console (imported here, not at the top: rich costs an import
+    that `ladder --help` and a config error need not pay)."""
+    from training.common.console import make_console
 
-    # emoji=False: a team called ":fire:" is shown as written, not as a picture
-    if sys.stdout.isatty():
-        return Console(emoji=False)
-    return Console(width=140, no_color=True, highlight=False, emoji=False)
+    return make_console()
 
 
 def num(x: float | None, digits: int = 1) -> str:

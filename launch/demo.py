@@ -22,7 +22,6 @@ import sys
 import time
 from pathlib import Path
 
-from rich.console import Console
 from rich.table import Table
 
 DPO_STEPS = 30
@@ -37,9 +36,10 @@ def main(argv: list[str] | None = None) -> int:
     opts = args.parse_args(argv)
     from launch.cli import main as ladder
     from launch.commands.eval_cmd import run_eval  # the code behind `ladder eval`
+    from launch.console import make_console
     from training.run.checkpoint import complete_checkpoints
 
-    console = Console()
+    console = make_console()
     name = f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
     train_args = ["train", "rung=tiny", f"trainer.run_name={name}"]
     console.rule("[bold]ladder " + " ".join(train_args))

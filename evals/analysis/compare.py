@@ -23,6 +23,7 @@ from rich.table import Table
 from evals.analysis.bootstrap import RESAMPLES, SEED, Delta, average_delta, paired_delta
 from evals.runner import evaluate_checkpoint
 from evals.store.registry import Registry, run_dir_of
+from training.common.console import make_console
 from training.common.errors import CheckpointError, EvalError
 from training.run.checkpoint import COMPLETE, check_checkpoint, complete_checkpoints
 
@@ -201,7 +202,7 @@ def table(c: Comparison) -> Table:
 
 
 def print_comparison(c: Comparison, console: Console | None = None) -> None:
-    console = console or Console()
+    console = console or make_console()
     console.print(table(c))
     n = {t: c.entries[c.baseline].result["tasks"][t]["n"] for t in c.tasks}
     console.print(

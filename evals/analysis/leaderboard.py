@@ -25,6 +25,7 @@ from rich.table import Table
 
 from evals.store.cache import task_specs
 from evals.store.registry import Registry
+from training.common.console import make_console
 from training.common.errors import ConfigError, EvalError
 from training.common.store import safe_text
 from training.run.checkpoint import COMPLETE
@@ -163,4 +164,4 @@ def print_leaderboard(
             *[f"{r['scores'][k]:.1f}" if k in r["scores"] else "—" for k in tasks],
             *([] if one_task else [f"{r['average']:.1f}" if r["average"] is not None else "—"]),
         )
-    (console or Console()).print(t)
+    (console or make_console()).print(t)

@@ -31,6 +31,7 @@ from evals.analysis.seed_noise import (
     seed_of,
     seed_std,
 )
+from training.common.console import make_console
 from training.common.store import safe_text
 
 
@@ -198,7 +199,7 @@ def print_points(pts: list[Point], title: str, console: Console | None = None) -
             f"[{p.lo:.1f}, {p.hi:.1f}]",
             verdict(p.vs_next) if p.vs_next is not None or i < len(pts) else "",
         )
-    console = console or Console()
+    console = console or make_console()
     console.print(t)
     console.print(
         "A point's score is the mean over its seeds. Two points are separable when the delta's 95% "

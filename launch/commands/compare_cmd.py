@@ -14,9 +14,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from rich.console import Console
-
 from evals.store.registry import Registry, run_dir_of
+from launch.console import make_console
 from training.config.compose import compose
 
 
@@ -77,7 +76,7 @@ def cmd_compare(args) -> int:
     targets, overrides = split_overrides(args.items)
     cfg = compose(overrides)
     registry = registry_for_targets(cfg, overrides, targets)
-    console = Console()
+    console = make_console()
     c = compare(targets, cfg.eval, registry, baseline=args.baseline)
     print_comparison(c, console)
     pts = seed_points(c, registry, console)
@@ -110,7 +109,7 @@ def cmd_leaderboard(args) -> int:
     tasks, ranked = leaderboard(registry, cfg.eval, task=args.task, **filters)
     rows, hidden = (ranked, None) if args.all else best_per_run(ranked)
     rows = rows[: args.top] if args.top else rows
-    console = Console()
+    console = make_console()
     print_leaderboard(tasks, rows, cfg.eval.name, args.task, console)
     if hidden and (note := hidden_note(hidden)):
         console.print(note, highlight=False)
@@ -126,7 +125,7 @@ def cmd_leaderboard(args) -> int:
     return 0
 
 
-def seed_points(source, registry, console: Console) -> list:
+def seed_points(source, registry, console) -> list:
     """Points over their seeds (evals/analysis/points.py), printed when some point has several
     seeds (sweep.seeds); source: a Comparison, or leaderboard_points' arguments."""
     from evals.analysis.points import (

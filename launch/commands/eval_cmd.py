@@ -30,6 +30,7 @@ from rich.table import Table
 from evals.runner import default_registry, evaluate_checkpoint
 from evals.store.checkpoint_ref import CheckpointRef, resolve_checkpoint
 from evals.store.registry import Registry
+from training.common.console import make_console
 from training.common.safe_files import write_atomic
 from training.common.store import safe_text
 from training.config.compose import compose
@@ -48,7 +49,7 @@ def run_eval(checkpoint: str | CheckpointRef, overrides: list[str]) -> dict:
     cfg = compose(overrides)
     registry = registry_for(ref, cfg, overrides)
     result = evaluate_checkpoint(ref, cfg.eval, registry)
-    console = Console()
+    console = make_console()
     if ref.run_dir is not None and ref.config is not None and cfg.tracker.mode.value != "disabled":
         log_to_wandb(ref, result, run_config(ref, cfg), registry, console)
     table = Table(title=f"eval suite {cfg.eval.name!r}, checkpoint step {ref.step}")
