@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from conftest import FAST, losses, train_in_process
@@ -109,30 +110,42 @@ def rewards(run_dir: Path) -> list[float]:
 
 @pytest.fixture(scope="module")
 def golden_run(tmp_path_factory, rl_data):
-    root = tmp_path_factory.mktemp("grpo")
-    return train_in_process(grpo_overrides(root, "golden", rl_data))
-
-
-def test_reward_rises_along_the_golden_curve(tmp_path, rl_data):
-    """The golden run in a fresh process under the pinned CPU numerics (golden_env), so that its
-    rewards, losses and gradient norms are the checked-in ones bit for bit on any x86-64 CPU.
-    Regenerate with LADDER_UPDATE_GOLDEN=1 after a change meant to change the math."""
+    """The golden run, once for the module: in a fresh process under the pinned CPU numerics
+    (golden_env), so that its rewards, losses and gradient norms are the checked-in ones bit for bit
+    on any x86-64 CPU. The other tests read its metrics instead of training it a second time."""
     from training.model.cpu_numerics import golden_env
 
+    root = tmp_path_factory.mktemp("grpo")
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "launch.train",
-            *grpo_overrides(tmp_path, "golden", rl_data),
-        ],
+        [sys.executable, "-m", "launch.train", *grpo_overrides(root, "golden", rl_data)],
         env=golden_env(),
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    run_dir = tmp_path / "golden"
+    return SimpleNamespace(run_dir=root / "golden")
+
+
+@pytest.fixture(scope="module")
+def kl_one_run(tmp_path_factory, rl_data):
+    """The 1-process run with recipe.kl_beta=0.01 that both engines' kl runs are compared with,
+    trained on first use only."""
+    done: list[Path] = []
+
+    def get() -> Path:
+        if not done:
+            root = tmp_path_factory.mktemp("grpo-kl-one")
+            over = grpo_overrides(root, "one", rl_data, steps=3, extra=["recipe.kl_beta=0.01"])
+            done.append(train_in_process(over).run_dir)
+        return done[0]
+
+    return get
+
+
+def test_reward_rises_along_the_golden_curve(golden_run):
+    """Regenerate with LADDER_UPDATE_GOLDEN=1 after a change meant to change the math."""
+    run_dir = golden_run.run_dir
     got = rewards(run_dir)
     assert len(got) == STEPS
     if os.environ.get("LADDER_UPDATE_GOLDEN") == "1":
@@ -243,7 +256,7 @@ def test_resume_after_sigkill_reproduces_losses_and_rewards(tmp_path, rl_data):
         ("deepspeed_zero3", True),
     ],
 )
-def test_two_processes_match_one(tmp_path_factory, rl_data, golden_run, engine, kl):
+def test_two_processes_match_one(tmp_path_factory, rl_data, golden_run, kl_one_run, engine, kl):
     """Same rollouts, losses and gradient norms as the 1-process golden run, step by step (3 steps).
     kl: recipe.kl_beta=0.01, whose reference is sharded like the policy (training/recipes/reference.py), against
     a 1-process run with the same setting; the kl metric matches too."""
@@ -256,11 +269,7 @@ def test_two_processes_match_one(tmp_path_factory, rl_data, golden_run, engine, 
     ]
     proc = run(torchrun_cmd(2, over), timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    one = (
-        train_in_process(grpo_overrides(root, "one", rl_data, steps=3, extra=extra)).run_dir
-        if kl
-        else golden_run.run_dir
-    )
+    one = kl_one_run() if kl else golden_run.run_dir
     want = read_metrics(one / "metrics.jsonl")[:3]
     got = read_metrics(root / engine / "metrics.jsonl")
     assert [r["reward_mean"] for r in got] == [r["reward_mean"] for r in want]
