@@ -115,8 +115,9 @@ class AsyncEvaluator:
             _Job(
                 ckpt,
                 step,
-                Path(self._tmp.name) / f"step_{step:06d}-{len(self._queue)}.json",
-                log_dir / f"eval_step_{step:06d}.log",
+                # named for the checkpoint (step_N, or avg_lastK_step_N of trainer.average_last)
+                Path(self._tmp.name) / f"{ckpt.name}-{len(self._queue)}.json",
+                log_dir / f"eval_{ckpt.name}.log",
             )
         )
         self._start_queued()

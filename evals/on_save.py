@@ -46,6 +46,12 @@ class EvalOnSave(Callback):
         self.collect()
 
     def on_checkpoint_saved(self, step: int, ckpt: Path, url: str | None) -> None:
+        self.evaluate(step, ckpt)
+
+    def on_average_saved(self, step: int, ckpt: Path) -> None:
+        self.evaluate(step, ckpt)  # trainer.average_last: scored and registered like the others
+
+    def evaluate(self, step: int, ckpt: Path) -> None:
         if self.evaluator is not None:
             self.evaluator.submit(ckpt, step)
         elif self.enabled:

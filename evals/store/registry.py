@@ -5,8 +5,9 @@
     reg = Registry.for_checkpoint(ckpt)     # <run root>/registry.db, or registry.url when set
 
 A checkpoint row holds its path, content hash, run, rung, recipe, data, sweep, learning rate,
-step, saved-at time, device-hours at that step and the whole resolved config. A result row
-holds one task's score for one content hash under one set of settings (its cache key), and
+step, saved-at time, device-hours at that step, the whole resolved config and its lineage (its
+run and the model it started from, and for an average the checkpoints averaged: lineage_of). A
+result row holds one task's score for one content hash under one set of settings (its cache key), and
 the path of the file with every example's result (evals/store/cache.py). Scores join checkpoints by
 content hash, so a copied checkpoint shares its results. Many processes write at once (async
 evaluators of a run, a sweep's jobs): short transactions on a SQLite file or a team's
@@ -26,7 +27,8 @@ from evals.store.checkpoint_ref import CheckpointRef, read_ref, run_dir_of  # no
 from training.common.store import Store
 from training.common.store_url import parse_store_url
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: checkpoints.lineage
+MIGRATIONS = {2: "ALTER TABLE checkpoints ADD COLUMN lineage TEXT"}
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS checkpoints (
     path TEXT PRIMARY KEY,
@@ -36,6 +38,7 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     saved_at TEXT,                 -- from ladder_meta.json (UTC)
     device_hours DOUBLE PRECISION,             -- GPU-hours the run had used at this step
     config_json TEXT,              -- the resolved run config (ladder_config.yaml)
+    lineage TEXT,                  -- JSON: what it came from (lineage_of); null before version 2
     registered_at DOUBLE PRECISION NOT NULL
 );
 CREATE INDEX IF NOT EXISTS checkpoints_hash ON checkpoints (content_hash);
@@ -82,6 +85,7 @@ class Registry(Store):
     URL_KEY = "registry.url"
     SCHEMA = SCHEMA
     SCHEMA_VERSION = SCHEMA_VERSION
+    MIGRATIONS = MIGRATIONS  # an older registry gains the columns when opened; its rows stay
 
     def __init__(self, target, busy_timeout_s: float = 60.0, cache_root: str | Path | None = None):
         """cache_root: where a server-backed registry keeps per-example results (default ./runs)."""
@@ -231,8 +235,30 @@ def checkpoint_metadata(ref: CheckpointRef) -> dict:
         "config_json": json.dumps(OmegaConf.to_container(cfg, enum_to_str=True))
         if cfg is not None
         else None,
+        "lineage": json.dumps(lineage_of(ref)),
         "registered_at": time.time(),
     }
+
+
+def lineage_of(ref: CheckpointRef) -> dict:
+    """What a checkpoint came from: its run, its step, the model it started from
+    (model.name_or_path: the SFT checkpoint a DPO run trained on), and for an average
+    (`ladder average`, trainer.average_last) the checkpoints averaged, each's path, run, step and
+    content hash, as ladder_meta.json's `averaged_from` names them."""
+    init = ref.select("model.name_or_path")
+    lineage = {
+        "run_name": ref.run_name,
+        "run_dir": str(ref.run_dir) if ref.run_dir else None,
+        "step": ref.step,
+        "init": init if isinstance(init, str) else None,
+    }
+    averaged = ref.meta.get("averaged_from")
+    if isinstance(averaged, list):  # the checkpoint's own file: keep only the fields we know
+        keys = ("path", "run_name", "step", "content_hash")
+        lineage["averaged_from"] = [
+            {k: x.get(k) for k in keys} for x in averaged if isinstance(x, dict)
+        ]
+    return lineage
 
 
 def device_hours_at(run_dir: Path, step: int) -> float | None:

@@ -479,6 +479,13 @@ class TrainerConfig:
     # <checkpoint>/merged/, loadable by transformers and vLLM without peft. null: final, or none
     # with model.quantize=nf4 (merging into a 4-bit base would lose the adapter's precision)
     save_merged: Optional[SaveMerged] = None
+    # At the end of the run, also write the uniform average of the weights of the last K scheduled
+    # checkpoints (every save_every steps and the last step; not step 0, nor a preemption's extra
+    # save, so a resumed run averages what an uninterrupted one would) as
+    # checkpoints/avg_lastK_step_N: evaluated and registered like any other checkpoint, its inputs
+    # in its lineage (training/run/average.py). 0: off; else 2 or more, at most the run's
+    # scheduled saves and trainer.keep_last (training/config/checkpoint_schedule.py).
+    average_last: int = 0
 
 
 @dataclass

@@ -370,6 +370,9 @@ def validate(
     from training.model.lora import lora_problems  # model.lora and model.quantize
 
     problems += lora_problems(cfg, here)
+    from training.config.checkpoint_schedule import average_last_problems
+
+    problems += average_last_problems(cfg)
 
     if r.engine.value in SINGLE_PROCESS_ENGINES and r.nodes * r.gpus_per_node > 1:
         problems.append(

@@ -2,6 +2,7 @@
 
     ladder average runs/a/checkpoints/step_000100 runs/a/checkpoints/step_000150 --out runs/a-avg
     out = average_checkpoints([ckpt_a, ckpt_b], Path("runs/a-avg"))
+    ladder train trainer.average_last=3     # the same at the end of a run: average_last below
 
 The last checkpoints of one run, or the same point's seeds (sweep.seeds), averaged as OLMo's
 ladders do to cut the noise of a small run. The inputs are checked whole first (their manifests'
@@ -12,7 +13,8 @@ of the inputs' tensors divided by their number, cast back to its dtype, and appe
 planned from the shapes alone (training/engine/consolidate.py, as consolidation writes), so
 peak memory is one tensor per input, not a model. The rest (config, tokenizer, ladder_config.yaml)
 is copied from the first input; ladder_meta.json records the lineage (`averaged_from`: each
-input's path, step and content hash), and COMPLETE is written last, as for any checkpoint.
+input's path, run, step and content hash), which the registry keeps (its lineage column), and
+COMPLETE is written last, as for any checkpoint.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from training.run.checkpoint import (
     COMPLETE,
     MANIFEST_FORMAT,
     check_checkpoint,
+    checkpoints_dir,
     hash_files,
     step_of,
 )
@@ -153,11 +156,46 @@ def average_checkpoints(paths: list[Path], out: Path) -> Path:
 
 
 def lineage_of(ckpt: Path) -> dict:
-    """An input's path, step and content hash (as the eval cache keys it)."""
+    """An input's path, run, step and content hash (as the eval cache keys it)."""
     from training.common.checkpoint_hash import checkpoint_hash
 
     try:
-        step = int(json.loads((ckpt / "ladder_meta.json").read_text())["step"])
-    except (OSError, ValueError, KeyError, TypeError):
+        meta = json.loads((ckpt / "ladder_meta.json").read_text())
+    except (OSError, ValueError):
+        meta = {}
+    try:
+        step = int(meta["step"])
+    except (KeyError, TypeError, ValueError):
         step = step_of(ckpt)
-    return {"path": str(ckpt.resolve()), "step": step, "content_hash": checkpoint_hash(ckpt)}
+    run = meta.get("run_name") if isinstance(meta, dict) else None
+    return {
+        "path": str(ckpt.resolve()),
+        "run_name": run if isinstance(run, str) else None,
+        "step": step,
+        "content_hash": checkpoint_hash(ckpt),
+    }
+
+
+def average_last(run_dir: Path, cfg, fetch=None) -> Path:
+    """trainer.average_last=K at the end of a run, on rank 0 (the one that commits checkpoints):
+    the average of the last K scheduled checkpoints (training/config/checkpoint_schedule.py: not a
+    preemption's extra save, so a resumed run averages the same steps) written beside them as
+    checkpoints/avg_lastK_step_N. The trainer keeps those steps from trainer.keep_last. `fetch`
+    (RemoteCheckpoints.fetch) brings back one that is only at trainer.checkpoint_url, as after a
+    resume on another machine."""
+    from training.config.checkpoint_schedule import average_name, averaged_steps
+
+    steps = averaged_steps(cfg)
+    root = checkpoints_dir(run_dir)
+    paths = []
+    for step in steps:
+        path = root / f"step_{step:06d}"
+        if not (path / COMPLETE).is_file() and fetch is not None:
+            path = fetch(step, root)
+        if not (path / COMPLETE).is_file():
+            raise CheckpointError(
+                f"trainer.average_last={len(steps)}: {path} is missing (deleted since it was "
+                "saved?); the average of steps " + ", ".join(map(str, steps)) + " needs it"
+            )
+        paths.append(path)
+    return average_checkpoints(paths, root / average_name(len(steps), steps[-1]))

@@ -108,10 +108,14 @@ class Tracker:
         )
         self.run.log_artifact(art, aliases=[f"step_{step}", "latest"])
 
-    def log_eval(self, step: int, scores: dict) -> None:
+    def log_eval(self, step: int, scores: dict, prefix: str = "eval") -> None:
+        """prefix eval_average: trainer.average_last's scores, beside the curve, not on it."""
         if self.run is not None:
             self.run.log(
-                {"eval/checkpoint_step": step, **{f"eval/{k}": v for k, v in scores.items()}}
+                {
+                    f"{prefix}/checkpoint_step": step,
+                    **{f"{prefix}/{k}": v for k, v in scores.items()},
+                }
             )
 
     def link_eval(self, ckpt_dir: Path, step: int, result: dict) -> None:

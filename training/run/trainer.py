@@ -44,6 +44,7 @@ from transformers import get_scheduler
 from training.common.errors import Interrupted, Preempted, TrainingError
 from training.common.safe_files import fresh_dir
 from training.common.seeds import seed_everything
+from training.config.checkpoint_schedule import averaged_steps
 from training.config.config_diff import (
     ConfigChanges,
     check_batch_continues,
@@ -67,7 +68,6 @@ from training.model.shape import shape_of
 from training.recipes.protocol import BatchSource, Recipe
 from training.recipes.registry import make_recipe
 from training.run import faults
-from training.config.checkpoint_schedule import averaged_steps
 from training.run.callbacks import Callback, Callbacks, default_callbacks
 from training.run.checkpoint import (
     commit_checkpoint,

@@ -46,6 +46,11 @@ class Callback:
     def on_checkpoint_saved(self, step: int, ckpt: Path, url: str | None) -> None:
         """The checkpoint of `step` is committed at `ckpt` (and uploaded to `url`, when set)."""
 
+    def on_average_saved(self, step: int, ckpt: Path) -> None:
+        """trainer.average_last: the average of the last checkpoints is committed at `ckpt`
+        (checkpoints/avg_lastK_step_N; `step` is the last averaged step). Not a saved step: it is
+        neither resumed from nor pruned, and its scores come back to on_eval with this `ckpt`."""
+
     def on_eval(self, step: int, ckpt: Path, result: dict) -> None:
         """A checkpoint's evaluation came back (evals.runner's result: "scores" and more)."""
 
@@ -89,6 +94,10 @@ class Callbacks:
     def checkpoint_saved(self, step: int, ckpt: Path, url: str | None) -> None:
         for c in self.here:
             c.on_checkpoint_saved(step, ckpt, url)
+
+    def average_saved(self, step: int, ckpt: Path) -> None:
+        for c in self.here:
+            c.on_average_saved(step, ckpt)
 
     def eval(self, step: int, ckpt: Path, result: dict) -> None:
         for c in self.here:

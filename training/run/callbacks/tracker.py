@@ -36,6 +36,9 @@ class TrackerCallback(Callback):
         self.tracker.log_checkpoint(ckpt, step, url=url)
 
     def on_eval(self, step: int, ckpt: Path, result: dict) -> None:
+        if Path(ckpt).resolve() == self.trainer.result.average:  # trainer.average_last's
+            self.tracker.log_eval(step, result["scores"], prefix="eval_average")
+            return  # not step `step`'s checkpoint: neither its curve point nor its artifact
         self.tracker.log_eval(step, result["scores"])
         self.tracker.link_eval(ckpt, step, result)
 
