@@ -236,15 +236,25 @@ def vs_trl(a) -> dict:
         same = [f"model.name_or_path={ckpt}", "recipe.ppo_epochs=1", "recipe.kl_beta=0"]
         same += ["recipe.loss=grpo", "optim.schedule=constant", "optim.warmup_ratio=0"]
         same += [f"rung.micro_batch_tokens={micro_answers(a) * seq}"]  # TRL's micro-batch
-        ladder = ladder_run(a, same, "ladder", root)
+        # --impl: Ladder once per generator.impl, each against the same TRL run (TRL last)
+        impls = a.impl.split(",") if a.impl else [None]
+        ladder = {
+            impl or "default": ladder_run(
+                a,
+                [*same, *([f"generator.impl={impl}"] if impl else [])],
+                f"ladder_{impl or 'default'}",
+                root,
+            )
+            for impl in impls
+        }
         trl = trl_run(a, ckpt, root)
-    return {
-        "micro_batches_per_step": a.prompts * a.generations // micro_answers(a),
-        "ladder": ladder,
-        "trl": trl,
-        "step_throughput_vs_trl": trl["step_time_s"] / ladder["step_time_s"],
-        "gen_tokens_per_s_vs_trl": ladder["gen_tokens_per_s"] / trl["gen_tokens_per_s"],
-    }
+    out = {"micro_batches_per_step": a.prompts * a.generations // micro_answers(a), "trl": trl}
+    for name, r in ladder.items():
+        key = "ladder" if len(ladder) == 1 else f"ladder_{name}"
+        out[key] = r
+        out[f"{key}_step_throughput_vs_trl"] = trl["step_time_s"] / r["step_time_s"]
+        out[f"{key}_gen_tokens_per_s_vs_trl"] = r["gen_tokens_per_s"] / trl["gen_tokens_per_s"]
+    return out
 
 
 def torchrun(a, nproc: int, overrides: list[str]) -> None:
@@ -361,7 +371,10 @@ def main() -> None:
         "--micro-answers", type=int, help="with --vs-trl: answers per micro-batch (default: all)"
     )
     ap.add_argument("--separate", action="store_true", help="(b) 3 processes against colocated")
-    ap.add_argument("--impl", help="(c) comma-separated generator.impl values to compare")
+    ap.add_argument(
+        "--impl",
+        help="(c) comma-separated generator.impl values to compare; with --vs-trl, each against TRL",
+    )
     ap.add_argument("--shape", choices=sorted(SHAPES), default="tiny")
     ap.add_argument("--json", help="with --impl: write a file for `ladder bench import`")
     a = ap.parse_args()
