@@ -340,3 +340,38 @@ def test_launch_refuses_a_suite_with_unchecked_tasks_unless_allowed(lm_tasks, tm
     ):
         launch(overrides)
     assert not (runs / "ladder.db").exists() or not Ledger(runs / "ladder.db").jobs()
+
+
+def test_hostile_task_ids_and_reasons_print_as_themselves():
+    """Task ids, row places and reasons come from files Ladder did not write: rich markup and
+    terminal escapes in them are printed as text, never interpreted."""
+    from rich.console import Console
+
+    from evals.tasks.contamination_report import print_report, summary_lines, unchecked_line
+
+    bad = "[bold red]t\x1b[2J"
+    report = {
+        "data": "d",
+        "eval": "e",
+        "ngram": 8,
+        "threshold": 0.5,
+        "eval_prompts": {bad: 3},
+        "prompts_by_task": {bad: 1},
+        "sources": [
+            {
+                "source": "s",
+                "rows_checked": 2,
+                "rows_by_task": {bad: 1},
+                "matching_rows": [{"where": "x.jsonl:1[/]", "tasks": {bad: ["[i]id"]}}],
+            }
+        ],
+        "unchecked_tasks": [{"task": bad, "reason": "boom [link=http://x]y[/link]\x1b]8;;"}],
+        "unchecked_sources": [],
+    }
+    console = Console(record=True, width=300, color_system=None)
+    print_report(report, console)
+    out = console.export_text()
+    assert "[bold red]t\\x1b[2J" in out and "[i]id" in out and "[link=http://x]y[/link]" in out
+    assert "\x1b" not in out
+    lines = " ".join(summary_lines(report)) + unchecked_line(report)
+    assert "\x1b" not in lines and "\\x1b" in lines

@@ -102,12 +102,8 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_decontaminate(args) -> int:
-    from evals.tasks.decontaminate import (
-        decontaminate,
-        print_report,
-        unchecked_line,
-        write_filtered,
-    )
+    from evals.tasks.contamination_report import print_report, unchecked_line
+    from evals.tasks.decontaminate import decontaminate, write_filtered
     from launch.console import make_console
     from training.common.errors import ConfigError
     from training.config.compose import compose

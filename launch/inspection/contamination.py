@@ -29,7 +29,8 @@ def check_jobs(
     that an unchecked suite would be refused and goes on to show the rest of the plan."""
     from omegaconf import OmegaConf
 
-    from evals.tasks.decontaminate import decontaminate, summary_lines, unchecked_line
+    from evals.tasks.contamination_report import summary_lines, unchecked_line
+    from evals.tasks.decontaminate import decontaminate
 
     seen: dict[str, dict] = {}
     for j in jobs:
