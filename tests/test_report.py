@@ -77,3 +77,44 @@ def test_a_run_without_a_readable_config_is_drawn_as_sft(tmp_path):
 def test_a_run_folder_named_with_dollars_is_drawn_not_read_as_mathtext(tmp_path):
     run = fake_run(tmp_path, "x$^$y", "sft", [{"step": 1, "loss": 1.0}, {"step": 2, "loss": 0.5}])
     assert [t for t, _ in training_figures([run])] == ["SFT runs: loss"]
+
+
+def row(run: str, step: int, point: str | None = None, averaged: int = 0) -> dict:
+    """A registry checkpoint row as `ladder compare` reads it (evals/store/registry.py)."""
+    cfg = {"sweep": {"point": point}, "trainer": {"seed": 0}}
+    lineage = {"run_name": run, "averaged_from": [{"step": step}] * averaged} if averaged else None
+    return {
+        "run_name": run,
+        "step": step,
+        "config_json": json.dumps(cfg),
+        "lineage": json.dumps(lineage) if lineage else None,
+    }
+
+
+def test_a_point_with_several_seeds_is_drawn_as_a_band_of_one_seed_sd(tmp_path):
+    """Three seeds of lr-0 scoring 40, 50, 60 at step 10 give a band from 40 to 60 (mean 50, seed
+    sd 10) around their mean; a point of one seed is a plain line; an average is a star (#26)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.collections import PolyCollection
+
+    from evals.analysis.report import seed_band, step_curves
+
+    seeds = [
+        [(row(f"lr-0-s{i}", 5, "lr-0"), 20.0 + i), (row(f"lr-0-s{i}", 10, "lr-0"), 40.0 + 10 * i)]
+        for i in range(3)
+    ]
+    assert seed_band(seeds) == [(5, 21.0, 1.0, 3), (10, 50.0, 10.0, 3)]
+    single = [(row("lr-1", 5), 30.0), (row("lr-1", 10), 35.0)]
+    fig, ax = plt.subplots()
+    step_curves(ax, [*seeds, single], [(row("lr-1", 10, averaged=2), 37.0)])
+    [band] = [c for c in ax.collections if isinstance(c, PolyCollection)]
+    ys = band.get_paths()[0].vertices[:, 1]
+    assert (ys.min(), ys.max()) == (20.0, 60.0) and band.get_label() == "± 1 seed sd"
+    labels = [h.get_label() for h in ax.get_legend_handles_labels()[0]]
+    assert labels[:3] == ["lr-0: mean of 3 seeds", "± 1 seed sd", "lr-1"]
+    assert "lr-1: average of 2 checkpoints" in labels
+    assert not [ln for ln in ax.lines if ln.get_label() == "lr-1" and 37.0 in ln.get_ydata()]
+    plt.close(fig)

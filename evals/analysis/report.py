@@ -5,7 +5,8 @@
 
 It holds the comparison table (scores, deltas, 95% CIs, significance), then per task one
 figure with three plots: the score of every registered checkpoint of the compared runs
-against training step and against GPU-hours (heartbeat device-hours at that step, see
+against training step (a sweep point's seeds as a band of their seed sd: step_curves) and against
+GPU-hours (heartbeat device-hours at that step, see
 evals/store/registry.py), and the project's score over time (every checkpoint in the registry
 scored with the same settings, by save time, with the best-so-far line), the task settings
 (generation, prompt format), and the examples that flipped between the baseline and each
@@ -25,11 +26,13 @@ import json
 from datetime import datetime
 from pathlib import Path
 
+import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from evals.analysis.compare import Comparison, delta_text, mark, run_dirs
+from evals.analysis.seed_noise import point_of, seed_std
 from evals.store.cache import task_specs
-from evals.store.registry import Registry
+from evals.store.registry import Registry, averaged_from
 
 CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
@@ -65,16 +68,20 @@ def task_figure(
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     ax_step, ax_hours, ax_time = axes
+    runs, averages = [], []
     for run_dir in run_dirs(c):
-        pts = _series(registry, settings_key, registry.checkpoints(run_dir=str(run_dir)))
+        rows = registry.checkpoints(run_dir=str(run_dir))
+        pts = _series(registry, settings_key, [r for r in rows if not averaged_from(r)])
+        averages += _series(registry, settings_key, [r for r in rows if averaged_from(r)])
         if not pts:
             continue
-        label = pts[0][0]["run_name"]
         pts.sort(key=lambda p: p[0]["step"] or 0)
-        ax_step.plot([p[0]["step"] for p in pts], [s for _, s in pts], marker="o", label=label)
+        runs.append(pts)
+        label = _plain(pts[0][0]["run_name"] or run_dir.name)
         hrs = [(r["device_hours"], s) for r, s in pts if r["device_hours"] is not None]
         if hrs:
             ax_hours.plot([h for h, _ in hrs], [s for _, s in hrs], marker="o", label=label)
+    step_curves(ax_step, runs, averages)
     for e in c.entries:  # the compared checkpoints themselves, ringed
         ax_step.scatter(
             [e.result["step"]],
@@ -106,6 +113,61 @@ def task_figure(
     for ax, title, xlabel in zip(axes, titles, xlabels):
         _label(ax, title, xlabel, metric)
     return _png(fig)
+
+
+Series = list[tuple[dict, float]]  # one run's (registry row, score) by step
+
+
+def seed_band(members: list[Series]) -> list[tuple[int, float, float, int]]:
+    """(step, mean, seed sd, seeds) at each step that two or more of a point's seeds scored."""
+    by_step: dict[int, list[float]] = {}
+    for pts in members:
+        for r, s in pts:
+            if r["step"] is not None:
+                by_step.setdefault(int(r["step"]), []).append(s)
+    return [
+        (step, float(np.mean(v)), seed_std(v), len(v))
+        for step, v in sorted(by_step.items())
+        if len(v) > 1
+    ]
+
+
+def step_curves(ax, runs: list[Series], averages: Series = ()) -> None:
+    """Score against step: a run per line, except a sweep point with several seeds (sweep.seeds),
+    drawn as its mean over seeds in a band of one seed standard deviation either side
+    (evals/analysis/seed_noise.py), its seeds faint inside it; an averaged checkpoint
+    (trainer.average_last, `ladder average`) is a star at its last averaged step."""
+    points: dict[str, list[Series]] = {}
+    for pts in runs:
+        r = pts[0][0]
+        points.setdefault(point_of(r.get("config_json"), r["run_name"]), []).append(pts)
+    for point, members in points.items():
+        band = seed_band(members) if len(members) > 1 else []
+        if not band:
+            for pts in members:
+                label = _plain(pts[0][0]["run_name"] or point)
+                ax.plot([r["step"] for r, _ in pts], [s for _, s in pts], marker="o", label=label)
+            continue
+        steps, mean, sd = ([b[i] for b in band] for i in range(3))
+        (line,) = ax.plot(
+            steps, mean, marker="o", label=f"{_plain(point)}: mean of {len(members)} seeds"
+        )
+        lo, hi = [m - d for m, d in zip(mean, sd)], [m + d for m, d in zip(mean, sd)]
+        ax.fill_between(steps, lo, hi, color=line.get_color(), alpha=0.2, label="± 1 seed sd")
+        for pts in members:
+            ax.plot(
+                [r["step"] for r, _ in pts],
+                [s for _, s in pts],
+                color=line.get_color(),
+                alpha=0.35,
+                linewidth=0.8,
+            )
+    for r, s in averages:
+        n = len(averaged_from(r))
+        label = f"{_plain(r['run_name'] or '?')}: average of {n} checkpoints"
+        ax.scatter(
+            [r["step"]], [s], marker="*", s=160, c="gold", edgecolors="black", zorder=6, label=label
+        )
 
 
 def _label(ax, title: str, xlabel: str, ylabel: str) -> None:
@@ -368,6 +430,8 @@ def report_html(c: Comparison, eval_cfg: DictConfig, registry: Registry) -> str:
         f"<h1>Ladder comparison: eval suite {esc(c.suite)}</h1>",
         f"<p>Baseline <b>{esc(base.label)}</b>. Deltas are in points with 95% confidence intervals from a "
         "paired bootstrap over examples (2000 resamples, seed 0); ▲/▼ mark intervals that exclude 0. "
+        "Against step, a sweep point with several seeds is drawn as its mean over seeds in a band "
+        "of ± one seed standard deviation; ★ marks an averaged checkpoint. "
         f"Registry: <code>{esc(str(registry.path))}</code>. Generated {datetime.now():%Y-%m-%d %H:%M}.</p>",
         "<h2>Scores</h2>",
         _comparison_table(c),

@@ -261,6 +261,17 @@ def lineage_of(ref: CheckpointRef) -> dict:
     return lineage
 
 
+def averaged_from(row: dict) -> list[dict]:
+    """The checkpoints a registry row's checkpoint averages ([] for a trained one, and for a row
+    registered before the lineage column)."""
+    try:
+        lineage = json.loads(row.get("lineage") or "null")
+    except ValueError:
+        return []
+    found = lineage.get("averaged_from") if isinstance(lineage, dict) else None
+    return found if isinstance(found, list) else []
+
+
 def device_hours_at(run_dir: Path, step: int) -> float | None:
     """GPU-hours a run had used when it saved `step`: the run's total (heartbeat.json's
     device_hours, or the ledger's used hours) shared out over steps by metrics.jsonl's step times."""
