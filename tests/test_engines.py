@@ -222,6 +222,42 @@ def test_ctrl_c_finishes_the_step_checkpoints_records_interrupted_and_exits_130(
         assert db.execute("SELECT state FROM jobs").fetchall() == [("interrupted",)]
 
 
+def test_ctrl_c_of_a_local_launch_lets_the_trainer_checkpoint_and_records_interrupted(tmp_path):
+    """Ctrl-C at the terminal reaches `ladder launch` and its trainer (one process group): the
+    launcher waits while the trainer finishes its step and checkpoints, and the ledger records
+    the job interrupted, not cancelled with all its hours wasted (about 15 s)."""
+    from conftest import FAST
+
+    from launch.accounting.ledger import Ledger
+
+    over = [*FAST, "trainer.run_name=lc", "data.max_samples=400"]
+    over += ["trainer.max_steps=60", "trainer.save_every=100"]
+    ladder = Path(sys.executable).parent / "ladder"
+    proc = subprocess.Popen(
+        [str(ladder), "launch", *over],
+        cwd=tmp_path,
+        env=env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, as a terminal's foreground job
+    )
+    run_dir = tmp_path / "runs" / "lc"
+    _wait_for_steps(run_dir / "metrics.jsonl", 2, lambda: proc.poll() is None)
+    os.killpg(proc.pid, signal.SIGINT)  # what the terminal does on Ctrl-C
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    hb = read_heartbeat(run_dir)
+    stopped = hb["last_checkpoint_step"]
+    assert hb["state"] == "interrupted" and 2 <= stopped < 60, hb
+    assert latest_checkpoint(run_dir).name == f"step_{stopped:06d}"
+    [job] = Ledger(tmp_path / "runs" / "ladder.db").jobs()
+    assert job["state"] == "interrupted", job
+    assert job["waste_gpu_hours"] < job["used_gpu_hours"]  # the checkpointed steps are kept
+    assert f"job {job['id']} interrupted" in out, out
+    assert "finishes its step and checkpoints" in err
+
+
 def test_a_second_ctrl_c_stops_at_once_without_a_checkpoint(tmp_path, monkeypatch):
     """In process, with step 2 hung (LADDER_FAULT): the first Ctrl-C waits for the step, which
     never ends, and the second stops it there."""

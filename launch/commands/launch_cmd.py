@@ -47,7 +47,7 @@ from training.common.store import (  # a reason read back from the ledger may ho
     safe_text,
 )
 
-STOP_GRACE_S = 60  # after Ctrl-C, how long the trainer gets to write its last heartbeat
+STOP_GRACE_S = 60  # after a second Ctrl-C, how long the trainer gets to write its last heartbeat
 
 
 @dataclass
@@ -137,7 +137,12 @@ class LocalLauncher(Launcher):
                 final = record_end(ledger, job, code)
             except KeyboardInterrupt:
                 try:
-                    ledger.finish_from_heartbeat(job.job_id, cancelled=True)
+                    # A trainer that took the Ctrl-C finished its step and checkpointed: interrupted,
+                    # as `ladder train` records it, with only the steps since that checkpoint wasted
+                    final = ledger.finish_from_heartbeat(
+                        job.job_id, cancelled=not stopped_itself(job.run_dir)
+                    )
+                    report_final(final)
                     for rest in jobs[i + 1 :]:  # never started: cancelled, nothing used
                         ledger.update_job(
                             rest.job_id,
@@ -194,15 +199,35 @@ class LocalLauncher(Launcher):
         try:
             return proc.wait()
         except KeyboardInterrupt:
-            # Ctrl-C reached the trainer too (same process group): let it record its state, then stop it.
+            # Ctrl-C reached the trainer too (same process group). Its first one finishes the step
+            # and checkpoints, which takes as long as it takes (its watchdog bounds a hung step):
+            # wait for it. A second Ctrl-C stops the trainer at once too; it gets STOP_GRACE_S to
+            # record that, then it is killed.
+            print(
+                "ladder launch: Ctrl-C: the trainer finishes its step and checkpoints; Ctrl-C "
+                "again stops it at once",
+                file=sys.stderr,
+                flush=True,
+            )
             try:
-                proc.wait(timeout=STOP_GRACE_S)
-            except subprocess.TimeoutExpired:
-                proc.kill()
                 proc.wait()
+            except KeyboardInterrupt:
+                try:
+                    proc.wait(timeout=STOP_GRACE_S)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
             raise
         finally:
             signal.signal(signal.SIGTERM, previous)
+
+
+def stopped_itself(run_dir) -> bool:
+    """Whether the trainer recorded its own stop on Ctrl-C (its heartbeat says interrupted)."""
+    from training.run.heartbeat import read_heartbeat
+
+    hb = read_heartbeat(run_dir) if run_dir else None
+    return bool(hb) and hb.get("state") == "interrupted"
 
 
 def record_trainer(ledger, job_id: int, pid: str) -> None:
