@@ -6,7 +6,7 @@
 
 A checkpoint row holds its path, content hash, run, rung, recipe, data, sweep, learning rate,
 step, saved-at time, device-hours at that step, the whole resolved config and its lineage (its
-run and the model it started from, and for an average the checkpoints averaged: lineage_of). A
+run and the model it started from, and for an average the checkpoints averaged: checkpoint_lineage). A
 result row holds one task's score for one content hash under one set of settings (its cache key), and
 the path of the file with every example's result (evals/store/cache.py). Scores join checkpoints by
 content hash, so a copied checkpoint shares its results. Many processes write at once (async
@@ -38,7 +38,7 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     saved_at TEXT,                 -- from ladder_meta.json (UTC)
     device_hours DOUBLE PRECISION,             -- GPU-hours the run had used at this step
     config_json TEXT,              -- the resolved run config (ladder_config.yaml)
-    lineage TEXT,                  -- JSON: what it came from (lineage_of); null before version 2
+    lineage TEXT,                  -- JSON: what it came from (checkpoint_lineage); null before version 2
     registered_at DOUBLE PRECISION NOT NULL
 );
 CREATE INDEX IF NOT EXISTS checkpoints_hash ON checkpoints (content_hash);
@@ -235,12 +235,12 @@ def checkpoint_metadata(ref: CheckpointRef) -> dict:
         "config_json": json.dumps(OmegaConf.to_container(cfg, enum_to_str=True))
         if cfg is not None
         else None,
-        "lineage": json.dumps(lineage_of(ref)),
+        "lineage": json.dumps(checkpoint_lineage(ref)),
         "registered_at": time.time(),
     }
 
 
-def lineage_of(ref: CheckpointRef) -> dict:
+def checkpoint_lineage(ref: CheckpointRef) -> dict:
     """What a checkpoint came from: its run, its step, the model it started from
     (model.name_or_path: the SFT checkpoint a DPO run trained on), and for an average
     (`ladder average`, trainer.average_last) the checkpoints averaged, each's path, run, step and
