@@ -4,13 +4,13 @@
     ladder leaderboard / ladder compare     # read it, offline
     reg = Registry.for_checkpoint(ckpt)     # <run root>/registry.db, or registry.url when set
 
-A checkpoint row holds its path, content hash, run, rung, recipe, data, sweep, learning rate,
-step, saved-at time, device-hours at that step, the whole resolved config and its lineage (its
-run and the model it started from, and for an average the checkpoints averaged: checkpoint_lineage). A
-result row holds one task's score for one content hash under one set of settings (its cache key), and
-the path of the file with every example's result (evals/store/cache.py). Scores join checkpoints by
-content hash, so a copied checkpoint shares its results. Many processes write at once (async
-evaluators of a run, a sweep's jobs): short transactions on a SQLite file or a team's
+A checkpoint row holds its path, content hash, run, rung, recipe, data, sweep, learning rate, step,
+saved-at time, device-hours at that step, the whole resolved config and its lineage (its run and
+the model it started from, and for an average the checkpoints averaged: checkpoint_lineage). A
+result row holds one task's score for one content hash under one set of settings (its cache key),
+and the path of the file with every example's result (evals/store/cache.py). Scores join
+checkpoints by content hash, so a copied checkpoint shares its results. Many processes write at
+once (async evaluators of a run, a sweep's jobs): short transactions on a SQLite file or a team's
 PostgreSQL server (registry.url=postgresql://...), as in the ledger (training/common/store.py). The
 per-example results stay files: beside a SQLite registry, or under the run root for a server.
 """
@@ -38,7 +38,7 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     saved_at TEXT,                 -- from ladder_meta.json (UTC)
     device_hours DOUBLE PRECISION,             -- GPU-hours the run had used at this step
     config_json TEXT,              -- the resolved run config (ladder_config.yaml)
-    lineage TEXT,                  -- JSON: what it came from (checkpoint_lineage); null before version 2
+    lineage TEXT,                  -- JSON (checkpoint_lineage); null in rows before version 2
     registered_at DOUBLE PRECISION NOT NULL
 );
 CREATE INDEX IF NOT EXISTS checkpoints_hash ON checkpoints (content_hash);
