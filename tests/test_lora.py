@@ -376,3 +376,83 @@ def test_lora_on_two_ddp_processes_matches_one(sft, tmp_path):
     # Adam turns rounding in near-zero gradients into lr-sized steps: compare the adapters whole
     diff = sum(float((got[k] - want[k]).norm() ** 2) for k in want) ** 0.5
     assert diff < 0.02 * sum(float(want[k].norm() ** 2) for k in want) ** 0.5
+
+
+def test_the_ledger_marks_a_lora_run_and_plans_lora_runs_from_lora_runs_only(tmp_path):
+    import json
+
+    from launch.accounting.ledger import Ledger
+    from launch.commands.launch_cmd import ledger_fields, prepare
+    from launch.planning.rates import planning_rate
+
+    where = [*FAST, f"trainer.run_root={tmp_path}"]
+    ledger = Ledger(tmp_path / "ladder.db")
+    rows = {}
+    for name, extra, tokens_per_s in (("full", [], 1000.0), ("lora", LORA, 1500.0)):
+        _, [job] = prepare([*where, f"trainer.run_name={name}", *extra])
+        fields = {**ledger_fields(job), "team": "t", "period": "2026-12", "planned_gpu_hours": 0.1}
+        rows[name] = ledger.job(
+            ledger.add_job(**fields, state="completed", tokens_per_s=tokens_per_s)
+        )
+    assert rows["full"]["adapter"] is None
+    assert json.loads(rows["lora"]["adapter"]) == {
+        "method": "lora",
+        "r": 4,
+        "alpha": 32,
+        "dropout": 0.0,
+        "target_modules": list(lora.LLAMA_LINEAR),
+        "modules_to_save": [],
+        "quantize": "none",
+    }
+    # a LoRA token skips the base's weight gradients: each kind of run plans from its own kind
+    rate, kind, source = planning_rate(compose([*where, *LORA]), ledger)
+    assert (rate, kind) == (1500.0, "tokens_per_s") and "1 LoRA run of rung tiny" in source
+    assert planning_rate(compose(where), ledger)[0] == 1000.0
+
+
+def test_wandb_marks_a_lora_run_and_its_checkpoints_as_adapters(tmp_path):
+    import json
+    import time
+
+    from wandb_records import read_records
+
+    from training.run.tracking import Tracker
+
+    cfg = compose(["rung=tiny", *LORA, "tracker.mode=offline", f"trainer.run_root={tmp_path}"])
+    (tmp_path / "step_000006").mkdir()  # the artifact references it: nothing in it is read
+    tracker = Tracker(cfg, tmp_path)
+    tracker.log_checkpoint(tmp_path / "step_000006", 6)
+    tracker.finish()
+    [path] = tmp_path.glob("wandb/offline-run-*/run-*.wandb")
+    for _ in range(100):  # W&B's service process may still be flushing the file after finish()
+        records = read_records(path)
+        if any(r.WhichOneof("record_type") == "exit" for r in records):
+            break
+        time.sleep(0.1)
+    runs = [r.run for r in records if r.WhichOneof("record_type") == "run"]
+    assert runs, [r.WhichOneof("record_type") for r in records]
+    config = {i.key: json.loads(i.value_json) for i in runs[0].config.update}
+    assert config["adapter"] == lora.adapter_record(cfg) and config["adapter"]["r"] == 4
+    [art] = [r.artifact for r in records if r.WhichOneof("record_type") == "artifact"]
+    meta = json.loads(art.metadata)
+    assert meta["adapter"]["method"] == "lora" and meta["adapter"]["alpha"] == 32
+
+
+def test_promote_carries_a_lora_point_s_adapter_and_its_rate(tmp_path):
+    """A point's model.* overrides belong to the rung and are not carried up, but its adapter is
+    its method: the promoted job trains LoRA with the same r at the target rung's LoRA rate."""
+    import json
+
+    from omegaconf import OmegaConf
+
+    from launch.promotion.promote import Point, transfer
+
+    over = ["rung=tiny", "model.lora.enabled=true", "model.lora.r=4", "model.lora.alpha=8"]
+    (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(compose(over)))
+    job = {"id": 1, "run_name": "p", "state": "completed", "overrides": json.dumps(over)}
+    t = transfer(Point(str(tmp_path), job), "tiny_wide", "s@tiny_wide", "p-tiny_wide", [], {})
+    child = compose(t.overrides)
+    assert lora.adapter_record(child) == lora.adapter_record(compose(over))
+    assert not any(ov.startswith("optim.lr") for ov in t.overrides)  # the rung's own rule
+    assert t.child_lr == effective_lr(child) == pytest.approx(child.rung.lr * 10)
+    assert t.rule == "the rung's rate, as at tiny" and t.not_carried == []

@@ -58,7 +58,7 @@ STATES = ACTIVE + FINAL
 # Heartbeats are written on the compute nodes, sacct's times by the controller: allow for clocks
 # a little apart when deciding whether a heartbeat belongs to this job.
 CLOCK_SLACK_S = 30.0
-SCHEMA_VERSION = 11  # 2: jobs.overrides and the promotions table (launch/promotion/promote.py); 3: jobs.config_changes
+SCHEMA_VERSION = 12  # 2: jobs.overrides and the promotions table (launch/promotion/promote.py); 3: jobs.config_changes
 # 4: jobs.data_mixture and jobs.allow_contamination (training/data/mixture_config.py, evals/tasks/decontaminate.py)
 # 5: jobs.kind (train | eval: SLURM eval jobs of `ladder eval ... launcher=slurm`)
 # 6: jobs.launched_by, and the budgets and budget_changes tables (SCHEMA creates new tables)
@@ -67,6 +67,7 @@ SCHEMA_VERSION = 11  # 2: jobs.overrides and the promotions table (launch/promot
 # 9: jobs.host and jobs.process_start: where a local job's PID means something, and which process it is
 # 10: jobs.allow_unchecked (launch/inspection/contamination.py)
 # 11: jobs.point: the sweep point a replicate belongs to (sweep.seeds; launch/cluster/sweep.py)
+# 12: jobs.adapter: a LoRA/QLoRA run's adapter (training/model/lora.py: adapter_record), else null
 MIGRATIONS = {
     2: "ALTER TABLE jobs ADD COLUMN overrides TEXT",
     3: "ALTER TABLE jobs ADD COLUMN config_changes TEXT",
@@ -77,6 +78,7 @@ MIGRATIONS = {
     9: "ALTER TABLE jobs ADD COLUMN host TEXT; ALTER TABLE jobs ADD COLUMN process_start TEXT",
     10: "ALTER TABLE jobs ADD COLUMN allow_unchecked INTEGER NOT NULL DEFAULT 0",
     11: "ALTER TABLE jobs ADD COLUMN point TEXT",
+    12: "ALTER TABLE jobs ADD COLUMN adapter TEXT",
 }
 
 SCHEMA = """
@@ -116,7 +118,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     host TEXT,                         -- the host a local job's process runs on (socket.gethostname())
     process_start TEXT,                -- that process's start, <boot id>:<ticks since boot> (process_start)
     allow_unchecked INTEGER NOT NULL DEFAULT 0,  -- 1: launched with --allow-unchecked
-    point TEXT                         -- the sweep point of a replicate (sweep.seeds), else null
+    point TEXT,                        -- the sweep point of a replicate (sweep.seeds), else null
+    adapter TEXT                       -- JSON: a LoRA run's method, r, alpha, targets; null: full fine-tuning
 );
 CREATE INDEX IF NOT EXISTS jobs_team_period ON jobs (team, period);
 CREATE INDEX IF NOT EXISTS jobs_rung ON jobs (rung);
@@ -550,12 +553,19 @@ class Ledger(Store):
             "committed": row["used"] + row["running"],
         }
 
-    def median_rate(self, rung: str, column: str) -> tuple[float | None, int]:
-        """Median of a measured rate (mfu or tokens_per_s) over finished runs of a rung, and how many."""
+    def median_rate(
+        self, rung: str, column: str, adapter: bool = False
+    ) -> tuple[float | None, int]:
+        """Median of a measured rate (mfu or tokens_per_s) over finished runs of a rung, and how
+        many. adapter: LoRA runs only, else full fine-tuning only: a LoRA token skips the base's
+        weight gradients, so its tokens/s would plan a full run short (and its MFU differs)."""
         if column not in ("mfu", "tokens_per_s"):
             raise ValueError(column)
+        kind = "IS NOT NULL" if adapter else "IS NULL"
         rows = self.query(
-            f"SELECT {column} AS v FROM jobs WHERE rung = ? AND {column} IS NOT NULL", (rung,)
+            f"SELECT {column} AS v FROM jobs WHERE rung = ? AND {column} IS NOT NULL "
+            f"AND adapter {kind}",
+            (rung,),
         )
         values = [r["v"] for r in rows]
         return (statistics.median(values) if values else None), len(values)

@@ -471,6 +471,7 @@ def ledger_fields(j: Job, sweep: str | None = None) -> dict:
     first, `ladder status` releases it (launch/accounting/reconcile.py)."""
     from launch.accounting.ledger import claim
     from training.data.mixture_config import mixture_record
+    from training.model import lora
     from training.run.heartbeat import read_heartbeat
 
     hb = read_heartbeat(j.run_dir) or {}  # a resumed run: its earlier hours are not this job's
@@ -490,6 +491,7 @@ def ledger_fields(j: Job, sweep: str | None = None) -> dict:
         data_mixture=json.dumps(mixture_record(j.cfg.data)),
         allow_contamination=int(j.allow_contamination),
         allow_unchecked=int(j.allow_unchecked),
+        adapter=json.dumps(adapter) if (adapter := lora.adapter_record(j.cfg)) else None,
         **(claim() if j.cfg.launcher.name == "local" else {}),
     )
 

@@ -67,13 +67,13 @@ def planning_rate(cfg, ledger) -> tuple[float, str, str]:
     r = cfg.rung
     kind = "mfu" if r.peak_flops_per_device else "tokens_per_s"
     if ledger is not None:
-        value, n = ledger.median_rate(r.name, kind)
+        from training.model import lora
+
+        adapter = lora.enabled(cfg)  # LoRA runs plan LoRA runs; full fine-tuning plans its own
+        value, n = ledger.median_rate(r.name, kind, adapter)
         if value:
-            return (
-                value,
-                kind,
-                f"measured ({n} run{'s' if n != 1 else ''} of rung {r.name} in the ledger, median)",
-            )
+            runs = f"{n} {'LoRA ' if adapter else ''}run{'s' if n != 1 else ''}"
+            return (value, kind, f"measured ({runs} of rung {r.name} in the ledger, median)")
         shape = cfg_shape(cfg)
         if (
             kind == "mfu" and shape

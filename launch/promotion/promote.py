@@ -22,12 +22,17 @@ eval, run root) except those that belong to the scale: `rung=`, `rung.*`, `model
 `model.*` (the target rung picks its model and hardware), plus `trainer.run_name`,
 `trainer.resume` and `sweep.*`. It gets `rung=<to>`, `sweep.name=<sweep>@<to>` (or --as NAME),
 `trainer.run_name=<the point's run>-<to>` (or -<NAME>), then the overrides given to `ladder
-promote`, last, so they win (launcher=slurm, trainer.max_steps=...). The learning rate transfers by the ladder's
-rule (training/config/validate.py: optim.lr when set, else rung.lr x recipe.lr_scale): a point that
+promote`, last, so they win (launcher=slurm, trainer.max_steps=...). A LoRA point's adapter is its
+method, not its scale: model.lora.* and model.quantize are carried whole from the point's resolved
+config (so a LoRA point is never promoted as full fine-tuning), and the ledger records them
+(jobs.adapter). The learning rate transfers by the ladder's rule (training/config/validate.py:
+optim.lr when set, else rung.lr x recipe.lr_scale x model.lora.lr_scale with LoRA): a point that
 used its rung's rate gets the target rung's rate (no optim.lr); a point that set its own keeps
 its ratio to its rung's configured rate:
 
     optim.lr(promoted) = lr(point) x rung.lr(target) / rung.lr(point's rung, configs/rung/)
+
+(LoRA's lr_scale, on both sides, cancels out of that ratio.)
 
 **Budget.** The K jobs are composed, validated and planned first (one that does not fit stops
 them all); then their planned GPU-hours together are checked against the team's budget and
@@ -63,6 +68,10 @@ REPLACED = (
     "sweep",
     "optim.lr",
 )  # set anew for the promoted job
+# In model.* but the point's method, not the rung's scale: a LoRA point is promoted as LoRA, with
+# the adapter its run resolved (whether its overrides or a config file set it), never dropped to
+# full fine-tuning at its LoRA-scaled rate.
+METHOD = ("model.lora", "model.quantize")
 RESERVED = (
     "sweep",
     "trainer.run_name",
@@ -307,28 +316,61 @@ def configured_rung_lr(rung: str, fallback: float, cache: dict) -> float:
     return cache[rung]
 
 
+def adapter_overrides(pcfg: DictConfig) -> list[str]:
+    """A LoRA point's adapter as overrides, read from its resolved config; [] for full fine-tuning."""
+    from training.model import lora
+
+    rec = lora.adapter_record(pcfg)
+    if rec is None:
+        return []
+    listed = {k: "[" + ",".join(rec[k]) + "]" for k in ("target_modules", "modules_to_save")}
+    return [
+        "model.lora.enabled=true",
+        f"model.lora.r={rec['r']}",
+        f"model.lora.alpha={rec['alpha']}",
+        f"model.lora.dropout={rec['dropout']!r}",
+        f"model.lora.target_modules={listed['target_modules']}",
+        f"model.lora.modules_to_save={listed['modules_to_save']}",
+        f"model.lora.lr_scale={float(pcfg.model.lora.lr_scale)!r}",
+        f"model.quantize={rec['quantize']}",
+    ]
+
+
 def transfer(
     point: Point, to: str, to_sweep: str, run_name: str, extra: list[str], lr_cache: dict
 ) -> Transfer:
     from training.config.compose import compose
-    from training.config.validate import effective_lr
+    from training.config.validate import effective_lr, lora_lr_scale
 
     given = job_overrides(point.job)
     extra_keys = {override_key(ov) for ov in extra}
+    pcfg = run_config(point)
+    adapter = [ov for ov in adapter_overrides(pcfg) if override_key(ov) not in extra_keys]
     keep, not_carried = [], []
     for ov in given:
         key = override_key(ov)
+        if _in(key, METHOD):
+            continue  # a LoRA point's adapter is carried whole from its resolved config (adapter)
         if _in(key, SCALE_GROUPS) and key != "rung":
             not_carried.append(ov)
         elif not (_in(key, SCALE_GROUPS) or _in(key, REPLACED) or key in extra_keys):
             keep.append(ov)
-    base = [*keep, f"rung={to}", f"sweep.name={to_sweep}", f"trainer.run_name={run_name}"]
-    pcfg = run_config(point)
+    base = [
+        *keep,
+        *adapter,
+        f"rung={to}",
+        f"sweep.name={to_sweep}",
+        f"trainer.run_name={run_name}",
+    ]
     point_lr = effective_lr(pcfg)
-    from_lr = configured_rung_lr(pcfg.rung.name, pcfg.rung.lr, lr_cache) * pcfg.recipe.lr_scale
+    from_lr = (
+        configured_rung_lr(pcfg.rung.name, pcfg.rung.lr, lr_cache)
+        * pcfg.recipe.lr_scale
+        * lora_lr_scale(pcfg)
+    )
     ratio = point_lr / from_lr
     probe = compose([*base, *extra])
-    to_lr = probe.rung.lr * probe.recipe.lr_scale
+    to_lr = probe.rung.lr * probe.recipe.lr_scale * lora_lr_scale(probe)
     if "optim.lr" in extra_keys:
         child_lr, rule = effective_lr(probe), "optim.lr given to promote"
         lr_override = []

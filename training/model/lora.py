@@ -45,6 +45,25 @@ def enabled(cfg: DictConfig) -> bool:
     return bool(lora is not None and lora.get("enabled", False))
 
 
+def adapter_record(cfg: DictConfig) -> dict | None:
+    """What marks a run as an adapter run wherever it is recorded (the ledger's jobs.adapter, the
+    W&B config and checkpoint artifacts): its method, r, alpha, targets and the base's storage;
+    None for full fine-tuning. Each key is read from the config, never filled in."""
+    if not enabled(cfg):
+        return None
+    lc = cfg.model.lora
+    quantize = cfg.model.get("quantize", "none")
+    return {
+        "method": "qlora" if quantize == "nf4" else "lora",
+        "r": int(lc.r),
+        "alpha": int(lc.alpha),
+        "dropout": float(lc.dropout),
+        "target_modules": [str(t) for t in lc.target_modules],
+        "modules_to_save": [str(t) for t in lc.modules_to_save],
+        "quantize": str(getattr(quantize, "value", quantize)),
+    }
+
+
 def is_adapter_checkpoint(path: str | Path) -> bool:
     return (Path(path) / ADAPTER_CONFIG).is_file()
 

@@ -27,7 +27,10 @@ from training.common.safe_files import read_text, write_atomic
 
 class Tracker:
     def __init__(self, cfg: DictConfig, run_dir: Path, job_type: str = "train"):
+        from training.model.lora import adapter_record
+
         self.run = None
+        self.adapter = adapter_record(cfg)  # None: full fine-tuning
         mode = cfg.tracker.mode.value
         if mode == "disabled":
             return
@@ -57,7 +60,12 @@ class Tracker:
             mode=mode,
             job_type=job_type,
             tags=list(cfg.tracker.tags),
-            config=OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
+            # adapter: LoRA's method, r, alpha and targets, or null: the model.lora node alone
+            # holds its defaults (r, alpha) even when disabled, so it cannot tell the two apart
+            config={
+                **OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
+                "adapter": self.adapter,
+            },
             settings=wandb.Settings(
                 console="off", x_disable_stats=True, silent=True, disable_git=False
             ),
@@ -69,7 +77,7 @@ class Tracker:
     def disabled(cls) -> Tracker:
         """A tracker that logs nothing: ranks other than 0 hold one."""
         t = cls.__new__(cls)
-        t.run = None
+        t.run, t.adapter = None, None
         return t
 
     @property
@@ -100,6 +108,8 @@ class Tracker:
             "step": step,
             "path": str(Path(ckpt_dir).resolve()),
             **({"url": url} if url else {}),
+            # an adapter checkpoint holds no base weights: whoever loads it needs the base too
+            "adapter": self.adapter,
         }
         art = wandb.Artifact(f"{self.run.name}-checkpoint", type="model", metadata=metadata)
         # A reference records where the weights are; checksum=False avoids reading them.
