@@ -456,3 +456,21 @@ def test_promote_carries_a_lora_point_s_adapter_and_its_rate(tmp_path):
     assert not any(ov.startswith("optim.lr") for ov in t.overrides)  # the rung's own rule
     assert t.child_lr == effective_lr(child) == pytest.approx(child.rung.lr * 10)
     assert t.rule == "the rung's rate, as at tiny" and t.not_carried == []
+
+
+def test_lm_eval_scores_an_adapter_checkpoint_as_its_merged_weights(sft):
+    """lm-eval's loader cannot read an adapter checkpoint (no config.json, no base weights): ladder
+    hands it the base plus adapter as ladder eval loads them, which scores as the merged weights."""
+    import re
+
+    from evals.tasks.lm_harness import run_lm_eval
+
+    ckpt, lm_cfg = sft.result.checkpoints[-1], compose(["eval=cpu"]).eval.lm_eval
+
+    def logliks(path) -> list[float]:
+        [task] = run_lm_eval(path, lm_cfg, ["ladder_reverse_mc"], 4, "cpu").values()
+        assert task["n"] == 4
+        return [float(x) for e in task["examples"] for x in re.findall(r"-?\d+\.\d+", e["output"])]
+
+    adapter, merged = logliks(ckpt), logliks(ckpt / "merged")
+    assert len(adapter) == 16 and adapter == pytest.approx(merged, rel=1e-5)

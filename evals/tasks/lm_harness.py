@@ -185,8 +185,8 @@ def run_lm_eval(
     model_args = {"pretrained": str(ckpt), "dtype": "float32" if device == "cpu" else "bfloat16"}
     log.info("lm-eval %s: tasks %s on %s (%s)", lm_eval_version(), tasks, ckpt, device)
     out = lm_eval.simple_evaluate(
-        model="hf",
-        model_args=model_args,
+        model=adapter_lm(ckpt, lm_cfg, device) or "hf",
+        model_args=model_args,  # ignored with an adapter's model, which is built already
         tasks=list(tasks),
         task_manager=tm,
         num_fewshot=lm_cfg.num_fewshot,
@@ -242,6 +242,24 @@ def run_lm_eval(
             "examples": examples,
         }
     return results
+
+
+def adapter_lm(ckpt: Path, lm_cfg, device: str):
+    """lm-eval's HF model on a LoRA adapter checkpoint, else None (lm-eval loads the directory).
+    An adapter checkpoint holds no base weights, so lm-eval's loader fails on it (no config.json),
+    and its peft= argument would load whatever base the adapter_config names, unchecked. Here the
+    base is the one `ladder eval` loads (evals/runner.py: load_model), checked against the
+    checkpoint's ladder_base.json, with peft's adapter on top: nothing is merged on disk."""
+    from training.model import lora
+
+    if not lora.is_adapter_checkpoint(ckpt):
+        return None
+    from lm_eval.models.huggingface import HFLM
+
+    from evals.runner import load_model  # the one loader of checkpoints for evaluation
+
+    model, tokenizer = load_model(ckpt, device)
+    return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=lm_cfg.batch_size)
 
 
 def _short(resps) -> str:
