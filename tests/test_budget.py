@@ -59,6 +59,7 @@ def test_launch_over_budget_is_refused_then_runs_with_an_override(tmp_path):
     assert job["team"] == "default" and job["rung"] == "tiny" and len(job["config_hash"]) == 16
     assert job["run_dir"] == str(tmp_path / "runs" / "tiny-sft-reverse")
     assert job["tokens_per_s"] > 0  # measured, for the next plan of this rung
+    assert job["overhead_s"] > 0  # and what it was charged beyond its steps (#28 item 3)
     assert f"job {job['id']} completed" in proc.stdout
 
     # a dry run says what the budget check would say, against the ledger as it is, recording nothing

@@ -304,9 +304,10 @@ def test_a_version_8_ledger_gains_the_host_and_process_start_of_its_jobs(url, tm
         db.execute("ALTER TABLE jobs DROP COLUMN allow_unchecked")  # version 10's
         db.execute("ALTER TABLE jobs DROP COLUMN point")  # version 11's
         db.execute("ALTER TABLE jobs DROP COLUMN adapter")  # version 12's
+        db.execute("ALTER TABLE jobs DROP COLUMN overhead_s")  # version 13's
         db.execute("UPDATE ladder_schema SET version = 8 WHERE component = 'ledger'")
     ledger = Ledger(url)
-    assert ledger.schema_version() == SCHEMA_VERSION == 12
+    assert ledger.schema_version() == SCHEMA_VERSION == 13
     assert ledger.job(old)["host"] is None and ledger.job(old)["external_id"] == "4242"
     job = _local_job(ledger, tmp_path)
     ledger.mark_started(job, external_id=str(os.getpid()))

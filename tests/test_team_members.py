@@ -138,6 +138,7 @@ def test_the_local_default_team_needs_no_setup_and_a_version_7_ledger_gains_the_
         db.execute("ALTER TABLE jobs DROP COLUMN allow_unchecked")  # and what 10 to 12 added
         db.execute("ALTER TABLE jobs DROP COLUMN point")
         db.execute("ALTER TABLE jobs DROP COLUMN adapter")
+        db.execute("ALTER TABLE jobs DROP COLUMN overhead_s")  # and 13's
         db.execute("UPDATE ladder_schema SET version = 7 WHERE component = 'ledger'")
     assert (
         Ledger(tmp_path / "ladder.db").schema_version() == SCHEMA_VERSION

@@ -46,6 +46,7 @@ import statistics
 import time
 from pathlib import Path
 
+from launch.accounting.overhead import job_overhead_s
 from launch.console import invisible_chars, safe_text
 from training.common.errors import ConfigError
 from training.common.store import Db, Store, retried
@@ -58,7 +59,7 @@ STATES = ACTIVE + FINAL
 # Heartbeats are written on the compute nodes, sacct's times by the controller: allow for clocks
 # a little apart when deciding whether a heartbeat belongs to this job.
 CLOCK_SLACK_S = 30.0
-SCHEMA_VERSION = 12  # 2: jobs.overrides and the promotions table (launch/promotion/promote.py); 3: jobs.config_changes
+SCHEMA_VERSION = 13  # 2: jobs.overrides and the promotions table (launch/promotion/promote.py); 3: jobs.config_changes
 # 4: jobs.data_mixture and jobs.allow_contamination (training/data/mixture_config.py, evals/tasks/decontaminate.py)
 # 5: jobs.kind (train | eval: SLURM eval jobs of `ladder eval ... launcher=slurm`)
 # 6: jobs.launched_by, and the budgets and budget_changes tables (SCHEMA creates new tables)
@@ -68,6 +69,7 @@ SCHEMA_VERSION = 12  # 2: jobs.overrides and the promotions table (launch/promot
 # 10: jobs.allow_unchecked (launch/inspection/contamination.py)
 # 11: jobs.point: the sweep point a replicate belongs to (sweep.seeds; launch/cluster/sweep.py)
 # 12: jobs.adapter: a LoRA/QLoRA run's adapter (training/model/lora.py: adapter_record), else null
+# 13: jobs.overhead_s: a completed job's charge beyond its steps (launch/accounting/overhead.py)
 MIGRATIONS = {
     2: "ALTER TABLE jobs ADD COLUMN overrides TEXT",
     3: "ALTER TABLE jobs ADD COLUMN config_changes TEXT",
@@ -79,6 +81,7 @@ MIGRATIONS = {
     10: "ALTER TABLE jobs ADD COLUMN allow_unchecked INTEGER NOT NULL DEFAULT 0",
     11: "ALTER TABLE jobs ADD COLUMN point TEXT",
     12: "ALTER TABLE jobs ADD COLUMN adapter TEXT",
+    13: "ALTER TABLE jobs ADD COLUMN overhead_s DOUBLE PRECISION",
 }
 
 SCHEMA = """
@@ -101,6 +104,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     hours_before DOUBLE PRECISION NOT NULL DEFAULT 0,  -- the heartbeat's device_hours when a resumed run started
     mfu DOUBLE PRECISION,                          -- median measured MFU of the run's steps
     tokens_per_s DOUBLE PRECISION,                 -- median measured tokens/s per device
+    overhead_s DOUBLE PRECISION,       -- wall seconds charged beyond its steps at that rate (completed jobs)
     state TEXT NOT NULL,
     reason TEXT,                       -- why it failed or stopped
     override_reason TEXT,              -- --override-budget "reason"
@@ -483,6 +487,7 @@ class Ledger(Store):
             state, reason = "cancelled", reason or "cancelled by hand"
         waste = self.waste_hours(state, used, hb, started, job["gpus"])
         mfu, tok_s = measured_rates(Path(job["run_dir"])) if job["run_dir"] else (None, None)
+        overhead = job_overhead_s(job, state, hb, used, charged is not None)  # plans learn it
         ended = accounted.end if accounted is not None and accounted.end is not None else last
         self.update_job(
             job_id,
@@ -492,6 +497,7 @@ class Ledger(Store):
             waste_gpu_hours=waste,
             mfu=mfu,
             tokens_per_s=tok_s,
+            overhead_s=overhead,
             finished_at=ended,
             **(
                 {"started_at": started}

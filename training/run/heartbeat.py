@@ -10,6 +10,9 @@ trainer knows nothing about them. Fields:
   last_checkpoint_step, last_checkpoint_at
   reason           why the run failed or stopped, when it did
   segment_started_at   when this process (this segment of a resumed run) started
+  segment_hours_before, segment_start_step   device_hours and the step when it started: the
+                   ledger tells a job's one segment from a requeued job's last, and which steps
+                   were this segment's (launch/accounting/overhead.py)
   host, pid, process_start   which process writes it: `ladder status` tells a live run from a dead
                    one by these, even when its launcher died before it could record the PID
                    (launch/accounting/reconcile.py); process_start is <boot id>:<ticks since boot>
@@ -50,6 +53,8 @@ class Heartbeat:
             "last_checkpoint_at": prev.get("last_checkpoint_at"),
             "reason": None,
             "segment_started_at": self.started,
+            "segment_hours_before": self.carried_hours,
+            "segment_start_step": prev.get("step", 0),
             "host": socket.gethostname(),
             "pid": os.getpid(),
             "process_start": process_start(os.getpid()),

@@ -27,7 +27,7 @@ class HeartbeatCallback(Callback):
         t = self.trainer
         self.heartbeat = Heartbeat(t.run_dir, t.world.size, t.cfg.trainer.max_steps)
         link = self.tracker.link if self.tracker is not None else None
-        self.heartbeat.update(step=t.start_step, tracker_url=link)
+        self.heartbeat.update(step=t.start_step, segment_start_step=t.start_step, tracker_url=link)
 
     def on_step_end(self, step: int, metrics: dict) -> None:
         m = metrics
