@@ -177,8 +177,11 @@ def test_plan_uses_the_median_measured_mfu_of_the_rung(tmp_path):
     )
     measured = make_plan(cfg, ledger)
     assert measured.rate == 0.3 and measured.rate_source.startswith("measured (3 runs")
-    assert measured.gpu_hours == pytest.approx(assumed.gpu_hours * cfg.rung.assumed_mfu / 0.3)
-    assert measured.gpu_hours == pytest.approx(measured.flops / (989e12 * 0.3) / 3600)
+    steps = measured.gpu_hours - measured.overhead.gpu_hours  # start-up is not a rate's
+    assert steps == pytest.approx(
+        (assumed.gpu_hours - assumed.overhead.gpu_hours) * cfg.rung.assumed_mfu / 0.3
+    )
+    assert steps == pytest.approx(measured.flops / (989e12 * 0.3) / 3600)
 
 
 def test_bad_ledger_url_and_bad_batch_are_clear_errors(tmp_path):
@@ -263,7 +266,8 @@ def test_dpo_plans_its_reference_forward_and_a_live_reference_memory(tmp_path):
     for p in (pre, live):  # unmeasured data: one forward over the run's tokens, a third of training
         assert p.reference.tokens == p.tokens
         assert p.flops == pytest.approx(sft.flops * 4 / 3, rel=1e-9)
-        assert p.gpu_hours == pytest.approx(sft.gpu_hours * 4 / 3, rel=1e-9)
+        steps_h = p.gpu_hours - p.overhead.gpu_hours  # the same start-up and wrap-up for both
+        assert steps_h == pytest.approx((sft.gpu_hours - sft.overhead.gpu_hours) * 4 / 3, rel=1e-9)
     # the live reference sits beside the policy: bf16 weights sharded over the 64 GPUs (ZeRO-3)
     assert pre.memory.reference == 0.0
     assert live.memory.reference == pytest.approx(2 * live.params / live.gpus)

@@ -15,6 +15,9 @@ peak (a CPU) it is tokens / (devices x tokens/s), measured or rung.assumed_token
 reference forward passes (once over the data set, or in every step with
 recipe.precompute_reference=false) are added to FLOPs and time, and a live reference's weights to
 memory (launch/planning/plan_dpo.py); GRPO's generation is planned in launch/planning/plan_rl.py.
+A job's fixed cost (start-up, saves, in-process evals, wrap-up) is added once to the time and
+GPU-hours: the median measured on completed jobs of the rung, else rung.assumed_overhead_s
+(launch/planning/overhead.py).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from omegaconf import DictConfig
 from launch.console import make_console, num, si
 from launch.planning.doc_lengths import planning_length
 from launch.planning.memory import ENGINES, GiB, Memory, estimate, lora_states
+from launch.planning.overhead import Overhead, duration, planning_overhead
 from launch.planning.plan_dpo import ReferencePlan, reference_memory, reference_plan
 from launch.planning.plan_dpo import render_row as render_reference_row
 from launch.planning.plan_rl import RLPlan, is_rl, render_rows, rl_memory, rl_plan, rl_seconds
@@ -73,9 +77,10 @@ class Plan:
     rate: float  # MFU, or tokens/s per device where the peak is unknown
     rate_kind: str  # "mfu" | "tokens_per_s"
     rate_source: str
-    wall_clock_h: float
+    wall_clock_h: float  # the steps and the overhead below
     gpu_hours: float
     price_per_gpu_hour: float
+    overhead: Overhead  # start-up and wrap-up, once per job, in wall_clock_h and gpu_hours
     doc_source: str = "data.max_seq_len"  # where doc_tokens (the attention length) came from
     rl: RLPlan | None = (
         None  # recipe=grpo: generation and training on rollouts (launch/planning/plan_rl.py)
@@ -298,6 +303,8 @@ def make_plan(cfg: DictConfig, ledger=None) -> Plan:
         tokens, flops = rl.train_tokens, rl.train_flops + rl.gen_flops
         seconds = rl_seconds(rl, gpus, r.peak_flops_per_device, rate, kind)
         split = rl_split(cfg, rl, rate, kind, ledger)
+    overhead = planning_overhead(cfg, ledger, gpus)
+    seconds += overhead.seconds
     return Plan(
         rung=r.name,
         model=cfg.model.name,
@@ -331,6 +338,7 @@ def make_plan(cfg: DictConfig, ledger=None) -> Plan:
         wall_clock_h=seconds / 3600,
         gpu_hours=gpus * seconds / 3600,
         price_per_gpu_hour=cfg.budget.price_per_gpu_hour,
+        overhead=overhead,
         rl=rl,
         reference=reference,
         rl_split=split,
@@ -477,7 +485,15 @@ def render(plan: Plan, console=None) -> None:
     cost.add_column(style="dim")
     rate = f"{p.rate:.1%}" if p.rate_kind == "mfu" else f"{p.rate:,.0f} tokens/s per device"
     cost.add_row("MFU" if p.rate_kind == "mfu" else "throughput", rate, p.rate_source)
-    cost.add_row("wall-clock", f"{p.wall_clock_h:,.2f} h", f"{p.wall_clock_h / 24:,.2f} days")
+    cost.add_row(
+        "start-up and wrap-up", duration(p.overhead.seconds), f"once per job: {p.overhead.source}"
+    )
+    steps_s = p.wall_clock_h * 3600 - p.overhead.seconds
+    cost.add_row(
+        "wall-clock",
+        f"{p.wall_clock_h:,.2f} h",
+        f"{p.wall_clock_h / 24:,.2f} days: steps {duration(steps_s)} + start-up and wrap-up",
+    )
     cost.add_row(f"{unit}-hours", num(p.gpu_hours), f"{p.gpus} {unit}(s) x wall-clock")
     cost.add_row(
         "cost",

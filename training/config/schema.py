@@ -199,6 +199,11 @@ class RungConfig:
     assumed_mfu: float = 0.35  # MFU for plans when the ledger has no measured run of this rung
     # Tokens per second per device for plans where peak_flops_per_device is null (a CPU).
     assumed_tokens_per_s: Optional[float] = None
+    # Wall seconds a job is charged beyond its steps (start-up, the initial and periodic saves,
+    # in-process evals, wrap-up), added once to a plan's time while the ledger has no completed
+    # job of this rung to measure it from (launch/planning/overhead.py). Each rung in configs/rung/
+    # sets its own and says where it comes from; 600 is a guess for a GPU rung that sets none.
+    assumed_overhead_s: float = 600.0
 
 
 @dataclass
