@@ -627,12 +627,14 @@ class Trainer:
                 if step % t.save_every == 0 or step == t.max_steps or stop:
                     self.save(step)
                 if stop and step < t.max_steps and self.signals.interrupted:
+                    self.leave_group()
                     self.callbacks.train_end("interrupted", f"Ctrl-C after step {step}")
                     raise Interrupted(
                         f"interrupted by Ctrl-C after step {step} of {t.max_steps}; checkpointed "
                         f"in {self.run_dir}; the same command resumes from step {step}"
                     )
                 if stop and step < t.max_steps:
+                    self.leave_group()
                     self.callbacks.train_end(
                         "preempted", f"{self.stop_signal or 'signal'} at step {step}"
                     )
@@ -640,6 +642,7 @@ class Trainer:
                         f"stopped by {self.stop_signal or 'a signal on another rank'} after step "
                         f"{step}; checkpointed, resume with the same command"
                     )
+            self.leave_group()
             if main and self.average_steps:  # rank 0 alone: it committed the checkpoints
                 self.write_average()
             self.exit_code = 0
@@ -665,10 +668,17 @@ class Trainer:
                 self.callbacks.train_end("failed", f"{type(e).__name__}: {e}"[:500])
             raise
         finally:
-            if self.exit_code == 0:  # finished, preempted or interrupted: every learner is here
-                close_engines()
-            distributed.shutdown(clean=self.exit_code == 0)
+            distributed.shutdown()  # after an error (no barrier); a no-op after leave_group
         return self.result
+
+    def leave_group(self) -> None:
+        """Every learner is here, after the last save (or the save a stop made): release the
+        DeepSpeed engines and leave the process group together, with a barrier, before rank 0 goes
+        on alone (the checkpoint average, waiting for evaluations) and the others exit. A rank that
+        tore the group down while another still used it, or left ZeRO-3 engines to the garbage
+        collector at interpreter exit, aborted now and then (SIGABRT after a clean finish)."""
+        close_engines()
+        distributed.shutdown(clean=True)
 
 
 def train(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> RunResult:
