@@ -206,6 +206,7 @@ def test_the_plan_counts_lora_flops_as_by_hand():
     attention = 6 * 4 * 192 * doc * tokens  # 6 L d s^2 per document of s tokens
     assert full.flops == pytest.approx(6 * n * tokens + attention, rel=1e-12)
     assert low.flops == pytest.approx((4 * n + 6 * a) * tokens + attention, rel=1e-12)
+    assert low.flops_rule == "(4 x 1.84 M frozen + 6 x 58.37 K trained) matmul params"  # shown
     # a saved module trains whole (6 per weight) and an lm_head adapter's products count too; a
     # saved embedding is a lookup (no products): peft's modules give the adapter's products
     over = [

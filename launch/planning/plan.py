@@ -91,6 +91,8 @@ class Plan:
     rl_split: RLSplit | None = None
     # model.lora: the adapters' trainable parameters, and this job's memory with full fine-tuning
     lora_params: int = 0
+    # training FLOPs per token, in words: 6 x N, or with LoRA 4 x the frozen + 6 x the trained
+    flops_rule: str = ""
     lora_base: str = ""  # how the frozen base is stored: bf16, fp32 or nf4
     full_memory: Memory | None = None
     cost: float = field(init=False)
@@ -343,6 +345,11 @@ def make_plan(cfg: DictConfig, ledger=None) -> Plan:
         reference=reference,
         rl_split=split,
         lora_params=lora.adapter_params(shape, cfg.model.lora) if lora.enabled(cfg) else 0,
+        flops_rule=(
+            f"(4 x {si(mm.frozen)} frozen + 6 x {si(mm.policy - mm.frozen)} trained) matmul params"
+            if mm.frozen
+            else f"6 x {si(mm.policy)} matmul params"
+        ),
         full_memory=memory_for(shape, cfg, full=True) if lora.enabled(cfg) else None,
         lora_base=(
             "4-bit nf4 (embeddings, LM head and norms in bf16)"
@@ -399,7 +406,8 @@ def render(plan: Plan, console=None) -> None:
     work.add_row(
         "training FLOPs",
         f"{p.flops:.3e}",
-        f"6 x {si(p.matmul_params)} matmul params x tokens + attention at {p.doc_tokens:,}-token documents"
+        f"{p.flops_rule or '6 x ' + si(p.matmul_params) + ' matmul params'} x tokens + attention "
+        f"at {p.doc_tokens:,}-token documents"
         + (", with the reference FLOPs below" if p.reference else ""),
     )
     if p.reference is not None:
