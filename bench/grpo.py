@@ -43,6 +43,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -236,24 +237,35 @@ def vs_trl(a) -> dict:
         same = [f"model.name_or_path={ckpt}", "recipe.ppo_epochs=1", "recipe.kl_beta=0"]
         same += ["recipe.loss=grpo", "optim.schedule=constant", "optim.warmup_ratio=0"]
         same += [f"rung.micro_batch_tokens={micro_answers(a) * seq}"]  # TRL's micro-batch
-        # --impl: Ladder once per generator.impl, each against the same TRL run (TRL last)
+        # --impl: Ladder once per generator.impl; --rounds R: R alternating rounds (the Ladder
+        # runs, then TRL, again), since one side's time moves between back-to-back runs
         impls = a.impl.split(",") if a.impl else [None]
-        ladder = {
-            impl or "default": ladder_run(
-                a,
-                [*same, *([f"generator.impl={impl}"] if impl else [])],
-                f"ladder_{impl or 'default'}",
-                root,
-            )
-            for impl in impls
-        }
-        trl = trl_run(a, ckpt, root)
-    out = {"micro_batches_per_step": a.prompts * a.generations // micro_answers(a), "trl": trl}
-    for name, r in ladder.items():
-        key = "ladder" if len(ladder) == 1 else f"ladder_{name}"
-        out[key] = r
-        out[f"{key}_step_throughput_vs_trl"] = trl["step_time_s"] / r["step_time_s"]
-        out[f"{key}_gen_tokens_per_s_vs_trl"] = r["gen_tokens_per_s"] / trl["gen_tokens_per_s"]
+        rounds: list[dict] = []
+        for r in range(a.rounds):
+            got = {
+                impl or "default": ladder_run(
+                    a,
+                    [*same, *([f"generator.impl={impl}"] if impl else [])],
+                    f"ladder_{impl or 'default'}_{r}",
+                    root,
+                )
+                for impl in impls
+            }
+            got["trl"] = trl_run(a, ckpt, root)
+            rounds.append(got)
+    out = {"micro_batches_per_step": a.prompts * a.generations // micro_answers(a)}
+    for name in rounds[0]:
+        key = "trl" if name == "trl" else ("ladder" if len(impls) == 1 else f"ladder_{name}")
+        out[key] = rounds[0][name] if a.rounds == 1 else [g[name] for g in rounds]
+        if name == "trl":
+            continue
+        step = [g["trl"]["step_time_s"] / g[name]["step_time_s"] for g in rounds]
+        tok = [g[name]["gen_tokens_per_s"] / g["trl"]["gen_tokens_per_s"] for g in rounds]
+        out[f"{key}_step_throughput_vs_trl"] = step[0] if a.rounds == 1 else step
+        out[f"{key}_gen_tokens_per_s_vs_trl"] = tok[0] if a.rounds == 1 else tok
+        if a.rounds > 1:
+            out[f"{key}_median_step_throughput_vs_trl"] = statistics.median(step)
+            out[f"{key}_median_gen_tokens_per_s_vs_trl"] = statistics.median(tok)
     return out
 
 
@@ -370,6 +382,7 @@ def main() -> None:
     ap.add_argument(
         "--micro-answers", type=int, help="with --vs-trl: answers per micro-batch (default: all)"
     )
+    ap.add_argument("--rounds", type=int, default=1, help="with --vs-trl: alternating rounds")
     ap.add_argument("--separate", action="store_true", help="(b) 3 processes against colocated")
     ap.add_argument(
         "--impl",
