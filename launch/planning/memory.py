@@ -35,8 +35,12 @@ LoRA (model.lora.enabled; training/model/lora.py) replaces the model states: the
 stored once in the training dtype (2P in bf16, 4P without) or, with model.quantize=nf4, its decoder
 linear layers in 4-bit NF4 with double-quantized block constants (NF4_BYTES per parameter) and the
 rest (embeddings, LM head, norms) in bf16; it has no gradients or optimizer state. The A adapter
-parameters are fp32 with fp32 gradients and Adam's m and v: 4A + 4A + 8A. Only single and ddp run
-LoRA, so every GPU holds all of it. The reference is the policy with its adapters disabled: 0 bytes.
+parameters are trained parameters like any, counted by the table above with P = A and no gathered
+module: 4A + 4A + 8A under single and ddp, 16A/N under fsdp2, 2A + 18A/N under ZeRO-2, 18A/N under
+ZeRO-3 (on the CPU with offload). fsdp2 and ZeRO-3 shard the frozen base too (base/N, plus 2 largest
+for the module gathered at a time; with offload the base's partitions sit in the nodes' CPU memory
+with DeepSpeed's 1.5 allowance); the other engines hold it whole on each GPU. The reference is the
+policy with its adapters disabled: 0 bytes.
 
 RL (recipe=grpo) adds two kinds, planned in launch/planning/plan_rl.py: the KL reference's weights and the
 rollout generator's memory (a KV cache, or vLLM's share of the GPU). They are zero otherwise. The
@@ -116,16 +120,32 @@ NF4_BYTES = 0.5 + 1 / 64 + 4 / (64 * 256)
 
 
 def lora_states(
-    shape: ModelShape, adapter: int, bf16: bool, quantize: str = "none"
-) -> tuple[float, float, float]:
-    """(params, grads, optimizer) bytes per GPU of a LoRA run with `adapter` trainable parameters."""
+    shape: ModelShape,
+    adapter: int,
+    bf16: bool,
+    quantize: str = "none",
+    engine: str = "single",
+    gpus: int = 1,
+    nodes: int = 1,
+    offload: bool = False,
+) -> tuple[float, float, float, float]:
+    """(params, grads, optimizer) bytes per GPU and host bytes per node of a LoRA run with
+    `adapter` trainable parameters on `engine` (see the module doc)."""
     if quantize == "nf4":  # the decoder's linear layers (attention and MLP) are quantized
         h, q = shape.hidden, shape.heads * (shape.hidden // shape.heads)
         linear = shape.layers * (2 * h * q + 2 * h * shape.kv_hidden + 3 * h * shape.intermediate)
         base = NF4_BYTES * linear + 2 * (shape.params - linear)
     else:
         base = (2 if bf16 else 4) * float(shape.params)
-    return base + 4 * adapter, 4 * adapter, 8 * adapter
+    p, g, o, cpu = model_states(engine, adapter, 0, gpus, nodes, offload)
+    if engine in ("fsdp2", "deepspeed_zero3"):  # the frozen base is sharded like the policy
+        if offload:
+            cpu += base / nodes * ZERO_CPU_BUFFER_FACTOR
+            base = 0.0
+        else:
+            base = base / gpus
+        base += 2 * shape.largest_module_params  # the module gathered for its forward
+    return base + p, g, o, cpu
 
 
 def reference_bytes(engine: str, params: int, gpus: int, bf16: bool) -> float:

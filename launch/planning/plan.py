@@ -128,13 +128,19 @@ def memory_for(shape: ModelShape, cfg: DictConfig, full: bool = False, **changes
     m = _memory_for(shape, cfg, **changes)
     if full or not lora.enabled(cfg):
         return m
-    p, g, o = lora_states(
+    r = cfg.rung
+    nodes = changes.get("nodes", r.nodes)
+    p, g, o, cpu = lora_states(
         shape,
         lora.adapter_params(shape, cfg.model.lora),
-        cfg.rung.bf16,
+        r.bf16,
         cfg.model.quantize.value,
+        changes.get("engine", r.engine.value),
+        nodes * r.gpus_per_node,
+        nodes,
+        changes.get("offload", r.offload),
     )
-    return replace(m, params=p, grads=g, optimizer=o, reference=0.0)
+    return replace(m, params=p, grads=g, optimizer=o, cpu_per_node=cpu, reference=0.0)
 
 
 def _memory_for(shape: ModelShape, cfg: DictConfig, **changes) -> Memory:

@@ -20,6 +20,8 @@ reads only a checkpoint this run saved (training/run/checkpoint.py, origin_probl
 trainer.trust_checkpoint=true. The Hugging Face weights of the sharded engines (fsdp2,
 deepspeed_zero3) are gathered one tensor at a time and streamed into the safetensors files
 (training/engine/consolidate.py), so no rank ever holds the whole model to write them.
+With LoRA (a PeftModel) the same gathers give rank 0 the adapter's tensors, and the merged weights
+stream base tensor by base tensor with the adapter's delta added (training/engine/lora_sharded.py).
 """
 
 from __future__ import annotations
@@ -112,6 +114,29 @@ class EngineBackend:
         if self.world.main:
             model.save_pretrained(tmp, state_dict=sd, safe_serialization=True)
 
+    def tensors(self) -> tuple[dict, Callable[[str], torch.Tensor | None]]:
+        """The module's tensors by name, as {name: (full shape, dtype)}, and fetch(name): the full
+        tensor on rank 0 (None elsewhere). Under the sharded engines fetch is a collective that every
+        rank calls for the same names in the same order; here every rank holds them whole."""
+        sd = self.model.state_dict()
+        main = self.world.main
+        return {n: (tuple(t.shape), t.dtype) for n, t in sd.items()}, (
+            lambda name: sd[name].detach().cpu() if main else None
+        )
+
+    def adapter_state(self) -> dict | None:
+        """LoRA: the adapter's full tensors (the trainable ones, by the PeftModel's names) on rank
+        0, None elsewhere; a collective. None here: single and ddp hold the adapter whole, and peft
+        reads it from the model."""
+        return None
+
+    def save_merged(self, tmp: Path, model, adapter: dict | None, tokenizer) -> None:
+        """LoRA: the merged Hugging Face weights in tmp/merged/ (a collective; rank 0 writes)."""
+        from training.model import lora
+
+        if self.world.main:
+            lora.save_merged(model, tmp, tokenizer)
+
     def optimizer_state(self) -> dict | None:
         if not self.torch_optimizer.state:
             # Before the first step there is no state to save, and get_optimizer_state_dict would
@@ -172,15 +197,15 @@ class FSDP2Engine(EngineBackend):
         return fsdp2_shard(model, self.cfg.rung.device, self.world.size, mp)
 
     def accumulate(self, last: bool):
-        self.module.set_requires_gradient_sync(last)
+        hf_model(self.module).set_requires_gradient_sync(last)  # the root that fsdp2_shard made
         return contextlib.nullcontext()
 
     def autocast(self):
         return contextlib.nullcontext()  # MixedPrecisionPolicy casts parameters
 
-    def save_model(self, tmp: Path, model) -> None:
+    def tensors(self):
         # The local shards, by their unsharded names (no communication); each is gathered in
-        # turn, in the same order on every rank, only when its bytes are written.
+        # turn, in the same order on every rank, only when it is needed.
         from torch.distributed.tensor import DTensor
 
         sd = self.module.state_dict()
@@ -191,14 +216,28 @@ class FSDP2Engine(EngineBackend):
             full = t.full_tensor() if isinstance(t, DTensor) else t  # an all-gather of one tensor
             return full.detach().cpu() if main else None
 
+        return {n: (tuple(t.shape), t.dtype) for n, t in sd.items()}, fetch
+
+    def save_model(self, tmp: Path, model) -> None:
+        specs, fetch = self.tensors()
         write_streamed(
             tmp,
             model,
-            {n: (tuple(t.shape), t.dtype) for n, t in sd.items()},
+            specs,
             fetch,
-            main,
+            self.world.main,
             total_parameters=sum(p.numel() for p in model.parameters()),
         )  # DTensor numel is global
+
+    def adapter_state(self) -> dict | None:
+        from training.engine.lora_sharded import gather_adapter
+
+        return gather_adapter(self.model, *self.tensors(), self.world.main)
+
+    def save_merged(self, tmp: Path, model, adapter: dict | None, tokenizer) -> None:
+        from training.engine.lora_sharded import write_merged
+
+        write_merged(tmp, model, *self.tensors(), adapter, tokenizer, self.world.main)
 
 
 class DeepSpeedEngine(EngineBackend):
@@ -255,13 +294,13 @@ class DeepSpeedEngine(EngineBackend):
             else None
         )
 
-    def save_model(self, tmp: Path, model) -> None:
+    def tensors(self):
         if self.stage != 3:
-            return super().save_model(tmp, model)
+            return super().tensors()  # ZeRO-2 partitions gradients and Adam, not the weights
         import deepspeed
 
         # ZeRO-3 partitions every parameter (p.ds_shape is its full shape). Each is gathered in
-        # turn (on every rank, as GatheredParameters requires), written by rank 0 and released,
+        # turn (on every rank, as GatheredParameters requires), used by rank 0 and released,
         # instead of building the whole state dict on rank 0 first.
         params = dict(self.module.module.named_parameters())
         main = self.world.main
@@ -271,20 +310,47 @@ class DeepSpeedEngine(EngineBackend):
             with deepspeed.zero.GatheredParameters([p], modifier_rank=None):
                 return p.detach().to("cpu", copy=True) if main else None
 
+        return {n: (tuple(p.ds_shape), p.dtype) for n, p in params.items()}, fetch
+
+    def save_model(self, tmp: Path, model) -> None:
+        if self.stage != 3:
+            return super().save_model(tmp, model)
+        specs, fetch = self.tensors()
         write_streamed(
             tmp,
             model,
-            {n: (tuple(p.ds_shape), p.dtype) for n, p in params.items()},
+            specs,
             fetch,
-            main,
-            total_parameters=sum(p.ds_numel for p in params.values()),
+            self.world.main,
+            total_parameters=sum(p.ds_numel for p in self.module.module.parameters()),
         )
+
+    def adapter_state(self) -> dict | None:
+        from training.engine.lora_sharded import gather_adapter
+
+        return gather_adapter(self.model, *self.tensors(), self.world.main)
+
+    def save_merged(self, tmp: Path, model, adapter: dict | None, tokenizer) -> None:
+        # DeepSpeed's module carries its hooks and partitioned parameters: merged weights are
+        # streamed from its tensors rather than from a deep copy of it
+        from training.engine.lora_sharded import write_merged
+
+        write_merged(tmp, model, *self.tensors(), adapter, tokenizer, self.world.main)
 
     def optimizer_state(self) -> dict | None:
         return None  # saved sharded by save_sharded
 
     def save_sharded(self, tmp: Path) -> None:
-        self.module.save_checkpoint(str(tmp / DS_DIR), tag="state", save_latest=False)
+        # LoRA: the frozen base is rebuilt from its source on resume; only the adapter is state
+        self.module.save_checkpoint(
+            str(tmp / DS_DIR),
+            tag="state",
+            save_latest=False,
+            exclude_frozen_parameters=self._frozen_base(),
+        )
+
+    def _frozen_base(self) -> bool:
+        return any(not p.requires_grad for p in self.model.parameters())
 
     def load(self, state: dict, ckpt: Path) -> None:
         if state.get("engine") != self.name:
@@ -311,7 +377,8 @@ class DeepSpeedEngine(EngineBackend):
                 tag=tag,
                 load_optimizer_states=True,
                 load_lr_scheduler_states=False,
-                load_module_strict=True,
+                # LoRA's checkpoint holds the trainable parameters only (save_sharded)
+                load_module_strict=not self._frozen_base(),
             )
         finally:
             self.module._config.load_universal_checkpoint = False
@@ -431,10 +498,20 @@ def fsdp2_shard(
     else:
         mesh = init_device_mesh(device, (world_size,))
     mp = mp or MixedPrecisionPolicy()
-    for layer in model.model.layers:
+    # The root is the Hugging Face model, also inside a PeftModel: peft's generate calls the base
+    # model's generate, which would bypass a root hook on the PeftModel and find the embeddings,
+    # the final norm and the LM head still sharded.
+    root = hf_model(model)
+    for layer in root.model.layers:
         fully_shard(layer, mesh=mesh, mp_policy=mp, reshard_after_forward=reshard_after_forward)
-    fully_shard(model, mesh=mesh, mp_policy=mp, reshard_after_forward=reshard_after_forward)
+    fully_shard(root, mesh=mesh, mp_policy=mp, reshard_after_forward=reshard_after_forward)
     return model
+
+
+def hf_model(model):
+    """The Hugging Face model: `model` itself, or the one a peft model (LoRA) wraps."""
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model
 
 
 def wrap_frozen(cfg, model, world: World, layout):

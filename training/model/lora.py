@@ -33,10 +33,11 @@ MERGED_DIR = "merged"  # trainer.save_merged: the merged Hugging Face weights, i
 # the model is built from config. A loaded model is checked against its own modules in apply_lora.
 LLAMA_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 LLAMA_MODULES = (*LLAMA_LINEAR, "lm_head", "embed_tokens")
-# Engines that hold the whole policy on every rank: the adapter is saved and the reference pass run
-# without a collective. FSDP2 and ZeRO-3 shard the base, so saving the adapter and merging would
-# need a gather that is not written yet; ZeRO-2 has not been tested with frozen parameters here.
-LORA_ENGINES = ("single", "ddp")
+# Every engine trains LoRA. Under fsdp2 and deepspeed_zero2/3 the checkpoint's adapter is gathered
+# onto rank 0 and the merged weights are streamed (training/engine/lora_sharded.py).
+LORA_ENGINES = ("single", "ddp", "fsdp2", "deepspeed_zero2", "deepspeed_zero3")
+# QLoRA's 4-bit base on the engines that hold it whole on each rank (see nf4_problems)
+NF4_ENGINES = ("single", "ddp")
 
 
 def enabled(cfg: DictConfig) -> bool:
@@ -96,9 +97,8 @@ def lora_problems(cfg: DictConfig, here: bool = False) -> list[str]:
                 )
     if r.engine.value not in LORA_ENGINES:
         problems.append(
-            f"model.lora.enabled=true with rung.engine={r.engine.value}: LoRA runs on single and ddp, "
-            "which hold the whole base on each rank; under fsdp2 and deepspeed_zero2/3 saving the "
-            "adapter (a gather of sharded weights) is not wired for them yet; use single or ddp"
+            f"model.lora.enabled=true with rung.engine={r.engine.value}: LoRA runs on "
+            f"{', '.join(LORA_ENGINES)}"
         )
     ref = cfg.recipe.reference
     if ref and ref != m.name_or_path:
@@ -131,6 +131,20 @@ def nf4_problems(cfg: DictConfig, here: bool) -> list[str]:
         problems.append(
             f"model.quantize=nf4 on rung.device={cfg.rung.device.value}: the 4-bit base (QLoRA) is "
             "bitsandbytes' CUDA kernels, which a CPU does not have; use model.quantize=none"
+        )
+    engine = cfg.rung.engine.value
+    if engine not in NF4_ENGINES:
+        why = (
+            "DeepSpeed casts the whole module to its training dtype at initialize, and the 4-bit "
+            "weights have not been tested through that"
+            if engine == "deepspeed_zero2"
+            else f"{engine} shards the frozen base, and a bitsandbytes 4-bit weight is packed bytes "
+            "whose quantization state (block scales, shape) is not a parameter, so a gathered "
+            "shard cannot be dequantized"
+        )
+        problems.append(
+            f"model.quantize=nf4 with rung.engine={engine}: {why}; QLoRA runs on "
+            f"{' and '.join(NF4_ENGINES)}, or use model.quantize=none on {engine}"
         )
     if not cfg.model.name_or_path:
         problems.append(
@@ -327,12 +341,17 @@ def check_base(ckpt: Path, cfg: DictConfig, identity: str | None = None) -> None
 
 
 # ---- saving ------------------------------------------------------------------------------------
-def save_adapter(model, tmp: Path, identity: str, cfg: DictConfig) -> None:
+def save_adapter(
+    model, tmp: Path, identity: str, cfg: DictConfig, state_dict: dict | None = None
+) -> None:
     """peft's files (adapter_model.safetensors, adapter_config.json) and ladder_base.json into tmp
-    (rank 0; single and ddp hold the whole model). No README: peft's model card is not an input."""
+    (rank 0). state_dict: the adapter's tensors gathered by a sharding engine (engine.adapter_state),
+    else peft reads them from the model. No README: peft's model card is not an input."""
     from training.common.safe_files import write_atomic
 
-    model.save_pretrained(str(tmp), safe_serialization=True, save_embedding_layers=False)
+    model.save_pretrained(
+        str(tmp), safe_serialization=True, save_embedding_layers=False, state_dict=state_dict
+    )
     (Path(tmp) / "README.md").unlink(missing_ok=True)
     write_atomic(Path(tmp) / BASE_FILE, json.dumps(base_record(cfg, identity), indent=2) + "\n")
 

@@ -510,12 +510,14 @@ class Trainer:
         if self.world.main:
             fresh_dir(tmp)  # a leftover, or a link planted under its name, goes first
         distributed.barrier()
-        if lora.enabled(self.cfg):  # single and ddp only (lora.LORA_ENGINES): rank 0 holds it all
+        if lora.enabled(self.cfg):
+            # sharded engines gather the adapter onto rank 0 (a collective); single and ddp hold it
+            adapter = self.engine.adapter_state()
             if self.world.main:
-                lora.save_adapter(self.model, tmp, self.base_identity, self.cfg)
-                merged = lora.merged_steps(self.cfg)
-                if merged == "every" or (merged == "final" and step == self.cfg.trainer.max_steps):
-                    lora.save_merged(self.model, tmp, self.tokenizer)
+                lora.save_adapter(self.model, tmp, self.base_identity, self.cfg, adapter)
+            merged = lora.merged_steps(self.cfg)
+            if merged == "every" or (merged == "final" and step == self.cfg.trainer.max_steps):
+                self.engine.save_merged(tmp, self.model, adapter, self.tokenizer)  # a collective
         else:
             self.engine.save_model(tmp, self.model)  # sharded engines gather one tensor at a time
         optimizer_state = self.engine.optimizer_state()
