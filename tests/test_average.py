@@ -139,7 +139,7 @@ def test_average_last_after_a_resume_averages_the_scheduled_steps_and_evaluates_
     [
         ("3", "trainer.average_last=3 exceeds the 2 checkpoint(s) the run saves"),
         ("1", "trainer.average_last=1: an average needs at least 2 checkpoints"),
-        ("-1", "trainer.average_last=-1 must be 0 (off)"),
+        ("-1", "trainer.average_last=-1 must be in [0, inf)"),
     ],
 )
 def test_a_bad_average_last_is_refused_before_the_run_in_one_line(tmp_path, capsys, value, says):

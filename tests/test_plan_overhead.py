@@ -50,7 +50,7 @@ def test_without_history_the_plan_adds_the_rungs_default_on_its_own_line(tmp_pat
     # a GPU rung's default counts for every GPU of the job
     big = make_plan(compose(["rung=70b", f"trainer.run_root={tmp_path}"]))
     assert big.overhead.gpu_hours == pytest.approx(64 * big.overhead.seconds / 3600)
-    with pytest.raises(ConfigError, match=r"rung.assumed_overhead_s=-1.0: give seconds"):
+    with pytest.raises(ConfigError, match=r"rung.assumed_overhead_s=-1.0 must be in \[0, inf\)"):
         make_plan(tiny(tmp_path, "rung.assumed_overhead_s=-1"))
 
 

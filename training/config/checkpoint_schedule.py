@@ -36,10 +36,8 @@ def average_name(k: int, last_step: int) -> str:
 def average_last_problems(cfg: DictConfig) -> list[str]:
     t = cfg.trainer
     k = t.average_last
-    if k == 0:
+    if k <= 0:  # 0: off; below 0 is RANGES' to refuse (training/config/validate.py), in one line
         return []
-    if k < 0:
-        return [f"trainer.average_last={k} must be 0 (off) or the number of checkpoints to average"]
     if k == 1:
         return [
             "trainer.average_last=1: an average needs at least 2 checkpoints (the last one is "

@@ -194,6 +194,7 @@ RANGES: dict[str, tuple[float, float, str]] = {
     "rung.cpu_memory_gb": (0, INF, "()"),
     "rung.assumed_mfu": (0, 1, "(]"),
     "rung.assumed_tokens_per_s": (0, INF, "()"),
+    "rung.assumed_overhead_s": (0, INF, "[)"),
     "rung.rl_prompts_per_step": (1, INF, "[)"),
     "recipe.beta": (0, INF, "()"),
     "recipe.label_smoothing": (0, 0.5, "[)"),
@@ -232,6 +233,7 @@ RANGES: dict[str, tuple[float, float, str]] = {
     "trainer.grad_accum": (1, INF, "[)"),
     "trainer.save_every": (0, INF, "()"),
     "trainer.keep_last": (1, INF, "[)"),
+    "trainer.average_last": (0, INF, "[)"),  # 1 and more than the saves: average_last_problems
     "trainer.log_every": (0, INF, "()"),
     "trainer.step_timeout_s": (0, INF, "[)"),
     "trainer.loss_chunk_tokens": (0, INF, "[)"),
