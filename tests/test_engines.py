@@ -191,23 +191,28 @@ def _wait_for_steps(metrics: Path, n: int, alive) -> None:
         time.sleep(0.02)
 
 
+def _ladder(verb: str, over: list[str], cwd: Path, **popen) -> subprocess.Popen:
+    """`ladder VERB` on a 60-step tiny run that saves only at its end, output captured."""
+    more = ["data.max_samples=400", "trainer.max_steps=60", "trainer.save_every=100"]
+    return subprocess.Popen(
+        [str(Path(sys.executable).parent / "ladder"), verb, *over, *more],
+        cwd=cwd,
+        env=env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **popen,
+    )
+
+
 def test_ctrl_c_finishes_the_step_checkpoints_records_interrupted_and_exits_130(tmp_path):
     """#28 item 7: the first Ctrl-C of `ladder train` loses no step (about 10 s: one tiny run)."""
     import sqlite3
 
     from conftest import FAST
 
-    over = [*FAST, f"trainer.run_root={tmp_path}", "trainer.run_name=ctrlc", "data.max_samples=400"]
-    over += ["trainer.max_steps=60", "trainer.save_every=100"]
-    ladder = Path(sys.executable).parent / "ladder"
-    proc = subprocess.Popen(
-        [str(ladder), "train", *over],
-        cwd=tmp_path,
-        env=env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    over = [*FAST, f"trainer.run_root={tmp_path}", "trainer.run_name=ctrlc"]
+    proc = _ladder("train", over, tmp_path)
     _wait_for_steps(tmp_path / "ctrlc" / "metrics.jsonl", 2, lambda: proc.poll() is None)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
@@ -230,18 +235,8 @@ def test_ctrl_c_of_a_local_launch_lets_the_trainer_checkpoint_and_records_interr
 
     from launch.accounting.ledger import Ledger
 
-    over = [*FAST, "trainer.run_name=lc", "data.max_samples=400"]
-    over += ["trainer.max_steps=60", "trainer.save_every=100"]
-    ladder = Path(sys.executable).parent / "ladder"
-    proc = subprocess.Popen(
-        [str(ladder), "launch", *over],
-        cwd=tmp_path,
-        env=env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,  # its own process group, as a terminal's foreground job
-    )
+    # its own process group, as a terminal's foreground job
+    proc = _ladder("launch", [*FAST, "trainer.run_name=lc"], tmp_path, start_new_session=True)
     run_dir = tmp_path / "runs" / "lc"
     _wait_for_steps(run_dir / "metrics.jsonl", 2, lambda: proc.poll() is None)
     os.killpg(proc.pid, signal.SIGINT)  # what the terminal does on Ctrl-C
