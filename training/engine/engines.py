@@ -558,6 +558,8 @@ def close_engines() -> None:
     reference cycle, is destroyed by the garbage collector during interpreter shutdown, after the
     process group: a ZeRO-3 DPO run on two ranks then aborted at exit once in a while ("terminate
     called without an active exception", SIGABRT) after a clean finish."""
+    if not _DS_ENGINES:
+        return  # no DeepSpeed here: nothing to release, and no collection to pay for
     while _DS_ENGINES:
         engine = _DS_ENGINES.pop()()
         if engine is not None:
