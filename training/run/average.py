@@ -33,6 +33,7 @@ from training.run.checkpoint import (
     check_checkpoint,
     checkpoints_dir,
     hash_files,
+    step_dir,
     step_of,
 )
 
@@ -189,7 +190,7 @@ def average_last(run_dir: Path, cfg, fetch=None) -> Path:
     root = checkpoints_dir(run_dir)
     paths = []
     for step in steps:
-        path = root / f"step_{step:06d}"
+        path = step_dir(root, step)
         if not (path / COMPLETE).is_file() and fetch is not None:
             path = fetch(step, root)
         if not (path / COMPLETE).is_file():

@@ -142,6 +142,12 @@ def hash_files(paths: list[Path], fsync: bool = False) -> list[tuple[int, str]]:
         return list(pool.map(lambda f: file_sha256(f, fsync), paths))
 
 
+def step_dir(root: Path, step: int) -> Path:
+    """A committed checkpoint's directory under `root` (a run's checkpoints/, or where a
+    download goes): step_000150. step_of reads the step back from such a name."""
+    return Path(root) / f"step_{step:06d}"
+
+
 def staging_dir(run_dir: Path, step: int) -> Path:
     """Where a checkpoint is written before it is committed. The same name on every rank, so
     engines that write per-rank shards (DeepSpeed) write into one directory."""
@@ -244,7 +250,7 @@ def commit_checkpoint(
     """fsync and hash every file, write COMPLETE (the manifest), and rename the directory into
     place (rank 0, the only process that commits: the files are hashed once)."""
     root = checkpoints_dir(run_dir)
-    final = root / f"step_{step:06d}"
+    final = step_dir(root, step)
     paths = [f for f in sorted(tmp.rglob("*")) if f.is_file() and f != tmp / COMPLETE]
     # the data must be on disk before COMPLETE claims it is: fsync, hashing in the same read
     files = {

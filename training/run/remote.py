@@ -51,6 +51,7 @@ from training.run.checkpoint import (
     checkpoints_dir,
     latest_checkpoint,
     manifest_problems,
+    step_dir,
     step_of,
 )
 
@@ -223,7 +224,7 @@ class RemoteCheckpoints:
                 f"{self.step_url(step)} is not a complete checkpoint (no {COMPLETE} marker): "
                 "its upload never finished"
             ) from None
-        final = Path(dest_root) / f"step_{step:06d}"
+        final = step_dir(dest_root, step)
         if _same(final, token):
             try:
                 return check_checkpoint(final, hashes=hashes)
