@@ -193,6 +193,7 @@ def evaluate_checkpoint(
         "content_hash": content_hash,
         "step": row["step"],
         "run_name": row["run_name"],
+        "adapter": ref.adapter,  # {method, r, alpha} of an adapter checkpoint, else None
         "suite": eval_cfg.name,
         "eval_code_version": EVAL_CODE_VERSION,
         "device": device,

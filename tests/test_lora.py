@@ -571,3 +571,100 @@ def test_lm_eval_scores_an_adapter_checkpoint_as_its_merged_weights(sft):
 
     adapter, merged = logliks(ckpt), logliks(ckpt / "merged")
     assert len(adapter) == 16 and adapter == pytest.approx(merged, rel=1e-5)
+
+
+def test_the_registry_and_the_leaderboard_mark_an_adapter_checkpoint_with_r_and_alpha(
+    sft, tmp_path, capsys
+):
+    """A LoRA run's checkpoint is registered with its adapter (from its adapter_config.json), a
+    full fine-tuning checkpoint with none, and `ladder leaderboard` shows which is which."""
+    import json
+
+    from evals.store.cache import task_specs
+    from evals.store.checkpoint_ref import resolve_checkpoint
+    from evals.store.registry import Registry, adapter_of
+    from launch.cli import main as ladder_main
+    from training.run.checkpoint import save_checkpoint
+
+    cfg = compose([*FAST, f"trainer.run_root={tmp_path}", "trainer.run_name=full"])
+    tok = load_tokenizer(cfg.model)
+    full = save_checkpoint(tmp_path / "full", 6, build_model(cfg.model, tok), tok, {"step": 6}, cfg)
+    registry = Registry.from_config(cfg)
+    for i, ckpt in enumerate([sft.result.checkpoints[-1], full]):
+        ref = resolve_checkpoint(ckpt)
+        registry.register_checkpoint(ref)
+        for spec in task_specs(cfg.eval):
+            result = {"metric": "exact_match", "score": 50.0 + i, "n": 10}
+            registry.record_result(
+                f"k{i}{spec.name}", ref.content_hash, spec, result, tmp_path / "x", cfg.eval.name
+            )
+    adapters = {r["run_name"]: adapter_of(r) for r in registry.checkpoints()}
+    assert adapters == {"sft": {"method": "lora", "r": 4, "alpha": 32}, "full": None}
+    out = tmp_path / "lb.json"
+    assert ladder_main(["leaderboard", f"trainer.run_root={tmp_path}", "--json", str(out)]) == 0
+    rows = {r["run_name"]: r["adapter"] for r in json.loads(out.read_text())["rows"]}
+    assert rows == adapters
+    printed = capsys.readouterr().out
+    assert "adapter" in printed and "LoRA r=4 alpha=32" in printed and "full" in printed
+
+
+def test_a_hostile_adapter_config_is_refused_naming_the_file_and_the_key(sft, tmp_path):
+    import json
+
+    from evals.store.checkpoint_ref import read_adapter
+    from training.common.errors import CheckpointError
+
+    src = sft.result.checkpoints[-1] / lora.ADAPTER_CONFIG
+    good = json.loads(src.read_text())
+    assert read_adapter(tmp_path) is None  # no adapter_config.json: full weights
+    here = tmp_path / lora.ADAPTER_CONFIG
+    for bad, says in [
+        (json.dumps({**good, "r": "4"}), "r must be a positive integer, not '4'"),
+        (
+            json.dumps({**good, "lora_alpha": True}),
+            "lora_alpha must be a positive integer, not True",
+        ),
+        (json.dumps({**good, "r": 0}), "r must be a positive integer, not 0"),
+        (json.dumps({**good, "peft_type": "IA3"}), "peft_type 'IA3' is not 'LORA'"),
+        (json.dumps([good]), "holds a JSON list, not peft's object"),
+        ('{"peft_type": "LORA", "r": NaN}', "is not JSON (NaN is not a JSON value)"),
+        ("\x80", "is not JSON"),  # written as latin-1 below: not UTF-8
+    ]:
+        here.write_bytes(bad.encode("latin-1"))
+        with pytest.raises(CheckpointError) as e:
+            read_adapter(tmp_path)
+        assert str(e.value).startswith(f"{here}") and says in str(e.value), str(e.value)
+    here.unlink()
+    here.symlink_to(src)  # a planted link to a good file elsewhere is not read
+    with pytest.raises(CheckpointError, match="is a symlink, and Ladder follows none"):
+        read_adapter(tmp_path)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def registry_url(request, tmp_path):
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/registry.db"
+    return request.getfixturevalue("pg_url")
+
+
+def test_a_version_2_registry_gains_the_adapter_column_and_keeps_its_rows(
+    sft, registry_url, tmp_path
+):
+    from evals.store import registry as registry_mod
+    from evals.store.registry import Registry, adapter_of
+
+    reg = Registry(registry_url, cache_root=tmp_path)
+    first, last = sft.result.checkpoints
+    reg.register_checkpoint(first, "hash-first")
+    with reg.transaction() as db:  # the table as version 2 wrote it
+        db.execute("ALTER TABLE checkpoints DROP COLUMN adapter")
+        db.execute("UPDATE ladder_schema SET version = 2 WHERE component = 'registry'")
+    assert reg.schema_version() == 2
+    reg = Registry(registry_url, cache_root=tmp_path)
+    assert reg.schema_version() == registry_mod.SCHEMA_VERSION == 3
+    [old] = reg.checkpoints()  # kept whole; registered before the column, so no adapter yet
+    assert (old["path"], old["content_hash"], old["step"]) == (str(first), "hash-first", 3)
+    assert old["adapter"] is None and '"run_name": "sft"' in old["lineage"]
+    reg.register_checkpoint(last, "hash-last")
+    reg.register_checkpoint(first, "hash-first")  # evaluated again: the row is filled in
+    assert [adapter_of(r)["r"] for r in reg.checkpoints()] == [4, 4]

@@ -22,9 +22,10 @@ from rich.table import Table
 
 from evals.analysis.bootstrap import RESAMPLES, SEED, Delta, average_delta, paired_delta
 from evals.runner import evaluate_checkpoint
-from evals.store.registry import Registry, run_dir_of
+from evals.store.registry import Registry, adapter_text, run_dir_of
 from training.common.console import make_console
 from training.common.errors import CheckpointError, EvalError
+from training.common.store import safe_text
 from training.run.checkpoint import COMPLETE, check_checkpoint, complete_checkpoints
 
 
@@ -80,6 +81,7 @@ class Comparison:
                     "checkpoint": str(e.checkpoint),
                     "step": e.result["step"],
                     "run_name": e.result["run_name"],
+                    "adapter": e.result.get("adapter"),  # None: full weights
                     "content_hash": e.result["content_hash"],
                     "scores": e.scores,
                     "average": e.average,
@@ -211,6 +213,14 @@ def print_comparison(c: Comparison, console: Console | None = None) -> None:
         f"Examples per task: {', '.join(f'{t} {k}' for t, k in n.items())}.",
         highlight=False,
     )
+    adapters = [
+        f"{e.label} ({adapter_text(e.result['adapter'])})"
+        for e in c.entries
+        if e.result.get("adapter")
+    ]
+    if adapters:  # which rows are adapters on a base, not full weights
+        text = safe_text(", ".join(adapters), markup=False)  # run names come from checkpoint files
+        console.print(f"adapter checkpoints: {text}", highlight=False, markup=False)
     for group in same_checkpoints(c):
         console.print(
             f"{' and '.join(group)} are the same checkpoint (same content hash): their deltas are 0 by "

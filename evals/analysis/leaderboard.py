@@ -24,7 +24,7 @@ from rich.console import Console
 from rich.table import Table
 
 from evals.store.cache import task_specs
-from evals.store.registry import Registry
+from evals.store.registry import Registry, adapter_of, adapter_text
 from training.common.console import make_console
 from training.common.errors import ConfigError, EvalError
 from training.common.store import safe_text
@@ -87,6 +87,7 @@ def leaderboard(
                 },
                 # keep_last prunes old checkpoints: their scores stay, but they cannot be promoted or reloaded
                 "on_disk": Path(ck["path"], COMPLETE).is_file(),
+                "adapter": adapter_of(ck),  # {method, r, alpha}; None: full weights
                 "scores": scores,
                 "complete": complete,
                 "average": sum(scores.values()) / len(scores) if complete else None,
@@ -145,6 +146,9 @@ def print_leaderboard(
     show_sweep = any(r["sweep"] for r in rows)
     if show_sweep:
         t.add_column("sweep", overflow="fold")
+    show_adapter = any(r["adapter"] for r in rows)  # a column only where LoRA is in the table
+    if show_adapter:
+        t.add_column("adapter", overflow="fold")
     for task in tasks:  # long task names fold in the header; a score (<= 5 characters) never does
         t.add_column(task, justify="right", min_width=5, overflow="fold")
     if not one_task:
@@ -161,6 +165,7 @@ def print_leaderboard(
             name,
             meta,
             *([safe_text(r["sweep"] or "")] if show_sweep else []),
+            *([safe_text(adapter_text(r["adapter"]))] if show_adapter else []),
             *[f"{r['scores'][k]:.1f}" if k in r["scores"] else "—" for k in tasks],
             *([] if one_task else [f"{r['average']:.1f}" if r["average"] is not None else "—"]),
         )

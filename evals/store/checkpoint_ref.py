@@ -11,7 +11,9 @@ held (submitting an eval job for a 16 GB checkpoint never needs it; evaluating i
 
 from __future__ import annotations
 
+import errno
 import json
+import reprlib
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -19,7 +21,11 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from training.common.errors import CheckpointError
+from training.common.safe_files import open_nofollow
+from training.model.lora import ADAPTER_CONFIG
 from training.run.checkpoint import check_checkpoint, step_of
+
+ADAPTER_CONFIG_MAX_BYTES = 1 << 20  # peft writes about 1 KB: a larger file is not its config
 
 
 def run_dir_of(ckpt: Path) -> Path | None:
@@ -47,6 +53,11 @@ class CheckpointRef:
 
         return checkpoint_hash(self.path)
 
+    @cached_property
+    def adapter(self) -> dict | None:
+        """{method, r, alpha} of an adapter checkpoint, None for full weights (read_adapter)."""
+        return read_adapter(self.path)
+
     @property
     def run_name(self) -> str:
         name = self.meta.get("run_name") or self.select("trainer.run_name")
@@ -58,6 +69,53 @@ class CheckpointRef:
 
     def __str__(self) -> str:
         return str(self.path)
+
+
+def read_adapter(ckpt: str | Path) -> dict | None:
+    """An adapter checkpoint's {method, r, alpha}, from its own adapter_config.json; None when it
+    has none (full weights). That file, not the run config, is what peft and vLLM build the adapter
+    from, and the content hash covers it: a config changed on resume, or a merged/ folder whose run
+    config says LoRA, cannot mislabel it. The file is input: opened without following a link (so
+    it is the one inside the checkpoint folder), size-capped, parsed as JSON only, each value
+    type-checked; anything else is one CheckpointError naming the file and the key."""
+    path = Path(ckpt) / ADAPTER_CONFIG
+    try:
+        with open_nofollow(path) as f:
+            raw = f.read(ADAPTER_CONFIG_MAX_BYTES + 1)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        why = (
+            "it is a symlink, and Ladder follows none in a checkpoint"
+            if e.errno == errno.ELOOP
+            else e
+        )
+        raise CheckpointError(f"{path} cannot be read: {why}") from None
+    if len(raw) > ADAPTER_CONFIG_MAX_BYTES:
+        raise CheckpointError(f"{path} is over {ADAPTER_CONFIG_MAX_BYTES} bytes: not peft's config")
+
+    def refuse_constant(name: str):  # NaN, Infinity: not JSON
+        raise ValueError(f"{name} is not a JSON value")
+
+    try:
+        cfg = json.loads(raw.decode("utf-8"), parse_constant=refuse_constant)
+    except ValueError as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise CheckpointError(f"{path} is not JSON ({e})") from None
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{path} holds a JSON {type(cfg).__name__}, not peft's object")
+    if cfg.get("peft_type") != "LORA":
+        raise CheckpointError(
+            f"{path}: peft_type {reprlib.repr(cfg.get('peft_type'))} is not 'LORA', the only "
+            "adapter Ladder trains"
+        )
+    for key in ("r", "lora_alpha"):
+        value = cfg.get(key)
+        # bool is an int in Python; a float alpha is not what the schema (int) lets a run write
+        if type(value) is not int or value < 1:
+            raise CheckpointError(
+                f"{path}: {key} must be a positive integer, not {reprlib.repr(value)}"
+            )
+    return {"method": "lora", "r": cfg["r"], "alpha": cfg["lora_alpha"]}
 
 
 def read_ref(ckpt: str | Path, content_hash: str | None = None) -> CheckpointRef:

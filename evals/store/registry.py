@@ -5,8 +5,9 @@
     reg = Registry.for_checkpoint(ckpt)     # <run root>/registry.db, or registry.url when set
 
 A checkpoint row holds its path, content hash, run, rung, recipe, data, sweep, learning rate, step,
-saved-at time, device-hours at that step, the whole resolved config and its lineage (its run and
-the model it started from, and for an average the checkpoints averaged: checkpoint_lineage). A
+saved-at time, device-hours at that step, the whole resolved config, its lineage (its run and
+the model it started from, and for an average the checkpoints averaged: checkpoint_lineage) and,
+for an adapter checkpoint, its adapter (method, r, alpha, from its adapter_config.json). A
 result row holds one task's score for one content hash under one set of settings (its cache key),
 and the path of the file with every example's result (evals/store/cache.py). Scores join
 checkpoints by content hash, so a copied checkpoint shares its results. Many processes write at
@@ -27,8 +28,11 @@ from evals.store.checkpoint_ref import CheckpointRef, read_ref, run_dir_of  # no
 from training.common.store import Store
 from training.common.store_url import parse_store_url
 
-SCHEMA_VERSION = 2  # 2: checkpoints.lineage
-MIGRATIONS = {2: "ALTER TABLE checkpoints ADD COLUMN lineage TEXT"}
+SCHEMA_VERSION = 3  # 2: checkpoints.lineage; 3: checkpoints.adapter
+MIGRATIONS = {
+    2: "ALTER TABLE checkpoints ADD COLUMN lineage TEXT",
+    3: "ALTER TABLE checkpoints ADD COLUMN adapter TEXT",
+}
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS checkpoints (
     path TEXT PRIMARY KEY,
@@ -39,6 +43,7 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     device_hours DOUBLE PRECISION,             -- GPU-hours the run had used at this step
     config_json TEXT,              -- the resolved run config (ladder_config.yaml)
     lineage TEXT,                  -- JSON (checkpoint_lineage); null in rows before version 2
+    adapter TEXT,                  -- JSON {method, r, alpha}; null: full weights, or before version 3
     registered_at DOUBLE PRECISION NOT NULL
 );
 CREATE INDEX IF NOT EXISTS checkpoints_hash ON checkpoints (content_hash);
@@ -236,6 +241,7 @@ def checkpoint_metadata(ref: CheckpointRef) -> dict:
         if cfg is not None
         else None,
         "lineage": json.dumps(checkpoint_lineage(ref)),
+        "adapter": json.dumps(ref.adapter) if ref.adapter is not None else None,
         "registered_at": time.time(),
     }
 
@@ -270,6 +276,23 @@ def averaged_from(row: dict) -> list[dict]:
         return []
     found = lineage.get("averaged_from") if isinstance(lineage, dict) else None
     return found if isinstance(found, list) else []
+
+
+def adapter_of(row: dict) -> dict | None:
+    """A registry row's adapter {method, r, alpha}, None for full weights (and for a row registered
+    before the adapter column, or one another tool wrote that does not hold an object)."""
+    try:
+        adapter = json.loads(row.get("adapter") or "null")
+    except ValueError:
+        return None
+    return adapter if isinstance(adapter, dict) else None
+
+
+def adapter_text(adapter: dict | None) -> str:
+    """How a listing shows it: `LoRA r=16 alpha=32`, or `full` for full fine-tuning."""
+    if adapter is None:
+        return "full"
+    return f"LoRA r={adapter.get('r')} alpha={adapter.get('alpha')}"
 
 
 def device_hours_at(run_dir: Path, step: int) -> float | None:
