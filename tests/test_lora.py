@@ -8,6 +8,7 @@ Every run here is the tiny model built from config, in this process, for a few s
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -237,7 +238,8 @@ def test_the_reference_cache_key_covers_the_base_and_the_adapter():
     r4 = reference_hash(compose([*dpo, *LORA]))
     r8 = reference_hash(compose([*dpo, "model.lora.enabled=true", "model.lora.r=8"]))
     seed1 = reference_hash(compose([*dpo, *LORA, "trainer.seed=1"]))
-    assert len({full, r4, r8, seed1}) == 4
+    bf16 = reference_hash(compose([*dpo, *LORA, "rung.bf16=true"]))  # the base stored in bf16
+    assert len({full, r4, r8, seed1, bf16}) == 5
     assert r4 == reference_hash(compose([*dpo, *LORA, "model.lora.lr_scale=3"]))  # not an output
 
 
@@ -416,7 +418,6 @@ def test_lora_on_two_sharding_processes_matches_one_and_saves_peft_s_format(sft,
     gathered onto rank 0, which plain peft loads, beside merged weights streamed with peft's delta.
     ZeRO-3 (its sharded state holds the adapter's partitions only) also resumes bit for bit."""
     import subprocess
-    from pathlib import Path
 
     from distributed_helpers import env, torchrun_cmd
     from peft import PeftModel
@@ -668,3 +669,43 @@ def test_a_version_2_registry_gains_the_adapter_column_and_keeps_its_rows(
     reg.register_checkpoint(last, "hash-last")
     reg.register_checkpoint(first, "hash-first")  # evaluated again: the row is filled in
     assert [adapter_of(r)["r"] for r in reg.checkpoints()] == [4, 4]
+
+
+def test_under_bf16_the_frozen_base_is_stored_in_bf16_as_the_plan_counts_it(sft):
+    """The base never trains, so under rung.bf16 it is built in bf16 (2 bytes per parameter, as
+    `ladder plan` counts it) while the adapters stay fp32; a LoRA step still runs under autocast."""
+    from launch.planning.plan import make_plan
+    from training.run.callbacks import Callback
+
+    seen = {}
+
+    class States(Callback):  # the model states alive as the step ends, as bench/lora.py counts
+        def on_step_end(self, step: int, metrics: dict) -> None:
+            params = list(self.trainer.model.parameters())
+            seen["weights"] = sum(p.numel() * p.element_size() for p in params)
+            seen["grads"] = sum(p.numel() * p.element_size() for p in params if p.requires_grad)
+            seen["adam"] = sum(  # m and v; the scalar step counts are not model states
+                t.numel() * t.element_size()
+                for state in self.trainer.engine.torch_optimizer.state.values()
+                for t in state.values()
+                if torch.is_tensor(t) and t.dim() > 0
+            )
+
+    extra = [
+        "rung.bf16=true",
+        "rung.micro_batch_tokens=256",  # bf16 matmuls are slow on a CPU without bf16 units
+        "trainer.global_batch_tokens=256",
+        "optim.warmup_ratio=0",  # step 1 updates the adapters
+        "trainer.save_merged=none",
+    ]
+    root = Path(sft.cfg.trainer.run_root)  # beside the fixture: its token cache is warm
+    t = run(root, "bf16", 1, extra, callbacks=[States()])
+    named = dict(t.model.named_parameters())
+    frozen = {n: p.dtype for n, p in named.items() if not p.requires_grad}
+    trained = {n: p.dtype for n, p in named.items() if p.requires_grad}
+    assert set(frozen.values()) == {torch.bfloat16} and set(trained.values()) == {torch.float32}
+    m = make_plan(t.cfg).memory
+    assert (seen["weights"], seen["grads"], seen["adam"]) == (m.params, m.grads, m.optimizer)
+    [loss] = losses(t.run_dir)
+    assert math.isfinite(loss)
+    assert any(p.abs().sum() > 0 for n, p in named.items() if "lora_B" in n)  # the step updated

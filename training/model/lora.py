@@ -6,11 +6,12 @@
     adapter_params(shape, cfg.model.lora)   # the planner's count, equal to peft's
 
 The base is built or loaded as for full fine-tuning (training/model/modeling.py), frozen, and
-wrapped by `peft.get_peft_model`; the adapters are kept in fp32 whatever the base's dtype (peft's
-autocast_adapter_dtype). A checkpoint holds the adapter in peft's own format (adapter_model.safetensors,
-adapter_config.json: `PeftModel.from_pretrained` and vLLM's LoRA loader read it), `ladder_base.json`
-naming the base it adapts (its identity, so the content hash covers it), and with trainer.save_merged
-the merged Hugging Face weights in merged/. model.quantize=nf4 (QLoRA) loads the base in 4-bit with
+wrapped by `peft.get_peft_model`; the base is stored in bf16 under rung.bf16 (fp32 otherwise), the
+adapters in fp32 whatever the base's dtype (peft's autocast_adapter_dtype). A checkpoint holds the
+adapter in peft's own format (adapter_model.safetensors, adapter_config.json:
+`PeftModel.from_pretrained` and vLLM's LoRA loader read it), `ladder_base.json` naming the base it
+adapts (its identity, so the content hash covers it), and with trainer.save_merged the merged
+Hugging Face weights in merged/. model.quantize=nf4 (QLoRA) loads the base in 4-bit with
 bitsandbytes, on CUDA only; bitsandbytes is imported only there.
 """
 
@@ -109,7 +110,7 @@ def lora_problems(cfg: DictConfig, here: bool = False) -> list[str]:
         )
     g = cfg.get("generator")
     if g is not None and cfg.recipe.loss in ("grpo", "dr_grpo", "dapo"):
-        if g.name.value != "hf" or g.impl.value != "eager":
+        if g.name.value != "hf" or g.impl.value not in ("auto", "eager"):
             problems.append(
                 f"generator.name={g.name.value} generator.impl={g.impl.value} with model.lora.enabled=true: "
                 "LoRA samples with generator=hf generator.impl=eager (peft's generate); vLLM's weight "
@@ -238,12 +239,16 @@ def build_policy(cfg: DictConfig, tokenizer, device: str, seed: int, resume_from
     from training.model.modeling import build_model
 
     quantized = cfg.model.get("quantize", "none") == "nf4"
+    # The base is frozen, so an fp32 master copy of it buys nothing: under rung.bf16 it is built
+    # and kept in bf16 on every engine (the plan's 2 bytes per parameter; autocast, FSDP2 and
+    # DeepSpeed computed in bf16 anyway), while peft keeps the adapters in fp32
+    # (autocast_adapter_dtype). Without rung.bf16 everything stays fp32.
     base = build_model(
         cfg.model,
         tokenizer,
         device,
         seed,
-        dtype=torch.bfloat16 if quantized else torch.float32,
+        dtype=torch.bfloat16 if quantized or cfg.rung.bf16 else torch.float32,
         load_kwargs=base_load_kwargs(cfg),
     )
     if resume_from is None:

@@ -46,7 +46,11 @@ def reference_hash(cfg) -> str:
     if lora.enabled(cfg):
         # The policy with adapters disabled: the base (its weights and storage, nf4 or not), and the
         # adapter config, so a run never reads log-probs another adapter layout wrote.
-        return f"lora:{lora.base_identity(cfg)};adapter={lora.adapter_fingerprint(cfg)}"
+        key = f"lora:{lora.base_identity(cfg)};adapter={lora.adapter_fingerprint(cfg)}"
+        # under rung.bf16 the base is stored in bf16 (lora.build_policy), not fp32 under autocast:
+        # its log-probs differ from those a cache written before then holds
+        bf16_base = cfg.rung.bf16 and cfg.model.get("quantize", "none") != "nf4"
+        return key + (";base=bf16" if bf16_base else "")
     src = reference_source(cfg)
     if src:
         return model_identity(src)  # the eval cache's rule: a copy of a checkpoint hits too
