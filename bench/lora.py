@@ -1,6 +1,8 @@
-"""LoRA against full fine-tuning: step time and peak memory of the same SFT job, in one run.
+"""LoRA against full fine-tuning: step time and peak memory of the same SFT job, in one run; with
+--dpo, LoRA DPO with the adapter-disabled reference against a separate frozen copy of the base.
 
     .venv/bin/python bench/lora.py [--steps 8] [--warmup 2] [--shape small|tiny] [--r 16] [--rounds 2]
+    .venv/bin/python bench/lora.py --dpo [--steps 8] [--warmup 2] [--rounds 2]
 
 Each mode trains the same Llama (built from config, same seed, same data, same batches) through
 Ladder's own entry point (training/run/trainer.py), in a process of its own, one after the other,
@@ -31,6 +33,15 @@ mmap whose pages the kernel zeroes, which costs both modes alike and hid LoRA's 
 (one forward and backward: 2.87 s full, 2.84 s LoRA with it; 3.0 and 2.5 s without), so the
 timed runs keep glibc's default.
 
+--dpo compares the two references of the same LoRA DPO job (recipe=dpo, built from config, with
+recipe.precompute_reference=false on both sides, so the reference runs beside the policy in every
+step): `adapter_off`, Ladder's (the policy itself under peft's disable_adapter(), no weights of its
+own), against `separate`, a frozen copy of the base built as a full fine-tuning run builds its
+reference (training/recipes/reference.py: load_reference_model with LoRA off; validation refuses
+that for a LoRA run, so the bench swaps it in). Both start from the same base, so step 1's loss
+is ln 2 in both. The reference column is the bytes of the reference's own tensors (0 when it
+shares the policy's), beside the plan's (launch/planning/plan_dpo.py: reference_memory).
+
 The small shape (default) is 8 layers of hidden 512 and MLP 1536, about 28M parameters, large
 enough that the model states show beside the activations; tiny is the tiny rung's 2M.
 """
@@ -39,6 +50,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -62,7 +74,10 @@ SHAPES = {
 }
 MiB = 2**20
 MEMORY_STEPS = 3  # the memory runs: Adam's state exists from step 1, so step 2 is a steady one
-COLUMNS = ("step_s", "tokens_per_s", "peak_mib", "above_start_mib", "states_mib")
+COLUMNS = ("step_s", "tokens_per_s", "peak_mib", "above_start_mib", "states_mib", "reference_mib")
+# each section's modes, its baseline first: the ratio row is the second over the first
+SECTIONS = {"sft": ("full", "lora"), "dpo": ("separate", "adapter_off")}
+DPO = ["recipe=dpo", "model.from_scratch=true", "recipe.precompute_reference=false"]
 
 
 def status_kib(field: str) -> int:
@@ -90,6 +105,35 @@ def live_states(trainer) -> int:
     return weights + grads + optim
 
 
+def reference_states(trainer) -> int:
+    """Bytes of the reference's own tensors: 0 for none, and for the adapter-disabled reference,
+    whose parameters are the policy's."""
+    ref = trainer.recipe.reference_model
+    if ref is None:
+        return 0
+    own = {p.data_ptr() for p in trainer.model.parameters()}
+    return sum(p.numel() * p.element_size() for p in ref.parameters() if p.data_ptr() not in own)
+
+
+def separate_reference():
+    """Make load_reference_model build a frozen copy of the base, as for full fine-tuning (the
+    `separate` mode): the same function with model.lora.enabled=false in the config it reads."""
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from training.recipes import reference
+
+    ladders = reference.load_reference_model
+
+    def copy_of_base(trainer):
+        cfg = OmegaConf.merge(trainer.cfg, {"model": {"lora": {"enabled": False}}})
+        keep = ("tokenizer", "device", "world", "layout")
+        return ladders(SimpleNamespace(cfg=cfg, **{k: getattr(trainer, k) for k in keep}))
+
+    reference.load_reference_model = copy_of_base  # read at call time by the recipe's prepare()
+
+
 def overrides(mode: str, args, out: Path, steps: int) -> list[str]:
     lora = ["model.lora.enabled=true", f"model.lora.r={args.r}", "trainer.save_merged=none"]
     return [
@@ -104,7 +148,8 @@ def overrides(mode: str, args, out: Path, steps: int) -> list[str]:
         f"trainer.run_name={mode}",
         "trainer.log_every=1000",
         "optim.lr=1e-4",  # the same rate for both: the rate changes no step's cost
-        *(lora if mode == "lora" else []),
+        *(lora if mode != "full" else []),
+        *(DPO if mode in SECTIONS["dpo"] else []),
     ]
 
 
@@ -112,8 +157,9 @@ def child(mode: str, args, out: Path) -> dict:
     """One mode's run, in this process: its step times and tokens/s, or (--memory) its memory."""
     import torch
 
-    from launch.planning.plan import make_plan
+    from launch.planning.plan import make_plan, memory_for
     from training.config.compose import compose
+    from training.model.shape import model_shape
     from training.run.callbacks import Callback
     from training.run.metrics import read_metrics
     from training.run.trainer import Trainer
@@ -122,6 +168,14 @@ def child(mode: str, args, out: Path) -> dict:
     steps = MEMORY_STEPS if args.memory else args.steps
     cfg = compose(overrides(mode, args, out, steps))
     m = make_plan(cfg).memory
+    # the separate reference is the one a full fine-tuning run of the job would hold
+    planned_ref = (
+        memory_for(model_shape(cfg), cfg, full=True).reference
+        if mode == "separate"
+        else m.reference
+    )
+    if mode == "separate":
+        separate_reference()
     seen = {}
 
     class LastStep(Callback):  # the peak as the last step ends, before the final save
@@ -129,6 +183,7 @@ def child(mode: str, args, out: Path) -> dict:
             if step == steps:
                 seen["peak_kib"] = status_kib("VmHWM")
                 seen["states"] = live_states(self.trainer)
+                seen["reference"] = reference_states(self.trainer)
 
     before = status_kib("VmRSS")
     trainer = Trainer(cfg, callbacks=[LastStep()])
@@ -141,6 +196,8 @@ def child(mode: str, args, out: Path) -> dict:
             "above_start_mib": (seen["peak_kib"] - before) / 1024,
             "states_mib": seen["states"] / MiB,
             "planned_states_mib": (m.params + m.grads + m.optimizer) / MiB,
+            "reference_mib": seen["reference"] / MiB,
+            "planned_reference_mib": planned_ref / MiB,
         }
     timed = rows[args.warmup :]
     return {
@@ -173,8 +230,15 @@ def main() -> int:
     ap.add_argument(
         "--threads", type=int, default=1, help="torch intra-op threads (1: a shared machine)"
     )
-    ap.add_argument("--rounds", type=int, default=1, help="full, lora alternated this often")
-    ap.add_argument("--child", choices=["full", "lora"], help=argparse.SUPPRESS)
+    ap.add_argument("--rounds", type=int, default=1, help="the two modes alternated this often")
+    ap.add_argument(
+        "--dpo",
+        action="store_true",
+        help="LoRA DPO: the adapter-disabled reference against a separate copy of the base",
+    )
+    ap.add_argument(
+        "--child", choices=[m for ms in SECTIONS.values() for m in ms], help=argparse.SUPPRESS
+    )
     ap.add_argument("--out", help=argparse.SUPPRESS)
     ap.add_argument("--memory", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -183,20 +247,25 @@ def main() -> int:
     if args.child:
         print(json.dumps(child(args.child, args, Path(args.out))))
         return 0
+    section = "dpo" if args.dpo else "sft"
+    base, other = modes = SECTIONS[section]
     print(f"load average before: {os.getloadavg()[0]:.2f}", flush=True)
-    runs: dict[str, list[dict]] = {"full": [], "lora": []}
+    runs: dict[str, list[dict]] = {m: [] for m in modes}
     for i in range(args.rounds):
-        for mode in ("full", "lora"):  # one at a time: each its own process
+        for mode in modes:  # one at a time: each its own process
             with tempfile.TemporaryDirectory() as out:
                 runs[mode].append(run_mode(mode, out, memory=False))
             print(f"round {i + 1} {mode}: {runs[mode][-1]['step_s']:.3f} s/step", flush=True)
     memory = {}
-    for mode in ("full", "lora"):
+    for mode in modes:
         with tempfile.TemporaryDirectory() as out:
             memory[mode] = run_mode(mode, out, memory=True)
     print(f"load average after: {os.getloadavg()[0]:.2f}")
-    # the same model, data and first batch: step 1's loss is the base's in both
-    assert runs["full"][0]["first_loss"] == runs["lora"][0]["first_loss"], runs
+    # the same model, data and first batch: step 1's loss is the base's in both (DPO: ln 2, the
+    # policy equal to either reference while the adapters' B is zero)
+    first = [runs[m][0]["first_loss"] for m in modes]
+    assert first[0] == first[1], runs
+    assert section == "sft" or abs(first[0] - math.log(2)) < 1e-6, first
     res = {
         mode: {
             **rs[0],
@@ -205,20 +274,27 @@ def main() -> int:
         }
         for mode, rs in runs.items()
     }
-    f, lo = res["full"], res["lora"]
+    f, lo = res[base], res[other]
+    what = "DPO, precompute_reference=false" if args.dpo else "SFT"
     print(
-        f"shape {args.shape}: {f['params']:,} parameters; LoRA r={args.r} trains "
+        f"{what}, shape {args.shape}: {f['params']:,} parameters; LoRA r={args.r} trains "
         f"{lo['trainable']:,} ({100 * lo['trainable'] / f['params']:.2f}%); {args.steps} steps, "
         f"times: median of the last {args.steps - args.warmup} of {args.rounds} round(s); "
         f"memory: {MEMORY_STEPS} steps; {args.threads} thread(s)"
     )
-    print(f"{'':6}" + "".join(f"{c:>17}" for c in COLUMNS))
-    for mode in ("full", "lora"):
-        print(f"{mode:6}" + "".join(f"{res[mode][c]:>17.3f}" for c in COLUMNS))
-    print(f"{'ratio':6}" + "".join(f"{lo[c] / f[c]:>17.3f}" for c in COLUMNS) + "  (LoRA / full)")
+    w = max(len(m) for m in (*modes, "ratio"))
+    print(f"{'':{w}}" + "".join(f"{c:>17}" for c in COLUMNS))
+    for mode in modes:
+        print(f"{mode:{w}}" + "".join(f"{res[mode][c]:>17.3f}" for c in COLUMNS))
+    ratios = [f"{lo[c] / f[c]:>17.3f}" if f[c] else f"{'-':>17}" for c in COLUMNS]
+    print(f"{'ratio':{w}}" + "".join(ratios) + f"  ({other} / {base})")
     print(
-        "model states as `ladder plan` predicts them (launch/planning/memory.py): "
-        f"full {f['planned_states_mib']:.1f} MiB, LoRA {lo['planned_states_mib']:.1f} MiB"
+        "model states and reference as `ladder plan` predicts them (launch/planning/memory.py): "
+        + ", ".join(
+            f"{m} {res[m]['planned_states_mib']:.1f} MiB + reference "
+            f"{res[m]['planned_reference_mib']:.1f} MiB"
+            for m in modes
+        )
     )
     return 0
 
