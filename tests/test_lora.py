@@ -601,6 +601,9 @@ def test_the_registry_and_the_leaderboard_mark_an_adapter_checkpoint_with_r_and_
             )
     adapters = {r["run_name"]: adapter_of(r) for r in registry.checkpoints()}
     assert adapters == {"sft": {"method": "lora", "r": 4, "alpha": 32}, "full": None}
+    lrs = {r["run_name"]: r["lr"] for r in registry.checkpoints()}  # the rate each run trained at
+    assert lrs == {"sft": pytest.approx(effective_lr(sft.cfg)), "full": effective_lr(cfg)}
+    assert lrs["sft"] == pytest.approx(10 * lrs["full"])
     out = tmp_path / "lb.json"
     assert ladder_main(["leaderboard", f"trainer.run_root={tmp_path}", "--json", str(out)]) == 0
     rows = {r["run_name"]: r["adapter"] for r in json.loads(out.read_text())["rows"]}

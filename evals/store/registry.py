@@ -220,8 +220,10 @@ def checkpoint_metadata(ref: CheckpointRef) -> dict:
     """What the registry keeps about a checkpoint: its resolved value's fields (read once)."""
     run_dir, step, sel, cfg = ref.run_dir, ref.step, ref.select, ref.config
     lr = sel("optim.lr")
-    if lr is None and sel("rung.lr") is not None:
+    if lr is None and sel("rung.lr") is not None:  # the rule of training/config/validate.py
         lr = sel("rung.lr") * (sel("recipe.lr_scale") or 1.0)
+        if sel("model.lora.enabled"):  # LoRA's rate (model.lora.lr_scale) was left out before
+            lr *= sel("model.lora.lr_scale") or 1.0
     return {
         "path": str(ref.path),
         "content_hash": ref.content_hash,
