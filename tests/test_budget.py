@@ -12,6 +12,7 @@ from conftest import FAST, ladder_cli
 
 from launch.accounting.budget import check_and_record, period_key, report_rows
 from launch.accounting.ledger import Ledger
+from launch.cli import main as ladder_main
 from training.common.errors import BudgetError
 from training.config.compose import compose
 
@@ -38,7 +39,7 @@ def test_check_refuses_over_budget_and_records_an_override(tmp_path):
     assert ledger.job(job)["period"] == period_key("month")
 
 
-def test_launch_over_budget_is_refused_then_runs_with_an_override(tmp_path):
+def test_launch_over_budget_is_refused_then_runs_with_an_override(tmp_path, monkeypatch, capsys):
     args = ["launch", *FAST, "trainer.max_steps=2", "trainer.save_every=2"]
     allocate(Ledger(tmp_path / "runs" / "ladder.db"), 0.00001)
     proc = ladder_cli(*args, cwd=tmp_path)
@@ -62,15 +63,19 @@ def test_launch_over_budget_is_refused_then_runs_with_an_override(tmp_path):
     assert job["overhead_s"] > 0  # and what it was charged beyond its steps (#28 item 3)
     assert f"job {job['id']} completed" in proc.stdout
 
-    # a dry run says what the budget check would say, against the ledger as it is, recording nothing
-    dry = ladder_cli(*args, "trainer.run_name=dry", "--dry-run", cwd=tmp_path)
-    assert dry.returncode == 0, dry.stderr
-    assert "budget: would be REFUSED: over budget" in dry.stdout and "over by" in dry.stdout
+    # a dry run says what the budget check would say, against the ledger as it is, recording
+    # nothing; in this process (the CLI's main, from the same directory): two more CLI processes
+    # would cost ~7 s of CPU each for what the refused and the real launch above already start
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert ladder_main([*args, "trainer.run_name=dry", "--dry-run"]) == 0
+    dry = capsys.readouterr().out
+    assert "budget: would be REFUSED: over budget" in dry and "over by" in dry
     allocate(Ledger(tmp_path / "runs" / "ladder.db"), 10000.0)
-    roomy = ladder_cli(
-        "launch", *FAST, "trainer.max_steps=2", "trainer.run_name=dry", "--dry-run", cwd=tmp_path
-    )
-    assert "budget: would pass: team 'default' has" in roomy.stdout, roomy.stdout + roomy.stderr
+    roomy = ["launch", *FAST, "trainer.max_steps=2", "trainer.run_name=dry", "--dry-run"]
+    assert ladder_main(roomy) == 0
+    out, err = capsys.readouterr()
+    assert "budget: would pass: team 'default' has" in out, out + err
     assert len(Ledger(tmp_path / "runs" / "ladder.db").jobs()) == 1
 
 
