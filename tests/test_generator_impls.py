@@ -91,6 +91,40 @@ def test_static_loop_drops_finished_answers(tiny, eager):
     assert sizes[:ended] == [2] * ended and sizes[ended:] == [1] * (N - ended)
 
 
+def test_static_loop_prefills_each_prompt_once_for_its_answers(tiny, eager):
+    """GRPO's G answers per prompt: one prefill row per distinct prompt, then every answer's own
+    tokens, the same as generate's, which prefills all 3 x 3 rows."""
+    cfg, tok, model, prompts, keys = tiny
+    group = [0, 0, 2, 0, 2, 3, 2, 3, 3]  # three prompts, three answers each, interleaved
+    answer_keys = [sample_key(0, 1, p, j) for j, p in enumerate(group)]
+    sampled = generator(cfg, tok, "eager").sample(model, [prompts[p] for p in group], answer_keys)
+    sizes, handle = batch_sizes(model)
+    try:
+        out, _ = generator(cfg, tok, "static").sample(
+            model, [prompts[p] for p in group], answer_keys
+        )
+    finally:
+        handle.remove()
+    assert out == sampled[0]
+    assert len({tuple(a) for a in out}) > 3, "a prompt's answers differ from each other"
+    assert sizes[0] == 3 and sizes[1] == 16, "3 prefill rows, then the 9 answers' bucket of 16"
+
+
+def test_auto_is_the_static_loop_on_a_cpu_and_generate_for_a_peft_model(tiny):
+    from peft import LoraConfig, get_peft_model
+
+    from training.rl.generator import resolve_impl
+
+    cfg, tok, model, prompts, keys = tiny
+    assert cfg.generator.impl == "auto"
+    assert resolve_impl("auto", model) == "static"
+    assert resolve_impl("eager", model) == "eager"
+    peft = get_peft_model(
+        build_model(cfg.model, tok, seed=0), LoraConfig(r=1, target_modules=["q_proj"])
+    )
+    assert resolve_impl("auto", peft) == "eager"
+
+
 @pytest.mark.slow
 def test_compiled_static_loop_draws_the_eager_tokens(tiny, eager):
     """torch.compile on a CPU (inductor and a C++ compiler): about a minute on 2 cores."""
@@ -115,5 +149,7 @@ def test_impls_that_cannot_work_are_refused(overrides, message):
 
 
 def test_an_unknown_impl_is_refused_at_compose_naming_the_choices():
-    with pytest.raises(ConfigError, match="generator.impl takes one of eager, static_compiled, "):
+    with pytest.raises(
+        ConfigError, match="generator.impl takes one of auto, eager, static, static_compiled, "
+    ):
         compose(["recipe=grpo", "generator.impl=sglang"])

@@ -72,8 +72,10 @@ class GeneratorName(StrEnum):
 class GeneratorImpl(StrEnum):
     """How generator=hf decodes (training/rl/generator.py); every impl draws the same tokens."""
 
-    eager = "eager"  # transformers generate, the default: finished rows ride along to the end
-    static_compiled = "static_compiled"  # static KV cache, compiled step, drops finished rows
+    auto = "auto"  # the default: static on a CPU, eager on a GPU and for a LoRA policy
+    eager = "eager"  # transformers generate: finished rows ride along to the end
+    static = "static"  # Ladder's static-cache loop: shared prefill, drops finished rows
+    static_compiled = "static_compiled"  # the same loop, decode step under torch.compile
     continuous = "continuous"  # transformers continuous batching (paged attention), one process
 
 
@@ -328,7 +330,7 @@ class GeneratorConfig:
     weights; CPU and every engine) or vllm (colocated on the training GPUs; needs vllm)."""
 
     name: GeneratorName = GeneratorName.hf
-    impl: GeneratorImpl = GeneratorImpl.eager  # generator=hf only: how it decodes
+    impl: GeneratorImpl = GeneratorImpl.auto  # generator=hf only: how it decodes
     temperature: float = 1.0
     top_p: float = 1.0
     max_new_tokens: int = 16

@@ -4,7 +4,9 @@
     completions = decode_static(model, prompts, keys, n, eos, pad, sample_fn, compile=True)
 
 transformers' `generate` keeps every row of its batch until the longest answer ends, so an answer
-that has finished still costs a forward pass per token. This loop drops finished rows: the batch
+that has finished still costs a forward pass per token, and it prefills each of a prompt's G
+answers separately. This loop prefills each distinct prompt once and copies its cache rows into
+its answers' slots, and it drops finished rows: the batch
 lives in a power-of-two bucket, and when the unfinished rows fit in half of it the static cache
 is compacted into the smaller bucket (their rows copied, the rest freed). Between compactions a
 finished row rides along as padding, at most half the bucket. Shapes stay static inside a bucket,
@@ -80,22 +82,30 @@ def decode_static(
     device = next(model.parameters()).device
     rows, width = len(prompts), max(len(p) for p in prompts)
     size = _bucket(rows)
-    ids = torch.full((size, width), pad, dtype=torch.long)
-    mask = torch.zeros((size, width + n), dtype=torch.long)
-    for i, p in enumerate(prompts):  # left padding, as HFGenerator gives generate()
+    # GRPO samples G answers per prompt: the prefill runs once per distinct prompt, and each
+    # answer's slot starts from a copy of its prompt's cache rows (vLLM calls this prefix sharing)
+    distinct: dict[tuple[int, ...], int] = {}
+    source = [distinct.setdefault(tuple(p), len(distinct)) for p in prompts]
+    ids = torch.full((len(distinct), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(distinct), width + n), dtype=torch.long)
+    for p, i in distinct.items():  # left padding, as HFGenerator gives generate()
         ids[i, width - len(p) :] = torch.tensor(p)
         mask[i, width - len(p) :] = 1
-    mask[rows:, width - 1 :] = 1  # bucket padding rows: one real token, so no row is all-masked
     mask[:, width:] = 1  # the answer's slots; the static cache's causal mask hides the future
     ids, mask = ids.to(device), mask.to(device)
     position = (mask[:, :width].cumsum(-1) - 1).clamp(min=0)
-    row_of = torch.arange(size, device=device)  # which prompt each slot holds
-    row_of[rows:] = -1
     cache = StaticCache(config=model.config, max_cache_len=width + n)
     # the prefill runs eagerly (one shape per call); decode steps run the compiled forward
     logits = model(
         input_ids=ids, attention_mask=mask, position_ids=position, cache=cache, use_cache=True
     ).logits[:, -1]
+    # fan out into the bucket's slots: answer i copies its prompt's row; the bucket's spare
+    # slots copy row 0 and ride along finished (row_of -1)
+    index = torch.tensor(source + [0] * (size - rows), device=device)
+    _compact(cache, index)
+    logits, mask, position = logits[index], mask[index], position[index]
+    row_of = torch.arange(size, device=device)  # which prompt each slot holds
+    row_of[rows:] = -1
     step = _compiled(model) if compile else model
     out: list[list[int]] = [[] for _ in prompts]
     live = row_of >= 0  # slots whose answer is still being written

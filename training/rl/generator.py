@@ -15,10 +15,14 @@ the same rollouts. Under FSDP2 and ZeRO-3 every rank runs the same number of for
 passes (`synced_gpus`), because each forward gathers the sharded parameters collectively.
 
 generator.impl says how hf decodes; each draws the same tokens through seeded_scores:
-  eager            transformers `generate` (the default): a finished answer rides along to the end
-  static_compiled  Ladder's loop on a static KV cache, the decode step under torch.compile,
-                   finished answers dropped in power-of-two buckets (training/rl/decode_loop.py);
-                   synced forwards under FSDP2 and ZeRO-3
+  auto             the default: static on a CPU (the fastest there, bench/RESULTS.md), eager on a
+                   GPU (which is fastest there is unmeasured) and for a LoRA policy (peft's generate)
+  eager            transformers `generate`: a finished answer rides along to the end, and each of
+                   a prompt's G answers is prefilled on its own
+  static           Ladder's loop on a static KV cache (training/rl/decode_loop.py): each distinct
+                   prompt prefilled once, finished answers dropped in power-of-two buckets; synced
+                   forwards under FSDP2 and ZeRO-3
+  static_compiled  the same loop with the decode step under torch.compile
   continuous       transformers' continuous batching over a paged cache (training/rl/continuous.py);
                    refused under a sharded engine's colocated generation
 
@@ -120,7 +124,7 @@ class HFGenerator:
         mask = torch.zeros((len(prompts), width), dtype=torch.long)
         for i, p in enumerate(prompts):  # decoder-only: pad on the left
             ids[i, width - len(p) :], mask[i, width - len(p) :] = torch.tensor(p), 1
-        impl = getattr(self.cfg, "impl", "eager")
+        impl = resolve_impl(getattr(self.cfg, "impl", "eager"), model)
         if impl != "eager":
             return self._sample_fast(model, prompts, keys, n, impl), time.perf_counter() - t0
         procs = LogitsProcessorList()
@@ -152,8 +156,8 @@ class HFGenerator:
         return completions, time.perf_counter() - t0
 
     def _sample_fast(self, model, prompts, keys, n: int, impl: str) -> list[list[int]]:
-        """generator.impl=static_compiled or continuous: finished answers stop costing compute,
-        tokens drawn by seeded_scores as the eager path draws them."""
+        """generator.impl=static, static_compiled or continuous: finished answers stop costing
+        compute, tokens drawn by seeded_scores as the eager path draws them."""
         device = next(model.parameters()).device
         key_rows = None if keys is None else key_tensor(keys, device)
         temperature, top_p = self.cfg.temperature, self.cfg.top_p
@@ -166,11 +170,12 @@ class HFGenerator:
         was_training = model.training
         model.eval()
         try:
-            if impl == "static_compiled":
+            if impl in ("static", "static_compiled"):
                 from training.rl.decode_loop import decode_static
 
+                compile = self.compile and impl == "static_compiled"
                 out = decode_static(
-                    model, prompts, n, self.eos, self.pad, sample_fn, self.compile, self.synced
+                    model, prompts, n, self.eos, self.pad, sample_fn, compile, self.synced
                 )
             else:
                 from training.rl.continuous import decode_continuous
@@ -181,6 +186,18 @@ class HFGenerator:
         finally:
             model.train(was_training)
         return [a[: a.index(self.eos) + 1] if self.eos in a else a for a in out]
+
+
+def resolve_impl(impl: str, model) -> str:
+    """generator.impl=auto as it runs on this model: static on a CPU, where Ladder's loop measured
+    fastest (bench/RESULTS.md: prefix sharing and no per-token cache concatenation); eager on a GPU
+    until a lent GPU measures the impls there, and for a peft model, whose adapters the static
+    loop's direct forward would bypass in a compiled step. Any other value stands as given."""
+    if impl != "auto":
+        return impl
+    on_cpu = next(model.parameters()).device.type == "cpu"
+    peft = any(hasattr(m, "peft_config") for m in (model, getattr(model, "module", None)))
+    return "static" if on_cpu and not peft else "eager"
 
 
 def make_generator(

@@ -133,8 +133,8 @@ def impl_problems(cfg) -> list[str]:
     """generator.impl: the fast impls are generator=hf's, and continuous batching cannot keep a
     sharded engine's collective forwards in step (training/rl/continuous.py)."""
     g, r = cfg.generator, cfg.rung
-    impl = g.get("impl", "eager")
-    if impl == "eager":
+    impl = g.get("impl", "auto")
+    if impl in ("auto", "eager"):  # auto resolves per run (generator.resolve_impl)
         return []
     if g.name != "hf":
         return [f"generator.impl={impl} applies to generator=hf (it is {g.name}); use impl=eager"]
