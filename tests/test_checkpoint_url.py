@@ -17,7 +17,6 @@ import pytest
 import torch
 from conftest import FAST, losses, train_in_process
 from distributed_helpers import env, run, run_overrides, torchrun_cmd
-from test_training import GOLDEN_STEPS
 from wandb_records import read_records
 
 from training.common.errors import CheckpointError, ConfigError
@@ -26,6 +25,10 @@ from training.config.validate import validate
 from training.run.checkpoint import COMPLETE, complete_checkpoints
 from training.run.metrics import read_metrics
 from training.run.remote import RemoteCheckpoints, fetch_url
+
+# killed in step 10's upload, resumed from step 5, the last 2 (15, 20) kept: its own length, not
+# the golden run's (tests/test_training.py), which is cut short for the suite's time
+STEPS = 20
 
 
 @pytest.mark.parametrize(
@@ -49,7 +52,7 @@ def test_interrupted_upload_is_never_resumed_and_the_resumed_run_reproduces_the_
         *FAST,
         f"trainer.run_root={tmp_path / 'runs'}",
         "trainer.run_name=u",
-        f"trainer.max_steps={GOLDEN_STEPS}",
+        f"trainer.max_steps={STEPS}",
         "trainer.save_every=5",
         "trainer.keep_last=2",
         f"trainer.checkpoint_url={url}",
@@ -95,12 +98,10 @@ def test_interrupted_upload_is_never_resumed_and_the_resumed_run_reproduces_the_
         ]
     )
     assert f"resumed from {run_dir / 'checkpoints' / 'step_000005'} (step 5" in caplog.text
-    assert [r["step"] for r in read_metrics(run_dir / "metrics.jsonl")] == list(
-        range(1, GOLDEN_STEPS + 1)
-    )
+    assert [r["step"] for r in read_metrics(run_dir / "metrics.jsonl")] == list(range(1, STEPS + 1))
     # the same losses as a run never interrupted, on the same machine and numerics
     whole = train_in_process(
-        [*FAST, f"trainer.run_root={tmp_path / 'whole'}", f"trainer.max_steps={GOLDEN_STEPS}"]
+        [*FAST, f"trainer.run_root={tmp_path / 'whole'}", f"trainer.max_steps={STEPS}"]
     )
     assert losses(run_dir) == pytest.approx(losses(whole.run_dir), abs=1e-6, rel=0)
 

@@ -18,7 +18,7 @@ from training.run.checkpoint import COMPLETE, complete_checkpoints
 from training.run.metrics import read_metrics
 
 GOLDEN = Path(__file__).parent / "golden" / "tiny_sft_losses.json"
-GOLDEN_STEPS = 20
+GOLDEN_STEPS = 10  # the loss falls 2.5 by step 10; each step is ~1 s of pinned kernels
 
 
 def test_golden_losses(tmp_path):
