@@ -239,7 +239,8 @@ def test_the_reference_cache_key_covers_the_base_and_the_adapter():
     r8 = reference_hash(compose([*dpo, "model.lora.enabled=true", "model.lora.r=8"]))
     seed1 = reference_hash(compose([*dpo, *LORA, "trainer.seed=1"]))
     bf16 = reference_hash(compose([*dpo, *LORA, "rung.bf16=true"]))  # the base stored in bf16
-    assert len({full, r4, r8, seed1, bf16}) == 5
+    full_bf16 = reference_hash(compose([*dpo, "rung.bf16=true"]))  # a bf16 copy of the reference
+    assert len({full, r4, r8, seed1, bf16, full_bf16}) == 6
     assert r4 == reference_hash(compose([*dpo, *LORA, "model.lora.lr_scale=3"]))  # not an output
 
 

@@ -41,16 +41,18 @@ def reference_source(cfg) -> str | None:
 
 
 def reference_hash(cfg) -> str:
-    from training.model import lora
+    """What the reference's log-probs are a function of: its weights, and the dtype it runs in
+    (under rung.bf16 the reference, or a LoRA run's frozen base, is held in bf16: its log-probs
+    differ from an fp32 run's, so a cache one wrote is not the other's)."""
+    bf16 = cfg.rung.bf16 and cfg.model.get("quantize", "none") != "nf4"
+    return _weights_hash(cfg) + (";dtype=bf16" if bf16 else "")
 
+
+def _weights_hash(cfg) -> str:
     if lora.enabled(cfg):
         # The policy with adapters disabled: the base (its weights and storage, nf4 or not), and the
         # adapter config, so a run never reads log-probs another adapter layout wrote.
-        key = f"lora:{lora.base_identity(cfg)};adapter={lora.adapter_fingerprint(cfg)}"
-        # under rung.bf16 the base is stored in bf16 (lora.build_policy), not fp32 under autocast:
-        # its log-probs differ from those a cache written before then holds
-        bf16_base = cfg.rung.bf16 and cfg.model.get("quantize", "none") != "nf4"
-        return key + (";base=bf16" if bf16_base else "")
+        return f"lora:{lora.base_identity(cfg)};adapter={lora.adapter_fingerprint(cfg)}"
     src = reference_source(cfg)
     if src:
         return model_identity(src)  # the eval cache's rule: a copy of a checkpoint hits too
