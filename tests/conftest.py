@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -21,9 +22,12 @@ os.environ.update(
 os.environ.pop("WANDB_API_KEY", None)
 # this session's own memo key (training/common/private_key.py), not the user's ~/.cache/ladder one
 os.environ.setdefault("LADDER_KEY_DIR", tempfile.mkdtemp(prefix="ladder-keys-"))
-# one token cache for the session's runs (each worker's own), not one per test's run root: a fresh
-# root tokenised the tiny SFT data again, 4.4 of a 2-step run's 6.7 CPU s
-os.environ.setdefault("LADDER_TOKEN_CACHE", tempfile.mkdtemp(prefix="ladder-tokens-"))
+# one token cache for the session's runs (xdist workers inherit the controller's), not one per
+# test's run root: a fresh root tokenised the tiny SFT data again, 4.4 of a 2-step run's 6.7 CPU s.
+# The process that made it removes it (pytest_unconfigure).
+TOKEN_CACHE = None
+if "LADDER_TOKEN_CACHE" not in os.environ:
+    TOKEN_CACHE = os.environ["LADDER_TOKEN_CACHE"] = tempfile.mkdtemp(prefix="ladder-tokens-")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 # 2 threads here and in the processes the tests start, so in-process and subprocess runs round
@@ -209,6 +213,11 @@ def pytest_collection_modifyitems(config, items):
         return LONG_FIRST.index(unit) if unit in LONG_FIRST else len(LONG_FIRST)
 
     items.sort(key=rank)  # stable: the rest keep their collection order
+
+
+def pytest_unconfigure(config):
+    if TOKEN_CACHE is not None:
+        shutil.rmtree(TOKEN_CACHE, ignore_errors=True)
 
 
 def pytest_xdist_make_scheduler(config, log):
