@@ -113,13 +113,22 @@ def decode_static(
     for t in range(n):
         active = live.nonzero().squeeze(-1)
         tokens = torch.full((len(row_of),), pad, dtype=torch.long, device=device)
-        if len(active):
-            tokens[active] = sample_fn(logits[active].float(), row_of[active], t)
-        for slot, tok in zip(active.tolist(), tokens[active].tolist()):
-            out[int(row_of[slot])].append(tok)
-            if tok == eos or len(out[int(row_of[slot])]) == n:
-                live[slot] = False
-        unfinished = bool(live.any())
+        drawn = tokens[:0]
+        if len(active) == len(row_of):  # no finished row rides along: no gather
+            drawn = tokens = sample_fn(logits.float(), row_of, t)
+        elif len(active):
+            drawn = tokens[active] = sample_fn(logits[active].float(), row_of[active], t)
+        # the bookkeeping reads host lists, one transfer each per step: indexing a tensor once
+        # per answer cost more than the decode step's attention on a CPU
+        slots, ended = row_of.tolist(), []
+        for slot, tok in zip(active.tolist(), drawn.tolist()):
+            answer = out[slots[slot]]
+            answer.append(tok)
+            if tok == eos or len(answer) == n:
+                ended.append(slot)
+        if ended:
+            live[ended] = False
+        unfinished = len(ended) < len(active)
         if t == n - 1 or not (_any_unfinished(unfinished, device) if synced else unfinished):
             break
         # compact into the smaller bucket once the live rows fit in it (at least one row stays)
