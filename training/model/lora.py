@@ -130,8 +130,9 @@ def nf4_problems(cfg: DictConfig, here: bool) -> list[str]:
     problems = []
     if cfg.rung.device.value != "cuda":
         problems.append(
-            f"model.quantize=nf4 on rung.device={cfg.rung.device.value}: the 4-bit base (QLoRA) is "
-            "bitsandbytes' CUDA kernels, which a CPU does not have; use model.quantize=none"
+            f"model.quantize=nf4 on rung.device={cfg.rung.device.value}: the 4-bit base (QLoRA) "
+            "saves GPU memory, and bitsandbytes' CPU layers dequantize every weight at every "
+            "matmul; use model.quantize=none"
         )
     engine = cfg.rung.engine.value
     if engine not in NF4_ENGINES:
