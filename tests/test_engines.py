@@ -261,15 +261,39 @@ def test_a_second_ctrl_c_stops_at_once_without_a_checkpoint(tmp_path, monkeypatc
     from conftest import FAST
 
     from launch.cli import main
+    from training.run import faults
+    from training.run.stop_signals import StopSignals
 
     monkeypatch.setenv("LADDER_FAULT", "hang_at:2")
     run_dir = tmp_path / "twice"
+    # Probes, not stand-ins: the real hang and the real handler run. Each press waits for what it
+    # presses on (the main thread inside step 2's hang; the first press handled), since under a
+    # loaded CI two presses 0.3 s apart could land before the handler ran once (CPython folds
+    # them into one) and leave the run hung for good.
+    hung, handled = threading.Event(), threading.Event()
+    real_maybe, real_on_signal = faults.maybe, StopSignals.on_signal
 
-    def press_twice():
-        _wait_for_steps(run_dir / "metrics.jsonl", 1, lambda: True)
-        for _ in range(2):
-            time.sleep(0.3)
-            os.kill(os.getpid(), signal.SIGINT)
+    def maybe(kind, step):
+        if (kind, step) == ("hang_at", 2):
+            hung.set()
+        return real_maybe(kind, step)
+
+    def on_signal(self, signum, frame):
+        try:
+            real_on_signal(self, signum, frame)
+        finally:
+            handled.set()
+
+    monkeypatch.setattr(faults, "maybe", maybe)
+    monkeypatch.setattr(StopSignals, "on_signal", on_signal)
+    main_thread = threading.main_thread().ident
+
+    def press_twice():  # at the main thread itself: its sleep is what the press must interrupt
+        if hung.wait(120):
+            time.sleep(0.2)  # inside time.sleep by now, or soon: the press interrupts either
+            signal.pthread_kill(main_thread, signal.SIGINT)
+            if handled.wait(60):
+                signal.pthread_kill(main_thread, signal.SIGINT)
 
     threading.Thread(target=press_twice, daemon=True).start()
     over = [*FAST, f"trainer.run_root={tmp_path}", "trainer.run_name=twice", "data.max_samples=400"]
