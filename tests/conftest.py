@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -29,6 +30,12 @@ TOKEN_CACHE = None
 if "LADDER_TOKEN_CACHE" not in os.environ:
     TOKEN_CACHE = os.environ["LADDER_TOKEN_CACHE"] = tempfile.mkdtemp(prefix="ladder-tokens-")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+# The Ctrl-C tests press SIGINT at runs in this process and in the processes it starts. A suite
+# started as a background job without job control (`make test &` in a script) inherits SIGINT
+# ignored, which Ladder keeps, as it should (training/run/stop_signals.py), and which every child
+# inherits through exec: those tests then waited on presses nobody heard. The suite takes Ctrl-C.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # 2 threads here and in the processes the tests start, so in-process and subprocess runs round
 # alike. The golden runs pin the rest of the CPU numerics in their own processes (golden_env;
