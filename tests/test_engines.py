@@ -253,55 +253,54 @@ def test_ctrl_c_of_a_local_launch_lets_the_trainer_checkpoint_and_records_interr
     assert "finishes its step and checkpoints" in err
 
 
-def test_a_second_ctrl_c_stops_at_once_without_a_checkpoint(tmp_path, monkeypatch):
-    """In process, with step 2 hung (LADDER_FAULT): the first Ctrl-C waits for the step, which
-    never ends, and the second stops it there."""
+def test_a_second_ctrl_c_stops_at_once_without_a_checkpoint(tmp_path):
+    """`ladder train` with step 2 hung (LADDER_FAULT): the first Ctrl-C waits for the step, which
+    never ends, and the second stops it there. In a process of its own: in-process, under an xdist
+    worker, the presses at the worker's main thread went unheard and the suite hung."""
     import threading
 
     from conftest import FAST
 
-    from launch.cli import main
-    from training.run import faults
-    from training.run.stop_signals import StopSignals
-
-    monkeypatch.setenv("LADDER_FAULT", "hang_at:2")
     run_dir = tmp_path / "twice"
-    # Probes, not stand-ins: the real hang and the real handler run. Each press waits for what it
-    # presses on (the main thread inside step 2's hang; the first press handled), since under a
-    # loaded CI two presses 0.3 s apart could land before the handler ran once (CPython folds
-    # them into one) and leave the run hung for good.
-    hung, handled = threading.Event(), threading.Event()
-    real_maybe, real_on_signal = faults.maybe, StopSignals.on_signal
-
-    def maybe(kind, step):
-        if (kind, step) == ("hang_at", 2):
-            hung.set()
-        return real_maybe(kind, step)
-
-    def on_signal(self, signum, frame):
-        try:
-            real_on_signal(self, signum, frame)
-        finally:
-            handled.set()
-
-    monkeypatch.setattr(faults, "maybe", maybe)
-    monkeypatch.setattr(StopSignals, "on_signal", on_signal)
-    main_thread = threading.main_thread().ident
-
-    def press_twice():  # at the main thread itself: its sleep is what the press must interrupt
-        if hung.wait(120):
-            time.sleep(0.2)  # inside time.sleep by now, or soon: the press interrupts either
-            signal.pthread_kill(main_thread, signal.SIGINT)
-            if handled.wait(60):
-                signal.pthread_kill(main_thread, signal.SIGINT)
-
-    threading.Thread(target=press_twice, daemon=True).start()
     over = [*FAST, f"trainer.run_root={tmp_path}", "trainer.run_name=twice", "data.max_samples=400"]
-    assert main(["train", *over, "trainer.max_steps=5", "trainer.save_every=100"]) == 130
+    proc = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "ladder"),
+            "train",
+            *over,
+            "trainer.max_steps=5",
+            "trainer.save_every=100",
+        ],
+        cwd=tmp_path,
+        env=env(LADDER_FAULT="hang_at:2"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines: list[str] = []
+    heard = threading.Event()
+
+    def read():  # the first press is heard when the trainer says so
+        for line in proc.stderr:
+            lines.append(line)
+            if "Ctrl-C: finishing this step" in line:
+                heard.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        _wait_for_steps(run_dir / "metrics.jsonl", 1, lambda: proc.poll() is None)
+        time.sleep(1.0)  # past step 1's checkpoint test, inside step 2's hang
+        proc.send_signal(signal.SIGINT)
+        assert heard.wait(60), "".join(lines)[-2000:]
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 130, "".join(lines)[-2000:]
+    finally:
+        proc.kill()
+    reader.join(timeout=10)
     hb = read_heartbeat(run_dir)
     assert hb["state"] == "interrupted" and "second Ctrl-C" in hb["reason"], hb
     assert latest_checkpoint(run_dir) is None  # stopped inside step 2: nothing saved
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers put back
 
 
 def test_half_written_checkpoint_is_never_resumed(root, reference):
